@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../.cache/k8s/bin}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-k8s_version=$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/k8s/go.mod")
+k8s_version=$(cd "$here/k8s" && go list -m -f "{{.Version}}" k8s.io/kubernetes)
 minor=$(echo "$k8s_version" | cut -d. -f2)
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \

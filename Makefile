@@ -1,0 +1,75 @@
+# grm-elastic — every command installs what it needs itself (see README).
+#   make demo   the main job on embedded defaults
+#   make test   the whole test suite (what CI runs)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+CACHE := .cache
+K8S_BIN := $(CACHE)/k8s/bin
+TOOLS_BIN := $(CACHE)/bin
+export PATH := $(CURDIR)/$(TOOLS_BIN):$(CURDIR)/$(K8S_BIN):$(PATH)
+export GRM_K8S_BIN := $(CURDIR)/$(K8S_BIN)
+export GRM_TOOLS_BIN := $(CURDIR)/$(TOOLS_BIN)
+
+CONTROL_PLANE := $(K8S_BIN)/etcd $(K8S_BIN)/kube-apiserver $(K8S_BIN)/kube-controller-manager $(K8S_BIN)/kube-scheduler
+CONTROL_PLANE_SRC := tools/build-control-plane.sh $(wildcard tools/k8s/go.* tools/k8s/cmd/*/*.go tools/etcd/go.* tools/etcd/*.go)
+
+.PHONY: help
+help:
+	@echo "make demo | test | lint | typecheck | crd | bench | simulate | control-plane | tools | clean"
+
+# --- Python environment ------------------------------------------------------------------------
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip uv
+	$(UV) pip install --python $(PY) -q -e '.[operator,dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.stamp
+
+# --- Kubernetes control plane built from the official Go modules (never committed) ---------------
+$(CACHE)/k8s/.stamp: $(CONTROL_PLANE_SRC)
+	bash tools/build-control-plane.sh $(K8S_BIN)
+	touch $@
+
+.PHONY: control-plane
+control-plane: $(CACHE)/k8s/.stamp
+
+# --- Debian packages (only when root; tests skip what is missing otherwise) ----------------------
+.PHONY: system-deps
+system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
+	      && (pkill -x prometheus || true)) || echo "warning: could not install prometheus"; \
+	  else echo "note: not root, prometheus not installed: its tests are skipped"; fi; \
+	fi
+
+.PHONY: lint
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check operator worker tests e2e bench
+	$(VENV)/bin/ruff format --check operator worker tests e2e bench
+
+.PHONY: typecheck
+typecheck: $(VENV)/.stamp
+	$(VENV)/bin/mypy
+
+.PHONY: test
+test: $(VENV)/.stamp control-plane system-deps lint typecheck
+	$(PY) -m pytest -q -ra
+
+.PHONY: demo
+demo: $(VENV)/.stamp
+	$(VENV)/bin/grm-operator demo
+
+.PHONY: crd
+crd: $(VENV)/.stamp
+	$(VENV)/bin/grm-operator crd > crds/grm.dev_grmdeployments.yaml
+
+.PHONY: clean
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
