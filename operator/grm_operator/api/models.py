@@ -1,0 +1,780 @@
+"""The GRMDeployment API (group ``grm.dev``, version ``v1alpha1``) as pydantic v2 models.
+
+These models are the single source of truth: the CRD's OpenAPI schema (descriptions, bounds,
+defaults, CEL rules) is generated from them by :mod:`grm_operator.api.crd`, and the operator
+parses every object it reads with them. Python attributes are snake_case; the wire format is
+Kubernetes' camelCase (aliases). Every cross-field rule exists twice, as a pydantic validator
+(for the operator and the simulator) and as a CEL ``x-kubernetes-validations`` rule (for the API
+server); the tests check that both reject the same specs with the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+from .durations import Duration, parse_duration
+
+GROUP = "grm.dev"
+VERSION = "v1alpha1"
+KIND = "GRMDeployment"
+PLURAL = "grmdeployments"
+SINGULAR = "grmdeployment"
+SHORT_NAMES = ("grmd",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Precision = Literal["bf16", "fp16", "fp8", "int8", "awq-int4", "gptq-int4"]
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MODEL_URI_PATTERN = r"^(pvc://[a-z0-9][-a-z0-9.]*(/.*)?|hf://[^\s]+|s3://[^\s]+|/[^\s]*)$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One ``x-kubernetes-validations`` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it: camelCase keys, unset optional fields omitted."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.model
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the GRMDeployment's namespace."""
+
+    name: str = Field(description="Name of the Secret.", min_length=1, max_length=253)
+    key: str = Field(
+        default="token",
+        description="Key in the Secret whose value is the credential (for example an HF token).",
+        min_length=1,
+        max_length=253,
+    )
+
+
+class ModelSource(ApiModel):
+    """Which model to serve and where its weights are."""
+
+    name: str = Field(
+        description="Model name, e.g. deepseek-ai/DeepSeek-GRM-27B. Used as the served model name "
+        "unless servedModelName is set.",
+        min_length=1,
+        max_length=256,
+    )
+    uri: str = Field(
+        description="Where the weights of the best-quality variant are: pvc://<claim>/<path>, "
+        "hf://<repo>, s3://<bucket>/<path>, or an absolute path inside the worker image.",
+        pattern=MODEL_URI_PATTERN,
+        max_length=1024,
+    )
+    revision: str | None = Field(
+        default=None, description="Revision (branch, tag or commit) for hf:// models.", max_length=128
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        description="Name clients use in the OpenAI API's model field. Defaults to model.name.",
+        max_length=256,
+    )
+    credentials_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret holding the credential needed to download the weights (HF_TOKEN for "
+        "hf://, AWS credentials file for s3://).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.engine and per-variant overrides
+
+
+class EngineOptions(ApiModel):
+    """vLLM engine options shared by every variant (each variant may override them)."""
+
+    max_model_len: int | None = Field(
+        default=None, description="Maximum context length (prompt + output tokens).", ge=128, le=1_048_576
+    )
+    max_num_seqs: int | None = Field(
+        default=None, description="Maximum sequences decoded together in one engine step.", ge=1, le=4096
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None, description="Maximum tokens (prefill + decode) in one engine step.", ge=64, le=1_048_576
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        description="Fraction of GPU memory vLLM may use for weights, activations and KV cache.",
+        gt=0.0,
+        le=0.99,
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None,
+        description="GPUs one replica shards the model over. Defaults to the variant's gpusPerReplica.",
+        ge=1,
+        le=16,
+    )
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse KV cache across requests sharing a prefix (GRM templates do)."
+    )
+    kv_cache_dtype: KvCacheDtype | None = Field(
+        default=None, description="KV-cache element type; fp8 halves KV memory and attention time."
+    )
+    extra_args: list[str] | None = Field(
+        default=None,
+        description="Extra vLLM command-line arguments, appended verbatim.",
+        max_length=64,
+    )
+
+
+class PerformanceProfileSpec(ApiModel):
+    """Step-time coefficients of one replica (the policy's prior; corrected online).
+
+    The engine step takes stepOverhead + prefillPerToken·P + decodePerSequence·B +
+    attentionPerContextToken·Σctx for P prefill tokens and B decoding sequences.
+    """
+
+    step_overhead_ms: float = Field(
+        description="Fixed cost of one engine step, milliseconds.", gt=0, le=10_000
+    )
+    prefill_ms_per_token: float = Field(description="Cost per prefill token, milliseconds.", ge=0, le=100)
+    decode_ms_per_sequence: float = Field(
+        description="Cost per decoding sequence in a step, milliseconds.", ge=0, le=100
+    )
+    attention_us_per_context_token: float = Field(
+        default=0.16,
+        description="Decode attention cost per context token of running sequences, microseconds.",
+        ge=0,
+        le=1000,
+    )
+    kv_cache_tokens: int = Field(
+        description="KV-cache capacity of one replica in tokens.", ge=1, le=100_000_000
+    )
+    cold_start: Duration | None = Field(
+        default=None, description="Time from pod creation to Ready (model load and engine start)."
+    )
+
+
+class Variant(ApiModel):
+    """One precision variant of the model: a rung of the quality ladder."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(self.precision in ['int8', 'awq-int4', 'gptq-int4']) || has(self.uri)",
+                    "int8, awq-int4 and gptq-int4 variants need the uri of a pre-quantized checkpoint",
+                    ".uri",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(
+        description="Variant name, unique within the GRMDeployment; the worker Deployment is "
+        "<metadata.name>-<name>.",
+        pattern=NAME_PATTERN,
+        min_length=1,
+        max_length=20,
+    )
+    precision: Precision = Field(
+        description="Weight precision: bf16, fp16, fp8 (W8A8), int8 (W8A8), awq-int4 or gptq-int4 (W4A16)."
+    )
+    uri: str | None = Field(
+        default=None,
+        description="Pre-quantized checkpoint of this variant (required for int8, awq-int4 and "
+        "gptq-int4). Defaults to spec.model.uri.",
+        pattern=MODEL_URI_PATTERN,
+        max_length=1024,
+    )
+    quality: float = Field(
+        description="Quality relative to the best variant, in (0, 1] (e.g. reward accuracy "
+        "recovered); compared with spec.precision.minQuality.",
+        gt=0.0,
+        le=1.0,
+    )
+    gpus_per_replica: int = Field(
+        default=1, description="GPUs each replica of this variant uses.", ge=1, le=16
+    )
+    engine: EngineOptions | None = Field(
+        default=None, description="Engine options for this variant, overriding spec.engine field by field."
+    )
+    profile: PerformanceProfileSpec | None = Field(
+        default=None,
+        description="Measured performance of one replica; defaults to the built-in profile of the precision.",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_for_integer_precisions(self) -> Variant:
+        if self.precision in ("int8", "awq-int4", "gptq-int4") and self.uri is None:
+            raise ValueError(MSG_QUANTIZED_URI)
+        return self
+
+
+MSG_QUANTIZED_URI = "int8, awq-int4 and gptq-int4 variants need the uri of a pre-quantized checkpoint"
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.slo, spec.scaling, spec.precision, spec.scoring, spec.metrics, spec.rollout
+
+
+class SLO(ApiModel):
+    """Latency targets at the 95th percentile. At least one must be set."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.ttftP95) || has(self.itlP95) || has(self.e2eP95)",
+                    "slo needs at least one of ttftP95, itlP95, e2eP95",
+                )
+            ]
+        }
+    )
+
+    ttft_p95: Duration | None = Field(
+        default=None, description="95th-percentile time to first token, e.g. 500ms."
+    )
+    itl_p95: Duration | None = Field(
+        default=None, description="95th-percentile inter-token latency (time per output token), e.g. 50ms."
+    )
+    e2e_p95: Duration | None = Field(
+        default=None,
+        alias="e2eP95",
+        description="95th-percentile end-to-end request latency (a whole GRM score), e.g. 20s.",
+    )
+
+    @property
+    def ttft_p95_s(self) -> float | None:
+        """ttftP95 in seconds."""
+        return parse_duration(self.ttft_p95) if self.ttft_p95 else None
+
+    @property
+    def itl_p95_s(self) -> float | None:
+        """itlP95 in seconds."""
+        return parse_duration(self.itl_p95) if self.itl_p95 else None
+
+    @property
+    def e2e_p95_s(self) -> float | None:
+        """e2eP95 in seconds."""
+        return parse_duration(self.e2e_p95) if self.e2e_p95 else None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> SLO:
+        if self.ttft_p95 is None and self.itl_p95 is None and self.e2e_p95 is None:
+            raise ValueError(MSG_SLO_EMPTY)
+        return self
+
+
+MSG_SLO_EMPTY = "slo needs at least one of ttftP95, itlP95, e2eP95"
+
+ScalingMode = Literal["Auto", "Manual", "External"]
+
+
+class Scaling(ApiModel):
+    """How the replica count is chosen and its bounds."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "scaling.minReplicas must be ≤ scaling.maxReplicas",
+                    ".minReplicas",
+                ),
+                cel(
+                    "!has(self.replicas) || (self.replicas >= self.minReplicas && "
+                    "self.replicas <= self.maxReplicas)",
+                    "scaling.replicas must lie within [minReplicas, maxReplicas]",
+                    ".replicas",
+                ),
+            ]
+        }
+    )
+
+    mode: ScalingMode = Field(
+        default="Auto",
+        description="Auto: the operator's SLO policy sets replicas. Manual: replicas come from "
+        "spec.scaling.replicas (kubectl scale). External: an HPA or KEDA sets spec.scaling.replicas "
+        "through the scale subresource; the operator still chooses the variant.",
+    )
+    replicas: int | None = Field(
+        default=None,
+        description="Replica count in Manual and External modes (the scale subresource's spec "
+        "replicas). Ignored in Auto mode.",
+        ge=0,
+        le=1000,
+    )
+    min_replicas: int = Field(default=1, description="Fewest replicas the operator keeps.", ge=0, le=1000)
+    max_replicas: int = Field(default=8, description="Most replicas the operator runs.", ge=1, le=1000)
+    max_gpus: int | None = Field(
+        default=None,
+        alias="maxGPUs",
+        description="Most GPUs all replicas of all variants may hold at once (switch surges "
+        "included). Unset: maxReplicas × the largest gpusPerReplica.",
+        ge=1,
+        le=100_000,
+    )
+    scale_up_stabilization: Duration = Field(
+        default="0s", description="Window over which scale-up recommendations are smoothed (min over window)."
+    )
+    scale_down_stabilization: Duration = Field(
+        default="5m",
+        description="Window over which scale-down recommendations are smoothed (max over window): "
+        "replicas fall only when lower for this long.",
+    )
+    control_period: Duration = Field(default="15s", description="How often the policy runs.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MSG_MIN_MAX)
+        if self.replicas is not None and not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(MSG_REPLICAS_BOUNDS)
+        return self
+
+
+MSG_MIN_MAX = "scaling.minReplicas must be ≤ scaling.maxReplicas"
+MSG_REPLICAS_BOUNDS = "scaling.replicas must lie within [minReplicas, maxReplicas]"
+
+PrecisionPolicy = Literal["Auto", "Pinned"]
+
+
+class PrecisionControl(ApiModel):
+    """How the operator may trade precision for speed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.policy != 'Pinned' || has(self.pinnedVariant)",
+                    "precision.pinnedVariant is required when precision.policy is Pinned",
+                    ".pinnedVariant",
+                )
+            ]
+        }
+    )
+
+    policy: PrecisionPolicy = Field(
+        default="Auto",
+        description="Auto: switch variants along the quality ladder to hold the SLO. Pinned: always "
+        "run pinnedVariant.",
+    )
+    pinned_variant: str | None = Field(
+        default=None, description="The variant to run when policy is Pinned.", max_length=20
+    )
+    min_quality: float = Field(
+        default=0.0,
+        description="Quality floor: variants (and sample budgets) below it are never used.",
+        ge=0.0,
+        le=1.0,
+    )
+    switch_cooldown: Duration = Field(
+        default="10m", description="Minimum time between two variant switches (against flapping)."
+    )
+
+    @model_validator(mode="after")
+    def _pinned_needs_variant(self) -> PrecisionControl:
+        if self.policy == "Pinned" and not self.pinned_variant:
+            raise ValueError(MSG_PINNED_NEEDS_VARIANT)
+        return self
+
+
+MSG_PINNED_NEEDS_VARIANT = "precision.pinnedVariant is required when precision.policy is Pinned"
+
+
+class SampleBudget(ApiModel):
+    """Bounds of k, the number of critiques sampled per GRM score request."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "scoring.samples.min must be ≤ scoring.samples.max")
+            ]
+        }
+    )
+
+    min: int = Field(default=1, description="Fewest samples per request under load.", ge=1, le=64)
+    max: int = Field(default=8, description="Samples per request when capacity allows.", ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SampleBudget:
+        if self.min > self.max:
+            raise ValueError(MSG_SAMPLES_ORDER)
+        return self
+
+
+MSG_SAMPLES_ORDER = "scoring.samples.min must be ≤ scoring.samples.max"
+
+
+class Scoring(ApiModel):
+    """The GRM scoring endpoint's sampling and voting."""
+
+    samples: SampleBudget = Field(default_factory=SampleBudget, description="Sample budget k per request.")
+    early_exit: Literal["Exact", "Off"] = Field(
+        default="Exact",
+        description="Exact: stop sampling once no remaining sample can change the winner (same "
+        "result as voting over all samples, fewer samples). Off: always draw the full budget.",
+    )
+    sampling: Literal["Shuffled", "SharedPrefill"] = Field(
+        default="Shuffled",
+        description="Shuffled: responses shuffled per sample (DeepSeek-GRM's recipe against position "
+        "bias, one prefill per sample). SharedPrefill: one shuffled prompt, n samples sharing its prefill.",
+    )
+    critique_tokens: int = Field(
+        default=300,
+        description="Expected tokens per critique (DeepSeek-GRM: 218–376); used for capacity planning.",
+        ge=1,
+        le=32768,
+    )
+
+
+class Metrics(ApiModel):
+    """Where the operator reads latency and load metrics."""
+
+    source: Literal["Prometheus", "Direct"] | None = Field(
+        default=None,
+        description="Prometheus: PromQL against prometheusURL. Direct: the operator scrapes each Ready "
+        "worker's /metrics. Defaults to Prometheus when prometheusURL (or the operator's default) is "
+        "set, Direct otherwise.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus base URL, e.g. http://prometheus.monitoring:9090.",
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+        alias="prometheusURL",
+    )
+    window: Duration = Field(default="1m", description="Window of rates and percentiles.")
+    queries: dict[str, str] | None = Field(
+        default=None,
+        description="PromQL overrides by signal name (rps, ttftP95, itlP95, e2eP95, running, waiting, "
+        "kvCacheUsage, gpuUtil); {selector} and {window} are substituted.",
+    )
+
+
+class Rollout(ApiModel):
+    """How variant switches and scale-downs happen."""
+
+    switch_timeout: Duration = Field(
+        default="10m",
+        description="How long the new variant may take to become Ready before the switch is rolled back.",
+    )
+    drain_seconds: int = Field(
+        default=60,
+        description="Seconds a terminating worker keeps serving in-flight requests before it stops.",
+        ge=0,
+        le=3600,
+    )
+    unhealthy_backoff: Duration = Field(
+        default="30m", description="How long a variant whose switch failed is not tried again."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.template: the worker pods. Free-form Kubernetes objects stay free-form (their schemas are
+# Kubernetes' own and the API server validates them when the Deployment is written).
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the worker container."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    name: str = Field(description="Variable name.", min_length=1, max_length=256)
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description="Source of the value (secretKeyRef, configMapKeyRef, fieldRef), as in a Pod spec.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class ModelCache(ApiModel):
+    """Where workers keep downloaded weights."""
+
+    size_limit: str = Field(
+        default="200Gi",
+        description="Size of the emptyDir used as model cache when no claim is given.",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+    )
+    claim_name: str | None = Field(
+        default=None,
+        description="PersistentVolumeClaim to use as model cache instead of an emptyDir.",
+        max_length=253,
+    )
+
+
+class PodTemplate(ApiModel):
+    """Shape of the worker pods."""
+
+    image: str | None = Field(
+        default=None,
+        description="Worker image. Defaults to the operator's configured worker image.",
+        max_length=1024,
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the worker container."
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="Extra requests/limits (cpu, memory); nvidia.com/gpu is set from gpusPerReplica.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    node_selector: dict[str, str] | None = Field(default=None, description="Node selector of worker pods.")
+    tolerations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Tolerations of worker pods (e.g. for nvidia.com/gpu taints).",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Affinity of worker pods.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of worker pods.")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount of worker pods.")
+    env: list[EnvVar] | None = Field(default=None, description="Extra environment variables.")
+    model_cache: ModelCache = Field(
+        default_factory=ModelCache, description="Volume holding downloaded weights (mounted at /models)."
+    )
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, description="Annotations added to worker pods."
+    )
+    pod_labels: dict[str, str] | None = Field(default=None, description="Labels added to worker pods.")
+
+
+# ---------------------------------------------------------------------------------------------
+# spec
+
+
+class GRMDeploymentSpec(ApiModel):
+    """Desired state: the model, its precision variants, the SLO and the scaling bounds."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
+                    "variant names must be unique",
+                    ".variants",
+                ),
+                cel(
+                    "!has(self.precision) || !has(self.precision.pinnedVariant) || "
+                    "self.variants.exists(v, v.name == self.precision.pinnedVariant)",
+                    "precision.pinnedVariant must name one of spec.variants",
+                    ".precision.pinnedVariant",
+                ),
+                cel(
+                    "!has(self.precision) || self.variants.exists(v, v.quality >= self.precision.minQuality)",
+                    "at least one variant must meet precision.minQuality",
+                    ".precision.minQuality",
+                ),
+            ]
+        },
+    )
+
+    model: ModelSource = Field(description="The model and where its weights are.")
+    variants: list[Variant] = Field(
+        description="Precision variants, ordered best quality first. The operator starts with the "
+        "first that meets minQuality.",
+        min_length=1,
+        max_length=8,
+    )
+    engine: EngineOptions = Field(
+        default_factory=EngineOptions, description="vLLM options for every variant."
+    )
+    slo: SLO = Field(description="Latency targets the operator keeps.")
+    scaling: Scaling = Field(default_factory=Scaling, description="Replica bounds and scaling mode.")
+    precision: PrecisionControl = Field(
+        default_factory=PrecisionControl, description="Precision switching policy and quality floor."
+    )
+    scoring: Scoring = Field(default_factory=Scoring, description="GRM scoring endpoint settings.")
+    metrics: Metrics = Field(default_factory=Metrics, description="Where metrics come from.")
+    rollout: Rollout = Field(default_factory=Rollout, description="Switch timeout and drain.")
+    template: PodTemplate = Field(default_factory=PodTemplate, description="Worker pod settings.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> GRMDeploymentSpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(MSG_UNIQUE_VARIANTS)
+        pinned = self.precision.pinned_variant
+        if pinned is not None and pinned not in names:
+            raise ValueError(MSG_PINNED_EXISTS)
+        if not any(v.quality >= self.precision.min_quality for v in self.variants):
+            raise ValueError(MSG_QUALITY_FLOOR)
+        return self
+
+    def variant(self, name: str) -> Variant:
+        """The variant called ``name`` (``KeyError`` when there is none)."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def admissible_variants(self) -> list[Variant]:
+        """Variants at or above the quality floor, best quality first (spec order)."""
+        return [v for v in self.variants if v.quality >= self.precision.min_quality]
+
+    def max_gpus(self) -> int:
+        """The GPU budget: scaling.maxGPUs, or maxReplicas × the largest gpusPerReplica."""
+        if self.scaling.max_gpus is not None:
+            return self.scaling.max_gpus
+        return self.scaling.max_replicas * max(v.gpus_per_replica for v in self.variants)
+
+
+MSG_UNIQUE_VARIANTS = "variant names must be unique"
+MSG_PINNED_EXISTS = "precision.pinnedVariant must name one of spec.variants"
+MSG_QUALITY_FLOOR = "at least one variant must meet precision.minQuality"
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+class Condition(ApiModel):
+    """A status condition in the shape of Kubernetes' metav1.Condition."""
+
+    type: str = Field(description="Condition type, e.g. Ready, SLOMet.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this condition was computed from.", ge=0
+    )
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    reason: str = Field(
+        description="CamelCase reason for the last transition.",
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+    )
+    message: str = Field(default="", description="Human-readable details.", max_length=32768)
+
+
+class ObservedMetrics(ApiModel):
+    """What the operator last observed, over the metrics window (absent when unknown)."""
+
+    rps: float | None = Field(default=None, description="Requests per second.")
+    ttft_p95: float | None = Field(default=None, description="95th-percentile time to first token, seconds.")
+    itl_p95: float | None = Field(default=None, description="95th-percentile inter-token latency, seconds.")
+    e2e_p95: float | None = Field(
+        default=None, alias="e2eP95", description="95th-percentile end-to-end latency, seconds."
+    )
+    gpu_util: float | None = Field(default=None, description="Mean GPU utilisation of ready workers, 0–1.")
+    kv_cache_usage: float | None = Field(
+        default=None, description="Mean KV-cache usage of ready workers, 0–1."
+    )
+    queue: float | None = Field(default=None, description="Requests waiting in engine queues.")
+    running: float | None = Field(default=None, description="Requests running in engines.")
+    sample_age_seconds: float | None = Field(default=None, description="Age of the newest metric sample.")
+
+
+class Decision(ApiModel):
+    """The policy's last decision, in words and numbers."""
+
+    time: str = Field(description="When it was made (RFC 3339).")
+    action: Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"] = Field(
+        description="What the operator did."
+    )
+    from_variant: str | None = Field(default=None, description="Variant before a switch.", alias="from")
+    to_variant: str | None = Field(default=None, description="Variant after a switch.", alias="to")
+    replicas: int | None = Field(default=None, description="Replica count decided.", ge=0)
+    samples: int | None = Field(default=None, description="Sample budget decided.", ge=0)
+    reason: str = Field(description="Why, with the numbers that caused it.", max_length=4096)
+
+
+class VariantStatus(ApiModel):
+    """Replica counts of one variant's Deployment."""
+
+    name: str = Field(description="Variant name.")
+    replicas: int = Field(default=0, description="Pods of this variant.", ge=0)
+    ready_replicas: int = Field(default=0, description="Ready pods of this variant.", ge=0)
+    desired_replicas: int = Field(default=0, description="Replicas the operator asked for.", ge=0)
+    unhealthy_until: str | None = Field(
+        default=None, description="Set after a failed switch: the variant is not tried before this time."
+    )
+
+
+class SwitchProgress(ApiModel):
+    """A variant switch in progress (kept in status so a restarted operator can resume it)."""
+
+    from_variant: str = Field(description="Variant being replaced.", alias="from")
+    to_variant: str = Field(description="Variant being brought up.", alias="to")
+    started: str = Field(description="When the switch began (RFC 3339).")
+    target_replicas: int = Field(description="Replicas of the new variant to reach before draining.", ge=0)
+    phase: Literal["Surging", "Draining", "RollingBack"] = Field(description="Where the switch is.")
+
+
+class GRMDeploymentStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the operator last acted on.", ge=0
+    )
+    active_variant: str | None = Field(default=None, description="Variant serving traffic.")
+    replicas: int = Field(default=0, description="Pods of the active variant (scale subresource).", ge=0)
+    ready_replicas: int = Field(default=0, description="Ready pods of the active variant.", ge=0)
+    desired_replicas: int | None = Field(default=None, description="Replicas the operator wants.", ge=0)
+    samples: int | None = Field(default=None, description="GRM sample budget pushed to the workers.", ge=0)
+    selector: str | None = Field(
+        default=None, description="Label selector of all worker pods (scale subresource)."
+    )
+    slo: str | None = Field(default=None, description="The SLO in short form, for kubectl get.")
+    variants: list[VariantStatus] | None = Field(default=None, description="Per-variant replica counts.")
+    observed: ObservedMetrics | None = Field(default=None, description="Last observed metrics.")
+    last_decision: Decision | None = Field(default=None, description="Last decision of the policy.")
+    decisions: list[Decision] | None = Field(
+        default=None, description="Recent decisions, newest last (bounded).", max_length=20
+    )
+    switch: SwitchProgress | None = Field(default=None, description="Variant switch in progress, if any.")
+    policy_state: dict[str, Any] | None = Field(
+        default=None,
+        description="The policy's memory (recommendation windows, correction factors) so that a "
+        "restarted operator continues where it left off.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Progressing, Degraded, SLOMet, MetricsAvailable, QualityFloorMet, SpecValid.",
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metav1.ObjectMeta the operator reads."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class GRMDeployment(ApiModel):
+    """A generative reward model served elastically: variants, SLO, scaling bounds."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    api_version: Literal["grm.dev/v1alpha1"] = Field(default="grm.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["GRMDeployment"] = "GRMDeployment"
+    metadata: ObjectMeta
+    spec: GRMDeploymentSpec
+    status: GRMDeploymentStatus | None = None
