@@ -1,0 +1,363 @@
+"""The worker's configuration contract: what one worker pod serves and how.
+
+This is a contract module (pydantic v2 only, importable without vLLM): the operator renders a
+:class:`WorkerConfig` as JSON/YAML into a ConfigMap, the worker reads it with
+``grm-worker serve --config FILE``. Field names are snake_case and stable; every field is
+documented because the description is the contract.
+
+:func:`vllm_command` is the pure mapping from a config to the exact command line of vLLM's
+OpenAI-compatible server, and :func:`vllm_env` to the environment it needs. Precision mapping:
+
+=============  =================================================  ==================================
+precision      GPU (``device="cuda"``)                            CPU (``device="cpu"``)
+=============  =================================================  ==================================
+bf16 / fp16    ``--dtype bfloat16`` / ``--dtype float16``         same
+fp8            ``--quantization fp8`` (dynamic, from bf16         ``--quantization fp8_per_channel``
+               weights) or the checkpoint's compressed-tensors
+int8           compressed-tensors W8A8 checkpoint                 same
+awq-int4       AWQ checkpoint, ``--quantization awq_marlin``      rejected
+gptq-int4      GPTQ checkpoint, ``--quantization gptq_marlin``    rejected
+=============  =================================================  ==================================
+
+Combinations vLLM cannot run are rejected by :func:`check_supported` (called at start-up, so a
+bad variant fails its pod instead of its first request).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from grm_worker.perfmodel import PerformanceProfile
+
+__all__ = [
+    "ConfigError",
+    "Device",
+    "EngineKind",
+    "ModelConfig",
+    "Precision",
+    "ScoringConfig",
+    "SimConfig",
+    "VllmOptions",
+    "WorkerConfig",
+    "check_supported",
+    "load_config",
+    "vllm_command",
+    "vllm_env",
+]
+
+Precision = Literal["bf16", "fp16", "fp8", "int8", "awq-int4", "gptq-int4"]
+EngineKind = Literal["vllm", "sim"]
+Device = Literal["cuda", "cpu"]
+CheckpointQuantization = Literal["none", "compressed-tensors", "awq", "gptq"]
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+
+#: The module vLLM's OpenAI-compatible server runs as.
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+class ConfigError(ValueError):
+    """A configuration the worker cannot serve (raised at start-up, never at a request)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """The model the worker serves."""
+
+    name: str = Field(
+        "grm", min_length=1, description="Model name, e.g. deepseek-ai/DeepSeek-GRM-27B (informational)."
+    )
+    path: str | None = Field(
+        None,
+        description="Local directory (or Hugging Face id resolvable offline) vLLM loads. Required for the "
+        "vllm engine; the operator mounts the variant's uri here.",
+    )
+    uri: str | None = Field(None, description="Where the weights come from (pvc://, s3://, hf://).")
+    served_name: str | None = Field(
+        None, description="Name clients use in the `model` field; defaults to `name`."
+    )
+    checkpoint_quantization: CheckpointQuantization = Field(
+        "none",
+        description="Quantization the checkpoint at `path` already carries: none (bf16/fp16 weights), "
+        "compressed-tensors (e.g. W8A8 int8 or fp8), awq or gptq (int4).",
+    )
+
+    @property
+    def public_name(self) -> str:
+        """The name served in ``/v1/models`` and matched against requests' ``model``."""
+        return self.served_name or self.name
+
+
+class VllmOptions(_Section):
+    """Engine options passed to vLLM (the sim engine honours the scheduling limits too)."""
+
+    python: str | None = Field(
+        None,
+        description="Python interpreter that has vLLM installed (e.g. .venv-vllm/bin/python); "
+        "defaults to the worker's own interpreter.",
+    )
+    max_model_len: int | None = Field(None, ge=16, description="--max-model-len: longest prompt+output.")
+    max_num_seqs: int = Field(256, ge=1, le=65536, description="--max-num-seqs: sequences decoding at once.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=16, description="--max-num-batched-tokens: token budget of one step (chunked prefill)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="--gpu-memory-utilization (GPU only)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="--tensor-parallel-size: GPUs per replica.")
+    enable_prefix_caching: bool = Field(True, description="vLLM --enable-prefix-caching.")
+    kv_cache_dtype: KvCacheDtype = Field("auto", description="--kv-cache-dtype (fp8 GPU only).")
+    enforce_eager: bool = Field(False, description="--enforce-eager: no CUDA graphs.")
+    seed: int | None = Field(None, description="--seed for vLLM's sampler.")
+    cpu_kvcache_space_gib: int = Field(
+        4, ge=1, description="VLLM_CPU_KVCACHE_SPACE on the CPU backend: GiB of KV cache."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Further vLLM arguments, appended verbatim.",
+    )
+    extra_env: dict[str, str] = Field(default_factory=dict, description="Extra env of the vLLM process.")
+    startup_timeout_s: float = Field(
+        900.0, gt=0, description="Seconds the engine may take to answer /health before the worker gives up."
+    )
+
+
+class ScoringConfig(_Section):
+    """The GRM scoring front (/v1/grm/score): k-sample voting with exact early exit."""
+
+    samples_min: int = Field(1, ge=1, le=64, description="Lowest sample budget the operator may set.")
+    samples_max: int = Field(8, ge=1, le=64, description="Highest sample budget (and per-request cap).")
+    samples_default: int = Field(4, ge=1, le=64, description="Sample budget at start (within [min, max]).")
+    samples_per_round: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Samples asked of the engine per round (`n`); early exit is checked between rounds.",
+    )
+    early_exit: Literal["exact", "off"] = Field(
+        "exact",
+        description="exact: stop once no remaining sample can change the winner; "
+        "off: always the full budget.",
+    )
+    sampling: Literal["shuffled", "shared-prefill"] = Field(
+        "shuffled",
+        description="shuffled: responses re-shuffled per sample (one prefill each, DeepSeek-GRM's recipe); "
+        "shared-prefill: one shuffled prompt per round sampled n times (one prefill).",
+    )
+    max_responses: int = Field(16, ge=2, le=64, description="Most responses one score request may carry.")
+    max_tokens: int = Field(512, ge=16, description="Token limit of one critique.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature of critiques.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScoringConfig:
+        if not self.samples_min <= self.samples_default <= self.samples_max:
+            raise ValueError(
+                f"need samples_min ≤ samples_default ≤ samples_max, got "
+                f"{self.samples_min} ≤ {self.samples_default} ≤ {self.samples_max}"
+            )
+        return self
+
+
+class SimConfig(_Section):
+    """The simulated engine: vLLM's API and metrics, latency from :mod:`grm_worker.perfmodel`."""
+
+    time_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=10000.0,
+        description="Run N× faster than real time; reported latencies stay in simulated seconds.",
+    )
+    startup_delay_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="Simulated seconds before the engine is ready (model load).",
+    )
+    jitter: float = Field(
+        0.0, ge=0.0, le=1.0, description="Relative standard deviation of each step's duration (log-normal)."
+    )
+    profile: dict[str, float] = Field(
+        default_factory=dict,
+        description="Overrides of the precision's default PerformanceProfile fields (e.g. step_overhead_s).",
+    )
+    seed: int = Field(0, description="Seed of jitter and generated text.")
+    output_tokens: int = Field(
+        300,
+        ge=1,
+        description="Tokens of a critique the sim generates for GRM prompts (capped by max_tokens).",
+    )
+    gpu_util_window_s: float = Field(
+        1.0,
+        gt=0.0,
+        description="Simulated seconds over which DCGM_FI_DEV_GPU_UTIL averages the busy fraction.",
+    )
+
+    @model_validator(mode="after")
+    def _known_profile_fields(self) -> SimConfig:
+        unknown = set(self.profile) - set(PerformanceProfile.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown sim.profile fields: {', '.join(sorted(unknown))}")
+        return self
+
+
+class WorkerConfig(BaseModel):
+    """Everything one worker pod needs: model, precision variant, engine, scoring, ports."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model served.")
+    variant: str = Field("default", min_length=1, description="Name of the precision variant (e.g. fp8).")
+    precision: Precision = Field("bf16", description="Weights/compute precision of the variant.")
+    engine: EngineKind = Field("vllm", description="vllm: real vLLM child process; sim: simulated engine.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Where vLLM runs; auto picks cuda when an NVIDIA GPU is visible."
+    )
+    vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM engine options.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="GRM scoring front.")
+    sim: SimConfig = Field(default_factory=SimConfig, description="Simulated engine settings.")
+    host: str = Field("0.0.0.0", description="Address the front listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the front (OpenAI API, score, metrics).")
+    engine_port: int = Field(
+        8100,
+        ge=1,
+        le=65535,
+        description="Loopback port of the vLLM child (must differ per worker on a host).",
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0.0, description="On SIGTERM, seconds in-flight requests may take before the engine stops."
+    )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> WorkerConfig:
+        if self.engine == "vllm" and self.port == self.engine_port:
+            raise ValueError(f"port and engine_port must differ, both are {self.port}")
+        return self
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> WorkerConfig:
+    """Read a config from a JSON or YAML file (or defaults when ``path`` is None), then apply
+    ``overrides``: dotted keys such as ``{"sim.time_scale": 10, "port": 9000}``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return WorkerConfig.model_validate(data)
+
+
+def check_supported(config: WorkerConfig, device: Device) -> None:
+    """Raise :class:`ConfigError` when vLLM cannot serve this precision/options on ``device``."""
+    p, q, opts = config.precision, config.model.checkpoint_quantization, config.vllm
+    if config.engine == "vllm" and not config.model.path:
+        raise ConfigError("model.path is required for the vllm engine")
+    needs = {"int8": "compressed-tensors", "awq-int4": "awq", "gptq-int4": "gptq"}
+    if p in needs and q != needs[p]:
+        raise ConfigError(
+            f"precision {p} needs a pre-quantized {needs[p]} checkpoint "
+            f"(model.checkpoint_quantization={needs[p]}), got {q}"
+        )
+    if p in ("bf16", "fp16") and q != "none":
+        raise ConfigError(f"precision {p} needs an unquantized checkpoint, got a {q} one")
+    if p == "fp8" and q not in ("none", "compressed-tensors"):
+        raise ConfigError(f"precision fp8 needs an unquantized or compressed-tensors checkpoint, got {q}")
+    if device == "cpu":
+        if opts.tensor_parallel_size > 1:
+            raise ConfigError("tensor_parallel_size > 1 is not supported on the CPU backend")
+        if opts.kv_cache_dtype != "auto":
+            raise ConfigError(f"kv_cache_dtype {opts.kv_cache_dtype} (fp8 KV cache) is not supported on CPU")
+        if p in ("awq-int4", "gptq-int4"):
+            raise ConfigError(f"{p} needs the Marlin GPU kernels; it is not supported on CPU")
+        if p == "fp8" and q == "compressed-tensors":
+            raise ConfigError(
+                "fp8 compressed-tensors checkpoints need a GPU; on CPU use fp8 from bf16 weights"
+            )
+    # With chunked prefill a long prompt just takes more steps, but a step budget below
+    # max_num_seqs could not even schedule one decode token per running sequence.
+    if opts.max_num_batched_tokens is not None and opts.max_num_batched_tokens < opts.max_num_seqs:
+        raise ConfigError(
+            f"max_num_batched_tokens ({opts.max_num_batched_tokens}) < max_num_seqs ({opts.max_num_seqs})"
+        )
+
+
+def _precision_args(config: WorkerConfig, device: Device) -> list[str]:
+    p, q = config.precision, config.model.checkpoint_quantization
+    if p == "fp16":
+        return ["--dtype", "float16"]
+    if p == "bf16":
+        return ["--dtype", "bfloat16"]
+    if p == "fp8":
+        if q == "compressed-tensors":
+            return ["--dtype", "bfloat16", "--quantization", "compressed-tensors"]
+        # Dynamic fp8 from bf16 weights: Hopper's fp8 GEMMs on GPU; per-channel fp8 weights on CPU.
+        return ["--dtype", "bfloat16", "--quantization", "fp8" if device == "cuda" else "fp8_per_channel"]
+    if p == "int8":
+        return ["--dtype", "bfloat16", "--quantization", "compressed-tensors"]
+    if p == "awq-int4":
+        return ["--dtype", "float16", "--quantization", "awq_marlin"]
+    return ["--dtype", "float16", "--quantization", "gptq_marlin"]
+
+
+def vllm_command(config: WorkerConfig, *, device: Device, python: str | None = None) -> list[str]:
+    """The exact command line of vLLM's OpenAI-compatible server for this config on ``device``.
+
+    ``python`` overrides ``config.vllm.python`` (default: the worker's own interpreter).
+    Raises :class:`ConfigError` for unsupported combinations.
+    """
+    check_supported(config, device)
+    opts = config.vllm
+    if not config.model.path:
+        raise ConfigError("model.path is required to start vLLM")
+    cmd = [python or opts.python or sys.executable, "-m", VLLM_SERVER_MODULE]
+    cmd += ["--model", config.model.path, "--served-model-name", config.model.public_name]
+    cmd += ["--host", "127.0.0.1", "--port", str(config.engine_port)]
+    cmd += _precision_args(config, device)
+    if opts.kv_cache_dtype != "auto":
+        cmd += ["--kv-cache-dtype", opts.kv_cache_dtype]
+    if opts.max_model_len is not None:
+        cmd += ["--max-model-len", str(opts.max_model_len)]
+    cmd += ["--max-num-seqs", str(opts.max_num_seqs)]
+    if opts.max_num_batched_tokens is not None:
+        cmd += ["--max-num-batched-tokens", str(opts.max_num_batched_tokens)]
+    if device == "cuda":
+        cmd += ["--gpu-memory-utilization", f"{opts.gpu_memory_utilization:g}"]
+        cmd += ["--tensor-parallel-size", str(opts.tensor_parallel_size)]
+    cmd.append("--enable-prefix-caching" if opts.enable_prefix_caching else "--no-enable-prefix-caching")
+    if opts.enforce_eager:
+        cmd.append("--enforce-eager")
+    if opts.seed is not None:
+        cmd += ["--seed", str(opts.seed)]
+    cmd += list(opts.extra_args)
+    return cmd
+
+
+def vllm_env(
+    config: WorkerConfig, *, device: Device, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment of the vLLM child: ``base`` (usually ``os.environ``) plus what the backend needs."""
+    env = dict(base or {})
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(config.vllm.cpu_kvcache_space_gib)
+    env.update(config.vllm.extra_env)
+    return env
+
+
+def describe_command(cmd: Sequence[str]) -> str:
+    """A shell-quoted rendering of a command line, for logs."""
+    return shlex.join(cmd)
