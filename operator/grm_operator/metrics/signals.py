@@ -1,0 +1,89 @@
+"""The signals the operator reads from workers, and the metric names each is computed from.
+
+A :class:`Signals` is the reduction of one window of metrics over a group of pods (one variant,
+or the whole GRMDeployment): rates, latency percentiles, gauges. Both sources produce it — the
+Direct source from its own scrapes, the Prometheus source from PromQL — so the policy cannot
+tell them apart. ``None`` means "not known" (no series, idle window, too few samples), never 0.
+
+vLLM renamed metrics across releases; every signal lists its names newest first and the
+sources take the first one a worker exposes:
+
+* ``vllm:kv_cache_usage_perc`` (≥ 0.10) was ``vllm:gpu_cache_usage_perc``;
+* ``vllm:inter_token_latency_seconds`` (≥ 0.11) was ``vllm:time_per_output_token_seconds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+__all__ = [
+    "COUNTER_NAMES",
+    "GAUGE_NAMES",
+    "GPU_UTIL_NAMES",
+    "HISTOGRAM_NAMES",
+    "SIGNAL_NAMES",
+    "Signals",
+]
+
+#: Histograms by signal stem, newest name first.
+HISTOGRAM_NAMES: dict[str, tuple[str, ...]] = {
+    "ttft": ("vllm:time_to_first_token_seconds",),
+    "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+    "e2e": ("vllm:e2e_request_latency_seconds",),
+    "queue_time": ("vllm:request_queue_time_seconds",),
+}
+
+#: Counters (sample names, with ``_total``) by signal, newest name first.
+COUNTER_NAMES: dict[str, tuple[str, ...]] = {
+    "rps": ("vllm:request_success_total",),
+    "prompt_tps": ("vllm:prompt_tokens_total",),
+    "generation_tps": ("vllm:generation_tokens_total",),
+}
+
+#: Gauges by signal, newest name first. running/waiting are summed over pods, kv_cache averaged.
+GAUGE_NAMES: dict[str, tuple[str, ...]] = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+}
+
+#: GPU utilisation: the worker's own gauge (0–1) first, then DCGM's exporter (0–100 per GPU,
+#: when the DCGM exporter's series carry the pod's labels) — see docs/metrics.md.
+GPU_UTIL_NAMES: tuple[str, ...] = ("grm_gpu_utilization", "DCGM_FI_DEV_GPU_UTIL")
+
+#: Every metric name a worker scrape is reduced to (the Direct source keeps only these).
+SIGNAL_NAMES: tuple[str, ...] = (
+    *(n for names in HISTOGRAM_NAMES.values() for n in names),
+    *(n for names in COUNTER_NAMES.values() for n in names),
+    *(n for names in GAUGE_NAMES.values() for n in names),
+    *GPU_UTIL_NAMES,
+)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One window of metrics over a group of pods. Rates per second, latencies in seconds."""
+
+    rps: float | None = None
+    prompt_tps: float | None = None
+    generation_tps: float | None = None
+    ttft_p50: float | None = None
+    ttft_p95: float | None = None
+    itl_p50: float | None = None
+    itl_p95: float | None = None
+    e2e_p50: float | None = None
+    e2e_p95: float | None = None
+    queue_time_p95: float | None = None
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = None
+    gpu_util: float | None = None
+    #: Pods that contributed at least one sample in the window.
+    pods_reporting: int = 0
+    #: Age of the newest sample at ``now`` (None when there is none).
+    sample_age_s: float | None = None
+
+    def known(self) -> int:
+        """How many of the numeric signals are known (for tests and logs)."""
+        skip = {"pods_reporting", "sample_age_s"}
+        return sum(1 for f in fields(self) if f.name not in skip and getattr(self, f.name) is not None)
