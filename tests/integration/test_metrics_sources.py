@@ -1,0 +1,221 @@
+"""The Prometheus and Direct metrics sources against a REAL Prometheus (Debian's package) that
+scrapes worker metrics on loopback, relabelled exactly as examples/prometheus documents.
+
+Workers: fixture metrics servers (tests/fakepod.py) whose request rate and latencies the test
+sets, in vLLM 0.32's format; one serves the pre-0.10 metric names; one is idle. A fake DCGM
+exporter reports GPU utilisation per pod. Both sources must read the numbers the workers were
+given, and agree with each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fakepod import FakeWorker
+from grm_operator.metrics import Direct, MetricsError, MetricsTarget, PodEndpoint, Prometheus, Reading
+from promserver import PrometheusServer, poll, prometheus_binary
+
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.skipif(prometheus_binary() is None, reason="prometheus not installed (make system-deps)"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+NS, NAME = "rl", "reward"
+WINDOW_S = 6.0
+SCRAPE_S = 0.5
+
+# Variant a: two pods, 20 rps cycling TTFT 0.1/0.2/0.3/0.4 s and 10 rps at 0.6 s. Of 30 rps, the
+# p95 rank 28.5 falls in vLLM's bucket (0.5, 0.75], which holds the 10 above the 20 at ≤ 0.4 s:
+# 0.5 + 0.25·8.5/10 = 0.7125.
+EXPECTED_A_TTFT_P95 = 0.5 + 0.25 * 8.5 / 10
+PODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "reward-a-0": ("a", {"rps": 20.0, "ttft": (0.1, 0.2, 0.3, 0.4), "kv_cache": 0.3, "running": 3}),
+    "reward-a-1": ("a", {"rps": 10.0, "ttft": (0.6,), "kv_cache": 0.5, "running": 2}),
+    "reward-b-0": ("b", {"rps": 5.0, "ttft": (1.2,), "itl": (0.06,), "kv_cache": 0.9, "old_names": True}),
+    "reward-c-0": ("c", {"rps": 0.0, "waiting": 4}),
+}
+GPU_UTIL = {"reward-a-0": 80, "reward-a-1": 60, "reward-b-0": 95}
+
+
+def _scrape_config(workers: dict[str, FakeWorker], dcgm: FakeWorker) -> dict[str, Any]:
+    documented = yaml.safe_load((REPO / "examples/prometheus/grm-workers-scrape.yaml").read_text())
+    job = documented["scrape_configs"][0]
+    del job["kubernetes_sd_configs"]
+    # Static targets carrying the labels Kubernetes service discovery would set on each pod.
+    static = [
+        {
+            "targets": [workers[pod].address],
+            "labels": {
+                "__meta_kubernetes_namespace": NS,
+                "__meta_kubernetes_pod_name": pod,
+                "__meta_kubernetes_pod_label_grm_dev_deployment": NAME,
+                "__meta_kubernetes_pod_label_grm_dev_variant": variant,
+                "__meta_kubernetes_pod_container_port_name": "http",
+            },
+        }
+        for pod, (variant, _) in PODS.items()
+    ]
+    return {
+        "global": {"scrape_interval": "500ms", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {**job, "static_configs": static, "scrape_interval": "500ms"},
+            # dcgm-exporter labels each GPU's series with the pod using it; honor_labels keeps them.
+            {"job_name": "dcgm", "honor_labels": True, "static_configs": [{"targets": [dcgm.address]}]},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[PrometheusServer, dict[str, FakeWorker]]]:
+    workers = {pod: FakeWorker(**params) for pod, (_, params) in PODS.items()}
+    dcgm_text = "# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n" + "".join(
+        f'DCGM_FI_DEV_GPU_UTIL{{gpu="0",namespace="{NS}",pod="{pod}"}} {util}\n'
+        for pod, util in GPU_UTIL.items()
+    )
+    dcgm = FakeWorker()
+    dcgm.text = lambda: dcgm_text  # type: ignore[method-assign]
+    prom = PrometheusServer(_scrape_config(workers, dcgm))
+    try:
+        # All five targets up, then a full window of samples behind the newest one.
+        poll(lambda: True if len(prom.query("up == 1")) == 5 else None, 30, "all targets up")
+        poll(
+            lambda: (
+                True
+                if (r := prom.query(f"min(count_over_time(up[{int(WINDOW_S)}s]))"))
+                and float(r[0]["value"][1]) >= WINDOW_S / SCRAPE_S - 1
+                else None
+            ),
+            30,
+            "a full window of scrapes",
+        )
+        yield prom, workers
+    finally:
+        prom.stop()
+        for w in [*workers.values(), dcgm]:
+            w.close()
+
+
+def _target(workers: dict[str, FakeWorker], queries: dict[str, str] | None = None) -> MetricsTarget:
+    return MetricsTarget(
+        namespace=NS,
+        name=NAME,
+        variants=("a", "b", "c"),
+        pods=tuple(PodEndpoint(pod, variant, workers[pod].url) for pod, (variant, _) in PODS.items()),
+        queries=queries or {},
+    )
+
+
+async def _direct_reading(workers: dict[str, FakeWorker]) -> Reading:
+    """Scrape every SCRAPE_S for a window, as Prometheus does, then reduce it."""
+    direct = Direct()
+    target = _target(workers)
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start <= WINDOW_S:
+            assert await direct.scrape(target, time.monotonic()) == ()
+            await asyncio.sleep(SCRAPE_S)  # the scrape interval itself, not a wait for a condition
+        return direct.summarize(target, WINDOW_S, time.monotonic())
+    finally:
+        await direct.close()
+
+
+def _check(reading: Reading, source: str) -> None:
+    a, b, c, total = reading.variants["a"], reading.variants["b"], reading.variants["c"], reading.total
+    assert a.rps == pytest.approx(30.0, rel=0.12), source
+    assert b.rps == pytest.approx(5.0, rel=0.2), source
+    assert c.rps == 0.0, source
+    assert total.rps == pytest.approx(35.0, rel=0.12), source
+    assert a.prompt_tps == pytest.approx(30_000, rel=0.12), source
+    assert a.generation_tps == pytest.approx(9_000, rel=0.12), source
+    assert a.ttft_p95 == pytest.approx(EXPECTED_A_TTFT_P95, abs=0.03), source
+    # Variant b serves only 1.2 s TTFT, in vLLM's bucket (1.0, 2.5]: rank 95 % of the way in.
+    assert b.ttft_p95 == pytest.approx(1.0 + 1.5 * 0.95, abs=0.05), source
+    # b's ITL comes from the old name vllm:time_per_output_token_seconds: 0.06 s in (0.05, 0.075].
+    assert b.itl_p95 is not None and 0.05 < b.itl_p95 <= 0.075, source
+    assert c.ttft_p95 is None and c.e2e_p95 is None, f"{source}: idle window must be unknown, not 0"
+    assert a.running == 5 and c.waiting == 4 and total.waiting == 4, source
+    assert a.kv_cache_usage == pytest.approx(0.4) and b.kv_cache_usage == pytest.approx(0.9), source
+    assert a.pods_reporting == 2 and total.pods_reporting == 4, source
+    assert total.sample_age_s is not None and total.sample_age_s < 3 * SCRAPE_S, source
+
+
+async def test_the_prometheus_source_reads_what_the_workers_serve(
+    cluster: tuple[PrometheusServer, dict[str, FakeWorker]],
+) -> None:
+    prom, workers = cluster
+    source = Prometheus(prom.url)
+    try:
+        reading = await source.observe(_target(workers), WINDOW_S, now=0.0)
+    finally:
+        await source.close()
+    _check(reading, "prometheus")
+    # GPU utilisation from DCGM, joined to our pods through `up`'s variant label, percent → 0–1.
+    assert reading.variants["a"].gpu_util == pytest.approx(0.70)
+    assert reading.variants["b"].gpu_util == pytest.approx(0.95)
+    assert reading.variants["c"].gpu_util is None
+    assert reading.total.gpu_util == pytest.approx(235 / 300)
+
+
+async def test_the_direct_source_agrees_with_prometheus(
+    cluster: tuple[PrometheusServer, dict[str, FakeWorker]],
+) -> None:
+    prom, workers = cluster
+    direct = await _direct_reading(workers)
+    _check(direct, "direct")
+    source = Prometheus(prom.url)
+    try:
+        via_prom = await source.observe(_target(workers), WINDOW_S, now=0.0)
+    finally:
+        await source.close()
+    for variant in ("a", "b"):
+        d, p = direct.variants[variant], via_prom.variants[variant]
+        assert d.rps == pytest.approx(p.rps, rel=0.15)
+        assert d.ttft_p95 == pytest.approx(p.ttft_p95, rel=0.1)
+        assert d.itl_p95 == pytest.approx(p.itl_p95, rel=0.1)
+        assert d.e2e_p95 == pytest.approx(p.e2e_p95, rel=0.1)
+
+
+async def test_query_overrides_substitute_selector_and_window(
+    cluster: tuple[PrometheusServer, dict[str, FakeWorker]],
+) -> None:
+    prom, workers = cluster
+    doubled = "2 * sum by (grm_dev_variant) (rate(vllm:request_success_total{selector}[{window}]))"
+    source = Prometheus(prom.url)
+    try:
+        reading = await source.observe(_target(workers, {"rps": doubled}), WINDOW_S, now=0.0)
+        # Without a total series the total of a rate is the sum of the variants.
+        assert reading.variants["a"].rps == pytest.approx(60.0, rel=0.12)
+        assert reading.total.rps == pytest.approx(70.0, rel=0.12)
+        with pytest.raises(MetricsError, match="unknown signal"):
+            await source.observe(_target(workers, {"latency": "up"}), WINDOW_S, now=0.0)
+        with pytest.raises(MetricsError, match="rejected"):
+            await source.observe(_target(workers, {"rps": "sum(rate(x[{window}]"}), WINDOW_S, now=0.0)
+    finally:
+        await source.close()
+
+
+async def test_an_unknown_deployment_reads_as_unknown_and_a_dead_server_as_an_error(
+    cluster: tuple[PrometheusServer, dict[str, FakeWorker]],
+) -> None:
+    prom, workers = cluster
+    source = Prometheus(prom.url)
+    try:
+        other = MetricsTarget(namespace=NS, name="nobody", variants=("a",))
+        reading = await source.observe(other, WINDOW_S, now=0.0)
+        assert reading.total.known() == 0 and reading.variants["a"].known() == 0
+    finally:
+        await source.close()
+    dead = Prometheus("http://127.0.0.1:9", timeout_s=1)
+    try:
+        with pytest.raises(MetricsError, match="failed"):
+            await dead.observe(_target(workers), WINDOW_S, now=0.0)
+    finally:
+        await dead.close()
