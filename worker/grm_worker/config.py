@@ -48,6 +48,7 @@ __all__ = [
     "VllmOptions",
     "WorkerConfig",
     "check_supported",
+    "describe_command",
     "load_config",
     "vllm_command",
     "vllm_env",

@@ -1,0 +1,223 @@
+"""``grm-worker``: the worker pod's entrypoint.
+
+    grm-worker serve --config worker.yaml            # what the operator's pods run
+    grm-worker serve --engine sim --port 8000        # a simulated worker, no config file needed
+    grm-worker sim-engine --port 8100                # the sim engine alone (a stand-in vLLM server)
+    grm-worker command --config worker.yaml --device cpu   # print the vLLM command line
+    grm-worker schema                                # WorkerConfig's JSON schema
+
+``serve`` exits 0 after a SIGTERM drain, 1 when the engine died, 2 on an invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from grm_worker.config import ConfigError, Device, WorkerConfig, describe_command, load_config, vllm_command
+from grm_worker.engines.base import Engine
+
+__all__ = ["main"]
+
+log = logging.getLogger("grm_worker")
+
+# CLI flag -> dotted config key (flags override the file).
+_OVERRIDES = {
+    "engine": "engine",
+    "host": "host",
+    "port": "port",
+    "engine_port": "engine_port",
+    "precision": "precision",
+    "variant": "variant",
+    "device": "device",
+    "model_path": "model.path",
+    "model_name": "model.name",
+    "served_name": "model.served_name",
+    "vllm_python": "vllm.python",
+    "time_scale": "sim.time_scale",
+    "startup_delay": "sim.startup_delay_s",
+    "jitter": "sim.jitter",
+    "seed": "sim.seed",
+    "samples": "scoring.samples_default",
+    "drain_timeout": "drain_timeout_s",
+}
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def _config(args: argparse.Namespace) -> WorkerConfig:
+    overrides = {
+        key: getattr(args, flag) for flag, key in _OVERRIDES.items() if getattr(args, flag, None) is not None
+    }
+    overrides.update(_parse_set(args.set or []))
+    return load_config(args.config, overrides)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="WorkerConfig as YAML or JSON (the operator's ConfigMap)")
+    p.add_argument("--engine", choices=["vllm", "sim"])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--engine-port", type=int, help="loopback port of the vLLM child")
+    p.add_argument("--precision")
+    p.add_argument("--variant")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--model-path")
+    p.add_argument("--model-name")
+    p.add_argument("--served-name")
+    p.add_argument("--vllm-python", help="interpreter with vLLM installed")
+    p.add_argument("--time-scale", type=float, help="sim: run N× faster than real time")
+    p.add_argument("--startup-delay", type=float, help="sim: simulated seconds of model load")
+    p.add_argument("--jitter", type=float, help="sim: relative std-dev of step times")
+    p.add_argument("--seed", type=int, help="sim: seed")
+    p.add_argument("--samples", type=int, help="initial GRM sample budget")
+    p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests may take after SIGTERM")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (JSON values)"
+    )
+    p.add_argument("--log-level", default="INFO")
+
+
+def make_engine(config: WorkerConfig, engine_url: str | None = None) -> Engine:
+    """The engine a config asks for (imports only the one it needs)."""
+    if config.engine == "sim":
+        from grm_worker.engines.sim import SimEngine
+
+        return SimEngine(config)
+    from grm_worker.engines.vllm import ProxyEngine, VllmEngine
+    from grm_worker.gpu import NvmlGauges
+
+    gpu = NvmlGauges.create()
+    if engine_url:
+        return ProxyEngine(engine_url, config.model.public_name, gpu=gpu)
+    return VllmEngine(config, gpu=gpu)
+
+
+async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
+    """Run the worker until SIGTERM/SIGINT (drain, exit 0) or the engine's death (exit 1)."""
+    from grm_worker.server import Front
+
+    engine = make_engine(config, engine_url)
+    front = Front(config, engine)
+    runner = web.AppRunner(front.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    log.info(
+        "serving variant=%s precision=%s engine=%s on http://%s:%d",
+        config.variant, config.precision, config.engine, config.host, config.port,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        await engine.start()
+        stop_wait = asyncio.create_task(stop.wait())
+        dead_wait = asyncio.create_task(engine.wait_dead())
+        done, _ = await asyncio.wait({stop_wait, dead_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if dead_wait in done:
+            log.error("engine died (%s); exiting so the pod restarts", dead_wait.result())
+            stop_wait.cancel()
+            code = 1
+        else:
+            dead_wait.cancel()
+            log.info("SIGTERM: draining up to %.1f s", config.drain_timeout_s)
+            await front.drain(config.drain_timeout_s)
+    finally:
+        front.draining = True
+        await runner.cleanup()
+        await engine.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped code=%d", code)
+    return code
+
+
+async def serve_engine(config: WorkerConfig) -> int:
+    """The sim engine alone over HTTP (like vLLM's own server), until SIGTERM/SIGINT."""
+    from grm_worker.engines.sim import SimEngine
+    from grm_worker.server import engine_app
+
+    engine = SimEngine(config)
+    runner = web.AppRunner(engine_app(engine), handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+    await engine.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sim engine on http://%s:%d", config.host, config.port)
+    await stop.wait()
+    await runner.cleanup()
+    await engine.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grm-worker", description="GRM worker: engine + scoring front")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the worker (front + engine)")
+    _add_config_flags(p_serve)
+    p_serve.add_argument(
+        "--engine-url", help="proxy to a running OpenAI-compatible engine instead of starting vLLM"
+    )
+    p_engine = sub.add_parser("sim-engine", help="run the simulated engine alone (vLLM-like server)")
+    _add_config_flags(p_engine)
+    p_cmd = sub.add_parser("command", help="print the vLLM command line of a config")
+    _add_config_flags(p_cmd)
+    sub.add_parser("schema", help="print WorkerConfig's JSON schema")
+    args = parser.parse_args(argv)
+    if args.command == "schema":
+        print(json.dumps(WorkerConfig.model_json_schema(), indent=2))
+        return 0
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = _config(args)
+        if args.command == "command":
+            target: Device = "cpu" if config.device == "cpu" else "cuda"
+            print(describe_command(vllm_command(config, device=target)))
+            return 0
+        if args.command == "sim-engine":
+            return asyncio.run(serve_engine(config))
+        if config.engine == "vllm" and not args.engine_url:
+            from grm_worker.engines.vllm import detect_device
+
+            device: Device = detect_device() if config.device == "auto" else config.device
+            vllm_command(config, device=device)  # reject unsupported variants before binding a port
+        return asyncio.run(serve(config, engine_url=args.engine_url))
+    except (ConfigError, ValidationError) as error:
+        print(f"grm-worker: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. the port is taken
+        print(f"grm-worker: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,695 @@
+"""The simulated engine: vLLM's OpenAI API and metrics, timed by the performance model.
+
+A continuous-batching step loop in the image of vLLM's v1 scheduler:
+
+* each step first gives every running sequence its next piece of work (one decode token, or the
+  next chunk of its prompt), then admits waiting sequences while ``max_num_seqs``, the step's
+  token budget (``max_num_batched_tokens``, chunked prefill) and the KV cache allow;
+* a running sequence that needs a KV slot when the cache is full preempts the newest running
+  sequence, which goes back to the head of the queue and recomputes its prefill (vLLM's default);
+* the step lasts ``perfmodel.step_time_s(P, B, Σctx)`` simulated seconds, times log-normal jitter
+  and an injected slowdown; the step that completes a prompt emits its first token.
+
+Simulated time runs ``time_scale``× faster than the wall clock: every latency the engine
+reports (histograms, the start-up delay) is in simulated seconds, so a demo at 10× shows the
+same numbers as real time. ``DCGM_FI_DEV_GPU_UTIL`` is the step loop's busy fraction over the
+last ``gpu_util_window_s`` simulated seconds, the same for each of the replica's GPUs (tensor
+parallel ranks are busy together).
+
+Fault injection (the admin endpoint): ``slowdown`` multiplies every step, ``error_rate`` fails
+that fraction of requests with HTTP 500, ``crash`` makes the engine die (the worker exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import math
+import random
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from grm_worker.config import WorkerConfig
+from grm_worker.engines.base import Engine, EngineError, EngineReply
+from grm_worker.engines.simtext import count_tokens, generate_tokens
+from grm_worker.perfmodel import PerformanceProfile, profile_for, step_time_s
+
+__all__ = ["SimEngine", "SimFaults"]
+
+# Bucket boundaries of vLLM 0.32 (vllm/v1/metrics/loggers.py, as in the committed metrics dump).
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+N_BUCKETS = (1, 2, 5, 10, 20)
+
+
+def _token_buckets(max_model_len: int) -> tuple[float, ...]:
+    """vLLM's 1-2-5 series up to max_model_len (``build_1_2_5_buckets``)."""
+    out: list[float] = []
+    exponent = 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > max_model_len:
+                return tuple(out)
+            out.append(value)
+        exponent += 1
+
+
+@dataclass
+class SimFaults:
+    """Injected faults (set through the admin endpoint)."""
+
+    slowdown: float = 1.0
+    error_rate: float = 0.0
+    crashed: str | None = None
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One sequence (a prompt × one of its n samples) inside the engine."""
+
+    prompt_tokens: int
+    tokens: list[str]
+    finish_reason: str
+    arrival: float
+    n: int
+    max_tokens: int
+    out: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    prefill_target: int = 0
+    prefilled: int = 0
+    generated: int = 0
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.prefill_target = self.prompt_tokens
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.prefilled + self.generated
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled >= self.prefill_target
+
+
+class _Metrics:
+    """vLLM 0.32's metric families (names, types, labels, buckets) plus DCGM's GPU utilisation."""
+
+    def __init__(self, model_name: str, max_model_len: int, gpus: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, labels = self.registry, ["model_name", "engine"]
+        values = {"model_name": model_name, "engine": "0"}
+        tokens = _token_buckets(max_model_len)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r, multiprocess_mode="mostrecent")
+
+        def counter(name: str, doc: str, extra: list[str] | None = None) -> Counter:
+            return Counter(name, doc, labels + (extra or []), registry=r)
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, labels, registry=r, buckets=buckets).labels(**values)
+
+        self.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
+        self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
+        self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.running_l = self.running.labels(**values)
+        self.waiting_l = self.waiting.labels(**values)
+        self.kv_usage_l = self.kv_usage.labels(**values)
+        self.prefix_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of tokens."
+        )
+        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of tokens.")
+        self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        self.success = counter(
+            "vllm:request_success", "Count of successfully processed requests.", ["finished_reason"]
+        )
+        for c in (
+            self.prefix_queries,
+            self.prefix_hits,
+            self.preemptions,
+            self.prompt_tokens,
+            self.generation_tokens,
+        ):
+            c.labels(**values)
+        for reason in ("stop", "length", "abort", "error", "repetition"):
+            self.success.labels(finished_reason=reason, **values)
+        self.prefix_queries_l = self.prefix_queries.labels(**values)
+        self.preemptions_l = self.preemptions.labels(**values)
+        self.prompt_tokens_l = self.prompt_tokens.labels(**values)
+        self.generation_tokens_l = self.generation_tokens.labels(**values)
+        self.values = values
+        self.req_prompt = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", tokens)
+        self.req_gen = hist(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", tokens
+        )
+        self.iteration = hist(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
+            tuple(float(b) for b in (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)),
+        )
+        self.max_gen = hist(
+            "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.",
+            tokens,
+        )
+        self.params_n = hist("vllm:request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
+        self.params_max_tokens = hist(
+            "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tokens
+        )
+        self.ttft = hist(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
+        )
+        self.itl = hist(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS
+        )
+        self.tpot = hist(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            ITL_BUCKETS,
+        )
+        self.e2e = hist(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            LATENCY_BUCKETS,
+        )
+        self.queue = hist(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.inference = hist(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.prefill_time = hist(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.decode_time = hist(
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+            LATENCY_BUCKETS,
+        )
+        self.req_preemptions = hist(
+            "vllm:request_num_preemptions",
+            "Histogram of number of preemptions per request.",
+            (1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0),
+        )
+        host = socket.gethostname()
+        self.gpu_util = Gauge(
+            "DCGM_FI_DEV_GPU_UTIL",
+            "GPU utilization (in %).",
+            ["gpu", "UUID", "device", "modelName", "Hostname"],
+            registry=r,
+        )
+        self.gpu_util_l = [
+            self.gpu_util.labels(
+                gpu=str(i),
+                UUID=f"GPU-sim-{host}-{i}",
+                device=f"nvidia{i}",
+                modelName="Simulated H100",
+                Hostname=host,
+            )
+            for i in range(gpus)
+        ]
+
+
+class SimEngine(Engine):
+    """A simulated vLLM engine in this process (see the module docstring)."""
+
+    def __init__(self, config: WorkerConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.model_name = config.model.public_name
+        overrides: dict[str, Any] = dict(config.sim.profile)
+        opts = config.vllm
+        overrides.setdefault("max_num_seqs", opts.max_num_seqs)
+        if opts.max_num_batched_tokens is not None:
+            overrides.setdefault("max_num_batched_tokens", opts.max_num_batched_tokens)
+        for name in ("max_num_seqs", "max_num_batched_tokens", "kv_cache_tokens", "gpus"):
+            if name in overrides:
+                overrides[name] = int(overrides[name])
+        self.profile: PerformanceProfile = profile_for(config.precision, **overrides)
+        self.max_model_len = opts.max_model_len or 32768
+        self.faults = SimFaults()
+        self.metrics = _Metrics(self.model_name, self.max_model_len, self.profile.gpus)
+        self._clock = clock
+        self._t0 = clock()
+        self._rng = random.Random(config.sim.seed)
+        self._sample_counter = 0
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._running: list[_Seq] = []
+        self._wakeup = asyncio.Event()
+        self._dead = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ready_at = math.inf
+        self._last_end = 0.0
+        self._busy: collections.deque[tuple[float, float]] = collections.deque()
+        self.steps = 0
+
+    # --- time ------------------------------------------------------------------------------------
+    def now(self) -> float:
+        """Simulated seconds since the engine was created."""
+        return (self._clock() - self._t0) * self.config.sim.time_scale
+
+    async def _sleep_until(self, sim_deadline: float) -> None:
+        delay = (sim_deadline - self.now()) / self.config.sim.time_scale
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._ready_at = self.now() + self.config.sim.startup_delay_s
+        self._task = asyncio.create_task(self._loop(), name="sim-engine-steps")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for seq in [*self._running, *self._waiting]:
+            seq.out.put_nowait(None)
+
+    async def ready(self) -> bool:
+        return self.faults.crashed is None and self.now() >= self._ready_at
+
+    async def wait_dead(self) -> str:
+        await self._dead.wait()
+        return self.faults.crashed or "crashed"
+
+    def crash(self, reason: str = "injected crash") -> None:
+        """Fault injection: the engine dies (the worker exits non-zero)."""
+        self.faults.crashed = reason
+        self._dead.set()
+
+    # --- the step loop --------------------------------------------------------------------------
+    def _schedule(self) -> tuple[list[tuple[_Seq, int]], list[_Seq]]:
+        """Pick this step's work: (sequence, prefill chunk) pairs and decoding sequences."""
+        p = self.profile
+        budget = p.max_num_batched_tokens
+        kv_used = sum(s.kv_tokens for s in self._running)
+        prefills: list[tuple[_Seq, int]] = []
+        decodes: list[_Seq] = []
+        index = 0
+        while index < len(self._running) and budget > 0:
+            seq = self._running[index]
+            need = 1 if seq.decoding else min(seq.prefill_target - seq.prefilled, budget)
+            while kv_used + need > p.kv_cache_tokens and len(self._running) - 1 > index:
+                victim = self._running.pop()
+                kv_used -= victim.kv_tokens
+                self._preempt(victim)
+            if kv_used + need > p.kv_cache_tokens:
+                break
+            kv_used += need
+            budget -= need
+            if seq.decoding:
+                decodes.append(seq)
+            else:
+                prefills.append((seq, need))
+            index += 1
+        while self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
+            seq = self._waiting[0]
+            chunk = min(seq.prefill_target - seq.prefilled, budget)
+            if kv_used + chunk > p.kv_cache_tokens:
+                break
+            self._waiting.popleft()
+            self._running.append(seq)
+            if seq.scheduled_at is None:
+                seq.scheduled_at = self.now()
+            kv_used += chunk
+            budget -= chunk
+            prefills.append((seq, chunk))
+        return prefills, decodes
+
+    def _preempt(self, seq: _Seq) -> None:
+        # Recompute preemption: the KV is freed, prompt and generated tokens are prefilled again.
+        seq.prefill_target = seq.prompt_tokens + seq.generated
+        seq.prefilled = 0
+        seq.preemptions += 1
+        self.metrics.preemptions_l.inc()
+        self._waiting.appendleft(seq)
+
+    def _step_seconds(self, prefill_tokens: int, decodes: list[_Seq]) -> float:
+        ctx = sum(s.kv_tokens for s in decodes)
+        seconds = step_time_s(self.profile, prefill_tokens, len(decodes), ctx) * self.faults.slowdown
+        jitter = self.config.sim.jitter
+        if jitter > 0:
+            # Log-normal with mean 1 and relative standard deviation ≈ jitter.
+            sigma = math.sqrt(math.log1p(jitter * jitter))
+            seconds *= self._rng.lognormvariate(-sigma * sigma / 2, sigma)
+        return seconds
+
+    async def _loop(self) -> None:
+        await self._sleep_until(self._ready_at)
+        while True:
+            if not self._running and not self._waiting:
+                self._wakeup.clear()
+                self._update_gauges()
+                await self._wakeup.wait()
+                continue
+            prefills, decodes = self._schedule()
+            if not prefills and not decodes:
+                # Nothing fits (a prompt larger than the KV cache): fail it instead of spinning.
+                seq = self._waiting.popleft()
+                seq.finish_reason = "error"
+                seq.out.put_nowait(None)
+                continue
+            prefill_tokens = sum(chunk for _, chunk in prefills)
+            start = max(self.now(), self._last_end)
+            end = start + self._step_seconds(prefill_tokens, decodes)
+            self._update_gauges()
+            await self._sleep_until(end)
+            self._last_end = end
+            self._record_busy(start, end)
+            self.steps += 1
+            self.metrics.iteration.observe(prefill_tokens + len(decodes))
+            self.metrics.prompt_tokens_l.inc(prefill_tokens)
+            for seq, chunk in prefills:
+                seq.prefilled += chunk
+                if seq.decoding:
+                    self._emit(seq, end)
+            for seq in decodes:
+                self._emit(seq, end)
+            self._running = [s for s in self._running if s.generated < len(s.tokens)]
+
+    def _emit(self, seq: _Seq, at: float) -> None:
+        if seq.generated >= len(seq.tokens):
+            return
+        if seq.first_token_at is None:
+            seq.first_token_at = at
+            self.metrics.ttft.observe(at - seq.arrival)
+        elif seq.last_token_at is not None:
+            self.metrics.itl.observe(at - seq.last_token_at)
+        seq.out.put_nowait(seq.tokens[seq.generated])
+        seq.generated += 1
+        seq.last_token_at = at
+        self.metrics.generation_tokens_l.inc()
+        if seq.generated == len(seq.tokens):
+            self._finish(seq, at)
+
+    def _finish(self, seq: _Seq, at: float) -> None:
+        m = self.metrics
+        scheduled = seq.scheduled_at if seq.scheduled_at is not None else at
+        first = seq.first_token_at if seq.first_token_at is not None else at
+        m.e2e.observe(at - seq.arrival)
+        m.queue.observe(scheduled - seq.arrival)
+        m.inference.observe(at - scheduled)
+        m.prefill_time.observe(first - scheduled)
+        m.decode_time.observe(at - first)
+        if seq.generated > 1:
+            m.tpot.observe((at - first) / (seq.generated - 1))
+        m.req_prompt.observe(seq.prompt_tokens)
+        m.req_gen.observe(seq.generated)
+        m.req_preemptions.observe(seq.preemptions)
+        m.success.labels(finished_reason=seq.finish_reason, **m.values).inc()
+        seq.out.put_nowait(None)
+
+    def _record_busy(self, start: float, end: float) -> None:
+        self._busy.append((start, end))
+        horizon = end - self.config.sim.gpu_util_window_s
+        while self._busy and self._busy[0][1] < horizon:
+            self._busy.popleft()
+
+    def gpu_busy_fraction(self) -> float:
+        """Fraction of the last ``gpu_util_window_s`` simulated seconds the step loop was busy."""
+        window = self.config.sim.gpu_util_window_s
+        now = max(self.now(), self._last_end)
+        lo = now - window
+        busy = sum(max(0.0, min(e, now) - max(s, lo)) for s, e in self._busy)
+        return min(1.0, busy / window)
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.running_l.set(len(self._running))
+        m.waiting_l.set(len(self._waiting))
+        m.kv_usage_l.set(min(1.0, sum(s.kv_tokens for s in self._running) / self.profile.kv_cache_tokens))
+
+    # --- requests ---------------------------------------------------------------------------------
+    def submit(self, prompt: str, max_tokens: int, *, n: int = 1, seed: int | None = None) -> list[_Seq]:
+        """Queue ``n`` sequences of ``prompt``; each yields its tokens on ``seq.out`` then None."""
+        prompt_tokens = count_tokens(prompt)
+        self.metrics.params_n.observe(n)
+        self.metrics.params_max_tokens.observe(max_tokens)
+        self.metrics.max_gen.observe(max_tokens)
+        seqs = []
+        for i in range(n):
+            self._sample_counter += 1
+            sample_seed = (
+                hash((self.config.sim.seed, seed, i))
+                if seed is not None
+                else hash((self.config.sim.seed, self._sample_counter))
+            )
+            tokens, reason = generate_tokens(prompt, max_tokens, self.config.sim.output_tokens, sample_seed)
+            seq = _Seq(prompt_tokens, tokens, reason, self.now(), n, max_tokens)
+            self.metrics.prefix_queries_l.inc(prompt_tokens)
+            if not tokens:
+                self._finish(seq, seq.arrival)
+            else:
+                self._waiting.append(seq)
+            seqs.append(seq)
+        self._update_gauges()
+        self._wakeup.set()
+        return seqs
+
+    def _check(self, prompt_tokens: int, max_tokens: int) -> None:
+        if self.faults.crashed is not None:
+            raise EngineError(f"engine is dead: {self.faults.crashed}", 500)
+        if self.faults.error_rate > 0 and self._rng.random() < self.faults.error_rate:
+            raise EngineError("injected engine failure", 500)
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise EngineError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion).",
+                400,
+            )
+
+    async def call(self, path: str, body: dict[str, Any]) -> EngineReply:
+        try:
+            if path == "/v1/completions":
+                return await self._completions(body)
+            if path == "/v1/chat/completions":
+                return await self._chat(body)
+            raise EngineError(f"Not Found: {path}", 404)
+        except EngineError as error:
+            kind = (
+                "BadRequestError"
+                if error.status == 400
+                else "NotFoundError"
+                if error.status == 404
+                else "InternalServerError"
+            )
+            return EngineReply(
+                error.status,
+                {"error": {"message": str(error), "type": kind, "param": None, "code": error.status}},
+            )
+
+    def _common(self, body: dict[str, Any]) -> tuple[int, int, int | None, bool]:
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise EngineError(f"The model `{model}` does not exist.", 404)
+        try:
+            max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+            n = int(body.get("n") or 1)
+            seed = None if body.get("seed") is None else int(body["seed"])
+        except (TypeError, ValueError) as error:
+            raise EngineError(f"invalid request parameter: {error}", 400) from None
+        if max_tokens < 1 or not 1 <= n <= 128:
+            raise EngineError("max_tokens must be ≥ 1 and n within [1, 128]", 400)
+        return max_tokens, n, seed, bool(body.get("stream"))
+
+    async def _completions(self, body: dict[str, Any]) -> EngineReply:
+        max_tokens, n, seed, stream = self._common(body)
+        raw = body.get("prompt")
+        prompts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise EngineError("prompt must be a string or a non-empty list of strings", 400)
+        for prompt in prompts:
+            self._check(count_tokens(prompt), max_tokens)
+        seqs = [seq for prompt in prompts for seq in self.submit(prompt, max_tokens, n=n, seed=seed)]
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if stream:
+            return EngineReply(200, stream=self._stream_completion(rid, created, seqs))
+        texts = [await _collect(seq) for seq in seqs]
+        choices = [
+            {
+                "index": i,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": seq.finish_reason,
+                "stop_reason": None,
+            }
+            for i, (seq, text) in enumerate(zip(seqs, texts, strict=True))
+        ]
+        return EngineReply(
+            200,
+            {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.model_name,
+                "choices": choices,
+                "usage": _usage(seqs),
+            },
+        )
+
+    async def _stream_completion(self, rid: str, created: int, seqs: list[_Seq]) -> AsyncIterator[bytes]:
+        async for index, token, seq in _merge(seqs):
+            chunk = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.model_name,
+                "choices": [
+                    {
+                        "index": index,
+                        "text": token or "",
+                        "logprobs": None,
+                        "finish_reason": None if token is not None else seq.finish_reason,
+                    }
+                ],
+            }
+            yield _sse(chunk)
+        yield b"data: [DONE]\n\n"
+
+    async def _chat(self, body: dict[str, Any]) -> EngineReply:
+        max_tokens, n, seed, stream = self._common(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise EngineError("messages must be a non-empty list", 400)
+        prompt = (
+            "".join(f"{m.get('role', 'user')}: {_content(m.get('content'))}\n" for m in messages)
+            + "assistant:"
+        )
+        self._check(count_tokens(prompt), max_tokens)
+        seqs = self.submit(prompt, max_tokens, n=n, seed=seed)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if stream:
+            return EngineReply(200, stream=self._stream_chat(rid, created, seqs))
+        texts = [await _collect(seq) for seq in seqs]
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": seq.finish_reason,
+                "stop_reason": None,
+            }
+            for i, (seq, text) in enumerate(zip(seqs, texts, strict=True))
+        ]
+        return EngineReply(
+            200,
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": self.model_name,
+                "choices": choices,
+                "usage": _usage(seqs),
+            },
+        )
+
+    async def _stream_chat(self, rid: str, created: int, seqs: list[_Seq]) -> AsyncIterator[bytes]:
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
+        for i in range(len(seqs)):
+            yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}]})
+        async for index, token, seq in _merge(seqs):
+            if token is None:
+                choice = {"index": index, "delta": {}, "finish_reason": seq.finish_reason}
+            else:
+                choice = {"index": index, "delta": {"content": token}, "finish_reason": None}
+            yield _sse({**base, "choices": [choice]})
+        yield b"data: [DONE]\n\n"
+
+    async def models(self) -> EngineReply:
+        return EngineReply(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.model_name,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "vllm",
+                        "root": self.config.model.path or self.config.model.name,
+                        "parent": None,
+                        "max_model_len": self.max_model_len,
+                    }
+                ],
+            },
+        )
+
+    async def metrics_text(self) -> str:
+        self._update_gauges()
+        util = 100.0 * self.gpu_busy_fraction()
+        for gauge in self.metrics.gpu_util_l:
+            gauge.set(round(util, 1))
+        return generate_latest(self.metrics.registry).decode()
+
+
+def _content(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def _usage(seqs: list[_Seq]) -> dict[str, int]:
+    # Each distinct prompt counts once, as in vLLM (n samples share it).
+    prompt = sum(s.prompt_tokens for i, s in enumerate(seqs) if i % max(1, s.n) == 0)
+    completion = sum(s.generated for s in seqs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _collect(seq: _Seq) -> str:
+    parts = []
+    while (token := await seq.out.get()) is not None:
+        parts.append(token)
+    return "".join(parts)
+
+
+async def _merge(seqs: list[_Seq]) -> AsyncIterator[tuple[int, str | None, _Seq]]:
+    """Tokens of several sequences as they come: (index, token or None at its end, seq)."""
+    pending = {asyncio.ensure_future(seq.out.get()): i for i, seq in enumerate(seqs)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: pending[f]):
+                i = pending.pop(future)
+                token = future.result()
+                yield i, token, seqs[i]
+                if token is not None:
+                    pending[asyncio.ensure_future(seqs[i].out.get())] = i
+    finally:
+        for future in pending:
+            future.cancel()

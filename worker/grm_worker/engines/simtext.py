@@ -1,0 +1,69 @@
+"""Deterministic text of the simulated engine: token counts, filler, and GRM critiques with scores.
+
+The sim has no tokenizer: a prompt counts one token per 4 characters (English BPE averages
+~4 characters a token), and generated text is a list of word tokens. For a GRM scoring prompt
+(:func:`grm_worker.scoring.count_responses` > 0) the critique ends with
+``Scores: \\boxed{…}``; each response's score is a stable "quality" drawn from a hash of its text
+plus ±1 of per-sample noise, so voting converges on the same winner whatever the shuffle, the way
+a real reward model would, and truncated critiques (max_tokens too small) lose their scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+from grm_worker.scoring import SCORE_MAX, SCORE_MIN, count_responses
+
+__all__ = ["count_tokens", "generate_tokens", "response_quality"]
+
+_WORDS = (
+    "the", "response", "addresses", "query", "with", "clear", "reasoning", "and", "correct", "facts",
+    "while", "other", "misses", "a", "key", "step", "so", "its", "helpfulness", "is", "lower",
+    "explanation", "lacks", "precision", "overall",
+)  # fmt: skip
+_RESPONSE_RE = re.compile(r"\[The Begin of Response (\d+)\]\n(.*?)\n\[The End of Response \1\]", re.S)
+
+
+def count_tokens(text: str) -> int:
+    """Approximate BPE token count: one token per 4 characters, at least 1."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def _digest(*parts: object) -> int:
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "big")
+
+
+def response_quality(response: str) -> int:
+    """A stable per-response quality in [3, 9] (the sim GRM's "true" score)."""
+    return 3 + _digest("quality", response) % 7
+
+
+def _filler(rng: random.Random, count: int) -> list[str]:
+    return [" " + _WORDS[rng.randrange(len(_WORDS))] for _ in range(count)]
+
+
+def generate_tokens(prompt: str, max_tokens: int, critique_tokens: int, seed: int) -> tuple[list[str], str]:
+    """The tokens the sim generates for ``prompt`` and the finish reason (``stop`` | ``length``).
+
+    Plain prompts get ``max_tokens`` filler tokens (as with ``ignore_eos``). GRM prompts get a
+    critique of ``critique_tokens`` tokens ending in the scores, cut at ``max_tokens``.
+    """
+    rng = random.Random(seed)
+    n = count_responses(prompt)
+    if n == 0:
+        return _filler(rng, max_tokens), "length"
+    shown = {int(i): text for i, text in _RESPONSE_RE.findall(prompt)}
+    scores = []
+    for i in range(1, n + 1):
+        noisy = response_quality(shown.get(i, str(i))) + rng.choice((-1, 0, 0, 1))
+        scores.append(min(SCORE_MAX, max(SCORE_MIN, noisy)))
+    tail = ["\nScores:", " \\boxed{" + ", ".join(map(str, scores)) + "}"]
+    head = ["Specific Criteria:", *_filler(rng, 6), ".\nAnalysis:"]
+    body = _filler(rng, max(0, critique_tokens - len(head) - len(tail)))
+    tokens = head + body + tail
+    if len(tokens) > max_tokens:
+        return tokens[:max_tokens], "length"
+    return tokens, "stop"

@@ -1,0 +1,363 @@
+"""The worker's HTTP front: OpenAI API relay, GRM scoring, health, metrics, admin, and drain.
+
+Routes (all on the worker's one port):
+
+* ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE streaming too), ``GET /v1/models``:
+  relayed to the engine unchanged.
+* ``POST /v1/grm/score`` ``{query, responses[2..16], samples?, principles?, sampling?, early_exit?,
+  seed?}`` → ``{scores, mean_scores, winner, samples_used, samples_budget, parse_failures,
+  early_exit, rounds}``. ``samples`` can only lower the current budget.
+* ``GET /health``: live (200 unless the engine died). ``GET /ready``: 200 only once the engine
+  answers and while not draining.
+* ``GET /metrics``: the engine's ``vllm:*`` families (plus GPU gauges) then the front's ``grm_*``.
+* ``GET|POST /admin/samples`` ``{samples}``: the sample budget, settable within [min, max] (the
+  operator lowers it under load). ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``:
+  fault injection, sim engine only.
+
+Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
+requests run to completion up to ``drain_timeout_s``, then the caller stops the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from grm_worker.config import WorkerConfig
+from grm_worker.engines.base import Engine, EngineError, EngineReply
+from grm_worker.scoring import ScoreRequest, score
+
+__all__ = ["Front", "engine_app"]
+
+log = logging.getLogger("grm_worker.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    kind = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}.get(
+        status, "InternalServerError"
+    )
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "param": None, "code": status}}, status=status
+    )
+
+
+async def _relay(request: web.Request, reply: EngineReply) -> web.StreamResponse:
+    if reply.stream is None:
+        return web.json_response(reply.body, status=reply.status)
+    response = web.StreamResponse(
+        status=reply.status, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    async for chunk in reply.stream:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise EngineError("request body is not valid JSON", 400) from None
+    if not isinstance(body, dict):
+        raise EngineError("request body must be a JSON object", 400)
+    return body
+
+
+class _FrontMetrics:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        top = max(64, config.scoring.samples_max)
+        buckets = tuple(float(b) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if b <= top)
+        self.samples = Histogram(
+            "grm_score_samples", "Critique samples drawn per score request.", registry=r, buckets=buckets
+        )
+        self.early_exits = Counter(
+            "grm_score_early_exits", "Score requests stopped early (winner could not change).", registry=r
+        )
+        self.parse_failures = Counter(
+            "grm_score_parse_failures", "Critique samples whose scores could not be parsed.", registry=r
+        )
+        self.samples_saved = Counter(
+            "grm_score_samples_saved", "Samples of the budget not drawn thanks to early exit.", registry=r
+        )
+        self.latency = Histogram(
+            "grm_score_latency_seconds",
+            "Wall-clock seconds of a score request.",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0),
+        )
+        self.score_requests = Counter(
+            "grm_score_requests", "Score requests by outcome.", ["outcome"], registry=r
+        )
+        for outcome in ("ok", "error", "rejected"):
+            self.score_requests.labels(outcome=outcome)
+        self.requests = Counter(
+            "grm_requests",
+            "Requests the front answered, by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.in_flight = Gauge("grm_requests_in_flight", "Requests the front is serving now.", registry=r)
+        self.budget = Gauge(
+            "grm_sample_budget", "Current GRM sample budget (samples per score request).", registry=r
+        )
+        self.ready = Gauge(
+            "grm_worker_ready", "1 when the engine answers and the worker is not draining.", registry=r
+        )
+        info_labels = ["variant", "precision", "engine", "model_name"]
+        self.info = Gauge("grm_worker_info", "The worker's variant (value 1).", info_labels, registry=r)
+        self.info.labels(
+            variant=config.variant,
+            precision=config.precision,
+            engine=config.engine,
+            model_name=config.model.public_name,
+        ).set(1)
+
+
+class Front:
+    """The aiohttp application of one worker around one engine."""
+
+    def __init__(self, config: WorkerConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.samples_budget = config.scoring.samples_default
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._seed = 0
+        self.metrics = _FrontMetrics(config)
+        self.metrics.budget.set(self.samples_budget)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self._tracked("completions", self._openai))
+        app.router.add_post("/v1/chat/completions", self._tracked("chat", self._openai))
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/grm/score", self._tracked("score", self._score))
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/admin/samples", self._admin_samples)
+        app.router.add_route("*", "/admin/sim", self._admin_sim)
+        self.app = app
+
+    # --- request accounting and drain ------------------------------------------------------------
+    def _tracked(self, endpoint: str, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if self.draining:
+                response: web.StreamResponse = _error(503, "worker is draining")
+                response.force_close()
+                self.metrics.requests.labels(endpoint=endpoint, code="503").inc()
+                return response
+            self.in_flight += 1
+            self._idle.clear()
+            self.metrics.in_flight.set(self.in_flight)
+            code = "500"
+            try:
+                response = await handler(request)
+                code = str(response.status)
+                return response
+            except EngineError as error:
+                code = str(error.status)
+                return _error(error.status, str(error))
+            finally:
+                self.in_flight -= 1
+                self.metrics.in_flight.set(self.in_flight)
+                self.metrics.requests.labels(endpoint=endpoint, code=code).inc()
+                if self.in_flight == 0:
+                    self._idle.set()
+
+        return wrapped
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait for in-flight ones; True when all finished in time."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        log.info("draining in_flight=%d timeout_s=%.1f", self.in_flight, timeout)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("drain timeout: %d requests still in flight", self.in_flight)
+            return False
+        return True
+
+    # --- OpenAI relay ------------------------------------------------------------------------------
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        reply = await self.engine.call(request.path, body)
+        return await _relay(request, reply)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        return await _relay(request, await self.engine.models())
+
+    # --- GRM scoring ---------------------------------------------------------------------------------
+    def _score_request(self, body: dict[str, Any]) -> ScoreRequest:
+        s = self.config.scoring
+        query, responses = body.get("query"), body.get("responses")
+        if not isinstance(query, str) or not query:
+            raise EngineError("query must be a non-empty string", 400)
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise EngineError("responses must be a list of strings", 400)
+        if not 2 <= len(responses) <= s.max_responses:
+            raise EngineError(f"need 2 to {s.max_responses} responses, got {len(responses)}", 400)
+        samples = body.get("samples", self.samples_budget)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise EngineError("samples must be a positive integer", 400)
+        principles = body.get("principles")
+        if principles is not None and not isinstance(principles, str):
+            raise EngineError("principles must be a string", 400)
+        sampling = body.get("sampling", s.sampling)
+        if sampling not in ("shuffled", "shared-prefill"):
+            raise EngineError("sampling must be shuffled or shared-prefill", 400)
+        early_exit = body.get("early_exit", s.early_exit)
+        if early_exit not in ("exact", "off", True, False):
+            raise EngineError("early_exit must be exact or off", 400)
+        seed = body.get("seed")
+        if seed is None:
+            self._seed += 1
+            seed = self._seed
+        elif not isinstance(seed, int):
+            raise EngineError("seed must be an integer", 400)
+        return ScoreRequest(
+            query=query,
+            responses=tuple(responses),
+            samples=min(samples, self.samples_budget),
+            principles=principles,
+            sampling=sampling,
+            early_exit=early_exit in ("exact", True),
+            samples_per_round=s.samples_per_round,
+            seed=seed,
+        )
+
+    async def _score(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            score_request = self._score_request(await _json_body(request))
+        except EngineError:
+            self.metrics.score_requests.labels(outcome="rejected").inc()
+            raise
+        s = self.config.scoring
+
+        async def sampler(prompts: list[str], n: int) -> list[str]:
+            return await self.engine.sample(prompts, n, max_tokens=s.max_tokens, temperature=s.temperature)
+
+        try:
+            result = await score(score_request, sampler)
+        except EngineError:
+            self.metrics.score_requests.labels(outcome="error").inc()
+            raise
+        m = self.metrics
+        m.score_requests.labels(outcome="ok").inc()
+        m.samples.observe(result.samples_used)
+        m.parse_failures.inc(result.parse_failures)
+        if result.early_exit:
+            m.early_exits.inc()
+            m.samples_saved.inc(score_request.samples - result.samples_used)
+        m.latency.observe(time.monotonic() - started)
+        return web.json_response(result.as_json())
+
+    # --- health, metrics, admin ---------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok", "draining": self.draining})
+
+    async def _ready(self, request: web.Request) -> web.StreamResponse:
+        ready = not self.draining and await self.engine.ready()
+        self.metrics.ready.set(1 if ready else 0)
+        reason = "ready" if ready else "draining" if self.draining else "engine not ready"
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        try:
+            engine_text = await self.engine.metrics_text()
+        except EngineError as error:
+            log.debug("engine metrics unavailable: %s", error)
+            engine_text = ""
+        self.metrics.ready.set(1 if (not self.draining and await self.engine.ready()) else 0)
+        text = engine_text.rstrip("\n") + "\n" if engine_text else ""
+        text += generate_latest(self.metrics.registry).decode()
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def _admin_samples(self, request: web.Request) -> web.StreamResponse:
+        s = self.config.scoring
+        if request.method == "POST":
+            body = await request.json() if request.can_read_body else {}
+            value = body.get("samples") if isinstance(body, dict) else None
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or not s.samples_min <= value <= s.samples_max
+            ):
+                return _error(400, f"samples must be an integer within [{s.samples_min}, {s.samples_max}]")
+            if value != self.samples_budget:
+                log.info("sample budget %d -> %d", self.samples_budget, value)
+            self.samples_budget = value
+            self.metrics.budget.set(value)
+        elif request.method != "GET":
+            return _error(405, "use GET or POST")
+        return web.json_response({"samples": self.samples_budget, "min": s.samples_min, "max": s.samples_max})
+
+    async def _admin_sim(self, request: web.Request) -> web.StreamResponse:
+        from grm_worker.engines.sim import SimEngine
+
+        engine = self.engine
+        if not isinstance(engine, SimEngine):
+            return _error(404, "fault injection exists only on the sim engine")
+        if request.method == "POST":
+            body = await request.json() if request.can_read_body else {}
+            if not isinstance(body, dict):
+                return _error(400, "body must be a JSON object")
+            try:
+                if "slowdown" in body:
+                    slowdown = float(body["slowdown"])
+                    if slowdown <= 0:
+                        raise ValueError("slowdown must be > 0")
+                    engine.faults.slowdown = slowdown
+                if "error_rate" in body:
+                    rate = float(body["error_rate"])
+                    if not 0.0 <= rate <= 1.0:
+                        raise ValueError("error_rate must be within [0, 1]")
+                    engine.faults.error_rate = rate
+            except (TypeError, ValueError) as error:
+                return _error(400, str(error))
+            if body.get("crash"):
+                engine.crash(str(body.get("reason") or "injected crash"))
+            log.info("sim faults %s", engine.faults)
+        f = engine.faults
+        return web.json_response({"slowdown": f.slowdown, "error_rate": f.error_rate, "crashed": f.crashed})
+
+
+def engine_app(engine: Engine) -> web.Application:
+    """The engine alone over HTTP, as vLLM's own server would expose it (no scoring, no front
+    metrics): the baseline of the front's added-latency benchmark and a stand-in vLLM child."""
+
+    async def openai(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await _json_body(request)
+        except EngineError as error:
+            return _error(error.status, str(error))
+        return await _relay(request, await engine.call(request.path, body))
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        return await _relay(request, await engine.models())
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=200 if await engine.ready() else 503)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=await engine.metrics_text(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/completions", openai)
+    app.router.add_post("/v1/chat/completions", openai)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
