@@ -39,10 +39,22 @@ EXPECTED_A_TTFT_P95 = 0.5 + 0.25 * 8.5 / 10
 PODS: dict[str, tuple[str, dict[str, Any]]] = {
     "reward-a-0": ("a", {"rps": 20.0, "ttft": (0.1, 0.2, 0.3, 0.4), "kv_cache": 0.3, "running": 3}),
     "reward-a-1": ("a", {"rps": 10.0, "ttft": (0.6,), "kv_cache": 0.5, "running": 2}),
-    "reward-b-0": ("b", {"rps": 5.0, "ttft": (1.2,), "itl": (0.06,), "kv_cache": 0.9, "old_names": True}),
+    "reward-b-0": (
+        "b",
+        # The worker's own GPU gauge (as grm-worker exports it), not the DCGM exporter's.
+        {
+            "rps": 5.0,
+            "ttft": (1.2,),
+            "itl": (0.06,),
+            "kv_cache": 0.9,
+            "old_names": True,
+            "extra": '# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 95\n',
+        },
+    ),
     "reward-c-0": ("c", {"rps": 0.0, "waiting": 4}),
 }
-GPU_UTIL = {"reward-a-0": 80, "reward-a-1": 60, "reward-b-0": 95}
+# What NVIDIA's DCGM exporter reports for the GPUs of variant a's pods.
+GPU_UTIL = {"reward-a-0": 80, "reward-a-1": 60}
 
 
 def _scrape_config(workers: dict[str, FakeWorker], dcgm: FakeWorker) -> dict[str, Any]:
@@ -157,7 +169,8 @@ async def test_the_prometheus_source_reads_what_the_workers_serve(
     finally:
         await source.close()
     _check(reading, "prometheus")
-    # GPU utilisation from DCGM, joined to our pods through `up`'s variant label, percent → 0–1.
+    # a: from the DCGM exporter, joined to our pods through `up`'s variant label; b: the worker's
+    # own gauge. Percent → 0–1.
     assert reading.variants["a"].gpu_util == pytest.approx(0.70)
     assert reading.variants["b"].gpu_util == pytest.approx(0.95)
     assert reading.variants["c"].gpu_util is None
@@ -170,6 +183,8 @@ async def test_the_direct_source_agrees_with_prometheus(
     prom, workers = cluster
     direct = await _direct_reading(workers)
     _check(direct, "direct")
+    # The Direct source sees the worker's own GPU gauge, not the DCGM exporter's series.
+    assert direct.variants["b"].gpu_util == pytest.approx(0.95) and direct.variants["a"].gpu_util is None
     source = Prometheus(prom.url)
     try:
         via_prom = await source.observe(_target(workers), WINDOW_S, now=0.0)

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from grm_operator.metrics.signals import COUNTER_NAMES, GAUGE_NAMES, GPU_UTIL_NAMES, HISTOGRAM_NAMES, Signals
+from grm_operator.metrics.signals import COUNTER_NAMES, GAUGE_NAMES, GPU_UTIL_NAME, HISTOGRAM_NAMES, Signals
 from grm_operator.metrics.source import MetricsError, MetricsTarget, Reading
 
 __all__ = [
@@ -107,19 +107,15 @@ def _rate(names: Sequence[str]) -> str:
 
 
 def _gpu_util() -> str:
-    own, dcgm = GPU_UTIL_NAMES
-    # DCGM's exporter labels each GPU with the pod using it (namespace, pod); `up` of our own
-    # scrape carries the variant of each pod, so the join attaches the variant. Percent → 0–1.
+    # The worker's own DCGM_FI_DEV_GPU_UTIL carries our scrape labels. NVIDIA's DCGM exporter
+    # labels each GPU with the pod using it (namespace, pod) but not with our labels; `up` of
+    # our scrape carries each pod's variant, so a join attaches it. A pod's own series win
+    # (`or on (namespace, pod)`); then the mean per variant and overall, percent → 0–1.
     pods = f"max by (namespace, pod, {VARIANT_LABEL}) (up{{selector}})"
-    joined = f"{dcgm} * on (namespace, pod) group_left ({VARIANT_LABEL}) {pods}"
-    return " or ".join(
-        [
-            f"avg by ({VARIANT_LABEL}) ({own}{{selector}})",
-            f"avg by ({VARIANT_LABEL}) ({joined}) / 100",
-            f"avg ({own}{{selector}})",
-            f"avg ({joined}) / 100",
-        ]
-    )
+    exporter = f'{GPU_UTIL_NAME}{{{DEPLOYMENT_LABEL}=""}}'
+    joined = f"{exporter} * on (namespace, pod) group_left ({VARIANT_LABEL}) {pods}"
+    per_gpu = f"{GPU_UTIL_NAME}{{selector}} or on (namespace, pod) ({joined})"
+    return f"avg by ({VARIANT_LABEL}) ({per_gpu}) / 100 or avg ({per_gpu}) / 100"
 
 
 def default_queries() -> dict[str, str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 __all__ = [
     "COUNTER_NAMES",
     "GAUGE_NAMES",
-    "GPU_UTIL_NAMES",
+    "GPU_UTIL_NAME",
     "HISTOGRAM_NAMES",
     "SIGNAL_NAMES",
     "Signals",
@@ -47,16 +47,17 @@ GAUGE_NAMES: dict[str, tuple[str, ...]] = {
     "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
 }
 
-#: GPU utilisation: the worker's own gauge (0–1) first, then DCGM's exporter (0–100 per GPU,
-#: when the DCGM exporter's series carry the pod's labels) — see docs/metrics.md.
-GPU_UTIL_NAMES: tuple[str, ...] = ("grm_gpu_utilization", "DCGM_FI_DEV_GPU_UTIL")
+#: GPU utilisation in percent per GPU, DCGM's name. The worker exports it itself (from NVML, or
+#: the sim engine's busy fraction), and NVIDIA's DCGM exporter exports it per GPU with the pod
+#: using it in its ``namespace``/``pod`` labels; the sources read it as a 0–1 fraction.
+GPU_UTIL_NAME = "DCGM_FI_DEV_GPU_UTIL"
 
 #: Every metric name a worker scrape is reduced to (the Direct source keeps only these).
 SIGNAL_NAMES: tuple[str, ...] = (
     *(n for names in HISTOGRAM_NAMES.values() for n in names),
     *(n for names in COUNTER_NAMES.values() for n in names),
     *(n for names in GAUGE_NAMES.values() for n in names),
-    *GPU_UTIL_NAMES,
+    GPU_UTIL_NAME,
 )
 
 

@@ -29,7 +29,7 @@ from grm_operator.metrics.exposition import HistogramCounts, PodScrape
 from grm_operator.metrics.signals import (
     COUNTER_NAMES,
     GAUGE_NAMES,
-    GPU_UTIL_NAMES,
+    GPU_UTIL_NAME,
     HISTOGRAM_NAMES,
     Signals,
 )
@@ -213,11 +213,8 @@ def _gauge(latest: Sequence[PodScrape], names: Sequence[str], mean: bool, scale:
 
 
 def _gpu_util(latest: Sequence[PodScrape]) -> float | None:
-    # The worker's gauge is already 0–1; DCGM reports percent per GPU.
-    own = _gauge(latest, GPU_UTIL_NAMES[:1], mean=True)
-    if own is not None:
-        return own
-    return _gauge(latest, GPU_UTIL_NAMES[1:], mean=True, scale=0.01)
+    # Percent per GPU, averaged over the pod's GPUs and then over pods, as a 0–1 fraction.
+    return _gauge(latest, (GPU_UTIL_NAME,), mean=True, scale=0.01)
 
 
 def summarize(histories: Iterable[PodHistory], window_s: float, now: float) -> Signals:
