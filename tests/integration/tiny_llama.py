@@ -4,10 +4,10 @@ Run with the vLLM interpreter (it has torch, transformers and tokenizers)::
 
     .venv-vllm/bin/python tests/integration/tiny_llama.py OUT_DIR
 
-2 layers, hidden 64, 2 query heads / 1 KV head of head_dim 80, vocabulary 512: ~0.1 M parameters, so vLLM's CPU
-backend loads it in well under a second and the engine start is dominated by vLLM itself. The
-tokenizer is trained on text shaped like the GRM scoring prompt, so prompts stay a few hundred
-tokens long.
+2 layers, hidden 64, 2 query heads / 1 KV head of head_dim 80, vocabulary 512: ~0.1 M
+parameters, so vLLM's CPU backend loads it in well under a second and the engine start is
+dominated by vLLM itself. The tokenizer is trained on text shaped like the GRM scoring prompt,
+so prompts stay a few hundred tokens long.
 """
 
 from __future__ import annotations
@@ -26,7 +26,20 @@ def corpus() -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "worker"))
     from grm_worker.scoring import build_prompt
 
-    words = ["the", "a", "response", "is", "correct", "helpful", "clear", "score", "analysis", "criteria", "answer", "question"]
+    words = [
+        "the",
+        "a",
+        "response",
+        "is",
+        "correct",
+        "helpful",
+        "clear",
+        "score",
+        "analysis",
+        "criteria",
+        "answer",
+        "question",
+    ]
     lines = [build_prompt(f"question {i}", [f"answer {i} {w}" for w in words[:3]]) for i in range(20)]
     lines += [" ".join(words[(i * 7 + j) % len(words)] for j in range(30)) for i in range(200)]
     lines += ["Scores: \\boxed{" + f"{i % 10 + 1}, {(i * 3) % 10 + 1}" + "}" for i in range(100)]
