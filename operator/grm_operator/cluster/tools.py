@@ -1,0 +1,57 @@
+"""Where the project's own Kubernetes binaries live: the control plane built by
+`make control-plane` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) and the
+client tools installed by `make tools` (kubectl, helm).
+
+Only these locations are searched, never $PATH: a `kubectl` on $PATH may be a cloud SDK shim
+of another version that CI does not have.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CLIENT_TOOLS = ("kubectl", "helm")
+
+
+def repo_root() -> Path:
+    """The source checkout this package was installed from (editable install)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def k8s_bin_dir() -> Path:
+    """`$GRM_K8S_BIN`, else `<repo>/.cache/k8s/bin`."""
+    env = os.environ.get("GRM_K8S_BIN")
+    return Path(env) if env else repo_root() / ".cache" / "k8s" / "bin"
+
+
+def tools_bin_dir() -> Path:
+    """`$GRM_TOOLS_BIN`, else `<repo>/.cache/bin`."""
+    env = os.environ.get("GRM_TOOLS_BIN")
+    return Path(env) if env else repo_root() / ".cache" / "bin"
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def missing(directory: Path, names: tuple[str, ...]) -> list[str]:
+    """The names in `names` that are not executable files in `directory`."""
+    return [name for name in names if not _executable(directory / name)]
+
+
+def find_tool(name: str) -> Path | None:
+    """The path of `kubectl` or `helm` from `make tools`, or None when not installed."""
+    path = tools_bin_dir() / name
+    return path if _executable(path) else None
+
+
+def kubectl() -> Path | None:
+    """The real kubectl installed by `make tools`, or None."""
+    return find_tool("kubectl")
+
+
+def helm() -> Path | None:
+    """The real helm installed by `make tools`, or None."""
+    return find_tool("helm")
