@@ -1,0 +1,494 @@
+"""Reconciliation of GRMDeployments into their children, level-triggered and write-free when idle.
+
+Kopf delivers watch events (of GRMDeployments and of the children the operator labels as its
+own); :class:`Reconciler` keeps the newest body of each in a :class:`Store` and queues the
+affected GRMDeployment. One reconcile is: read (the store, no API call) → parse the spec →
+pure build (:mod:`grm_operator.builders`) → apply what differs → prune removed variants → pure
+status fold (:mod:`grm_operator.status`) → write status if it changed → post an Event per
+condition transition.
+
+Why no writes happen when nothing changed: every applied manifest carries its own hash
+(``grm.dev/applied-hash``); a child whose stored hash and replica count match the built one is
+not written. Our own writes go into the store at once (write-through), and a restarted operator
+primes the store with one LIST per child kind before the first reconcile, so neither a burst of
+watch events nor a restart re-applies anything.
+
+Why not kopf's create/update/resume handlers: they persist progress and a diff base on the object
+(extra writes per change, and on resume), and only fire on spec changes, not on child drift.
+Events plus a per-object queue give the same create/update/resume semantics (the initial listing
+is the resume) with retries of our own: a failed reconcile is retried with exponential backoff
+(``retry_initial_s`` doubling up to ``retry_max_s``); a newer event retries it at once.
+
+Invalid specs (the operator's models reject what the CRD schema let through, e.g. an object stored
+under an older CRD) are reported with ``SpecValid=False``/``InvalidSpec`` and an Event; nothing is
+applied or deleted and nothing is retried until the object changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import kopf
+from pydantic import ValidationError
+
+from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
+from grm_operator.builders import (
+    ANNOTATION_APPLIED_HASH,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_VARIANT,
+    MANAGED_BY,
+    active_variant,
+    build_children,
+    plan_replicas,
+)
+from grm_operator.handlers import kube
+from grm_operator.handlers.kube import Body, KubeClient, KubeError
+from grm_operator.handlers.telemetry import OperatorMetrics
+from grm_operator.settings import OperatorSettings
+from grm_operator.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
+
+if TYPE_CHECKING:
+    from grm_operator.handlers.context import OperatorContext
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+CHILD_KINDS = (kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICES, kube.PDBS)
+# Variant-scoped kinds: pruned when the spec no longer lists their variant.
+PRUNED_KINDS = (kube.DEPLOYMENTS, kube.CONFIGMAPS)
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC time with second precision (metav1.Time's wire format)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _rv(body: Mapping[str, Any]) -> int | None:
+    text = (body.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """Whether ``candidate`` is at least as new as ``current``.
+
+    resourceVersions are opaque by contract but etcd's are increasing integers; comparing them
+    keeps a late watch event from replacing the response of our own later write. When either is
+    not an integer the candidate wins (the last event is the newest one kopf saw).
+    """
+    if current is None:
+        return True
+    new, old = _rv(candidate), _rv(current)
+    return new is None or old is None or new >= old
+
+
+class OwnershipError(KubeError):
+    """A child's name is taken by an object this GRMDeployment does not own."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, "AlreadyOwned", message)
+
+
+@dataclass
+class Store:
+    """The newest body of every GRMDeployment and managed child the operator has seen."""
+
+    parents: dict[Key, Body] = field(default_factory=dict)
+    # kind -> (namespace, parent name) -> child name -> body
+    children: dict[str, dict[Key, dict[str, Body]]] = field(default_factory=dict)
+
+    def put_parent(self, body: Body) -> bool:
+        key = _key(body)
+        if not _newer_or_equal(body, self.parents.get(key)):
+            return False
+        self.parents[key] = body
+        return True
+
+    def drop_parent(self, key: Key) -> None:
+        self.parents.pop(key, None)
+
+    def _slot(self, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Body], str] | None:
+        meta = body.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if not parent:
+            return None
+        by_parent = self.children.setdefault(kind, {})
+        return by_parent.setdefault((str(meta.get("namespace", "")), str(parent)), {}), str(meta.get("name"))
+
+    def put_child(self, body: Body) -> bool:
+        slot = self._slot(str(body.get("kind")), body)
+        if slot is None:
+            return False
+        objects, name = slot
+        if not _newer_or_equal(body, objects.get(name)):
+            return False
+        objects[name] = body
+        return True
+
+    def drop_child(self, kind: str, body: Mapping[str, Any]) -> None:
+        slot = self._slot(kind, body)
+        if slot is not None:
+            objects, name = slot
+            current = objects.get(name)
+            if current is not None and _newer_or_equal(body, current):
+                del objects[name]
+
+    def child(self, kind: str, namespace: str, name: str, parent: str) -> Body | None:
+        return self.children.get(kind, {}).get((namespace, parent), {}).get(name)
+
+    def children_of(self, kind: str, key: Key) -> list[Body]:
+        return list(self.children.get(kind, {}).get(key, {}).values())
+
+
+def _owned_by(body: Mapping[str, Any], uid: str) -> bool:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    refs = meta.get("ownerReferences") or []
+    return labels.get(LABEL_MANAGED_BY) == MANAGED_BY and any(r.get("uid") == uid for r in refs)
+
+
+def _unchanged(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    if live is None:
+        return False
+    want = desired["metadata"]["annotations"].get(ANNOTATION_APPLIED_HASH)
+    have = ((live.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_APPLIED_HASH)
+    if want != have:
+        return False
+    if desired.get("kind") == "Deployment":
+        return bool((live.get("spec") or {}).get("replicas") == desired["spec"]["replicas"])
+    return True
+
+
+class Reconciler:
+    """The operator's controller: a store of watched objects and a per-object work queue."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics,
+        *,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.kube = client
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.store = Store()
+        self.pod_monitors = False
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._dirty: set[Key] = set()
+        self._attempts: dict[Key, int] = {}
+        self._retry_handles: dict[Key, asyncio.TimerHandle] = {}
+        self._closing = False
+
+    # --- start-up ---------------------------------------------------------------------------------
+    def _scopes(self) -> Iterable[str | None]:
+        return self.settings.namespaces or (None,)
+
+    async def prime(self) -> None:
+        """Fill the store with every managed child (one LIST per kind and namespace) so that the
+        first reconciles after a restart compare against reality instead of re-applying."""
+        if self.settings.podmonitor_enabled:
+            self.pod_monitors = await self.kube.has_kind(kube.PODMONITORS)
+        kinds = [*CHILD_KINDS, kube.PODMONITORS] if self.pod_monitors else list(CHILD_KINDS)
+        for kind in kinds:
+            for namespace in self._scopes():
+                for body in await self.kube.list(kind, namespace, label_selector=MANAGED_SELECTOR):
+                    self.store.put_child(body)
+        log.info("primed the store: pod_monitors=%s", self.pod_monitors)
+
+    async def shutdown(self) -> None:
+        """Cancel queued retries and running reconciles; close the HTTP session."""
+        self._closing = True
+        for handle in self._retry_handles.values():
+            handle.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.kube.close()
+
+    # --- events -------------------------------------------------------------------------------------
+    def observe_parent(self, event_type: str | None, body: Body) -> None:
+        """A GRMDeployment watch event (None is kopf's initial listing: the resume)."""
+        key = _key(body)
+        if event_type == "DELETED":
+            self.store.drop_parent(key)
+            self.metrics.managed.set(len(self.store.parents))
+            return
+        if self.store.put_parent(body):
+            self.metrics.managed.set(len(self.store.parents))
+            self.enqueue(key)
+
+    def observe_child(self, event_type: str | None, body: Body) -> None:
+        """A watch event of a managed child: update the store, reconcile its GRMDeployment."""
+        kind = str(body.get("kind"))
+        if event_type == "DELETED":
+            self.store.drop_child(kind, body)
+        elif not self.store.put_child(body):
+            return
+        meta = body.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if parent and (str(meta.get("namespace")), str(parent)) in self.store.parents:
+            self.enqueue((str(meta.get("namespace")), str(parent)))
+
+    # --- the queue --------------------------------------------------------------------------------------
+    def enqueue(self, key: Key) -> None:
+        """Reconcile ``key`` now, or once more right after the reconcile that is running."""
+        if self._closing:
+            return
+        handle = self._retry_handles.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        if key in self._tasks:
+            self._dirty.add(key)
+            return
+        self._tasks[key] = asyncio.get_running_loop().create_task(self._work(key), name=f"reconcile {key}")
+        self.metrics.queue_depth.set(len(self._tasks))
+
+    async def idle(self, timeout_s: float = 30.0) -> None:
+        """Wait until no reconcile runs (retries may still be scheduled); for tests and benchmarks."""
+        deadline = time.monotonic() + timeout_s
+        while self._tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reconciles still running after {timeout_s} s: {sorted(self._tasks)}")
+            await asyncio.sleep(0.01)
+
+    async def _work(self, key: Key) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                started = time.perf_counter()
+                try:
+                    await self.reconcile(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._schedule_retry(key, exc)
+                else:
+                    self._attempts.pop(key, None)
+                finally:
+                    self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+                if key not in self._dirty or self._closing:
+                    return
+        finally:
+            self._tasks.pop(key, None)
+            self.metrics.queue_depth.set(len(self._tasks))
+
+    def _schedule_retry(self, key: Key, exc: Exception) -> None:
+        attempt = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempt
+        delay = min(self.settings.retry_initial_s * 2 ** (attempt - 1), self.settings.retry_max_s)
+        self.metrics.reconciles.labels(result="error").inc()
+        self.metrics.reconcile_errors.labels(error=type(exc).__name__).inc()
+        log.warning("reconcile of %s/%s failed (attempt %d, retry in %.1f s): %s", *key, attempt, delay, exc)
+        if not isinstance(exc, KubeError):
+            log.exception("unexpected reconcile error", exc_info=exc)
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._retry_handles[key] = loop.call_later(delay, self._retry, key)
+
+    def _retry(self, key: Key) -> None:
+        self._retry_handles.pop(key, None)
+        if key in self.store.parents:
+            self.enqueue(key)
+
+    # --- one reconcile --------------------------------------------------------------------------------
+    async def reconcile(self, key: Key) -> None:
+        """Bring the children and the status of one GRMDeployment in line with its spec."""
+        body = self.store.parents.get(key)
+        if body is None:
+            return
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return  # the garbage collector removes the children through their owner references
+        generation = int(meta.get("generation", 0))
+        current: Mapping[str, Any] = body.get("status") or {}
+        try:
+            grmd = GRMDeployment.model_validate(
+                {
+                    "apiVersion": body.get("apiVersion"),
+                    "kind": body.get("kind"),
+                    "metadata": meta,
+                    "spec": body.get("spec"),
+                }
+            )
+            children = self._build(grmd, current)
+        except (ValidationError, ValueError) as exc:
+            message = _short_error(exc)
+            await self._write_status(
+                body, fold_invalid(generation=generation, current=current, message=message, now=self.clock())
+            )
+            self.metrics.reconciles.labels(result="invalid").inc()
+            return
+        uid = str(meta.get("uid"))
+        error: KubeError | None = None
+        try:
+            for manifest in children.all():
+                await self._ensure(manifest, key, uid)
+            await self._prune(key, uid, {v.name for v in grmd.spec.variants})
+        except KubeError as exc:
+            error = exc
+        deployments = {
+            str((d.get("metadata") or {}).get("labels", {}).get(LABEL_VARIANT)): ChildDeployment.from_body(
+                str((d.get("metadata") or {}).get("labels", {}).get(LABEL_VARIANT)), d
+            )
+            for d in self.store.children_of("Deployment", key)
+            if _owned_by(d, uid)
+        }
+        result = fold_status(
+            name=key[1],
+            generation=generation,
+            spec=grmd.spec,
+            current=current,
+            children=deployments,
+            now=self.clock(),
+            reconcile_error=str(error) if error else None,
+        )
+        await self._write_status(body, result)
+        if error is not None:
+            raise error
+        self.metrics.reconciles.labels(result="ok").inc()
+
+    def _build(self, grmd: GRMDeployment, current: Mapping[str, Any]) -> Any:
+        key = (str(grmd.metadata.namespace), grmd.metadata.name)
+        uid = str(grmd.metadata.uid)
+        live = {
+            str(d["metadata"]["labels"][LABEL_VARIANT]): int((d.get("spec") or {}).get("replicas", 0))
+            for d in self.store.children_of("Deployment", key)
+            if _owned_by(d, uid) and LABEL_VARIANT in d["metadata"].get("labels", {})
+        }
+        switch = current.get("switch") or {}
+        switching = frozenset(str(v) for v in (switch.get("from"), switch.get("to")) if v)
+        active = active_variant(grmd.spec, current.get("activeVariant"))
+        replicas = plan_replicas(grmd.spec, active, live, switching=switching)
+        return build_children(
+            grmd, replicas, self.settings, pod_monitor=self.pod_monitors and self.settings.podmonitor_enabled
+        )
+
+    async def _ensure(self, manifest: Body, key: Key, uid: str) -> None:
+        """Apply ``manifest`` unless the stored child already matches it."""
+        kind = str(manifest["kind"])
+        name = str(manifest["metadata"]["name"])
+        live = self.store.child(kind, key[0], name, key[1])
+        if live is not None and not _owned_by(live, uid):
+            raise OwnershipError(f"{kind} {key[0]}/{name} exists and is not owned by GRMDeployment {key[1]}")
+        if _unchanged(manifest, live):
+            return
+        log.info("applying %s %s/%s", kind, key[0], name)
+        result = await self.kube.apply(manifest)
+        self.store.put_child(result)
+
+    async def _prune(self, key: Key, uid: str, variants: set[str]) -> None:
+        """Delete the variant Deployments and ConfigMaps this GRMDeployment owns whose variant the
+        spec no longer lists (never anything another owner or a person created)."""
+        for kind in PRUNED_KINDS:
+            for body in self.store.children_of(kind.kind, key):
+                meta = body["metadata"]
+                variant = (meta.get("labels") or {}).get(LABEL_VARIANT)
+                if variant is None or variant in variants or not _owned_by(body, uid):
+                    continue
+                log.info(
+                    "deleting %s %s/%s: variant %s is no longer in the spec",
+                    kind.kind,
+                    key[0],
+                    meta["name"],
+                    variant,
+                )
+                await self.kube.delete(kind, key[0], meta["name"], uid=meta.get("uid"))
+                self.store.drop_child(kind.kind, body)
+
+    async def _write_status(self, body: Body, result: FoldResult) -> None:
+        """Write the status fields that changed (none: no request) and post the transitions."""
+        current = body.get("status") or {}
+        changes = result.changes(current)
+        if not changes:
+            return
+        namespace, name = _key(body)
+        updated = await self.kube.patch_status(kube.GRMDEPLOYMENTS, namespace, name, changes)
+        self.store.put_parent(updated)
+        for transition in result.transitions:
+            await self._post(updated, transition)
+
+    async def _post(self, body: Body, transition: Transition) -> None:
+        message = f"{transition.type}={transition.status}: {transition.message}"
+        log.info("%s/%s %s (%s)", *_key(body), message, transition.reason)
+        try:
+            await self.kube.post_event(
+                body, reason=transition.reason, message=message, type_=transition.event_type
+            )
+        except KubeError as exc:
+            # An Event is informational: losing one must not fail (and repeat) the reconcile.
+            log.warning("could not post event %s: %s", transition.reason, exc)
+            return
+        self.metrics.events_posted.labels(reason=transition.reason).inc()
+
+
+def _short_error(exc: Exception) -> str:
+    """A one-line message for an invalid spec (pydantic's first errors, with their paths)."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors()[:3]:
+            where = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+        return "; ".join(parts)
+    return str(exc)
+
+
+def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+    """The reconcile module's kopf handlers: prime at start-up, feed watch events to the
+    reconciler, stop it at clean-up. Handlers only pass raw bodies on; the work is queued."""
+    reconciler = ctx.reconciler
+
+    @kopf.on.startup(registry=registry)
+    async def prime_store(**_: Any) -> None:
+        await reconciler.prime()
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_reconciler(**_: Any) -> None:
+        await reconciler.shutdown()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def grmdeployment_event(event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.observe_parent(event.get("type"), dict(event["object"]))
+
+    for kind in CHILD_KINDS:
+
+        async def child_event(event: Mapping[str, Any], _kind: kube.Kind = kind, **_: Any) -> None:
+            body = dict(event["object"])
+            body.setdefault("kind", _kind.kind)
+            body.setdefault("apiVersion", _kind.api_version)
+            reconciler.observe_child(event.get("type"), body)
+
+        kopf.on.event(
+            kind.group,
+            kind.version,
+            kind.plural,
+            id=f"child-{kind.plural}",
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+            registry=registry,
+        )(child_event)
+
+    @kopf.on.probe(id="reconcileQueue", registry=registry)
+    def queue_probe(**_: Any) -> int:
+        return len(reconciler._tasks)

@@ -1,0 +1,129 @@
+"""The operator's own configuration: one typed object read from ``GRM_*`` environment variables.
+
+Everything that is a property of the installation rather than of one GRMDeployment lives here:
+which namespaces to watch, the worker image used when a GRMDeployment names none, the default
+Prometheus URL, HA peering, timeouts, and the ports of the liveness and metrics endpoints. The
+Helm chart sets these as env vars on the operator Deployment; ``grm-operator run`` flags override
+them. Parsing is pure (:meth:`OperatorSettings.from_env` takes the mapping), so tests never touch
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "GRM_"
+
+DEFAULT_WORKER_IMAGE = "ghcr.io/grm-elastic/grm-worker:0.1.0"
+
+
+class SettingsError(ValueError):
+    """The environment holds a setting the operator cannot use (the message names the variable)."""
+
+
+class OperatorSettings(BaseModel):
+    """Installation-wide operator settings; env var ``GRM_<FIELD_NAME_UPPER>`` sets each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespaces: tuple[str, ...] = Field(
+        default=(),
+        description="Namespaces to watch (comma-separated in GRM_NAMESPACES); empty: all namespaces.",
+    )
+    worker_image: str = Field(
+        default=DEFAULT_WORKER_IMAGE,
+        min_length=1,
+        description="Worker image for GRMDeployments whose spec.template.image is unset.",
+    )
+    worker_image_pull_policy: str = Field(
+        default="IfNotPresent",
+        pattern=r"^(Always|IfNotPresent|Never)$",
+        description="Pull policy when spec.template.imagePullPolicy is unset.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus base URL used when a GRMDeployment's spec.metrics.prometheusURL is unset.",
+    )
+    peering_name: str | None = Field(
+        default=None,
+        description="Kopf peering object for HA replicas (leader election); unset: standalone, "
+        "which is right for a single replica.",
+    )
+    priority: int = Field(
+        default=0, description="Peering priority of this replica (the highest active one works)."
+    )
+    podmonitor_enabled: bool = Field(
+        default=True,
+        description="Create a monitoring.coreos.com/v1 PodMonitor per GRMDeployment when that CRD exists.",
+    )
+    health_port: int = Field(default=8080, ge=0, le=65535, description="Liveness endpoint port; 0: off.")
+    health_host: str = Field(default="0.0.0.0", description="Address of the liveness endpoint.")
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="Operator /metrics port (prometheus_client); 0: off."
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address of the metrics endpoint.")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Timeout of one API request of the operator's own client."
+    )
+    watch_timeout_s: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="Server-side timeout of one watch request; kopf reconnects and resumes after it.",
+    )
+    retry_initial_s: float = Field(
+        default=1.0, gt=0, le=600, description="First delay before a failed reconcile is retried."
+    )
+    retry_max_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Cap of the exponential retry delay of failed reconciles."
+    )
+    field_manager: str = Field(
+        default="grm-operator",
+        min_length=1,
+        max_length=128,
+        description="Server-side-apply field manager name of the operator's writes.",
+    )
+    log_level: str = Field(
+        default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Python log level."
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def clusterwide(self) -> bool:
+        """True when every namespace is watched."""
+        return not self.namespaces
+
+    @property
+    def standalone(self) -> bool:
+        """True when no peering is configured (a single operator replica)."""
+        return self.peering_name is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorSettings:
+        """Settings from ``GRM_*`` variables of ``environ``; ``overrides`` (e.g. CLI flags) win.
+
+        Unknown ``GRM_*`` variables are ignored (other components share the prefix); a malformed
+        value raises :class:`SettingsError` naming the variable.
+        """
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                # pydantic's lax mode turns "8080" into an int and "true" into a bool.
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "?"
+            raise SettingsError(f"{ENV_PREFIX}{field.upper()}: {first['msg']}") from exc
