@@ -10,17 +10,20 @@ given, and agree with each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from fakepod import FakeWorker
 from grm_operator.metrics import Direct, MetricsError, MetricsTarget, PodEndpoint, Prometheus, Reading
 from promserver import PrometheusServer, poll, prometheus_binary
+from simworkers import SimWorker
 
 pytestmark = [
     pytest.mark.prometheus,
@@ -234,3 +237,109 @@ async def test_an_unknown_deployment_reads_as_unknown_and_a_dead_server_as_an_er
             await dead.observe(_target(workers), WINDOW_S, now=0.0)
     finally:
         await dead.close()
+
+
+# --- real sim workers under load ------------------------------------------------------------------
+
+SIM_RATES = {"a": 8.0, "b": 4.0}  # requests per second sent to each variant's worker
+
+
+@pytest.fixture(scope="module")
+def sim_cluster() -> Iterator[tuple[PrometheusServer, dict[str, SimWorker]]]:
+    workers: dict[str, SimWorker] = {}
+    prom: PrometheusServer | None = None
+    try:
+        for variant in SIM_RATES:
+            workers[variant] = SimWorker(variant)
+        documented = yaml.safe_load((REPO / "examples/prometheus/grm-workers-scrape.yaml").read_text())
+        job = documented["scrape_configs"][0]
+        del job["kubernetes_sd_configs"]
+        static = [
+            {
+                "targets": [w.address],
+                "labels": {
+                    "__meta_kubernetes_namespace": NS,
+                    "__meta_kubernetes_pod_name": f"sim-{v}-0",
+                    "__meta_kubernetes_pod_label_grm_dev_deployment": "sim",
+                    "__meta_kubernetes_pod_label_grm_dev_variant": v,
+                    "__meta_kubernetes_pod_container_port_name": "http",
+                },
+            }
+            for v, w in workers.items()
+        ]
+        prom = PrometheusServer(
+            {
+                "global": {"scrape_interval": "500ms"},
+                "scrape_configs": [{**job, "static_configs": static, "scrape_interval": "500ms"}],
+            }
+        )
+        poll(lambda: True if len(prom.query('up{grm_dev_deployment="sim"} == 1')) == 2 else None, 30, "up")
+        yield prom, workers
+    finally:
+        if prom is not None:
+            prom.stop()
+        for w in workers.values():
+            w.stop()
+
+
+async def _load(session: aiohttp.ClientSession, worker: SimWorker, rps: float, stop: asyncio.Event) -> int:
+    """Open-loop load: one completion request every 1/rps seconds until ``stop``; count the OKs."""
+    ok = 0
+
+    async def one() -> None:
+        nonlocal ok
+        body = {"model": "grm", "prompt": "Compare the two answers and score them. " * 8, "max_tokens": 24}
+        async with session.post(f"{worker.base_url}/v1/completions", json=body) as resp:
+            ok += resp.status == 200
+            await resp.read()
+
+    tasks: list[asyncio.Task[None]] = []
+    while not stop.is_set():
+        tasks.append(asyncio.create_task(one()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1 / rps)  # the arrival schedule, not a condition wait
+    await asyncio.gather(*tasks)
+    return ok
+
+
+async def test_both_sources_agree_on_real_sim_workers_under_load(
+    sim_cluster: tuple[PrometheusServer, dict[str, SimWorker]],
+) -> None:
+    prom, workers = sim_cluster
+    target = MetricsTarget(
+        namespace=NS,
+        name="sim",
+        variants=tuple(workers),
+        pods=tuple(PodEndpoint(f"sim-{v}-0", v, w.metrics_url) for v, w in workers.items()),
+    )
+    direct, source = Direct(), Prometheus(prom.url)
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        loads = [asyncio.create_task(_load(session, workers[v], r, stop)) for v, r in SIM_RATES.items()]
+        try:
+            # Warm up one window so both sources see steady load over a whole window.
+            start = time.monotonic()
+            while time.monotonic() - start <= 2 * WINDOW_S:
+                assert await direct.scrape(target, time.monotonic()) == ()
+                await asyncio.sleep(SCRAPE_S)  # the scrape interval
+            by_direct = direct.summarize(target, WINDOW_S, time.monotonic())
+            by_prom = await source.observe(target, WINDOW_S, now=0.0)
+        finally:
+            stop.set()
+            sent = await asyncio.gather(*loads)
+            await direct.close()
+            await source.close()
+    assert all(n > 0 for n in sent)
+    for variant, rate in SIM_RATES.items():
+        d, p = by_direct.variants[variant], by_prom.variants[variant]
+        assert d.rps == pytest.approx(rate, rel=0.25), variant
+        assert p.rps == pytest.approx(rate, rel=0.25), variant
+        assert d.rps == pytest.approx(p.rps, rel=0.2), variant
+        assert d.generation_tps == pytest.approx(p.generation_tps, rel=0.2), variant
+        for name in ("ttft_p95", "itl_p95", "e2e_p95", "e2e_p50"):
+            dv, pv = getattr(d, name), getattr(p, name)
+            assert dv is not None and pv is not None, (variant, name)
+            assert dv == pytest.approx(pv, rel=0.25), (variant, name)
+        assert d.gpu_util is not None and p.gpu_util is not None and 0 < d.gpu_util <= 1
+        assert d.pods_reporting == p.pods_reporting == 1
+    assert by_direct.total.rps == pytest.approx(by_prom.total.rps, rel=0.2)
