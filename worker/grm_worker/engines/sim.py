@@ -59,6 +59,10 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 N_BUCKETS = (1, 2, 5, 10, 20)
 
+# Simulated seconds the event loop may fall behind a busy step loop before steps stop chaining
+# (a CPU-starved worker then reports the delay as latency instead of compressing it later).
+_MAX_LAG_S = 0.05
+
 
 def _token_buckets(max_model_len: int) -> tuple[float, ...]:
     """vLLM's 1-2-5 series up to max_model_len (``build_1_2_5_buckets``)."""
@@ -100,13 +104,21 @@ class _Seq:
     first_token_at: float | None = None
     last_token_at: float | None = None
     preemptions: int = 0
+    parent: _Seq | None = None
+    """For samples 2..n of one prompt: the sample whose prefill (and prompt KV) they share."""
 
     def __post_init__(self) -> None:
         self.prefill_target = self.prompt_tokens
 
     @property
-    def kv_tokens(self) -> int:
+    def ctx_tokens(self) -> int:
+        """Context the sequence attends over."""
         return self.prefilled + self.generated
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV-cache tokens the sequence holds itself (a fork shares its parent's prompt blocks)."""
+        return self.ctx_tokens - (self.prompt_tokens if self.parent is not None else 0)
 
     @property
     def decoding(self) -> bool:
@@ -270,7 +282,10 @@ class SimEngine(Engine):
         self._ready_at = math.inf
         self._last_end = 0.0
         self._busy: collections.deque[tuple[float, float]] = collections.deque()
+        self._current: tuple[float, float] | None = None
         self.steps = 0
+        self.busy_seconds = 0.0
+        """Simulated seconds the step loop has been busy (engine time spent)."""
 
     # --- time ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -335,7 +350,17 @@ class SimEngine(Engine):
             index += 1
         while self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
             seq = self._waiting[0]
-            chunk = min(seq.prefill_target - seq.prefilled, budget)
+            if seq.parent is not None and seq.parent not in self._running and seq.parent not in self._waiting:
+                seq.parent = None  # the parent finished and freed the prompt: prefill it again
+            if seq.parent is not None:
+                # Parallel sampling (n > 1): the fork joins once its parent's prompt is in the
+                # cache and then only decodes (one prefill for all n samples, as in vLLM).
+                if not (seq.parent.decoding and seq.parent in self._running):
+                    break
+                seq.prefilled = seq.prefill_target
+                chunk = 1
+            else:
+                chunk = min(seq.prefill_target - seq.prefilled, budget)
             if kv_used + chunk > p.kv_cache_tokens:
                 break
             self._waiting.popleft()
@@ -344,19 +369,24 @@ class SimEngine(Engine):
                 seq.scheduled_at = self.now()
             kv_used += chunk
             budget -= chunk
-            prefills.append((seq, chunk))
+            if seq.decoding:
+                decodes.append(seq)
+            else:
+                prefills.append((seq, chunk))
         return prefills, decodes
 
     def _preempt(self, seq: _Seq) -> None:
-        # Recompute preemption: the KV is freed, prompt and generated tokens are prefilled again.
+        # Recompute preemption: the KV is freed, prompt and generated tokens are prefilled again
+        # (a fork then holds a copy of the prompt of its own).
         seq.prefill_target = seq.prompt_tokens + seq.generated
+        seq.parent = None
         seq.prefilled = 0
         seq.preemptions += 1
         self.metrics.preemptions_l.inc()
         self._waiting.appendleft(seq)
 
     def _step_seconds(self, prefill_tokens: int, decodes: list[_Seq]) -> float:
-        ctx = sum(s.kv_tokens for s in decodes)
+        ctx = sum(s.ctx_tokens for s in decodes)
         seconds = step_time_s(self.profile, prefill_tokens, len(decodes), ctx) * self.faults.slowdown
         jitter = self.config.sim.jitter
         if jitter > 0:
@@ -367,11 +397,13 @@ class SimEngine(Engine):
 
     async def _loop(self) -> None:
         await self._sleep_until(self._ready_at)
+        continuing = False
         while True:
             if not self._running and not self._waiting:
                 self._wakeup.clear()
                 self._update_gauges()
                 await self._wakeup.wait()
+                continuing = False
                 continue
             prefills, decodes = self._schedule()
             if not prefills and not decodes:
@@ -381,13 +413,25 @@ class SimEngine(Engine):
                 seq.out.put_nowait(None)
                 continue
             prefill_tokens = sum(chunk for _, chunk in prefills)
-            start = max(self.now(), self._last_end)
+            now = self.now()
+            # Back-to-back steps chain exactly (timer resolution must not leak into latencies);
+            # after an idle wait, or when the event loop lagged by more than _MAX_LAG_S, the step
+            # starts now.
+            start = (
+                self._last_end
+                if continuing and now - self._last_end < _MAX_LAG_S
+                else max(now, self._last_end)
+            )
             end = start + self._step_seconds(prefill_tokens, decodes)
+            self._current = (start, end)
             self._update_gauges()
             await self._sleep_until(end)
+            self._current = None
             self._last_end = end
+            continuing = True
             self._record_busy(start, end)
             self.steps += 1
+            self.busy_seconds += end - start
             self.metrics.iteration.observe(prefill_tokens + len(decodes))
             self.metrics.prompt_tokens_l.inc(prefill_tokens)
             for seq, chunk in prefills:
@@ -439,9 +483,10 @@ class SimEngine(Engine):
     def gpu_busy_fraction(self) -> float:
         """Fraction of the last ``gpu_util_window_s`` simulated seconds the step loop was busy."""
         window = self.config.sim.gpu_util_window_s
-        now = max(self.now(), self._last_end)
+        now = self.now()
         lo = now - window
-        busy = sum(max(0.0, min(e, now) - max(s, lo)) for s, e in self._busy)
+        steps = [*self._busy, self._current] if self._current is not None else self._busy
+        busy = sum(max(0.0, min(e, now) - max(s, lo)) for s, e in steps)
         return min(1.0, busy / window)
 
     def _update_gauges(self) -> None:
@@ -457,7 +502,7 @@ class SimEngine(Engine):
         self.metrics.params_n.observe(n)
         self.metrics.params_max_tokens.observe(max_tokens)
         self.metrics.max_gen.observe(max_tokens)
-        seqs = []
+        seqs: list[_Seq] = []
         for i in range(n):
             self._sample_counter += 1
             sample_seed = (
@@ -466,7 +511,9 @@ class SimEngine(Engine):
                 else hash((self.config.sim.seed, self._sample_counter))
             )
             tokens, reason = generate_tokens(prompt, max_tokens, self.config.sim.output_tokens, sample_seed)
-            seq = _Seq(prompt_tokens, tokens, reason, self.now(), n, max_tokens)
+            seq = _Seq(
+                prompt_tokens, tokens, reason, self.now(), n, max_tokens, parent=seqs[0] if seqs else None
+            )
             self.metrics.prefix_queries_l.inc(prompt_tokens)
             if not tokens:
                 self._finish(seq, seq.arrival)

@@ -1,0 +1,171 @@
+"""The HTTP front over an in-process sim engine: relay, score, admin, readiness, drain, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from grm_worker.config import WorkerConfig
+from grm_worker.engines.sim import SimEngine
+from grm_worker.engines.simtext import response_quality
+from grm_worker.server import Front
+
+# Two responses the sim GRM rates 9 and 3 (± 1 per sample): early exit must trigger.
+GOOD = next(f"good {i}" for i in range(1000) if response_quality(f"good {i}") == 9)
+BAD = next(f"bad {i}" for i in range(1000) if response_quality(f"bad {i}") == 3)
+
+
+async def client_for(**fields: Any) -> tuple[TestClient[Any, Any], Front]:
+    config = WorkerConfig.model_validate(
+        {"engine": "sim", "precision": "fp8", "sim": {"time_scale": 1000.0}, **fields}
+    )
+    engine = SimEngine(config)
+    front = Front(config, engine)
+    await engine.start()
+    client: TestClient[Any, Any] = TestClient(TestServer(front.app))
+    await client.start_server()
+    return client, front
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[TestClient[Any, Any], Front]]:
+    client, front = await client_for(
+        scoring={"samples_max": 16, "samples_default": 16, "samples_per_round": 2}
+    )
+    yield client, front
+    await client.close()
+    await front.engine.stop()
+
+
+async def test_relays_completions_chat_stream_and_models(served: tuple[TestClient[Any, Any], Front]) -> None:
+    client, _ = served
+    r = await client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 3})
+    body = await r.json()
+    assert r.status == 200 and body["usage"]["completion_tokens"] == 3
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True},
+    )
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    text = await r.text()
+    assert text.endswith("data: [DONE]\n\n") and text.count("data: ") == 5
+    r = await client.get("/v1/models")
+    assert (await r.json())["data"][0]["id"] == "grm"
+    r = await client.post("/v1/completions", data=b"{not json")
+    assert r.status == 400
+
+
+async def test_score_exits_early_and_reports_metrics(served: tuple[TestClient[Any, Any], Front]) -> None:
+    client, _ = served
+    r = await client.post("/v1/grm/score", json={"query": "q", "responses": [BAD, GOOD], "seed": 3})
+    body = await r.json()
+    assert r.status == 200, body
+    assert body["winner"] == 1 and body["early_exit"] is True
+    assert body["samples_used"] < body["samples_budget"] == 16 and body["parse_failures"] == 0
+    r = await client.post(
+        "/v1/grm/score",
+        json={"query": "q", "responses": [BAD, GOOD], "early_exit": "off", "sampling": "shared-prefill"},
+    )
+    body = await r.json()
+    assert body["samples_used"] == 16 and body["early_exit"] is False and body["winner"] == 1
+    text = await (await client.get("/metrics")).text()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["grm_score_early_exits"].samples[0].value == 1
+    assert fams["grm_score_samples"].type == "histogram"
+    assert "vllm:time_to_first_token_seconds" in fams and "DCGM_FI_DEV_GPU_UTIL" in fams
+    assert fams["grm_sample_budget"].samples[0].value == 16
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "q", "responses": ["only one"]},
+        {"query": "q", "responses": ["a"] * 17},
+        {"query": "", "responses": ["a", "b"]},
+        {"query": "q", "responses": ["a", 3]},
+        {"query": "q", "responses": ["a", "b"], "samples": 0},
+        {"query": "q", "responses": ["a", "b"], "sampling": "random"},
+        {"query": "q", "responses": ["a", "b"], "early_exit": "maybe"},
+    ],
+)
+async def test_score_rejects_bad_requests(
+    served: tuple[TestClient[Any, Any], Front], body: dict[str, Any]
+) -> None:
+    client, _ = served
+    r = await client.post("/v1/grm/score", json=body)
+    assert r.status == 400 and "error" in await r.json()
+
+
+async def test_truncated_critiques_count_as_parse_failures() -> None:
+    client, front = await client_for(scoring={"max_tokens": 50, "samples_default": 3})
+    r = await client.post("/v1/grm/score", json={"query": "q", "responses": ["a", "b"]})
+    body = await r.json()
+    assert body["parse_failures"] == 3 and body["winner"] is None
+    await client.close()
+    await front.engine.stop()
+
+
+async def test_admin_samples_bounds_and_budget_caps_requests(
+    served: tuple[TestClient[Any, Any], Front],
+) -> None:
+    client, _ = served
+    assert (await (await client.get("/admin/samples")).json()) == {"samples": 16, "min": 1, "max": 16}
+    for bad in (0, 17, "4", True):
+        assert (await client.post("/admin/samples", json={"samples": bad})).status == 400
+    r = await client.post("/admin/samples", json={"samples": 2})
+    assert (await r.json())["samples"] == 2
+    body = await (
+        await client.post("/v1/grm/score", json={"query": "q", "responses": ["x", "y"], "samples": 8})
+    ).json()
+    assert body["samples_budget"] == 2 and body["samples_used"] <= 2
+
+
+async def test_admin_sim_injects_faults(served: tuple[TestClient[Any, Any], Front]) -> None:
+    client, front = served
+    assert (await client.post("/admin/sim", json={"slowdown": 0})).status == 400
+    assert (await client.post("/admin/sim", json={"error_rate": 2})).status == 400
+    r = await client.post("/admin/sim", json={"error_rate": 1.0, "slowdown": 2.0})
+    assert (await r.json()) == {"slowdown": 2.0, "error_rate": 1.0, "crashed": None}
+    assert (await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1})).status == 500
+    await client.post("/admin/sim", json={"crash": True, "error_rate": 0})
+    assert (await client.get("/ready")).status == 503
+    assert isinstance(front.engine, SimEngine) and front.engine.faults.crashed == "injected crash"
+
+
+async def test_ready_waits_for_startup_and_drain_refuses_new_but_finishes_in_flight() -> None:
+    client, front = await client_for(sim={"time_scale": 10.0, "startup_delay_s": 1.0})
+    assert (await client.get("/ready")).status == 503
+    assert (await client.get("/health")).status == 200
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await client.get("/ready")).status != 200:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    # ~0.9 simulated s of decoding at 10×: in flight while the drain starts.
+    slow = asyncio.create_task(client.post("/v1/completions", json={"prompt": "a", "max_tokens": 60}))
+    while front.in_flight == 0:
+        await asyncio.sleep(0.001)
+    drain = asyncio.create_task(front.drain(timeout=10))
+    await asyncio.sleep(0)
+    assert (await client.get("/ready")).status == 503
+    assert (await client.post("/v1/completions", json={"prompt": "b", "max_tokens": 1})).status == 503
+    response = await slow
+    assert response.status == 200 and (await response.json())["usage"]["completion_tokens"] == 60
+    assert await drain is True
+    await client.close()
+    await front.engine.stop()
+
+
+async def test_drain_times_out_with_stuck_requests() -> None:
+    client, front = await client_for(sim={"time_scale": 1.0})
+    stuck = asyncio.create_task(client.post("/v1/completions", json={"prompt": "a", "max_tokens": 2000}))
+    while front.in_flight == 0:
+        await asyncio.sleep(0.001)
+    assert await front.drain(timeout=0.05) is False
+    stuck.cancel()
+    await client.close()
+    await front.engine.stop()
