@@ -340,6 +340,9 @@ async def test_both_sources_agree_on_real_sim_workers_under_load(
             dv, pv = getattr(d, name), getattr(p, name)
             assert dv is not None and pv is not None, (variant, name)
             assert dv == pytest.approx(pv, rel=0.25), (variant, name)
-        assert d.gpu_util is not None and p.gpu_util is not None and 0 < d.gpu_util <= 1
+        # An instantaneous gauge (busy fraction of the last simulated second): only its range is
+        # comparable between two reads taken at different instants.
+        assert d.gpu_util is not None and p.gpu_util is not None
+        assert 0 <= d.gpu_util <= 1 and 0 <= p.gpu_util <= 1
         assert d.pods_reporting == p.pods_reporting == 1
     assert by_direct.total.rps == pytest.approx(by_prom.total.rps, rel=0.2)
