@@ -206,12 +206,19 @@ async def test_query_overrides_substitute_selector_and_window(
 ) -> None:
     prom, workers = cluster
     doubled = "2 * sum by (grm_dev_variant) (rate(vllm:request_success_total{selector}[{window}]))"
+    finished = (
+        "sum by (grm_dev_variant) "
+        '(rate(vllm:request_success_total{{matchers},finished_reason!="x"}[{window}]))'
+    )
     source = Prometheus(prom.url)
     try:
         reading = await source.observe(_target(workers, {"rps": doubled}), WINDOW_S, now=0.0)
         # Without a total series the total of a rate is the sum of the variants.
         assert reading.variants["a"].rps == pytest.approx(60.0, rel=0.12)
         assert reading.total.rps == pytest.approx(70.0, rel=0.12)
+        # {matchers} combines with matchers of one's own.
+        reading = await source.observe(_target(workers, {"rps": finished}), WINDOW_S, now=0.0)
+        assert reading.variants["a"].rps == pytest.approx(30.0, rel=0.12)
         with pytest.raises(MetricsError, match="unknown signal"):
             await source.observe(_target(workers, {"latency": "up"}), WINDOW_S, now=0.0)
         with pytest.raises(MetricsError, match="rejected"):

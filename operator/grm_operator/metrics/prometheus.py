@@ -149,8 +149,14 @@ def default_queries() -> dict[str, str]:
 
 
 def render_query(template: str, sel: str, window_s: float) -> str:
-    """Substitute ``{selector}`` and ``{window}`` (plain replacement: PromQL has braces too)."""
-    return template.replace("{selector}", sel).replace("{window}", promql_duration(window_s))
+    """Substitute ``{selector}`` (matchers with braces), ``{matchers}`` (the same without braces,
+    to combine with matchers of one's own) and ``{window}``; plain replacement, since PromQL has
+    braces of its own."""
+    return (
+        template.replace("{selector}", sel)
+        .replace("{matchers}", sel[1:-1])
+        .replace("{window}", promql_duration(window_s))
+    )
 
 
 def _number(raw: Any) -> float | None:
