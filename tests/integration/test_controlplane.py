@@ -5,7 +5,9 @@ controller-manager turns a Deployment into a ReplicaSet and Pods."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -170,3 +172,41 @@ def test_controller_manager_makes_replicasets_and_pods(control_plane_controllers
         _poll(lambda: not apps.list_namespaced_replica_set("deploy-test").items, 60, "ReplicaSet GC")
     finally:
         api.close()
+
+
+_IN_NAMESPACE = """
+import json, sys, time
+from grm_operator.cluster.controlplane import ControlPlane, ControlPlaneOptions
+opts = ControlPlaneOptions(bind_address="10.96.0.1", service_cluster_ip_range="10.97.0.0/16")
+with ControlPlane(opts) as cp:
+    path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"
+    deadline = time.monotonic() + 30
+    while (found := cp.request("GET", path))[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    json.dump({"url": cp.url, "slice": found[1]}, sys.stdout)
+"""
+
+
+def test_runs_on_a_non_loopback_address_in_a_network_namespace(control_plane: ControlPlane) -> None:
+    """The local cluster runs the API server inside a network namespace of its own on a
+    10.96.x address: there the `kubernetes` Service gets a real EndpointSlice (loopback
+    addresses are rejected by validation, so on 127.0.0.1 it has none). `control_plane` is
+    requested for its binary check (skip, or fail under CI)."""
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("unshare or ip (util-linux, iproute2) missing")
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespaces here: {probe.stderr.strip()}")
+    # Inside the namespace only lo exists; 10.96.0.0/16 is routed to it, so nothing leaves.
+    setup = "ip link set lo up && ip route add local 10.96.0.0/16 dev lo && exec \"$0\" -c \"$1\""
+    result = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", setup, sys.executable, _IN_NAMESPACE],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["url"].startswith("https://10.96.0.1:")
+    assert [e["addresses"] for e in out["slice"]["endpoints"]] == [["10.96.0.1"]]
