@@ -198,7 +198,7 @@ def test_runs_on_a_non_loopback_address_in_a_network_namespace(control_plane: Co
     if probe.returncode != 0:
         pytest.skip(f"no network namespaces here: {probe.stderr.strip()}")
     # Inside the namespace only lo exists; 10.96.0.0/16 is routed to it, so nothing leaves.
-    setup = "ip link set lo up && ip route add local 10.96.0.0/16 dev lo && exec \"$0\" -c \"$1\""
+    setup = 'ip link set lo up && ip route add local 10.96.0.0/16 dev lo && exec "$0" -c "$1"'
     result = subprocess.run(
         ["unshare", "-rn", "sh", "-c", setup, sys.executable, _IN_NAMESPACE],
         capture_output=True,
