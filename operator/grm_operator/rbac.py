@@ -71,6 +71,12 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         "read worker pods (metrics source Direct scrapes Ready pods; Pending pods mean no GPUs)",
     ),
     Rule(
+        ("",),
+        ("namespaces",),
+        ("list", "watch"),
+        "kopf observes namespaces (even for a fixed list) before it starts watching in them",
+    ),
+    Rule(
         ("apiextensions.k8s.io",),
         ("customresourcedefinitions",),
         ("get", "list", "watch"),

@@ -130,6 +130,10 @@ def run(settings: OperatorSettings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    # kopf logs every handler run at INFO and aiohttp every probe request; ours are the
+    # transitions (applies, deletions, condition changes), so the others go to WARNING.
+    for noisy in ("kopf.objects", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     kopf_registry, ks, _ctx = build(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
