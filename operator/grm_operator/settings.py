@@ -10,6 +10,7 @@ them. Parsing is pure (:meth:`OperatorSettings.from_env` takes the mapping), so 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,19 @@ class OperatorSettings(BaseModel):
     prometheus_url: str | None = Field(
         default=None,
         description="Prometheus base URL used when a GRMDeployment's spec.metrics.prometheusURL is unset.",
+    )
+    autoscale_tick_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the autoscaler's timer wakes per GRMDeployment to see whether its "
+        "spec.scaling.controlPeriod has elapsed (the period itself is per object).",
+    )
+    metrics_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Worker URLs by pod (namespace/name → base URL, e.g. http://127.0.0.1:8001) used "
+        "instead of http://<podIP>:8000 by the Direct metrics source and the sample-budget push; "
+        "for test clusters whose pod IPs the operator cannot reach (JSON in GRM_METRICS_ENDPOINTS).",
     )
     peering_name: str | None = Field(
         default=None,
@@ -95,6 +109,16 @@ class OperatorSettings(BaseModel):
     def _split_namespaces(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("metrics_endpoints", mode="before")
+    @classmethod
+    def _parse_endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"expected a JSON object of pod → URL: {exc}") from None
         return value
 
     @property
