@@ -34,8 +34,9 @@ from grm_operator.builders import active_variant, selector_string
 
 Status = Literal["True", "False", "Unknown"]
 OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded", "SpecValid")
-# Conditions whose True value is the healthy one; for the others (Degraded) False is healthy.
-_GOOD_WHEN_TRUE = {"Ready": True, "Progressing": True, "SpecValid": True, "Degraded": False}
+# The condition values that are problems (Warning Events). Ready=False and Progressing=True are
+# part of every scale-up and rollout, so their transitions are Normal Events.
+_WARNINGS = {("Degraded", "True"), ("SpecValid", "False")}
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,7 @@ class Transition:
 
     @property
     def event_type(self) -> Literal["Normal", "Warning"]:
-        healthy = (self.status == "True") == _GOOD_WHEN_TRUE.get(self.type, True)
-        return "Normal" if healthy else "Warning"
+        return "Warning" if (self.type, self.status) in _WARNINGS else "Normal"
 
 
 @dataclass(frozen=True)

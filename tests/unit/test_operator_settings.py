@@ -1,0 +1,70 @@
+"""Operator settings from GRM_* environment variables, and the `run` command's flags on top."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from grm_operator.handlers.runtime import add_arguments, kopf_settings, settings_from_args
+from grm_operator.settings import DEFAULT_WORKER_IMAGE, OperatorSettings, SettingsError
+
+
+def test_defaults() -> None:
+    s = OperatorSettings.from_env({})
+    assert s.clusterwide and s.standalone
+    assert s.worker_image == DEFAULT_WORKER_IMAGE
+    assert (s.health_port, s.metrics_port) == (8080, 9090)
+
+
+def test_environment_values_are_parsed() -> None:
+    s = OperatorSettings.from_env(
+        {
+            "GRM_NAMESPACES": "rl, serving ,",
+            "GRM_PEERING_NAME": "grm",
+            "GRM_PRIORITY": "100",
+            "GRM_PODMONITOR_ENABLED": "false",
+            "GRM_REQUEST_TIMEOUT_S": "2.5",
+            "GRM_UNRELATED": "ignored",
+            "HOME": "/root",
+        }
+    )
+    assert s.namespaces == ("rl", "serving")
+    assert not s.clusterwide
+    assert (s.peering_name, s.priority, s.standalone) == ("grm", 100, False)
+    assert s.podmonitor_enabled is False
+    assert s.request_timeout_s == 2.5
+
+
+def test_a_bad_value_names_its_variable() -> None:
+    with pytest.raises(SettingsError, match="GRM_HEALTH_PORT"):
+        OperatorSettings.from_env({"GRM_HEALTH_PORT": "http"})
+    with pytest.raises(SettingsError, match="GRM_LOG_LEVEL"):
+        OperatorSettings.from_env({"GRM_LOG_LEVEL": "LOUD"})
+
+
+def test_flags_override_the_environment() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--namespace", "a", "--namespace", "b", "--peering", "ha", "--metrics-port", "0"]
+    )
+    s = settings_from_args(
+        args, {"GRM_NAMESPACES": "x", "GRM_METRICS_PORT": "1234", "GRM_WORKER_IMAGE": "w:1"}
+    )
+    assert (s.namespaces, s.peering_name, s.metrics_port, s.worker_image) == (("a", "b"), "ha", 0, "w:1")
+
+
+def test_kopf_settings_follow_ours() -> None:
+    ks = kopf_settings(OperatorSettings(peering_name="grm", priority=7, watch_timeout_s=120))
+    assert (ks.peering.standalone, ks.peering.name, ks.peering.priority) == (False, "grm", 7)
+    assert ks.posting.enabled is False
+    assert ks.watching.server_timeout == 120
+    selectors = {str(k.any_name): v for k, v in ks.watching.label_selectors.items()}
+    assert selectors == {
+        "deployments": "app.kubernetes.io/managed-by=grm-operator",
+        "configmaps": "app.kubernetes.io/managed-by=grm-operator",
+        "services": "app.kubernetes.io/managed-by=grm-operator",
+        "poddisruptionbudgets": "app.kubernetes.io/managed-by=grm-operator",
+    }
+    assert kopf_settings(OperatorSettings()).peering.standalone is True
