@@ -12,7 +12,6 @@ Start-up is measured (`ControlPlane.timings`) and polled with a deadline, never 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import http.client
 import ipaddress
@@ -120,7 +119,8 @@ class _Process:
     started_at: float = 0.0
 
     def start(self, env: Mapping[str, str]) -> None:
-        preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+        main_thread = threading.current_thread() is threading.main_thread()
+        preexec = _die_with_parent if main_thread and _PRCTL is not None else None
         with self.log_path.open("ab") as log_file:
             self.popen = subprocess.Popen(
                 self.argv,
@@ -155,14 +155,26 @@ class _Process:
             self.popen.wait(timeout=timeout_s)
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    # Resolved in the parent: the child between fork and exec must not dlopen (another thread
+    # of the parent may have held the loader's lock at fork time).
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """Child-side: get SIGTERM when the starting thread dies, so a killed test run leaves no
     apiserver behind (PR_SET_PDEATHSIG, Linux). Only used when started from the main thread,
     since the signal follows the thread, not the process."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
