@@ -210,3 +210,20 @@ def test_runs_on_a_non_loopback_address_in_a_network_namespace(control_plane: Co
     out = json.loads(result.stdout)
     assert out["url"].startswith("https://10.96.0.1:")
     assert [e["addresses"] for e in out["slice"]["endpoints"]] == [["10.96.0.1"]]
+
+
+def test_node_identity_is_confined_to_its_node(control_plane: ControlPlane) -> None:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig_for_node("node-a")))
+    try:
+        core = client.CoreV1Api(api)
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="node-a")))
+        with pytest.raises(client.ApiException) as denied:
+            core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="node-b")))
+        assert denied.value.status == 403  # NodeRestriction: only its own Node object
+        with pytest.raises(client.ApiException) as secrets:
+            core.list_secret_for_all_namespaces()
+        assert secrets.value.status == 403  # Node authorizer: no secrets beyond its pods'
+    finally:
+        api.close()

@@ -396,6 +396,12 @@ class ControlPlane:
         )
         return write_kubeconfig(path or workdir / "kubeconfigs" / f"user-{_file_safe(user)}.yaml", config)
 
+    def kubeconfig_for_node(self, node: str, path: Path | None = None) -> Path:
+        """A kubelet's kubeconfig: user `system:node:<node>` in group `system:nodes`, which the
+        Node authorizer and NodeRestriction admission confine to that node and its pods."""
+        target = path or self.workdir / "kubeconfigs" / f"node-{_file_safe(node)}.yaml"
+        return self.kubeconfig_for_user(f"system:node:{node}", ("system:nodes",), target)
+
     def service_account_token(
         self, namespace: str, name: str, *, expiration_s: int = 3600, create: bool = True
     ) -> str:
@@ -581,6 +587,9 @@ class ControlPlane:
             f"--service-account-signing-key-file={keys.files['sa.key']}",
             f"--service-cluster-ip-range={opts.service_cluster_ip_range}",
             "--allow-privileged=true",
+            # With the Node authorizer: a node's credentials may change only that node and its
+            # pods, as a kubelet's in a real cluster (the local cluster's node agent uses them).
+            "--enable-admission-plugins=NodeRestriction",
             "--profiling=false",
             f"--v={opts.verbosity}",
         ]
