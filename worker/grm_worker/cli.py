@@ -119,7 +119,9 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
 
     engine = make_engine(config, engine_url)
     front = Front(config, engine)
-    runner = web.AppRunner(front.app, handle_signals=False, access_log=None)
+    # The drain already waited drain_timeout_s for in-flight requests; closing the listener must
+    # not wait aiohttp's default 60 s again for the ones that overran it.
+    runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
