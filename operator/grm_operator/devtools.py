@@ -257,7 +257,7 @@ def _subcommands(cli: Any) -> dict[str, Any]:
 
 
 class OperatorProcess:
-    """One ``grm-operator run`` subprocess; its log goes to ``log_path``."""
+    """One ``grm-operator run`` subprocess (or ``command``); its log goes to ``log_path``."""
 
     def __init__(
         self,
@@ -266,8 +266,10 @@ class OperatorProcess:
         *,
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
+        command: list[str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.command = command
         self.log_path = log_path
         self.health_port = free_port()
         self.metrics_port = free_port()
@@ -291,7 +293,7 @@ class OperatorProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.popen = subprocess.Popen(
-                [*operator_command(), *self.args],
+                [*(self.command or operator_command()), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
