@@ -45,6 +45,7 @@ from grm_operator.builders import (
     LABEL_MANAGED_BY,
     LABEL_VARIANT,
     MANAGED_BY,
+    Children,
     active_variant,
     build_children,
     plan_replicas,
@@ -265,6 +266,11 @@ class Reconciler:
         self._tasks[key] = asyncio.get_running_loop().create_task(self._work(key), name=f"reconcile {key}")
         self.metrics.queue_depth.set(len(self._tasks))
 
+    @property
+    def queue_depth(self) -> int:
+        """GRMDeployments being reconciled right now (each with at most one rerun pending)."""
+        return len(self._tasks)
+
     async def idle(self, timeout_s: float = 30.0) -> None:
         """Wait until no reconcile runs (retries may still be scheduled); for tests and benchmarks."""
         deadline = time.monotonic() + timeout_s
@@ -370,7 +376,7 @@ class Reconciler:
             raise error
         self.metrics.reconciles.labels(result="ok").inc()
 
-    def _build(self, grmd: GRMDeployment, current: Mapping[str, Any]) -> Any:
+    def _build(self, grmd: GRMDeployment, current: Mapping[str, Any]) -> Children:
         key = (str(grmd.metadata.namespace), grmd.metadata.name)
         uid = str(grmd.metadata.uid)
         live = {
@@ -491,4 +497,4 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
 
     @kopf.on.probe(id="reconcileQueue", registry=registry)
     def queue_probe(**_: Any) -> int:
-        return len(reconciler._tasks)
+        return reconciler.queue_depth
