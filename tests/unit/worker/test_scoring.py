@@ -172,3 +172,58 @@ def test_score_all_garbage_has_no_winner() -> None:
     result = asyncio.run(score(ScoreRequest(query="q", responses=("a", "b"), samples=4), garbage))
     assert result.winner is None and result.parse_failures == 4
     assert result.as_json()["mean_scores"] == [None, None]
+
+
+def queue_sampler(samples: list[list[int] | None], names: list[str]):  # type: ignore[no-untyped-def]
+    """An engine answering the given vectors in order (None: garbage), in each prompt's shown order."""
+    queue = list(samples)
+
+    async def sampler(prompts: list[str], per_prompt: int) -> list[str]:
+        out = []
+        for prompt in prompts:
+            shown = sorted(range(len(names)), key=lambda i, p=prompt: p.index(names[i]))  # type: ignore[misc]
+            for _ in range(per_prompt):
+                values = queue.pop(0)
+                text = (
+                    "no scores"
+                    if values is None
+                    else "\\boxed{" + ", ".join(str(values[i]) for i in shown) + "}"
+                )
+                out.append(text)
+        return out
+
+    return sampler
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=4).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(
+                st.one_of(st.none(), st.lists(st.integers(1, 10), min_size=n, max_size=n)),
+                min_size=1,
+                max_size=10,
+            ),
+        )
+    ),
+    st.integers(min_value=1, max_value=4),
+    st.sampled_from(["shuffled", "shared-prefill"]),
+    st.integers(min_value=0, max_value=2**16),
+)
+def test_score_with_early_exit_picks_the_full_voting_winner(
+    case: tuple[int, list[list[int] | None]], per_round: int, mode: str, seed: int
+) -> None:
+    n, samples = case
+    names = [f"<r{i}>" for i in range(n)]
+    request = ScoreRequest(
+        query="q", responses=tuple(names), samples=len(samples), sampling=mode,  # type: ignore[arg-type]
+        samples_per_round=per_round, seed=seed,
+    )  # fmt: skip
+    early = asyncio.run(score(request, queue_sampler(samples, names)))
+    full = vote(samples, n)
+    expected = leader(full) if any(s is not None for s in samples) else None
+    assert early.winner == expected
+    assert early.samples_used <= len(samples)
+    if not early.early_exit:
+        assert early.scores == full and early.samples_used == len(samples)
