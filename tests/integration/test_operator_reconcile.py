@@ -170,11 +170,19 @@ class Harness:
         return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
     def settled(self, ns: str, name: str = "reward") -> bool:
-        """The operator has acted on the current generation and its queue is empty."""
+        """The operator has acted on the current generation and its queue is empty, and the
+        autoscaler has had its first tick (its MetricsAvailable condition is there)."""
         body = self.grmd(ns, name)
-        observed = (body.get("status") or {}).get("observedGeneration")
+        status = body.get("status") or {}
+        generation = body["metadata"]["generation"]
+        ticked = any(
+            c.get("type") == "MetricsAvailable" and c.get("observedGeneration") == generation
+            for c in status.get("conditions") or []
+        )
+        invalid = any(c.get("reason") == "InvalidSpec" for c in status.get("conditions") or [])
         return (
-            observed == body["metadata"]["generation"]
+            status.get("observedGeneration") == generation
+            and (ticked or invalid)
             and self.operator.metric("grm_operator_queue_depth") == 0
         )
 
@@ -230,6 +238,10 @@ def test_create_makes_children_with_owner_refs(harness: Harness) -> None:
         "Progressing": "True",
         "Degraded": "False",
         "SpecValid": "True",
+        # The autoscaler's: no worker pods, so no metrics and no traffic to judge the SLO on.
+        "MetricsAvailable": "False",
+        "QualityFloorMet": "True",
+        "SLOMet": "Unknown",
     }
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
 
@@ -447,3 +459,22 @@ def test_restart_and_steady_state_make_no_writes(harness: Harness) -> None:
     # It did read: the priming LISTs, one per child kind (and nothing else: the store answers).
     assert op.metric("grm_operator_api_requests_total", verb="list") == 4
     assert op.metric("grm_operator_api_requests_total", verb="get") <= 1  # PodMonitor discovery
+
+
+def test_kubectl_scale_in_manual_mode_sets_the_active_variants_replicas(harness: Harness) -> None:
+    ns = harness.namespace()
+    harness.create(ns, mutate=lambda b: b["spec"]["scaling"].update(mode="Manual", replicas=1))
+    harness.wait(lambda: harness.settled(ns), "first reconcile")
+    scale_path = f"{GRMD_PATH.format(ns=ns)}/reward/scale"
+    scale = harness.ok("GET", scale_path)
+    assert scale["spec"]["replicas"] == 1
+    assert scale["status"]["selector"] == "app.kubernetes.io/name=grm-worker,grm.dev/deployment=reward"
+    scale["spec"]["replicas"] = 3
+    harness.ok("PUT", scale_path, scale)  # what `kubectl scale grmd/reward --replicas=3` sends
+    harness.wait(
+        lambda: (harness.deployment(ns, "reward-bf16") or {}).get("spec", {}).get("replicas") == 3,
+        "the active variant's Deployment scaled to 3",
+    )
+    assert harness.deployment(ns, "reward-fp8")["spec"]["replicas"] == 0  # type: ignore[index]
+    harness.wait(lambda: harness.settled(ns), "generation 2 observed")
+    assert harness.grmd(ns)["status"]["desiredReplicas"] == 3
