@@ -33,6 +33,7 @@ from grm_operator.api.models import GRMDeploymentSpec, SwitchProgress
 from grm_operator.builders import active_variant
 from grm_operator.metrics.signals import Signals
 from grm_operator.rollout import Observed, Step, Switch, advance, from_rfc3339, start, to_rfc3339
+from grm_operator.status import OWNED_CONDITIONS
 
 __all__ = [
     "AUTOSCALER_CONDITIONS",
@@ -89,6 +90,8 @@ class Plan:
     status: dict[str, Any]
     events: Sequence[Event]
     active: str
+    #: Variants not to try, until when (epoch seconds).
+    unhealthy: Mapping[str, float] = field(default_factory=dict)
 
 
 def _condition(
@@ -166,13 +169,19 @@ def plan(
     metrics_error: str | None,
     intent: Intent | None,
     now: float,
+    known_unhealthy: Mapping[str, float] | None = None,
 ) -> Plan:
     """One tick's actions. ``observed`` is the total over the window (None: the source failed
-    with ``metrics_error``); ``intent`` is the policy's (None when it was not consulted)."""
+    with ``metrics_error``); ``intent`` is the policy's (None when it was not consulted).
+    ``known_unhealthy`` are marks this process set earlier (a concurrent status write of the
+    reconciler may have dropped them from ``status``; they are written again)."""
     stamp = to_rfc3339(now)
     events: list[Event] = []
     scale: dict[str, int] = {}
     unhealthy = _unhealthy(status, now)
+    for variant, until in (known_unhealthy or {}).items():
+        if until > now:
+            unhealthy[variant] = max(until, unhealthy.get(variant, 0.0))
     active = active_variant(spec, status.get("activeVariant"))
     switch_status = status.get("switch")
     switch: Switch | None = None
@@ -243,9 +252,15 @@ def plan(
             samples = intent.samples
             patch["samples"] = intent.samples
         decision = _decision(intent, step, stamp)
+        previous = status.get("lastDecision") or {}
+        if {k: v for k, v in previous.items() if k != "time"} == {
+            k: v for k, v in decision.items() if k != "time"
+        }:
+            # The policy says the same as last tick: keep its time, so idle objects cost no writes.
+            decision["time"] = previous.get("time", stamp)
         patch["lastDecision"] = decision
         history = list(status.get("decisions") or [])
-        if decision["action"] not in ("None", "Hold"):
+        if decision["action"] not in ("None", "Hold") and decision != previous:
             history = [*history, decision][-HISTORY:]
         patch["decisions"] = history
         patch["policyState"] = dict(intent.state)
@@ -265,8 +280,16 @@ def plan(
         if prev is not None and (prev.get("status") != cstatus or prev.get("reason") != reason):
             good = cstatus == "True"
             events.append(Event("Normal" if good else "Warning", reason, f"{type_}={cstatus}: {message}"))
+    # The reconciler's order (its own conditions first, then the rest by type): two writers with
+    # different orders would rewrite the list back and forth.
+    rank = {t: i for i, t in enumerate(OWNED_CONDITIONS)}
+    conditions.sort(key=lambda c: (rank.get(str(c["type"]), len(rank)), str(c["type"])))
     patch["conditions"] = conditions
-    return Plan(scale=scale, samples=samples, status=patch, events=events, active=active)
+    return Plan(scale=scale, samples=samples, status=patch, events=events, active=active, unhealthy=unhealthy)
+
+
+def _without_time(decision: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in decision.items() if k != "time"}
 
 
 def _decision(intent: Intent, step: Step | None, stamp: str) -> dict[str, Any]:
