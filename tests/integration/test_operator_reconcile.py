@@ -29,6 +29,26 @@ OPERATOR_USER = "grm-operator-test"
 GRMD_PATH = "/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments"
 TIMEOUT_S = 30.0
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grmd-ladder.yaml"
+POD_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +66,9 @@ def audited_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Co
     plane.start()
     try:
         devtools.install_crd(plane)
+        # The Prometheus Operator's PodMonitor kind (schema-less here): the operator creates a
+        # PodMonitor per GRMDeployment when this kind is served at its start.
+        devtools.install_crd(plane, POD_MONITOR_CRD)
         yield plane, audit_log
     finally:
         plane.stop()
@@ -211,6 +234,7 @@ def test_create_makes_children_with_owner_refs(harness: Harness) -> None:
         "reward-bf16-config": f"/api/v1/namespaces/{ns}/configmaps/reward-bf16-config",
         "reward (Service)": f"/api/v1/namespaces/{ns}/services/reward",
         "reward (PDB)": f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/reward",
+        "reward (PodMonitor)": f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors/reward",
     }
     for what, path in paths.items():
         child = harness.wait(lambda p=path: harness.get(p), f"{what} created")
@@ -456,9 +480,10 @@ def test_restart_and_steady_state_make_no_writes(harness: Harness) -> None:
     writes = harness.writes_since(offset)
     assert writes == [], [(w.verb, w.resource, w.subresource, w.name) for w in writes]
     assert op.metric("grm_operator_api_writes_total") == 0.0
-    # It did read: the priming LISTs, one per child kind (and nothing else: the store answers).
-    assert op.metric("grm_operator_api_requests_total", verb="list") == 4
-    assert op.metric("grm_operator_api_requests_total", verb="get") <= 1  # PodMonitor discovery
+    # It did read: one priming LIST per child kind, and no GETs of children (the store answers).
+    for kind in ("Deployment", "ConfigMap", "Service", "PodDisruptionBudget", "PodMonitor"):
+        assert op.metric("grm_operator_api_requests_total", verb="list", kind=kind) == 1, kind
+        assert op.metric("grm_operator_api_requests_total", verb="get", kind=kind) == 0, kind
 
 
 def test_kubectl_scale_in_manual_mode_sets_the_active_variants_replicas(harness: Harness) -> None:
