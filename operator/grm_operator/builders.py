@@ -648,6 +648,9 @@ def build_pod_monitor(owner: Owner) -> Manifest:
             "metadata": _meta(owner, owner.name, "monitoring"),
             "spec": {
                 "selector": {"matchLabels": selector_labels(owner.name)},
+                # Copied onto every series as grm_dev_deployment / grm_dev_variant: the
+                # Prometheus metrics source selects and groups by them (docs/metrics.md).
+                "podTargetLabels": [LABEL_DEPLOYMENT, LABEL_VARIANT],
                 "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
             },
         }
