@@ -1,0 +1,11 @@
+"""The pure scaling-and-precision policy (no I/O, no clock): ``decide(observation, state, spec, now)``.
+
+:mod:`.capacity` holds operating points and per-replica capacity from the performance model,
+:mod:`.decide` the algorithm, :mod:`.types` its inputs, memory and output, and :mod:`.adapter`
+the translation from the operator's Kubernetes view.
+"""
+
+from grm_operator.policy.decide import decide
+from grm_operator.policy.types import Decision, Observation, PolicyState
+
+__all__ = ["Decision", "Observation", "PolicyState", "decide"]

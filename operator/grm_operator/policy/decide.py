@@ -1,0 +1,371 @@
+"""The scaling-and-precision policy: one pure function, ``decide(observation, state, spec, now)``.
+
+Time is a parameter and memory is explicit (:class:`PolicyState`), so the operator, the fleet
+simulator and the tests drive the very same code. One tick:
+
+1. **Freshness.** No Ready worker, a failed source or samples older than max(3 periods, 60 s):
+   hold the replicas (never scale down blind).
+2. **Demand** λ in engine sequences per second (vLLM requests: a GRM score with k samples is
+   k of them), plus the queue drained over 20 s, normalised per sample (λ₁ = λ / k) so that
+   sample budgets compare. A least-squares trend over the last 3 minutes projects it over the
+   cold-start horizon of the variant (replica Ready ≈ 45–90 s after it is asked for): at
+   0.05 seq/s² and a 75 s horizon the policy provisions for 3.75 seq/s more than it sees.
+3. **Online correction.** At the active variant's operating load, observed median ITL ÷ the
+   model's mean step time is the replica's ``speed`` (1.4 = 40 % slower than its prior) and
+   observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3).
+4. **Capacity per operating point** (variant × sample budget, best quality first) from the
+   corrected model (:mod:`.capacity`); replicas needed = ⌈λ₁·k ÷ capacity⌉. GPU budget:
+   maxGPUs, or only the GPUs already scheduled when pods of the active variant are Pending.
+5. **The quality ladder.** The best admissible point whose need fits the budget wins. Stepping
+   down happens at once (after a switch, not before min(cooldown, 2 min)); stepping up only when
+   the better point fits with 25 % margin, continuously for max(3 periods, 2 min), and the switch
+   cooldown has passed — hysteresis against flapping.
+6. **Replicas.** Scale up at once; panic on an SLO breach (no scale-down for 60 s, at least
+   ready × min(2, p95 ÷ SLO)); scale down only to the maximum recommendation of the
+   scale-down stabilisation window (default 5 min). Bounds: [minReplicas, budget].
+
+Manual and External modes keep spec.scaling.replicas (the policy still picks variant and
+samples); Pinned precision considers only the pinned variant (samples may still change).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from grm_operator.api.durations import parse_duration
+from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.metrics.signals import Signals
+from grm_operator.policy.capacity import (
+    DEFAULT_TAIL,
+    TAIL_BOUNDS,
+    OperatingPoint,
+    Workload,
+    expected_means,
+    operating_points,
+    replica_capacity,
+    variant_profile,
+)
+from grm_operator.policy.types import Action, Decision, Observation, PolicyState
+
+TREND_WINDOW_S = 180.0
+QUEUE_DRAIN_S = 20.0
+EWMA = 0.3
+SPEED_BOUNDS = (0.25, 5.0)
+UPGRADE_MARGIN = 1.25
+PANIC_HOLD_S = 60.0
+MIN_REQUESTS_FOR_CORRECTION = 20
+DEFAULT_PROMPT_TOKENS = 1000.0
+
+
+@dataclass(frozen=True)
+class _Assessment:
+    point: OperatingPoint
+    capacity: float  # sequences/s per replica at this point
+    need: int  # replicas needed for the forecast demand
+    cap: int  # most replicas the budget allows
+    horizon: float  # cold start of the variant + one control period, seconds
+    demand: float  # forecast sequences/s at this point's sample budget
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _slope(history: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope (per second) of (time, value) points; 0 with < 3 points."""
+    if len(history) < 3 or history[-1][0] - history[0][0] <= 0:
+        return 0.0
+    n = len(history)
+    mean_t = sum(t for t, _ in history) / n
+    mean_v = sum(v for _, v in history) / n
+    var = sum((t - mean_t) ** 2 for t, _ in history)
+    if var <= 0:
+        return 0.0
+    return sum((t - mean_t) * (v - mean_v) for t, v in history) / var
+
+
+def _forecast(per_sample: float, slope: float, horizon: float) -> float:
+    """Demand per sample ``horizon`` seconds ahead: the trend, capped at 3× today (a trend fitted
+    on a burst's first seconds must not provision for a tenfold load)."""
+    if per_sample <= 0:
+        return 0.0
+    return min(per_sample + slope * horizon, 3 * per_sample + 0.1)
+
+
+def _workload(total: Signals, spec: GRMDeploymentSpec) -> Workload:
+    rps = total.rps or 0.0
+    prompt = (total.prompt_tps / rps) if rps > 0 and total.prompt_tps else DEFAULT_PROMPT_TOKENS
+    output = (
+        (total.generation_tps / rps)
+        if rps > 0 and total.generation_tps
+        else float(spec.scoring.critique_tokens)
+    )
+    return Workload(prompt_tokens=max(prompt, 1.0), output_tokens=max(output, 1.0))
+
+
+def _slo_breach(spec: GRMDeploymentSpec, signals: Signals | None) -> tuple[float, str]:
+    """Worst observed p95 ÷ SLO (≤ 1 when met) and its sentence."""
+    if signals is None:
+        return 0.0, ""
+    worst, text = 0.0, ""
+    for name, target, value in (
+        ("TTFT", spec.slo.ttft_p95_s, signals.ttft_p95),
+        ("ITL", spec.slo.itl_p95_s, signals.itl_p95),
+        ("e2e", spec.slo.e2e_p95_s, signals.e2e_p95),
+    ):
+        if target and value is not None and value / target > worst:
+            worst = value / target
+            text = f"p95 {name} {_fmt(value)}s {'>' if value > target else '≤'} SLO {_fmt(target)}s"
+    return worst, text
+
+
+def _ewma(previous: float | None, sample: float) -> float:
+    return sample if previous is None else (1 - EWMA) * previous + EWMA * sample
+
+
+def _corrections(
+    spec: GRMDeploymentSpec, obs: Observation, state: PolicyState, workload: Workload, window_s: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Updated (speed, tail) from the active variant's window (unchanged without enough traffic)."""
+    speed, tail = dict(state.speed), dict(state.tail)
+    active = obs.active_variant
+    signals = obs.variants.get(active) or obs.total
+    ready = obs.ready.get(active, 0)
+    if (
+        signals is None
+        or ready <= 0
+        or not signals.rps
+        or signals.rps * window_s < MIN_REQUESTS_FOR_CORRECTION
+    ):
+        return speed, tail
+    variant = spec.variant(active)
+    per_replica = signals.rps / ready
+    base = expected_means(variant, workload, per_replica, 1.0)
+    if base is not None:
+        ratio = None
+        if signals.itl_p50 is not None and base[1] > 0:
+            ratio = signals.itl_p50 / base[1]
+        elif signals.e2e_p50 is not None and base[2] > 0:
+            ratio = signals.e2e_p50 / base[2]
+        if ratio is not None:
+            ratio = min(max(ratio, SPEED_BOUNDS[0]), SPEED_BOUNDS[1])
+            speed[active] = _ewma(speed.get(active), ratio)
+    means = expected_means(variant, workload, per_replica, speed.get(active, 1.0))
+    if means is not None:
+        for key, mean, p95 in (
+            ("ttft", means[0], signals.ttft_p95),
+            ("itl", means[1], signals.itl_p95),
+            ("e2e", means[2], signals.e2e_p95),
+        ):
+            if p95 is not None and mean > 0:
+                sample = min(max(p95 / mean, TAIL_BOUNDS[0]), TAIL_BOUNDS[1])
+                tail[key] = _ewma(tail.get(key, DEFAULT_TAIL[key]), sample)
+    return speed, tail
+
+
+def decide(
+    obs: Observation, state: PolicyState, spec: GRMDeploymentSpec, now: float
+) -> tuple[Decision, PolicyState]:
+    """The next operating point and replica count, and the updated memory (see module doc)."""
+    period = parse_duration(spec.scaling.control_period)
+    window = parse_duration(spec.metrics.window)
+    stale_after = max(3 * period, 60.0)
+    pinned = spec.precision.pinned_variant if spec.precision.policy == "Pinned" else None
+    active = pinned or obs.active_variant
+    active_v = spec.variant(active)
+    k_lo, k_hi = spec.scoring.samples.min, spec.scoring.samples.max
+    k_cur = min(max(obs.samples, k_lo), k_hi)
+    current = obs.desired.get(active, 0)
+    ready = obs.ready.get(active, 0)
+    pending = obs.pending.get(active, 0)
+    manual = spec.scaling.mode != "Auto"
+    fixed = spec.scaling.replicas if manual and spec.scaling.replicas is not None else current
+
+    def hold(reason: str, metrics_ok: bool) -> tuple[Decision, PolicyState]:
+        replicas = fixed if manual else max(current, spec.scaling.min_replicas)
+        decision = Decision("Hold", active, replicas, k_cur, reason, None, metrics_ok)
+        return decision, state
+
+    total = obs.total
+    if total is None:
+        why = f": {obs.metrics_error}" if obs.metrics_error else ""
+        return hold(
+            f"metrics unavailable{why}; holding {active} at {current} replicas (never scaling down blind)",
+            False,
+        )
+    if ready == 0:
+        return hold(
+            f"no Ready {active} worker yet ({current} asked, {pending} unscheduled); holding at "
+            f"{max(current, spec.scaling.min_replicas)} replicas",
+            True,
+        )
+    age = total.sample_age_s
+    if total.pods_reporting == 0 or (age is not None and age > stale_after):
+        what = "no worker reported metrics" if total.pods_reporting == 0 else f"newest sample {age:.0f}s old"
+        return hold(
+            f"metrics stale ({what}, limit {stale_after:.0f}s); holding {active} at {current} replicas "
+            "(never scaling down blind)",
+            False,
+        )
+
+    # --- demand -----------------------------------------------------------------------------------
+    workload = _workload(total, spec)
+    seq_rate = (total.rps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
+    per_sample = seq_rate / k_cur
+    demand = (*((t, v) for t, v in state.demand if now - t <= TREND_WINDOW_S), (now, per_sample))
+    slope = max(0.0, _slope(demand))
+    speed, tail = _corrections(spec, obs, state, workload, window)
+
+    # --- the GPU budget and each operating point ---------------------------------------------------
+    gpu_budget = spec.max_gpus()
+    if pending > 0 and not manual:
+        # Pods that stay unscheduled mean the cluster has no GPU left: only what runs counts.
+        gpu_budget = min(gpu_budget, (current - pending) * active_v.gpus_per_replica)
+    assessments: list[_Assessment] = []
+    for point in operating_points(spec, pinned):
+        horizon = variant_profile(point.variant).cold_start_s + period
+        forecast = _forecast(per_sample, slope, horizon)
+        capacity = replica_capacity(spec, point.variant, workload, speed.get(point.variant.name, 1.0), tail)
+        need_rate = forecast * point.samples
+        need = 0 if need_rate <= 0 else (math.ceil(need_rate / capacity) if capacity > 0 else 10**6)
+        g = point.variant.gpus_per_replica
+        cap = fixed if manual else min(spec.scaling.max_replicas, gpu_budget // g)
+        assessments.append(_Assessment(point, capacity, need, max(cap, 0), horizon, need_rate))
+    if not assessments:  # the CRD's rules make this unreachable: some variant meets minQuality
+        return hold("no operating point meets precision.minQuality", True)
+
+    current_point = next(
+        (a for a in assessments if a.point.variant.name == active and a.point.samples == k_cur),
+        None,
+    )
+    feasible = [a for a in assessments if a.need <= a.cap]
+    if feasible:
+        best = feasible[0]
+    else:
+        # Nothing holds the SLO: serve the most score requests per second the budget allows.
+        best = max(assessments, key=lambda a: (a.cap * a.capacity / a.point.samples, a.point.quality))
+
+    # --- hysteresis on the ladder -------------------------------------------------------------------
+    breach, breach_text = _slo_breach(spec, obs.variants.get(active) or total)
+    cooldown = parse_duration(spec.precision.switch_cooldown)
+    since_switch = math.inf if state.last_switch is None else now - state.last_switch
+    better_since = state.better_since
+    chosen = current_point or best
+    note = ""
+    if current_point is None:
+        chosen = best  # the spec changed under us (floor raised, variant removed): move at once
+        note = f"{active}×k{k_cur} is no longer admissible"
+    elif best.point.quality > current_point.point.quality + 1e-9:
+        margin_need = math.ceil(best.need * UPGRADE_MARGIN)
+        changes_variant = best.point.variant.name != active
+        if margin_need <= best.cap and (not changes_variant or since_switch >= cooldown):
+            better_since = better_since if better_since is not None else now
+            if now - better_since >= max(3 * period, 120.0):
+                chosen, better_since = best, None
+                note = f"{best.point.label} fits with margin ({margin_need} ≤ {best.cap} replicas)"
+            else:
+                note = f"{best.point.label} fits; stepping up once it fits for {max(3 * period, 120.0):.0f}s"
+        else:
+            better_since = None
+    elif best.point.quality < current_point.point.quality - 1e-9:
+        better_since = None
+        changes_variant = best.point.variant.name != active
+        if not changes_variant or since_switch >= min(cooldown, 120.0):
+            chosen = best
+            note = (
+                f"{current_point.point.label} cannot hold the SLO within its budget (needs "
+                f"{current_point.need}, {current_point.cap} fit)"
+            )
+        else:
+            note = f"a switch is due but the last one was {since_switch:.0f}s ago"
+    else:
+        better_since = None
+
+    # --- replicas ------------------------------------------------------------------------------------
+    new_state = state.evolve(
+        demand=demand, speed=speed, tail=tail, better_since=better_since, last_metrics=now
+    )
+    target = chosen.point.variant.name
+    samples = chosen.point.samples
+    if target != active:
+        replicas = fixed if manual else min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
+        new_state = new_state.evolve(recommendations=(), last_switch=now, panic_until=None, better_since=None)
+        action: Action = "SwitchVariant"
+        reason = (
+            f"{note}{'; ' if note else ''}{breach_text + '; ' if breach_text else ''}switching {active} → "
+            f"{target} with {replicas} replicas (capacity {_fmt(chosen.capacity)} seq/s per replica, "
+            f"demand {_fmt(per_sample * samples)} seq/s at k={samples})"
+        )
+        return Decision(
+            action,
+            target,
+            replicas,
+            samples,
+            reason,
+            breach <= 1.0 if breach else None,
+            True,
+            chosen.need,
+            per_sample * samples,
+        ), new_state
+
+    need = chosen.need
+    panic_until = state.panic_until
+    if breach > 1.0 and not manual:
+        panic_until = now + PANIC_HOLD_S
+        need = max(need, min(math.ceil(ready * min(2.0, breach)), chosen.cap))
+    up_window = parse_duration(spec.scaling.scale_up_stabilization)
+    down_window = parse_duration(spec.scaling.scale_down_stabilization)
+    keep = max(up_window, down_window)
+    recs = (*((t, n) for t, n in state.recommendations if now - t <= keep), (now, need))
+    if manual:
+        replicas = fixed
+    else:
+        if need >= current:
+            replicas = min(n for t, n in recs if now - t <= up_window) if up_window > 0 else need
+            replicas = max(replicas, current)
+        else:
+            replicas = max(n for t, n in recs if now - t <= down_window)
+            if panic_until is not None and now < panic_until:
+                replicas = max(replicas, current)
+        replicas = min(max(replicas, spec.scaling.min_replicas), max(chosen.cap, spec.scaling.min_replicas))
+    new_state = new_state.evolve(recommendations=recs, panic_until=panic_until)
+
+    slo_text = breach_text or "no latency measured yet"
+    capacity_text = (
+        f"demand {_fmt(seq_rate)} seq/s (forecast {_fmt(chosen.demand)} at k={samples} over the "
+        f"{chosen.horizon:.0f}s cold-start horizon) needs {chosen.need} × {chosen.point.label} "
+        f"at {_fmt(chosen.capacity)} seq/s each"
+    )
+    if replicas > current:
+        action = "ScaleUp"
+        panic = " (panic: SLO breached)" if breach > 1.0 and not manual else ""
+        reason = f"{capacity_text}; {slo_text}{panic}: scaling {active} {current} → {replicas}"
+    elif replicas < current:
+        action = "ScaleDown"
+        reason = (
+            f"{capacity_text}; {slo_text}: scaling {active} {current} → {replicas} (highest need over the "
+            f"{spec.scaling.scale_down_stabilization} stabilisation window)"
+        )
+    elif samples != k_cur:
+        action = "SetSamples"
+        reason = f"{note}: sample budget {k_cur} → {samples}; {capacity_text}"
+    else:
+        action = "None"
+        tail_note = f"; {note}" if note else ""
+        if not feasible:
+            tail_note += f"; no admissible point holds the SLO within maxGPUs {spec.max_gpus()}"
+        reason = f"{capacity_text}; {slo_text}: keeping {replicas} × {active}{tail_note}"
+    decision = Decision(
+        action,
+        active,
+        replicas,
+        samples,
+        reason,
+        (breach <= 1.0) if breach else None,
+        True,
+        chosen.need,
+        per_sample * samples,
+    )
+    return decision, new_state

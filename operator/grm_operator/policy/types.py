@@ -1,0 +1,137 @@
+"""What the policy sees, remembers and decides.
+
+* :class:`Observation` — one control tick's view: a metrics window (:class:`Signals` in total and
+  per variant, as both metrics sources produce them), the pods per variant (ready, pending =
+  not scheduled, i.e. no GPU left), the Deployments' desired replicas, the active variant and the
+  sample budget in force.
+* :class:`PolicyState` — everything the policy must remember between ticks (recommendation
+  windows, demand history, online correction factors, switch times). It round-trips through the
+  JSON dict stored in ``status.policyState``, so a restarted operator continues where it left off.
+* :class:`Decision` — replicas, variant and sample budget, the action taken, a sentence with the
+  numbers that caused it, and the condition hints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from grm_operator.metrics.signals import Signals
+
+Action = Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One tick's inputs. ``total`` is None when the metrics source failed."""
+
+    time: float
+    total: Signals | None
+    variants: Mapping[str, Signals]
+    active_variant: str
+    samples: int
+    ready: Mapping[str, int] = field(default_factory=dict)
+    pending: Mapping[str, int] = field(default_factory=dict)
+    desired: Mapping[str, int] = field(default_factory=dict)
+    metrics_error: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """The policy's memory (JSON-serialisable through :meth:`to_dict` / :meth:`from_dict`)."""
+
+    #: (time, replicas) recommendations of the active variant, newest last.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    #: (time, sequence rate normalised to one sample per score request), newest last.
+    demand: tuple[tuple[float, float], ...] = ()
+    #: Per variant: observed step time ÷ the profile's (1.4 = the replica is 40 % slower).
+    speed: Mapping[str, float] = field(default_factory=dict)
+    #: Per latency ("ttft", "itl", "e2e"): observed p95 ÷ the model's mean at the operating point.
+    tail: Mapping[str, float] = field(default_factory=dict)
+    last_switch: float | None = None
+    #: Since when a better operating point has fitted with margin (hysteresis for stepping up).
+    better_since: float | None = None
+    panic_until: float | None = None
+    last_metrics: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in status.policyState (rounded: fewer bytes, no float noise)."""
+        return {
+            "recommendations": [[round(t, 1), n] for t, n in self.recommendations],
+            "demand": [[round(t, 1), round(r, 4)] for t, r in self.demand],
+            "speed": {k: round(v, 4) for k, v in sorted(self.speed.items())},
+            "tail": {k: round(v, 4) for k, v in sorted(self.tail.items())},
+            "lastSwitch": self.last_switch,
+            "betterSince": self.better_since,
+            "panicUntil": self.panic_until,
+            "lastMetrics": self.last_metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> PolicyState:
+        """Parse status.policyState; anything malformed is dropped (the policy re-learns it)."""
+        if not data:
+            return cls()
+
+        def pairs(key: str) -> tuple[tuple[float, float], ...]:
+            out: list[tuple[float, float]] = []
+            for item in data.get(key) or []:
+                if isinstance(item, list | tuple) and len(item) == 2:
+                    try:
+                        out.append((float(item[0]), float(item[1])))
+                    except (TypeError, ValueError):
+                        continue
+            return tuple(out)
+
+        def floats(key: str) -> dict[str, float]:
+            raw = data.get(key)
+            if not isinstance(raw, Mapping):
+                return {}
+            out: dict[str, float] = {}
+            for k, v in raw.items():
+                try:
+                    out[str(k)] = float(v)
+                except (TypeError, ValueError):
+                    continue
+            return out
+
+        def optional(key: str) -> float | None:
+            value = data.get(key)
+            try:
+                return None if value is None else float(value)
+            except (TypeError, ValueError):
+                return None
+
+        return cls(
+            recommendations=tuple((t, int(n)) for t, n in pairs("recommendations")),
+            demand=pairs("demand"),
+            speed=floats("speed"),
+            tail=floats("tail"),
+            last_switch=optional("lastSwitch"),
+            better_since=optional("betterSince"),
+            panic_until=optional("panicUntil"),
+            last_metrics=optional("lastMetrics"),
+        )
+
+    def evolve(self, **changes: Any) -> PolicyState:
+        """A copy with fields replaced."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy wants for the next control period."""
+
+    action: Action
+    variant: str
+    replicas: int
+    samples: int
+    reason: str
+    #: ``(status, reason)`` hints for the conditions the autoscaler writes.
+    slo_met: bool | None = None
+    metrics_available: bool = True
+    #: Replicas the demand needs at the chosen point before bounds and stabilisation.
+    needed: int | None = None
+    #: Demand used (sequences per second at the chosen sample budget, forecast included).
+    demand_seq_rate: float | None = None
