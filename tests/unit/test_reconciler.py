@@ -8,8 +8,10 @@ resourceVersion.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,11 @@ class FakeKube:
         self.calls.append(("event", type_, reason))
         return {}
 
+    async def close(self) -> None:
+        self.calls.append(("close", "", ""))
+
     def writes(self) -> list[tuple[str, str, str]]:
-        return [c for c in self.calls if c[0] != "event"]
+        return [c for c in self.calls if c[0] not in ("event", "close")]
 
 
 def grmd_body(generation: int = 1) -> dict[str, Any]:
@@ -74,11 +79,11 @@ def grmd_body(generation: int = 1) -> dict[str, Any]:
     return body
 
 
-def make() -> tuple[Reconciler, FakeKube]:
+def make(**settings: Any) -> tuple[Reconciler, FakeKube]:
     fake = FakeKube()
     reconciler = Reconciler(
         fake,  # type: ignore[arg-type]
-        OperatorSettings(worker_image="w:1"),
+        OperatorSettings(worker_image="w:1", **settings),
         OperatorMetrics(CollectorRegistry()),
         clock=lambda: "2026-01-01T00:00:00Z",
     )
@@ -195,3 +200,30 @@ def test_store_keeps_the_newest_resource_version() -> None:
     assert store.child("Deployment", "rl", "d", "reward") == newer
     unlabelled = {"kind": "Deployment", "metadata": {"name": "x", "namespace": "rl", "resourceVersion": "1"}}
     assert not store.put_child(unlabelled)
+
+
+async def test_failed_reconciles_are_retried_with_backoff_until_they_succeed() -> None:
+    reconciler, fake = make(retry_initial_s=0.01, retry_max_s=0.05)
+    real_apply = fake.apply
+    failures = iter([True, True])
+
+    async def flaky(manifest: dict[str, Any]) -> dict[str, Any]:
+        if next(failures, False):
+            raise kube.KubeError(500, "InternalError", "etcd leader changed")
+        return await real_apply(manifest)
+
+    fake.apply = flaky  # type: ignore[method-assign]
+    body = grmd_body()
+    fake.objects[("GRMDeployment", "rl", "reward")] = body
+    reconciler.observe_parent(None, copy.deepcopy(body))
+    deadline = time.monotonic() + 5
+    while ("Deployment", "rl", "reward-int4") not in fake.objects or reconciler.queue_depth:
+        assert time.monotonic() < deadline, fake.calls
+        await asyncio.sleep(0.005)
+    errors = reconciler.metrics.reconcile_errors.labels(error="KubeError")._value.get()
+    assert errors == 2
+    assert reconciler.metrics.reconciles.labels(result="ok")._value.get() == 1
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("False", "AsExpected")
+    await reconciler.shutdown()

@@ -257,9 +257,7 @@ class Reconciler:
         """Reconcile ``key`` now, or once more right after the reconcile that is running."""
         if self._closing:
             return
-        handle = self._retry_handles.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        self._cancel_retry(key)
         if key in self._tasks:
             self._dirty.add(key)
             return
@@ -292,6 +290,7 @@ class Reconciler:
                     self._schedule_retry(key, exc)
                 else:
                     self._attempts.pop(key, None)
+                    self._cancel_retry(key)
                 finally:
                     self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
                 if key not in self._dirty or self._closing:
@@ -311,8 +310,13 @@ class Reconciler:
             log.exception("unexpected reconcile error", exc_info=exc)
         if self._closing:
             return
-        loop = asyncio.get_running_loop()
-        self._retry_handles[key] = loop.call_later(delay, self._retry, key)
+        self._cancel_retry(key)
+        self._retry_handles[key] = asyncio.get_running_loop().call_later(delay, self._retry, key)
+
+    def _cancel_retry(self, key: Key) -> None:
+        handle = self._retry_handles.pop(key, None)
+        if handle is not None:
+            handle.cancel()
 
     def _retry(self, key: Key) -> None:
         self._retry_handles.pop(key, None)
