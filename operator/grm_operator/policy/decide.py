@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grm_operator.api.durations import parse_duration
-from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.api.models import GRMDeploymentSpec, Variant
 from grm_operator.metrics.signals import Signals
 from grm_operator.policy.capacity import (
     DEFAULT_TAIL,
@@ -140,18 +140,15 @@ def _corrections(
         or signals.rps * window_s < MIN_REQUESTS_FOR_CORRECTION
     ):
         return speed, tail
+    if (signals.waiting or 0.0) >= ready:
+        # A queue means the window is not a steady state (arrivals > service): its latencies
+        # measure the backlog, not the replica, and would teach a 30 s "tail" after a burst.
+        return speed, tail
     variant = spec.variant(active)
     per_replica = signals.rps / ready
-    base = expected_means(variant, workload, per_replica, 1.0)
-    if base is not None:
-        ratio = None
-        if signals.itl_p50 is not None and base[1] > 0:
-            ratio = signals.itl_p50 / base[1]
-        elif signals.e2e_p50 is not None and base[2] > 0:
-            ratio = signals.e2e_p50 / base[2]
-        if ratio is not None:
-            ratio = min(max(ratio, SPEED_BOUNDS[0]), SPEED_BOUNDS[1])
-            speed[active] = _ewma(speed.get(active), ratio)
+    measured = _fitted_speed(variant, workload, per_replica, signals)
+    if measured is not None:
+        speed[active] = _ewma(speed.get(active), measured)
     means = expected_means(variant, workload, per_replica, speed.get(active, 1.0))
     if means is not None:
         for key, mean, p95 in (
@@ -163,6 +160,37 @@ def _corrections(
                 sample = min(max(p95 / mean, TAIL_BOUNDS[0]), TAIL_BOUNDS[1])
                 tail[key] = _ewma(tail.get(key, DEFAULT_TAIL[key]), sample)
     return speed, tail
+
+
+def _fitted_speed(variant: Variant, workload: Workload, per_replica: float, signals: Signals) -> float | None:
+    """The slowdown s at which the model's mean step time (or e2e) equals the observed median.
+
+    The step time c·s / (1 − ρ·s) grows faster than s, so the plain ratio observed ÷ modelled
+    would overshoot under load (a 1.4× slower replica at ρ = 0.5 reads 1.87×); bisection on s
+    inverts the model instead.
+    """
+    pick = 1 if signals.itl_p50 is not None else 2 if signals.e2e_p50 is not None else None
+    if pick is None:
+        return None
+    observed = signals.itl_p50 if pick == 1 else signals.e2e_p50
+    assert observed is not None
+    low, high = SPEED_BOUNDS
+
+    def modelled(s: float) -> float:
+        means = expected_means(variant, workload, per_replica, s)
+        return math.inf if means is None else means[pick]
+
+    if modelled(low) >= observed:
+        return low
+    if modelled(high) <= observed:
+        return high
+    for _ in range(40):
+        mid = (low + high) / 2
+        if modelled(mid) < observed:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
 
 
 def decide(
@@ -263,6 +291,10 @@ def decide(
         if margin_need <= best.cap and (not changes_variant or since_switch >= cooldown):
             better_since = better_since if better_since is not None else now
             if now - better_since >= max(3 * period, 120.0):
+                # Step up with the margin provisioned, so the better point is not born saturated.
+                best = _Assessment(
+                    best.point, best.capacity, margin_need, best.cap, best.horizon, best.demand
+                )
                 chosen, better_since = best, None
                 note = f"{best.point.label} fits with margin ({margin_need} ≤ {best.cap} replicas)"
             else:

@@ -71,24 +71,48 @@ class Fleet:
                 s = steady_state(profile, share / ready[v], PROMPT, OUTPUT)
                 if s.feasible and s.load < 0.97:
                     sig = Signals(
-                        rps=share, prompt_tps=share * PROMPT, generation_tps=share * OUTPUT,
-                        ttft_p50=s.ttft_s, ttft_p95=s.ttft_s * 2.0, itl_p50=s.step_s, itl_p95=s.step_s * 1.2,
-                        e2e_p50=s.e2e_s, e2e_p95=s.e2e_s * 1.3, running=s.running_seqs * ready[v],
-                        waiting=0.0, pods_reporting=ready[v], sample_age_s=1.0,
+                        rps=share,
+                        prompt_tps=share * PROMPT,
+                        generation_tps=share * OUTPUT,
+                        ttft_p50=s.ttft_s,
+                        ttft_p95=s.ttft_s * 2.0,
+                        itl_p50=s.step_s,
+                        itl_p95=s.step_s * 1.2,
+                        e2e_p50=s.e2e_s,
+                        e2e_p95=s.e2e_s * 1.3,
+                        running=s.running_seqs * ready[v],
+                        waiting=0.0,
+                        pods_reporting=ready[v],
+                        sample_age_s=1.0,
                     )
                 else:  # overloaded: completions capped, a queue builds, latencies explode
                     served = share * 0.9 / max(s.load, 0.9) if s.load > 0 else share
                     sig = Signals(
-                        rps=served, prompt_tps=served * PROMPT, generation_tps=served * OUTPUT,
-                        ttft_p50=5.0, ttft_p95=30.0, itl_p50=0.2, itl_p95=0.4, e2e_p50=60.0, e2e_p95=120.0,
-                        waiting=(share - served) * 30, running=50.0 * ready[v], pods_reporting=ready[v],
+                        rps=served,
+                        prompt_tps=served * PROMPT,
+                        generation_tps=served * OUTPUT,
+                        ttft_p50=5.0,
+                        ttft_p95=30.0,
+                        itl_p50=0.2,
+                        itl_p95=0.4,
+                        e2e_p50=60.0,
+                        e2e_p95=120.0,
+                        waiting=(share - served) * 30,
+                        running=50.0 * ready[v],
+                        pods_reporting=ready[v],
                         sample_age_s=1.0,
                     )
                 per_variant[v] = sig
             total = _sum(list(per_variant.values()))
         return Observation(
-            time=now, total=total if self.metrics_up else None, variants=per_variant, active_variant=self.active,
-            samples=self.samples, ready=ready, pending=pending, desired=dict(self.desired),
+            time=now,
+            total=total if self.metrics_up else None,
+            variants=per_variant,
+            active_variant=self.active,
+            samples=self.samples,
+            ready=ready,
+            pending=pending,
+            desired=dict(self.desired),
             metrics_error=None if self.metrics_up else "connection refused",
         )
 
@@ -139,9 +163,17 @@ def _sum(parts: list[Signals]) -> Signals:
         return max(vals) if vals else None
 
     return Signals(
-        rps=add("rps"), prompt_tps=add("prompt_tps"), generation_tps=add("generation_tps"),
-        ttft_p50=worst("ttft_p50"), ttft_p95=worst("ttft_p95"), itl_p50=worst("itl_p50"),
-        itl_p95=worst("itl_p95"), e2e_p50=worst("e2e_p50"), e2e_p95=worst("e2e_p95"),
-        running=add("running"), waiting=add("waiting"), pods_reporting=sum(p.pods_reporting for p in parts),
+        rps=add("rps"),
+        prompt_tps=add("prompt_tps"),
+        generation_tps=add("generation_tps"),
+        ttft_p50=worst("ttft_p50"),
+        ttft_p95=worst("ttft_p95"),
+        itl_p50=worst("itl_p50"),
+        itl_p95=worst("itl_p95"),
+        e2e_p50=worst("e2e_p50"),
+        e2e_p95=worst("e2e_p95"),
+        running=add("running"),
+        waiting=add("waiting"),
+        pods_reporting=sum(p.pods_reporting for p in parts),
         sample_age_s=1.0,
     )
