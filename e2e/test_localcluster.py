@@ -1,0 +1,375 @@
+"""The local cluster itself, end to end: the control plane, our node agent and Service front and
+Prometheus inside a network namespace of their own.
+
+One cluster (2 GPUs) serves the module; a second, short-lived one checks that teardown leaves no
+process behind. Workloads run the `local/python` stand-in image (the pod's own command with this
+Python): a small HTTP server from a ConfigMap that answers with its pod's name and the values of
+its env, so one request shows the ConfigMap volume, path mapping, env references and pod IP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grm_operator.cluster.localcluster import API_ADDRESS, PROMETHEUS_PORT, LocalCluster
+from grm_operator.cluster.podspec import PYTHON_IMAGE
+
+pytestmark = pytest.mark.e2e
+
+NS = "lc-test"
+
+SERVER = textwrap.dedent(
+    """
+    import http.server, json, os, signal, sys
+
+    def on_term(signum, frame):
+        if os.environ.get("EVENTS"):
+            with open(os.environ["EVENTS"], "a") as f:
+                f.write(f"sigterm {os.environ['POD_NAME']}\\n")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            if self.path == "/metrics":
+                body = b"lc_test_requests_total 1\\n"
+            else:
+                keys = ("POD_NAME", "POD_IP", "POD_NAMESPACE", "GREETING", "TOKEN", "CONFIG_DIR")
+                body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer((os.environ["POD_IP"], 8080), Handler).serve_forever()
+    """
+)
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def lc() -> Iterator[LocalCluster]:
+    why = LocalCluster.unavailable()
+    if why is not None:
+        _skip_or_fail(why)
+    with LocalCluster(gpus=2, scrape_interval_s=1.0) as cluster:
+        if cluster.kubectl("version", check=False).returncode != 0 and not os.environ.get("CI"):
+            pytest.skip("kubectl not installed (run `make tools`)")
+        cluster.kubectl("create", "namespace", NS)
+        cluster.kubectl(
+            "-n",
+            NS,
+            "create",
+            "configmap",
+            "app",
+            "--from-literal=greeting=hello",
+            f"--from-literal=server.py={SERVER}",
+        )
+        cluster.kubectl("-n", NS, "create", "secret", "generic", "app", "--from-literal=token=s3cret")
+        yield cluster
+
+
+def _apply(lc: LocalCluster, *docs: dict[str, Any]) -> None:
+    lc.kubectl("apply", "-f", "-", input="\n".join(json.dumps(d) for d in docs))
+
+
+def _container(name: str = "app", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": PYTHON_IMAGE,
+        "command": ["python", "/app/server.py"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "greeting"}}},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app", "key": "token"}}},
+            {"name": "CONFIG_DIR", "value": "/app"},
+        ],
+        "volumeMounts": [{"name": "app", "mountPath": "/app", "readOnly": True}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+        **extra,
+    }
+
+
+def _pod_spec(*containers: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "containers": list(containers) or [_container()],
+        "volumes": [{"name": "app", "configMap": {"name": "app"}}],
+        "terminationGracePeriodSeconds": 10,
+        **extra,
+    }
+
+
+def _deployment(
+    name: str, replicas: int, gpus: int = 0, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    container = _container()
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, **(labels or {})}},
+                "spec": _pod_spec(container),
+            },
+        },
+    }
+
+
+def _pods(lc: LocalCluster, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = lc.get(f"/api/v1/namespaces/{NS}/pods?labelSelector={selector}")["items"]
+    return items
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _ready_pods(lc: LocalCluster, selector: str, count: int, timeout_s: float = 60) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        pods = [p for p in _pods(lc, selector) if not p["metadata"].get("deletionTimestamp")]
+        return pods if len(pods) == count and all(_ready(p) for p in pods) else None
+
+    result: list[dict[str, Any]] = lc.wait_for(check, timeout_s, f"{count} ready pods {selector}")
+    return result
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def _answering(url: str, requests: int = 30) -> set[str]:
+    return {_get_json(url)["POD_NAME"] for _ in range(requests)}
+
+
+def test_cluster_is_up_and_sealed(lc: LocalCluster) -> None:
+    nodes = lc.get("/api/v1/nodes")["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["local-node-0"]
+    assert nodes[0]["status"]["allocatable"]["nvidia.com/gpu"] == "2"
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in nodes[0]["status"]["conditions"])
+    lease = lc.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/local-node-0")
+    assert lease["spec"]["holderIdentity"] == "local-node-0"
+    # kubectl inside reaches the API server on 10.96.0.1; the `kubernetes` Service answers through
+    # the Service front (10.96.0.1:443 → the endpoint 10.96.0.1:6443 kept by the real controller).
+    assert lc.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    probe = (
+        "import socket, ssl, sys\n"
+        "s = socket.create_connection(('10.96.0.1', 443), timeout=5); s.close()\n"
+        "try:\n"
+        "    socket.create_connection(('192.0.2.1', 80), timeout=5)\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+    )
+    out = lc.run(["python", "-c", probe]).stdout.strip()
+    assert out in ("101", "113")  # ENETUNREACH / EHOSTUNREACH: no route leaves the namespace
+    assert lc.api_url == f"https://{API_ADDRESS}:6443"
+
+
+def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    _apply(lc, _deployment("web", 2), service)
+    pods = _ready_pods(lc, "app=web", 2)
+    ips = {p["status"]["podIP"] for p in pods}
+    assert len(ips) == 2 and all(ip.startswith("10.244.0.") for ip in ips)
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+
+    url = lc.service_url(NS, "web", 80)
+    names = {p["metadata"]["name"] for p in pods}
+    seen = lc.wait_for(lambda: _answering(url) == names or None, 30, "both pods behind the Service")
+    assert seen
+    answer = _get_json(url)
+    assert answer["POD_IP"] in ips
+    assert answer["GREETING"] == "hello" and answer["TOKEN"] == "s3cret"
+    assert answer["POD_NAMESPACE"] == NS
+    # /app is the pod's ConfigMap volume: the mount path was rewritten to the pod directory.
+    assert answer["CONFIG_DIR"] != "/app" and answer["CONFIG_DIR"].endswith("/volumes/app")
+    # Inside the namespace the ClusterIP itself answers.
+    fetch = (
+        f"import urllib.request as u; print(u.urlopen('{lc.service_address(NS, 'web', 80)}').read().decode())"
+    )
+    inner = lc.run(["python", "-c", fetch])
+    assert json.loads(inner.stdout)["POD_NAME"] in names
+
+    lc.kubectl("-n", NS, "scale", "deployment/web", "--replicas=3")
+    three = {p["metadata"]["name"] for p in _ready_pods(lc, "app=web", 3)}
+    lc.wait_for(lambda: _answering(url, 45) == three or None, 30, "the third pod behind the Service")
+
+    lc.kubectl("-n", NS, "scale", "deployment/web", "--replicas=1")
+    (last,) = _ready_pods(lc, "app=web", 1)
+    lc.wait_for(lambda: _answering(url) == {last["metadata"]["name"]} or None, 30, "only the remaining pod")
+
+
+def test_pods_beyond_the_gpu_budget_stay_pending(lc: LocalCluster) -> None:
+    _apply(lc, _deployment("gpu", 3, gpus=1))
+
+    def settled() -> list[dict[str, Any]] | None:
+        pods = _pods(lc, "app=gpu")
+        running = [p for p in pods if _ready(p)]
+        pending = [p for p in pods if p["status"].get("phase") == "Pending" and not p["spec"].get("nodeName")]
+        return pods if len(running) == 2 and len(pending) == 1 else None
+
+    pods = lc.wait_for(settled, 60, "2 pods on GPUs, 1 pending")
+    (pending,) = [p for p in pods if not p["spec"].get("nodeName")]
+    scheduled = next(c for c in pending["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert scheduled["status"] == "False" and scheduled["reason"] == "Unschedulable"
+    assert "nvidia.com/gpu" in scheduled["message"]
+    lc.kubectl("-n", NS, "delete", "deployment", "gpu", "--wait=false")
+
+
+def test_delete_runs_prestop_then_sigterm(lc: LocalCluster, tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    events.touch()
+    container = _container(
+        env=[*_container()["env"], {"name": "EVENTS", "value": "/out/events"}],
+        volumeMounts=[{"name": "app", "mountPath": "/app"}, {"name": "out", "mountPath": "/out"}],
+        lifecycle={"preStop": {"exec": {"command": ["sh", "-c", 'echo "prestop $POD_NAME" >> "$EVENTS"']}}},
+    )
+    spec = _pod_spec(container)
+    spec["volumes"].append({"name": "out", "hostPath": {"path": str(tmp_path)}})
+    meta = {"name": "stopper", "namespace": NS, "labels": {"app": "stopper"}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    _apply(lc, pod)
+    _ready_pods(lc, "app=stopper", 1)
+    started = time.monotonic()
+    lc.kubectl("-n", NS, "delete", "pod", "stopper", "--wait=false")
+    lc.wait_for(lambda: not _pods(lc, "app=stopper"), 30, "the pod deleted")
+    assert events.read_text().splitlines() == ["prestop stopper", "sigterm stopper"]
+    # The process exits on SIGTERM at once: nowhere near the 10 s grace period.
+    assert time.monotonic() - started < 8
+
+
+def test_crashed_container_restarts(lc: LocalCluster) -> None:
+    crash = {"name": "crash", "image": PYTHON_IMAGE, "command": ["python", "-c", "import sys; sys.exit(3)"]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crasher", "namespace": NS},
+        "spec": {"containers": [crash], "restartPolicy": "Always"},
+    }
+    _apply(lc, pod)
+
+    def restarted() -> dict[str, Any] | None:
+        status = lc.get(f"/api/v1/namespaces/{NS}/pods/crasher")["status"]
+        (cs,) = status.get("containerStatuses") or [{}]
+        return cs if cs.get("restartCount", 0) >= 2 and "lastState" in cs else None
+
+    cs = lc.wait_for(restarted, 30, "two restarts")
+    assert cs["lastState"]["terminated"]["exitCode"] == 3
+    assert lc.pod_log(NS, "crasher").count("start: ") >= 3
+    lc.kubectl("-n", NS, "delete", "pod", "crasher", "--wait=false")
+
+
+@pytest.mark.prometheus
+def test_prometheus_scrapes_pods_with_grm_labels(lc: LocalCluster) -> None:
+    if lc.prometheus_url is None:
+        _skip_or_fail("prometheus is not installed (apt-get install prometheus)")
+    labels = {"grm.dev/deployment": "scraped", "grm.dev/variant": "bf16"}
+    _apply(lc, _deployment("scraped", 1, labels=labels))
+    (pod,) = _ready_pods(lc, "app=scraped", 1)
+    host, port = lc.prometheus_url.removeprefix("http://").split(":")
+    assert int(port) == PROMETHEUS_PORT
+    query = urllib.parse.quote('lc_test_requests_total{grm_dev_deployment="scraped"}')
+    url = f"{lc.url(host, int(port))}/api/v1/query?query={query}"
+
+    def series() -> list[dict[str, Any]] | None:
+        try:
+            result: list[dict[str, Any]] = _get_json(url)["data"]["result"]
+        except (OSError, urllib.error.URLError):
+            return None
+        return result or None
+
+    (found,) = lc.wait_for(series, 60, "the pod's series in Prometheus")
+    assert found["metric"]["grm_dev_variant"] == "bf16"
+    assert found["metric"]["namespace"] == NS
+    assert found["metric"]["pod"] == pod["metadata"]["name"]
+    lc.kubectl("-n", NS, "delete", "deployment", "scraped", "--wait=false")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_teardown_leaves_no_processes() -> None:
+    why = LocalCluster.unavailable()
+    if why is not None:
+        _skip_or_fail(why)
+    cluster = LocalCluster(gpus=1, prometheus=False)
+    cluster.start()
+    try:
+        sleeper = {
+            "name": "s",
+            "image": PYTHON_IMAGE,
+            "command": ["python", "-c", "import time; time.sleep(600)"],
+        }
+        meta = {"name": "sleeper", "namespace": "default"}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [sleeper]}}
+        status, body = cluster.api("POST", "/api/v1/namespaces/default/pods", pod)
+        assert status == 201, body
+
+        def container_pid() -> int | None:
+            st = cluster.get("/api/v1/namespaces/default/pods/sleeper")["status"]
+            cid = ((st.get("containerStatuses") or [{}])[0]).get("containerID", "")
+            return int(cid.removeprefix("grm://")) if cid.startswith("grm://") else None
+
+        pod_pid = cluster.wait_for(container_pid, 60, "the pod's process")
+        supervisor = cluster.pid
+        children = [
+            int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        ]
+        workdir, state_dir = cluster.workdir, cluster.state_dir
+        netns_inode = os.stat(f"/proc/{supervisor}/ns/net").st_ino
+        assert _alive(pod_pid) and len(children) >= 5  # etcd, apiserver, kcm, scheduler, the pod
+    finally:
+        cluster.stop()
+    leftovers = [pid for pid in [supervisor, pod_pid, *children] if _alive(pid)]
+    assert leftovers == []
+    assert not workdir.exists() and not state_dir.exists()
+    in_netns = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.stat(proc / "ns" / "net").st_ino == netns_inode:
+                    in_netns.append(proc.name)
+            except OSError:
+                continue
+    assert in_netns == []  # no process holds the namespace: it is gone

@@ -1,0 +1,222 @@
+"""A small asyncio client of the Kubernetes REST API for the local cluster's node agent and Service
+front: plain JSON dicts over aiohttp, credentials from a kubeconfig with embedded data.
+
+Why not `kubernetes_asyncio`: the node agent handles Pod specs as the API sends them (camelCase
+JSON, the same shape the operator's builders produce), needs only GET/POST/PATCH/DELETE and
+watches, and aiohttp is already a dependency; a typed 200-line client keeps this component
+`mypy --strict` clean without another untyped package. (The operator proper uses kopf and the
+official `kubernetes` client; nothing here is imported by it.)
+
+Watches follow the API's list-then-watch protocol: list for a resourceVersion, watch from it,
+resume from the last seen version after a dropped stream, relist on 410 Gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import yaml
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+# A watch the server ends on its own (its timeout, 5-10 min by default) is resumed; asking for
+# 240 s keeps an idle stream from being cut by anything in between.
+_WATCH_TIMEOUT_S = 240
+_RETRY_S = 1.0
+
+
+class KubeError(RuntimeError):
+    """A request to the API server failed with an HTTP status (kept in `status`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where the API server is and how to prove an identity to it."""
+
+    server: str
+    ssl: ssl.SSLContext | None
+    token: str | None = None
+
+
+def load_kubeconfig(path: Path) -> Credentials:
+    """Credentials of the current context of a kubeconfig whose certificates are embedded
+    (`*-data` fields, as `kubeconfig.render_kubeconfig` writes them) or given as files."""
+    doc = yaml.safe_load(path.read_text())
+    context_name = doc["current-context"]
+    context = next(c["context"] for c in doc["contexts"] if c["name"] == context_name)
+    cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == context["cluster"])
+    user = next(u["user"] for u in doc["users"] if u["name"] == context["user"])
+    server: str = cluster["server"]
+    ctx: ssl.SSLContext | None = None
+    if server.startswith("https://"):
+        if "certificate-authority-data" in cluster:
+            ctx = ssl.create_default_context(
+                cadata=base64.b64decode(cluster["certificate-authority-data"]).decode("ascii")
+            )
+        else:
+            ctx = ssl.create_default_context(cafile=cluster.get("certificate-authority"))
+        if "client-certificate-data" in user:
+            # load_cert_chain reads files only: a private temp dir that lives for the call.
+            with tempfile.TemporaryDirectory(prefix="grm-kc-") as tmp:
+                cert, key = Path(tmp) / "c.crt", Path(tmp) / "c.key"
+                cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+                key.write_bytes(base64.b64decode(user["client-key-data"]))
+                ctx.load_cert_chain(cert, key)
+        elif "client-certificate" in user:
+            ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+    return Credentials(server=server.rstrip("/"), ssl=ctx, token=user.get("token"))
+
+
+class KubeClient:
+    """JSON requests and watches against one API server with one identity."""
+
+    def __init__(self, credentials: Credentials, *, timeout_s: float = 30.0) -> None:
+        self.credentials = credentials
+        self._timeout_s = timeout_s
+        headers = {"Accept": "application/json"}
+        if credentials.token:
+            headers["Authorization"] = f"Bearer {credentials.token}"
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=credentials.ssl if credentials.ssl is not None else False),
+        )
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path, **kwargs: Any) -> KubeClient:
+        return cls(load_kubeconfig(path), **kwargs)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        ok_missing: bool = False,
+    ) -> Json:
+        """One request; the decoded JSON answer. A 404 returns {} when `ok_missing`."""
+        url = self.credentials.server + path
+        if params:
+            url += "?" + urlencode(params)
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type} if data is not None else {}
+        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+        async with self._session.request(method, url, data=data, headers=headers, timeout=timeout) as resp:
+            raw = await resp.read()
+            if resp.status == 404 and ok_missing:
+                return {}
+            if resp.status >= 400:
+                raise KubeError(resp.status, _message(raw))
+            decoded: Json = json.loads(raw) if raw else {}
+            return decoded
+
+    async def get(self, path: str, *, ok_missing: bool = False, **params: str) -> Json:
+        return await self.request("GET", path, params=params or None, ok_missing=ok_missing)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> Json:
+        return await self.request("POST", path, body)
+
+    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> Json:
+        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+    async def delete(self, path: str, body: Mapping[str, Any] | None = None) -> Json:
+        return await self.request("DELETE", path, body, ok_missing=True)
+
+    async def watch(self, path: str, **params: str) -> AsyncIterator[tuple[str, Json]]:
+        """(event type, object) forever: ("ADDED", obj) for each listed item first, then the
+        watch's events; after a relist, ("SYNC", {}) lets a consumer drop objects it no longer
+        saw (a DELETED may have been missed while the stream was down)."""
+        version = ""
+        while True:
+            if not version:
+                try:
+                    listed = await self.request("GET", path, params=params or None)
+                except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.debug("list %s failed: %s; retrying", path, exc)
+                    await asyncio.sleep(_RETRY_S)
+                    continue
+                version = listed["metadata"]["resourceVersion"]
+                for item in listed.get("items") or []:
+                    yield "ADDED", item
+                yield "SYNC", {"items": listed.get("items") or []}
+            query = dict(params)
+            query.update(
+                watch="1",
+                resourceVersion=version,
+                allowWatchBookmarks="true",
+                timeoutSeconds=str(_WATCH_TIMEOUT_S),
+            )
+            url = f"{self.credentials.server}{path}?{urlencode(query)}"
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s)
+            try:
+                async with self._session.get(url, timeout=timeout) as resp:
+                    if resp.status == 410:
+                        version = ""
+                        continue
+                    if resp.status >= 400:
+                        raise KubeError(resp.status, _message(await resp.read()))
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        kind, obj = event["type"], event["object"]
+                        if kind == "ERROR":
+                            if obj.get("code") == 410:
+                                version = ""
+                            break
+                        version = obj.get("metadata", {}).get("resourceVersion", version)
+                        if kind != "BOOKMARK":
+                            yield kind, obj
+            except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+                log.debug("watch %s dropped: %s; resuming", path, exc)
+                await asyncio.sleep(_RETRY_S)
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[Json]], *, attempts: int = 20) -> Json:
+    """`call` until it succeeds, 0.25 s → 4 s apart; 409/404/422 are final (the caller decides)."""
+    delay = 0.25
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except KubeError as exc:
+            if exc.status in (404, 409, 422) or attempt == attempts - 1:
+                raise
+            log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 4.0)
+    raise AssertionError("unreachable")
+
+
+def _message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")[:500]
+    if isinstance(body, dict):
+        return str(body.get("message", body))
+    return str(body)
