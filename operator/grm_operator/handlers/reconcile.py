@@ -164,6 +164,11 @@ def _owned_by(body: Mapping[str, Any], uid: str) -> bool:
     return labels.get(LABEL_MANAGED_BY) == MANAGED_BY and any(r.get("uid") == uid for r in refs)
 
 
+def _variant_of(body: Mapping[str, Any]) -> str | None:
+    variant = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_VARIANT)
+    return None if variant is None else str(variant)
+
+
 def _unchanged(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
     if live is None:
         return False
@@ -360,11 +365,9 @@ class Reconciler:
         except KubeError as exc:
             error = exc
         deployments = {
-            str((d.get("metadata") or {}).get("labels", {}).get(LABEL_VARIANT)): ChildDeployment.from_body(
-                str((d.get("metadata") or {}).get("labels", {}).get(LABEL_VARIANT)), d
-            )
+            variant: ChildDeployment.from_body(variant, d)
             for d in self.store.children_of("Deployment", key)
-            if _owned_by(d, uid)
+            if _owned_by(d, uid) and (variant := _variant_of(d)) is not None
         }
         result = fold_status(
             name=key[1],
@@ -384,9 +387,9 @@ class Reconciler:
         key = (str(grmd.metadata.namespace), grmd.metadata.name)
         uid = str(grmd.metadata.uid)
         live = {
-            str(d["metadata"]["labels"][LABEL_VARIANT]): int((d.get("spec") or {}).get("replicas", 0))
+            variant: int((d.get("spec") or {}).get("replicas", 0))
             for d in self.store.children_of("Deployment", key)
-            if _owned_by(d, uid) and LABEL_VARIANT in d["metadata"].get("labels", {})
+            if _owned_by(d, uid) and (variant := _variant_of(d)) is not None
         }
         switch = current.get("switch") or {}
         switching = frozenset(str(v) for v in (switch.get("from"), switch.get("to")) if v)
@@ -415,7 +418,7 @@ class Reconciler:
         for kind in PRUNED_KINDS:
             for body in self.store.children_of(kind.kind, key):
                 meta = body["metadata"]
-                variant = (meta.get("labels") or {}).get(LABEL_VARIANT)
+                variant = _variant_of(body)
                 if variant is None or variant in variants or not _owned_by(body, uid):
                     continue
                 log.info(
