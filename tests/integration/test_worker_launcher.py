@@ -43,7 +43,7 @@ def fake_vllm(tmp_path: Path) -> Path:
     return tmp_path / "fakevllm"
 
 
-def start(tmp_path: Path, fake_vllm: Path, engine_port: int) -> WorkerProcess:
+def start(tmp_path: Path, fake_vllm: Path, engine_port: int, **vllm: object) -> WorkerProcess:
     worker_dir = Path(__file__).resolve().parents[2] / "worker"
     config = {
         "engine": "vllm",
@@ -57,6 +57,7 @@ def start(tmp_path: Path, fake_vllm: Path, engine_port: int) -> WorkerProcess:
                 "PYTHONPATH": f"{fake_vllm}{os.pathsep}{worker_dir}",
                 "FAKE_VLLM_ARGV": str(tmp_path / "argv.json"),
             },
+            **vllm,
         },
         "drain_timeout_s": 10,
     }
@@ -133,5 +134,23 @@ def test_child_that_never_answers_fails_start(tmp_path: Path, fake_vllm: Path) -
     try:
         assert proc.wait(60) == 1
         assert "vLLM exited with code 3" in proc.log()
+    finally:
+        proc.kill()
+
+
+def test_hung_child_is_detected_by_health_checks(tmp_path: Path, fake_vllm: Path) -> None:
+    proc = start(tmp_path, fake_vllm, free_port(), health_check_period_s=0.3, health_check_failures=3)
+    try:
+        proc.wait_ready(60)
+        (child,) = child_pids(proc)
+        os.kill(child, signal.SIGSTOP)  # alive but answering nothing
+        assert proc.wait(30) == 1
+        assert "vLLM /health failed 3 times in a row" in proc.log()
+        deadline = time.monotonic() + 40
+        while (
+            Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]
+        ):
+            assert time.monotonic() < deadline, "the hung child was not stopped"
+            time.sleep(0.05)
     finally:
         proc.kill()

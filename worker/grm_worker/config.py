@@ -131,6 +131,12 @@ class VllmOptions(_Section):
     startup_timeout_s: float = Field(
         900.0, gt=0, description="Seconds the engine may take to answer /health before the worker gives up."
     )
+    health_check_period_s: float = Field(
+        5.0, gt=0, description="After start, seconds between the worker's checks of the engine's /health."
+    )
+    health_check_failures: int = Field(
+        6, ge=1, description="Failed /health checks in a row after which the worker exits (hung engine)."
+    )
 
 
 class ScoringConfig(_Section):

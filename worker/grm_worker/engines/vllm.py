@@ -72,10 +72,10 @@ class ProxyEngine(Engine):
             await self._session.close()
             self._session = None
 
-    async def ready(self) -> bool:
+    async def ready(self, timeout: float = 5.0) -> bool:
         try:
             async with self.session.get(
-                self.base_url + "/health", timeout=aiohttp.ClientTimeout(total=5)
+                self.base_url + "/health", timeout=aiohttp.ClientTimeout(total=timeout)
             ) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -164,6 +164,19 @@ class VllmEngine(ProxyEngine):
                 log.info("vLLM ready pid=%d", self.process.pid)
                 break
             await asyncio.wait({exit_wait}, timeout=0.5)
+        # Liveness after start: a child that stays up but stops answering /health (a hung engine
+        # core) is as dead as one that exited: health_check_failures misses in a row,
+        # health_check_period_s apart (default 6 × 5 s = 30 s), end the worker so the pod restarts.
+        period, limit = self.config.vllm.health_check_period_s, self.config.vllm.health_check_failures
+        failures = 0
+        while not exit_wait.done() and not self._stopping:
+            await asyncio.wait({exit_wait}, timeout=period)
+            if exit_wait.done() or self._stopping:
+                break
+            failures = 0 if await super().ready(timeout=period) else failures + 1
+            if failures >= limit:
+                self._die(f"vLLM /health failed {failures} times in a row")
+                return
         code = await exit_wait
         if not self._stopping:
             self._die(f"vLLM exited with code {code}")
@@ -174,7 +187,7 @@ class VllmEngine(ProxyEngine):
         self._ready = False
         self._dead.set()
 
-    async def ready(self) -> bool:
+    async def ready(self, timeout: float = 5.0) -> bool:
         return self._ready and not self._dead.is_set()
 
     async def wait_dead(self) -> str:
@@ -187,6 +200,7 @@ class VllmEngine(ProxyEngine):
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGCONT)  # a stopped (hung) child must see the SIGTERM
             try:
                 await asyncio.wait_for(process.wait(), grace_s)
             except TimeoutError:
