@@ -97,6 +97,15 @@ def child_pids(worker: WorkerProcess) -> list[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def test_launch_proxy_and_sigterm(worker: WorkerProcess, tmp_path: Path) -> None:
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert argv[argv.index("--quantization") + 1] == "fp8_per_channel"
@@ -116,7 +125,7 @@ def test_launch_proxy_and_sigterm(worker: WorkerProcess, tmp_path: Path) -> None
     worker.terminate()
     assert worker.wait(60) == 0
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in children):
+    while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, "vLLM child outlived the worker"
         time.sleep(0.05)
 
@@ -147,9 +156,7 @@ def test_hung_child_is_detected_by_health_checks(tmp_path: Path, fake_vllm: Path
         assert proc.wait(30) == 1
         assert "vLLM /health failed 3 times in a row" in proc.log()
         deadline = time.monotonic() + 40
-        while (
-            Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]
-        ):
+        while alive(child):
             assert time.monotonic() < deadline, "the hung child was not stopped"
             time.sleep(0.05)
     finally:
