@@ -38,9 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from grm_worker.perfmodel import PerformanceProfile
 
 __all__ = [
+    "CheckpointQuantization",
     "ConfigError",
     "Device",
     "EngineKind",
+    "KvCacheDtype",
     "ModelConfig",
     "Precision",
     "ScoringConfig",
