@@ -1,11 +1,13 @@
 """A fixture metrics server whose numbers the test controls: it serves vLLM-format ``/metrics``
 text (tests/vllm_text.py) whose counters and histograms advance with wall time at the request
-rate and latencies the test sets. Runs in a thread (stdlib ThreadingHTTPServer), so a test's
+rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples``.
+Runs in a thread (stdlib ThreadingHTTPServer), so a test's
 event loop and blocking pollers both work beside it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +39,8 @@ class FakeWorker:
         self.pending = 0.0
         self.last = time.monotonic()
         self.old_names = old_names
+        #: Sample budgets POSTed to /admin/samples, in order (the operator's pushes).
+        self.samples: list[int] = []
         self.extra = extra
         self.rps = rps
         self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
@@ -98,6 +102,21 @@ class FakeWorker:
                 body = worker.text().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                if self.path != "/admin/samples":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                value = json.loads(self.rfile.read(length) or b"{}").get("samples")
+                with worker.lock:
+                    worker.samples.append(int(value))
+                body = json.dumps({"samples": value}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -345,8 +345,12 @@ def test_child_status_folds_into_conditions_and_events(harness: Harness) -> None
 
         return check
 
-    harness.wait(ready_is("False", "ReplicasNotReady"), "Ready=False while 1/2 ready")
-    assert harness.condition(ns, "Ready")["message"] == "1/2 replicas of variant bf16 ready"  # type: ignore[index]
+    # Ready was already False (0/2) before: wait for the message of the new count, not the status.
+    harness.wait(
+        lambda: (harness.condition(ns, "Ready") or {}).get("message") == "1/2 replicas of variant bf16 ready",
+        "Ready=False while 1/2 ready",
+    )
+    assert harness.condition(ns, "Ready")["reason"] == "ReplicasNotReady"  # type: ignore[index]
     harness.set_deployment_status(ns, "reward-bf16", ready=2)
     harness.wait(ready_is("True", "ReplicasReady"), "Ready=True")
     harness.wait(

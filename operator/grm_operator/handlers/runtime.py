@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
-from grm_operator.handlers import reconcile
+from grm_operator.handlers import autoscale, reconcile
 from grm_operator.handlers.context import OperatorContext
 from grm_operator.handlers.kube import Connection, KubeClient
 from grm_operator.handlers.reconcile import Reconciler
@@ -35,7 +35,7 @@ _SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 RegisterFn = Callable[[kopf.OperatorRegistry, OperatorContext], None]
 # The handler modules of the operator, each a `register(registry, ctx)`; order is registration order.
-HANDLER_MODULES: list[RegisterFn] = [reconcile.register]
+HANDLER_MODULES: list[RegisterFn] = [reconcile.register, autoscale.register]
 
 
 def connection_info(kopf_settings: kopf.OperatorSettings) -> Any:
@@ -91,6 +91,10 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # Only the children we manage are listed and watched (server-side label selector).
     for kind in reconcile.CHILD_KINDS:
         ks.watching.label_selectors[kind.group, kind.version, kind.plural] = reconcile.MANAGED_SELECTOR
+    # The autoscaler's pod cache: only worker pods (their template carries the managed-by label).
+    ks.watching.label_selectors[autoscale.PODS.group, autoscale.PODS.version, autoscale.PODS.plural] = (
+        reconcile.MANAGED_SELECTOR
+    )
     return ks
 
 

@@ -1,0 +1,389 @@
+"""The autoscaler: a per-GRMDeployment control loop that observes, decides and applies.
+
+One tick, every ``spec.scaling.controlPeriod`` (default 15 s): read the GRMDeployment and its
+variant Deployments from the reconciler's store and its worker pods from a watched cache →
+observe a window of metrics (:mod:`grm_operator.metrics`, Direct or Prometheus) → the pure
+``policy.decide`` → the pure :func:`grm_operator.actuation.plan` → apply: write the status
+fields that changed, patch variant Deployments' replicas, push the sample budget to the
+workers (``POST /admin/samples``), post an Event per scale, switch step and condition change.
+
+Why not ``@kopf.timer``: kopf gives every object with a timer a finalizer, i.e. a metadata write
+per object, the ``patch`` verb on GRMDeployments, and deletions that hang while the operator is
+down — the reconciler avoids kopf's per-object persistence for the same reasons. Instead one
+schedule task, started after the reconciler primed its store, wakes every
+``settings.autoscale_tick_s`` (1 s) and runs at most one tick task per object whose control
+period has elapsed (or whose generation changed). The first tick after an operator start runs
+at once, so a restarted operator resumes a half-done switch within a second. Ticks wait until
+the reconciler has observed the object's generation, so both never race on a fresh object. A
+tick never raises: a failure is logged and the next period tries again.
+
+Status is written only when a field changed: the last decision keeps its timestamp while the
+policy says the same thing, so an idle GRMDeployment costs no writes.
+
+With kopf peering (HA replicas) a standby never receives watch events, so its store stays empty
+and the schedule has nothing to tick (tests/integration/test_operator_peering.py). Limitation: a
+replica that worked and is later paused by a higher-priority peer keeps its store, and this
+schedule (unlike kopf's handlers) is not paused with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import kopf
+from pydantic import ValidationError
+
+from grm_operator.actuation import Intent, Plan, VariantDeployment, plan
+from grm_operator.api.durations import parse_duration
+from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
+from grm_operator.builders import HTTP_PORT, LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.handlers import kube
+from grm_operator.handlers.kube import Body, KubeError
+from grm_operator.metrics import (
+    Direct,
+    MetricsError,
+    MetricsSource,
+    MetricsTarget,
+    PodEndpoint,
+    Prometheus,
+    Reading,
+)
+from grm_operator.policy.adapter import PodCounts, decide_intent
+
+if TYPE_CHECKING:
+    from grm_operator.handlers.context import OperatorContext
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+PODS = kube.Kind("", "v1", "pods", "Pod")
+# A sample-budget push is a tiny POST on loopback-close networks; 2 s bounds a dead pod's cost.
+SAMPLES_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class PodView:
+    """A worker pod as the autoscaler needs it."""
+
+    namespace: str
+    name: str
+    variant: str
+    ready: bool
+    pending: bool
+    ip: str | None
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView | None:
+    """A worker pod's name, variant, readiness and IP (None for a pod without a variant label
+    or one being deleted)."""
+    meta = body.get("metadata") or {}
+    variant = (meta.get("labels") or {}).get(LABEL_VARIANT)
+    if not variant or meta.get("deletionTimestamp"):
+        return None
+    status = body.get("status") or {}
+    conditions = {str(c.get("type")): c.get("status") for c in status.get("conditions") or []}
+    return PodView(
+        namespace=str(meta.get("namespace")),
+        name=str(meta.get("name")),
+        variant=str(variant),
+        ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
+        # Pending and not scheduled: no node (no free GPU) took it.
+        pending=status.get("phase", "Pending") == "Pending" and conditions.get("PodScheduled") != "True",
+        ip=status.get("podIP"),
+    )
+
+
+class Autoscaler:
+    """Per-process autoscaler state: metric sources, per-object schedule."""
+
+    def __init__(self, ctx: OperatorContext, *, clock: Callable[[], float] = time.time) -> None:
+        self.ctx = ctx
+        self.kube = ctx.kube
+        self.store = ctx.reconciler.store
+        self.settings = ctx.settings
+        self.clock = clock
+        self.direct = Direct()
+        self.prometheus: dict[str, Prometheus] = {}
+        self.next_due: dict[Key, float] = {}
+        # Worker pods by GRMDeployment, from a watch (no LIST per tick).
+        self.pods: dict[Key, dict[str, PodView]] = {}
+        self.generation: dict[Key, Any] = {}
+        # Unhealthy marks set by this process, re-asserted if a concurrent write dropped them.
+        self.unhealthy: dict[Key, dict[str, float]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._ticks: dict[Key, asyncio.Task[None]] = {}
+
+    # --- schedule -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the scheduler (once, after the reconciler primed its store)."""
+        if self._scheduler is None:
+            self._scheduler = asyncio.create_task(self._schedule(), name="autoscale-schedule")
+
+    async def _schedule(self) -> None:
+        # One task per GRMDeployment at a time: a slow tick (a dead Prometheus, 5 s) delays only
+        # its own object. Every tick_s each known object gets a chance to run (on_timer skips
+        # until its control period elapsed).
+        while True:
+            for key in list(self.store.parents):
+                task = self._ticks.get(key)
+                if task is None or task.done():
+                    self._ticks[key] = asyncio.create_task(
+                        self.on_timer(key), name=f"autoscale-{key[0]}/{key[1]}"
+                    )
+            for key in [k for k, t in self._ticks.items() if t.done() and k not in self.store.parents]:
+                del self._ticks[key]
+            await asyncio.sleep(self.settings.autoscale_tick_s)  # the schedule's own period
+
+    async def on_timer(self, key: Key) -> None:
+        """Called every tick_s per object: run a tick when its control period has elapsed."""
+        now = self.clock()
+        body = self.store.parents.get(key)
+        meta = (body or {}).get("metadata") or {}
+        if body is None or meta.get("deletionTimestamp"):
+            return
+        # A new generation (spec change) is acted on at once, not a control period later.
+        if now < self.next_due.get(key, 0.0) and meta.get("generation") == self.generation.get(key):
+            return
+        if (body.get("status") or {}).get("observedGeneration") != meta.get("generation"):
+            # The reconciler has not yet applied this generation (children, its status): act on
+            # what it built, and never race its first status write (both write conditions).
+            return
+        try:
+            grmd = _parse(body)
+        except (ValidationError, ValueError):
+            # The reconciler reports the invalid spec; nothing to scale until it is fixed.
+            self.next_due[key] = now + 15.0
+            return
+        self.next_due[key] = now + parse_duration(grmd.spec.scaling.control_period)
+        self.generation[key] = meta.get("generation")
+        try:
+            await self.tick(key, body, grmd, now)
+        except Exception as exc:  # a tick must never kill the timer: log, retry next period
+            log.warning("autoscale tick of %s/%s failed: %s: %s", *key, type(exc).__name__, exc)
+            log.debug("autoscale tick failure", exc_info=True)
+
+    def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event of a worker pod: keep the cache of each GRMDeployment's pods."""
+        meta = body.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if not parent:
+            return
+        pods = self.pods.setdefault((str(meta.get("namespace")), str(parent)), {})
+        view = pod_view(body)
+        if event_type == "DELETED" or view is None:
+            pods.pop(str(meta.get("name")), None)
+        else:
+            pods[view.name] = view
+
+    def forget(self, key: Key) -> None:
+        """Drop the state of a deleted GRMDeployment."""
+        self.next_due.pop(key, None)
+        self.pods.pop(key, None)
+        self.generation.pop(key, None)
+        self.unhealthy.pop(key, None)
+        self.direct.forget(*key)
+
+    # --- one tick -------------------------------------------------------------------------------
+    async def tick(self, key: Key, body: Body, grmd: GRMDeployment, now: float) -> Plan:
+        """Observe → decide → plan → apply for one GRMDeployment."""
+        namespace, name = key
+        spec = grmd.spec
+        status: Mapping[str, Any] = body.get("status") or {}
+        uid = str(grmd.metadata.uid)
+        deployments = self._deployments(key, uid)
+        pods = list(self.pods.get(key, {}).values())
+        target = MetricsTarget(
+            namespace=namespace,
+            name=name,
+            variants=tuple(v.name for v in spec.variants),
+            pods=tuple(
+                PodEndpoint(p.name, p.variant, f"{base}/metrics")
+                for p in pods
+                if p.ready and (base := self._base_url(p)) is not None
+            ),
+            queries=spec.metrics.queries or {},
+        )
+        reading: Reading | None = None
+        error: str | None = None
+        try:
+            reading = await self._source(grmd).observe(target, parse_duration(spec.metrics.window), now)
+        except MetricsError as exc:
+            error = str(exc)[:1000]
+        counts = {
+            v.name: PodCounts(
+                ready=sum(1 for p in pods if p.variant == v.name and p.ready),
+                pending=sum(1 for p in pods if p.variant == v.name and p.pending),
+            )
+            for v in spec.variants
+        }
+        intent: Intent | None = None
+        if not status.get("switch"):
+            intent = decide_intent(
+                spec=spec,
+                status=status,
+                reading=reading,
+                metrics_error=error,
+                pods=counts,
+                deployments=deployments,
+                now=now,
+            )
+        result = plan(
+            spec=spec,
+            generation=int(grmd.metadata.generation or 0),
+            status=status,
+            deployments=deployments,
+            observed=reading.total if reading else None,
+            metrics_error=error,
+            intent=intent,
+            now=now,
+            known_unhealthy=self.unhealthy.get(key),
+        )
+        self.unhealthy[key] = dict(result.unhealthy)
+        await self._apply(key, body, result, pods)
+        return result
+
+    # --- reads ----------------------------------------------------------------------------------
+    def _deployments(self, key: Key, uid: str) -> dict[str, VariantDeployment]:
+        out: dict[str, VariantDeployment] = {}
+        for d in self.store.children_of("Deployment", key):
+            meta = d.get("metadata") or {}
+            variant = (meta.get("labels") or {}).get(LABEL_VARIANT)
+            if not variant or not any(r.get("uid") == uid for r in meta.get("ownerReferences") or []):
+                continue
+            st = d.get("status") or {}
+            out[str(variant)] = VariantDeployment(
+                desired=int((d.get("spec") or {}).get("replicas", 0)),
+                replicas=int(st.get("replicas", 0)),
+                ready=int(st.get("readyReplicas", 0)),
+            )
+        return out
+
+    def _base_url(self, pod: PodView) -> str | None:
+        override = self.settings.metrics_endpoints.get(f"{pod.namespace}/{pod.name}")
+        if override:
+            return override.rstrip("/")
+        if not pod.ip:
+            return None
+        host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
+        return f"http://{host}:{HTTP_PORT}"
+
+    def _source(self, grmd: GRMDeployment) -> MetricsSource:
+        metrics = grmd.spec.metrics
+        url = metrics.prometheus_url or self.settings.prometheus_url
+        if metrics.source == "Direct" or (metrics.source is None and not url):
+            return self.direct
+        if not url:
+            raise MetricsError("spec.metrics.source is Prometheus but no Prometheus URL is configured")
+        if url not in self.prometheus:
+            self.prometheus[url] = Prometheus(url)
+        return self.prometheus[url]
+
+    # --- writes ---------------------------------------------------------------------------------
+    async def _apply(self, key: Key, body: Body, result: Plan, pods: list[PodView]) -> None:
+        namespace, name = key
+        current = body.get("status") or {}
+        # A merge patch of {} or null leaves the field absent: absent, {}, [] and null are equal.
+        changes = {k: v for k, v in result.status.items() if (current.get(k) or None) != (v or None)}
+        if changes:
+            updated = await self.kube.patch_status(kube.GRMDEPLOYMENTS, namespace, name, changes)
+            self.store.put_parent(updated)
+            body = updated
+        for variant, replicas in result.scale.items():
+            updated = await self.kube.merge_patch(
+                kube.DEPLOYMENTS, namespace, deployment_name(name, variant), {"spec": {"replicas": replicas}}
+            )
+            updated.setdefault("kind", "Deployment")
+            updated.setdefault("apiVersion", "apps/v1")
+            self.store.put_child(updated)
+            log.info("%s/%s: variant %s scaled to %d replicas", namespace, name, variant, replicas)
+        if result.samples is not None:
+            await self._push_samples(key, result.samples, [p for p in pods if p.ready])
+        decision = changes.get("lastDecision")
+        if decision is not None:
+            self.ctx.metrics.decisions.labels(action=str(decision.get("action"))).inc()
+            log.debug(
+                "%s/%s decision action=%s reason=%s", namespace, name, decision["action"], decision["reason"]
+            )
+        for event in result.events:
+            log.info("%s/%s %s: %s", namespace, name, event.reason, event.message)
+            try:
+                await self.kube.post_event(body, reason=event.reason, message=event.message, type_=event.type)
+                self.ctx.metrics.events_posted.labels(reason=event.reason).inc()
+            except KubeError as exc:
+                log.warning("could not post event %s: %s", event.reason, exc)
+
+    async def _push_samples(self, key: Key, samples: int, pods: list[PodView]) -> None:
+        """POST the sample budget to every Ready worker; a pod that misses it gets it next time
+        the budget changes, and new pods start from the budget in their config."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SAMPLES_TIMEOUT_S))
+        session = self._session
+
+        async def push(pod: PodView) -> None:
+            base = self._base_url(pod)
+            if base is None:
+                return
+            async with session.post(f"{base}/admin/samples", json={"samples": samples}) as resp:
+                resp.raise_for_status()
+
+        results = await asyncio.gather(*(push(p) for p in pods), return_exceptions=True)
+        for pod, res in zip(pods, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("%s/%s: sample budget %d not set on pod %s: %s", *key, samples, pod.name, res)
+
+    async def close(self) -> None:
+        """Stop the schedule and its ticks, close HTTP sessions."""
+        tasks = [t for t in [self._scheduler, *self._ticks.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._scheduler = None
+        self._ticks.clear()
+        await self.direct.close()
+        for source in self.prometheus.values():
+            await source.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _parse(body: Mapping[str, Any]) -> GRMDeployment:
+    return GRMDeployment.model_validate(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": body.get("metadata"),
+            "spec": body.get("spec"),
+        }
+    )
+
+
+def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+    """The autoscaler's kopf handlers: the schedule starts after the reconciler primed its store;
+    worker pods are watched into a cache; everything stops at clean-up."""
+    scaler = Autoscaler(ctx)
+    ctx.extras["autoscaler"] = scaler
+
+    @kopf.on.startup(registry=registry, id="autoscale-start")
+    async def start(**_: Any) -> None:
+        scaler.start()
+
+    @kopf.on.event(PODS.group, PODS.version, PODS.plural, registry=registry, id="autoscale-pods")
+    async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
+        scaler.observe_pod(event.get("type"), event["object"])
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="autoscale-forget")
+    async def forget(event: Mapping[str, Any], **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            meta = (event.get("object") or {}).get("metadata") or {}
+            scaler.forget((str(meta.get("namespace")), str(meta.get("name"))))
+
+    @kopf.on.cleanup(registry=registry, id="autoscale-close")
+    async def close(**_: Any) -> None:
+        await scaler.close()

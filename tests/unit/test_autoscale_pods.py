@@ -1,0 +1,39 @@
+"""The autoscaler's view of worker pods: readiness, Pending-without-a-node, deletion, the cache
+fed by watch events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grm_operator.handlers.autoscale import PodView, pod_view
+
+
+def pod(name: str, variant: str | None = "bf16", **status: Any) -> dict[str, Any]:
+    labels = {"grm.dev/deployment": "reward", **({"grm.dev/variant": variant} if variant else {})}
+    return {"metadata": {"name": name, "namespace": "rl", "labels": labels}, "status": status}
+
+
+def test_a_running_ready_pod_is_ready_with_its_ip() -> None:
+    body = pod("a", phase="Running", podIP="10.0.0.5", conditions=[{"type": "Ready", "status": "True"}])
+    assert pod_view(body) == PodView("rl", "a", "bf16", ready=True, pending=False, ip="10.0.0.5")
+
+
+def test_running_but_not_ready_is_neither_ready_nor_pending() -> None:
+    body = pod("a", phase="Running", conditions=[{"type": "Ready", "status": "False"}])
+    view = pod_view(body)
+    assert view is not None and not view.ready and not view.pending
+
+
+def test_an_unschedulable_pod_is_pending_and_a_scheduled_one_pulling_its_image_is_not() -> None:
+    unschedulable = pod("a", phase="Pending", conditions=[{"type": "PodScheduled", "status": "False"}])
+    assert pod_view(unschedulable) == PodView("rl", "a", "bf16", ready=False, pending=True, ip=None)
+    starting = pod("b", phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
+    view = pod_view(starting)
+    assert view is not None and not view.pending
+
+
+def test_pods_without_a_variant_or_being_deleted_are_ignored() -> None:
+    assert pod_view(pod("a", variant=None, phase="Running")) is None
+    deleting = pod("a", phase="Running")
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert pod_view(deleting) is None
