@@ -321,6 +321,46 @@ def test_prometheus_scrapes_pods_with_grm_labels(lc: LocalCluster) -> None:
     lc.kubectl("-n", NS, "delete", "deployment", "scraped", "--wait=false")
 
 
+def test_worker_pods_from_the_operators_builders(lc: LocalCluster) -> None:
+    """The operator's own worker Deployment, ConfigMap and Service (sim engine) run unchanged:
+    the worker image runs `grm-worker serve --config /etc/grm/worker.json` bound to its pod IP,
+    two replicas share port 8000 on distinct IPs, the startup/readiness probes pass, and the
+    Service answers the OpenAI API."""
+    import yaml
+
+    from grm_operator import builders
+    from grm_operator.api.models import GRMDeployment
+    from grm_operator.settings import OperatorSettings
+
+    body = yaml.safe_load(Path(__file__).parents[1].joinpath("examples/grmd-ladder.yaml").read_text())
+    body["metadata"].update(
+        namespace=NS,
+        uid="00000000-0000-4000-8000-000000000001",
+        annotations={builders.ANNOTATION_WORKER_ENGINE: "sim"},
+    )
+    # A PVC-backed model would leave the pods unschedulable here (no such claim, no volume
+    # provisioner); the sim engine never reads the weights anyway.
+    body["spec"]["model"]["uri"] = "hf://deepseek-ai/DeepSeek-GRM-27B"
+    grmd = GRMDeployment.model_validate(body)
+    children = builders.build_children(grmd, {"fp8": 2}, OperatorSettings())
+    docs = [children.config_maps["fp8"], children.deployments["fp8"], children.service]
+    for doc in docs:
+        # No GRMDeployment object exists here: an owner reference to it would be collected.
+        doc["metadata"].pop("ownerReferences", None)
+    _apply(lc, *docs)
+    selector = f"{builders.LABEL_VARIANT}=fp8"
+    pods = _ready_pods(lc, selector, 2, timeout_s=90)
+    assert len({p["status"]["podIP"] for p in pods}) == 2
+    url = lc.service_url(NS, children.service["metadata"]["name"], builders.HTTP_PORT)
+    models = _get_json(f"{url}/v1/models")
+    assert models["data"], models
+    log = lc.pod_log(NS, pods[0]["metadata"]["name"])
+    assert f"--host {pods[0]['status']['podIP']}" in log and "/volumes/config/worker.json" in log
+    lc.kubectl(
+        "-n", NS, "delete", "deployment", children.deployments["fp8"]["metadata"]["name"], "--wait=false"
+    )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
