@@ -15,18 +15,16 @@ Used by the integration tests and the reconcile benchmark (never by the operator
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -233,27 +231,11 @@ def free_port() -> int:
 
 
 def operator_command() -> list[str]:
-    """``grm-operator run`` (the console script beside this interpreter), or the module entry
-    point while the CLI has no ``run`` subcommand registered."""
+    """``grm-operator run``: the console script beside this interpreter, else the CLI module."""
     script = Path(sys.executable).with_name("grm-operator")
-    with contextlib.suppress(ImportError):
-        cli = importlib.import_module("grm_operator.cli")
-        if script.exists() and "run" in getattr(cli, "COMMANDS", {}) | _subcommands(cli):
-            return [str(script), "run"]
-    return [sys.executable, "-m", "grm_operator.handlers.runtime"]
-
-
-def _subcommands(cli: Any) -> dict[str, Any]:
-    parser_fn = getattr(cli, "build_parser", None)
-    if parser_fn is None:
-        return {}
-    import argparse
-
-    parser = parser_fn()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+    if script.exists():
+        return [str(script), "run"]
+    return [sys.executable, "-m", "grm_operator.cli", "run"]
 
 
 class OperatorProcess:
@@ -381,11 +363,3 @@ def _proc_status_kib(popen: subprocess.Popen[bytes] | None, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
-
-
-@contextlib.contextmanager
-def kept_on_failure(directory: Path) -> Iterator[Path]:
-    """A directory removed afterwards unless the block raised (its logs help the post-mortem)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
