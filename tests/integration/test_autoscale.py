@@ -222,6 +222,9 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
     # fraction of it; fp8 (1 GPU a replica) serves the most within the budget: switch.
     cluster.deployment_ready(ns, "bf16", ready=2)
     cluster.pod(ns, "bf16", PODS["bf16"][1], "10.244.2.2")
+    # A new worker starts from its config's budget; the operator pushes the current one to it.
+    cluster.wait(lambda: cluster.workers[ns, PODS["bf16"][1]].samples == [1], "budget pushed to the new pod")
+    assert slow.samples == [1]  # the first pod got it once
     for pod in PODS["bf16"]:
         cluster.workers[ns, pod].set(rps=100.0, ttft=(3.0,), e2e=(60.0,), itl=(0.2,), running=64, waiting=40)
     switch = cluster.wait(lambda: cluster.status(ns).get("switch"), "a variant switch to start")

@@ -111,6 +111,8 @@ class Autoscaler:
         self.direct = Direct()
         self.prometheus: dict[str, Prometheus] = {}
         self.next_due: dict[Key, float] = {}
+        # The sample budget each pod acknowledged, by GRMDeployment.
+        self.pushed: dict[Key, dict[str, int]] = {}
         # Worker pods by GRMDeployment, from a watch (no LIST per tick).
         self.pods: dict[Key, dict[str, PodView]] = {}
         self.generation: dict[Key, Any] = {}
@@ -185,6 +187,7 @@ class Autoscaler:
     def forget(self, key: Key) -> None:
         """Drop the state of a deleted GRMDeployment."""
         self.next_due.pop(key, None)
+        self.pushed.pop(key, None)
         self.pods.pop(key, None)
         self.generation.pop(key, None)
         self.unhealthy.pop(key, None)
@@ -303,8 +306,16 @@ class Autoscaler:
             updated.setdefault("apiVersion", "apps/v1")
             self.store.put_child(updated)
             log.info("%s/%s: variant %s scaled to %d replicas", namespace, name, variant, replicas)
-        if result.samples is not None:
-            await self._push_samples(key, result.samples, [p for p in pods if p.ready])
+        budget = result.status.get("samples", (body.get("status") or {}).get("samples"))
+        if isinstance(budget, int):
+            pushed = self.pushed.setdefault(key, {})
+            for gone in set(pushed) - {p.name for p in pods}:
+                del pushed[gone]
+            # Every Ready pod that has not got this budget yet: a change reaches all of them, a new
+            # pod (which starts from its config's default) gets it on the next tick.
+            stale = [p for p in pods if p.ready and pushed.get(p.name) != budget]
+            if stale:
+                await self._push_samples(key, budget, stale)
         decision = changes.get("lastDecision")
         if decision is not None:
             self.ctx.metrics.decisions.labels(action=str(decision.get("action"))).inc()
@@ -320,8 +331,7 @@ class Autoscaler:
                 log.warning("could not post event %s: %s", event.reason, exc)
 
     async def _push_samples(self, key: Key, samples: int, pods: list[PodView]) -> None:
-        """POST the sample budget to every Ready worker; a pod that misses it gets it next time
-        the budget changes, and new pods start from the budget in their config."""
+        """POST the sample budget to ``pods``; one that fails is tried again next tick."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SAMPLES_TIMEOUT_S))
         session = self._session
@@ -334,9 +344,12 @@ class Autoscaler:
                 resp.raise_for_status()
 
         results = await asyncio.gather(*(push(p) for p in pods), return_exceptions=True)
+        pushed = self.pushed.setdefault(key, {})
         for pod, res in zip(pods, results, strict=True):
             if isinstance(res, BaseException):
                 log.warning("%s/%s: sample budget %d not set on pod %s: %s", *key, samples, pod.name, res)
+            else:
+                pushed[pod.name] = samples
 
     async def close(self) -> None:
         """Stop the schedule and its ticks, close HTTP sessions."""
