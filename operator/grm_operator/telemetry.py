@@ -154,12 +154,18 @@ class _Tracked:
     snapshot: Snapshot
     since: float  # when `snapshot` was seen: GPU-seconds accrue at its rate from then on
     gpu_seconds: dict[str, float] = field(default_factory=dict)  # accrued before `since`
+    reported: dict[str, float] = field(default_factory=dict)  # highest value a scrape has seen
 
     def gpu_seconds_at(self, now: float) -> dict[str, float]:
+        """The counters at ``now``, never below what was reported (a counter must not go back,
+        even if the wall clock does)."""
         elapsed = max(0.0, now - self.since)
         totals = dict(self.gpu_seconds)
         for variant, gpus in self.snapshot.gpus.items():
             totals[variant] = totals.get(variant, 0.0) + gpus * elapsed
+        for variant, value in totals.items():
+            totals[variant] = max(value, self.reported.get(variant, 0.0))
+        self.reported.update(totals)
         return totals
 
 
@@ -182,7 +188,9 @@ class FleetMetrics(Collector):
         with self._lock:
             old = self._tracked.get(key)
             accrued = old.gpu_seconds_at(now) if old is not None else {}
-            self._tracked[key] = _Tracked(snapshot=snap, since=now, gpu_seconds=accrued)
+            self._tracked[key] = _Tracked(
+                snapshot=snap, since=now, gpu_seconds=accrued, reported=dict(accrued)
+            )
         return snap
 
     def forget(self, namespace: str, name: str) -> None:
