@@ -40,6 +40,18 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "grm_operator.api.crd:command",
         "print the GRMDeployment CustomResourceDefinition generated from the API models (YAML)",
     ),
+    Subcommand(
+        "api-docs",
+        "grm_operator.api.docs:add_arguments",
+        "grm_operator.api.docs:command",
+        "write the GRMDeployment API reference (Markdown) generated from the API models",
+    ),
+    Subcommand(
+        "local-cluster",
+        "grm_operator.cluster.localcluster_cli:add_arguments",
+        "grm_operator.cluster.localcluster_cli:command",
+        "the whole system on this machine in a network namespace of its own: up|down|status|shell|exec",
+    ),
 )
 """Every subcommand, in the order ``--help`` lists them."""
 

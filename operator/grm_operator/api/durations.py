@@ -49,9 +49,15 @@ def _validate(text: str) -> str:
     return text
 
 
+# The pattern and length bound are given to the JSON schema directly: as a pydantic constraint
+# the pattern would check first and replace _validate's message (which names valid examples).
+DURATION_MAX_LENGTH = 32
 Duration = Annotated[
     str,
     AfterValidator(_validate),
-    Field(pattern=DURATION_PATTERN, json_schema_extra={"x-grm-duration": True}),
+    Field(
+        max_length=DURATION_MAX_LENGTH,
+        json_schema_extra={"pattern": DURATION_PATTERN, "x-grm-duration": True},
+    ),
 ]
 """A duration string field; read its value in seconds with :func:`parse_duration`."""

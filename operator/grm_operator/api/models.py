@@ -510,6 +510,7 @@ class ModelCache(ApiModel):
     size_limit: str = Field(
         default="200Gi",
         description="Size of the emptyDir used as model cache when no claim is given.",
+        max_length=32,
         pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
     )
     claim_name: str | None = Field(
@@ -539,6 +540,7 @@ class PodTemplate(ApiModel):
     tolerations: list[dict[str, Any]] | None = Field(
         default=None,
         description="Tolerations of worker pods (e.g. for nvidia.com/gpu taints).",
+        max_length=64,
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
     affinity: dict[str, Any] | None = Field(
@@ -546,9 +548,15 @@ class PodTemplate(ApiModel):
         description="Affinity of worker pods.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(default=None, description="PriorityClass of worker pods.")
-    service_account_name: str | None = Field(default=None, description="ServiceAccount of worker pods.")
-    env: list[EnvVar] | None = Field(default=None, description="Extra environment variables.")
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of worker pods.", max_length=253
+    )
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount of worker pods.", max_length=253
+    )
+    env: list[EnvVar] | None = Field(
+        default=None, description="Extra environment variables of the worker container.", max_length=128
+    )
     model_cache: ModelCache = Field(
         default_factory=ModelCache, description="Volume holding downloaded weights (mounted at /models)."
     )
@@ -754,6 +762,9 @@ class GRMDeploymentStatus(ApiModel):
     conditions: list[Condition] | None = Field(
         default=None,
         description="Ready, Progressing, Degraded, SLOMet, MetricsAvailable, QualityFloorMet, SpecValid.",
+        max_length=32,
+        # metav1.Condition's convention: one entry per type, so server-side apply merges by type.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
 
