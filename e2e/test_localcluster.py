@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.error
@@ -413,3 +415,44 @@ def test_teardown_leaves_no_processes() -> None:
             except OSError:
                 continue
     assert in_netns == []  # no process holds the namespace: it is gone
+
+
+def test_command_line_up_exec_down(tmp_path: Path) -> None:
+    why = LocalCluster.unavailable()
+    if why is not None:
+        _skip_or_fail(why)
+    state_dir = tmp_path / "state"
+
+    def cli(sub: str, *rest: str) -> subprocess.CompletedProcess[str]:
+        base = [sys.executable, "-m", "grm_operator.cli", "local-cluster", sub, "--state-dir", str(state_dir)]
+        argv = [*base, *rest]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+
+    up = cli("up", "--detach", "--gpus", "3", "--no-prometheus")
+    assert up.returncode == 0, up.stderr + (state_dir / "supervisor.log").read_text()
+    try:
+        state = json.loads((state_dir / "state.json").read_text())
+        assert state["gpus"] == 3 and state["prometheus_url"] is None
+        assert cli("up", "--detach").returncode == 1  # one cluster per state dir
+        # Inside: KUBECONFIG is set and the API server's address is local; outside it is not.
+        inside = cli("exec", "--", "sh", "-c", 'test -f "$KUBECONFIG" && ip -o route show table local')
+        assert inside.returncode == 0, inside.stderr
+        assert "10.244.0.0/16" in inside.stdout and "10.96.0.0/12" in inside.stdout
+        gpus = cli(
+            "exec",
+            "--",
+            "kubectl",
+            "get",
+            "node",
+            "local-node-0",
+            "-o",
+            "jsonpath={.status.capacity.nvidia\\.com/gpu}",
+        )
+        assert gpus.stdout == "3", gpus.stderr
+        assert cli("exec", "--", "sh", "-c", "exit 7").returncode == 7
+        assert cli("status").returncode == 0
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    assert not _alive(state["pid"])
+    assert cli("status").returncode == 1
