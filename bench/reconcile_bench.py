@@ -226,8 +226,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "The reconciler's zero writes in the steady state and after a restart come from hash-compared "
         "applies against a watch-fed store that is primed (one LIST per child kind) before the first "
         "reconcile; its only steady-state traffic is kopf's watch streams, which the API server ends "
-        "every `GRM_WATCH_TIMEOUT_S` (300 s) and kopf resumes. Requests of the whole operator beyond "
-        "those are the autoscaler's ticks (one pod LIST per GRMDeployment and control period).",
+        "every `GRM_WATCH_TIMEOUT_S` (300 s) and kopf resumes. The whole-operator column adds the "
+        "autoscaler's ticks (one per GRMDeployment and control period); any writes there are its own "
+        "(the write targets are listed).",
         "",
     ]
     return "\n".join(lines)
