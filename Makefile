@@ -95,6 +95,10 @@ crd: $(VENV)/.stamp
 	$(VENV)/bin/grm-operator crd > crds/grm.dev_grmdeployments.yaml
 	$(PY) -m grm_operator.chartgen   # the chart's crds/ (a copy + kopf peering) and RBAC rules
 
+.PHONY: bench
+bench: $(VENV)/.stamp control-plane
+	$(PY) bench/reconcile_bench.py --write-results   # section "Reconcile" of bench/RESULTS.md
+
 .PHONY: clean
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache
