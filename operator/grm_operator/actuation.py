@@ -12,6 +12,9 @@ read → observe → ``policy.decide`` → :func:`plan` → apply. Rules, by mod
 * ``precision.policy`` **Pinned** never switches (the reconciler runs the pinned variant);
   **Auto** starts a switch when the policy names another variant, unless that variant is
   marked unhealthy (a failed switch, ``rollout.unhealthyBackoff``).
+* A switch surges the new variant within maxGPUs (old and new together; at least one replica),
+  so "enough Ready" means the surge; after the drain the usual scaling takes the new variant to
+  its target.
 * While a switch is in progress only the switch acts (:mod:`grm_operator.rollout`); the policy's
   replica and variant wishes wait until it completed or rolled back — scaling either side of a
   half-done switch would make "enough Ready" a moving target.
@@ -215,7 +218,8 @@ def plan(
                 target = spec.scaling.replicas
             else:
                 target = deployments.get(active, VariantDeployment()).desired
-            step = start(active, wanted, target, now, intent.reason)
+            surge = _surge(spec, wanted, target, deployments)
+            step = start(active, wanted, surge, now, intent.reason)
         elif spec.scaling.mode == "Auto" and intent.replicas is not None:
             current = deployments.get(active, VariantDeployment()).desired
             target = min(max(intent.replicas, spec.scaling.min_replicas), spec.scaling.max_replicas)
@@ -286,6 +290,23 @@ def plan(
     conditions.sort(key=lambda c: (rank.get(str(c["type"]), len(rank)), str(c["type"])))
     patch["conditions"] = conditions
     return Plan(scale=scale, samples=samples, status=patch, events=events, active=active, unhealthy=unhealthy)
+
+
+def _surge(
+    spec: GRMDeploymentSpec, new: str, target: int, deployments: Mapping[str, VariantDeployment]
+) -> int:
+    """Replicas of ``new`` to start while the old variant still runs: the target, capped so that all
+    stay within maxGPUs (which counts switch surges), but at least one. Example: maxGPUs 4, bf16
+    at 2 replicas × 2 GPUs, fp8 wanted at 4 × 1 GPU: 0 GPUs are free, so 1 fp8 replica surges;
+    after bf16 drained the policy scales fp8 to 4 (Auto mode) or the reconciler applies
+    spec.scaling.replicas (Manual, External)."""
+    in_use = sum(
+        d.desired * spec.variant(v).gpus_per_replica
+        for v, d in deployments.items()
+        if v != new and v in {x.name for x in spec.variants}
+    )
+    free = spec.max_gpus() - in_use
+    return max(1, min(target, free // spec.variant(new).gpus_per_replica))
 
 
 def _without_time(decision: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def spec(**overrides: Any) -> GRMDeploymentSpec:
         "rollout": {"switchTimeout": "10m", "unhealthyBackoff": "30m"},
     }
     for key, value in overrides.items():
-        body[key] = {**body.get(key, {}), **value}
+        body[key] = value if isinstance(value, list) else {**body.get(key, {}), **value}
     return GRMDeploymentSpec.model_validate(body)
 
 
@@ -100,6 +100,22 @@ def test_a_variant_switch_starts_by_surging_the_new_variant() -> None:
     assert (p.status["lastDecision"]["from"], p.status["lastDecision"]["to"]) == ("bf16", "fp8")
     started = [e for e in p.events if e.reason == "SwitchStarted"]
     assert len(started) == 1 and why in started[0].message
+
+
+def test_the_surge_stays_within_max_gpus_but_starts_at_least_one_replica() -> None:
+    two_gpu = spec(
+        variants=[
+            {"name": "bf16", "precision": "bf16", "quality": 1.0, "gpusPerReplica": 2},
+            {"name": "fp8", "precision": "fp8", "quality": 0.995, "gpusPerReplica": 1},
+        ],
+        scaling={"maxGPUs": 6},
+    )
+    # bf16 holds 2 × 2 = 4 of 6 GPUs: 2 fp8 replicas fit beside it, not the 4 wanted.
+    p = run(two_gpu, Intent("SwitchVariant", "x", replicas=4, variant="fp8"))
+    assert p.scale == {"fp8": 2} and p.status["switch"]["targetReplicas"] == 2
+    # bf16 holds all 6 GPUs: one replica surges anyway (else no switch could ever happen).
+    full = {"bf16": VariantDeployment(3, 3, 3), "fp8": VariantDeployment()}
+    assert run(two_gpu, Intent("SwitchVariant", "x", 4, "fp8"), deployments=full).scale == {"fp8": 1}
 
 
 def test_external_mode_switches_with_the_spec_replica_count() -> None:
