@@ -124,3 +124,18 @@ def test_forget_removes_every_series_of_the_object() -> None:
     fleet.observe(body(STATUS, name="other"))
     fleet.forget("rl", "reward")
     assert {dict(labels)["grmdeployment"] for _, labels in samples(registry)} == {"other"}
+
+
+async def test_event_handler_observes_and_forgets() -> None:
+    from grm_operator.handlers import fleetmetrics, runtime
+
+    assert fleetmetrics.register in runtime.HANDLER_MODULES
+    registry = CollectorRegistry()
+    fleet = telemetry.FleetMetrics(registry, clock=lambda: 0.0)
+    handler = fleetmetrics.event_handler(fleet)
+    await handler(event={"type": "ADDED", "object": body(STATUS)})
+    assert samples(registry)[key("grm_operator_condition", condition="SLOMet")] == 0
+    await handler(event={"type": None, "object": body({**STATUS, "conditions": []})})  # kopf's listing
+    assert not [n for n, _ in samples(registry) if n == "grm_operator_condition"]
+    await handler(event={"type": "DELETED", "object": body(STATUS)})
+    assert samples(registry) == {}

@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
-from grm_operator.handlers import autoscale, reconcile
+from grm_operator.handlers import autoscale, fleetmetrics, reconcile
 from grm_operator.handlers.context import OperatorContext
 from grm_operator.handlers.kube import Connection, KubeClient
 from grm_operator.handlers.reconcile import Reconciler
@@ -35,7 +35,7 @@ _SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 RegisterFn = Callable[[kopf.OperatorRegistry, OperatorContext], None]
 # The handler modules of the operator, each a `register(registry, ctx)`; order is registration order.
-HANDLER_MODULES: list[RegisterFn] = [reconcile.register, autoscale.register]
+HANDLER_MODULES: list[RegisterFn] = [reconcile.register, autoscale.register, fleetmetrics.register]
 
 
 def connection_info(kopf_settings: kopf.OperatorSettings) -> Any:
