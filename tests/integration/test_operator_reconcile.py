@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -498,8 +499,26 @@ def test_kubectl_scale_in_manual_mode_sets_the_active_variants_replicas(harness:
     scale = harness.ok("GET", scale_path)
     assert scale["spec"]["replicas"] == 1
     assert scale["status"]["selector"] == "app.kubernetes.io/name=grm-worker,grm.dev/deployment=reward"
-    scale["spec"]["replicas"] = 3
-    harness.ok("PUT", scale_path, scale)  # what `kubectl scale grmd/reward --replicas=3` sends
+    kubectl = tools.kubectl()
+    if kubectl is not None:
+        subprocess.run(
+            [
+                str(kubectl),
+                "--kubeconfig",
+                str(harness.plane.kubeconfig),
+                "-n",
+                ns,
+                "scale",
+                "grmd/reward",
+                "--replicas=3",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    else:  # what `kubectl scale grmd/reward --replicas=3` sends
+        scale["spec"]["replicas"] = 3
+        harness.ok("PUT", scale_path, scale)
     harness.wait(
         lambda: (harness.deployment(ns, "reward-bf16") or {}).get("spec", {}).get("replicas") == 3,
         "the active variant's Deployment scaled to 3",
