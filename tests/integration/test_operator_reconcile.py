@@ -526,3 +526,21 @@ def test_kubectl_scale_in_manual_mode_sets_the_active_variants_replicas(harness:
     assert harness.deployment(ns, "reward-fp8")["spec"]["replicas"] == 0  # type: ignore[index]
     harness.wait(lambda: harness.settled(ns), "generation 2 observed")
     assert harness.grmd(ns)["status"]["desiredReplicas"] == 3
+
+
+def test_deleted_children_are_recreated(harness: Harness) -> None:
+    ns = harness.namespace()
+    harness.create(ns)
+    harness.wait(lambda: harness.settled(ns), "first reconcile")
+    service = f"/api/v1/namespaces/{ns}/services/reward"
+    deployment = f"/apis/apps/v1/namespaces/{ns}/deployments/reward-fp8"
+    old_uid = harness.ok("GET", service)["metadata"]["uid"]
+    harness.ok("DELETE", service)
+    harness.ok("DELETE", deployment)
+    # The children's DELETED events reach the operator, which applies them again.
+    recreated = harness.wait(
+        lambda: (body := harness.get(service)) is not None and body["metadata"]["uid"] != old_uid and body,
+        "the Service recreated",
+    )
+    assert recreated["metadata"]["ownerReferences"][0]["name"] == "reward"
+    harness.wait(lambda: harness.get(deployment) is not None, "the fp8 Deployment recreated")
