@@ -93,6 +93,7 @@ demo: $(VENV)/.stamp
 .PHONY: crd
 crd: $(VENV)/.stamp
 	$(VENV)/bin/grm-operator crd > crds/grm.dev_grmdeployments.yaml
+	$(VENV)/bin/grm-operator api-docs   # docs/api-reference.md from the same models
 	$(PY) -m grm_operator.chartgen   # the chart's crds/ (a copy + kopf peering) and RBAC rules
 
 .PHONY: bench

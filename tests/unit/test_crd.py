@@ -23,13 +23,13 @@ from grm_operator.api import crd as crdgen
 from grm_operator.api import models
 from grm_operator.api.durations import DURATION_PATTERN
 from grm_operator.api.models import GRMDeployment
+from invalid_specs import BASE, CEL_CASES, SCHEMA_CASES, spec_with
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / crdgen.CRD_FILE
 K8S_VERSION = "1.35.0"  # the control plane the tests build
 CRD = crdgen.build_crd()
 SCHEMA = crdcheck.crd_schema(CRD)
-BASE = yaml.safe_load((ROOT / "examples" / "grmd-ladder.yaml").read_text())
 
 # Where free-form objects are genuinely needed: Kubernetes' own types (their schemas are the API
 # server's, applied when the operator writes the Deployment) and the policy's opaque memory.
@@ -213,97 +213,6 @@ def test_kubernetes_validate_strict_would_catch_a_misspelt_keyword() -> None:
 # --- CEL rules and pydantic validators agree ---------------------------------------------------
 
 
-def _spec(mutate: Any) -> dict[str, Any]:
-    body = copy.deepcopy(BASE)
-    mutate(body["spec"])
-    return body
-
-
-def _set(path: str, value: Any) -> Any:
-    def mutate(spec: dict[str, Any]) -> None:
-        node = spec
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
-        node[parts[-1]] = value
-
-    return mutate
-
-
-def _duplicate_variant(spec: dict[str, Any]) -> None:
-    spec["variants"].append(dict(spec["variants"][0]))
-
-
-def _drop(path: str) -> Any:
-    def mutate(spec: dict[str, Any]) -> None:
-        node = spec
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = node[int(part)] if part.isdigit() else node[part]
-        del node[parts[-1]]
-
-    return mutate
-
-
-def _floor_case(spec: dict[str, Any]) -> None:
-    # Quality floor above every variant: the ladder's best is 1.0, so drop bf16 first.
-    spec["variants"] = spec["variants"][1:]
-    spec["precision"]["minQuality"] = 0.999
-
-
-# (id, mutation, the message both pydantic and the CRD's CEL rule give, field path of the rule)
-CEL_CASES = [
-    ("min-above-max", _set("scaling.minReplicas", 9), models.MSG_MIN_MAX, ".spec.scaling.minReplicas"),
-    ("replicas-above-max", _set("scaling.replicas", 9), models.MSG_REPLICAS_BOUNDS, ".spec.scaling.replicas"),
-    (
-        "replicas-below-min",
-        lambda s: s["scaling"].update(minReplicas=2, replicas=1),
-        models.MSG_REPLICAS_BOUNDS,
-        ".spec.scaling.replicas",
-    ),
-    ("duplicate-variant", _duplicate_variant, models.MSG_UNIQUE_VARIANTS, ".spec.variants"),
-    (
-        "pinned-unknown",
-        lambda s: s["precision"].update(policy="Pinned", pinnedVariant="fp4"),
-        models.MSG_PINNED_EXISTS,
-        ".spec.precision.pinnedVariant",
-    ),
-    (
-        "pinned-without-variant",
-        _set("precision.policy", "Pinned"),
-        models.MSG_PINNED_NEEDS_VARIANT,
-        ".spec.precision.pinnedVariant",
-    ),
-    (
-        "pinned-variant-null",
-        lambda s: s["precision"].update(policy="Pinned", pinnedVariant=None),
-        models.MSG_PINNED_NEEDS_VARIANT,
-        ".spec.precision.pinnedVariant",
-    ),
-    ("floor-above-all", _floor_case, models.MSG_QUALITY_FLOOR, ".spec.precision.minQuality"),
-    ("no-slo", _set("slo", {}), models.MSG_SLO_EMPTY, ".spec.slo"),
-    (
-        "slo-all-null",
-        _set("slo", {"ttftP95": None, "e2eP95": None}),
-        models.MSG_SLO_EMPTY,
-        ".spec.slo",
-    ),
-    ("int4-without-uri", _drop("variants.2.uri"), models.MSG_QUANTIZED_URI, ".spec.variants[2].uri"),
-    (
-        "int8-uri-null",
-        lambda s: s["variants"][1].update(precision="int8", uri=None),
-        models.MSG_QUANTIZED_URI,
-        ".spec.variants[1].uri",
-    ),
-    (
-        "samples-order",
-        _set("scoring.samples", {"min": 5, "max": 2}),
-        models.MSG_SAMPLES_ORDER,
-        ".spec.scoring.samples",
-    ),
-]
-
-
 def _pydantic_messages(body: Mapping[str, Any]) -> list[str]:
     try:
         GRMDeployment.model_validate(body)
@@ -316,7 +225,7 @@ def _pydantic_messages(body: Mapping[str, Any]) -> list[str]:
 def test_cel_and_pydantic_reject_with_the_same_message(
     case: str, mutate: Any, message: str, field: str
 ) -> None:
-    body = _spec(mutate)
+    body = spec_with(mutate)
     assert _pydantic_messages(body) == [message]
     schema_errors, cel_failures = crdcheck.validate(SCHEMA, body)
     assert schema_errors == []
@@ -335,27 +244,9 @@ def test_the_unmodified_example_passes_both() -> None:
     assert crdcheck.validate(SCHEMA, BASE) == ([], [])
 
 
-# Schema-level rejections (no CEL): both the CRD schema and pydantic refuse them.
-SCHEMA_CASES = [
-    ("bad-duration", _set("slo.ttftP95", "half a second"), ".spec.slo.ttftP95"),
-    ("quality-zero", _set("variants.0.quality", 0), ".spec.variants[0].quality"),
-    ("quality-above-one", _set("variants.0.quality", 1.5), ".spec.variants[0].quality"),
-    ("unknown-precision", _set("variants.0.precision", "fp4"), ".spec.variants[0].precision"),
-    ("variant-name-uppercase", _set("variants.0.name", "BF16"), ".spec.variants[0].name"),
-    ("no-variants", _set("variants", []), ".spec.variants"),
-    ("bad-uri", _set("model.uri", "ftp://host/model"), ".spec.model.uri"),
-    ("negative-replicas", _set("scaling.replicas", -1), ".spec.scaling.replicas"),
-    ("unknown-field", _set("scaling.maxReplica", 3), ".spec.scaling"),
-    ("unknown-mode", _set("scaling.mode", "Magic"), ".spec.scaling.mode"),
-    ("gpu-memory-one", _set("engine.gpuMemoryUtilization", 1.0), ".spec.engine.gpuMemoryUtilization"),
-    ("samples-zero", _set("scoring.samples.min", 0), ".spec.scoring.samples.min"),
-    ("missing-model", _drop("model"), ".spec"),
-]
-
-
 @pytest.mark.parametrize(("case", "mutate", "where"), SCHEMA_CASES, ids=[c[0] for c in SCHEMA_CASES])
 def test_schema_and_pydantic_reject_out_of_bounds_values(case: str, mutate: Any, where: str) -> None:
-    body = _spec(mutate)
+    body = spec_with(mutate)
     assert _pydantic_messages(body), "pydantic accepted it"
     schema_errors, _ = crdcheck.validate(SCHEMA, body)
     assert schema_errors, "the CRD schema accepted it"
@@ -373,7 +264,7 @@ def test_schema_and_pydantic_reject_out_of_bounds_values(case: str, mutate: Any,
 def test_scaling_and_samples_rules_agree_everywhere(
     low: int, high: int, replicas: int | None, smin: int, smax: int
 ) -> None:
-    body = _spec(
+    body = spec_with(
         lambda s: (
             s.update(scaling={"minReplicas": low, "maxReplicas": high, "replicas": replicas}),
             s.update(scoring={"samples": {"min": smin, "max": smax}}),

@@ -609,7 +609,10 @@ class GRMDeploymentSpec(ApiModel):
     engine: EngineOptions = Field(
         default_factory=EngineOptions, description="vLLM options for every variant."
     )
-    slo: SLO = Field(description="Latency targets the operator keeps.")
+    slo: SLO = Field(
+        description="Latency targets at the 95th percentile that the operator keeps, trading "
+        "replicas, precision and samples for them; at least one of ttftP95, itlP95, e2eP95."
+    )
     scaling: Scaling = Field(default_factory=Scaling, description="Replica bounds and scaling mode.")
     precision: PrecisionControl = Field(
         default_factory=PrecisionControl, description="Precision switching policy and quality floor."
