@@ -10,6 +10,7 @@ given; the generated chart files have not drifted from the code.
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -281,3 +282,20 @@ def test_metrics_service_selects_the_operator_pods(rendered: dict[str, list[dict
 def test_notes_render() -> None:
     out = run_helm("install", "grm", str(CHART), "--dry-run=client", "--namespace", "ops").stdout
     assert "kubectl get grmd -A -w" in out and "kubectl -n ops get pods" in out
+
+
+def test_peering_priority_command_runs_in_a_posix_shell(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # The rendered command, with the operator replaced by echo, under /bin/sh (dash on Debian,
+    # as in the python:slim operator image): it passes an integer priority in [0, 2^31 - 1).
+    (deployment,) = by_kind(rendered["ha-clusterwide"], "Deployment")
+    shell, flag, script = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert script.startswith("exec grm-operator run ")
+    out = subprocess.run(
+        [shell, flag, script.replace("exec grm-operator", "exec echo", 1)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.split()
+    assert out[:2] == ["run", "--priority"] and len(out) == 3
+    assert 0 <= int(out[2]) < 2**31 - 1
