@@ -237,6 +237,43 @@ def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
     lc.wait_for(lambda: _answering(url) == {last["metadata"]["name"]} or None, 30, "only the remaining pod")
 
 
+def test_unready_pod_gets_no_new_connections(lc: LocalCluster, tmp_path: Path) -> None:
+    """An exec readiness probe fails on one pod: the real endpointslice controller marks it not
+    ready and the front stops sending it connections; it returns when the probe passes again."""
+    probe = {
+        "exec": {"command": ["sh", "-c", 'test ! -e "$OUT/unready-$POD_NAME"']},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    deployment = _deployment("flip", 2)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbe"] = probe
+    container["env"].append({"name": "OUT", "value": "/out"})
+    container["volumeMounts"].append({"name": "out", "mountPath": "/out"})
+    deployment["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "out", "hostPath": {"path": str(tmp_path)}}
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "flip", "namespace": NS},
+        "spec": {"selector": {"app": "flip"}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
+    _apply(lc, deployment, service)
+    first, second = sorted(p["metadata"]["name"] for p in _ready_pods(lc, "app=flip", 2))
+    url = lc.service_url(NS, "flip", 8080)
+    lc.wait_for(lambda: _answering(url) == {first, second} or None, 30, "both pods answer")
+
+    (tmp_path / f"unready-{first}").touch()
+    lc.wait_for(lambda: _answering(url) == {second} or None, 30, "only the ready pod answers")
+    pod = lc.get(f"/api/v1/namespaces/{NS}/pods/{first}")
+    assert not _ready(pod) and pod["status"]["phase"] == "Running"  # not ready, still running
+
+    (tmp_path / f"unready-{first}").unlink()
+    lc.wait_for(lambda: _answering(url) == {first, second} or None, 30, "both pods again")
+    lc.kubectl("-n", NS, "delete", "deployment", "flip", "--wait=false")
+
+
 def test_pods_beyond_the_gpu_budget_stay_pending(lc: LocalCluster) -> None:
     _apply(lc, _deployment("gpu", 3, gpus=1))
 
