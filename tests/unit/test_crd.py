@@ -72,6 +72,12 @@ def test_committed_crd_matches_the_models() -> None:
     )
 
 
+def test_yaml_has_no_anchors() -> None:
+    # Anchors (&id001) appear when two places share one Python object; valid YAML, but unreadable
+    # in a CRD and a trap for tools that edit one place.
+    assert not re.search(r"[&*]id\d{3}", crdgen.render_yaml())
+
+
 def test_cli_prints_the_same_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     from grm_operator import cli
 

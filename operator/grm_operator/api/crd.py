@@ -24,6 +24,7 @@ under ``crds/`` (a unit test regenerates and diffs it; ``make crd`` rewrites it)
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -198,7 +199,9 @@ def structural_schema(node: Mapping[str, Any], defs: Mapping[str, Any], path: st
     out: dict[str, Any] = {}
     for key in _PASS_THROUGH:
         if key in src:
-            out[key] = src[key]
+            # Copies: a model used twice (lastDecision, decisions[]) must not share lists, or
+            # YAML would print anchors and a caller editing one place would edit both.
+            out[key] = copy.deepcopy(src[key])
     if out.get("default", 0) is None:
         del out["default"]  # null defaults are the absence of a value
     for bound in ("Minimum", "Maximum"):
