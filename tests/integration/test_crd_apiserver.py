@@ -139,9 +139,7 @@ def test_cel_rules_reject_with_their_message(
     plane: ControlPlane, namespace: str, case: str, mutate: Callable[..., None], message: str, field: str
 ) -> None:
     text = _rejection(plane, namespace, spec_with(mutate))
-    assert f"{field.lstrip('.')}: Invalid value: {message}" in text or (
-        field.lstrip(".") in text and message in text
-    ), text
+    assert f"{field.lstrip('.')}: Invalid value: {message}" in text, text
 
 
 @pytest.mark.parametrize(("case", "mutate", "where"), SCHEMA_CASES, ids=[c[0] for c in SCHEMA_CASES])
