@@ -7,15 +7,13 @@ Used by the integration tests and the reconcile benchmark (never by the operator
   requests, which the operator's metrics cannot).
 * :func:`read_audit` — the completed requests of the log, optionally of one user.
 * :func:`crd_manifest` / :func:`install_crd` — the GRMDeployment CRD: ``crds/`` when committed,
-  else ``grm_operator.api.crd.build_crd()``, else a schema-less fallback (status and scale
-  subresources only) so that the operator can be exercised before the generator exists.
+  else ``grm_operator.api.crd.build_crd()``.
 * :class:`OperatorProcess` — ``grm-operator run`` as a subprocess with its own KUBECONFIG, ports
   and log file; waits for the liveness endpoint; reads the ``/metrics`` counters.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -127,53 +125,16 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def _fallback_crd() -> dict[str, Any]:
-    from grm_operator.api.models import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-
-    free = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "names": {"kind": KIND, "plural": PLURAL, "singular": SINGULAR, "shortNames": list(SHORT_NAMES)},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "properties": {"spec": free, "status": free}}
-                    },
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.scaling.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                }
-            ],
-        },
-    }
-
-
 def crd_manifest() -> tuple[dict[str, Any], str]:
-    """The GRMDeployment CRD and where it came from (``crds/``, ``build_crd``, ``fallback``)."""
+    """The GRMDeployment CRD and where it came from (the committed ``crds/``, else ``build_crd``)."""
     crd_dir = repo_root() / "crds"
     for path in sorted(crd_dir.glob("*.yaml")) if crd_dir.is_dir() else []:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
                 return doc, str(path)
-    try:
-        module = importlib.import_module("grm_operator.api.crd")
-    except ImportError:
-        return _fallback_crd(), "fallback"
-    built: dict[str, Any] = module.build_crd()
-    return built, "build_crd"
+    from grm_operator.api.crd import build_crd
+
+    return build_crd(), "build_crd"
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
