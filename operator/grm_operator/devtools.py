@@ -131,7 +131,7 @@ def crd_manifest() -> tuple[dict[str, Any], str]:
     for path in sorted(crd_dir.glob("*.yaml")) if crd_dir.is_dir() else []:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                return doc, str(path)
+                return doc, str(path.relative_to(repo_root()))
     from grm_operator.api.crd import build_crd
 
     return build_crd(), "build_crd"
