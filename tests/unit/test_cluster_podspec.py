@@ -241,3 +241,25 @@ def test_pod_status_conditions_keep_their_transition_times() -> None:
         containers=[_view(RUNNING, ready=True)], transitions=transitions, now="t3", **common
     )
     assert third == second  # nothing changed: the agent writes nothing
+
+
+def test_env_paths_from_the_spec_are_mapped_but_the_agents_are_not() -> None:
+    # The pod directory itself may lie under a mount path (/tmp): the agent's own values are host
+    # paths already and must stay as they are.
+    paths = PathMap.of(
+        {"/tmp": "/tmp/cluster/pod-1/volumes/tmp", "/etc/grm": "/tmp/cluster/pod-1/volumes/config"}
+    )
+    lookups = Lookups(config_maps={"cm": {"DIR": "/etc/grm"}})
+    container = {
+        "name": "c",
+        "envFrom": [{"configMapRef": {"name": "cm"}}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "CFG", "value": "$(DIR)/worker.json"}],
+    }
+    base = {"KUBECONFIG": "/tmp/cluster/pod-1/kubeconfig.yaml"}
+    env = podspec.container_env(POD, container, lookups, base, paths)
+    assert env == {
+        "KUBECONFIG": "/tmp/cluster/pod-1/kubeconfig.yaml",
+        "DIR": "/tmp/cluster/pod-1/volumes/config",
+        "HOME": "/tmp/cluster/pod-1/volumes/tmp",
+        "CFG": "/tmp/cluster/pod-1/volumes/config/worker.json",
+    }

@@ -90,7 +90,8 @@ class ClusterOptions:
     # None: start Prometheus when the binary is installed; False: never; True: required.
     prometheus: bool | None = None
     scrape_interval_s: float = 2.0
-    # Extra image → command rules: {image: {"entrypoint": [...] | None, "bind_args": [...]}}.
+    # Extra image → command rules:
+    # {image: {"entrypoint": [...] | None, "bind_args": [...], "bind_env": {NAME: VALUE}}}.
     images: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 30.0
@@ -116,7 +117,9 @@ class ClusterOptions:
         for image, rule in self.images.items():
             entry = rule.get("entrypoint")
             rules[image] = podspec.ImageRule(
-                tuple(entry) if entry is not None else None, tuple(rule.get("bind_args") or ())
+                tuple(entry) if entry is not None else None,
+                tuple(rule.get("bind_args") or ()),
+                tuple((rule.get("bind_env") or {}).items()),
             )
         return rules
 

@@ -214,9 +214,10 @@ class Container:
     async def _start_process(self) -> None:
         pod = self.pod
         rule = podspec.rule_for(self.spec.get("image", ""), pod.ctx.images)
-        env = podspec.container_env(pod.obj, self.spec, pod.lookups, pod.base_env())
-        env = {k: pod.paths.path(v) if v.startswith("/") else v for k, v in env.items()}
-        argv = podspec.command_line(self.spec, rule, env, pod.ip, _free_loopback_port())
+        raw, env = podspec.container_env_views(pod.obj, self.spec, pod.lookups, pod.base_env(), pod.paths)
+        env.update(rule.env(pod.ip))
+        # `$(VAR)` expands from the container's view, then the mount paths are mapped once.
+        argv = podspec.command_line(self.spec, rule, raw, pod.ip, _free_loopback_port())
         argv = [pod.paths.arg(a) for a in argv]
         argv[0] = podspec.resolve_executable(argv[0], pod.ctx.bin_dirs)
         cwd = pod.paths.path(self.spec["workingDir"]) if self.spec.get("workingDir") else str(pod.dir)
@@ -329,13 +330,13 @@ class Container:
         if "exec" in action:
             argv = [pod.paths.arg(a) for a in action["exec"]["command"]]
             argv[0] = podspec.resolve_executable(argv[0], pod.ctx.bin_dirs)
-            env = podspec.container_env(pod.obj, self.spec, pod.lookups, pod.base_env())
+            env = podspec.container_env(pod.obj, self.spec, pod.lookups, pod.base_env(), pod.paths)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-                env={k: pod.paths.path(v) if v.startswith("/") else v for k, v in env.items()},
+                env=env,
                 cwd=str(pod.dir),
                 start_new_session=True,
                 preexec_fn=_die_with_agent,

@@ -51,17 +51,29 @@ class ImageRule:
     `entrypoint`: the image's ENTRYPOINT+CMD as a local command; None means the pod must give
     `command` itself ("use pod command"). `bind_args` are appended to every command line of the
     image; `{pod_ip}` becomes the pod's address and `{free_port}` a loopback port free at start.
+    `bind_env` is set over the container's env (`{pod_ip}` too).
     """
 
     entrypoint: tuple[str, ...] | None
     bind_args: tuple[str, ...] = ()
+    # Env that binds the image's servers to the pod IP; it wins over the pod's own env, as
+    # `bind_args` win over its config. (A 0.0.0.0 listener would clash with every other pod and
+    # every Service ClusterIP on the same port: they all share one namespace.)
+    bind_env: tuple[tuple[str, str], ...] = ()
+
+    def env(self, pod_ip: str) -> dict[str, str]:
+        return {name: value.format(pod_ip=pod_ip) for name, value in self.bind_env}
 
 
 DEFAULT_IMAGES: Mapping[str, ImageRule] = {
     # The worker binds its front to the pod IP; its vLLM child gets a loopback port of its own, so
     # workers sharing the namespace's loopback never clash on the config's engine_port (8100).
     WORKER_IMAGE: ImageRule(("grm-worker", "serve"), ("--host", "{pod_ip}", "--engine-port", "{free_port}")),
-    OPERATOR_IMAGE: ImageRule(("grm-operator", "run")),
+    # The operator's liveness and metrics servers (GRM_HEALTH_HOST/GRM_METRICS_HOST, 0.0.0.0 by
+    # default) on its pod IP: the chart's metrics Service listens on ClusterIP:9090 too.
+    OPERATOR_IMAGE: ImageRule(
+        ("grm-operator", "run"), bind_env=(("GRM_HEALTH_HOST", "{pod_ip}"), ("GRM_METRICS_HOST", "{pod_ip}"))
+    ),
     PYTHON_IMAGE: ImageRule(None),
 }
 
@@ -237,11 +249,37 @@ def referenced(pod: Mapping[str, Any]) -> tuple[set[str], set[str]]:
 
 
 def container_env(
-    pod: Mapping[str, Any], container: Mapping[str, Any], lookups: Lookups, base: Mapping[str, str]
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    lookups: Lookups,
+    base: Mapping[str, str],
+    paths: PathMap | None = None,
 ) -> dict[str, str]:
+    """The environment the process gets (see :func:`container_env_views`)."""
+    return container_env_views(pod, container, lookups, base, paths)[1]
+
+
+def container_env_views(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    lookups: Lookups,
+    base: Mapping[str, str],
+    paths: PathMap | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
     """`base` (what the agent provides), then `envFrom`, then `env` in order (later wins), with
-    `$(VAR)` expanded from what is defined so far, as the kubelet does."""
+    `$(VAR)` expanded from what is defined so far, as the kubelet does. Values from the pod
+    spec that are mount paths are rewritten by `paths`; `base` values are host paths already
+    (the pod directory may itself lie under a mount path such as /tmp)."""
+    # `raw` is the container's own view (mount paths as written), which `$(VAR)` expands from;
+    # `env` is what the process gets.
+    raw = dict(base)
     env = dict(base)
+    mapping = paths or PathMap()
+
+    def put(name: str, value: str) -> None:
+        raw[name] = value
+        env[name] = mapping.path(value)
+
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")
         kind, ref = (
@@ -253,11 +291,11 @@ def container_env(
                 continue
             raise PodSpecError("CreateContainerConfigError", f"{kind} {ref['name']!r} not found")
         for key, data in source[ref["name"]].items():
-            env[prefix + key] = data
+            put(prefix + key, data)
     for item in container.get("env") or []:
         name = item["name"]
         if "valueFrom" not in item:
-            env[name] = expand(item.get("value", ""), env)
+            put(name, expand(item.get("value", ""), raw))
             continue
         ref = item["valueFrom"]
         value: str | None
@@ -274,8 +312,8 @@ def container_env(
         else:
             raise PodSpecError("CreateContainerConfigError", f"env {name}: unsupported valueFrom {ref}")
         if value is not None:
-            env[name] = value
-    return env
+            put(name, value)
+    return raw, env
 
 
 def named_port(pod: Mapping[str, Any], port: int | str) -> int:
