@@ -400,6 +400,41 @@ def test_worker_pods_from_the_operators_builders(lc: LocalCluster) -> None:
     )
 
 
+def test_operator_installed_with_helm_runs_on_the_node_agent() -> None:
+    """The chart's operator Deployment runs the operator image (`grm-operator run`) with its
+    ServiceAccount's token and the chart's RBAC; it turns the sim demo GRMDeployment into worker
+    pods that become Ready and answer through the GRMDeployment's Service."""
+    from grm_operator.cluster import tools
+
+    why = LocalCluster.unavailable()
+    if why is not None:
+        _skip_or_fail(why)
+    if tools.helm() is None:
+        _skip_or_fail("helm not installed (run `make tools`)")
+    repo = Path(__file__).resolve().parents[1]
+    with LocalCluster(gpus=4, prometheus=False) as cluster:
+        cluster.helm(
+            "install", "grm", str(repo / "helm" / "grm-operator"), "-n", "grm-system", "--create-namespace"
+        )
+
+        def operator_pod() -> dict[str, Any] | None:
+            pods = cluster.get("/api/v1/namespaces/grm-system/pods")["items"]
+            return pods[0] if len(pods) == 1 and _ready(pods[0]) else None
+
+        pod = cluster.wait_for(operator_pod, 90, "the operator pod Ready")
+        assert pod["spec"]["serviceAccountName"] != "default"
+        cluster.kubectl("apply", "-f", str(repo / "examples" / "grmd-sim-demo.yaml"))
+
+        def grmd_ready() -> bool:
+            status, body = cluster.api("GET", "/apis/grm.dev/v1alpha1/namespaces/default/grmdeployments/demo")
+            conditions = (body.get("status") or {}).get("conditions") or [] if status == 200 else []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        cluster.wait_for(grmd_ready, 120, "the GRMDeployment Ready")
+        models = _get_json(f"{cluster.service_url('default', 'demo', 8000)}/v1/models")
+        assert models["data"]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
