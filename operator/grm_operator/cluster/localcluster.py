@@ -181,6 +181,10 @@ class Supervisor:
         self.workdir = Path(tempfile.mkdtemp(prefix="grm-local-"))
 
     def run(self) -> int:
+        # A stop request while the control plane starts (before the event loop's handlers exist)
+        # must still run the cleanup below: turn it into SystemExit.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_on_signal)
         netns.setup_inside()
         if not netns.outside_is_unreachable():
             raise LocalClusterError("the network namespace has a route out; refusing to start")
@@ -358,6 +362,10 @@ class Supervisor:
                 pods[obj["metadata"]["uid"]] = obj
             if promsd.write_targets(self.sd_file, promsd.targets(pods.values())):
                 log.debug("prometheus targets: %d", len(promsd.targets(pods.values())))
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 async def _connect_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
