@@ -76,9 +76,11 @@ def lc() -> Iterator[LocalCluster]:
     why = LocalCluster.unavailable()
     if why is not None:
         _skip_or_fail(why)
+    from grm_operator.cluster import tools
+
+    if tools.kubectl() is None:
+        _skip_or_fail(f"kubectl not installed in {tools.tools_bin_dir()} (run `make tools`)")
     with LocalCluster(gpus=2, scrape_interval_s=1.0) as cluster:
-        if cluster.kubectl("version", check=False).returncode != 0 and not os.environ.get("CI"):
-            pytest.skip("kubectl not installed (run `make tools`)")
         cluster.kubectl("create", "namespace", NS)
         cluster.kubectl(
             "-n",
@@ -493,6 +495,11 @@ def test_command_line_up_exec_down(tmp_path: Path) -> None:
     why = LocalCluster.unavailable()
     if why is not None:
         _skip_or_fail(why)
+    from grm_operator.cluster import tools
+
+    kubectl = tools.kubectl()
+    if kubectl is None:
+        _skip_or_fail(f"kubectl not installed in {tools.tools_bin_dir()} (run `make tools`)")
     state_dir = tmp_path / "state"
 
     def cli(sub: str, *rest: str) -> subprocess.CompletedProcess[str]:
