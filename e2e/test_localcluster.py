@@ -520,7 +520,7 @@ def test_command_line_up_exec_down(tmp_path: Path) -> None:
         gpus = cli(
             "exec",
             "--",
-            "kubectl",
+            str(kubectl),
             "get",
             "node",
             "local-node-0",
