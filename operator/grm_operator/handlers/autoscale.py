@@ -292,8 +292,10 @@ class Autoscaler:
     async def _apply(self, key: Key, body: Body, result: Plan, pods: list[PodView]) -> None:
         namespace, name = key
         current = body.get("status") or {}
-        # A merge patch of {} or null leaves the field absent: absent, {}, [] and null are equal.
-        changes = {k: v for k, v in result.status.items() if (current.get(k) or None) != (v or None)}
+        # A merge patch deletes null keys and leaves {} absent: compare with absent, null, {} and
+        # [] all meaning "nothing", at every depth, or an unchanged status would be rewritten on
+        # every tick (status.policyState holds nulls for values the policy does not have).
+        changes = {k: v for k, v in result.status.items() if _meaningful(current.get(k)) != _meaningful(v)}
         if changes:
             updated = await self.kube.patch_status(kube.GRMDEPLOYMENTS, namespace, name, changes)
             self.store.put_parent(updated)
@@ -400,3 +402,13 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     @kopf.on.cleanup(registry=registry, id="autoscale-close")
     async def close(**_: Any) -> None:
         await scaler.close()
+
+
+def _meaningful(value: Any) -> Any:
+    """``value`` without null, empty-dict and empty-list members, recursively (None when empty)."""
+    if isinstance(value, Mapping):
+        kept = {k: m for k, v in value.items() if (m := _meaningful(v)) is not None}
+        return kept or None
+    if isinstance(value, list):
+        return [_meaningful(v) for v in value] or None
+    return value

@@ -94,6 +94,26 @@ def _forecast(per_sample: float, slope: float, horizon: float) -> float:
     return min(per_sample + slope * horizon, 3 * per_sample + 0.1)
 
 
+def _record(
+    runs: Sequence[tuple[float, int]], now: float, value: int, keep_s: float
+) -> tuple[tuple[float, int], ...]:
+    """Recommendations as runs (start time, value): a new run only when the value changes, so a
+    steady recommendation leaves the state — and the status holding it — untouched. Runs that
+    ended before ``now - keep_s`` are dropped."""
+    out = list(runs)
+    while len(out) >= 2 and out[1][0] < now - keep_s:
+        out.pop(0)
+    if not out or out[-1][1] != value:
+        out.append((now, value))
+    return tuple(out)
+
+
+def _over_window(runs: Sequence[tuple[float, int]], now: float, window_s: float) -> list[int]:
+    """Values of the runs overlapping ``[now - window_s, now]`` (run i lasts until run i+1)."""
+    start = now - window_s
+    return [value for i, (_, value) in enumerate(runs) if i + 1 == len(runs) or runs[i + 1][0] >= start]
+
+
 def _workload(total: Signals, spec: GRMDeploymentSpec) -> Workload:
     rps = total.rps or 0.0
     prompt = (total.prompt_tps / rps) if rps > 0 and total.prompt_tps else DEFAULT_PROMPT_TOKENS
@@ -243,6 +263,8 @@ def decide(
     seq_rate = (total.rps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
     per_sample = seq_rate / k_cur
     demand = (*((t, v) for t, v in state.demand if now - t <= TREND_WINDOW_S), (now, per_sample))
+    if all(v == 0 for _, v in demand):
+        demand = ()  # an idle trend is flat: remembering its zeros would rewrite status every tick
     slope = max(0.0, _slope(demand))
     speed, tail = _corrections(spec, obs, state, workload, window)
 
@@ -316,9 +338,7 @@ def decide(
         better_since = None
 
     # --- replicas ------------------------------------------------------------------------------------
-    new_state = state.evolve(
-        demand=demand, speed=speed, tail=tail, better_since=better_since, last_metrics=now
-    )
+    new_state = state.evolve(demand=demand, speed=speed, tail=tail, better_since=better_since)
     target = chosen.point.variant.name
     samples = chosen.point.samples
     if target != active:
@@ -349,16 +369,15 @@ def decide(
         need = max(need, min(math.ceil(ready * min(2.0, breach)), chosen.cap))
     up_window = parse_duration(spec.scaling.scale_up_stabilization)
     down_window = parse_duration(spec.scaling.scale_down_stabilization)
-    keep = max(up_window, down_window)
-    recs = (*((t, n) for t, n in state.recommendations if now - t <= keep), (now, need))
+    recs = _record(state.recommendations, now, need, max(up_window, down_window))
     if manual:
         replicas = fixed
     else:
         if need >= current:
-            replicas = min(n for t, n in recs if now - t <= up_window) if up_window > 0 else need
+            replicas = min(_over_window(recs, now, up_window)) if up_window > 0 else need
             replicas = max(replicas, current)
         else:
-            replicas = max(n for t, n in recs if now - t <= down_window)
+            replicas = max(_over_window(recs, now, down_window))
             if panic_until is not None and now < panic_until:
                 replicas = max(replicas, current)
         replicas = min(max(replicas, spec.scaling.min_replicas), max(chosen.cap, spec.scaling.min_replicas))

@@ -41,7 +41,7 @@ class Observation:
 class PolicyState:
     """The policy's memory (JSON-serialisable through :meth:`to_dict` / :meth:`from_dict`)."""
 
-    #: (time, replicas) recommendations of the active variant, newest last.
+    #: Replica recommendations of the active variant as runs (start time, replicas), newest last.
     recommendations: tuple[tuple[float, int], ...] = ()
     #: (time, sequence rate normalised to one sample per score request), newest last.
     demand: tuple[tuple[float, float], ...] = ()
@@ -53,10 +53,10 @@ class PolicyState:
     #: Since when a better operating point has fitted with margin (hysteresis for stepping up).
     better_since: float | None = None
     panic_until: float | None = None
-    last_metrics: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in status.policyState (rounded: fewer bytes, no float noise)."""
+        """The JSON form stored in status.policyState, rounded (no float noise). Unset values are
+        null, so that a JSON merge patch of this dict deletes what the policy forgot."""
         return {
             "recommendations": [[round(t, 1), n] for t, n in self.recommendations],
             "demand": [[round(t, 1), round(r, 4)] for t, r in self.demand],
@@ -65,7 +65,6 @@ class PolicyState:
             "lastSwitch": self.last_switch,
             "betterSince": self.better_since,
             "panicUntil": self.panic_until,
-            "lastMetrics": self.last_metrics,
         }
 
     @classmethod
@@ -111,7 +110,6 @@ class PolicyState:
             last_switch=optional("lastSwitch"),
             better_since=optional("betterSince"),
             panic_until=optional("panicUntil"),
-            last_metrics=optional("lastMetrics"),
         )
 
     def evolve(self, **changes: Any) -> PolicyState:

@@ -221,3 +221,32 @@ def test_every_decision_is_a_sentence_with_numbers() -> None:
     for d in fleet.decisions:
         assert any(ch.isdigit() for ch in d.reason), d.reason
         assert len(d.reason) > 30
+
+
+def test_a_steady_fleet_leaves_the_policy_state_unchanged() -> None:
+    # Status holds the state: if it changed on every tick, an idle GRMDeployment would cost a
+    # status write per control period.
+    fleet = Fleet(make_spec(variants=[{"name": "fp8", "precision": "fp8", "quality": 1.0}]))
+    now = 0.0
+    while now < 900:
+        fleet.tick(now, 0.0)
+        now += PERIOD
+    before = fleet.state.to_dict()
+    for _ in range(10):
+        fleet.tick(now, 0.0)
+        now += PERIOD
+    assert fleet.state.to_dict() == before
+    assert fleet.decisions[-1].action == "None"
+
+
+def test_recommendation_runs_only_grow_when_the_value_changes() -> None:
+    from grm_operator.policy.decide import _over_window, _record
+
+    runs = _record((), 0.0, 3, 300)
+    runs = _record(runs, 15.0, 3, 300)
+    assert runs == ((0.0, 3),)
+    runs = _record(runs, 30.0, 1, 300)
+    assert runs == ((0.0, 3), (30.0, 1))
+    assert max(_over_window(runs, 200.0, 300)) == 3  # the run of 3 ended at 30 s: inside the window
+    assert max(_over_window(runs, 340.0, 300)) == 1  # ... and outside it 310 s later
+    assert _record(runs, 400.0, 1, 300) == ((30.0, 1),)
