@@ -9,15 +9,18 @@ its env, so one request shows the ConfigMap volume, path mapping, env references
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,7 +210,10 @@ def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
         "metadata": {"name": "web", "namespace": NS},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
     }
-    _apply(lc, _deployment("web", 2), service)
+    web = _deployment("web", 2)
+    # As the operator's workers do: leave the endpoints before SIGTERM.
+    web["spec"]["template"]["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 2}}}
+    _apply(lc, web, service)
     pods = _ready_pods(lc, "app=web", 2)
     ips = {p["status"]["podIP"] for p in pods}
     assert len(ips) == 2 and all(ip.startswith("10.244.0.") for ip in ips)
@@ -230,12 +236,54 @@ def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
     inner = lc.run(["python", "-c", fetch])
     assert json.loads(inner.stdout)["POD_NAME"] in names
 
+    # The port is named http: balanced per request, so even one keep-alive connection reaches both.
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    on_one_connection = set()
+    for _ in range(20):
+        conn.request("GET", "/")
+        on_one_connection.add(json.loads(conn.getresponse().read())["POD_NAME"])
+    conn.close()
+    assert on_one_connection == names
+
     lc.kubectl("-n", NS, "scale", "deployment/web", "--replicas=3")
     three = {p["metadata"]["name"] for p in _ready_pods(lc, "app=web", 3)}
     lc.wait_for(lambda: _answering(url, 45) == three or None, 30, "the third pod behind the Service")
 
-    lc.kubectl("-n", NS, "scale", "deployment/web", "--replicas=1")
-    (last,) = _ready_pods(lc, "app=web", 1)
+    # Scale in under a steady client on one keep-alive connection: no request fails.
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                outcomes[str(resp.status)] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes[type(exc).__name__] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.close()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        lc.kubectl("-n", NS, "scale", "deployment/web", "--replicas=1")
+        (last,) = _ready_pods(lc, "app=web", 1)
+        lc.wait_for(
+            lambda: (
+                not [p for p in _pods(lc, "app=web") if p["metadata"]["name"] != last["metadata"]["name"]]
+            ),
+            30,
+            "the removed pods gone",
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert outcomes["200"] > 20 and set(outcomes) == {"200"}, outcomes
     lc.wait_for(lambda: _answering(url) == {last["metadata"]["name"]} or None, 30, "only the remaining pod")
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from grm_operator.cluster import netns, promsd
 from grm_operator.cluster.localcluster import ClusterOptions
-from grm_operator.cluster.serviceproxy import Balancer, frontends, ready_backends
+from grm_operator.cluster.serviceproxy import Balancer, frontends, ready_backends, speaks_http
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,3 +169,21 @@ def test_namespace_commands_and_ranges() -> None:
     assert netns.in_local_ranges("10.244.3.4") and netns.in_local_ranges("10.111.0.9")
     assert netns.in_local_ranges("127.0.0.1")
     assert not netns.in_local_ranges("10.0.0.1") and not netns.in_local_ranges("192.0.2.1")
+
+
+def test_http_ports_are_balanced_per_request_others_spliced() -> None:
+    assert speaks_http({"name": "http"}) and speaks_http({"name": "http-metrics"})
+    assert speaks_http({"name": "api", "appProtocol": "http"})
+    assert speaks_http({"appProtocol": "kubernetes.io/http"})
+    assert not speaks_http({"name": "https"}) and not speaks_http({"name": "grpc"}) and not speaks_http({})
+    services = [
+        {
+            "metadata": {"namespace": "rl", "name": "reward"},
+            "spec": {
+                "clusterIP": "10.96.4.5",
+                "ports": [{"name": "http", "port": 8000}, {"name": "raw", "port": 9}],
+            },
+        },
+    ]
+    fronts = frontends(services)
+    assert fronts[("10.96.4.5", 8000)].http and not fronts[("10.96.4.5", 9)].http
