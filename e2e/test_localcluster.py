@@ -364,7 +364,11 @@ def test_delete_runs_prestop_then_sigterm(lc: LocalCluster, tmp_path: Path) -> N
 
 
 def test_crashed_container_restarts(lc: LocalCluster) -> None:
-    crash = {"name": "crash", "image": PYTHON_IMAGE, "command": ["python", "-c", "import sys; sys.exit(3)"]}
+    crash = {
+        "name": "crash",
+        "image": PYTHON_IMAGE,
+        "command": ["python", "-c", "import sys; print('boom'); sys.exit(3)"],
+    }
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -381,6 +385,8 @@ def test_crashed_container_restarts(lc: LocalCluster) -> None:
     cs = lc.wait_for(restarted, 30, "two restarts")
     assert cs["lastState"]["terminated"]["exitCode"] == 3
     assert lc.pod_log(NS, "crasher").count("start: ") >= 3
+    # The real kubectl reads the previous run's output through the API server and our kubelet API.
+    assert lc.kubectl("-n", NS, "logs", "crasher", "--previous").stdout == "boom\n"
     lc.kubectl("-n", NS, "delete", "pod", "crasher", "--wait=false")
 
 

@@ -263,3 +263,19 @@ def test_env_paths_from_the_spec_are_mapped_but_the_agents_are_not() -> None:
         "HOME": "/tmp/cluster/pod-1/volumes/tmp",
         "CFG": "/tmp/cluster/pod-1/volumes/config/worker.json",
     }
+
+
+def test_kubelet_api_log_slices() -> None:
+    from grm_operator.cluster.kubeletapi import run_output, tail
+
+    first = b"--- t0 start: python a\nboom\n"
+    second = b"--- t1 start: python a\nline 1\nline 2\nline 3\n"
+    data = first + second
+    starts = [0, len(first)]
+    assert run_output(data, starts) == b"line 1\nline 2\nline 3\n"
+    assert run_output(data, starts, previous=True) == b"boom\n"
+    assert run_output(data, starts[:1], previous=True) == b""  # no previous run
+    assert run_output(b"", []) == b""
+    assert tail(b"a\nb\nc\n", 2) == b"b\nc\n"
+    assert tail(b"a\nb\nc\n", 0) == b""
+    assert tail(b"a\nb\nc\n", None, limit_bytes=3) == b"\nc\n"

@@ -245,7 +245,7 @@ class Supervisor:
             for node in self.options.node_configs():
                 client = KubeClient.from_kubeconfig(plane.kubeconfig_for_node(node.name))
                 clients.append(client)
-                agent = NodeAgent(client, node, ctx)
+                agent = NodeAgent(client, node, ctx, self._kubelet_cert(node))
                 await agent.start()
                 agents.append(agent)
             prometheus_url = self._start_prometheus()
@@ -284,6 +284,19 @@ class Supervisor:
             await proxy.stop()
             for client in clients:
                 await client.close()
+
+    def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
+        """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
+        assert self.plane is not None
+        pair = self.plane.serving_cert((podspec.PodIPs(node.pod_cidr).node_ip, node.name))
+        directory = self.workdir / "kubelet-pki"
+        directory.mkdir(exist_ok=True)
+        paths = (directory / f"{node.name}.crt", directory / f"{node.name}.key")
+        for path, data in zip(paths, (pair.cert_pem, pair.key_pem), strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        return paths
 
     async def _wait_ready(self, admin: KubeClient, timeout_s: float = 120.0) -> None:
         """Ready for work: the `default` ServiceAccount exists (pods need it), every node is

@@ -53,6 +53,7 @@ from grm_operator.cluster.podspec import ContainerView, ImageRule, PodSpecError
 
 log = logging.getLogger(__name__)
 
+KUBELET_PORT = 10250
 _LEASE_DURATION_S = 40
 _LEASE_RENEW_S = 10.0
 _NODE_STATUS_S = 20.0
@@ -145,6 +146,9 @@ class Container:
         self.stopping = False
         self.failures = 0
         self.log_path = pod.dir / "logs" / f"{self.name}.log"
+        # Where each run's output starts in the log file (the kubelet API serves the current or
+        # the previous run, as `kubectl logs [--previous]` asks).
+        self.log_starts: list[int] = []
         self._task: asyncio.Task[None] | None = None
         self._probes: list[asyncio.Task[None]] = []
 
@@ -223,6 +227,7 @@ class Container:
         cwd = pod.paths.path(self.spec["workingDir"]) if self.spec.get("workingDir") else str(pod.dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
+            self.log_starts.append(out.tell())
             out.write(f"--- {now_rfc3339()} start: {' '.join(argv)}\n".encode())
             out.flush()
             self.proc = await asyncio.create_subprocess_exec(
@@ -700,10 +705,20 @@ async def _read_allowing_lag(client: KubeClient, path: str) -> Json:
 class NodeAgent:
     """One Node of the local cluster and the pods bound to it."""
 
-    def __init__(self, client: KubeClient, node: NodeConfig, ctx: AgentContext) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        node: NodeConfig,
+        ctx: AgentContext,
+        serving_cert: tuple[Path, Path] | None = None,
+    ) -> None:
+        """`serving_cert` (certificate and key files for the node IP): serve the kubelet API's
+        container logs on <node IP>:10250, so `kubectl logs` works."""
         self.client = client
         self.node = node
         self.ctx = ctx
+        self.serving_cert = serving_cert
+        self._api: Callable[[], Awaitable[None]] | None = None
         self.ips = podspec.PodIPs(node.pod_cidr)
         self.pods: dict[str, PodWorker] = {}
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
@@ -711,7 +726,11 @@ class NodeAgent:
         self._events: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Registers the Node and starts its heartbeats and its pod watch."""
+        """Registers the Node and starts its heartbeats, its pod watch and its kubelet API."""
+        if self.serving_cert is not None:
+            from grm_operator.cluster.kubeletapi import serve
+
+            self._api = await serve(self, self.ips.node_ip, KUBELET_PORT, *self.serving_cert)
         await self._register()
         self._tasks = [
             asyncio.create_task(self._lease_loop(), name=f"lease {self.node.name}"),
@@ -723,6 +742,8 @@ class NodeAgent:
         """Ends every pod's processes (SIGTERM, `grace_s`, SIGKILL) and the agent's own tasks."""
         for task in self._tasks:
             task.cancel()
+        if self._api is not None:
+            await self._api()
         await asyncio.gather(*(p.close(grace_s) for p in list(self.pods.values())), return_exceptions=True)
         self.pods.clear()
         for task in [*self._tasks, *self._events]:
@@ -732,6 +753,9 @@ class NodeAgent:
 
     def pids(self) -> set[int]:
         return {pid for p in self.pods.values() for pid in p.pids}
+
+    def find(self, namespace: str, name: str) -> PodWorker | None:
+        return next((p for p in self.pods.values() if (p.namespace, p.name) == (namespace, name)), None)
 
     # --- node --------------------------------------------------------------------------------
     def _node_status(self) -> Json:
@@ -761,10 +785,9 @@ class NodeAgent:
                     for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
                 ],
             ],
-            "addresses": [
-                {"type": "InternalIP", "address": self.ips.node_ip},
-                {"type": "Hostname", "address": n.name},
-            ],
+            # InternalIP only: the API server reaches the kubelet API (`kubectl logs`) by the first
+            # address of its preferred types, and a Hostname would need DNS.
+            "addresses": [{"type": "InternalIP", "address": self.ips.node_ip}],
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
@@ -777,7 +800,7 @@ class NodeAgent:
                 "systemUUID": "",
                 "bootID": "",
             },
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT if self.serving_cert else 0}},
         }
 
     async def _register(self) -> None:
