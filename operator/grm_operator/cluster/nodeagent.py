@@ -20,8 +20,10 @@ Like kwok's fake nodes, but the containers really run. One `NodeAgent` per Node:
 It acts with the node's own identity (`system:node:<name>`), so the Node authorizer and
 NodeRestriction admission confine it as they confine a kubelet.
 
-Not done (documented in docs/local-cluster.md): init containers, `kubectl logs/exec` (logs are
-files in the pod directory), ConfigMap refresh in mounted volumes, token rotation, resource limits.
+* serves the kubelet API's container logs (`kubeletapi`), so `kubectl logs` works.
+
+Not done (documented in docs/local-cluster.md): init containers, `kubectl exec`, ConfigMap
+refresh in mounted volumes, token rotation, resource limits.
 """
 
 from __future__ import annotations
