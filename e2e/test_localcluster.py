@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -589,3 +590,21 @@ def test_command_line_up_exec_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert not _alive(state["pid"])
     assert cli("status").returncode == 1
+
+
+def test_a_dead_control_plane_component_stops_the_cluster() -> None:
+    """A test on a broken cluster fails at once instead of waiting out its deadlines."""
+    why = LocalCluster.unavailable()
+    if why is not None:
+        _skip_or_fail(why)
+    cluster = LocalCluster(gpus=1, prometheus=False)
+    cluster.start()
+    try:
+        assert cluster.proc is not None
+        scheduler = cluster.run(["pgrep", "-P", str(cluster.pid), "kube-scheduler"]).stdout.split()
+        os.kill(int(scheduler[0]), signal.SIGKILL)
+        assert cluster.proc.wait(timeout=60) == 1
+        log = cluster.log_tail(200)
+        assert "a control-plane process died" in log and "last lines of kube-scheduler" in log
+    finally:
+        cluster.stop()

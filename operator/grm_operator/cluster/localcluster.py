@@ -271,9 +271,11 @@ class Supervisor:
             tmp.write_text(json.dumps(state, indent=1))
             tmp.replace(self.state_dir / STATE_FILE)
             log.info("local cluster ready in %.1f s: KUBECONFIG=%s", time.monotonic() - t0, kubeconfig)
+            watchdog = asyncio.create_task(self._watch_components(stop))
+            tasks.append(watchdog)
             await stop.wait()
             log.info("stopping the local cluster")
-            return 0
+            return 1 if watchdog.done() else 0
         finally:
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)
             if connect_server is not None:
@@ -284,6 +286,32 @@ class Supervisor:
             await proxy.stop()
             for client in clients:
                 await client.close()
+
+    async def _watch_components(self, stop: asyncio.Event) -> None:
+        """Stops the cluster when a control-plane process or Prometheus dies: a test then fails
+        at once (its supervisor is gone) instead of waiting out its deadlines."""
+        assert self.plane is not None
+        while True:
+            await asyncio.sleep(1.0)
+            dead = [] if self.plane.running else ["a control-plane process"]
+            if self.prometheus is not None and self.prometheus.poll() is not None:
+                dead.append(f"prometheus (exit {self.prometheus.returncode})")
+            if dead:
+                log.error("%s died; stopping the local cluster", ", ".join(dead))
+                self._save_component_logs()
+                stop.set()
+                return
+
+    def _save_component_logs(self, lines: int = 15) -> None:
+        """Copies the control plane's logs into the state dir (the work dir is removed on stop)
+        and puts their last lines into the supervisor's log."""
+        assert self.plane is not None
+        for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+            path = self.plane.log_path(component)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, self.state_dir / f"{component}.log")
+                last = path.read_text(errors="replace").splitlines()[-lines:]
+                log.error("last lines of %s:\n%s", component, "\n".join(last))
 
     def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
         """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
