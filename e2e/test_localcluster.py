@@ -391,6 +391,56 @@ def test_crashed_container_restarts(lc: LocalCluster) -> None:
     lc.kubectl("-n", NS, "delete", "pod", "crasher", "--wait=false")
 
 
+def test_init_containers_run_to_completion_first(lc: LocalCluster) -> None:
+    write = {
+        "name": "write",
+        "image": PYTHON_IMAGE,
+        "command": ["python", "-c", "open('/work/msg', 'w').write('from init')"],
+        "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+    }
+    main = {
+        "name": "main",
+        "image": PYTHON_IMAGE,
+        "command": [
+            "python",
+            "-c",
+            "print(open('/work/msg').read(), flush=True); import time; time.sleep(600)",
+        ],
+        "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+    }
+    spec = {
+        "initContainers": [write],
+        "containers": [main],
+        "volumes": [{"name": "work", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 1,
+    }
+    _apply(
+        lc,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "initialised", "namespace": NS},
+            "spec": spec,
+        },
+    )
+    pod = lc.wait_for(
+        lambda: (p := lc.get(f"/api/v1/namespaces/{NS}/pods/initialised")) and _ready(p) and p,
+        30,
+        "the pod Ready after its init container",
+    )
+    (init,) = pod["status"]["initContainerStatuses"]
+    assert (
+        init["state"]["terminated"]["exitCode"] == 0 and init["state"]["terminated"]["reason"] == "Completed"
+    )
+    conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conditions["Initialized"] == "True"
+    logs = lc.wait_for(
+        lambda: lc.kubectl("-n", NS, "logs", "initialised", "-c", "main").stdout, 10, "main's output"
+    )
+    assert logs == "from init\n"
+    lc.kubectl("-n", NS, "delete", "pod", "initialised", "--wait=false")
+
+
 @pytest.mark.prometheus
 def test_prometheus_scrapes_pods_with_grm_labels(lc: LocalCluster) -> None:
     if lc.prometheus_url is None:

@@ -279,3 +279,24 @@ def test_kubelet_api_log_slices() -> None:
     assert tail(b"a\nb\nc\n", 2) == b"b\nc\n"
     assert tail(b"a\nb\nc\n", 0) == b""
     assert tail(b"a\nb\nc\n", None, limit_bytes=3) == b"\nc\n"
+
+
+def test_init_containers_gate_the_phase_and_the_initialized_condition() -> None:
+    init_running = _view(RUNNING)
+    init_ok = _view({"terminated": {"exitCode": 0, "reason": "Completed"}})
+    init_bad = _view({"terminated": {"exitCode": 1, "reason": "Error"}})
+    main_waiting = _view({"waiting": {"reason": "PodInitializing"}})
+    assert podspec.pod_phase("Always", [main_waiting], [init_running]) == "Pending"
+    assert podspec.pod_phase("Always", [main_waiting], [init_bad]) == "Pending"  # retried
+    assert podspec.pod_phase("Never", [main_waiting], [init_bad]) == "Failed"
+    assert podspec.pod_phase("Always", [_view(RUNNING)], [init_ok]) == "Running"
+    common = {"pod_ip": "ip", "host_ip": "h", "start_time": "t0", "restart_policy": "Always", "now": "t1"}
+    status = podspec.pod_status(
+        containers=[main_waiting], init_containers=[init_running], transitions={}, **common
+    )
+    initialized = next(c for c in status["conditions"] if c["type"] == "Initialized")
+    assert initialized["status"] == "False" and initialized["reason"] == "ContainersNotInitialized"
+    assert status["initContainerStatuses"][0]["state"] == RUNNING
+    assert "initContainerStatuses" not in podspec.pod_status(
+        containers=[main_waiting], transitions={}, **common
+    )

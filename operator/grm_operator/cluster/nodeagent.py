@@ -22,8 +22,8 @@ NodeRestriction admission confine it as they confine a kubelet.
 
 * serves the kubelet API's container logs (`kubeletapi`), so `kubectl logs` works.
 
-Not done (documented in docs/local-cluster.md): init containers, `kubectl exec`, ConfigMap
-refresh in mounted volumes, token rotation, resource limits.
+Not done (documented in docs/local-cluster.md): sidecar (restartPolicy Always) init containers,
+`kubectl exec`, ConfigMap refresh in mounted volumes, token rotation, resource limits.
 """
 
 from __future__ import annotations
@@ -137,13 +137,17 @@ def _killpg(pid: int, sig: signal.Signals) -> None:
 class Container:
     """One container of a pod: its process (restarted per policy), probes and state."""
 
-    def __init__(self, pod: PodWorker, spec: Json) -> None:
+    def __init__(
+        self, pod: PodWorker, spec: Json, *, init: bool = False, waiting: str = "ContainerCreating"
+    ) -> None:
+        """`init`: an init container (runs to completion; restarted only after a failure)."""
         self.pod = pod
         self.spec = spec
+        self.init = init
         self.name: str = spec["name"]
         self.proc: asyncio.subprocess.Process | None = None
         self.view = ContainerView(
-            name=self.name, image=spec.get("image", ""), state={"waiting": {"reason": "ContainerCreating"}}
+            name=self.name, image=spec.get("image", ""), state={"waiting": {"reason": waiting}}
         )
         self.stopping = False
         self.failures = 0
@@ -157,8 +161,17 @@ class Container:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"container {self.pod.key}/{self.name}")
 
+    async def completed(self) -> bool:
+        """Init containers: runs it and waits; True when it exited 0 (after any retries)."""
+        self.start()
+        assert self._task is not None
+        await self._task
+        return bool(self.view.state.get("terminated", {}).get("exitCode") == 0)
+
     async def _run(self) -> None:
         policy = self.pod.spec.get("restartPolicy", "Always")
+        if self.init and policy == "Always":
+            policy = "OnFailure"  # an init container that succeeded is done
         while not self.stopping:
             try:
                 await self._start_process()
@@ -410,7 +423,10 @@ class PodWorker:
         self.lookups = podspec.Lookups()
         self.paths = podspec.PathMap()
         self.kubeconfig: Path | None = None
-        self.containers = [Container(self, c) for c in self.spec.get("containers") or []]
+        inits = self.spec.get("initContainers") or []
+        self.init_containers = [Container(self, c, init=True) for c in inits]
+        waiting = "PodInitializing" if inits else "ContainerCreating"
+        self.containers = [Container(self, c, waiting=waiting) for c in self.spec.get("containers") or []]
         self.pids: set[int] = set()
         self.http = agent.http
         self.start_time = now_rfc3339()
@@ -447,6 +463,10 @@ class PodWorker:
             self.changed()
             self.event("Warning", "Failed", str(exc))
             return
+        # Init containers one after another, each to completion, as the kubelet runs them.
+        for init in self.init_containers:
+            if self._deleting or not await init.completed():
+                return
         if self._deleting:
             return
         for c in self.containers:
@@ -458,7 +478,7 @@ class PodWorker:
         await self._fetch_lookups()
         mounts_by_volume = await self._volumes()
         mounts: dict[str, str] = {}
-        for c in self.spec.get("containers") or []:
+        for c in [*(self.spec.get("initContainers") or []), *(self.spec.get("containers") or [])]:
             for m in c.get("volumeMounts") or []:
                 host = mounts_by_volume.get(m["name"])
                 if host is None:
@@ -613,7 +633,7 @@ class PodWorker:
             meta.get("deletionGracePeriodSeconds", self.spec.get("terminationGracePeriodSeconds", 30))
         )
         log.info("%s: deleting (grace %.0f s)", self.key, grace)
-        await asyncio.gather(*(c.stop(grace) for c in self.containers))
+        await asyncio.gather(*(c.stop(grace) for c in [*self.init_containers, *self.containers]))
         path = f"/api/v1/namespaces/{quote(self.namespace)}/pods/{quote(self.name)}"
         body = {
             "apiVersion": "v1",
@@ -628,7 +648,9 @@ class PodWorker:
         """Stops everything of this pod without touching the API (the pod is gone or the node
         is shutting down) and frees its IP and directory."""
         self._deleting = True
-        await asyncio.gather(*(c.stop(grace_s, hook=False) for c in self.containers))
+        await asyncio.gather(
+            *(c.stop(grace_s, hook=False) for c in [*self.init_containers, *self.containers])
+        )
         for task in (self._task, self._writer):
             if task is not None:
                 task.cancel()
@@ -650,6 +672,7 @@ class PodWorker:
             start_time=self.start_time,
             restart_policy=self.spec.get("restartPolicy", "Always"),
             containers=[c.view for c in self.containers],
+            init_containers=[c.view for c in self.init_containers],
             transitions=self._transitions,
             now=now_rfc3339(),
             config_error=self.config_error,

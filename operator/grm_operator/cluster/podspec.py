@@ -391,9 +391,28 @@ def _condition(kind: str, ok: bool, since: Mapping[str, str], now: str, reason: 
     return cond
 
 
-def pod_phase(restart_policy: str, containers: Sequence[ContainerView]) -> str:
-    """Pending until every container has started once; Succeeded/Failed when all terminated and
-    none will restart; Running otherwise."""
+def init_done(init_containers: Sequence[ContainerView]) -> bool:
+    """Every init container ran to completion (exit 0)."""
+    return all(c.state.get("terminated", {}).get("exitCode") == 0 for c in init_containers)
+
+
+def init_failed(restart_policy: str, init_containers: Sequence[ContainerView]) -> bool:
+    """An init container failed and will not be retried (restartPolicy Never): the pod failed."""
+    return restart_policy == "Never" and any(
+        c.state.get("terminated", {}).get("exitCode", 0) != 0 for c in init_containers
+    )
+
+
+def pod_phase(
+    restart_policy: str, containers: Sequence[ContainerView], init_containers: Sequence[ContainerView] = ()
+) -> str:
+    """Pending while initialising and until every container has started once; Succeeded/Failed
+    when all terminated and none will restart (or an init container failed for good); Running
+    otherwise."""
+    if init_failed(restart_policy, init_containers):
+        return "Failed"
+    if not init_done(init_containers):
+        return "Pending"
     if any("waiting" in c.state and not c.last_state for c in containers):
         return "Pending"
     terminated = [c.state["terminated"] for c in containers if "terminated" in c.state]
@@ -414,14 +433,15 @@ def pod_status(
     transitions: dict[str, str],
     now: str,
     config_error: PodSpecError | None = None,
+    init_containers: Sequence[ContainerView] = (),
 ) -> Json:
     """The `status` the agent writes for a pod. `transitions` remembers each condition's last
     transition time (updated here when its value changes)."""
     all_ready = bool(containers) and all(c.ready for c in containers)
-    phase = pod_phase(restart_policy, containers)
+    phase = pod_phase(restart_policy, containers, init_containers)
     values = {
         "PodReadyToStartContainers": bool(pod_ip),
-        "Initialized": True,
+        "Initialized": init_done(init_containers),
         "ContainersReady": all_ready,
         "Ready": all_ready,
     }
@@ -431,8 +451,33 @@ def pod_status(
         if key not in transitions:
             transitions[key] = now
         transitions.pop(f"{kind}={not ok}", None)
-        reason = "ContainersNotReady" if kind in ("ContainersReady", "Ready") else None
+        reason = {
+            "ContainersReady": "ContainersNotReady",
+            "Ready": "ContainersNotReady",
+            "Initialized": "ContainersNotInitialized",
+        }.get(kind)
         conditions.append(_condition(kind, ok, {kind: transitions[key]}, now, reason))
+    statuses = _container_statuses(containers)
+    status: Json = {
+        "phase": phase,
+        "conditions": conditions,
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "startTime": start_time,
+        "containerStatuses": statuses,
+    }
+    if init_containers:
+        status["initContainerStatuses"] = _container_statuses(init_containers)
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    if config_error is not None:
+        status["message"] = str(config_error)
+        status["reason"] = config_error.reason
+    return status
+
+
+def _container_statuses(containers: Sequence[ContainerView]) -> list[Json]:
     statuses = []
     for c in containers:
         entry: Json = {
@@ -449,18 +494,4 @@ def pod_status(
         if c.container_id:
             entry["containerID"] = c.container_id
         statuses.append(entry)
-    status: Json = {
-        "phase": phase,
-        "conditions": conditions,
-        "hostIP": host_ip,
-        "hostIPs": [{"ip": host_ip}],
-        "startTime": start_time,
-        "containerStatuses": statuses,
-    }
-    if pod_ip:
-        status["podIP"] = pod_ip
-        status["podIPs"] = [{"ip": pod_ip}]
-    if config_error is not None:
-        status["message"] = str(config_error)
-        status["reason"] = config_error.reason
-    return status
+    return statuses
