@@ -36,7 +36,7 @@ from grm_operator.api.models import GRMDeploymentSpec, SwitchProgress
 from grm_operator.builders import active_variant
 from grm_operator.metrics.signals import Signals
 from grm_operator.rollout import Observed, Step, Switch, advance, from_rfc3339, start, to_rfc3339
-from grm_operator.status import OWNED_CONDITIONS
+from grm_operator.status import OWNED_CONDITIONS, condition
 
 __all__ = [
     "AUTOSCALER_CONDITIONS",
@@ -95,26 +95,6 @@ class Plan:
     active: str
     #: Variants not to try, until when (epoch seconds).
     unhealthy: Mapping[str, float] = field(default_factory=dict)
-
-
-def _condition(
-    type_: str,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int,
-    previous: Mapping[str, Any] | None,
-    now: str,
-) -> dict[str, Any]:
-    same = previous is not None and previous.get("status") == status
-    return {
-        "type": type_,
-        "status": status,
-        "observedGeneration": generation,
-        "lastTransitionTime": str(previous.get("lastTransitionTime", now)) if same and previous else now,
-        "reason": reason,
-        "message": message[:1024],
-    }
 
 
 def _slo_met(spec: GRMDeploymentSpec, observed: Signals | None) -> tuple[str, str, str]:
@@ -280,7 +260,7 @@ def plan(
     conditions = [dict(c) for c in status.get("conditions") or [] if c.get("type") not in computed]
     for type_, (cstatus, reason, message) in computed.items():
         prev = previous.get(type_)
-        conditions.append(_condition(type_, cstatus, reason, message, generation, prev, stamp))
+        conditions.append(condition(type_, cstatus, reason, message[:1024], generation, prev, stamp))
         if prev is not None and (prev.get("status") != cstatus or prev.get("reason") != reason):
             good = cstatus == "True"
             events.append(Event("Normal" if good else "Warning", reason, f"{type_}={cstatus}: {message}"))

@@ -118,15 +118,17 @@ def slo_short(spec: GRMDeploymentSpec) -> str:
     return ",".join(parts)
 
 
-def _condition(
+def condition(
     type_: str,
-    status: Status,
+    status: str,
     reason: str,
     message: str,
     generation: int,
     previous: Mapping[str, Any] | None,
     now: str,
 ) -> dict[str, Any]:
+    """A metav1.Condition dict; ``lastTransitionTime`` is kept from ``previous`` unless the status
+    changed (Kubernetes' convention: the time of the last *transition*, not of the last write)."""
     unchanged = previous is not None and previous.get("status") == status
     return {
         "type": type_,
@@ -202,7 +204,7 @@ def _merge_conditions(
             merged.append(dict(cond))
     for type_, (status, reason, message) in computed.items():
         prev = previous.get(type_)
-        merged.append(_condition(type_, status, reason, message, generation, prev, now))
+        merged.append(condition(type_, status, reason, message, generation, prev, now))
         if prev is None or prev.get("status") != status or prev.get("reason") != reason:
             transitions.append(Transition(type_, status, reason, message))
     order = {t: i for i, t in enumerate(OWNED_CONDITIONS)}

@@ -159,6 +159,17 @@ def step_time_s(
     )
 
 
+def _work_per_seq(profile: PerformanceProfile, prompt_tokens: float, output_tokens: float) -> float:
+    """Engine seconds one sequence adds beyond the fixed step cost: its prefill, its decode slots
+    and the attention over its growing context (mean ``P + O/2``)."""
+    mean_ctx = prompt_tokens + output_tokens / 2.0
+    return (
+        profile.prefill_s_per_token * prompt_tokens
+        + profile.decode_s_per_seq * output_tokens
+        + profile.attention_s_per_ctx_token * output_tokens * mean_ctx
+    )
+
+
 @dataclass(frozen=True)
 class SteadyState:
     """Mean behaviour of one replica at a constant sequence arrival rate."""
@@ -193,12 +204,7 @@ def steady_state(
     if seq_rate < 0 or prompt_tokens < 0 or output_tokens < 1:
         raise ValueError("seq_rate and prompt_tokens must be ≥ 0 and output_tokens ≥ 1")
     mean_ctx = prompt_tokens + output_tokens / 2.0
-    work_per_seq = (
-        profile.prefill_s_per_token * prompt_tokens
-        + profile.decode_s_per_seq * output_tokens
-        + profile.attention_s_per_ctx_token * output_tokens * mean_ctx
-    )
-    load = seq_rate * work_per_seq
+    load = seq_rate * _work_per_seq(profile, prompt_tokens, output_tokens)
     if load >= 1.0:
         return SteadyState(load, math.inf, math.inf, math.inf, math.inf, math.inf, False)
     step = profile.step_overhead_s / (1.0 - load)
@@ -242,13 +248,7 @@ def max_rate_at_slo(
 
     if not fits(0.0):
         return 0.0
-    mean_ctx = prompt_tokens + output_tokens / 2.0
-    work_per_seq = (
-        profile.prefill_s_per_token * prompt_tokens
-        + profile.decode_s_per_seq * output_tokens
-        + profile.attention_s_per_ctx_token * output_tokens * mean_ctx
-    )
-    low, high = 0.0, max_load / work_per_seq
+    low, high = 0.0, max_load / _work_per_seq(profile, prompt_tokens, output_tokens)
     for _ in range(60):
         mid = (low + high) / 2.0
         if fits(mid):
