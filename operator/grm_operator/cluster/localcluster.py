@@ -551,7 +551,8 @@ class LocalCluster:
             log_level=log_level,
         )
         self._own_state_dir = state_dir is None
-        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="grm-lc-state-"))
+        # A fresh temp dir is made by start(), so an instance never started leaves nothing behind.
+        self.state_dir = state_dir or Path(tempfile.gettempdir()) / "grm-lc-state-unstarted"
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.state: Json = {}
@@ -583,6 +584,8 @@ class LocalCluster:
         why = self.unavailable()
         if why is not None:
             raise LocalClusterError(why)
+        if self._own_state_dir:
+            self.state_dir = Path(tempfile.mkdtemp(prefix="grm-lc-state-"))
         prepare_state_dir(self.state_dir, self.options)
         log_path = self.state_dir / "supervisor.log"
         with log_path.open("ab") as out:
@@ -637,7 +640,7 @@ class LocalCluster:
                 log.warning("supervisor did not stop in %.0f s; killing it", timeout_s)
                 self.proc.kill()
                 self.proc.wait()
-        if self._own_state_dir:
+        if self._own_state_dir and self.proc is not None:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def log_tail(self, lines: int = 60) -> str:
