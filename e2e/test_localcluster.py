@@ -637,7 +637,7 @@ def test_command_line_up_exec_down(tmp_path: Path) -> None:
         assert cli("status").returncode == 0
     finally:
         down = cli("down")
-    assert down.returncode == 0, down.stderr
+    assert down.returncode == 0, down.stderr + (state_dir / "supervisor.log").read_text()[-5000:]
     assert not _alive(state["pid"])
     assert cli("status").returncode == 1
 
@@ -653,7 +653,11 @@ def test_a_dead_control_plane_component_stops_the_cluster() -> None:
         assert cluster.proc is not None
         scheduler = cluster.run(["pgrep", "-P", str(cluster.pid), "kube-scheduler"]).stdout.split()
         os.kill(int(scheduler[0]), signal.SIGKILL)
-        assert cluster.proc.wait(timeout=60) == 1
+        try:
+            code = cluster.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the supervisor did not stop; its log:\n{cluster.log_tail(80)}")
+        assert code == 1
         log = cluster.log_tail(200)
         assert "a control-plane process died" in log and "last lines of kube-scheduler" in log
     finally:
