@@ -99,6 +99,7 @@ crd: $(VENV)/.stamp
 .PHONY: bench
 bench: $(VENV)/.stamp control-plane
 	$(PY) bench/reconcile_bench.py --write-results   # section "Reconcile" of bench/RESULTS.md
+	$(PY) bench/autoscale_bench.py --write-results   # section "Autoscaling" + bench/plots/*.png
 
 .PHONY: clean
 clean:
