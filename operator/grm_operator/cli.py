@@ -52,6 +52,18 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "grm_operator.cluster.localcluster_cli:command",
         "the whole system on this machine in a network namespace of its own: up|down|status|shell|exec",
     ),
+    Subcommand(
+        "simulate",
+        "grm_operator.simulator.cli:add_arguments",
+        "grm_operator.simulator.cli:command",
+        "trace-driven fleet simulation: our policy against the baselines (table, --json, --plot)",
+    ),
+    Subcommand(
+        "demo",
+        "grm_operator.simulator.demo:add_arguments",
+        "grm_operator.simulator.demo:command",
+        "every scaling policy on a bundled trace slice and spec: comparison table and plot",
+    ),
 )
 """Every subcommand, in the order ``--help`` lists them."""
 

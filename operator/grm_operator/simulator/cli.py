@@ -1,0 +1,123 @@
+"""``grm-operator simulate``: the fleet simulator from the command line.
+
+``simulate --trace FILE --spec GRMDEPLOYMENT.yaml [--policy NAME[,NAME…]|all] [--rate-scale X]
+[--samples K] [--model-error F] [--seed N] [--json OUT.json] [--plot OUT.png]`` prints the
+comparison table (issue 6's contract; ``--limit N`` and ``--quiet`` are extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.simulator.fleet import SimConfig
+from grm_operator.simulator.policies import POLICIES
+from grm_operator.simulator.report import plot, run_policies, table, to_json
+from grm_operator.simulator.trace import load_trace
+
+
+def load_spec(path: str | Path, samples: int | None = None) -> GRMDeploymentSpec:
+    """The spec of a GRMDeployment manifest (or of a bare spec); ``samples`` sets samples.max."""
+    with open(path) as fh:
+        doc = yaml.safe_load(fh)
+    raw: dict[str, Any] = doc.get("spec", doc) if isinstance(doc, dict) else {}
+    spec = GRMDeploymentSpec.model_validate(raw)
+    if samples is not None:
+        if samples < 1:
+            raise ValueError(f"--samples must be ≥ 1, got {samples}")
+        data = spec.model_dump(by_alias=True, exclude_none=True)
+        bounds = data.setdefault("scoring", {}).setdefault("samples", {})
+        bounds["max"] = samples
+        bounds["min"] = min(bounds.get("min", 1), samples)
+        spec = GRMDeploymentSpec.model_validate(data)
+    return spec
+
+
+def parse_policies(text: str) -> list[str]:
+    """``all`` or a comma-separated list of :data:`POLICIES`."""
+    if text.strip() == "all":
+        return list(POLICIES)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise ValueError(f"unknown policy {', '.join(unknown) or text!r}; known: {', '.join(POLICIES)}, all")
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``simulate``'s arguments."""
+    parser.add_argument(
+        "--trace", required=True, help="Azure LLM-inference CSV (TIMESTAMP,ContextTokens,GeneratedTokens)"
+    )
+    parser.add_argument("--spec", required=True, help="GRMDeployment manifest (YAML)")
+    parser.add_argument("--policy", default="all", help=f"comma-separated of {', '.join(POLICIES)}, or all")
+    parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate")
+    parser.add_argument("--samples", type=int, default=None, help="GRM sample budget k of the best point")
+    parser.add_argument("--model-error", type=float, default=1.0, help="truth is F× slower than the profile")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the step-time jitter")
+    parser.add_argument("--json", default=None, help="write the results (JSON) here")
+    parser.add_argument("--plot", default=None, help="write the time-series plot (PNG) here")
+    parser.add_argument("--limit", type=int, default=None, help="only the trace's first N rows")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def simulate(
+    *,
+    trace: str | Path,
+    spec_path: str | Path,
+    policies: list[str],
+    rate_scale: float = 1.0,
+    samples: int | None = None,
+    model_error: float = 1.0,
+    seed: int = 0,
+    json_out: str | None = None,
+    plot_out: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the policies, print the table, write JSON/plot; returns the JSON document."""
+    spec = load_spec(spec_path, samples)
+    data = load_trace(trace, limit).scaled(rate_scale)
+    config = SimConfig(spec=spec, trace=data, model_error=model_error, seed=seed)
+    results = run_policies(config, policies, progress=progress)
+    print(
+        f"{data.name}: {len(data)} requests over {data.duration_s / 60:.1f} min (rate ×{rate_scale}), "
+        f"k = {spec.scoring.samples.max}, model error ×{model_error}, seed {seed}"
+    )
+    print(table(results))
+    doc = to_json(results)
+    if json_out:
+        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
+    if plot_out:
+        title = f"{data.name} ×{rate_scale}, model error ×{model_error}"
+        plot(results, plot_out, title, spec.slo.e2e_p95_s)
+    return doc
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``simulate``."""
+    try:
+        names = parse_policies(args.policy)
+        simulate(
+            trace=args.trace,
+            spec_path=args.spec,
+            policies=names,
+            rate_scale=args.rate_scale,
+            samples=args.samples,
+            model_error=args.model_error,
+            seed=args.seed,
+            json_out=args.json,
+            plot_out=args.plot,
+            limit=args.limit,
+            progress=not args.quiet,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"grm-operator simulate: {exc}", file=sys.stderr)
+        return 2
+    return 0
