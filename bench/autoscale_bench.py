@@ -74,7 +74,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = tuple(
-    Setting(trace, scale, 8, error) for trace, scale in (("conv", 1.0), ("code", 1.0)) for error in (1.0, 1.4)
+    Setting(trace, scale, 4, error) for trace, scale in (("conv", 1.0), ("code", 1.0)) for error in (1.0, 1.4)
 )
 
 

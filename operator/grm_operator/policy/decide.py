@@ -57,6 +57,7 @@ UPGRADE_MARGIN = 1.25
 PANIC_HOLD_S = 60.0
 MIN_REQUESTS_FOR_CORRECTION = 20
 DEFAULT_PROMPT_TOKENS = 1000.0
+MAX_SCALE_DOWN_RATE = 2.0
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,41 @@ def _fitted_speed(variant: Variant, workload: Workload, per_replica: float, sign
     return (low + high) / 2
 
 
+def _saturated_throughput(obs: Observation, active: str, ready: int) -> float | None:
+    """Sequences per second one Ready replica of ``active`` completed in a window that ended with
+    a queue (≥ 1 waiting sequence per replica), else None.
+
+    Such a window measured the replicas at saturation, so its throughput bounds their capacity
+    whatever the model says: 4 bf16 replicas completing 18.5 sequences/s with 88 waiting serve
+    at most 4.6/s each, and the demand (completions + queue drain) is divided by that, not by a
+    modelled 5.9/s that would leave the queue growing.
+    """
+    signals = obs.variants.get(active) or obs.total
+    if signals is None or ready <= 0 or not signals.rps or (signals.waiting or 0.0) < ready:
+        return None
+    return signals.rps / ready
+
+
+def _switch_samples(
+    assessments: Sequence[_Assessment], active: str, k_cur: int, k_target: int, ready: int
+) -> int:
+    """The sample budget while a variant switch is under way: the new variant's replicas need a
+    cold start (45–90 s) and until then the running ones serve every request at this budget.
+
+    Never above the current budget (the running replicas were sized for it; once the new variant
+    serves, the ladder raises it). When the running variant cannot serve the target budget, the
+    cold start is bridged with the largest admissible budget whose need its Ready replicas cover —
+    e.g. 4 bf16 replicas that need 6 at k = 4 but 3 at k = 2 serve at k = 2 until fp8 is Ready
+    (every admissible point is above minQuality, so the bridge never breaks the floor).
+    """
+    k = min(k_target, k_cur)
+    bridges = [a for a in assessments if a.point.variant.name == active and a.point.samples <= k]
+    if not bridges or any(a.point.samples == k and a.need <= ready for a in bridges):
+        return k
+    fitting = [a.point.samples for a in bridges if a.need <= ready]
+    return max(fitting) if fitting else min(a.point.samples for a in bridges)
+
+
 def decide(
     obs: Observation, state: PolicyState, spec: GRMDeploymentSpec, now: float
 ) -> tuple[Decision, PolicyState]:
@@ -273,11 +309,14 @@ def decide(
     if pending > 0 and not manual:
         # Pods that stay unscheduled mean the cluster has no GPU left: only what runs counts.
         gpu_budget = min(gpu_budget, (current - pending) * active_v.gpus_per_replica)
+    saturated = _saturated_throughput(obs, active, ready)
     assessments: list[_Assessment] = []
     for point in operating_points(spec, pinned):
         horizon = variant_profile(point.variant).cold_start_s + period
         forecast = _forecast(per_sample, slope, horizon)
         capacity = replica_capacity(spec, point.variant, workload, speed.get(point.variant.name, 1.0), tail)
+        if saturated is not None and point.variant.name == active:
+            capacity = min(capacity, saturated)
         need_rate = forecast * point.samples
         need = 0 if need_rate <= 0 else (math.ceil(need_rate / capacity) if capacity > 0 else 10**6)
         g = point.variant.gpus_per_replica
@@ -310,7 +349,14 @@ def decide(
     elif best.point.quality > current_point.point.quality + 1e-9:
         margin_need = math.ceil(best.need * UPGRADE_MARGIN)
         changes_variant = best.point.variant.name != active
-        if margin_need <= best.cap and (not changes_variant or since_switch >= cooldown):
+        # A switch surges the new variant next to the running one (DESIGN §4): both must fit
+        # the GPU budget, or the new pods stay Pending while the old ones are drained.
+        surge_gpus = margin_need * best.point.variant.gpus_per_replica + (
+            current * active_v.gpus_per_replica if changes_variant else 0
+        )
+        if margin_need <= best.cap and (
+            not changes_variant or (since_switch >= cooldown and surge_gpus <= gpu_budget)
+        ):
             better_since = better_since if better_since is not None else now
             if now - better_since >= max(3 * period, 120.0):
                 # Step up with the margin provisioned, so the better point is not born saturated.
@@ -326,6 +372,16 @@ def decide(
     elif best.point.quality < current_point.point.quality - 1e-9:
         better_since = None
         changes_variant = best.point.variant.name != active
+        # Fewer samples on the running variant take effect at once; another variant needs a
+        # cold start (45–90 s) and GPUs for its surge. So step down along the samples first
+        # when that holds the SLO; the ladder moves to the better variant later, with margin.
+        same = [
+            a
+            for a in feasible
+            if a.point.variant.name == active and a.point.quality < current_point.point.quality
+        ]
+        if changes_variant and same:
+            best, changes_variant = same[0], False
         if not changes_variant or since_switch >= min(cooldown, 120.0):
             chosen = best
             note = (
@@ -343,6 +399,7 @@ def decide(
     samples = chosen.point.samples
     if target != active:
         replicas = fixed if manual else min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
+        samples = _switch_samples(assessments, active, k_cur, samples, ready)
         new_state = new_state.evolve(recommendations=(), last_switch=now, panic_until=None, better_since=None)
         action: Action = "SwitchVariant"
         reason = (
@@ -378,8 +435,16 @@ def decide(
             replicas = max(replicas, current)
         else:
             replicas = max(_over_window(recs, now, down_window))
+            if not recs or recs[0][0] > now - down_window:
+                # The window reaches back before the first recommendation we remember (a fresh
+                # start, a restart without state, a switch just completed): the replicas running
+                # then stand for that past, so nothing scales down before a full window of need.
+                replicas = max(replicas, current)
             if panic_until is not None and now < panic_until:
                 replicas = max(replicas, current)
+            # Bounded step: at most halve per tick (Knative's max-scale-down-rate 2), so a
+            # forecast error costs one period of half the fleet, not the whole of it.
+            replicas = max(replicas, math.ceil(current / MAX_SCALE_DOWN_RATE))
         replicas = min(max(replicas, spec.scaling.min_replicas), max(chosen.cap, spec.scaling.min_replicas))
     new_state = new_state.evolve(recommendations=recs, panic_until=panic_until)
 
