@@ -352,7 +352,9 @@ class Fleet:
         self.latest_time = now
 
     def _signals(self, groups: list[Group], steps: list[StepSample], pods: list[Pod], now: float) -> Signals:
-        w = self.window_s
+        # Rates over the window, or over the time since the start when that is shorter (as
+        # Prometheus' rate() extrapolates a partial window).
+        w = min(self.window_s, max(now, 1.0))
         seqs = sum(g.samples for g in groups)
         # vLLM's TTFT histogram has one value per sequence: the k samples' first tokens are spread
         # from the first sample's to the last one's (their prompts prefill one after another).
