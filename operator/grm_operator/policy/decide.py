@@ -316,6 +316,7 @@ def decide(
         forecast = _forecast(per_sample, slope, horizon)
         capacity = replica_capacity(spec, point.variant, workload, speed.get(point.variant.name, 1.0), tail)
         if saturated is not None and point.variant.name == active:
+            # At most halved: a replica Ready for only part of the window under-reports.
             capacity = min(capacity, saturated)
         need_rate = forecast * point.samples
         need = 0 if need_rate <= 0 else (math.ceil(need_rate / capacity) if capacity > 0 else 10**6)
@@ -341,13 +342,23 @@ def decide(
     cooldown = parse_duration(spec.precision.switch_cooldown)
     since_switch = math.inf if state.last_switch is None else now - state.last_switch
     better_since = state.better_since
+    defer_samples = False
     chosen = current_point or best
     note = ""
     if current_point is None:
         chosen = best  # the spec changed under us (floor raised, variant removed): move at once
         note = f"{active}×k{k_cur} is no longer admissible"
     elif best.point.quality > current_point.point.quality + 1e-9:
-        margin_need = math.ceil(best.need * UPGRADE_MARGIN)
+        # Sized for the busiest recent moment, not this (possibly idle) window: the recommended
+        # replicas of the running point over the scale-down window, converted to the better
+        # point. A bursty trace idle for 2 minutes must not step up to a point that its next
+        # burst finds with one replica.
+        recent = _over_window(
+            state.recommendations, now, parse_duration(spec.scaling.scale_down_stabilization)
+        )
+        peak_rate = max(recent, default=0) * current_point.capacity / current_point.point.samples
+        peak_need = math.ceil(peak_rate * best.point.samples / best.capacity) if best.capacity > 0 else 10**6
+        margin_need = math.ceil(max(best.need, peak_need) * UPGRADE_MARGIN)
         changes_variant = best.point.variant.name != active
         # A switch surges the new variant next to the running one (DESIGN §4): both must fit
         # the GPU budget, or the new pods stay Pending while the old ones are drained.
@@ -365,6 +376,11 @@ def decide(
                 )
                 chosen, better_since = best, None
                 note = f"{best.point.label} fits with margin ({margin_need} ≤ {best.cap} replicas)"
+                if not changes_variant and best.point.samples > k_cur and ready < margin_need:
+                    # More samples take effect at once, the replicas they need only after a
+                    # cold start: provision first, raise the budget once they are Ready.
+                    defer_samples, better_since = True, state.better_since
+                    note += f"; raising samples once {margin_need} replicas are Ready ({ready} now)"
             else:
                 note = f"{best.point.label} fits; stepping up once it fits for {max(3 * period, 120.0):.0f}s"
         else:
@@ -396,7 +412,7 @@ def decide(
     # --- replicas ------------------------------------------------------------------------------------
     new_state = state.evolve(demand=demand, speed=speed, tail=tail, better_since=better_since)
     target = chosen.point.variant.name
-    samples = chosen.point.samples
+    samples = k_cur if defer_samples else chosen.point.samples
     if target != active:
         replicas = fixed if manual else min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
         samples = _switch_samples(assessments, active, k_cur, samples, ready)
