@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,11 +47,15 @@ DRAIN_TAIL_S = 600.0
 
 @dataclass(frozen=True)
 class Command:
-    """What a controller wants: variant, replicas and sample budget."""
+    """What a controller wants: variant, replicas and sample budget. With ``scale`` (replicas per
+    variant, as the operator's actuation sets the variant Deployments) the fleet applies exactly
+    that and takes ``variant`` as the active one; without it a new variant is surged and the old
+    one drained once it is Ready (the baselines' simple switch)."""
 
     variant: str
     replicas: int
     samples: int
+    scale: Mapping[str, int] | None = None
 
 
 @dataclass
@@ -263,6 +267,17 @@ class Fleet:
         """Carry out a controller's command (a switch surges the new variant)."""
         self.samples = command.samples
         replicas = max(0, command.replicas)
+        if command.scale is not None:
+            if command.variant != self.active:
+                self.switches += 1
+            elif command.scale.get(self.active, 0) != len(self.live(self.active)):
+                self.scale_events += 1
+            self.active = command.variant
+            for variant, count in command.scale.items():
+                if count != len(self.live(variant)):
+                    self._resize(variant, max(0, count), now)
+            self._schedule(now)
+            return
         if command.variant != self.active:
             self.switches += 1
             self.switching_from = self.active
