@@ -96,7 +96,7 @@ def simulate(
         Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
     if plot_out:
         title = f"{data.name} ×{rate_scale}, model error ×{model_error}"
-        plot(results, plot_out, title, spec.slo.e2e_p95_s)
+        plot(results, plot_out, title, spec.slo.e2e_p95_s, data.times.tolist())
     return doc
 
 

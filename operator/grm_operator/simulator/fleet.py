@@ -124,7 +124,8 @@ class SeriesPoint:
     """One control tick of the time series (for the plot)."""
 
     time: float
-    arrivals_per_s: float
+    #: GPUs scheduled (held by pods, draining ones included).
+    gpus: int
     replicas: dict[str, int]
     active: str
     samples: int
@@ -467,8 +468,6 @@ class Fleet:
         prompts = trace.prompt.tolist()
         outputs = trace.output.tolist()
         i = 0
-        tick_arrivals = 0
-        last_tick = 0.0
         next_progress = 0.0
         while True:
             t_arr = times[i] if i < n else math.inf
@@ -477,7 +476,6 @@ class Fleet:
                 now = t_arr
                 group = Group(i, now, prompts[i], outputs[i], self.samples, shared, 0.0)
                 i += 1
-                tick_arrivals += 1
                 self._flush_gateway(now)
                 pods = self._routable(now)
                 if pods and not self.gateway:
@@ -512,7 +510,7 @@ class Fleet:
                 self.series.append(
                     SeriesPoint(
                         now,
-                        tick_arrivals / max(now - last_tick, 1e-9),
+                        self._gpus_used(),
                         {v.name: len(self.live(v.name)) for v in spec.variants},
                         self.active,
                         self.samples,
@@ -520,7 +518,6 @@ class Fleet:
                         total.e2e_p95 if total else None,
                     )
                 )
-                tick_arrivals, last_tick = 0, now
                 next_tick += period
             if progress is not None and now >= next_progress:
                 progress(min(1.0, now / max(end, 1e-9)))

@@ -92,14 +92,25 @@ def table(results: dict[str, RunResult], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*head), *(fmt.format(*row) for row in rows)])
 
 
-def plot(results: dict[str, RunResult], path: str | Path, title: str, slo_e2e: float | None) -> None:
-    """Load, replicas per variant, active variant and p95 e2e over time, one column per policy."""
+def plot(
+    results: dict[str, RunResult],
+    path: str | Path,
+    title: str,
+    slo_e2e: float | None,
+    arrivals: Sequence[float],
+) -> None:
+    """Load, replicas per variant, active variant and p95 e2e over time, one column per policy.
+    ``arrivals`` are the trace's arrival times (s), binned per 30 s for the load row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     names = list(results)
+    times = np.asarray(arrivals, dtype=np.float64)
+    edges = np.arange(0.0, float(times.max(initial=0.0)) + 30.0, 30.0)
+    counts, _ = np.histogram(times, bins=edges)
     fig, axes = plt.subplots(4, len(names), figsize=(2.6 * len(names), 7.0), sharex=True, squeeze=False)
     variants: list[str] = []
     for r in results.values():
@@ -111,25 +122,27 @@ def plot(results: dict[str, RunResult], path: str | Path, title: str, slo_e2e: f
         series = results[name].series
         t = [p.time / 60.0 for p in series]
         ax = axes[0][col]
-        ax.plot(t, [p.arrivals_per_s for p in series], lw=0.6, color="tab:gray")
+        ax.plot(edges[:-1] / 60.0, counts / 30.0, lw=0.6, color="tab:gray")
         ax.set_title(name, fontsize=9)
         ax = axes[1][col]
         for v in variants:
             ax.plot(t, [p.replicas.get(v, 0) for p in series], lw=0.8, label=v)
+        ax.plot(t, [p.gpus for p in series], lw=0.6, ls=":", color="black", label="GPUs")
         ax = axes[2][col]
         ax.step(t, [variants.index(p.active) for p in series], lw=0.8, where="post", color="tab:purple")
         ax.set_yticks(range(len(variants)))
         ax.set_yticklabels(variants if col == 0 else [], fontsize=7)
         ax = axes[3][col]
-        ax.plot(t, [p.e2e_p95 if p.e2e_p95 is not None else float("nan") for p in series], lw=0.6)
+        e2e = [p.e2e_p95 if p.e2e_p95 is not None else float("nan") for p in series]
+        ax.plot(t, e2e, lw=0.6)
         if slo_e2e:
             ax.axhline(slo_e2e, color="tab:red", lw=0.6, ls="--")
-        ax.set_yscale("log")
+            ax.set_ylim(0, 3 * slo_e2e)
         ax.set_xlabel("minutes", fontsize=8)
         for row in axes:
             row[col].tick_params(labelsize=7)
     axes[0][0].set_ylabel("requests/s", fontsize=8)
-    axes[1][0].set_ylabel("replicas", fontsize=8)
+    axes[1][0].set_ylabel("replicas / GPUs", fontsize=8)
     axes[1][0].legend(fontsize=6, loc="upper left")
     axes[2][0].set_ylabel("variant", fontsize=8)
     axes[3][0].set_ylabel("p95 e2e (s)", fontsize=8)

@@ -191,3 +191,14 @@ def test_simulate_cli_rejects_an_unknown_policy(tmp_path: Path, capsys: pytest.C
         status = cli.main(["simulate", "--trace", str(trace), "--spec", str(sp), "--policy", "grm,nope"])
     assert status == 2
     assert "unknown policy" in capsys.readouterr().err
+
+
+def test_a_tight_gpu_budget_forces_the_ladder_and_is_never_exceeded(spec: GRMDeploymentSpec) -> None:
+    # 6 GPUs: bf16 (2 GPUs a replica) holds 3 replicas, too few for 2 score requests/s at k = 8,
+    # so the policy steps down the ladder; the surge of a switch counts within the budget.
+    tight = with_scaling(spec, maxReplicas=6, maxGPUs=6)
+    config = SimConfig(spec=tight, trace=constant_trace(2.0, 900, prompt=1000, output=200))
+    result = run_policies(config, ["grm"], progress=False)["grm"]
+    assert max(p.gpus for p in result.series) <= 6
+    assert result.switches + sum(1 for p in result.series if p.samples < 8) > 0
+    assert result.served + result.rejected == result.total
