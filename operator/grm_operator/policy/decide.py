@@ -115,8 +115,12 @@ def _over_window(runs: Sequence[tuple[float, int]], now: float, window_s: float)
     return [value for i, (_, value) in enumerate(runs) if i + 1 == len(runs) or runs[i + 1][0] >= start]
 
 
-def _workload(total: Signals, spec: GRMDeploymentSpec) -> Workload:
+def _workload(total: Signals, spec: GRMDeploymentSpec, window_s: float) -> Workload:
     rps = total.rps or 0.0
+    if rps * window_s < MIN_REQUESTS_FOR_CORRECTION:
+        # A handful of requests is no estimate of the mix: one 7k-token prompt alone would make
+        # even an idle replica "miss" the SLO (capacity 0, infinite need). Use the spec's shape.
+        rps = 0.0
     prompt = (total.prompt_tps / rps) if rps > 0 and total.prompt_tps else DEFAULT_PROMPT_TOKENS
     output = (
         (total.generation_tps / rps)
@@ -295,7 +299,7 @@ def decide(
         )
 
     # --- demand -----------------------------------------------------------------------------------
-    workload = _workload(total, spec)
+    workload = _workload(total, spec, window)
     seq_rate = (total.rps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
     per_sample = seq_rate / k_cur
     demand = (*((t, v) for t, v in state.demand if now - t <= TREND_WINDOW_S), (now, per_sample))
@@ -338,7 +342,10 @@ def decide(
         best = max(assessments, key=lambda a: (a.cap * a.capacity / a.point.samples, a.point.quality))
 
     # --- hysteresis on the ladder -------------------------------------------------------------------
-    breach, breach_text = _slo_breach(spec, obs.variants.get(active) or total)
+    breach_signals: Signals | None = obs.variants.get(active) or total
+    if breach_signals is not None and (breach_signals.rps or 0.0) * window < MIN_REQUESTS_FOR_CORRECTION:
+        breach_signals = None  # a p95 of a few requests is one straggler, not a breach
+    breach, breach_text = _slo_breach(spec, breach_signals)
     cooldown = parse_duration(spec.precision.switch_cooldown)
     since_switch = math.inf if state.last_switch is None else now - state.last_switch
     better_since = state.better_since
@@ -416,6 +423,9 @@ def decide(
     if target != active:
         replicas = fixed if manual else min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
         samples = _switch_samples(assessments, active, k_cur, samples, ready)
+        allowed = sorted(a.point.samples for a in assessments if a.point.variant.name == target)
+        if samples not in allowed:  # the bridge must stay admissible on the new variant too
+            samples = next((k for k in allowed if k >= samples), allowed[-1])
         new_state = new_state.evolve(recommendations=(), last_switch=now, panic_until=None, better_since=None)
         action: Action = "SwitchVariant"
         reason = (
