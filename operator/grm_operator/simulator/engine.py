@@ -92,6 +92,8 @@ class Replica:
     waiting: deque[Group] = field(default_factory=deque)
     running: list[Group] = field(default_factory=list)
     busy_s: float = 0.0
+    #: When the last engine step ended (a drained replica is released then).
+    last_step_end: float = 0.0
     kv_reserved: int = 0
     seqs: int = 0
 
@@ -160,6 +162,7 @@ class Replica:
                 elapsed *= self.rng.lognormvariate(-sigma * sigma / 2, sigma)
             end = self.clock + elapsed
             self.busy_s += elapsed
+            self.last_step_end = end
             if d:
                 itl.append(StepSample(end, elapsed / steps, d * steps))
             for g in decoding:

@@ -320,7 +320,7 @@ class Fleet:
             if pod.released is None and pod.scheduled is not None:
                 self._advance(pod, now)
                 if pod.draining_since is not None and not pod.engine.running and not pod.engine.waiting:
-                    pod.released = max(pod.draining_since, min(now, pod.engine.clock))
+                    pod.released = max(pod.draining_since, min(now, pod.engine.last_step_end))
 
     def _routable(self, now: float) -> list[Pod]:
         return [p for p in self.pods if p.draining_since is None and p.ready(now)]
