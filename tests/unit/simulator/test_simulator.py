@@ -202,3 +202,15 @@ def test_a_tight_gpu_budget_forces_the_ladder_and_is_never_exceeded(spec: GRMDep
     assert max(p.gpus for p in result.series) <= 6
     assert result.switches + sum(1 for p in result.series if p.samples < 8) > 0
     assert result.served + result.rejected == result.total
+
+
+def test_demo_runs_every_policy_on_the_bundled_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "demo.png"
+    out = tmp_path / "demo.json"
+    assert cli.main(["demo", "--plot", str(plot), "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())["policies"]) == set(POLICIES)
+    assert 0 < plot.stat().st_size < 200_000
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in POLICIES)
