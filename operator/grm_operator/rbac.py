@@ -4,6 +4,11 @@ The Helm chart renders :data:`OPERATOR_RULES` (plus :data:`PEERING_RULES` for HA
 its ClusterRole, and the integration tests bind exactly these rules to a ServiceAccount and run
 the operator under it against the real authoriser, so a missing verb fails a test rather than a
 user's install. Each rule names its reason.
+
+Least privilege: the rules are exactly the (group, resource, verb) grants the code uses, which
+:mod:`grm_operator.rbac_usage` derives from the source (tests/unit/test_rbac_derived.py compares).
+No ``get``: the operator never reads a single object; kopf lists then watches, and the reconciler
+reads its children from that cache.
 """
 
 from __future__ import annotations
@@ -31,44 +36,44 @@ class Rule:
 
 
 OPERATOR_RULES: tuple[Rule, ...] = (
-    Rule(("grm.dev",), ("grmdeployments",), ("get", "list", "watch"), "watch the custom resources"),
+    Rule(("grm.dev",), ("grmdeployments",), ("list", "watch"), "watch the custom resources"),
     Rule(
         ("grm.dev",),
         ("grmdeployments/status",),
-        ("get", "patch"),
+        ("patch",),
         "write status: conditions, replicas, decisions",
     ),
     Rule(
         ("apps",),
         ("deployments",),
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("list", "watch", "create", "patch", "delete"),
         "apply worker Deployments (server-side apply), scale them, delete removed variants",
     ),
     Rule(
         ("",),
         ("configmaps",),
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("list", "watch", "create", "patch", "delete"),
         "apply the worker configs, delete those of removed variants",
     ),
-    Rule(("",), ("services",), ("get", "list", "watch", "create", "patch"), "apply the Service"),
+    Rule(("",), ("services",), ("list", "watch", "create", "patch"), "apply the Service"),
     Rule(
         ("policy",),
         ("poddisruptionbudgets",),
-        ("get", "list", "watch", "create", "patch"),
+        ("list", "watch", "create", "patch"),
         "apply the PodDisruptionBudget",
     ),
     Rule(
         ("monitoring.coreos.com",),
         ("podmonitors",),
-        ("get", "list", "create", "patch"),
+        ("list", "create", "patch"),
         "apply the PodMonitor when the Prometheus Operator is installed",
     ),
     Rule(("",), ("events",), ("create",), "post an Event per condition transition"),
     Rule(
         ("",),
         ("pods",),
-        ("get", "list", "watch"),
-        "read worker pods (metrics source Direct scrapes Ready pods; Pending pods mean no GPUs)",
+        ("list", "watch"),
+        "watch worker pods (metrics source Direct scrapes Ready pods; Pending pods mean no GPUs)",
     ),
     Rule(
         ("",),
@@ -79,7 +84,7 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         ("apiextensions.k8s.io",),
         ("customresourcedefinitions",),
-        ("get", "list", "watch"),
+        ("list", "watch"),
         "kopf discovers served resources and notices CRDs installed later",
     ),
 )
@@ -88,7 +93,7 @@ PEERING_RULES: tuple[Rule, ...] = (
     Rule(
         ("kopf.dev",),
         ("clusterkopfpeerings", "kopfpeerings"),
-        ("get", "list", "watch", "patch"),
+        ("list", "watch", "patch"),
         "kopf peering: only the highest-priority replica works (HA)",
     ),
 )
