@@ -356,15 +356,11 @@ def decide(
         chosen = best  # the spec changed under us (floor raised, variant removed): move at once
         note = f"{active}×k{k_cur} is no longer admissible"
     elif best.point.quality > current_point.point.quality + 1e-9:
-        # Sized for the busiest recent moment, not this (possibly idle) window: the recommended
-        # replicas of the running point over the scale-down window, converted to the better
-        # point. A bursty trace idle for 2 minutes must not step up to a point that its next
-        # burst finds with one replica.
-        recent = _over_window(
-            state.recommendations, now, parse_duration(spec.scaling.scale_down_stabilization)
-        )
-        peak_rate = max(recent, default=0) * current_point.capacity / current_point.point.samples
-        peak_need = math.ceil(peak_rate * best.point.samples / best.capacity) if best.capacity > 0 else 10**6
+        # Sized for the busiest moment of the demand history (3 minutes, per sample), not this
+        # possibly idle window: a bursty trace idle for 2 minutes must not step up to a point
+        # that its next burst finds with one replica.
+        peak = max((v for _, v in demand), default=0.0)
+        peak_need = math.ceil(peak * best.point.samples / best.capacity) if best.capacity > 0 else 10**6
         margin_need = math.ceil(max(best.need, peak_need) * UPGRADE_MARGIN)
         changes_variant = best.point.variant.name != active
         # A switch surges the new variant next to the running one (DESIGN §4): both must fit

@@ -1,0 +1,105 @@
+"""Rules the fleet simulator's benchmark taught the policy (docs/policy.md, "Lessons from the
+benchmark"); each test id is the sentence it checks."""
+
+from __future__ import annotations
+
+from fleet import Fleet
+
+from conftest import make_spec
+from grm_operator.metrics.signals import Signals
+from grm_operator.policy import Observation, PolicyState, decide
+
+FP8_ONLY = [{"name": "fp8", "precision": "fp8", "quality": 1.0}]
+
+
+def observe(
+    now: float, rps: float, *, ready: int, waiting: float = 0.0, e2e_p95: float = 5.0, samples: int = 8
+) -> Observation:
+    signals = Signals(
+        rps=rps,
+        prompt_tps=rps * 1000,
+        generation_tps=rps * 300,
+        ttft_p50=0.1,
+        ttft_p95=0.2,
+        itl_p50=0.02,
+        itl_p95=0.03,
+        e2e_p50=e2e_p95 / 2,
+        e2e_p95=e2e_p95,
+        running=rps * 5,
+        waiting=waiting,
+        pods_reporting=ready,
+        sample_age_s=1.0,
+    )
+    return Observation(
+        time=now,
+        total=signals,
+        variants={"fp8": signals},
+        active_variant="fp8",
+        samples=samples,
+        ready={"fp8": ready},
+        pending={"fp8": 0},
+        desired={"fp8": ready},
+    )
+
+
+def test_a_fresh_start_keeps_its_replicas_for_a_full_stabilisation_window_then_at_most_halves() -> None:
+    spec = make_spec(variants=FP8_ONLY)
+    state = PolicyState()
+    replicas = 8
+    history = []
+    for tick in range(40):  # 10 minutes of a trickle, starting with 8 Ready replicas and no memory
+        now = tick * 15.0
+        decision, state = decide(observe(now, 0.8, ready=replicas), state, spec, now)
+        history.append((now, replicas, decision.replicas))
+        replicas = decision.replicas
+    inside = [new for now, _, new in history if now < 300.0]
+    assert set(inside) == {8}, history  # the 5-minute window reaches back before any memory
+    for _, before, after in history:
+        assert after >= (before + 1) // 2, history  # at most halved per tick
+    assert history[-1][2] == 1
+
+
+def test_more_samples_wait_until_the_replicas_they_need_are_ready() -> None:
+    spec = make_spec(variants=FP8_ONLY, scoring={"samples": {"min": 1, "max": 8}})
+    fleet = Fleet(spec, samples=2)
+    raised = []
+    now = 0.0
+    while now < 900:
+        obs = fleet.observe(now, 1.2)
+        decision = fleet.tick(now, 1.2)
+        if decision.samples > obs.samples:
+            raised.append((now, obs.ready.get("fp8", 0), decision.replicas, decision.reason))
+        now += 15.0
+    assert raised, [d.reason for d in fleet.decisions[-5:]]
+    for _, ready, replicas, reason in raised:
+        assert ready >= replicas, reason  # the budget rose only onto Ready replicas
+    assert any("raising samples once" in d.reason for d in fleet.decisions), "provisioned before raising"
+
+
+def test_a_p95_of_a_few_requests_is_not_a_breach() -> None:
+    spec = make_spec(variants=FP8_ONLY)
+    # 0.2 sequences/s over the default 1-minute window: 12 requests, one of them 90 s long.
+    decision, _ = decide(observe(600.0, 0.2, ready=2, e2e_p95=90.0), PolicyState(), spec, 600.0)
+    assert decision.slo_met is None
+    assert "panic" not in decision.reason
+    assert decision.replicas == 2
+
+
+def test_a_window_that_ended_queued_caps_capacity_at_its_measured_throughput() -> None:
+    spec = make_spec(variants=FP8_ONLY)
+    # 2 replicas completed 4 sequences/s with 40 waiting: at most 2/s each, whatever the model
+    # says (~6/s); demand 4 + 40/20 = 6/s (no trend yet) needs 3 of them.
+    decision, _ = decide(observe(600.0, 4.0, ready=2, waiting=40.0), PolicyState(), spec, 600.0)
+    assert decision.replicas >= 3, decision.reason
+    assert "at 2 seq/s each" in decision.reason, decision.reason
+
+
+def test_a_switch_keeps_the_sample_budget_admissible_on_the_new_variant() -> None:
+    # int4 at quality 0.97 is admissible only with all 8 samples: a bridge at k=2 must not
+    # carry over to it.
+    spec = make_spec(scoring={"samples": {"min": 1, "max": 8}}, scaling={"maxReplicas": 8, "maxGPUs": 4})
+    fleet = Fleet(spec, samples=2)
+    fleet.run([(1200, 6.0)], 15.0)
+    for decision in fleet.decisions:
+        if decision.variant == "int4":
+            assert decision.samples == 8, decision.reason
