@@ -11,12 +11,11 @@ policy (``grm``) against the targets:
   lower attainment (the oracle is a bound, not a baseline).
 
 Rate scales were chosen so that the peak needs about 4–16 replicas (``docs/benchmark.md`` shows
-the arithmetic, from :func:`grm_operator.policy.capacity.replica_capacity` at the spec's SLO):
-conv at k = 8 needs ≈ 12 bf16 or ≈ 10 fp8 replicas at its 60-s peak (8.45 requests/s × 8
-samples ÷ 5.5 resp. 7.1 sequences/s per replica) and ≈ 8 bf16 on average; code at k = 8 needs
-≈ 19 bf16 or ≈ 12 fp8 at its 60-s peak (10.5 × 8 ÷ 4.4 resp. 6.9) and ≈ 5 bf16 on average. The
-budget (16 GPUs: 8 bf16 replicas) holds the average in bf16 but not the peaks, so the quality
-ladder matters on both traces.
+the arithmetic): at k = 4 conv's 60-s peak needs ≈ 6 bf16 or ≈ 5 fp8 replicas by the policy's
+capacity model (8.45 requests/s × 4 samples ÷ 5.5 resp. 7.1 sequences/s per replica) and code's
+≈ 10 bf16 or ≈ 6 fp8 (10.5 × 4 ÷ 4.4 resp. 6.9); the simulated replicas serve less (k samples
+prefilled together), so the oracle averages ≈ 11 and ≈ 7 GPUs and the peaks reach the 16-GPU
+budget — bf16 alone cannot hold them and the quality ladder matters on both traces.
 
 Run: ``.venv/bin/python bench/autoscale_bench.py [--write-results] [--jobs 2]`` (``make bench``).
 With ``--write-results`` the "Autoscaling" section of bench/RESULTS.md is replaced by this run's
