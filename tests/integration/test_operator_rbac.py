@@ -154,7 +154,11 @@ def test_removing_one_verb_breaks_the_operator(rbac_harness: RbacHarness, resour
             lambda: h.forbidden_error(name), f"Degraded=True (ReconcileError) without {verb} on {resource}"
         )
         assert resource in message and verb in message
-        assert h.operator.metric("grm_operator_reconcile_errors_total", error="Forbidden") >= 1
+        # The condition is written before the failed reconcile returns and is counted: poll.
+        h.wait(
+            lambda: h.operator.metric("grm_operator_reconcile_errors_total", error="Forbidden") >= 1,
+            "the Forbidden reconcile error counted",
+        )
     finally:
         h.set_rules(rbac.OPERATOR_RULES)
     # With the verb back, the retries converge and the condition clears.
