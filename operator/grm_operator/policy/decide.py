@@ -342,10 +342,16 @@ def decide(
         best = max(assessments, key=lambda a: (a.cap * a.capacity / a.point.samples, a.point.quality))
 
     # --- hysteresis on the ladder -------------------------------------------------------------------
-    breach_signals: Signals | None = obs.variants.get(active) or total
-    if breach_signals is not None and (breach_signals.rps or 0.0) * window < MIN_REQUESTS_FOR_CORRECTION:
-        breach_signals = None  # a p95 of a few requests is one straggler, not a breach
+    breach_signals = obs.variants.get(active) or total
     breach, breach_text = _slo_breach(spec, breach_signals)
+    if breach > 1.0 and (breach_signals.rps or 0.0) * window < MIN_REQUESTS_FOR_CORRECTION:
+        # The p95 of a few requests is their slowest one: a breach only if the median breaches
+        # too (every request slow), not for one 68 s straggler among 12 quick ones.
+        medians = Signals(
+            ttft_p95=breach_signals.ttft_p50, itl_p95=breach_signals.itl_p50, e2e_p95=breach_signals.e2e_p50
+        )
+        if _slo_breach(spec, medians)[0] <= 1.0:
+            breach, breach_text = 0.0, ""
     cooldown = parse_duration(spec.precision.switch_cooldown)
     since_switch = math.inf if state.last_switch is None else now - state.last_switch
     better_since = state.better_since

@@ -13,7 +13,14 @@ FP8_ONLY = [{"name": "fp8", "precision": "fp8", "quality": 1.0}]
 
 
 def observe(
-    now: float, rps: float, *, ready: int, waiting: float = 0.0, e2e_p95: float = 5.0, samples: int = 8
+    now: float,
+    rps: float,
+    *,
+    ready: int,
+    waiting: float = 0.0,
+    e2e_p95: float = 5.0,
+    e2e_p50: float | None = None,
+    samples: int = 8,
 ) -> Observation:
     signals = Signals(
         rps=rps,
@@ -23,7 +30,7 @@ def observe(
         ttft_p95=0.2,
         itl_p50=0.02,
         itl_p95=0.03,
-        e2e_p50=e2e_p95 / 2,
+        e2e_p50=e2e_p95 / 2 if e2e_p50 is None else e2e_p50,
         e2e_p95=e2e_p95,
         running=rps * 5,
         waiting=waiting,
@@ -76,13 +83,19 @@ def test_more_samples_wait_until_the_replicas_they_need_are_ready() -> None:
     assert any("raising samples once" in d.reason for d in fleet.decisions), "provisioned before raising"
 
 
-def test_a_p95_of_a_few_requests_is_not_a_breach() -> None:
-    spec = make_spec(variants=FP8_ONLY)
+def test_a_p95_of_a_few_requests_is_a_breach_only_when_their_median_breaches_too() -> None:
+    spec = make_spec(variants=FP8_ONLY)  # e2eP95 20 s
     # 0.2 sequences/s over the default 1-minute window: 12 requests, one of them 90 s long.
-    decision, _ = decide(observe(600.0, 0.2, ready=2, e2e_p95=90.0), PolicyState(), spec, 600.0)
+    straggler = observe(600.0, 0.2, ready=2, e2e_p95=90.0, e2e_p50=6.0)
+    decision, _ = decide(straggler, PolicyState(), spec, 600.0)
     assert decision.slo_met is None
     assert "panic" not in decision.reason
     assert decision.replicas == 2
+    # The same 12 requests all slow (median 45 s): a breach, and the policy panics.
+    slow = observe(600.0, 0.2, ready=2, e2e_p95=90.0, e2e_p50=45.0)
+    decision, _ = decide(slow, PolicyState(), spec, 600.0)
+    assert decision.slo_met is False
+    assert "panic" in decision.reason and decision.replicas == 4, decision.reason
 
 
 def test_a_window_that_ended_queued_caps_capacity_at_its_measured_throughput() -> None:
