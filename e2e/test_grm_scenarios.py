@@ -2,9 +2,13 @@
 ServiceAccount and the chart's RBAC, running `grm-operator run` on the node agent) drives sim-engine
 workers of a GRMDeployment from examples/, and clients reach them through the Service front.
 
-One cluster (4 GPUs) serves the module; each scenario applies its own GRMDeployment (a copy of
-examples/grmd-sim-demo.yaml under another name) and deletes it at the end, so the GPU budget is free
-for the next. Every scenario counts its client requests and asserts on them.
+One cluster (8 GPUs: a variant switch surges the new variant next to the old, so the node needs
+room beyond the example's maxGPUs=4) serves the module; each scenario applies its own GRMDeployment
+(a copy of examples/grmd-live-demo.yaml under another name) and deletes it at the end, so the GPUs
+are free for the next. That example runs the sim engine 2× faster than real time with a fixed
+budget of 4 samples: a bf16 replica (2 GPUs) holds ~3 score req/s (12–14 sequences/s), so 9 req/s
+cannot fit 2 of them (maxGPUs=4) and the only way out is fp8 (~12 seq/s on 1 GPU).
+Every scenario counts its client requests and asserts on them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pytest
 import yaml
 
 from grm_operator.cluster.localcluster import LocalCluster
-from grm_operator.cluster.traffic import Outcome, post_json, snapshot
+from grm_operator.cluster.traffic import LoadGenerator, Outcome, post_json, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +47,7 @@ def lc() -> Iterator[LocalCluster]:
         _skip_or_fail(why)
     if tools.kubectl() is None or tools.helm() is None:
         _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=4, scrape_interval_s=1.0) as cluster:
+    with LocalCluster(gpus=8, scrape_interval_s=1.0) as cluster:
         cluster.helm(
             "install", "grm", str(REPO / "helm" / "grm-operator"), "-n", "grm-system", "--create-namespace"
         )
@@ -63,7 +67,7 @@ def _operator_pod(lc: LocalCluster) -> dict[str, Any] | None:
 
 
 def _demo_manifest(name: str, edit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / "grmd-sim-demo.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / "grmd-live-demo.yaml").read_text())
     doc = copy.deepcopy(doc)
     doc["metadata"]["name"] = name
     if edit is not None:
@@ -143,3 +147,203 @@ def test_apply_pods_ready_service_answers_score_and_chat(lc: LocalCluster, grmd:
     )
     assert status == 200, chat
     assert chat["choices"][0]["message"]["content"]
+
+
+def _history(lc: LocalCluster, name: str) -> str:
+    snap = snapshot(_grmd(lc, name))
+    lines = [f"active={snap.active} {snap.replicas_text()} switch={snap.switch} {snap.conditions}"]
+    lines += [f"  {d.get('time')} {d.get('action')}: {d.get('reason')}" for d in snap.decisions]
+    return "\n".join(lines)
+
+
+def test_switch_to_faster_variant_at_max_gpus_without_failed_requests(
+    lc: LocalCluster, grmd: Callable[..., str]
+) -> None:
+    """Rising load fills maxGPUs with bf16 (2 GPUs a replica); the operator switches to fp8 while
+    every client request gets a 200, and the bf16 pods drain away.
+
+    The way back is not asserted here: the policy steps up only when the better point fits with
+    25 % margin in replicas (⌈1 × 1.25⌉ = 2 bf16 = 4 GPUs) *plus* the running fp8 replica for the
+    surge, 5 GPUs > maxGPUs 4, and sizes for the peak of the last 3 minutes; so with this example
+    it stays on fp8 (observed for 5 minutes at 1.5 req/s)."""
+    name = grmd("e2e-switch")
+    _wait_ready(lc, name)
+    url = lc.service_url(NS, name, 8000) + "/v1/grm/score"
+    phase = {"rps": 0.5}
+    load = LoadGenerator(url, lambda t: phase["rps"], max_in_flight=96).start()
+    try:
+        phase["rps"] = 9.0
+
+        def switched() -> bool:
+            snap = snapshot(_grmd(lc, name))
+            return snap.active == "fp8" and snap.switch is None and not _worker_pods(lc, name, "bf16")
+
+        lc.wait_for(switched, 240, "switch to fp8 with bf16 drained", 1.0)
+        assert snapshot(_grmd(lc, name)).ready.get("fp8", 0) >= 1
+        up = load.outcomes()
+        assert len(up) > 30, len(up)
+        assert not _failures(up), (_failures(up)[:5], _history(lc, name))
+
+        # Keep the load on the new variant a little longer: requests in flight across the switch and
+        # right after the drain all count.
+        settled = len(up)
+        lc.wait_for(lambda: len(load.outcomes()) >= settled + 50, 60, "50 more answered requests", 0.5)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{_history(lc, name)}") from exc
+    finally:
+        outcomes = load.stop()
+    assert len(outcomes) > len(up)
+    assert not _failures(outcomes), (_failures(outcomes)[:5], _history(lc, name))
+    decisions = [d.get("action") for d in snapshot(_grmd(lc, name)).decisions]
+    assert "SwitchVariant" in decisions, _history(lc, name)
+
+
+def test_invalid_grmdeployment_is_rejected_and_nothing_else_is_disturbed(
+    lc: LocalCluster, grmd: Callable[..., str]
+) -> None:
+    """minReplicas above maxReplicas is refused by the CRD's CEL rule at the API server (kubectl
+    apply fails with the rule's message); a running GRMDeployment keeps its pods and answers every
+    request meanwhile."""
+    from grm_operator.api import models
+
+    # Manual scaling (1 replica) and a pinned variant: the running deployment's pods change only if
+    # something disturbs it (the policy's cold prior would otherwise move even 0.5 req/s to fp8).
+    def steady(doc: dict[str, Any]) -> None:
+        doc["spec"]["scaling"].update(mode="Manual", replicas=1)
+        doc["spec"]["precision"].update(policy="Pinned", pinnedVariant="bf16")
+
+    name = grmd("e2e-steady", steady)
+    _wait_ready(lc, name)
+    before = sorted(p["metadata"]["name"] for p in _worker_pods(lc, name))
+    url = lc.service_url(NS, name, 8000) + "/v1/grm/score"
+    load = LoadGenerator(url, lambda t: 0.5).start()
+    try:
+        bad = _demo_manifest("e2e-invalid")
+        bad["spec"]["scaling"]["minReplicas"] = 9
+        result = lc.kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
+        assert result.returncode != 0
+        assert models.MSG_MIN_MAX in result.stderr, result.stderr
+        status, _ = lc.api("GET", f"{GRMD_PATH}/e2e-invalid")
+        assert status == 404
+        lc.wait_for(lambda: len(load.outcomes()) >= 10, 60, "10 answered requests")
+    finally:
+        outcomes = load.stop()
+    assert len(outcomes) >= 10 and not _failures(outcomes), _failures(outcomes)[:5]
+    assert sorted(p["metadata"]["name"] for p in _worker_pods(lc, name)) == before
+    assert _condition(_grmd(lc, name), "Ready") == "True"
+
+
+def _total(counts: dict[str, int]) -> int:
+    return sum(counts.values())
+
+
+def test_scale_out_under_rising_load_and_in_after_stabilisation(
+    lc: LocalCluster, grmd: Callable[..., str]
+) -> None:
+    """2.5 score req/s (10 sequences/s) is more than the policy lets one replica carry at first
+    (its prior for bf16 is ~2–3 sequences/s until it has learnt the short prompts): the operator
+    scales out (to 2 bf16 replicas, or to fp8 if its forecast asks for more than 2 bf16 fit);
+    when the load falls to 0.3 req/s it scales back to 1 replica, not before the 30 s stabilisation
+    window, and no request fails."""
+    name = grmd("e2e-scale")
+    _wait_ready(lc, name)
+    url = lc.service_url(NS, name, 8000) + "/v1/grm/score"
+    phase = {"rps": 2.5}
+    load = LoadGenerator(url, lambda t: phase["rps"]).start()
+    try:
+        lc.wait_for(lambda: _total(snapshot(_grmd(lc, name)).ready) >= 2, 180, "2 replicas Ready", 1.0)
+
+        def settled() -> bool:
+            snap = snapshot(_grmd(lc, name))
+            return snap.switch is None and _total(snap.ready) == _total(snap.desired) >= 2
+
+        lc.wait_for(settled, 180, "scaled out and settled", 1.0)
+        phase["rps"] = 0.3
+        fell = load.elapsed()
+        lc.wait_for(lambda: _total(snapshot(_grmd(lc, name)).desired) == 1, 180, "scaled in to 1", 1.0)
+        # The window holds the highest need of the last 30 s: no scale-in sooner after the drop.
+        assert load.elapsed() - fell >= 30 - 2
+        lc.wait_for(lambda: len(_worker_pods(lc, name)) == 1, 120, "1 worker pod left", 1.0)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{_history(lc, name)}") from exc
+    finally:
+        outcomes = load.stop()
+    assert len(outcomes) > 50 and not _failures(outcomes), (_failures(outcomes)[:5], _history(lc, name))
+    actions = [d.get("action") for d in snapshot(_grmd(lc, name)).decisions]
+    assert "ScaleDown" in actions, _history(lc, name)
+
+
+def test_killed_worker_pod_is_replaced_and_failures_stay_within_its_in_flight(
+    lc: LocalCluster, grmd: Callable[..., str]
+) -> None:
+    """A worker pod force-deleted (no drain) under 1 req/s (well within 2 replicas, so the policy
+    has no reason to act): the ReplicaSet replaces it,
+    the new pod gets Ready, and the client sees at most the requests that were in flight when it
+    died (bounded here by everything in flight then, over both pods) fail."""
+    name = grmd("e2e-kill", lambda d: d["spec"]["scaling"].update(minReplicas=2))
+    lc.wait_for(lambda: snapshot(_grmd(lc, name)).ready.get("bf16", 0) == 2, 180, "2 bf16 replicas", 1.0)
+    url = lc.service_url(NS, name, 8000) + "/v1/grm/score"
+    load = LoadGenerator(url, lambda t: 1.0).start()
+    try:
+        lc.wait_for(lambda: len(load.outcomes()) >= 10, 60, "10 answered requests")
+        victim = _worker_pods(lc, name)[0]["metadata"]["name"]
+        in_flight = load.in_flight()
+        lc.kubectl("delete", "pod", victim, "--grace-period=0", "--force")
+
+        def replaced() -> bool:
+            pods = [p for p in _worker_pods(lc, name) if not p["metadata"].get("deletionTimestamp")]
+            names = {p["metadata"]["name"] for p in pods}
+            return len(pods) == 2 and victim not in names and all(_ready(p) for p in pods)
+
+        lc.wait_for(replaced, 120, "the killed pod replaced and Ready", 1.0)
+        answered = len(load.outcomes())
+        lc.wait_for(lambda: len(load.outcomes()) >= answered + 10, 60, "10 more answered requests")
+    finally:
+        outcomes = load.stop()
+    failed = _failures(outcomes)
+    assert len(failed) <= in_flight, (len(failed), in_flight, failed[:5])
+    assert len(outcomes) >= 20
+
+
+def test_operator_killed_mid_switch_completes_or_rolls_back_without_orphans(
+    lc: LocalCluster, grmd: Callable[..., str]
+) -> None:
+    """The operator pod is force-deleted while a bf16 → fp8 switch is Surging; its Deployment
+    brings a new one up, which reads status.switch and finishes the switch (or rolls it back):
+    afterwards no switch is in progress, only the active variant has pods, every child Deployment
+    is owned by the GRMDeployment, and no client request failed."""
+    name = grmd("e2e-opkill")
+    _wait_ready(lc, name)
+    url = lc.service_url(NS, name, 8000) + "/v1/grm/score"
+    load = LoadGenerator(url, lambda t: 9.0, max_in_flight=96).start()
+    try:
+        lc.wait_for(lambda: snapshot(_grmd(lc, name)).switch, 180, "a switch in progress", 0.5)
+        old = _operator_pod(lc)
+        assert old is not None
+        lc.kubectl(
+            "-n", "grm-system", "delete", "pod", old["metadata"]["name"], "--grace-period=0", "--force"
+        )
+
+        def new_operator() -> bool:
+            pod = _operator_pod(lc)
+            return pod is not None and pod["metadata"]["uid"] != old["metadata"]["uid"]
+
+        lc.wait_for(new_operator, 120, "a new operator pod Ready", 0.5)
+        lc.wait_for(lambda: snapshot(_grmd(lc, name)).switch is None, 240, "the switch finished", 1.0)
+        active = snapshot(_grmd(lc, name)).active
+        assert active in ("bf16", "fp8")
+        other = "fp8" if active == "bf16" else "bf16"
+        lc.wait_for(lambda: not _worker_pods(lc, name, other), 120, f"no {other} pods left", 1.0)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{_history(lc, name)}") from exc
+    finally:
+        outcomes = load.stop()
+    resource = _grmd(lc, name)
+    deployments = lc.get(f"/apis/apps/v1/namespaces/{NS}/deployments?labelSelector=grm.dev/deployment={name}")
+    for deployment in deployments["items"]:
+        owners = deployment["metadata"].get("ownerReferences") or []
+        assert [o["uid"] for o in owners] == [resource["metadata"]["uid"]], deployment["metadata"]["name"]
+    variants = {d["metadata"]["labels"].get("grm.dev/variant") for d in deployments["items"]}
+    assert variants <= {"bf16", "fp8"} and len(variants) == len(deployments["items"])
+    assert all(p["metadata"]["labels"]["grm.dev/variant"] == active for p in _worker_pods(lc, name))
+    assert len(outcomes) > 50 and not _failures(outcomes), (_failures(outcomes)[:5], _history(lc, name))
