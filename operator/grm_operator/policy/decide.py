@@ -481,6 +481,9 @@ def decide(
         f"demand {_fmt(seq_rate)} seq/s (forecast {_fmt(chosen.demand)} at k={samples} over the "
         f"{chosen.horizon:.0f}s cold-start horizon) needs {chosen.need} × {chosen.point.label} "
         f"at {_fmt(chosen.capacity)} seq/s each"
+        if chosen.capacity > 0
+        else f"demand {_fmt(seq_rate)} seq/s: no replica of {chosen.point.label} meets the SLO at any load "
+        "(the learnt latency is above the target even when idle)"
     )
     if replicas > current:
         action = "ScaleUp"
