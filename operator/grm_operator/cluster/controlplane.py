@@ -12,14 +12,12 @@ Start-up is measured (`ControlPlane.timings`) and polled with a deadline, never 
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import ipaddress
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -33,7 +31,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-from grm_operator.cluster import pki, tools
+from grm_operator.cluster import lifetime, pki, tools
 from grm_operator.cluster.kubeconfig import render_kubeconfig, write_kubeconfig
 
 log = logging.getLogger(__name__)
@@ -120,7 +118,7 @@ class _Process:
 
     def start(self, env: Mapping[str, str]) -> None:
         main_thread = threading.current_thread() is threading.main_thread()
-        preexec = _die_with_parent if main_thread and _PRCTL is not None else None
+        preexec = lifetime.die_with_parent if main_thread and lifetime.AVAILABLE else None
         with self.log_path.open("ab") as log_file:
             self.popen = subprocess.Popen(
                 self.argv,
@@ -153,28 +151,6 @@ class _Process:
             log.warning("%s did not stop within %.0f s of SIGTERM; killing it", self.name, timeout_s)
             self.popen.kill()
             self.popen.wait(timeout=timeout_s)
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Resolved in the parent: the child between fork and exec must not dlopen (another thread
-    # of the parent may have held the loader's lock at fork time).
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Child-side: get SIGTERM when the starting thread dies, so a killed test run leaves no
-    apiserver behind (PR_SET_PDEATHSIG, Linux). Only used when started from the main thread,
-    since the signal follows the thread, not the process."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

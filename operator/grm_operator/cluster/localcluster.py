@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import http.client
 import json
 import logging
@@ -52,7 +51,7 @@ from urllib.parse import quote
 
 import yaml
 
-from grm_operator.cluster import netns, podspec, promsd, tools
+from grm_operator.cluster import lifetime, netns, podspec, promsd, tools
 from grm_operator.cluster.controlplane import DEFAULT_CONTROLLERS, ControlPlane, ControlPlaneOptions
 from grm_operator.cluster.kubeclient import Json, KubeClient, KubeError, load_kubeconfig
 from grm_operator.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
@@ -152,22 +151,6 @@ def tool_path() -> str:
 # ================================================================================================
 # The supervisor (inside the namespace)
 # ================================================================================================
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    if _PRCTL is not None:
-        _PRCTL(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 class Supervisor:
@@ -376,7 +359,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=lifetime.die_with_parent,
             )
         log.info("prometheus on http://%s (pid %d)", listen, self.prometheus.pid)
         return f"http://{listen}"
@@ -595,7 +578,7 @@ class LocalCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PATH": tool_path()},
-                preexec_fn=_die_with_parent
+                preexec_fn=lifetime.die_with_parent
                 if threading.current_thread() is threading.main_thread()
                 else None,
             )

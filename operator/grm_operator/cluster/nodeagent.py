@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import datetime as dt
 import logging
 import os
@@ -48,7 +47,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from grm_operator.cluster import podspec
+from grm_operator.cluster import lifetime, podspec
 from grm_operator.cluster.kubeclient import Json, KubeClient, KubeError, retrying
 from grm_operator.cluster.kubeconfig import render_kubeconfig, write_kubeconfig
 from grm_operator.cluster.podspec import ContainerView, ImageRule, PodSpecError
@@ -103,23 +102,6 @@ def now_rfc3339() -> str:
 
 def _micro_time() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_agent() -> None:
-    """Child-side: SIGKILL when the agent's thread dies, so no pod outlives a killed cluster."""
-    if _PRCTL is not None:
-        _PRCTL(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 def _free_loopback_port() -> int:
@@ -253,7 +235,7 @@ class Container:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,  # its own process group: signals reach its children too
-                preexec_fn=_die_with_agent,
+                preexec_fn=lifetime.killed_with_parent,
             )
         pod.pids.add(self.proc.pid)
         self.view.container_id = f"grm://{self.proc.pid}"
@@ -359,7 +341,7 @@ class Container:
                 env=env,
                 cwd=str(pod.dir),
                 start_new_session=True,
-                preexec_fn=_die_with_agent,
+                preexec_fn=lifetime.killed_with_parent,
             )
             try:
                 return await proc.wait() == 0
