@@ -614,18 +614,31 @@ class ControlPlane:
             f"{proc.name} /healthz",
         )
 
-    def _start_controller_manager(self) -> None:
-        workdir, keys, _ = self._require()
-        kubeconfig = self._component_kubeconfig("system:kube-controller-manager", "controller-manager.yaml")
-        port = free_port()
-        argv = [
-            str(self.bin_dir / "kube-controller-manager"),
+    def _component_argv(self, binary: str, kubeconfig: Path, port: int, cert_dir: Path) -> list[str]:
+        """Flags the controller-manager and the scheduler share: their identity, a loopback
+        health port, and a single instance (a leader election would only add a lease round trip
+        to start-up)."""
+        return [
+            str(self.bin_dir / binary),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
             f"--secure-port={port}",
-            f"--cert-dir={workdir / 'controller-manager-certs'}",
+            f"--cert-dir={cert_dir}",
+            "--leader-elect=false",
+            "--profiling=false",
+            f"--v={self.options.verbosity}",
+        ]
+
+    def _start_controller_manager(self) -> None:
+        workdir, keys, _ = self._require()
+        kubeconfig = self._component_kubeconfig("system:kube-controller-manager", "controller-manager.yaml")
+        port = free_port()
+        argv = [
+            *self._component_argv(
+                "kube-controller-manager", kubeconfig, port, workdir / "controller-manager-certs"
+            ),
             f"--controllers={','.join(self.options.controllers)}",
             # Each controller acts as its own ServiceAccount with the system:controller:* role,
             # as in kubeadm clusters, so RBAC applies to controllers too.
@@ -633,10 +646,6 @@ class ControlPlane:
             f"--service-account-private-key-file={keys.files['sa.key']}",
             f"--root-ca-file={keys.files['ca.crt']}",
             f"--service-cluster-ip-range={self.options.service_cluster_ip_range}",
-            # One instance: a leader election would only add a lease round trip to start-up.
-            "--leader-elect=false",
-            "--profiling=false",
-            f"--v={self.options.verbosity}",
             *self.options.controller_manager_args,
         ]
         proc = self._spawn("kube-controller-manager", argv)
@@ -647,16 +656,7 @@ class ControlPlane:
         kubeconfig = self._component_kubeconfig("system:kube-scheduler", "scheduler.yaml")
         port = free_port()
         argv = [
-            str(self.bin_dir / "kube-scheduler"),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--cert-dir={workdir / 'scheduler-certs'}",
-            "--leader-elect=false",
-            "--profiling=false",
-            f"--v={self.options.verbosity}",
+            *self._component_argv("kube-scheduler", kubeconfig, port, workdir / "scheduler-certs"),
             *self.options.scheduler_args,
         ]
         proc = self._spawn("kube-scheduler", argv)
