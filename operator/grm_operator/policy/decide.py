@@ -12,14 +12,16 @@ simulator and the tests drive the very same code. One tick:
    0.05 seq/s² and a 75 s horizon the policy provisions for 3.75 seq/s more than it sees.
 3. **Online correction.** At the active variant's operating load, observed median ITL ÷ the
    model's mean step time is the replica's ``speed`` (1.4 = 40 % slower than its prior) and
-   observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3).
+   observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3), learnt
+   per variant, and decay toward their priors without fresh evidence (half-lives 15 / 2 min).
 4. **Capacity per operating point** (variant × sample budget, best quality first) from the
    corrected model (:mod:`.capacity`); replicas needed = ⌈λ₁·k ÷ capacity⌉. GPU budget:
    maxGPUs, or only the GPUs already scheduled when pods of the active variant are Pending.
 5. **The quality ladder.** The best admissible point whose need fits the budget wins. Stepping
    down happens at once (after a switch, not before min(cooldown, 2 min)); stepping up only when
-   the better point fits with 25 % margin, continuously for max(3 periods, 2 min), and the switch
-   cooldown has passed — hysteresis against flapping.
+   the better point fits the peak demand of the scale-down stabilisation window with 25 % margin
+   (on the demand: ⌈1.25·λ/capacity⌉), continuously for that window, the surge fits and the
+   switch cooldown has passed — hysteresis against flapping.
 6. **Replicas.** Scale up at once; panic on an SLO breach (no scale-down for 60 s, at least
    ready × min(2, p95 ÷ SLO)); scale down only to the maximum recommendation of the
    scale-down stabilisation window (default 5 min). Bounds: [minReplicas, budget].
@@ -50,10 +52,26 @@ from grm_operator.policy.capacity import (
 from grm_operator.policy.types import Action, Decision, Observation, PolicyState
 
 TREND_WINDOW_S = 180.0
+#: Demand points older than the trend window serve only the step-up peak: at most this many of
+#: them are kept (the highest point of each slice of the look-back), so status.policyState stays
+#: bounded whatever scaleDownStabilization is (1 h at 15 s periods would be 240 points).
+PEAK_POINTS = 24
 QUEUE_DRAIN_S = 20.0
 EWMA = 0.3
 SPEED_BOUNDS = (0.25, 5.0)
 UPGRADE_MARGIN = 1.25
+#: Half-lives of the pull of learnt corrections back toward their priors (speed 1.0, tail
+#: DEFAULT_TAIL) while a variant has no fresh evidence (not active, or too little traffic).
+#: A tail (p95 ÷ modelled mean) describes the arrival mix of the last minutes — a burst, a queue
+#: just drained — so it goes stale within one default stabilisation window (5 min): with a 2-min
+#: half-life an e2e tail of 4.0 learnt in an overload is back to 1.5 + 2.5 × 0.5^2.5 = 1.94 five
+#: minutes later, and a variant left for an overload can come back. A speed (step time ÷ the
+#: profile's) is a property of hardware and kernels that changes only with a rollout, so it is
+#: forgotten slowly: with 15 min, a prior 1.4× too optimistic is still believed 1.25× wrong at the
+#: earliest step-up after the default 10-min cooldown, and the step-up's 25 % margin absorbs the
+#: rest (it holds for any error up to 2.2×); the first busy windows re-learn it (EWMA 0.3).
+TAIL_HALF_LIFE_S = 120.0
+SPEED_HALF_LIFE_S = 900.0
 PANIC_HOLD_S = 60.0
 MIN_REQUESTS_FOR_CORRECTION = 20
 DEFAULT_PROMPT_TOKENS = 1000.0
@@ -93,6 +111,26 @@ def _forecast(per_sample: float, slope: float, horizon: float) -> float:
     if per_sample <= 0:
         return 0.0
     return min(per_sample + slope * horizon, 3 * per_sample + 0.1)
+
+
+def _keep_demand(
+    history: Sequence[tuple[float, float]], now: float, keep_s: float
+) -> tuple[tuple[float, float], ...]:
+    """The demand points still needed at ``now``: every point of the trend window (the slope),
+    and of older ones up to ``keep_s`` back (only the step-up peak reads them) the highest of
+    each of ``PEAK_POINTS`` slices. Slices are aligned to absolute time, so a thinned history
+    is thinned again to itself and a steady state stays unchanged."""
+    recent = [(t, v) for t, v in history if now - t <= TREND_WINDOW_S]
+    older = [(t, v) for t, v in history if TREND_WINDOW_S < now - t <= keep_s]
+    if len(older) > PEAK_POINTS:
+        width = (keep_s - TREND_WINDOW_S) / PEAK_POINTS
+        peaks: dict[int, tuple[float, float]] = {}
+        for t, v in older:
+            key = math.floor(t / width)
+            if key not in peaks or v > peaks[key][1]:
+                peaks[key] = (t, v)
+        older = sorted(peaks.values())
+    return (*older, *recent)
 
 
 def _record(
@@ -150,11 +188,46 @@ def _ewma(previous: float | None, sample: float) -> float:
     return sample if previous is None else (1 - EWMA) * previous + EWMA * sample
 
 
+def _decayed(value: float, prior: float, age_s: float, half_life_s: float) -> float:
+    return prior + (value - prior) * math.pow(0.5, max(age_s, 0.0) / half_life_s)
+
+
+def corrections_at(state: PolicyState, variant: str, now: float) -> tuple[float, dict[str, float]]:
+    """The (speed, tail) a variant's capacity is computed with at ``now``: what was learnt on it,
+    pulled toward the priors with the time since (half-lives above); the priors if never learnt.
+
+    Example: tail e2e 3.0 learnt at t = 0 reads 1.5 + 1.5 × 0.5 = 2.25 at t = 120 s.
+    """
+    learnt = state.learnt_at.get(variant)
+    age = 0.0 if learnt is None else now - learnt
+    stored_speed = state.speed.get(variant)
+    speed = 1.0 if stored_speed is None else _decayed(stored_speed, 1.0, age, SPEED_HALF_LIFE_S)
+    stored_tail = state.tail.get(variant, {})
+    tail = {
+        key: _decayed(stored_tail[key], prior, age, TAIL_HALF_LIFE_S) if key in stored_tail else prior
+        for key, prior in DEFAULT_TAIL.items()
+    }
+    return speed, tail
+
+
 def _corrections(
-    spec: GRMDeploymentSpec, obs: Observation, state: PolicyState, workload: Workload, window_s: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Updated (speed, tail) from the active variant's window (unchanged without enough traffic)."""
-    speed, tail = dict(state.speed), dict(state.tail)
+    spec: GRMDeploymentSpec,
+    obs: Observation,
+    state: PolicyState,
+    workload: Workload,
+    window_s: float,
+    now: float,
+) -> PolicyState:
+    """The state with the active variant's (speed, tail) learnt from its window, or unchanged
+    without enough steady traffic (then what is used decays, see :func:`corrections_at`).
+
+    Only the active variant learns, and only its own tail: an fp8 fleet pushed to its limits
+    must not teach bf16 a tail that keeps it from ever coming back.
+    """
+    # Entries of a state without learning times (an older operator's) start decaying now.
+    learnt_at = {name: state.learnt_at.get(name, now) for name in {*state.speed, *state.tail}}
+    if learnt_at != dict(state.learnt_at):
+        state = state.evolve(learnt_at=learnt_at)
     active = obs.active_variant
     signals = obs.variants.get(active) or obs.total
     ready = obs.ready.get(active, 0)
@@ -164,17 +237,23 @@ def _corrections(
         or not signals.rps
         or signals.rps * window_s < MIN_REQUESTS_FOR_CORRECTION
     ):
-        return speed, tail
+        return state
     if (signals.waiting or 0.0) >= ready:
         # A queue means the window is not a steady state (arrivals > service): its latencies
         # measure the backlog, not the replica, and would teach a 30 s "tail" after a burst.
-        return speed, tail
+        return state
     variant = spec.variant(active)
     per_replica = signals.rps / ready
+    known = active in state.learnt_at
+    speed_now, tail_now = corrections_at(state, active, now)
     measured = _fitted_speed(variant, workload, per_replica, signals)
+    speed = dict(state.speed)
     if measured is not None:
-        speed[active] = _ewma(speed.get(active), measured)
-    means = expected_means(variant, workload, per_replica, speed.get(active, 1.0))
+        speed[active] = _ewma(speed_now if active in state.speed else None, measured)
+    elif active in speed:
+        speed[active] = speed_now  # the learning time restarts below: keep the decay so far
+    means = expected_means(variant, workload, per_replica, speed.get(active, speed_now))
+    tail = dict(tail_now) if known else {}
     if means is not None:
         for key, mean, p95 in (
             ("ttft", means[0], signals.ttft_p95),
@@ -183,8 +262,11 @@ def _corrections(
         ):
             if p95 is not None and mean > 0:
                 sample = min(max(p95 / mean, TAIL_BOUNDS[0]), TAIL_BOUNDS[1])
-                tail[key] = _ewma(tail.get(key, DEFAULT_TAIL[key]), sample)
-    return speed, tail
+                tail[key] = _ewma(tail_now[key], sample)
+    tails = dict(state.tail)
+    if tail:
+        tails[active] = tail
+    return state.evolve(speed=speed, tail=tails, learnt_at={**learnt_at, active: now})
 
 
 def _fitted_speed(variant: Variant, workload: Workload, per_replica: float, signals: Signals) -> float | None:
@@ -302,11 +384,15 @@ def decide(
     workload = _workload(total, spec, window)
     seq_rate = (total.rps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
     per_sample = seq_rate / k_cur
-    demand = (*((t, v) for t, v in state.demand if now - t <= TREND_WINDOW_S), (now, per_sample))
+    # Stepping up the ladder lowers capacity per GPU, like a scale-down: it waits for, and sizes
+    # for the peak of, the scale-down stabilisation window (at least 3 periods, so one window's
+    # noise never decides it). The live demo's 30 s window at 2 s periods: 30 s; the default 5 min.
+    step_up_window = max(parse_duration(spec.scaling.scale_down_stabilization), 3 * period)
+    demand = (*_keep_demand(state.demand, now, max(TREND_WINDOW_S, step_up_window)), (now, per_sample))
     if all(v == 0 for _, v in demand):
         demand = ()  # an idle trend is flat: remembering its zeros would rewrite status every tick
-    slope = max(0.0, _slope(demand))
-    speed, tail = _corrections(spec, obs, state, workload, window)
+    slope = max(0.0, _slope([(t, v) for t, v in demand if now - t <= TREND_WINDOW_S]))
+    learnt = _corrections(spec, obs, state, workload, window, now)
 
     # --- the GPU budget and each operating point ---------------------------------------------------
     gpu_budget = spec.max_gpus()
@@ -318,7 +404,8 @@ def decide(
     for point in operating_points(spec, pinned):
         horizon = variant_profile(point.variant).cold_start_s + period
         forecast = _forecast(per_sample, slope, horizon)
-        capacity = replica_capacity(spec, point.variant, workload, speed.get(point.variant.name, 1.0), tail)
+        speed, tail = corrections_at(learnt, point.variant.name, now)
+        capacity = replica_capacity(spec, point.variant, workload, speed, tail)
         if saturated is not None and point.variant.name == active:
             # At most halved: a replica Ready for only part of the window under-reports.
             capacity = min(capacity, saturated)
@@ -362,12 +449,17 @@ def decide(
         chosen = best  # the spec changed under us (floor raised, variant removed): move at once
         note = f"{active}×k{k_cur} is no longer admissible"
     elif best.point.quality > current_point.point.quality + 1e-9:
-        # Sized for the busiest moment of the demand history (3 minutes, per sample), not this
-        # possibly idle window: a bursty trace idle for 2 minutes must not step up to a point
-        # that its next burst finds with one replica.
-        peak = max((v for _, v in demand), default=0.0)
-        peak_need = math.ceil(peak * best.point.samples / best.capacity) if best.capacity > 0 else 10**6
-        margin_need = math.ceil(max(best.need, peak_need) * UPGRADE_MARGIN)
+        # Sized for the busiest moment of the step-up window (per sample), not this possibly
+        # idle one: a bursty trace idle for 2 minutes must not step up to a point that its next
+        # burst finds with one replica. The 25 % margin is on the demand, not on the replica
+        # count: 2 seq/s on bf16 at 6 seq/s each needs ⌈2.5 / 6⌉ = 1 replica, where ⌈1 × 1.25⌉
+        # would ask for 2 (4 GPUs) and, next to the running fp8 replica, never fit maxGPUs 4.
+        peak = max((v for t, v in demand if now - t <= step_up_window), default=0.0)
+        margin_rate = max(best.demand, peak * best.point.samples) * UPGRADE_MARGIN
+        margin_need = (
+            (math.ceil(margin_rate / best.capacity) if margin_rate > 0 else 0) if best.capacity > 0 else 10**6
+        )
+        margin_need = max(margin_need, best.need)
         changes_variant = best.point.variant.name != active
         # A switch surges the new variant next to the running one (DESIGN §4): both must fit
         # the GPU budget, or the new pods stay Pending while the old ones are drained.
@@ -378,7 +470,7 @@ def decide(
             not changes_variant or (since_switch >= cooldown and surge_gpus <= gpu_budget)
         ):
             better_since = better_since if better_since is not None else now
-            if now - better_since >= max(3 * period, 120.0):
+            if now - better_since >= step_up_window:
                 # Step up with the margin provisioned, so the better point is not born saturated.
                 best = _Assessment(
                     best.point, best.capacity, margin_need, best.cap, best.horizon, best.demand
@@ -391,7 +483,7 @@ def decide(
                     defer_samples, better_since = True, state.better_since
                     note += f"; raising samples once {margin_need} replicas are Ready ({ready} now)"
             else:
-                note = f"{best.point.label} fits; stepping up once it fits for {max(3 * period, 120.0):.0f}s"
+                note = f"{best.point.label} fits; stepping up once it fits for {step_up_window:.0f}s"
         else:
             better_since = None
     elif best.point.quality < current_point.point.quality - 1e-9:
@@ -419,7 +511,7 @@ def decide(
         better_since = None
 
     # --- replicas ------------------------------------------------------------------------------------
-    new_state = state.evolve(demand=demand, speed=speed, tail=tail, better_since=better_since)
+    new_state = learnt.evolve(demand=demand, better_since=better_since)
     target = chosen.point.variant.name
     samples = k_cur if defer_samples else chosen.point.samples
     if target != active:

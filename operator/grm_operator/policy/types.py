@@ -47,8 +47,13 @@ class PolicyState:
     demand: tuple[tuple[float, float], ...] = ()
     #: Per variant: observed step time ÷ the profile's (1.4 = the replica is 40 % slower).
     speed: Mapping[str, float] = field(default_factory=dict)
-    #: Per latency ("ttft", "itl", "e2e"): observed p95 ÷ the model's mean at the operating point.
-    tail: Mapping[str, float] = field(default_factory=dict)
+    #: Per variant, per latency ("ttft", "itl", "e2e"): observed p95 ÷ the model's mean at the
+    #: operating point, learnt only from windows where that variant was the active one.
+    tail: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: Per variant: when its ``speed`` and ``tail`` were last learnt. The values stored are those
+    #: learnt then; what the policy uses decays from them toward the priors with the time since
+    #: (see ``decide.corrections_at``), so a fleet without fresh evidence leaves the state alone.
+    learnt_at: Mapping[str, float] = field(default_factory=dict)
     last_switch: float | None = None
     #: Since when a better operating point has fitted with margin (hysteresis for stepping up).
     better_since: float | None = None
@@ -61,7 +66,13 @@ class PolicyState:
             "recommendations": [[round(t, 1), n] for t, n in self.recommendations],
             "demand": [[round(t, 1), round(r, 4)] for t, r in self.demand],
             "speed": {k: round(v, 4) for k, v in sorted(self.speed.items())},
-            "tail": {k: round(v, 4) for k, v in sorted(self.tail.items())},
+            "tails": {
+                name: {k: round(v, 4) for k, v in sorted(factors.items())}
+                for name, factors in sorted(self.tail.items())
+            },
+            "learntAt": {k: round(v, 1) for k, v in sorted(self.learnt_at.items())},
+            # The shared, never-forgetting tail of earlier versions: null deletes it from status.
+            "tail": None,
             "lastSwitch": self.last_switch,
             "betterSince": self.better_since,
             "panicUntil": self.panic_until,
@@ -85,8 +96,9 @@ class PolicyState:
 
         def floats(key: str) -> dict[str, float]:
             raw = data.get(key)
-            if not isinstance(raw, Mapping):
-                return {}
+            return floats_of(raw) if isinstance(raw, Mapping) else {}
+
+        def floats_of(raw: Mapping[Any, Any]) -> dict[str, float]:
             out: dict[str, float] = {}
             for k, v in raw.items():
                 try:
@@ -102,11 +114,24 @@ class PolicyState:
             except (TypeError, ValueError):
                 return None
 
+        def nested(key: str) -> dict[str, dict[str, float]]:
+            raw = data.get(key)
+            if not isinstance(raw, Mapping):
+                return {}
+            out: dict[str, dict[str, float]] = {}
+            for name, factors in raw.items():
+                if isinstance(factors, Mapping):
+                    parsed = floats_of(factors)
+                    if parsed:
+                        out[str(name)] = parsed
+            return out
+
         return cls(
             recommendations=tuple((t, int(n)) for t, n in pairs("recommendations")),
             demand=pairs("demand"),
             speed=floats("speed"),
-            tail=floats("tail"),
+            tail=nested("tails"),
+            learnt_at=floats("learntAt"),
             last_switch=optional("lastSwitch"),
             better_since=optional("betterSince"),
             panic_until=optional("panicUntil"),
