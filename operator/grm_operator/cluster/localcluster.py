@@ -37,12 +37,14 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -161,6 +163,11 @@ class Supervisor:
         self.state_dir = state_dir
         self.plane: ControlPlane | None = None
         self.prometheus: subprocess.Popen[bytes] | None = None
+        # Set by `_start_prometheus`: how to start it again after a requested stop.
+        self._prometheus_argv: list[str] = []
+        # True between a requested `PROMETHEUS STOP` and the next start: its exit is then no
+        # component failure, and the watchdog must not stop the cluster for it.
+        self.prometheus_stopped = False
         self.workdir = Path(tempfile.mkdtemp(prefix="grm-local-"))
 
     def run(self) -> int:
@@ -235,7 +242,7 @@ class Supervisor:
             if prometheus_url is not None:
                 tasks.append(asyncio.create_task(self._prometheus_sd(admin)))
             connect_server = await asyncio.start_unix_server(
-                _connect_handler, str(self.state_dir / CONNECT_SOCKET)
+                self._connect_or_control, str(self.state_dir / CONNECT_SOCKET)
             )
             await self._wait_ready(admin)
             state = {
@@ -277,7 +284,11 @@ class Supervisor:
         while True:
             await asyncio.sleep(1.0)
             dead = [] if self.plane.running else ["a control-plane process"]
-            if self.prometheus is not None and self.prometheus.poll() is not None:
+            if (
+                self.prometheus is not None
+                and not self.prometheus_stopped
+                and self.prometheus.poll() is not None
+            ):
                 dead.append(f"prometheus (exit {self.prometheus.returncode})")
             if dead:
                 log.error("%s died; stopping the local cluster", ", ".join(dead))
@@ -353,16 +364,77 @@ class Supervisor:
         promsd.write_targets(self.sd_file, [])
         promsd.write_config(pdir / "prometheus.yml", self.sd_file, self.options.scrape_interval_s)
         listen = f"{PROMETHEUS_ADDRESS}:{PROMETHEUS_PORT}"
+        self._prometheus_argv = promsd.argv(path, pdir / "prometheus.yml", pdir / "data", listen)
+        self._spawn_prometheus()
+        return f"http://{listen}"
+
+    def _spawn_prometheus(self) -> None:
+        """Starts Prometheus with the argv of `_start_prometheus`: same address, same TSDB."""
+        pdir = self.workdir / "prometheus"
         with (pdir / "prometheus.log").open("ab") as out:
             self.prometheus = subprocess.Popen(
-                promsd.argv(path, pdir / "prometheus.yml", pdir / "data", listen),
+                self._prometheus_argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=lifetime.die_with_parent,
             )
+        self.prometheus_stopped = False
+        listen = f"{PROMETHEUS_ADDRESS}:{PROMETHEUS_PORT}"
         log.info("prometheus on http://%s (pid %d)", listen, self.prometheus.pid)
-        return f"http://{listen}"
+
+    async def _control_prometheus(self, verb: str) -> str:
+        """`PROMETHEUS STOP|START` from the host (`LocalCluster.stop_prometheus`/`start_prometheus`):
+        a real stop — SIGTERM, Prometheus closes its listener and TSDB, the process exits, so
+        clients get "connection refused" at once — and a start on the same address and TSDB.
+        Returns the reply line."""
+        proc = self.prometheus
+        if proc is None:
+            raise ValueError("prometheus is not part of this cluster")
+        if verb == "STOP":
+            self.prometheus_stopped = True
+            if proc.poll() is None:
+                proc.terminate()
+                # Polled, not waited: the node agent and the Service front share this event loop.
+                # A clean shutdown (head block flush of a few MiB) takes well under a second.
+                deadline = time.monotonic() + 20.0
+                while proc.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if proc.poll() is None:
+                    proc.kill()
+                    while proc.poll() is None:
+                        await asyncio.sleep(0.05)
+            log.info("prometheus stopped on request (exit %s)", proc.returncode)
+            return f"OK stopped pid {proc.pid} exit {proc.returncode}"
+        if verb == "START":
+            if proc.poll() is None:
+                raise ValueError(f"prometheus is running already (pid {proc.pid})")
+            self._spawn_prometheus()
+            assert self.prometheus is not None
+            return f"OK started pid {self.prometheus.pid}"
+        raise ValueError(f"unknown verb {verb!r}")
+
+    async def _connect_or_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The first line on connect.sock: `CONNECT ip:port` (a forwarded connection), or
+        `PROMETHEUS STOP|START` (answered with one line `OK …` or `ERROR …`)."""
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+        except (OSError, TimeoutError, UnicodeDecodeError) as exc:
+            log.debug("connect socket: %s", exc)
+            writer.close()
+            return
+        word, _, rest = line.partition(" ")
+        if word != "PROMETHEUS":
+            await _connect_handler(reader, writer, line)
+            return
+        try:
+            reply = await self._control_prometheus(rest.strip().upper())
+        except ValueError as exc:
+            reply = f"ERROR {exc}"
+        with contextlib.suppress(OSError):
+            writer.write(reply.encode() + b"\n")
+            await writer.drain()
+        writer.close()
 
     def _stop_prometheus(self) -> None:
         proc = self.prometheus
@@ -392,10 +464,9 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-async def _connect_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """One forwarded connection: `CONNECT ip:port\\n`, then bytes both ways to that address."""
+async def _connect_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: str) -> None:
+    """One forwarded connection: `line` was `CONNECT ip:port`, then bytes both ways to that address."""
     try:
-        line = (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
         verb, _, target = line.partition(" ")
         host, _, port = target.rpartition(":")
         if verb != "CONNECT" or not port.isdigit() or not netns.in_local_ranges(host):
@@ -678,11 +749,13 @@ class LocalCluster:
         check: bool = True,
         input: str | None = None,
         timeout_s: float = 120.0,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Runs `argv` inside to completion (text output captured)."""
+        """Runs `argv` inside to completion (text output captured), in `cwd` if given."""
         result = subprocess.run(
             self.inside(argv),
             env=self.env(env),
+            cwd=cwd,
             input=input,
             capture_output=True,
             text=True,
@@ -795,6 +868,55 @@ class LocalCluster:
             return ""
         logs = sorted((directory / "logs").glob(f"{container or '*'}.log"))
         return "".join(p.read_text(errors="replace") for p in logs)
+
+    # --- Prometheus outages ---------------------------------------------------------------------
+    def _control(self, command: str, timeout_s: float) -> str:
+        """One control command to the supervisor over connect.sock; its `OK …` reply."""
+        if not self.state:
+            raise LocalClusterError("the local cluster is not started")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(self.state["connect_socket"]))
+            sock.sendall(command.encode() + b"\n")
+            reply = sock.makefile("rb").readline().decode().strip()
+        if not reply.startswith("OK"):
+            raise LocalClusterError(f"{command}: {reply or 'no reply (see the supervisor log)'}")
+        return reply
+
+    def stop_prometheus(self, timeout_s: float = 30.0) -> None:
+        """Stops the cluster's Prometheus for real (SIGTERM; the process exits, its address
+        refuses connections) without stopping the cluster; `start_prometheus` brings it back."""
+        if self.prometheus_url is None:
+            raise LocalClusterError("this local cluster runs no Prometheus")
+        self._control("PROMETHEUS STOP", timeout_s)
+
+    def start_prometheus(self, timeout_s: float = 60.0) -> None:
+        """Starts Prometheus again on the same address with the same TSDB and waits until it
+        answers `/-/ready` (scrapes resume with the current pods; a new sample is queryable a few
+        seconds later)."""
+        if self.prometheus_url is None:
+            raise LocalClusterError("this local cluster runs no Prometheus")
+        self._control("PROMETHEUS START", timeout_s)
+        ready = self.url(PROMETHEUS_ADDRESS, PROMETHEUS_PORT) + "/-/ready"
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(ready, timeout=2) as resp:
+                    return bool(resp.status == 200)
+            except (OSError, ValueError):
+                return False
+
+        self.wait_for(answers, timeout_s, "prometheus ready after its start", 0.1)
+
+    @contextlib.contextmanager
+    def prometheus_stopped(self) -> Iterator[None]:
+        """`with lc.prometheus_stopped(): ...` — an outage that ends (Prometheus started again)
+        however the block exits."""
+        self.stop_prometheus()
+        try:
+            yield
+        finally:
+            self.start_prometheus()
 
     def wait_for(
         self, predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2
