@@ -9,9 +9,11 @@ read → observe → ``policy.decide`` → :func:`plan` → apply. Rules, by mod
   **Manual** and **External**: replicas are ``spec.scaling.replicas`` (``kubectl scale``, or an
   HPA/KEDA through the scale subresource), applied by the reconciler; the autoscaler leaves
   them alone but still chooses the variant and the sample budget.
-* ``precision.policy`` **Pinned** never switches (the reconciler runs the pinned variant);
-  **Auto** starts a switch when the policy names another variant, unless that variant is
-  marked unhealthy (a failed switch, ``rollout.unhealthyBackoff``).
+* ``precision.policy`` **Pinned** switches only to the pinned variant, when the pin names
+  another one than the serving variant (``kubectl patch`` of ``pinnedVariant``): the same
+  surge-then-drain switch as the policy's, so the change drops no request;
+  **Auto** starts a switch when the policy names another variant. Either waits while that variant
+  is marked unhealthy (a failed switch, ``rollout.unhealthyBackoff``).
 * A switch surges the new variant within maxGPUs (old and new together; at least one replica),
   so "enough Ready" means the surge; after the drain the usual scaling takes the new variant to
   its target.
@@ -28,7 +30,7 @@ Status written here: ``observed``, ``lastDecision``, ``decisions`` (the newest
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from grm_operator.api.durations import parse_duration
@@ -184,14 +186,16 @@ def plan(
             variants=names,
         )
     elif intent is not None:
-        wanted = intent.variant
-        if (
-            wanted is not None
-            and wanted != active
-            and wanted in names
-            and spec.precision.policy == "Auto"
-            and wanted not in unhealthy
-        ):
+        # Pinned: the pin is the only variant wanted; a new pin is switched to like any switch.
+        pinned = spec.precision.pinned_variant if spec.precision.policy == "Pinned" else None
+        wanted = pinned or intent.variant
+        if wanted is not None and wanted != active and wanted in names and wanted not in unhealthy:
+            if pinned is not None:
+                intent = replace(
+                    intent,
+                    action="SwitchVariant",
+                    reason=f"precision.pinnedVariant is {pinned}: {active} serves until {pinned} is Ready",
+                )
             if spec.scaling.mode == "Auto" and intent.replicas is not None:
                 target = intent.replicas
             elif spec.scaling.replicas is not None:

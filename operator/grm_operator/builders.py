@@ -239,10 +239,14 @@ def initial_replicas(spec: GRMDeploymentSpec) -> dict[str, int]:
 
 
 def active_variant(spec: GRMDeploymentSpec, status_active: str | None) -> str:
-    """The variant serving traffic: status.activeVariant while it is still listed (and, with a
-    Pinned policy, the pinned one), else :func:`starting_variant`."""
-    if spec.precision.policy == "Pinned" and spec.precision.pinned_variant:
-        return spec.precision.pinned_variant
+    """The variant serving traffic: status.activeVariant while it is still listed, else
+    :func:`starting_variant` (the pinned one with a Pinned policy).
+
+    A pin on another variant than the serving one is reached through a switch, like the policy's
+    own switches: the autoscaler surges the pinned variant next to the serving one and drains that
+    one once the new pods are Ready (:func:`grm_operator.actuation.plan`), which then becomes
+    status.activeVariant. Returning the pin at once would scale the serving variant to 0 while the
+    pinned one still loads (30–120 s), and every request in between would fail."""
     names = {v.name for v in spec.variants}
     if status_active in names:
         return str(status_active)

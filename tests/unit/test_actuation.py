@@ -129,6 +129,28 @@ def test_pinned_precision_never_switches() -> None:
     assert "fp8" not in p.scale and p.status["switch"] is None
 
 
+def test_a_new_pin_is_switched_to_by_surge_and_drain_never_cut_over() -> None:
+    """pinnedVariant patched from bf16 (serving 2 replicas) to fp8: whatever the policy's intent
+    says, fp8 surges next to bf16 (which keeps its replicas) and the switch drains bf16 later."""
+    s = spec(precision={"policy": "Pinned", "pinnedVariant": "fp8"})
+    p = run(s, Intent("Hold", "no Ready fp8 worker yet", replicas=2, variant="bf16"))
+    assert p.scale == {"fp8": 2} and "bf16" not in p.scale
+    assert p.status["activeVariant"] == "bf16"
+    assert (p.status["switch"]["from"], p.status["switch"]["to"]) == ("bf16", "fp8")
+    assert p.status["lastDecision"]["action"] == "SwitchVariant"
+    assert "precision.pinnedVariant is fp8" in p.status["lastDecision"]["reason"]
+    # Once the pin is the serving variant, nothing switches any more.
+    settled = run(s, Intent("Hold", "x", replicas=2, variant="fp8"), status={"activeVariant": "fp8"})
+    assert settled.status["switch"] is None
+    # A pinned variant marked unhealthy (its switch rolled back) waits for its backoff.
+    until = to_rfc3339(NOW + 60)
+    status = {
+        "activeVariant": "bf16",
+        "variants": [{"name": "bf16"}, {"name": "fp8", "unhealthyUntil": until}],
+    }
+    assert run(s, Intent("Hold", "x", replicas=2, variant="fp8"), status=status).status["switch"] is None
+
+
 def test_an_unhealthy_variant_is_not_tried_until_its_backoff_ends() -> None:
     until = to_rfc3339(NOW + 60)
     status = {

@@ -344,4 +344,7 @@ def test_active_variant() -> None:
     assert builders.active_variant(spec, "fp8") == "fp8"
     assert builders.active_variant(spec, "gone") == "bf16"
     pinned = grmd(lambda b: b["spec"].update(precision={"policy": "Pinned", "pinnedVariant": "fp8"})).spec
-    assert builders.active_variant(pinned, "bf16") == "fp8"
+    assert builders.active_variant(pinned, None) == "fp8"
+    # A new pin is reached through a switch: the serving variant stays active until it completes.
+    assert builders.active_variant(pinned, "bf16") == "bf16"
+    assert builders.active_variant(pinned, "gone") == "fp8"
