@@ -2,14 +2,16 @@
 
 Temporary TSDB directory, a free 127.0.0.1 port, a config written by the test. Readiness and
 data are polled with a deadline (the first scrape becomes queryable ~5 s after start whatever
-the interval). ``prometheus_binary()`` is None when it is not installed, for skips.
+the interval). A Prometheus that lost its port to another process before binding it ("address
+already in use", or another process answers on it) is started again on a fresh port
+(``grm_operator.cluster.ports``). ``prometheus_binary()`` is None when it is not installed, for
+skips.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,18 +23,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from grm_operator.cluster import ports
+from grm_operator.cluster.ports import free_port as free_port
+
 T = TypeVar("T")
 
 
 def prometheus_binary() -> str | None:
     """Path of the prometheus binary, or None."""
     return shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
@@ -48,16 +47,31 @@ def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s:
 
 
 class PrometheusServer:
-    """One Prometheus process with the given scrape config."""
+    """One Prometheus process with the given scrape config; `choose_port` picks its port (again
+    for each start after it lost one, at most `port_attempts` starts)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        choose_port: Callable[[], int] = free_port,
+        port_attempts: int = ports.PORT_ATTEMPTS,
+    ) -> None:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed")
         self.dir = Path(tempfile.mkdtemp(prefix="grm-prom-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.choose_port = choose_port
+        try:
+            ports.retry_on_clash(lambda: self._start(binary), "prometheus", port_attempts)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _start(self, binary: str) -> None:
+        self.port = self.choose_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A new start truncates the log: only its own lines can say why it failed.
         self.log = (self.dir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             [
@@ -71,11 +85,23 @@ class PrometheusServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        poll(self._ready, 30, "Prometheus to become ready")
+        try:
+            poll(self._ready, 30, "Prometheus to become ready")
+            if self.proc.poll() is None:
+                # Another Prometheus on the same port answers /-/ready just as well.
+                ports.check_holder(self.proc.pid, (self.port,), "prometheus")
+            # Checked after the holder too: a process that died meanwhile has no sockets to show.
+            self._ready()
+        except BaseException:
+            self._end_process()
+            raise
 
     def _ready(self) -> bool | None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
+            text = (self.dir / "prometheus.log").read_text(errors="replace")
+            if (line := ports.clash_line(text, (self.port,))) is not None:
+                raise ports.PortClash(f"prometheus exited with {self.proc.returncode}: {line}")
+            raise RuntimeError(f"prometheus exited: {text[-2000:]}")
         try:
             with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
                 return True if resp.status == 200 else None
@@ -91,7 +117,7 @@ class PrometheusServer:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
-    def stop(self) -> None:
+    def _end_process(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(10)
@@ -99,4 +125,7 @@ class PrometheusServer:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+    def stop(self) -> None:
+        self._end_process()
         shutil.rmtree(self.dir, ignore_errors=True)

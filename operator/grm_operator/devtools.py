@@ -9,7 +9,9 @@ Used by the integration tests and the reconcile benchmark (never by the operator
 * :func:`crd_manifest` / :func:`install_crd` — the GRMDeployment CRD: ``crds/`` when committed,
   else ``grm_operator.api.crd.build_crd()``.
 * :class:`OperatorProcess` — ``grm-operator run`` as a subprocess with its own KUBECONFIG, ports
-  and log file; waits for the liveness endpoint; reads the ``/metrics`` counters.
+  and log file; waits for the liveness endpoint; reads the ``/metrics`` counters. When another
+  process takes its liveness or metrics port before it binds it (``grm_operator.cluster.ports``),
+  it starts again on fresh ports.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+
+from grm_operator.cluster import ports
+from grm_operator.cluster.ports import PortClash as PortClash
+from grm_operator.cluster.ports import free_port as free_port
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
@@ -184,13 +189,6 @@ def install_crd(plane: Requester, crd: Mapping[str, Any] | None = None, timeout_
 # --- the operator process ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def operator_command() -> list[str]:
     """``grm-operator run``: the console script beside this interpreter, else the CLI module."""
     script = Path(sys.executable).with_name("grm-operator")
@@ -200,7 +198,12 @@ def operator_command() -> list[str]:
 
 
 class OperatorProcess:
-    """One ``grm-operator run`` subprocess (or ``command``); its log goes to ``log_path``."""
+    """One ``grm-operator run`` subprocess (or ``command``); its log goes to ``log_path``.
+
+    `choose_port` picks the liveness and metrics ports, again for each of up to `port_attempts`
+    starts when the process lost one of them to another process (tests inject a chooser that
+    returns a taken port first).
+    """
 
     def __init__(
         self,
@@ -210,17 +213,33 @@ class OperatorProcess:
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
         command: list[str] | None = None,
+        choose_port: Callable[[], int] = free_port,
+        port_attempts: int = ports.PORT_ATTEMPTS,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.command = command
         self.log_path = log_path
-        self.health_port = free_port()
-        self.metrics_port = free_port()
+        self.choose_port = choose_port
+        self.port_attempts = port_attempts
+        self.health_port = choose_port()
+        self.metrics_port = choose_port()
         self.extra_env = dict(env or {})
         self.args = args
         self.popen: subprocess.Popen[bytes] | None = None
+        self._fresh_ports = False
 
     def start(self, timeout_s: float = 60.0) -> None:
+        """Start the process and wait (up to `timeout_s` per attempt) for its liveness endpoint.
+
+        RuntimeError when it exits first; PortClash when it lost its ports on every attempt."""
+        ports.retry_on_clash(lambda: self._start_once(timeout_s), "grm-operator", self.port_attempts)
+
+    def _start_once(self, timeout_s: float) -> None:
+        if self._fresh_ports:
+            self.health_port = self.choose_port()
+            self.metrics_port = self.choose_port()
+        # Whatever happens below, a later attempt needs ports this one has not tried.
+        self._fresh_ports = True
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRM_")}
         env.update(
             {
@@ -235,6 +254,8 @@ class OperatorProcess:
         env.update(self.extra_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
+            # Only this attempt's lines can tell why this attempt failed.
+            log_offset = log_file.tell()
             self.popen = subprocess.Popen(
                 [*(self.command or operator_command()), *self.args],
                 stdin=subprocess.DEVNULL,
@@ -244,8 +265,32 @@ class OperatorProcess:
                 cwd=repo_root(),
             )
         wait_for(lambda: self._healthy() or self._died(), timeout_s, "operator liveness endpoint")
+        # The ports the process was told to bind (`env` may have turned the metrics server off).
+        chosen = [
+            int(env[k]) for k in ("GRM_HEALTH_PORT", "GRM_METRICS_PORT") if env[k].isdigit() and int(env[k])
+        ]
+        if self.popen.poll() is None:
+            try:
+                # The liveness endpoint may have been another process's on the same port; the
+                # metrics server is bound before the liveness endpoint starts, so both are checked.
+                ports.check_holder(self.popen.pid, chosen, "grm-operator")
+            except PortClash:
+                self.stop()
+                raise
+        # Checked after the holder too: a child that died meanwhile has no sockets to show.
         if self.popen.poll() is not None:
+            text = self._log_since(log_offset)
+            if (line := ports.clash_line(text, chosen)) is not None:
+                raise PortClash(f"grm-operator exited with {self.popen.returncode}: {line}")
             raise RuntimeError(f"operator exited with {self.popen.returncode}:\n{self.tail()}")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _died(self) -> bool:
         return self.popen is not None and self.popen.poll() is not None

@@ -7,7 +7,10 @@ an ECDSA service-account signing key), etcd's data, each process's log and the k
 API server authorises with Node and RBAC, so permission tests go through the real authoriser;
 the admin identity is a client certificate in group `system:masters`.
 
-Start-up is measured (`ControlPlane.timings`) and polled with a deadline, never slept for.
+Start-up is measured (`ControlPlane.timings`) and polled with a deadline, never slept for. Each
+process gets ports picked free a moment before it binds them; one that loses a port to another
+process in between (it exits with "address already in use", or another process answers its
+health probe) is started again on fresh ports (`grm_operator.cluster.ports`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -31,8 +33,10 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-from grm_operator.cluster import lifetime, pki, tools
+from grm_operator.cluster import lifetime, pki, ports, tools
 from grm_operator.cluster.kubeconfig import render_kubeconfig, write_kubeconfig
+from grm_operator.cluster.ports import PortClash
+from grm_operator.cluster.ports import free_port as free_port
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +119,14 @@ class _Process:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
+    # Where this start's lines begin in the log (a retried start appends to the same file).
+    log_offset: int = 0
 
     def start(self, env: Mapping[str, str]) -> None:
         main_thread = threading.current_thread() is threading.main_thread()
         preexec = lifetime.die_with_parent if main_thread and lifetime.AVAILABLE else None
         with self.log_path.open("ab") as log_file:
+            self.log_offset = log_file.tell()
             self.popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -133,6 +140,14 @@ class _Process:
     def exited(self) -> int | None:
         """The exit code when the process has ended, else None."""
         return None if self.popen is None else self.popen.poll()
+
+    def log_since_start(self) -> str:
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(self.log_offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         try:
@@ -151,15 +166,6 @@ class _Process:
             log.warning("%s did not stop within %.0f s of SIGTERM; killing it", self.name, timeout_s)
             self.popen.kill()
             self.popen.wait(timeout=timeout_s)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago (the kernel picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def first_service_ip(cidr: str) -> str:
@@ -214,10 +220,23 @@ class ControlPlane:
 
     Use as a context manager or call start()/stop(). After start(): `url`, `kubeconfig` (the
     admin kubeconfig path), `ca_pem`/`ca_path`, `admin` (its client key pair) and `timings`.
+
+    `choose_port(host)` picks each port the processes bind, again for each of up to
+    `port_attempts` starts of a process that lost one to another process (tests inject a chooser
+    that returns a taken port first). A port fixed in the options is never re-chosen: losing it
+    is an error.
     """
 
-    def __init__(self, options: ControlPlaneOptions | None = None) -> None:
+    def __init__(
+        self,
+        options: ControlPlaneOptions | None = None,
+        *,
+        choose_port: Callable[[str], int] = free_port,
+        port_attempts: int = ports.PORT_ATTEMPTS,
+    ) -> None:
         self.options = options or ControlPlaneOptions()
+        self.choose_port = choose_port
+        self.port_attempts = port_attempts
         self.bin_dir = self.options.bin_dir or tools.k8s_bin_dir()
         self.timings: dict[str, float] = {}
         self._workdir: Path | None = None
@@ -503,24 +522,77 @@ class ControlPlane:
             raise ControlPlaneError("internal: start() has not prepared the work dir")
         return self._workdir, self._pki, None
 
-    def _wait(self, proc: _Process, predicate: Callable[[], bool], what: str) -> float:
+    def _wait(
+        self, proc: _Process, predicate: Callable[[], bool], what: str, chosen: tuple[int, ...] = ()
+    ) -> float:
+        """Seconds until `predicate` held; ControlPlaneError when `proc` exits first, PortClash
+        when it exited because one of the `chosen` ports was in use or another process holds
+        one of them."""
+
         def died() -> str | None:
             code = proc.exited()
             if code is None:
                 return None
+            if chosen and (line := ports.clash_line(proc.log_since_start(), chosen)) is not None:
+                raise PortClash(f"{proc.name} exited with code {code}: {line}")
             return f"{proc.name} exited with code {code}; last log lines ({proc.log_path}):\n{proc.tail()}"
 
         try:
             took = wait_until(predicate, self.options.start_timeout_s, what, abort=died)
+            if chosen and proc.popen is not None and proc.exited() is None:
+                # A probe answered by another suite's etcd or scheduler on the same port proves
+                # nothing about ours.
+                ports.check_holder(proc.popen.pid, chosen, proc.name)
+            # Checked after the holder too: a process that died meanwhile has no sockets to show.
+            if (reason := died()) is not None:
+                raise ControlPlaneError(f"{what}: {reason}")
         except ControlPlaneError as exc:
             if proc.exited() is None:
                 raise ControlPlaneError(f"{exc}; last log lines of {proc.name}:\n{proc.tail()}") from None
             raise
         return took
 
+    def _start_on_ports(
+        self,
+        name: str,
+        hosts: tuple[str, ...],
+        spawn: Callable[[tuple[int, ...]], tuple[_Process, Callable[[], bool]]],
+        fixed: tuple[int, ...] | None = None,
+    ) -> tuple[tuple[int, ...], float]:
+        """Start process `name` on one port per host in `hosts` and wait until it is ready.
+
+        `spawn(ports)` starts it on those ports and returns it with its readiness predicate. The
+        ports are chosen afresh for each attempt (or `fixed`: one attempt); an attempt that lost
+        one of them to another process is stopped and made again. Returns the ports of the
+        attempt that came up and the seconds it all took."""
+        t0 = time.monotonic()
+
+        def attempt() -> tuple[int, ...]:
+            chosen = fixed or tuple(self.choose_port(host) for host in hosts)
+            proc, ready = spawn(chosen)
+            try:
+                self._wait(proc, ready, f"{name} ready", chosen)
+            except PortClash:
+                proc.stop(self.options.stop_timeout_s)
+                self._processes.remove(proc)
+                raise
+            return chosen
+
+        try:
+            chosen = ports.retry_on_clash(attempt, name, 1 if fixed else self.port_attempts)
+        except PortClash as exc:
+            raise ControlPlaneError(str(exc)) from exc
+        return chosen, time.monotonic() - t0
+
     def _start_etcd(self) -> None:
+        (client_port, _), self.timings["etcd"] = self._start_on_ports(
+            "etcd", ("127.0.0.1", "127.0.0.1"), self._spawn_etcd
+        )
+        self._etcd_url = f"http://127.0.0.1:{client_port}"
+
+    def _spawn_etcd(self, chosen: tuple[int, ...]) -> tuple[_Process, Callable[[], bool]]:
         workdir, _, _ = self._require_started_dirs()
-        client_port, peer_port = free_port(), free_port()
+        client_port, peer_port = chosen
         client = f"http://127.0.0.1:{client_port}"
         peer = f"http://127.0.0.1:{peer_port}"
         argv = [
@@ -537,14 +609,32 @@ class ControlPlane:
             "--unsafe-no-fsync=true",
             "--log-level=warn",
         ]
-        proc = self._spawn("etcd", argv)
-        self._etcd_url = client
-        self.timings["etcd"] = self._wait(proc, lambda: _http_ok(client, "/health"), "etcd /health")
+        return self._spawn("etcd", argv), lambda: _http_ok(client, "/health")
 
     def _start_apiserver(self) -> None:
         workdir, keys, _ = self._require_started_dirs()
         opts = self.options
-        port = opts.secure_port or free_port(opts.bind_address)
+        fixed = (opts.secure_port,) if opts.secure_port else None
+        (port,), self.timings["kube-apiserver"] = self._start_on_ports(
+            "kube-apiserver", (opts.bind_address,), self._spawn_apiserver, fixed
+        )
+        url = f"https://{_url_host(opts.bind_address)}:{port}"
+        self._url = url
+        self._kubeconfig = write_kubeconfig(
+            workdir / "kubeconfigs" / "admin.yaml",
+            render_kubeconfig(
+                url,
+                ca_pem=keys.ca.cert_pem,
+                user="admin",
+                client_cert_pem=keys.admin.cert_pem,
+                client_key_pem=keys.admin.key_pem,
+            ),
+        )
+
+    def _spawn_apiserver(self, chosen: tuple[int, ...]) -> tuple[_Process, Callable[[], bool]]:
+        workdir, keys, _ = self._require_started_dirs()
+        opts = self.options
+        (port,) = chosen
         url = f"https://{_url_host(opts.bind_address)}:{port}"
         advertise = opts.advertise_address or opts.bind_address
         argv = [
@@ -583,36 +673,21 @@ class ControlPlane:
         proc = self._spawn("kube-apiserver", argv)
         ctx = ssl.create_default_context(cadata=keys.ca.cert_pem.decode("ascii"))
         ctx.load_cert_chain(keys.files["admin.crt"], keys.files["admin.key"])
-        self.timings["kube-apiserver"] = self._wait(
-            proc, lambda: _https_ok(url, ctx, "/readyz"), "kube-apiserver /readyz"
-        )
-        self._url = url
-        self._kubeconfig = write_kubeconfig(
-            workdir / "kubeconfigs" / "admin.yaml",
-            render_kubeconfig(
-                url,
-                ca_pem=keys.ca.cert_pem,
-                user="admin",
-                client_cert_pem=keys.admin.cert_pem,
-                client_key_pem=keys.admin.key_pem,
-            ),
-        )
+        return proc, lambda: _https_ok(url, ctx, "/readyz")
 
     def _component_kubeconfig(self, user: str, filename: str) -> Path:
         """A kubeconfig for a system component, talking to the API server over loopback-or-bind."""
         return self.kubeconfig_for_user(user, path=self.workdir / "kubeconfigs" / filename)
 
-    def _healthz(self, proc: _Process, port: int) -> float:
+    @staticmethod
+    def _healthz(port: int) -> Callable[[], bool]:
+        """Whether a component's /healthz on loopback `port` answers 200."""
         # The components serve /healthz on a self-signed certificate; always-allowed paths need
         # no credentials, and the connection never leaves loopback.
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        return self._wait(
-            proc,
-            lambda: _https_ok(f"https://127.0.0.1:{port}", insecure, "/healthz"),
-            f"{proc.name} /healthz",
-        )
+        return lambda: _https_ok(f"https://127.0.0.1:{port}", insecure, "/healthz")
 
     def _component_argv(self, binary: str, kubeconfig: Path, port: int, cert_dir: Path) -> list[str]:
         """Flags the controller-manager and the scheduler share: their identity, a loopback
@@ -632,9 +707,14 @@ class ControlPlane:
         ]
 
     def _start_controller_manager(self) -> None:
+        _, self.timings["kube-controller-manager"] = self._start_on_ports(
+            "kube-controller-manager", ("127.0.0.1",), self._spawn_controller_manager
+        )
+
+    def _spawn_controller_manager(self, chosen: tuple[int, ...]) -> tuple[_Process, Callable[[], bool]]:
         workdir, keys, _ = self._require()
         kubeconfig = self._component_kubeconfig("system:kube-controller-manager", "controller-manager.yaml")
-        port = free_port()
+        (port,) = chosen
         argv = [
             *self._component_argv(
                 "kube-controller-manager", kubeconfig, port, workdir / "controller-manager-certs"
@@ -648,19 +728,22 @@ class ControlPlane:
             f"--service-cluster-ip-range={self.options.service_cluster_ip_range}",
             *self.options.controller_manager_args,
         ]
-        proc = self._spawn("kube-controller-manager", argv)
-        self.timings["kube-controller-manager"] = self._healthz(proc, port)
+        return self._spawn("kube-controller-manager", argv), self._healthz(port)
 
     def _start_scheduler(self) -> None:
+        _, self.timings["kube-scheduler"] = self._start_on_ports(
+            "kube-scheduler", ("127.0.0.1",), self._spawn_scheduler
+        )
+
+    def _spawn_scheduler(self, chosen: tuple[int, ...]) -> tuple[_Process, Callable[[], bool]]:
         workdir, _, _ = self._require()
         kubeconfig = self._component_kubeconfig("system:kube-scheduler", "scheduler.yaml")
-        port = free_port()
+        (port,) = chosen
         argv = [
             *self._component_argv("kube-scheduler", kubeconfig, port, workdir / "scheduler-certs"),
             *self.options.scheduler_args,
         ]
-        proc = self._spawn("kube-scheduler", argv)
-        self.timings["kube-scheduler"] = self._healthz(proc, port)
+        return self._spawn("kube-scheduler", argv), self._healthz(port)
 
 
 def _file_safe(text: str) -> str:
