@@ -14,7 +14,6 @@ Every scenario counts its client requests and asserts on them.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,27 +31,8 @@ NS = "default"
 GRMD_PATH = "/apis/grm.dev/v1alpha1/namespaces/default/grmdeployments"
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def lc() -> Iterator[LocalCluster]:
-    from grm_operator.cluster import tools
-
-    why = LocalCluster.unavailable()
-    if why is not None:
-        _skip_or_fail(why)
-    if tools.kubectl() is None or tools.helm() is None:
-        _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=8, scrape_interval_s=1.0) as cluster:
-        cluster.helm(
-            "install", "grm", str(REPO / "helm" / "grm-operator"), "-n", "grm-system", "--create-namespace"
-        )
-        cluster.wait_for(lambda: _operator_pod(cluster), 120, "the operator pod Ready")
-        yield cluster
+# `lc` (conftest.py): one cluster per module with the operator installed by the Helm chart — a
+# local cluster, or the cluster of $KUBECONFIG with --real-cluster.
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -1,0 +1,143 @@
+"""The e2e suite's cluster: a local cluster by default, or — with `--real-cluster` — the cluster of
+`$KUBECONFIG`; either way with the operator installed by its Helm chart.
+
+`lc` (one per test module) is a `LocalCluster` or a `RealCluster`: both offer the methods the
+scenarios use (kubectl, helm, get, api, wait_for, service_url). Tests that need powers only the
+local cluster has (stopping its Prometheus, a node's GPU budget) take `local_lc` instead, which
+skips with the reason in real-cluster mode.
+
+Real-cluster mode installs the chart as release `grm` in `grm-system` and uninstalls it at the
+end, unless that release exists already (then it is used as it is and left alone). Without
+`KUBECONFIG` the real-cluster tests skip with the reason; local-cluster mode never looks at it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grm_operator.cluster import realcluster, tools
+from grm_operator.cluster.localcluster import LocalCluster
+from grm_operator.cluster.realcluster import ClusterHandle, RealCluster
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "grm-operator"
+RELEASE = "grm"
+OPERATOR_NAMESPACE = "grm-system"
+# One node of 8 GPUs: a variant switch surges the new variant next to the old, so the node needs
+# room beyond the examples' maxGPUs=4. Scrapes every second: a fresh Prometheus has a rate() over
+# the examples' 10 s metrics window ~5 s after its first scrape.
+LOCAL_GPUS = 8
+SCRAPE_INTERVAL_S = 1.0
+# The operator image starts `grm-operator run` on the node agent in ~5 s (120 s on a loaded
+# machine, or a real cluster pulling the image).
+OPERATOR_READY_S = 180.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real-cluster",
+        action="store_true",
+        default=False,
+        help="run the e2e tests against the cluster of $KUBECONFIG instead of a local cluster "
+        "(skipped without KUBECONFIG)",
+    )
+
+
+def real_cluster_mode(config: pytest.Config) -> bool:
+    return bool(config.getoption("--real-cluster"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --real-cluster, a module with an `lc` fixture of its own (e.g. test_localcluster.py,
+    which tests the local cluster itself) would start a local cluster anyway: skip it instead."""
+    if not real_cluster_mode(config):
+        return
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None or Path(str(module.__file__)).parent != Path(__file__).parent:
+            continue
+        if "lc" in vars(module):
+            reason = f"{module.__name__} starts a local cluster of its own; not run with --real-cluster"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _skip_or_fail(reason: str) -> None:
+    # CI builds everything the local cluster needs: a missing piece there is a failure, not a skip.
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def operator_pod(cluster: ClusterHandle) -> dict[str, Any] | None:
+    """The one live operator pod of the release when it is Ready, else None."""
+    pods = cluster.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods")["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return live[0] if len(live) == 1 and _ready(live[0]) else None
+
+
+def _local() -> Iterator[LocalCluster]:
+    why = LocalCluster.unavailable()
+    if why is not None:
+        _skip_or_fail(why)
+    if tools.kubectl() is None or tools.helm() is None:
+        _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
+    with LocalCluster(gpus=LOCAL_GPUS, scrape_interval_s=SCRAPE_INTERVAL_S) as cluster:
+        values: list[str] = []
+        if cluster.prometheus_url:
+            # As on a real cluster: the chart's prometheus.url becomes the operator's
+            # GRM_PROMETHEUS_URL, used by GRMDeployments with metrics.source Prometheus and no
+            # prometheusURL of their own (those with source Direct are unaffected).
+            values = ["--set", f"prometheus.url={cluster.prometheus_url}"]
+        cluster.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", *values)
+        cluster.wait_for(lambda: operator_pod(cluster), OPERATOR_READY_S, "the operator pod Ready")
+        yield cluster
+
+
+def _real() -> Iterator[RealCluster]:
+    why = realcluster.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with RealCluster() as cluster:
+        installed_here = (
+            cluster.helm("status", RELEASE, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0
+        )
+        if installed_here:
+            cluster.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace")
+        try:
+            cluster.wait_for(lambda: operator_pod(cluster), OPERATOR_READY_S, "the operator pod Ready", 1.0)
+            yield cluster
+        finally:
+            if installed_here:
+                cluster.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
+
+
+@pytest.fixture(scope="module")
+def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
+    """The cluster of this module's tests, the operator installed and Ready: a `LocalCluster`, or
+    a `RealCluster` with --real-cluster; tests should use only what `ClusterHandle` offers."""
+    handle: Iterator[ClusterHandle] = _real() if real_cluster_mode(request.config) else _local()
+    yield from handle
+
+
+@pytest.fixture(scope="module")
+def local_lc(request: pytest.FixtureRequest) -> LocalCluster:
+    """`lc` for tests that need the local cluster's own powers; skips with --real-cluster (before
+    touching the real cluster at all)."""
+    if real_cluster_mode(request.config):
+        pytest.skip(
+            f"{request.module.__name__} needs the local cluster's own powers (e.g. stopping its "
+            "Prometheus); not run with --real-cluster"
+        )
+    cluster = request.getfixturevalue("lc")
+    assert isinstance(cluster, LocalCluster)
+    return cluster
