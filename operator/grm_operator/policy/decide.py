@@ -566,6 +566,16 @@ def decide(
             # forecast error costs one period of half the fleet, not the whole of it.
             replicas = max(replicas, math.ceil(current / MAX_SCALE_DOWN_RATE))
         replicas = min(max(replicas, spec.scaling.min_replicas), max(chosen.cap, spec.scaling.min_replicas))
+        if need > ready and replicas > ready:
+            # Samples are the instant lever: the replicas asked for are Ready only after a cold
+            # start (45–90 s), the code trace's bursts (12.8× its mean) arrive in seconds. Until
+            # they are Ready the running ones serve at the largest admissible budget they hold
+            # (the switch bridge); the ladder raises it again once the replicas are Ready.
+            bridge = _switch_samples(assessments, active, k_cur, samples, ready)
+            if bridge < samples:
+                bridging = f"samples {bridge} until {replicas} replicas are Ready ({ready} now)"
+                note = f"{note}; {bridging}" if note else bridging
+                samples = bridge
     new_state = new_state.evolve(recommendations=recs, panic_until=panic_until)
 
     slo_text = breach_text or "no latency measured yet"
@@ -580,7 +590,8 @@ def decide(
     if replicas > current:
         action = "ScaleUp"
         panic = " (panic: SLO breached)" if breach > 1.0 and not manual else ""
-        reason = f"{capacity_text}; {slo_text}{panic}: scaling {active} {current} → {replicas}"
+        bridge_note = f"; {note}" if samples < k_cur else ""
+        reason = f"{capacity_text}; {slo_text}{panic}: scaling {active} {current} → {replicas}{bridge_note}"
     elif replicas < current:
         action = "ScaleDown"
         reason = (

@@ -116,3 +116,21 @@ def test_a_switch_keeps_the_sample_budget_admissible_on_the_new_variant() -> Non
     for decision in fleet.decisions:
         if decision.variant == "int4":
             assert decision.samples == 8, decision.reason
+
+
+def test_a_scale_up_bridges_its_cold_start_with_fewer_samples_and_restores_them_once_ready() -> None:
+    spec = make_spec(variants=FP8_ONLY, scoring={"samples": {"min": 1, "max": 8}})  # k=2 keeps 0.975
+    fleet = Fleet(spec)
+    now = 0.0
+    while now < 600:
+        fleet.tick(now, 0.3 if now < 300 else 2.0)  # a burst: 2.4 → 16 seq/s at k=8
+        now += 15.0
+    spike = next(d for d in fleet.decisions[20:] if d.action == "ScaleUp")
+    assert spike.samples < 8, spike.reason  # the Ready replica serves fewer samples meanwhile
+    assert "until" in spike.reason and "replicas are Ready" in spike.reason, spike.reason
+    assert spike.samples >= 2  # never below the quality floor
+    while now < 1500:
+        fleet.tick(now, 2.0)
+        now += 15.0
+    assert fleet.samples == 8, [d.reason for d in fleet.decisions if d.action != "None"][-4:]
+    assert fleet.replicas() >= 3

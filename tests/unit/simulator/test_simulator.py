@@ -115,13 +115,21 @@ def test_every_request_is_served_or_counted_rejected(all_policies: dict[str, Run
 def test_oracle_uses_no_more_gpu_hours_than_any_policy_that_meets_the_slo_as_often(
     all_policies: dict[str, RunResult],
 ) -> None:
-    # The oracle is the fewest GPUs that hold the SLO: a policy may spend less only by missing it
-    # more often, so the bound is over the policies at least as good on attainment.
+    # The oracle is the fewest GPUs that hold the SLO at the best admissible quality that fits: a
+    # policy may spend less only by missing it more often or by serving lower (still admissible)
+    # quality — grm bridging cold starts with fewer samples does — so the bound is over the
+    # policies at least as good on both.
     oracle = all_policies["oracle"]
     assert oracle.slo_attainment >= 0.97
-    for name, result in all_policies.items():
-        if result.slo_attainment >= oracle.slo_attainment:
-            assert oracle.gpu_hours <= result.gpu_hours + 1e-9, name
+    bounded = [
+        name
+        for name, result in all_policies.items()
+        if result.slo_attainment >= oracle.slo_attainment
+        and result.mean_quality >= oracle.mean_quality - 1e-9
+    ]
+    assert "static-peak" in bounded
+    for name in bounded:
+        assert oracle.gpu_hours <= all_policies[name].gpu_hours + 1e-9, name
     assert all_policies["static-peak"].gpu_hours > oracle.gpu_hours
 
 
