@@ -172,7 +172,8 @@ server.serve_forever()
 
 
 class _Squatter:
-    """Another process's server on a port: listening only, or answering 200 like a healthy peer."""
+    """Another process's server on a port: closing each connection at once (a probe fails fast,
+    so the child's exit decides), or answering 200 like a healthy peer."""
 
     def __init__(self, answer: bool) -> None:
         self.answer = answer
@@ -190,16 +191,29 @@ class _Squatter:
 
             self.server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
             self.port = self.server.server_address[1]
-            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+            threading.Thread(
+                target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            ).start()
         else:
             self.sock = _listener()
             self.port = self.sock.getsockname()[1]
+            threading.Thread(target=self._refuse, args=(self.sock,), daemon=True).start()
+
+    @staticmethod
+    def _refuse(sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # closed
+                return
+            conn.close()
 
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
         if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
 
 

@@ -1,0 +1,144 @@
+"""The real children lose a port and the harnesses start them again on fresh ones.
+
+The unit tests (tests/unit/test_devtools_ports.py) prove the retry with a stand-in child; these
+prove that what the real programs print when their port is taken -- etcd, kube-apiserver and
+kube-scheduler (Go), the operator's liveness endpoint (kopf/aiohttp) and metrics server
+(prometheus_client, whose message names no port), the worker (aiohttp) and Prometheus -- is
+recognised, so no suite fails because another process took a port between its choice and the
+bind. Each harness gets a port chooser whose chosen positions return a port that a listening
+socket of this test already holds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workerproc import WorkerProcess
+
+from grm_operator import devtools
+from grm_operator.cluster import ports, tools
+from grm_operator.cluster.controlplane import ControlPlane, ControlPlaneOptions
+from promserver import PrometheusServer, prometheus_binary
+
+
+class TakenAt:
+    """A port chooser returning `taken` at the given call positions and free ports otherwise."""
+
+    def __init__(self, taken: int, *positions: int) -> None:
+        self.taken = taken
+        self.positions = set(positions)
+        self.given: list[int] = []
+
+    def __call__(self, host: str = "127.0.0.1") -> int:
+        port = self.taken if len(self.given) in self.positions else ports.free_port(host)
+        self.given.append(port)
+        return port
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A loopback port held by a listening socket of this test that closes every connection at
+    once (a probe fails fast, so the child's own exit decides, not the probe's timeout)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+
+    def refuse() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # closed by the fixture
+                return
+            conn.close()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    thread.join(5)
+
+
+def _need_binaries(*names: str) -> None:
+    absent = tools.missing(tools.k8s_bin_dir(), names)
+    if absent:
+        reason = f"control-plane binaries {absent} missing (run `make control-plane`)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.mark.controlplane
+def test_control_plane_and_operator_start_on_fresh_ports(taken: int, tmp_path: Path) -> None:
+    _need_binaries("etcd", "kube-apiserver", "kube-scheduler")
+    # Calls: etcd client+peer (0, 1: client taken), again (2, 3), kube-apiserver (4: taken), again
+    # (5), kube-scheduler (6: taken), again (7).
+    chooser = TakenAt(taken, 0, 4, 6)
+    plane = ControlPlane(ControlPlaneOptions(scheduler=True), choose_port=chooser)
+    with plane:
+        assert len(chooser.given) == 8
+        assert plane.etcd_url == f"http://127.0.0.1:{chooser.given[2]}"
+        assert plane.url == f"https://127.0.0.1:{chooser.given[5]}"
+        for component in ("etcd", "kube-apiserver", "kube-scheduler"):
+            # The first start's complaint stays in the log the second start appends to.
+            assert f"127.0.0.1:{taken}: bind: address already in use" in plane.log_path(component).read_text()
+        status, _ = plane.request("GET", "/api/v1/namespaces/default")
+        assert status == 200
+        devtools.install_crd(plane)
+
+        # The operator: metrics port taken (prometheus_client names no port), then the
+        # liveness port (aiohttp names it), then both free. Calls: health, metrics per start.
+        op_chooser = TakenAt(taken, 1, 2)
+        operator = devtools.OperatorProcess(
+            plane.kubeconfig, tmp_path / "operator.log", choose_port=op_chooser
+        )
+        with operator:
+            assert len(op_chooser.given) == 6
+            assert (operator.health_port, operator.metrics_port) == tuple(op_chooser.given[4:])
+            assert operator.metrics() is not None
+            log = operator.log_path.read_text()
+            assert "[Errno 98] Address already in use" in log
+            assert f"('127.0.0.1', {taken}): address already in use" in log
+
+
+def test_worker_starts_on_a_fresh_port(taken: int) -> None:
+    chooser = TakenAt(taken, 0)
+    worker = WorkerProcess("--engine", "sim", "--startup-delay", "0", choose_port=chooser)
+    try:
+        worker.wait_ready(30)
+        assert worker.starts == 2
+        assert worker.port == chooser.given[1] != taken
+        assert worker.status("/ready") == 200
+    finally:
+        worker.kill()
+
+
+def test_worker_gives_up_when_every_start_loses_its_port(taken: int) -> None:
+    worker = WorkerProcess("--engine", "sim", choose_port=TakenAt(taken, 0, 1), port_attempts=2)
+    try:
+        with pytest.raises(AssertionError, match=f"lost its port in each of 2 starts.*{taken}"):
+            worker.wait_ready(30)
+        assert worker.starts == 2
+    finally:
+        worker.kill()
+
+
+@pytest.mark.prometheus
+def test_prometheus_starts_on_a_fresh_port(taken: int) -> None:
+    if prometheus_binary() is None:
+        reason = "prometheus not installed (make system-deps)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    chooser = TakenAt(taken, 0)
+    server = PrometheusServer({"global": {"scrape_interval": "15s"}}, choose_port=chooser)
+    try:
+        assert server.port == chooser.given[1] != taken
+        assert server.query("up") == []
+    finally:
+        server.stop()
