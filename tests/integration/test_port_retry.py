@@ -11,13 +11,17 @@ socket of this test already holds.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from test_worker_launcher import FAKE_SERVER
 from workerproc import WorkerProcess
 
 from grm_operator import devtools
@@ -124,6 +128,43 @@ def test_worker_gives_up_when_every_start_loses_its_port(taken: int) -> None:
         with pytest.raises(AssertionError, match=f"lost its port in each of 2 starts.*{taken}"):
             worker.wait_ready(30)
         assert worker.starts == 2
+    finally:
+        worker.kill()
+
+
+def test_worker_starts_again_when_its_vllm_child_lost_the_engine_port(taken: int, tmp_path: Path) -> None:
+    # The stand-in vLLM of test_worker_launcher (the sim engine behind vLLM's module path) binds
+    # --engine-port after the worker started it; the first start's engine port is taken.
+    package = tmp_path / "fakevllm" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for level in (package.parents[1], package.parent, package):
+        (level / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_SERVER)
+    worker_dir = Path(__file__).resolve().parents[2] / "worker"
+    config = {
+        "engine": "vllm",
+        "device": "cpu",
+        "precision": "fp8",
+        "model": {"name": "grm-27b", "path": "/models/grm", "served_name": "grm"},
+        "vllm": {
+            "python": sys.executable,
+            "extra_env": {
+                "PYTHONPATH": f"{tmp_path / 'fakevllm'}{os.pathsep}{worker_dir}",
+                "FAKE_VLLM_ARGV": str(tmp_path / "argv.json"),
+            },
+        },
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # Calls: front, engine (1: taken), then front, engine again.
+    chooser = TakenAt(taken, 1)
+    worker = WorkerProcess("--config", str(path), choose_port=chooser, engine_port=True)
+    try:
+        worker.wait_ready(60)
+        assert worker.starts == 2
+        assert worker.engine_port_chosen == chooser.given[3] != taken
+        argv = json.loads((tmp_path / "argv.json").read_text())
+        assert argv[argv.index("--port") + 1] == str(chooser.given[3])
     finally:
         worker.kill()
 

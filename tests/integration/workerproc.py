@@ -30,7 +30,10 @@ class WorkerProcess:
 
     The process starts at construction. `choose_port` picks P, again for each of up to
     `port_attempts` starts when the worker lost P to another process (tests inject a chooser
-    that returns a taken port first); `port` and `url` are those of the latest start.
+    that returns a taken port first); `port` and `url` are those of the latest start. With
+    `engine_port`, the vLLM child's loopback port is chosen the same way and passed as
+    ``--engine-port`` (`engine_port_chosen`): vLLM binds it many seconds after the choice, and a
+    port fixed in the config file could not be chosen afresh.
     """
 
     def __init__(
@@ -39,8 +42,11 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         choose_port: Callable[[], int] = free_port,
         port_attempts: int = ports.PORT_ATTEMPTS,
+        engine_port: bool = False,
     ) -> None:
         self.args = args
+        self.engine_port = engine_port
+        self.engine_port_chosen: int | None = None
         self.env = {**os.environ, **(env or {})}
         self.choose_port = choose_port
         self.port_attempts = port_attempts
@@ -59,6 +65,9 @@ class WorkerProcess:
             "serve",
         ]
         argv += [*self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.engine_port:
+            self.engine_port_chosen = self.choose_port()
+            argv += ["--engine-port", str(self.engine_port_chosen)]
         # A new start truncates the log: only its own lines can say why it failed.
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -105,14 +114,21 @@ class WorkerProcess:
             time.sleep(0.1)
         if self.proc.poll() is None:
             # Another worker on the same port answers /ready just as well as this one would.
-            ports.check_holder(self.proc.pid, (self.port,), "grm-worker")
+            # Likewise another suite's vLLM on the engine port answers the worker's health
+            # checks while its own vLLM child has died of the clash.
+            ports.check_holder(self.proc.pid, self._chosen(), "grm-worker")
         # Checked after the holder too: a worker that died meanwhile has no sockets to show.
         self._raise_if_exited()
+
+    def _chosen(self) -> tuple[int, ...]:
+        if self.engine_port_chosen is None:
+            return (self.port,)
+        return (self.port, self.engine_port_chosen)
 
     def _raise_if_exited(self) -> None:
         if self.proc.poll() is None:
             return
-        if (line := ports.clash_line(self.log(), (self.port,))) is not None:
+        if (line := ports.clash_line(self.log(), self._chosen())) is not None:
             raise ports.PortClash(f"worker exited with {self.proc.returncode}: {line}")
         raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
 
