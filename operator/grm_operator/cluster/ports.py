@@ -18,8 +18,10 @@ What a harness needs to recover, and nothing else:
 * :class:`PortClash` and :func:`retry_on_clash` -- an attempt that lost its ports raises
   PortClash; the retry starts a new attempt on fresh ports, a bounded number of times.
 
-Where a server can bind port 0 itself and report the port, that is better still (no race at all);
-the children here (etcd, kube-apiserver, kopf's liveness endpoint, Prometheus) cannot report it.
+Where a server binds port 0 itself and reports the port, there is no race at all (the fault proxy
+and the local cluster's forwards do); the children here cannot report one: etcd, the Kubernetes
+components, Prometheus and kopf's liveness endpoint have no way to, and the worker's config
+requires a port of at least 1.
 """
 
 from __future__ import annotations
