@@ -401,6 +401,10 @@ class PodWorker:
         self.key = f"{self.namespace}/{self.name}"
         self.spec: Json = obj["spec"]
         self.dir = self.ctx.workdir / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        # TMPDIR stays short, outside the pod dir: unix socket paths are limited to 107 bytes, and
+        # vLLM binds its ZMQ IPC sockets at $TMPDIR/<uuid4> (37 more); under a pod dir with a
+        # Deployment's pod name that came to 122 bytes and vLLM could not start. Here: ~36 + 37.
+        self.tmpdir = self.ctx.workdir / "tmp" / self.uid[:8]
         self.ip = ""
         self.lookups = podspec.Lookups()
         self.paths = podspec.PathMap()
@@ -595,7 +599,7 @@ class PodWorker:
             {
                 "HOSTNAME": self.name,
                 "HOME": str(self.dir),
-                "TMPDIR": str(self.dir / "tmp"),
+                "TMPDIR": str(self.tmpdir),
                 "GRM_POD_ROOT": str(self.dir),
                 "POD_IP": self.ip,
                 "GRM_BIND_HOST": self.ip,
@@ -603,7 +607,7 @@ class PodWorker:
                 "KUBERNETES_SERVICE_PORT": str(self.ctx.service_port),
             }
         )
-        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)
         return env
@@ -642,6 +646,7 @@ class PodWorker:
             _killpg(pid, signal.SIGKILL)
         self.agent.ips.release(self.uid)
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     # --- status ------------------------------------------------------------------------------
     def changed(self) -> None:
