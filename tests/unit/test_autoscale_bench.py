@@ -109,3 +109,37 @@ def test_the_settings_use_both_traces_and_both_model_errors(bench: ModuleType) -
     assert bench.min_quality(ROOT / "bench" / "specs" / "ladder.yaml") == 0.97
     cmd = bench.command_for(settings[0], Path("/tmp/x.json"), Path("/tmp/x.png"))
     assert cmd[3] == "simulate" and "--policy" in cmd and cmd[cmd.index("--policy") + 1] == "all"
+
+
+def test_each_trace_runs_at_two_rate_scales_with_both_model_errors(bench: ModuleType) -> None:
+    for trace, scales in bench.RATE_SCALES.items():
+        assert len(scales) == 2
+        for scale in scales:
+            errors = {s.model_error for s in bench.SETTINGS if s.trace == trace and s.rate_scale == scale}
+            assert errors == {1.0, 1.4}, (trace, scale)
+    assert len(bench.SETTINGS) == 8
+
+
+def test_peak_rate_is_the_busiest_window(bench: ModuleType) -> None:
+    times = [0.0, 10.0, 70.0, 71.0, 72.0, 73.0, 200.0]  # 4 arrivals within [60, 120)
+    assert bench.peak_rate(times) == 4 / 60
+    assert bench.peak_rate([]) == 0.0
+    assert bench.peak_rate(times, window_s=2.0) == 1.0  # 2 arrivals in [70, 72)
+
+
+def test_the_rate_scales_make_the_busiest_minute_need_about_4_and_16_replicas(bench: ModuleType) -> None:
+    # Measured as the oracle measures capacity (the simulated truth, model error 1.0): the high
+    # scale's busiest minute needs ~16 replicas of bf16×k4 (2× the 8 the 16-GPU budget holds, so
+    # the ladder must serve the peak); the low one ~4 on conv, while code's busiest minute is a
+    # burst whose need barely follows the rate (still ~10 at ×0.5, over 5 even at ×0.1).
+    expected_low = {"conv": (3.5, 5.0), "code": (8.0, 11.0)}
+    for trace, (low, high) in bench.RATE_SCALES.items():
+        small = bench.peak_need(bench.Setting(trace, low, 4, 1.0))
+        large = bench.peak_need(bench.Setting(trace, high, 4, 1.0))
+        assert small.point == large.point == "bf16×k4"
+        lo, hi = expected_low[trace]
+        assert lo <= small.replicas <= hi, (trace, small)
+        assert 14.5 <= large.replicas <= 18.0, (trace, large)
+        assert "Busiest minute" in large.sentence()
+    burst = bench.peak_need(bench.Setting("code", 0.1, 4, 1.0))
+    assert burst.replicas > 5.0
