@@ -29,12 +29,12 @@ CHART = REPO / "helm" / "grm-operator"
 RELEASE = "grm"
 OPERATOR_NAMESPACE = "grm-system"
 # One node of 8 GPUs: a variant switch surges the new variant next to the old, so the node needs
-# room beyond the examples' maxGPUs=4. Scrapes every second: a fresh Prometheus has a rate() over
-# the examples' 10 s metrics window ~5 s after its first scrape.
+# room beyond the examples' maxGPUs=4. Scrapes every second: rate() needs two samples in the
+# examples' 10 s metrics window, and a new sample is queryable ~5 s after it was scraped.
 LOCAL_GPUS = 8
 SCRAPE_INTERVAL_S = 1.0
-# The operator image starts `grm-operator run` on the node agent in ~5 s (120 s on a loaded
-# machine, or a real cluster pulling the image).
+# The local cluster's operator pod was Ready within the 120 s the scenarios used to allow; a real
+# cluster may first pull the image.
 OPERATOR_READY_S = 180.0
 
 
