@@ -492,10 +492,14 @@ def decide(
         # Fewer samples on the running variant take effect at once; another variant needs a
         # cold start (45–90 s) and GPUs for its surge. So step down along the samples first
         # when that holds the SLO; the ladder moves to the better variant later, with margin.
+        # ... when they hold the SLO with the step-up margin: a point at the edge of its budget
+        # (bf16×k1 needing all 8 replicas) leaves the next minute nothing, where the switch would.
         same = [
             a
             for a in feasible
-            if a.point.variant.name == active and a.point.quality < current_point.point.quality
+            if a.point.variant.name == active
+            and a.point.quality < current_point.point.quality
+            and (a.capacity <= 0 or math.ceil(a.demand * UPGRADE_MARGIN / a.capacity) <= a.cap)
         ]
         if changes_variant and same:
             best, changes_variant = same[0], False

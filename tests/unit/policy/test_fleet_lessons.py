@@ -134,3 +134,32 @@ def test_a_scale_up_bridges_its_cold_start_with_fewer_samples_and_restores_them_
         now += 15.0
     assert fleet.samples == 8, [d.reason for d in fleet.decisions if d.action != "None"][-4:]
     assert fleet.replicas() >= 3
+
+
+def test_samples_first_only_onto_a_point_that_holds_the_demand_with_margin() -> None:
+    # 6 bf16 replicas (12 GPUs) at k=8 see 32 seq/s, 4 per sample, with the default latency
+    # model (no correction: the window reports no latency). bf16×k4 would need ⌈16 / 3.2⌉ = 5 of
+    # the 6 the budget holds but ⌈1.25 × 16 / 3.2⌉ = 7 with the margin: at the edge of its budget
+    # the next minute's growth breaches it, so the step goes to k=2 (4 needed with margin).
+    spec = make_spec(scoring={"samples": {"min": 2, "max": 8}})
+
+    def step(seq_rate: float) -> int:
+        signals = Signals(
+            rps=seq_rate, prompt_tps=seq_rate * 1000, generation_tps=seq_rate * 300, pods_reporting=6
+        )
+        obs = Observation(
+            time=600.0,
+            total=signals,
+            variants={"bf16": signals},
+            active_variant="bf16",
+            samples=8,
+            ready={"bf16": 6},
+            pending={"bf16": 0},
+            desired={"bf16": 6},
+        )
+        decision, _ = decide(obs, PolicyState(), spec, 600.0)
+        assert decision.variant == "bf16" and decision.action == "SetSamples", decision.reason
+        return decision.samples
+
+    assert step(24.0) == 4  # ⌈1.25 × 12 / 3.2⌉ = 5 ≤ 6: k=4 holds with margin
+    assert step(32.0) == 2
