@@ -136,29 +136,32 @@ def _history(lc: LocalCluster, name: str) -> str:
     return "\n".join(lines)
 
 
-def test_switch_to_faster_variant_at_max_gpus_without_failed_requests(
+def test_switch_to_faster_variant_at_max_gpus_and_back_without_failed_requests(
     lc: LocalCluster, grmd: Callable[..., str]
 ) -> None:
     """Rising load fills maxGPUs with bf16 (2 GPUs a replica); the operator switches to fp8 while
-    every client request gets a 200, and the bf16 pods drain away.
-
-    The way back is not asserted here: the policy steps up only when the better point fits with
-    25 % margin in replicas (⌈1 × 1.25⌉ = 2 bf16 = 4 GPUs) *plus* the running fp8 replica for the
-    surge, 5 GPUs > maxGPUs 4, and sizes for the peak of the last 3 minutes; so with this example
-    it stays on fp8 (observed for 5 minutes at 1.5 req/s)."""
+    every client request gets a 200, and the bf16 pods drain away. Then the load falls to 0.5 req/s
+    (2 sequences/s, a sixth of one bf16 replica): stepping up the ladder lowers capacity per GPU, so
+    it waits like a scale-down — the busy past must leave the 30 s scale-down stabilisation window
+    and bf16 must then fit with margin for another 30 s. Then it switches back to bf16 (1 bf16
+    replica, 2 GPUs, surged next to the running fp8 one fits maxGPUs 4) and the fp8 pods drain,
+    again without a failed request."""
     name = grmd("e2e-switch")
     _wait_ready(lc, name)
     url = lc.service_url(NS, name, 8000) + "/v1/grm/score"
     phase = {"rps": 0.5}
     load = LoadGenerator(url, lambda t: phase["rps"], max_in_flight=96).start()
+
+    def settled_on(active: str, other: str) -> Callable[[], bool]:
+        def check() -> bool:
+            snap = snapshot(_grmd(lc, name))
+            return snap.active == active and snap.switch is None and not _worker_pods(lc, name, other)
+
+        return check
+
     try:
         phase["rps"] = 9.0
-
-        def switched() -> bool:
-            snap = snapshot(_grmd(lc, name))
-            return snap.active == "fp8" and snap.switch is None and not _worker_pods(lc, name, "bf16")
-
-        lc.wait_for(switched, 240, "switch to fp8 with bf16 drained", 1.0)
+        lc.wait_for(settled_on("fp8", "bf16"), 240, "switch to fp8 with bf16 drained", 1.0)
         assert snapshot(_grmd(lc, name)).ready.get("fp8", 0) >= 1
         up = load.outcomes()
         assert len(up) > 30, len(up)
@@ -168,14 +171,23 @@ def test_switch_to_faster_variant_at_max_gpus_without_failed_requests(
         # right after the drain all count.
         settled = len(up)
         lc.wait_for(lambda: len(load.outcomes()) >= settled + 50, 60, "50 more answered requests", 0.5)
+
+        phase["rps"] = 0.5
+        fell = load.elapsed()
+        lc.wait_for(settled_on("bf16", "fp8"), 300, "switch back to bf16 with fp8 drained", 1.0)
+        # Not before 30 s of look-back + 30 s of fitting: the busy past still needed fp8.
+        assert load.elapsed() - fell >= 60 - 2, load.elapsed() - fell
+        down = len(load.outcomes())
+        lc.wait_for(lambda: len(load.outcomes()) >= down + 10, 60, "10 more answered requests on bf16", 0.5)
     except Exception as exc:
         raise AssertionError(f"{exc}\n{_history(lc, name)}") from exc
     finally:
         outcomes = load.stop()
     assert len(outcomes) > len(up)
     assert not _failures(outcomes), (_failures(outcomes)[:5], _history(lc, name))
-    decisions = [d.get("action") for d in snapshot(_grmd(lc, name)).decisions]
-    assert "SwitchVariant" in decisions, _history(lc, name)
+    # status.decisions keeps the newest 20: the switch back is among them.
+    switches = [d for d in snapshot(_grmd(lc, name)).decisions if d.get("action") == "SwitchVariant"]
+    assert switches and "bf16" in str(switches[-1].get("reason")), _history(lc, name)
 
 
 def test_invalid_grmdeployment_is_rejected_and_nothing_else_is_disturbed(
