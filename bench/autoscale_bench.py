@@ -18,7 +18,7 @@ replicas and ×2.4 15.3. code's busiest minute is one of its bursts, whose need 
 the rate (×0.1: 5.4, ×0.5: 9.9, ×1: 13.2, ×2: 17.7): ~4 is out of reach (×0.1 would simulate 10
 hours), so code runs at ×0.5 and ×2. The 16-GPU budget holds 8 bf16 replicas: at the high
 scales bf16×k4 alone cannot serve the peak, and the quality ladder (fewer samples, fp8) must.
-Each runs with model error 1.0 and 1.4 (8 runs, about 80 s on 2 cores).
+Each runs with model error 1.0 and 1.4 (8 runs, about 2 minutes on 2 cores).
 
 Run: ``.venv/bin/python bench/autoscale_bench.py [--write-results] [--jobs 2]`` (``make bench``).
 With ``--write-results`` the "Autoscaling" section of bench/RESULTS.md is replaced by this run's
