@@ -24,7 +24,9 @@ simulator and the tests drive the very same code. One tick:
    switch cooldown has passed — hysteresis against flapping.
 6. **Replicas.** Scale up at once; panic on an SLO breach (no scale-down for 60 s, at least
    ready × min(2, p95 ÷ SLO)); scale down only to the maximum recommendation of the
-   scale-down stabilisation window (default 5 min). Bounds: [minReplicas, budget].
+   scale-down stabilisation window (default 5 min). Bounds: [minReplicas, budget]. Until the
+   replicas of a scale-up are Ready, the Ready ones serve at the largest admissible sample
+   budget they hold (as during a switch): fewer samples act at once, replicas after a cold start.
 
 Manual and External modes keep spec.scaling.replicas (the policy still picks variant and
 samples); Pinned precision considers only the pinned variant (samples may still change).
