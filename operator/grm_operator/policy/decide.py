@@ -519,6 +519,33 @@ def decide(
     # --- replicas ------------------------------------------------------------------------------------
     new_state = learnt.evolve(demand=demand, better_since=better_since)
     target = chosen.point.variant.name
+    if target != active and not manual and current_point is not None:
+        # A switch surges the new variant next to the running one (DESIGN §4) and drains the old
+        # one once the surge is Ready. With the budget full (8 bf16 replicas on 16 GPUs) only
+        # one new replica surges — it stays Pending on a cluster without a spare GPU, freezing
+        # scaling until the switch times out, and elsewhere it alone inherits the load once the
+        # old variant drains. While a lower sample budget on the running variant serves more,
+        # take that instead (at once, no cold start); switch once nothing on it serves more.
+        want = min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
+        g_new = chosen.point.variant.gpus_per_replica
+        if (gpu_budget - current * active_v.gpus_per_replica) // g_new < math.ceil(want / 2):
+
+            def served(a: _Assessment) -> float:  # score requests/s within the budget
+                return a.cap * a.capacity / a.point.samples
+
+            faster = [
+                a
+                for a in assessments
+                if a.point.variant.name == active and served(a) > served(current_point) * 1.01
+            ]
+            if faster:
+                fits = [a for a in faster if a.need <= a.cap]
+                chosen = max(fits, key=lambda a: a.point.quality) if fits else max(faster, key=served)
+                target = active
+                note = (
+                    f"{note}{'; ' if note else ''}no GPU room for {math.ceil(want / 2)} of {want} "
+                    f"{best.point.variant.name} replicas next to {current} × {active}"
+                )
     samples = k_cur if defer_samples else chosen.point.samples
     if target != active:
         replicas = fixed if manual else min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))

@@ -163,3 +163,33 @@ def test_samples_first_only_onto_a_point_that_holds_the_demand_with_margin() -> 
 
     assert step(24.0) == 4  # ⌈1.25 × 12 / 3.2⌉ = 5 ≤ 6: k=4 holds with margin
     assert step(32.0) == 2
+
+
+def _full_bf16_fleet(seq_rate: float, samples: int) -> Observation:
+    signals = Signals(
+        rps=seq_rate, prompt_tps=seq_rate * 1000, generation_tps=seq_rate * 300, pods_reporting=6
+    )
+    return Observation(
+        time=600.0,
+        total=signals,
+        variants={"bf16": signals},
+        active_variant="bf16",
+        samples=samples,
+        ready={"bf16": 6},
+        pending={"bf16": 0},
+        desired={"bf16": 6},
+    )
+
+
+def test_with_no_gpu_room_for_a_switch_fewer_samples_on_the_running_variant_come_first() -> None:
+    # 6 bf16 replicas fill maxGPUs 12. 36 seq/s at k=4 (9 per sample) needs 12 bf16×k4 replicas;
+    # bf16×k2 needs all 6 (no margin), so the ladder picks fp8×k4 (7 replicas) — whose surge
+    # has no GPU next to the 12 in use. Lowering k serves more at once, so that comes first.
+    spec = make_spec(scoring={"samples": {"min": 2, "max": 4}})
+    decision, _ = decide(_full_bf16_fleet(36.0, 4), PolicyState(), spec, 600.0)
+    assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
+    assert "no GPU room for 4 of 7 fp8 replicas next to 6 × bf16" in decision.reason
+    # Nothing on bf16 serves more (k fixed at 4, as in the live demo): the switch as before.
+    fixed = make_spec(scoring={"samples": {"min": 4, "max": 4}})
+    decision, _ = decide(_full_bf16_fleet(36.0, 4), PolicyState(), fixed, 600.0)
+    assert decision.action == "SwitchVariant" and decision.variant == "fp8", decision.reason
