@@ -260,8 +260,8 @@ def test_scale_out_under_rising_load_and_in_after_stabilisation(
         raise AssertionError(f"{exc}\n{_history(lc, name)}") from exc
     finally:
         outcomes = load.stop()
-    # ≥ 15 s at 2.5 req/s before the drop and ≥ 30 s at 0.3 req/s after it: at least 40 requests.
-    assert len(outcomes) >= 40 and not _failures(outcomes), (_failures(outcomes)[:5], _history(lc, name))
+    # ≥ 8 s at 2.5 req/s before the drop (2 replicas Ready, settled) and ≥ 30 s at 0.3 req/s after it.
+    assert len(outcomes) >= 30 and not _failures(outcomes), (_failures(outcomes)[:5], _history(lc, name))
     actions = [d.get("action") for d in snapshot(_grmd(lc, name)).decisions]
     assert "ScaleDown" in actions, _history(lc, name)
 
