@@ -197,6 +197,8 @@ def test_pod_ips_are_distinct_and_reused_last() -> None:
     ips.release("u1")
     ips.release("u0")
     assert ips.allocate("new") == "10.244.3.3"  # the first released, not the lowest
+    # The node's address never moves with the allocations (the kubelet API listens on it).
+    assert ips.node_ip == "10.244.3.1"
 
 
 def _view(state: dict[str, Any], ready: bool = False, last: dict[str, Any] | None = None) -> ContainerView:

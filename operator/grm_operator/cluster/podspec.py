@@ -344,12 +344,16 @@ class PodIPs:
 
     def __init__(self, cidr: str) -> None:
         hosts = list(ipaddress.ip_network(cidr).hosts())
-        self._free = [str(ip) for ip in hosts[1:]]  # .1 is kept for the node itself
+        # .1 is kept for the node itself (its kubelet API): fixed here, not derived from the free
+        # list, which moves as pods take addresses (after 9 pods it read .10, and the API server
+        # dialled a kubelet port nobody listened on).
+        self._node_ip = str(hosts[0])
+        self._free = [str(ip) for ip in hosts[1:]]
         self._used: dict[str, str] = {}
 
     @property
     def node_ip(self) -> str:
-        return str(ipaddress.ip_address(self._free[0]) - 1)
+        return self._node_ip
 
     def allocate(self, uid: str) -> str:
         if uid in self._used:
