@@ -16,7 +16,8 @@ read → observe → ``policy.decide`` → :func:`plan` → apply. Rules, by mod
   is marked unhealthy (a failed switch, ``rollout.unhealthyBackoff``).
 * A switch surges the new variant within maxGPUs (old and new together; at least one replica),
   so "enough Ready" means the surge; after the drain the usual scaling takes the new variant to
-  its target.
+  its target. When both do not fit maxGPUs at full size the switch rolls: the old variant hands
+  its GPUs over in batches as the new one gets Ready (:mod:`grm_operator.rollout`).
 * While a switch is in progress only the switch acts (:mod:`grm_operator.rollout`); the policy's
   replica and variant wishes wait until it completed or rolled back — scaling either side of a
   half-done switch would make "enough Ready" a moving target.
@@ -37,7 +38,16 @@ from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, SwitchProgress
 from grm_operator.builders import active_variant
 from grm_operator.metrics.signals import Signals
-from grm_operator.rollout import Observed, Step, Switch, advance, from_rfc3339, start, to_rfc3339
+from grm_operator.rollout import (
+    GPUBudget,
+    Observed,
+    Step,
+    Switch,
+    advance,
+    from_rfc3339,
+    start,
+    to_rfc3339,
+)
 from grm_operator.status import OWNED_CONDITIONS, condition
 
 __all__ = [
@@ -70,11 +80,13 @@ class Intent:
 
 @dataclass(frozen=True)
 class VariantDeployment:
-    """One variant Deployment as read: desired (spec.replicas), existing and Ready pods."""
+    """One variant Deployment as read: desired (spec.replicas), existing, Ready and unscheduled
+    (Pending: no GPU free) pods."""
 
     desired: int = 0
     replicas: int = 0
     ready: int = 0
+    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,7 +184,7 @@ def plan(
     switch: Switch | None = None
     step: Step | None = None
     names = frozenset(v.name for v in spec.variants)
-    observed_pods = {v: Observed(d.replicas, d.ready) for v, d in deployments.items()}
+    observed_pods = {v: Observed(d.replicas, d.ready, d.pending, d.desired) for v, d in deployments.items()}
 
     if switch_status:
         switch = Switch.from_status(SwitchProgress.model_validate(switch_status))
@@ -184,6 +196,7 @@ def plan(
             drain_s=float(spec.rollout.drain_seconds),
             backoff_s=parse_duration(spec.rollout.unhealthy_backoff),
             variants=names,
+            budget=_budget(spec, switch),
         )
     elif intent is not None:
         # Pinned: the pin is the only variant wanted; a new pin is switched to like any switch.
@@ -202,8 +215,9 @@ def plan(
                 target = spec.scaling.replicas
             else:
                 target = deployments.get(active, VariantDeployment()).desired
+            target = min(target, max(1, spec.max_gpus() // spec.variant(wanted).gpus_per_replica))
             surge = _surge(spec, wanted, target, deployments)
-            step = start(active, wanted, surge, now, intent.reason)
+            step = start(active, wanted, target, now, intent.reason, surge=surge)
         elif spec.scaling.mode == "Auto" and intent.replicas is not None:
             current = deployments.get(active, VariantDeployment()).desired
             target = min(max(intent.replicas, spec.scaling.min_replicas), spec.scaling.max_replicas)
@@ -279,11 +293,10 @@ def plan(
 def _surge(
     spec: GRMDeploymentSpec, new: str, target: int, deployments: Mapping[str, VariantDeployment]
 ) -> int:
-    """Replicas of ``new`` to start while the old variant still runs: the target, capped so that all
-    stay within maxGPUs (which counts switch surges), but at least one. Example: maxGPUs 4, bf16
-    at 2 replicas × 2 GPUs, fp8 wanted at 4 × 1 GPU: 0 GPUs are free, so 1 fp8 replica surges;
-    after bf16 drained the policy scales fp8 to 4 (Auto mode) or the reconciler applies
-    spec.scaling.replicas (Manual, External)."""
+    """Replicas of ``new`` to start at once while the old variant still runs: the target, capped so
+    that all stay within maxGPUs (which counts switch surges), but at least one. Example: maxGPUs
+    4, bf16 at 2 replicas × 2 GPUs, fp8 wanted at 4 × 1 GPU: 0 GPUs are free, so 1 fp8 replica
+    surges and the switch rolls from there (bf16 hands over its GPUs as fp8 gets Ready)."""
     in_use = sum(
         d.desired * spec.variant(v).gpus_per_replica
         for v, d in deployments.items()
@@ -291,6 +304,19 @@ def _surge(
     )
     free = spec.max_gpus() - in_use
     return max(1, min(target, free // spec.variant(new).gpus_per_replica))
+
+
+def _budget(spec: GRMDeploymentSpec, switch: Switch) -> GPUBudget | None:
+    """maxGPUs and both variants' GPUs per replica, for the rolling switch; None when either
+    variant left the spec (the switch then ends or rolls back without rolling)."""
+    names = {v.name for v in spec.variants}
+    if switch.from_variant not in names or switch.to_variant not in names:
+        return None
+    return GPUBudget(
+        spec.max_gpus(),
+        spec.variant(switch.from_variant).gpus_per_replica,
+        spec.variant(switch.to_variant).gpus_per_replica,
+    )
 
 
 def _without_time(decision: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,18 @@ Ready pods of every variant:
 
 1. **Surging** — ``B`` is scaled to the target replica count while ``A`` keeps serving.
    When at least ``target`` pods of ``B`` are Ready the switch moves on; when the switch
-   timeout passes first it rolls back.
+   timeout passes first it rolls back. **Rolling** when maxGPUs cannot hold both variants at
+   full size (a full GPU budget, or a cluster without a spare GPU): the old variant gives up its
+   GPUs in batches as the new one gets Ready, like a Deployment's RollingUpdate with
+   maxUnavailable 25 %. Each tick the old variant keeps ⌊(maxGPUs − GPUs of Ready new replicas −
+   batch) ÷ its GPUs per replica⌋ replicas (batch = max(¼ maxGPUs, one replica of either)), never
+   fewer than one Ready replica while the new variant has none, and the new variant grows into
+   what is left (at least one replica). Removed old pods drain as in step 2, so no request is
+   dropped; capacity dips by at most a batch for a cold start. Example: maxGPUs 16 full with 8
+   bf16 replicas of 2 GPUs, fp8 (1 GPU) wanted at 16: bf16 8 → 6 and fp8 → 4; when those 4 are
+   Ready, bf16 → 4 and fp8 → 8; … 4 cold starts later fp8 serves with 16. Without rolling the
+   surge would be one replica beyond the budget (Pending on a full cluster until the switch
+   timeout rolls back), and the drain would leave that one replica alone with the load.
 2. **Draining** — ``B`` is the active variant; ``A`` is scaled to 0 and its pods drain
    (preStop hook, then the engine's graceful shutdown, ``rollout.drainSeconds``). The switch is
    complete when ``A`` has no pods left, or after drainSeconds plus a 60 s margin (a pod stuck
@@ -24,6 +35,7 @@ to Draining. Example: timeout 10 m, switch started at 12:00:00, operator down fr
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,6 +44,7 @@ from grm_operator.api.models import SwitchProgress
 
 __all__ = [
     "DRAIN_MARGIN_S",
+    "GPUBudget",
     "Observed",
     "Outcome",
     "Phase",
@@ -96,10 +109,14 @@ class Switch:
 
 @dataclass(frozen=True)
 class Observed:
-    """One variant Deployment as read: pods that exist and pods that are Ready."""
+    """One variant Deployment as read: pods that exist, pods that are Ready, pods the scheduler
+    has not placed (no GPU free) and the Deployment's desired replicas (None: unknown, taken as
+    ``replicas``)."""
 
     replicas: int = 0
     ready: int = 0
+    pending: int = 0
+    desired: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,17 +138,21 @@ class Step:
     message: str = ""
 
 
-def start(from_variant: str, to_variant: str, target_replicas: int, now: float, why: str) -> Step:
-    """Begin a switch: surge ``to_variant`` to ``target_replicas`` (at least 1)."""
+def start(
+    from_variant: str, to_variant: str, target_replicas: int, now: float, why: str, surge: int | None = None
+) -> Step:
+    """Begin a switch to ``target_replicas`` (at least 1) of ``to_variant``, starting ``surge`` of
+    them now (default: all; fewer when the GPU budget is full and the switch rolls)."""
     target = max(1, target_replicas)
+    first = target if surge is None else min(max(1, surge), target)
     switch = Switch(from_variant, to_variant, now, target, "Surging")
     return Step(
         switch=switch,
         outcome="InProgress",
         active=from_variant,
-        replicas={to_variant: target},
+        replicas={to_variant: first},
         reason="SwitchStarted",
-        message=f"Switching {from_variant} → {to_variant}: starting {target} replica(s) of "
+        message=f"Switching {from_variant} → {to_variant}: starting {first} of {target} replica(s) of "
         f"{to_variant} while {from_variant} keeps serving, because {why}",
     )
 
@@ -145,11 +166,14 @@ def advance(
     drain_s: float,
     backoff_s: float,
     variants: frozenset[str] | None = None,
+    budget: GPUBudget | None = None,
 ) -> Step:
     """The next step of ``switch`` given the variant Deployments ``observed`` at ``now``.
 
     ``variants`` are the names the spec still lists: a switch whose target was removed from the
     spec rolls back at once; one whose source was removed completes (nothing to return to).
+    ``budget`` is maxGPUs and the GPUs per replica of both variants: with it a switch that does
+    not fit at full size rolls (module doc); without it the new variant surges at full size.
     """
     a, b = switch.from_variant, switch.to_variant
     new = observed.get(b, Observed())
@@ -162,12 +186,23 @@ def advance(
             return _rolling_back(switch, now, backoff_s=0.0, why=f"{b} was removed from the spec")
         if new.ready >= switch.target_replicas:
             return _draining(switch, f"{new.ready}/{switch.target_replicas} {b} replicas are Ready")
+        if elapsed > timeout_s and budget is not None and new.ready > 0:
+            # A rolling switch hands GPUs over one cold start at a time: replicas that got Ready
+            # prove the variant works, and rolling back would drop them with the old variant
+            # already shrunk. Finish with what is Ready; the policy scales it from there.
+            return _draining(
+                switch,
+                f"the {timeout_s:.0f}s switch timeout passed with {new.ready}/{switch.target_replicas} "
+                f"{b} replicas Ready; finishing with those",
+            )
         if elapsed > timeout_s:
             why = (
                 f"only {new.ready}/{switch.target_replicas} {b} replicas became Ready within the "
                 f"{timeout_s:.0f}s switch timeout"
             )
             return _rolling_back(switch, now, backoff_s=backoff_s, why=why)
+        if budget is not None:
+            return _rolling(switch, old, new, budget)
         return Step(switch=switch, outcome="InProgress", active=a, replicas={b: switch.target_replicas})
     if switch.phase == "Draining":
         # drain_s counts from the moment the old pods were told to stop; the record of that is
@@ -197,13 +232,59 @@ def advance(
     return Step(switch=switch, outcome="InProgress", active=a, replicas={b: 0})
 
 
+@dataclass(frozen=True)
+class GPUBudget:
+    """maxGPUs and the GPUs one replica of the switch's old and new variant takes."""
+
+    max_gpus: int
+    old_gpus: int
+    new_gpus: int
+
+    @property
+    def batch(self) -> int:
+        """GPUs handed from the old variant to the new one per cold start: a quarter of the budget
+        (Kubernetes' default maxUnavailable 25 %), at least one replica of either variant."""
+        return max(math.ceil(self.max_gpus / 4), self.old_gpus, self.new_gpus)
+
+
+def _rolling(switch: Switch, old: Observed, new: Observed, budget: GPUBudget) -> Step:
+    """Surging within the budget: the old variant keeps what fits next to the new one's Ready
+    replicas and one batch, and the new one grows into the rest. Stateless (a function of what
+    is Ready), so a restarted operator, or a tick that sees freed GPUs still held by draining
+    pods, computes the same targets."""
+    a, b = switch.from_variant, switch.to_variant
+    desired = old.replicas if old.desired is None else old.desired
+    ready_gpus = new.ready * budget.new_gpus
+    fits = (budget.max_gpus - ready_gpus - budget.batch) // budget.old_gpus
+    if desired * budget.old_gpus + switch.target_replicas * budget.new_gpus <= budget.max_gpus:
+        fits = desired  # both fit at full size: a plain surge
+    keep = 1 if new.ready == 0 and old.ready > 0 else 0
+    old_target = min(desired, max(fits, keep, 0))
+    room = (budget.max_gpus - old_target * budget.old_gpus) // budget.new_gpus
+    new_target = max(1, min(switch.target_replicas, room))
+    replicas = {b: new_target}
+    if old_target >= desired:
+        return Step(switch=switch, outcome="InProgress", active=a, replicas=replicas)
+    serving = max(old.ready - (desired - old_target), 0) + new.ready
+    return Step(
+        switch=switch,
+        outcome="InProgress",
+        active=a,
+        replicas={**replicas, a: old_target},
+        reason="SwitchRolling",
+        message=f"Switch {a} → {b} rolls within maxGPUs {budget.max_gpus}: {new.ready}/"
+        f"{switch.target_replicas} {b} Ready; {a} {desired} → {old_target} (its pods drain), {b} → "
+        f"{new_target}; {serving} Ready replica(s) keep serving",
+    )
+
+
 def _draining(switch: Switch, why: str) -> Step:
     a, b = switch.from_variant, switch.to_variant
     return Step(
         switch=Switch(a, b, switch.started, switch.target_replicas, "Draining"),
         outcome="InProgress",
         active=b,
-        replicas={a: 0, b: switch.target_replicas},
+        replicas={a: 0},
         reason="SwitchDraining",
         message=f"Switch {a} → {b}: {why}; {b} now serves and {a} is draining",
     )

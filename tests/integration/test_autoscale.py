@@ -229,13 +229,20 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
         cluster.workers[ns, pod].set(rps=100.0, ttft=(3.0,), e2e=(60.0,), itl=(0.2,), running=64, waiting=40)
     switch = cluster.wait(lambda: cluster.status(ns).get("switch"), "a variant switch to start")
     assert (switch["from"], switch["to"], switch["phase"]) == ("bf16", "fp8", "Surging")
-    target = switch["targetReplicas"]
-    cluster.wait(lambda: cluster.replicas(ns, "fp8") == target, f"fp8 surged to {target}")
-    assert cluster.replicas(ns, "bf16") == 2  # bf16 keeps serving meanwhile
+    # fp8 is wanted at 4 (4 GPUs) next to bf16's 4 GPUs: more than maxGPUs 4, so the switch rolls
+    # (rollout.py): 1 fp8 starts, then bf16 hands over one replica (batch = max(¼ × 4, 2) = 2 GPUs)
+    # while the other keeps serving, and fp8 grows into the 2 GPUs freed.
+    assert switch["targetReplicas"] == 4
     decision = cluster.status(ns)["lastDecision"]
     assert (decision["action"], decision["from"], decision["to"]) == ("SwitchVariant", "bf16", "fp8")
     assert "switching bf16 → fp8" in decision["reason"]
-    cluster.deployment_ready(ns, "fp8", ready=target)
+    cluster.wait(lambda: cluster.replicas(ns, "fp8") == 2, "fp8 rolled to 2")
+    assert cluster.replicas(ns, "bf16") == 1  # one bf16 replica keeps serving meanwhile
+    cluster.deployment_ready(ns, "bf16", ready=1, replicas=1)
+    cluster.deployment_ready(ns, "fp8", ready=2)
+    # 2 fp8 Ready: the last bf16 replica hands over its GPUs, fp8 takes the whole budget.
+    cluster.wait(lambda: cluster.replicas(ns, "fp8") == 4, "fp8 rolled to 4")
+    cluster.deployment_ready(ns, "fp8", ready=4)
     cluster.wait(lambda: cluster.replicas(ns, "bf16") == 0, "bf16 drained to 0")
     assert cluster.status(ns)["activeVariant"] == "fp8"
     for pod in PODS["bf16"]:
@@ -243,7 +250,9 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
     cluster.deployment_ready(ns, "bf16", ready=0, replicas=0)
     cluster.wait(lambda: not cluster.status(ns).get("switch"), "the switch to complete")
     events = cluster.events(ns)
-    assert {"ScaledUp", "SwitchStarted", "SwitchDraining", "SwitchCompleted"} <= set(events), events
+    assert {"ScaledUp", "SwitchStarted", "SwitchRolling", "SwitchDraining", "SwitchCompleted"} <= set(
+        events
+    ), events
     history = [d["action"] for d in cluster.status(ns)["decisions"]]
     assert history[:2] == ["ScaleUp", "SwitchVariant"], history
 

@@ -112,7 +112,7 @@ def test_the_surge_stays_within_max_gpus_but_starts_at_least_one_replica() -> No
     )
     # bf16 holds 2 × 2 = 4 of 6 GPUs: 2 fp8 replicas fit beside it, not the 4 wanted.
     p = run(two_gpu, Intent("SwitchVariant", "x", replicas=4, variant="fp8"))
-    assert p.scale == {"fp8": 2} and p.status["switch"]["targetReplicas"] == 2
+    assert p.scale == {"fp8": 2} and p.status["switch"]["targetReplicas"] == 4  # the rest rolls in
     # bf16 holds all 6 GPUs: one replica surges anyway (else no switch could ever happen).
     full = {"bf16": VariantDeployment(3, 3, 3), "fp8": VariantDeployment()}
     assert run(two_gpu, Intent("SwitchVariant", "x", 4, "fp8"), deployments=full).scale == {"fp8": 1}
@@ -261,3 +261,27 @@ def test_the_decision_history_is_bounded() -> None:
         p = run(spec(), Intent("ScaleUp", f"tick {i}", replicas=3), status=status, now=NOW + i)
         status = {**status, **p.status}
     assert len(status["decisions"]) == HISTORY and status["decisions"][-1]["reason"] == f"tick {HISTORY + 4}"
+
+
+def test_a_switch_that_does_not_fit_max_gpus_rolls() -> None:
+    """bf16 (2 GPUs) fills maxGPUs 4 with 2 replicas; fp8 is wanted at 3: the surge starts 1, the
+    next tick hands one bf16 replica's GPUs over (batch = max(¼ × 4, 2) = 2 GPUs) and says so."""
+    s = spec(
+        variants=[
+            {"name": "bf16", "precision": "bf16", "quality": 1.0, "gpusPerReplica": 2},
+            {"name": "fp8", "precision": "fp8", "quality": 0.995},
+        ],
+        scaling={"maxGPUs": 4},
+    )
+    full = {"bf16": VariantDeployment(2, 2, 2), "fp8": VariantDeployment()}
+    started = run(s, Intent("SwitchVariant", "x", 3, "fp8"), deployments=full)
+    assert started.scale == {"fp8": 1} and started.status["switch"]["targetReplicas"] == 3
+    status = {"activeVariant": "bf16", "switch": started.status["switch"]}
+    surging = {"bf16": VariantDeployment(2, 2, 2), "fp8": VariantDeployment(1, 1, 0, pending=1)}
+    rolled = run(s, None, status=status, deployments=surging, now=NOW + 2)
+    assert rolled.scale == {"bf16": 1, "fp8": 2} and rolled.active == "bf16"
+    assert [e.reason for e in rolled.events] == ["SwitchRolling"]
+    # fp8 Ready at 2 of 3: bf16 goes and fp8 takes the whole budget (capped at its target 3).
+    half = {"bf16": VariantDeployment(1, 1, 1), "fp8": VariantDeployment(2, 2, 2)}
+    last = run(s, None, status=status, deployments=half, now=NOW + 60)
+    assert last.scale == {"bf16": 0, "fp8": 3}

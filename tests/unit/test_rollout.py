@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from grm_operator.rollout import Observed, Step, Switch, advance, from_rfc3339, start, to_rfc3339
+from grm_operator.rollout import (
+    GPUBudget,
+    Observed,
+    Step,
+    Switch,
+    advance,
+    from_rfc3339,
+    start,
+    to_rfc3339,
+)
 
 T0 = 1_800_000_000.0  # an arbitrary epoch second
 TIMEOUT, DRAIN, BACKOFF = 600.0, 60.0, 1800.0
@@ -39,7 +48,7 @@ def test_a_successful_switch_surges_drains_and_completes() -> None:
     assert waiting.message == ""  # nothing happened: no Event
     ready = step(s, T0 + 60, bf16=Observed(2, 2), fp8=Observed(2, 2))
     assert ready.switch is not None and ready.switch.phase == "Draining"
-    assert ready.replicas == {"bf16": 0, "fp8": 2} and ready.active == "fp8"
+    assert ready.replicas == {"bf16": 0} and ready.active == "fp8"
     assert "2/2 fp8 replicas are Ready" in ready.message
     draining = step(ready.switch, T0 + 70, bf16=Observed(1, 0), fp8=Observed(2, 2))
     assert draining.outcome == "InProgress" and draining.replicas == {"bf16": 0} and draining.active == "fp8"
@@ -134,3 +143,61 @@ def test_a_restarted_operator_resumes_or_rolls_back_from_status(
         assert resumed.replicas.get("a") == 0
     if expected_phase == "RollingBack" or expected_outcome == "RolledBack":
         assert resumed.replicas.get("b") == 0
+
+
+def roll(switch: Switch, now: float, budget: GPUBudget, **observed: Observed) -> Step:
+    return advance(switch, observed, now, timeout_s=TIMEOUT, drain_s=DRAIN, backoff_s=BACKOFF, budget=budget)
+
+
+def test_a_switch_at_a_full_budget_rolls_batch_by_batch() -> None:
+    """maxGPUs 16 full with 8 bf16 replicas of 2 GPUs; fp8 (1 GPU) wanted at 16. Batches of
+    ¼ × 16 = 4 GPUs: bf16 8 → 6 and fp8 → 4; with 4 fp8 Ready bf16 → 4, fp8 → 8; and so on."""
+    budget = GPUBudget(16, old_gpus=2, new_gpus=1)
+    s = start("bf16", "fp8", 16, T0, "why", surge=1).switch
+    assert s is not None and s.target_replicas == 16
+    first = roll(s, T0 + 15, budget, bf16=Observed(8, 8, desired=8), fp8=Observed(1, 0, pending=1))
+    assert first.replicas == {"fp8": 4, "bf16": 6} and first.reason == "SwitchRolling"
+    assert "bf16 8 → 6" in first.message and "0/16 fp8 Ready" in first.message
+    # Same tick again (the freed GPUs still held by draining pods): the same targets, no Event.
+    same = roll(s, T0 + 30, budget, bf16=Observed(6, 6, desired=6), fp8=Observed(4, 0, pending=2))
+    assert same.replicas == {"fp8": 4} and same.message == ""
+    second = roll(s, T0 + 120, budget, bf16=Observed(6, 6, desired=6), fp8=Observed(4, 4))
+    assert second.replicas == {"fp8": 8, "bf16": 4}
+    last = roll(s, T0 + 400, budget, bf16=Observed(2, 2, desired=2), fp8=Observed(12, 12))
+    assert last.replicas == {"fp8": 16, "bf16": 0}
+    done = roll(s, T0 + 500, budget, bf16=Observed(0, 0, desired=0), fp8=Observed(16, 16))
+    assert done.switch is not None and done.switch.phase == "Draining"
+
+
+def test_rolling_never_leaves_no_ready_replica() -> None:
+    """bf16 at 1 replica of 2 GPUs fills maxGPUs 2; fp8 wanted at 2: bf16 keeps serving while fp8
+    has no Ready pod (the first fp8 replica needs a GPU beyond the budget, as the surge did); with
+    one fp8 Ready, bf16 goes and fp8 takes the budget."""
+    budget = GPUBudget(2, old_gpus=2, new_gpus=1)
+    s = start("bf16", "fp8", 2, T0, "why", surge=1).switch
+    assert s is not None
+    held = roll(s, T0 + 15, budget, bf16=Observed(1, 1, desired=1), fp8=Observed(1, 0, pending=1))
+    assert held.replicas == {"fp8": 1} and held.message == ""
+    freed = roll(s, T0 + 60, budget, bf16=Observed(1, 1, desired=1), fp8=Observed(1, 1))
+    assert freed.replicas == {"fp8": 2, "bf16": 0}
+
+
+def test_a_switch_that_fits_surges_at_full_size() -> None:
+    budget = GPUBudget(16, old_gpus=2, new_gpus=1)
+    s = start("bf16", "fp8", 4, T0, "why").switch
+    assert s is not None
+    plain = roll(s, T0 + 15, budget, bf16=Observed(2, 2, desired=2), fp8=Observed(4, 0))
+    assert plain.replicas == {"fp8": 4} and plain.message == ""
+
+
+def test_a_rolling_switch_past_its_timeout_finishes_with_the_ready_replicas() -> None:
+    """Replicas that got Ready prove the variant works: past the timeout the switch drains the
+    old variant instead of dropping them; with none Ready it rolls back as before."""
+    budget = GPUBudget(16, old_gpus=2, new_gpus=1)
+    s = start("bf16", "fp8", 16, T0, "why", surge=1).switch
+    assert s is not None
+    late = roll(s, T0 + TIMEOUT + 1, budget, bf16=Observed(4, 4, desired=4), fp8=Observed(8, 6))
+    assert late.switch is not None and late.switch.phase == "Draining" and late.active == "fp8"
+    assert "6/16 fp8 replicas Ready" in late.message
+    failed = roll(s, T0 + TIMEOUT + 1, budget, bf16=Observed(6, 6, desired=6), fp8=Observed(4, 0))
+    assert failed.switch is not None and failed.switch.phase == "RollingBack"

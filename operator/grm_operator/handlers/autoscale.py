@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -200,8 +200,11 @@ class Autoscaler:
         spec = grmd.spec
         status: Mapping[str, Any] = body.get("status") or {}
         uid = str(grmd.metadata.uid)
-        deployments = self._deployments(key, uid)
         pods = list(self.pods.get(key, {}).values())
+        deployments = {
+            variant: replace(d, pending=sum(1 for p in pods if p.variant == variant and p.pending))
+            for variant, d in self._deployments(key, uid).items()
+        }
         target = MetricsTarget(
             namespace=namespace,
             name=name,

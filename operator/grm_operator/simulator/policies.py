@@ -112,7 +112,9 @@ class Grm:
         names = [v.name for v in self.spec.variants]
         pods = {v: PodCounts(obs.ready.get(v, 0), obs.pending.get(v, 0)) for v in names}
         deployments = {
-            v: VariantDeployment(obs.desired.get(v, 0), obs.desired.get(v, 0), obs.ready.get(v, 0))
+            v: VariantDeployment(
+                obs.desired.get(v, 0), obs.desired.get(v, 0), obs.ready.get(v, 0), obs.pending.get(v, 0)
+            )
             for v in names
         }
         reading = Reading(obs.total, obs.variants) if obs.total is not None else None
