@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpus", type=int, default=8, help="GPUs of the local cluster's node (room for a switch's surge)"
     )
     parser.add_argument("--png", type=Path, default=Path("demo-timeline.png"), help="timeline PNG")
-    parser.add_argument("--tail", type=float, default=40.0, help="seconds at the floor rate after the replay")
+    # 80 s: the stabilised scale-in, then the switch back to bf16 (30 s without a busy point in
+    # the look-back + 30 s of fit, measured at ~55 s into the tail) and its drain.
+    parser.add_argument("--tail", type=float, default=80.0, help="seconds at the floor rate after the replay")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between status lines")
 
 
@@ -227,7 +229,8 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     replay = rescaled(curve, args.duration, args.peak_rps, args.floor_rps)
 
     def rate(t: float) -> float:
-        # After the replay a quiet tail at the floor rate, so the stabilised scale-in can show.
+        # After the replay a quiet tail at the floor rate, so the stabilised scale-in and the
+        # switch back up the ladder can show.
         return replay(t) if t < args.duration else args.floor_rps
 
     started = time.monotonic()
