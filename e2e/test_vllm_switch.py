@@ -34,7 +34,7 @@ from grm_operator.cluster.traffic import LoadGenerator, Outcome, snapshot
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("GRM_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+VLLM_PYTHON = tools.vllm_python()
 NS = "default"
 NAME = "e2e-vllm"
 GRMD_PATH = f"/apis/grm.dev/v1alpha1/namespaces/{NS}/grmdeployments/{NAME}"
@@ -54,18 +54,6 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _vllm_missing() -> str | None:
-    if not VLLM_PYTHON.exists():
-        return f"{VLLM_PYTHON} missing (run `make vllm-cpu`)"
-    probe = subprocess.run(
-        [str(VLLM_PYTHON), "-c", "import importlib.util as u; print(bool(u.find_spec('vllm')))"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return None if probe.stdout.strip() == "True" else f"vllm not importable by {VLLM_PYTHON}"
-
-
 @dataclass(frozen=True)
 class Checkpoints:
     bf16: Path
@@ -77,7 +65,7 @@ def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     """The tiny random Llama (bf16) and its INT8 W8A8 compressed-tensors quantization (~25 s)."""
     if request.config.getoption("--real-cluster", default=False):
         pytest.skip("the vLLM scenario runs worker pods on this machine's vLLM venv: local cluster only")
-    missing = _vllm_missing()
+    missing = tools.vllm_missing()
     if missing:
         _skip_or_fail(missing)
     root = tmp_path_factory.mktemp("vllm-models")

