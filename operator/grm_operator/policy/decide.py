@@ -76,6 +76,8 @@ TAIL_HALF_LIFE_S = 120.0
 SPEED_HALF_LIFE_S = 900.0
 #: How many scale-down windows back the burst floor remembers the demand's peak (see decide()).
 BURST_MEMORY_WINDOWS = 3
+#: How long the current point must fail (need > budget) before an urgent move up the ladder.
+URGENT_MOVE_S = 60.0
 PANIC_HOLD_S = 60.0
 MIN_REQUESTS_FOR_CORRECTION = 20
 DEFAULT_PROMPT_TOKENS = 1000.0
@@ -430,6 +432,18 @@ def decide(
     if not assessments:  # the CRD's rules make this unreachable: some variant meets minQuality
         return hold("no operating point meets precision.minQuality", True)
 
+    # The instant lever: the running variant's admissible sample budgets. With more than one,
+    # the burst memory (BURST_MEMORY_WINDOWS scale-down windows) sizes the burst floor and the
+    # look-back of a step up the ladder; without, the user's window alone does (the live demo's
+    # fixed k = 4 steps back up 60 s after its load falls, as its e2e test asserts).
+    lever = sorted(a.point.samples for a in assessments if a.point.variant.name == active)
+    fewest = (
+        next(a for a in assessments if a.point.variant.name == active and a.point.samples == lever[0])
+        if len(set(lever)) > 1
+        else None
+    )
+    look_back = burst_memory if fewest is not None else step_up_window
+
     current_point = next(
         (a for a in assessments if a.point.variant.name == active and a.point.samples == k_cur),
         None,
@@ -459,15 +473,62 @@ def decide(
     chosen = current_point or best
     note = ""
     if current_point is None:
-        chosen = best  # the spec changed under us (floor raised, variant removed): move at once
-        note = f"{active}×k{k_cur} is no longer admissible"
+        # The spec changed under us (floor raised, variant removed), or a switch bridged its cold
+        # start with a budget the new variant does not admit (fp8×k1 below a 0.97 floor): move
+        # at once, to the nearest budget above on the same variant that holds the SLO. Jumping
+        # to the best point instead raised 16 fp8 replicas from k = 1 to 4 a minute before the
+        # code trace's next burst, which then met 4 samples per request (545 of 931 missed).
+        nearest = [a for a in feasible if a.point.variant.name == active and a.point.samples >= k_cur]
+        chosen = min(nearest, key=lambda a: a.point.samples) if nearest else best
+        note = f"{active}×k{k_cur} is not admissible"
+    elif (
+        best.point.quality > current_point.point.quality + 1e-9
+        and current_point.need > current_point.cap
+        and current_point.capacity > 0
+    ):
+        # The current point cannot hold the SLO within its budget, and the best one that can is
+        # of higher quality: bf16×k2 (a scale-up's bridge that the budget then capped) needing
+        # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. Conv ×2.4 at model error
+        # 1.4 sat there for 10 min missing 9 % of its requests: the step-up rules (a window
+        # without a peak, a surge beside the full fleet) never held. The move is due now: to a
+        # fewer-samples point of the running variant if one holds the SLO with margin (at once),
+        # else to the better point once the current one has failed for URGENT_MOVE_S (a capacity
+        # that dipped for one window must not flap) and the full switch cooldown has passed. A
+        # zero capacity (a learnt tail above the SLO even when idle, seen right after a switch)
+        # is not believed enough to move on.
+        changes_variant = best.point.variant.name != active
+        same = [
+            a
+            for a in feasible
+            if a.point.variant.name == active
+            and a.point.quality < current_point.point.quality
+            and (a.capacity <= 0 or math.ceil(a.demand * UPGRADE_MARGIN / a.capacity) <= a.cap)
+        ]
+        wait = max(3 * period, URGENT_MOVE_S)
+        failing = (
+            f"{current_point.point.label} cannot hold the SLO within its budget "
+            f"(needs {current_point.need}, {current_point.cap} fit)"
+        )
+        if changes_variant and same:
+            chosen, better_since, note = same[0], None, failing
+        else:
+            better_since = better_since if better_since is not None else now
+            if now - better_since >= wait and (not changes_variant or since_switch >= cooldown):
+                chosen, better_since, note = best, None, failing
+            else:
+                note = f"{failing}; moving to {best.point.label} once that holds for {wait:.0f}s"
     elif best.point.quality > current_point.point.quality + 1e-9:
-        # Sized for the busiest moment of the step-up window (per sample), not this possibly
-        # idle one: a bursty trace idle for 2 minutes must not step up to a point that its next
-        # burst finds with one replica. The 25 % margin is on the demand, not on the replica
+        # Sized for the busiest moment of the burst memory (per sample), not this possibly idle
+        # one: a bursty trace idle for 5 minutes must not step up to a point that its next burst
+        # finds with one replica. Samples are the lever that acts at once, but only after the
+        # metrics show the burst (a scrape and a period: 15–30 s); requests that arrive before
+        # keep their k. The code trace at ×0.5 stepped up to k = 4 after 5 quiet minutes and met
+        # its next burst (369 requests in a minute) with 1 bf16 replica at k = 4: 465 missed.
+        # Looking back over the burst memory (where samples can move) keeps it at the budget
+        # the burst floor holds. The 25 % margin is on the demand, not on the replica
         # count: 2 seq/s on bf16 at 6 seq/s each needs ⌈2.5 / 6⌉ = 1 replica, where ⌈1 × 1.25⌉
         # would ask for 2 (4 GPUs) and, next to the running fp8 replica, never fit maxGPUs 4.
-        peak = max((v for t, v in demand if now - t <= step_up_window), default=0.0)
+        peak = max((v for t, v in demand if now - t <= look_back), default=0.0)
         margin_rate = max(best.demand, peak * best.point.samples) * UPGRADE_MARGIN
         margin_need = (
             (math.ceil(margin_rate / best.capacity) if margin_rate > 0 else 0) if best.capacity > 0 else 10**6
@@ -615,9 +676,7 @@ def decide(
             # at k=1 hold it while the scale-up starts. It costs a quarter of the peak's fleet
             # at k=4 and binds only after a burst. Without a lever (min = max samples) it would
             # only lengthen the window the user set, so it does not apply.
-            lever = [a for a in assessments if a.point.variant.name == active]
-            fewest = min(lever, key=lambda a: a.point.samples, default=None)
-            if fewest is not None and fewest.point.samples < max(a.point.samples for a in lever):
+            if fewest is not None:
                 burst_peak = max((v for t, v in demand if now - t <= burst_memory), default=0.0)
                 floor = (
                     math.ceil(burst_peak * fewest.point.samples / fewest.capacity)
