@@ -1,0 +1,75 @@
+"""Moves on the quality ladder that are due at once, and the step-up's look-back over bursts.
+
+* A current point that cannot hold the SLO within its budget moves up to a better point that
+  can (after URGENT_MOVE_S), instead of waiting for the step-up rules meant for a fleet at rest.
+* A budget the variant does not admit (a switch's bridge, a raised floor) moves to the nearest
+  admissible budget of the same variant, not to the best point.
+* With a sample lever, stepping back up to k = 4 after a burst waits until the burst has left the
+  burst memory, so the next burst finds the budget that the burst floor was sized for.
+
+The spec is the benchmark's ladder (tests/unit/policy/test_burst_floor.py): bf16 on 2 GPUs, fp8
+and int4 on 1, 16 GPUs, samples 1–4, floor 0.97.
+"""
+
+from __future__ import annotations
+
+from fleet import Fleet
+from test_burst_floor import BURST, WINDOW, ladder_spec, run
+
+from grm_operator.policy.capacity import DEFAULT_TAIL, Workload, operating_points, replica_capacity
+from grm_operator.policy.decide import BURST_MEMORY_WINDOWS, URGENT_MOVE_S
+
+PERIOD = 15.0
+
+
+def capacity(label: str) -> float:
+    spec = ladder_spec(k_min=1)
+    point = next(p for p in operating_points(spec) if p.label == label)
+    return replica_capacity(spec, point.variant, Workload(1000.0, 300.0), 1.0, DEFAULT_TAIL)
+
+
+def quality(label: str) -> float:
+    return next(p.quality for p in operating_points(ladder_spec(k_min=1)) if p.label == label)
+
+
+def test_a_point_that_cannot_hold_the_slo_moves_up_to_a_better_one_that_can() -> None:
+    spec = ladder_spec(k_min=1)
+    # 8 bf16 replicas (all 16 GPUs) at k = 1 serve 8 × 5.2 seq/s; 16 fp8 replicas at k = 2 serve
+    # 16 × 6.4 / 2 score requests/s, and fp8×k2 is the better point (0.982 > 0.974).
+    rate = (8 * capacity("bf16×k1") + 16 * capacity("fp8×k2") / 2) / 2
+    assert 8 * capacity("bf16×k1") < rate < 16 * capacity("fp8×k2") / 2
+    assert quality("fp8×k2") > quality("bf16×k1")
+    fleet = Fleet(spec, samples=1)
+    fleet.desired["bf16"] = 8
+    fleet.pods["bf16"] = [0.0] * 8
+    now, decisions = 0.0, []
+    while now <= 2 * URGENT_MOVE_S:
+        decisions.append((now, fleet.tick(now, rate)))
+        now += PERIOD
+    switches = [(t, d) for t, d in decisions if d.action == "SwitchVariant"]
+    assert switches, [d.reason for _, d in decisions]
+    t, switch = switches[0]
+    # Not on one window's evidence, and not after a 5-minute step-up window either.
+    assert URGENT_MOVE_S <= t <= URGENT_MOVE_S + PERIOD, t
+    assert switch.variant == "fp8" and switch.samples == 2, switch
+    assert "bf16×k1 cannot hold the SLO within its budget" in switch.reason
+    assert "moving to fp8×k2 once that holds for 60s" in decisions[0][1].reason
+
+
+def test_an_inadmissible_budget_moves_to_the_nearest_admissible_one_of_the_same_variant() -> None:
+    # fp8×k1 (0.970 × 0.995 < 0.97) is what a switch from bf16×k1 leaves behind. The best point
+    # (bf16×k4) would be a switch and a jump to 4 samples; fp8×k2 is one step.
+    spec = ladder_spec(k_min=1)
+    assert "fp8×k1" not in {p.label for p in operating_points(spec)}
+    fleet = Fleet(spec, active="fp8", samples=1)
+    decision = fleet.tick(0.0, 0.5)
+    assert (decision.variant, decision.samples) == ("fp8", 2), decision.reason
+    assert "fp8×k1 is not admissible" in decision.reason
+
+
+def test_with_a_sample_lever_the_step_up_waits_for_the_burst_to_leave_the_burst_memory() -> None:
+    series = run(ladder_spec(k_min=1), BURST[1] + BURST_MEMORY_WINDOWS * WINDOW + 2 * WINDOW)
+    step_up = next(t for t, _, reason in series if "sample budget 1 → 4" in reason)
+    # The scale-down window alone would allow it one window after the burst (+ one to fit).
+    assert step_up >= BURST[1] + BURST_MEMORY_WINDOWS * WINDOW - WINDOW, step_up
+    assert step_up <= BURST[1] + BURST_MEMORY_WINDOWS * WINDOW + WINDOW + 2 * PERIOD, step_up
