@@ -3,8 +3,8 @@
 Time is a parameter and memory is explicit (:class:`PolicyState`), so the operator, the fleet
 simulator and the tests drive the very same code. One tick:
 
-1. **Freshness.** No Ready worker, a failed source or samples older than max(3 periods, 60 s):
-   hold the replicas (never scale down blind).
+1. **Freshness.** No Ready worker, a failed source, samples older than max(3 periods, 60 s) or
+   an unknown request rate: hold the replicas (never scale down blind).
 2. **Demand** λ in engine sequences per second (vLLM requests: a GRM score with k samples is
    k of them), plus the queue drained over 20 s, normalised per sample (λ₁ = λ / k) so that
    sample budgets compare. A least-squares trend over the last 3 minutes projects it over the
@@ -21,12 +21,17 @@ simulator and the tests drive the very same code. One tick:
    down happens at once (after a switch, not before min(cooldown, 2 min)); stepping up only when
    the better point fits the peak demand of the scale-down stabilisation window with 25 % margin
    (on the demand: ⌈1.25·λ/capacity⌉), continuously for that window, the surge fits and the
-   switch cooldown has passed — hysteresis against flapping.
+   switch cooldown has passed — hysteresis against flapping. With a sample lever (the variant
+   admits several budgets) the peak looks back over the burst memory (3 windows) instead. A
+   current point that cannot hold the SLO moves up to a better one that can after 60 s (fewer
+   samples first); an inadmissible budget moves to the nearest admissible one of its variant.
 6. **Replicas.** Scale up at once; panic on an SLO breach (no scale-down for 60 s, at least
    ready × min(2, p95 ÷ SLO)); scale down only to the maximum recommendation of the
    scale-down stabilisation window (default 5 min). Bounds: [minReplicas, budget]. Until the
    replicas of a scale-up are Ready, the Ready ones serve at the largest admissible sample
    budget they hold (as during a switch): fewer samples act at once, replicas after a cold start.
+   Burst floor (with a sample lever): scaling in keeps the replicas that serve the burst memory's
+   peak at the lowest admissible budget.
 
 Manual and External modes keep spec.scaling.replicas (the policy still picks variant and
 samples); Pinned precision considers only the pinned variant (samples may still change).
