@@ -1,0 +1,85 @@
+"""Policy grid: our policy alone on a wider grid of settings than the benchmark, for policy work.
+
+The benchmark (``autoscale_bench.py``) runs every policy on four settings per model error. A
+policy change judged on those alone can fit their particular bursts; this grid adds the rate
+scales in between (conv ×1.2, code ×1) as held-out settings and runs only ``grm`` (the oracle of
+each setting is computed once and cached, it does not depend on our policy), so one look at a
+change costs about 25 s on 2 cores. It prints one line per setting and the mean miss rate
+(1 − attainment, averaged over settings); it writes nothing to RESULTS.md.
+
+Run: ``.venv/bin/python bench/policy_grid.py [--jobs 2] [--only SUBSTR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+
+from autoscale_bench import ATTAINMENT_TARGET, GPU_HOURS_FACTOR, ROOT, SPECS, trace_path
+from grm_operator.simulator.cli import load_spec
+from grm_operator.simulator.fleet import Fleet, SimConfig
+from grm_operator.simulator.policies import Grm, Oracle
+from grm_operator.simulator.trace import load_trace
+
+#: (trace, rate scale): the benchmark's scales and the ones between them.
+SCALES = (("conv", 0.6), ("conv", 1.2), ("conv", 2.4), ("code", 0.5), ("code", 1.0), ("code", 2.0))
+ERRORS = (1.0, 1.4)
+SAMPLES = 4
+CACHE = ROOT / ".cache" / "policy-grid-oracle.json"
+
+Setting = tuple[str, float, float]
+
+
+def slug(setting: Setting) -> str:
+    trace, scale, error = setting
+    return f"{trace}-x{scale:g}-err{error:g}"
+
+
+def simulate(job: tuple[Setting, str]) -> tuple[Setting, str, dict[str, float | int]]:
+    """One run of ``grm`` or the oracle (the oracle's replicas start instantly, as in the bench)."""
+    (trace_name, scale, error), name = job
+    spec = load_spec(SPECS / "ladder.yaml", SAMPLES)
+    trace = load_trace(trace_path(trace_name)).scaled(scale)
+    controller = Grm(spec) if name == "grm" else Oracle(spec)
+    config = SimConfig(spec=spec, trace=trace, model_error=error, seed=0)
+    result = Fleet(config, controller, cold_start=name != "oracle").run()
+    return (trace_name, scale, error), name, result.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
+    parser.add_argument("--only", default=None, help="only settings whose slug contains this")
+    args = parser.parse_args(argv)
+    settings = [(t, s, e) for t, s in SCALES for e in ERRORS]
+    settings = [s for s in settings if args.only is None or args.only in slug(s)]
+    oracle: dict[str, dict[str, float | int]] = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    jobs = [(s, "oracle") for s in settings if slug(s) not in oracle] + [(s, "grm") for s in settings]
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        results = list(pool.map(simulate, jobs))
+    for setting, name, summary in results:
+        if name == "oracle":
+            oracle[slug(setting)] = summary
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    CACHE.write_text(json.dumps(oracle, indent=1))
+    misses: list[float] = []
+    for setting, name, summary in results:
+        if name != "grm":
+            continue
+        attainment = float(summary["slo_attainment"])
+        ratio = float(summary["gpu_hours"]) / float(oracle[slug(setting)]["gpu_hours"])
+        met = attainment >= ATTAINMENT_TARGET and ratio <= GPU_HOURS_FACTOR
+        misses.append(1.0 - attainment)
+        print(
+            f"{slug(setting):20s} attainment {attainment:7.2%}  GPU-h {float(summary['gpu_hours']):6.2f}"
+            f" ({ratio:.2f}× oracle)  quality {float(summary['mean_quality']):.4f}"
+            f"  switches {summary['switches']}{'  meets both' if met else ''}"
+        )
+    if misses:
+        print(f"mean miss rate {sum(misses) / len(misses):.2%} over {len(misses)} settings")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
