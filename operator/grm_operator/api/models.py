@@ -336,7 +336,10 @@ class Scaling(ApiModel):
     scale_down_stabilization: Duration = Field(
         default="5m",
         description="Window over which scale-down recommendations are smoothed (max over window): "
-        "replicas fall only when lower for this long.",
+        "replicas fall only when lower for this long. Stepping up to a better operating point waits "
+        "as long. Where the variant admits several sample budgets, a burst is remembered for 3 "
+        "windows: scaling in keeps the replicas that serve its peak at the lowest budget, and a "
+        "step up must fit its peak.",
     )
     control_period: Duration = Field(default="15s", description="How often the policy runs.")
 
