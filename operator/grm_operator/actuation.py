@@ -287,6 +287,12 @@ def plan(
     rank = {t: i for i, t in enumerate(OWNED_CONDITIONS)}
     conditions.sort(key=lambda c: (rank.get(str(c["type"]), len(rank)), str(c["type"])))
     patch["conditions"] = conditions
+    # Deployments that shrink are written first: in a rolling hand-over (bf16 2 → 1, fp8 1 → 2
+    # within maxGPUs 4) the desired replicas then never ask for more GPUs than the budget, not
+    # even between the two writes (scale-up first read fp8 2 + bf16 2 = 6 GPUs for a moment).
+    scale = dict(
+        sorted(scale.items(), key=lambda kv: kv[1] > deployments.get(kv[0], VariantDeployment()).desired)
+    )
     return Plan(scale=scale, samples=samples, status=patch, events=events, active=active, unhealthy=unhealthy)
 
 

@@ -265,24 +265,28 @@ def plan_replicas(
     ``live`` holds spec.replicas of the variant Deployments that exist (the policy's last word);
     ``switching`` names the variants a switch in progress holds (the autoscaler owns those).
 
-    * Manual/External mode: the active variant runs spec.scaling.replicas; others keep their live
-      count during a switch and are scaled to 0 otherwise.
+    * The variants of a switch in progress keep their live count, the active one included: a
+      rolling switch hands the old (still active) variant's GPUs over down to 0 replicas, and
+      clamping it back to minReplicas (or to Manual's spec.scaling.replicas) would take GPUs
+      the new variant was just given.
+    * Manual/External mode: the active variant runs spec.scaling.replicas; the others are scaled
+      to 0.
     * Auto mode: the active variant keeps its live count clamped to [minReplicas, maxReplicas]
-      (minReplicas when new); the others keep theirs (0 when new) during a switch, 0 otherwise.
+      (minReplicas when new); the others 0.
     """
     scaling = spec.scaling
     plan: dict[str, int] = {}
     for v in spec.variants:
         current = live.get(v.name)
-        if v.name == active:
+        if v.name in switching and current is not None:
+            plan[v.name] = current
+        elif v.name == active:
             if scaling.mode != "Auto" and scaling.replicas is not None:
                 plan[v.name] = scaling.replicas
             elif current is None:
                 plan[v.name] = _target_replicas(spec)
             else:
                 plan[v.name] = min(max(current, scaling.min_replicas), scaling.max_replicas)
-        elif v.name in switching and current is not None:
-            plan[v.name] = current
         else:
             plan[v.name] = 0
     return plan

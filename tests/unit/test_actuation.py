@@ -280,8 +280,11 @@ def test_a_switch_that_does_not_fit_max_gpus_rolls() -> None:
     surging = {"bf16": VariantDeployment(2, 2, 2), "fp8": VariantDeployment(1, 1, 0, pending=1)}
     rolled = run(s, None, status=status, deployments=surging, now=NOW + 2)
     assert rolled.scale == {"bf16": 1, "fp8": 2} and rolled.active == "bf16"
+    # Written in this order: the shrinking Deployment first, so that the desired replicas never
+    # ask for 6 GPUs of 4 between the two writes.
+    assert list(rolled.scale) == ["bf16", "fp8"]
     assert [e.reason for e in rolled.events] == ["SwitchRolling"]
     # fp8 Ready at 2 of 3: bf16 goes and fp8 takes the whole budget (capped at its target 3).
     half = {"bf16": VariantDeployment(1, 1, 1), "fp8": VariantDeployment(2, 2, 2)}
     last = run(s, None, status=status, deployments=half, now=NOW + 60)
-    assert last.scale == {"bf16": 0, "fp8": 3}
+    assert last.scale == {"bf16": 0, "fp8": 3} and list(last.scale) == ["bf16", "fp8"]

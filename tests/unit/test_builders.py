@@ -334,8 +334,20 @@ def test_plan_replicas_keeps_the_policys_counts_within_bounds() -> None:
         "fp8": 2,
         "int4": 0,
     }
+    # ... even at 0 for the active one: a rolling switch handed all its GPUs to the new variant
+    # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back, tests/integration/test_autoscale.py).
+    assert builders.plan_replicas(spec, "bf16", {"bf16": 0, "fp8": 4}, switching=switching) == {
+        "bf16": 0,
+        "fp8": 4,
+        "int4": 0,
+    }
     manual = grmd(lambda b: b["spec"]["scaling"].update(mode="Manual", replicas=4)).spec
     assert builders.plan_replicas(manual, "fp8", {"bf16": 2, "fp8": 1}) == {"bf16": 0, "fp8": 4, "int4": 0}
+    assert builders.plan_replicas(manual, "bf16", {"bf16": 1, "fp8": 2}, switching=switching) == {
+        "bf16": 1,
+        "fp8": 2,
+        "int4": 0,
+    }
 
 
 def test_active_variant() -> None:
