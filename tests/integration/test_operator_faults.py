@@ -155,6 +155,10 @@ def test_steady_state_through_the_proxy_sends_no_writes(faults: FaultHarness) ->
     for ns in NAMESPACES[4:]:
         faults.wait(lambda ns=ns: faults.converged(ns), f"{ns} converged")
     faults.wait(lambda: faults.operator.metric("grm_operator_queue_depth") == 0, "queue drained")
+    # The steady state includes the autoscaler's first decision (its timer, not the reconcile,
+    # writes it): before, a first tick landing after clear_records() was counted as a write.
+    for ns in NAMESPACES[4:]:
+        faults.wait(lambda ns=ns: (faults.grmd(ns).get("status") or {}).get("lastDecision"), f"{ns} decided")
     faults.wait(lambda: faults.proxy.open_watches >= 5, "the operator's watches are open")
     faults.proxy.clear_records()
     # Watches that end (here: all at once, as on an API server restart) are resumed from their
