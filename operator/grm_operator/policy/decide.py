@@ -477,6 +477,18 @@ def decide(
     defer_samples = False
     chosen = current_point or best
     note = ""
+    # Points of the running variant with fewer samples that hold the demand with the step-up
+    # margin: the move that acts at once, taken before a switch when the current point fails.
+    # With margin: a point at the edge of its budget (bf16×k1 needing all 8 replicas) leaves the
+    # next minute nothing, where the switch would not.
+    same = [
+        a
+        for a in feasible
+        if current_point is not None
+        and a.point.variant.name == active
+        and a.point.quality < current_point.point.quality
+        and (a.capacity <= 0 or math.ceil(a.demand * UPGRADE_MARGIN / a.capacity) <= a.cap)
+    ]
     if current_point is None:
         # The spec changed under us (floor raised, variant removed), or a switch bridged its cold
         # start with a budget the new variant does not admit (fp8×k1 below a 0.97 floor): move
@@ -502,13 +514,6 @@ def decide(
         # zero capacity (a learnt tail above the SLO even when idle, seen right after a switch)
         # is not believed enough to move on.
         changes_variant = best.point.variant.name != active
-        same = [
-            a
-            for a in feasible
-            if a.point.variant.name == active
-            and a.point.quality < current_point.point.quality
-            and (a.capacity <= 0 or math.ceil(a.demand * UPGRADE_MARGIN / a.capacity) <= a.cap)
-        ]
         wait = max(3 * period, URGENT_MOVE_S)
         failing = (
             f"{current_point.point.label} cannot hold the SLO within its budget "
@@ -570,16 +575,8 @@ def decide(
         changes_variant = best.point.variant.name != active
         # Fewer samples on the running variant take effect at once; another variant needs a
         # cold start (45–90 s) and GPUs for its surge. So step down along the samples first
-        # when that holds the SLO; the ladder moves to the better variant later, with margin.
-        # ... when they hold the SLO with the step-up margin: a point at the edge of its budget
-        # (bf16×k1 needing all 8 replicas) leaves the next minute nothing, where the switch would.
-        same = [
-            a
-            for a in feasible
-            if a.point.variant.name == active
-            and a.point.quality < current_point.point.quality
-            and (a.capacity <= 0 or math.ceil(a.demand * UPGRADE_MARGIN / a.capacity) <= a.cap)
-        ]
+        # when that holds the SLO with margin (``same``); the ladder moves to the better variant
+        # later, with margin.
         if changes_variant and same:
             best, changes_variant = same[0], False
         if not changes_variant or since_switch >= min(cooldown, 120.0):
