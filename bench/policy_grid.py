@@ -18,8 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from autoscale_bench import ATTAINMENT_TARGET, GPU_HOURS_FACTOR, ROOT, SPECS, trace_path
 from grm_operator.simulator.cli import load_spec
-from grm_operator.simulator.fleet import Fleet, SimConfig
-from grm_operator.simulator.policies import Grm, Oracle
+from grm_operator.simulator.fleet import SimConfig
+from grm_operator.simulator.report import run_policies
 from grm_operator.simulator.trace import load_trace
 
 #: (trace, rate scale): the benchmark's scales and the ones between them.
@@ -37,14 +37,13 @@ def slug(setting: Setting) -> str:
 
 
 def simulate(job: tuple[Setting, str]) -> tuple[Setting, str, dict[str, float | int]]:
-    """One run of ``grm`` or the oracle (the oracle's replicas start instantly, as in the bench)."""
+    """One run of ``grm`` or the oracle, as ``grm-operator simulate`` runs it (report.run_policies:
+    the oracle's replicas start instantly)."""
     (trace_name, scale, error), name = job
     spec = load_spec(SPECS / "ladder.yaml", SAMPLES)
     trace = load_trace(trace_path(trace_name)).scaled(scale)
-    controller = Grm(spec) if name == "grm" else Oracle(spec)
     config = SimConfig(spec=spec, trace=trace, model_error=error, seed=0)
-    result = Fleet(config, controller, cold_start=name != "oracle").run()
-    return (trace_name, scale, error), name, result.summary()
+    return (trace_name, scale, error), name, run_policies(config, [name], progress=False)[name].summary()
 
 
 def main(argv: list[str] | None = None) -> int:

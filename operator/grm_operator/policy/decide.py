@@ -441,12 +441,9 @@ def decide(
     # the burst memory (BURST_MEMORY_WINDOWS scale-down windows) sizes the burst floor and the
     # look-back of a step up the ladder; without, the user's window alone does (the live demo's
     # fixed k = 4 steps back up 60 s after its load falls, as its e2e test asserts).
-    lever = sorted(a.point.samples for a in assessments if a.point.variant.name == active)
-    fewest = (
-        next(a for a in assessments if a.point.variant.name == active and a.point.samples == lever[0])
-        if len(set(lever)) > 1
-        else None
-    )
+    on_active = [a for a in assessments if a.point.variant.name == active]
+    lever = len({a.point.samples for a in on_active}) > 1
+    fewest = min(on_active, key=lambda a: a.point.samples) if lever else None
     look_back = burst_memory if fewest is not None else step_up_window
 
     current_point = next(
