@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,18 @@ class FaultHarness:
     def grmd(self, ns: str) -> dict[str, Any]:
         got: dict[str, Any] = self.ok("GET", f"/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments/reward")
         return got
+
+    def update_spec(self, ns: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Read, change and PUT, again on a 409: the operator's status writes bump the resourceVersion."""
+        path = f"/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments/reward"
+        for _ in range(5):
+            body = self.grmd(ns)
+            change(body)
+            status, payload = self.plane.request("PUT", path, body)
+            if status == 200:
+                return
+            assert status == 409, f"PUT {path}: {status} {payload}"
+        raise AssertionError(f"PUT {path}: five conflicts in a row")
 
     def converged(self, ns: str, *, max_num_seqs: int | None = None) -> bool:
         """Every child exists, the status has the current generation and is not Degraded."""
@@ -142,9 +154,7 @@ def test_dropped_watches_resume_and_see_later_changes(faults: FaultHarness, grac
     faults.wait(lambda: faults.proxy.open_watches >= 5, "the operator's watches are open")
     dropped = faults.proxy.drop_watches(graceful=graceful)
     assert dropped >= 5
-    body = faults.grmd(ns)
-    body["spec"]["engine"] = {"maxNumSeqs": 32}
-    faults.ok("PUT", f"/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments/reward", body)
+    faults.update_spec(ns, lambda body: body["spec"].update(engine={"maxNumSeqs": 32}))
     faults.wait(lambda: faults.converged(ns, max_num_seqs=32), "a change after the drop is applied")
     faults.wait(lambda: faults.proxy.open_watches >= 5, "the watches are re-established")
 

@@ -8,7 +8,7 @@ objects of other tests sharing the session's control plane.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,18 @@ class RbacHarness:
         )
         return got
 
+    def update_spec(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Read, change and PUT, again on a 409: the operator's status writes bump the resourceVersion."""
+        path = f"/apis/grm.dev/v1alpha1/namespaces/{self.ns}/grmdeployments/{name}"
+        for _ in range(5):
+            body = self.grmd(name)
+            change(body)
+            status, payload = self.plane.request("PUT", path, body)
+            if status == 200:
+                return
+            assert status == 409, f"PUT {path}: {status} {payload}"
+        raise AssertionError(f"PUT {path}: five conflicts in a row")
+
     def condition(self, name: str, type_: str) -> dict[str, Any] | None:
         conditions = (self.grmd(name).get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c["type"] == type_), None)
@@ -127,9 +139,7 @@ def test_operator_works_with_exactly_the_shipped_rules(rbac_harness: RbacHarness
         "an Event posted",
     )
     # Removing a variant deletes its Deployment and ConfigMap: the delete verbs are granted.
-    body = h.grmd("allowed")
-    body["spec"]["variants"].pop()
-    h.ok("PUT", f"/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments/allowed", body)
+    h.update_spec("allowed", lambda body: body["spec"]["variants"].pop())
     h.wait(lambda: not h.exists(f"/api/v1/namespaces/{ns}/configmaps/allowed-int4-config"), "int4 pruned")
     assert h.operator.metric("grm_operator_api_requests_total", code="403") == 0
 
@@ -147,9 +157,7 @@ def test_removing_one_verb_breaks_the_operator(rbac_harness: RbacHarness, resour
         if verb == "delete":
             # Creating works; pruning a removed variant needs the missing verb.
             h.wait(lambda: (h.condition(name, "SpecValid") or {}).get("status") == "True", "first reconcile")
-            body = h.grmd(name)
-            body["spec"]["variants"].pop()
-            h.ok("PUT", f"/apis/grm.dev/v1alpha1/namespaces/{h.ns}/grmdeployments/{name}", body)
+            h.update_spec(name, lambda body: body["spec"]["variants"].pop())
         message = h.wait(
             lambda: h.forbidden_error(name), f"Degraded=True (ReconcileError) without {verb} on {resource}"
         )
