@@ -166,6 +166,20 @@ class ScoringConfig(_Section):
     max_responses: int = Field(16, ge=2, le=64, description="Most responses one score request may carry.")
     max_tokens: int = Field(512, ge=16, description="Token limit of one critique.")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature of critiques.")
+    shed_floor: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Samples a new score request gets while the engine has requests waiting (the fewest "
+        "that meet precision.minQuality on this variant); None: always the budget.",
+    )
+    shed_poll_s: float = Field(
+        1.0,
+        gt=0.0,
+        le=60.0,
+        description="Seconds between the front's reads of the engine's queue (vllm:num_requests_waiting) "
+        "while shedding is on.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ScoringConfig:
@@ -173,6 +187,11 @@ class ScoringConfig(_Section):
             raise ValueError(
                 f"need samples_min ≤ samples_default ≤ samples_max, got "
                 f"{self.samples_min} ≤ {self.samples_default} ≤ {self.samples_max}"
+            )
+        if self.shed_floor is not None and not self.samples_min <= self.shed_floor <= self.samples_max:
+            raise ValueError(
+                f"need samples_min ≤ shed_floor ≤ samples_max, got "
+                f"{self.samples_min} ≤ {self.shed_floor} ≤ {self.samples_max}"
             )
         return self
 

@@ -45,6 +45,7 @@ __all__ = [
     "leader",
     "parse_scores",
     "score",
+    "shed_samples",
     "vote",
 ]
 
@@ -211,6 +212,9 @@ class ScoreRequest:
     early_exit: bool = True
     samples_per_round: int = 4
     seed: int = 0
+    #: Samples of the request's budget not drawn because the engine had requests waiting (the
+    #: request runs with ``samples``; its budget was ``samples + shed``).
+    shed: int = 0
 
 
 @dataclass
@@ -224,6 +228,7 @@ class ScoreResult:
     early_exit: bool
     rounds: int = 0
     samples_budget: int = 0
+    shed: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
@@ -234,10 +239,25 @@ class ScoreResult:
             "winner": self.winner,
             "samples_used": self.samples_used,
             "samples_budget": self.samples_budget,
+            "shed": self.shed,
             "parse_failures": self.parse_failures,
             "early_exit": self.early_exit,
             "rounds": self.rounds,
         }
+
+
+def shed_samples(samples: int, floor: int | None, waiting: float | None) -> int:
+    """Samples a request of ``samples`` (its budget) does not draw: ``samples − floor`` while the
+    engine has requests waiting, else 0.
+
+    A queue means the batch is full; running new requests at the quality floor drains it
+    samples/floor times faster at once (k = 4 → 1: 4×), where a new replica would take minutes to
+    start, and each request still meets the floor. ``waiting`` None (unknown: the engine's metrics
+    could not be read) never sheds, nor does ``floor`` None (shedding off).
+    """
+    if floor is None or waiting is None or not waiting > 0:
+        return 0
+    return max(0, samples - floor)
 
 
 Sampler = Callable[[list[str], int], Awaitable[list[str]]]
@@ -317,6 +337,7 @@ async def score(request: ScoreRequest, sampler: Sampler) -> ScoreResult:
         parse_failures=failures,
         early_exit=stopped_early,
         rounds=rounds,
-        samples_budget=request.samples,
+        samples_budget=request.samples + request.shed,
+        shed=request.shed,
         errors=errors,
     )

@@ -5,14 +5,24 @@ Routes (all on the worker's one port):
 * ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE streaming too), ``GET /v1/models``:
   relayed to the engine unchanged.
 * ``POST /v1/grm/score`` ``{query, responses[2..16], samples?, principles?, sampling?, early_exit?,
-  seed?}`` → ``{scores, mean_scores, winner, samples_used, samples_budget, parse_failures,
-  early_exit, rounds}``. ``samples`` can only lower the current budget.
+  seed?}`` → ``{scores, mean_scores, winner, samples_used, samples_budget, shed, parse_failures,
+  early_exit, rounds}``. ``samples`` can only lower the current budget. ``shed``: samples of
+  ``samples_budget`` not drawn because the engine had requests waiting (0 normally, see below).
 * ``GET /health``: live (200 unless the engine died). ``GET /ready``: 200 only once the engine
   answers and while not draining.
 * ``GET /metrics``: the engine's ``vllm:*`` families (plus GPU gauges) then the front's ``grm_*``.
 * ``GET|POST /admin/samples`` ``{samples}``: the sample budget, settable within [min, max] (the
   operator lowers it under load). ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``:
   fault injection, sim engine only.
+
+Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's
+``vllm:num_requests_waiting`` every ``shed_poll_s``. While it is > 0 (the batch is full and new
+sequences queue), a new score request runs with ``shed_floor`` samples (the fewest that meet the
+deployment's quality floor on this variant) instead of its budget: the queue drains
+budget/floor times faster at once (k = 4 → 1: 4×), with no replica's cold start, and each
+request's quality stays ≥ the floor. The samples not drawn are counted in
+``grm_score_samples_shed_total``, which the operator adds to the demand it scales replicas for.
+An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never sheds.
 
 Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
 requests run to completion up to ``drain_timeout_s``, then the caller stops the engine.
@@ -21,23 +31,51 @@ requests run to completion up to ``drain_timeout_s``, then the caller stops the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from grm_worker.config import WorkerConfig
 from grm_worker.engines.base import Engine, EngineError, EngineReply
-from grm_worker.scoring import ScoreRequest, score
+from grm_worker.scoring import ScoreRequest, score, shed_samples
 
-__all__ = ["Front", "engine_app"]
+__all__ = ["Front", "engine_app", "engine_waiting"]
 
 log = logging.getLogger("grm_worker.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+WAITING_METRIC = "vllm:num_requests_waiting"
+# The family's own lines only (not vllm:num_requests_waiting_by_reason): vLLM 0.32's exposition
+# is ~600 lines in ~90 families (tests/fixtures/vllm-0.32-metrics.txt), parsed per poll for one gauge.
+_WAITING_LINE = re.compile(r"^(?:# (?:HELP|TYPE) )?" + re.escape(WAITING_METRIC) + r"[{ ]")
+# A queue reading older than this many polls (and at least _QUEUE_STALE_MIN_S) counts as unknown:
+# the engine's /metrics hung or the event loop stalled, and an old queue must not shed new requests.
+_QUEUE_STALE_POLLS = 3
+_QUEUE_STALE_MIN_S = 2.0
+
+
+def engine_waiting(metrics_text: str) -> float | None:
+    """Requests waiting in the engine's queue: ``vllm:num_requests_waiting`` summed over its label
+    sets (one per engine, e.g. per data-parallel rank), or None when the text has no such gauge.
+
+    Raises ``ValueError`` on lines of that family the Prometheus parser rejects.
+    """
+    lines = [line for line in metrics_text.splitlines() if _WAITING_LINE.match(line)]
+    total, seen = 0.0, False
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        for sample in family.samples:
+            if sample.name == WAITING_METRIC:
+                total += sample.value
+                seen = True
+    return total if seen else None
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -115,6 +153,25 @@ class _FrontMetrics:
         )
         info_labels = ["variant", "precision", "engine", "model_name"]
         self.info = Gauge("grm_worker_info", "The worker's variant (value 1).", info_labels, registry=r)
+        # Unlabelled counters are exported at 0 from the start, so rate() exists before the first shed.
+        self.samples_shed = Counter(
+            "grm_score_samples_shed",
+            "Samples of the budget not drawn because the engine had requests waiting "
+            "(the operator counts them as demand).",
+            registry=r,
+        )
+        self.requests_shed = Counter(
+            "grm_score_requests_shed",
+            "Score requests that ran at the shed floor because the engine had requests waiting.",
+            registry=r,
+        )
+        self.shed_floor = Gauge(
+            "grm_shed_floor",
+            "Samples a new score request gets while the engine has requests waiting "
+            "(scoring.shed_floor; 0: shedding off).",
+            registry=r,
+        )
+        self.shed_floor.set(config.scoring.shed_floor or 0)
         self.info.labels(
             variant=config.variant,
             precision=config.precision,
@@ -137,6 +194,11 @@ class Front:
         self._seed = 0
         self.metrics = _FrontMetrics(config)
         self.metrics.budget.set(self.samples_budget)
+        # The engine's queue as last read by the shedding poll (None: unknown) and when (monotonic).
+        self.engine_queue: float | None = None
+        self.engine_queue_at = 0.0
+        self._queue_stale_s = max(_QUEUE_STALE_POLLS * config.scoring.shed_poll_s, _QUEUE_STALE_MIN_S)
+        self._queue_poll: asyncio.Task[None] | None = None
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/completions", self._tracked("completions", self._openai))
         app.router.add_post("/v1/chat/completions", self._tracked("chat", self._openai))
@@ -147,7 +209,48 @@ class Front:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/admin/samples", self._admin_samples)
         app.router.add_route("*", "/admin/sim", self._admin_sim)
+        if config.scoring.shed_floor is not None:
+            app.cleanup_ctx.append(self._polling_queue)
         self.app = app
+
+    # --- the engine's queue (sample shedding) -------------------------------------------------------
+    async def _polling_queue(self, app: web.Application) -> AsyncIterator[None]:
+        self._queue_poll = asyncio.create_task(self._poll_queue(), name="grm-engine-queue-poll")
+        yield
+        await self._stop_queue_poll()
+
+    async def _poll_queue(self) -> None:
+        while True:
+            await self.read_queue()
+            await asyncio.sleep(self.config.scoring.shed_poll_s)
+
+    async def _stop_queue_poll(self) -> None:
+        task, self._queue_poll = self._queue_poll, None
+        self.engine_queue = None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def read_queue(self) -> float | None:
+        """Read the engine's queue once and keep it; a failed read (engine not up, no such gauge,
+        unparsable text, no answer within the staleness bound) is unknown: None, never shed."""
+        waiting: float | None = None
+        try:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result and drops a
+            # cancellation that lands as the read completes, so the poll outlived drain and cleanup.
+            async with asyncio.timeout(self._queue_stale_s):
+                text = await self.engine.metrics_text()
+            waiting = engine_waiting(text)
+        except Exception as error:  # any failure means "unknown"; the poll must keep running
+            log.debug("engine queue unknown: %s: %s", type(error).__name__, error)
+        self.engine_queue, self.engine_queue_at = waiting, time.monotonic()
+        return waiting
+
+    def queue_waiting(self) -> float | None:
+        """The engine's queue as last read, or None when unknown or stale."""
+        if self.engine_queue is None or time.monotonic() - self.engine_queue_at > self._queue_stale_s:
+            return None
+        return self.engine_queue
 
     # --- request accounting and drain ------------------------------------------------------------
     def _tracked(self, endpoint: str, handler: Handler) -> Handler:
@@ -181,6 +284,7 @@ class Front:
         """Refuse new requests and wait for in-flight ones; True when all finished in time."""
         self.draining = True
         self.metrics.ready.set(0)
+        await self._stop_queue_poll()
         log.info("draining in_flight=%d timeout_s=%.1f", self.in_flight, timeout)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -245,6 +349,12 @@ class Front:
             self.metrics.score_requests.labels(outcome="rejected").inc()
             raise
         s = self.config.scoring
+        shed = shed_samples(score_request.samples, s.shed_floor, self.queue_waiting())
+        if shed:
+            floor = score_request.samples - shed  # = shed_floor
+            score_request = dataclasses.replace(score_request, samples=floor, shed=shed)
+            self.metrics.requests_shed.inc()
+            self.metrics.samples_shed.inc(shed)
 
         async def sampler(prompts: list[str], n: int) -> list[str]:
             return await self.engine.sample(prompts, n, max_tokens=s.max_tokens, temperature=s.temperature)

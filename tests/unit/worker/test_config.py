@@ -128,6 +128,29 @@ def test_invalid_configs_fail_validation(fields: dict[str, Any]) -> None:
         make(**fields)
 
 
+@pytest.mark.parametrize(
+    ("scoring", "error"),
+    [
+        ({}, None),
+        ({"shed_floor": 1}, None),
+        ({"samples_max": 16, "shed_floor": 16}, None),
+        ({"samples_min": 2, "samples_default": 4, "shed_floor": 1}, "samples_min ≤ shed_floor"),
+        ({"samples_max": 8, "shed_floor": 9}, "shed_floor ≤ samples_max"),
+        ({"shed_floor": 0}, "shed_floor"),
+        ({"shed_poll_s": 0}, "shed_poll_s"),
+        ({"shed_poll_s": 61}, "shed_poll_s"),
+    ],
+)
+def test_shed_floor_within_the_sample_bounds(scoring: dict[str, Any], error: str | None) -> None:
+    if error is None:
+        config = make(scoring=scoring)
+        assert config.scoring.shed_floor == scoring.get("shed_floor")
+        assert config.scoring.shed_poll_s == 1.0
+        return
+    with pytest.raises(ValidationError, match=error):
+        make(scoring=scoring)
+
+
 def test_load_yaml_and_json_with_dotted_overrides(tmp_path: Path) -> None:
     yaml_file = tmp_path / "worker.yaml"
     yaml_file.write_text("engine: sim\nprecision: fp8\nsim:\n  time_scale: 5\nscoring:\n  samples_max: 16\n")
