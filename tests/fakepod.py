@@ -32,6 +32,7 @@ class FakeWorker:
         kv_cache: float = 0.0,
         old_names: bool = False,
         extra: str = "",
+        shed_per_request: int | None = None,
     ) -> None:
         self.lock = threading.Lock()
         self.engine = Engine()
@@ -42,6 +43,10 @@ class FakeWorker:
         #: Sample budgets POSTed to /admin/samples, in order (the operator's pushes).
         self.samples: list[int] = []
         self.extra = extra
+        #: With a number, the GRM front's grm_score_samples_shed_total: that many samples shed per
+        #: request served (None: the counter is absent, as on a plain vLLM pod).
+        self.shed_per_request = shed_per_request
+        self.shed = 0
         self.rps = rps
         self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
         self.engine.running, self.engine.waiting, self.engine.kv_cache = running, waiting, kv_cache
@@ -85,11 +90,15 @@ class FakeWorker:
         self.engine.success += n
         self.engine.prompt_tokens += 1000 * n
         self.engine.generation_tokens += 300 * n
+        self.shed += n * (self.shed_per_request or 0)
 
     def text(self) -> str:
         with self.lock:
             self._advance()
-            return vllm_text({"0": self.engine}, old_names=self.old_names) + self.extra
+            text = vllm_text({"0": self.engine}, old_names=self.old_names) + self.extra
+            if self.shed_per_request is not None:
+                text += f"# TYPE grm_score_samples_shed counter\ngrm_score_samples_shed_total {self.shed}\n"
+            return text
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         worker = self

@@ -36,6 +36,7 @@ from grm_operator.api.models import (
     GRMDeploymentSpec,
     Variant,
 )
+from grm_operator.policy.capacity import shed_floor
 from grm_operator.settings import OperatorSettings
 from grm_worker.config import (
     CheckpointQuantization,
@@ -366,6 +367,7 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
             samples_max=samples.max,
             samples_default=samples.max,
             samples_per_round=min(4, samples.max),
+            shed_floor=shed_floor(spec, variant.name),
             early_exit="exact" if spec.scoring.early_exit == "Exact" else "off",
             sampling="shuffled" if spec.scoring.sampling == "Shuffled" else "shared-prefill",
         ),

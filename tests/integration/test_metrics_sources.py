@@ -41,7 +41,8 @@ SCRAPE_S = 0.5
 EXPECTED_A_TTFT_P95 = 0.5 + 0.25 * 8.5 / 10
 PODS: dict[str, tuple[str, dict[str, Any]]] = {
     "reward-a-0": ("a", {"rps": 20.0, "ttft": (0.1, 0.2, 0.3, 0.4), "kv_cache": 0.3, "running": 3}),
-    "reward-a-1": ("a", {"rps": 10.0, "ttft": (0.6,), "kv_cache": 0.5, "running": 2}),
+    # The GRM front's shed counter: 3 samples of each request's budget shed under a queue.
+    "reward-a-1": ("a", {"rps": 10.0, "ttft": (0.6,), "kv_cache": 0.5, "running": 2, "shed_per_request": 3}),
     "reward-b-0": (
         "b",
         # The worker's own GPU gauge (as grm-worker exports it), not the DCGM exporter's.
@@ -157,6 +158,10 @@ def _check(reading: Reading, source: str) -> None:
     assert b.itl_p95 is not None and 0.05 < b.itl_p95 <= 0.075, source
     assert c.ttft_p95 is None and c.e2e_p95 is None, f"{source}: idle window must be unknown, not 0"
     assert a.running == 5 and c.waiting == 4 and total.waiting == 4, source
+    # Shed samples: 10 rps × 3 on a-1; pods without the counter are unknown, not 0.
+    assert a.shed_sps == pytest.approx(30.0, rel=0.12), source
+    assert total.shed_sps == pytest.approx(30.0, rel=0.12), source
+    assert b.shed_sps is None and c.shed_sps is None, source
     assert a.kv_cache_usage == pytest.approx(0.4) and b.kv_cache_usage == pytest.approx(0.9), source
     assert a.pods_reporting == 2 and total.pods_reporting == 4, source
     assert total.sample_age_s is not None and total.sample_age_s < 3 * SCRAPE_S, source

@@ -104,3 +104,51 @@ def test_invalid_config_exits_2(tmp_path: Path) -> None:
         assert "pre-quantized awq checkpoint" in proc.log()
     finally:
         proc.kill()
+
+
+async def test_a_full_batch_sheds_new_score_requests_to_the_floor(tmp_path: Path) -> None:
+    """The worker process the operator configures (scoring.shed_floor from the spec): with its
+    sim engine's batch full, a new score request runs at the floor and the counter says so."""
+    config = {
+        "engine": "sim",
+        "variant": "bf16",
+        "precision": "bf16",
+        "model": {"name": "deepseek-ai/DeepSeek-GRM-27B", "served_name": "grm"},
+        "vllm": {"max_num_seqs": 2},
+        "scoring": {
+            "samples_min": 1,
+            "samples_max": 8,
+            "samples_default": 8,
+            "shed_floor": 2,
+            "shed_poll_s": 0.05,
+        },
+        "sim": {"time_scale": 1.0, "output_tokens": 20},
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = WorkerProcess("--config", str(path))
+    try:
+        proc.wait_ready(30)
+        async with aiohttp.ClientSession(proc.url) as http:
+            score = {"query": "2+2?", "responses": ["4", "5"], "early_exit": "off"}
+            idle = await (await http.post("/v1/grm/score", json=score)).json()
+            assert (idle["shed"], idle["samples_used"]) == (0, 8)
+            # Four long completions on a batch of 2: two wait for seconds.
+            long = {"model": "grm", "prompt": "x", "max_tokens": 400}
+            fill = [asyncio.create_task(http.post("/v1/completions", json=long)) for _ in range(4)]
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:  # until the front's own reading (every 50 ms) shows the queue
+                text = await (await http.get("/metrics")).text()
+                queue = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+                if queue["grm_engine_queue"] > 0:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the front never saw a queue"
+            body = await (await http.post("/v1/grm/score", json=score)).json()
+            assert (body["shed"], body["samples_used"], body["samples_budget"]) == (6, 2, 8)
+            text = await (await http.get("/metrics")).text()
+            values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            assert values["grm_score_samples_shed_total"] >= 6 and values["grm_shed_floor"] == 2
+            for task in fill:
+                task.cancel()
+    finally:
+        proc.kill()

@@ -249,6 +249,14 @@ def test_worker_config_is_the_workers_own_contract() -> None:
     assert int4.model.path == "/mnt/weights/grm-27b-awq"
     assert bf16.drain_timeout_s == 60.0
     assert (bf16.scoring.samples_min, bf16.scoring.samples_max, bf16.scoring.early_exit) == (1, 8, "exact")
+    # Shed floors: the fewest samples meeting minQuality 0.97 per variant (bf16×k2, fp8×k4); int4
+    # admits only k = 8, so its workers never shed.
+    assert [c.scoring.shed_floor for c in (bf16, fp8, int4)] == [2, 4, None]
+    off = children(grmd(lambda b: b["spec"]["scoring"].update(shedSamples="Off")))
+    assert {
+        WorkerConfig.model_validate_json(cm["data"]["worker.json"]).scoring.shed_floor
+        for cm in off.config_maps.values()
+    } == {None}
     command = vllm_command(bf16, device="cuda", python="python")
     assert command[command.index("--tensor-parallel-size") + 1] == "2"
     assert command[command.index("--model") + 1] == "/mnt/weights/grm-27b"

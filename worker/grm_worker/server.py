@@ -15,13 +15,14 @@ Routes (all on the worker's one port):
   operator lowers it under load). ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``:
   fault injection, sim engine only.
 
-Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's
-``vllm:num_requests_waiting`` every ``shed_poll_s``. While it is > 0 (the batch is full and new
-sequences queue), a new score request runs with ``shed_floor`` samples (the fewest that meet the
-deployment's quality floor on this variant) instead of its budget: the queue drains
-budget/floor times faster at once (k = 4 → 1: 4×), with no replica's cold start, and each
-request's quality stays ≥ the floor. The samples not drawn are counted in
-``grm_score_samples_shed_total``, which the operator adds to the demand it scales replicas for.
+Sample shedding (``scoring.shed_floor`` set): a background task asks the engine for its queue
+(:meth:`Engine.waiting_requests`, vLLM's ``vllm:num_requests_waiting``) every ``shed_poll_s``.
+While it is > 0 (the batch is full and new sequences queue), a new score request runs with
+``shed_floor`` samples (the fewest that meet the deployment's quality floor on this variant)
+instead of its budget: the queue drains budget/floor times faster at once (k = 4 → 1: 4×), with
+no replica's cold start, and each request's quality stays ≥ the floor. The samples not drawn are
+counted in ``grm_score_samples_shed_total``, which the operator adds to the demand it scales
+replicas for.
 An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never sheds.
 
 Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
@@ -33,17 +34,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from grm_worker.config import WorkerConfig
-from grm_worker.engines.base import Engine, EngineError, EngineReply
+from grm_worker.engines.base import Engine, EngineError, EngineReply, engine_waiting
 from grm_worker.scoring import ScoreRequest, score, shed_samples
 
 __all__ = ["Front", "engine_app", "engine_waiting"]
@@ -52,30 +51,10 @@ log = logging.getLogger("grm_worker.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-WAITING_METRIC = "vllm:num_requests_waiting"
-# The family's own lines only (not vllm:num_requests_waiting_by_reason): vLLM 0.32's exposition
-# is ~600 lines in ~90 families (tests/fixtures/vllm-0.32-metrics.txt), parsed per poll for one gauge.
-_WAITING_LINE = re.compile(r"^(?:# (?:HELP|TYPE) )?" + re.escape(WAITING_METRIC) + r"[{ ]")
 # A queue reading older than this many polls (and at least _QUEUE_STALE_MIN_S) counts as unknown:
 # the engine's /metrics hung or the event loop stalled, and an old queue must not shed new requests.
 _QUEUE_STALE_POLLS = 3
 _QUEUE_STALE_MIN_S = 2.0
-
-
-def engine_waiting(metrics_text: str) -> float | None:
-    """Requests waiting in the engine's queue: ``vllm:num_requests_waiting`` summed over its label
-    sets (one per engine, e.g. per data-parallel rank), or None when the text has no such gauge.
-
-    Raises ``ValueError`` on lines of that family the Prometheus parser rejects.
-    """
-    lines = [line for line in metrics_text.splitlines() if _WAITING_LINE.match(line)]
-    total, seen = 0.0, False
-    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
-        for sample in family.samples:
-            if sample.name == WAITING_METRIC:
-                total += sample.value
-                seen = True
-    return total if seen else None
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -172,6 +151,13 @@ class _FrontMetrics:
             registry=r,
         )
         self.shed_floor.set(config.scoring.shed_floor or 0)
+        self.engine_queue = Gauge(
+            "grm_engine_queue",
+            "Requests waiting in the engine as the front last read them (what shedding acts on; "
+            "-1: unknown or shedding off).",
+            registry=r,
+        )
+        self.engine_queue.set(-1)
         self.info.labels(
             variant=config.variant,
             precision=config.precision,
@@ -239,11 +225,11 @@ class Front:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result and drops a
             # cancellation that lands as the read completes, so the poll outlived drain and cleanup.
             async with asyncio.timeout(self._queue_stale_s):
-                text = await self.engine.metrics_text()
-            waiting = engine_waiting(text)
+                waiting = await self.engine.waiting_requests()
         except Exception as error:  # any failure means "unknown"; the poll must keep running
             log.debug("engine queue unknown: %s: %s", type(error).__name__, error)
         self.engine_queue, self.engine_queue_at = waiting, time.monotonic()
+        self.metrics.engine_queue.set(-1 if waiting is None else waiting)
         return waiting
 
     def queue_waiting(self) -> float | None:

@@ -439,6 +439,14 @@ class Scoring(ApiModel):
         description="Shuffled: responses shuffled per sample (DeepSeek-GRM's recipe against position "
         "bias, one prefill per sample). SharedPrefill: one shuffled prompt, n samples sharing its prefill.",
     )
+    shed_samples: Literal["OnQueue", "Off"] = Field(
+        default="OnQueue",
+        description="OnQueue: while a worker's engine has requests waiting, a new score request gets "
+        "the fewest samples that still meet precision.minQuality on the worker's variant (bf16×1 "
+        "instead of ×4 on the ladder example), so a burst's queue drains at once, without a cold "
+        "start; the samples not drawn are exported as grm_score_samples_shed_total and the "
+        "autoscaler counts them as demand. Off: every request gets the sample budget.",
+    )
     critique_tokens: int = Field(
         default=300,
         description="Expected tokens per critique (DeepSeek-GRM: 218–376); used for capacity planning.",

@@ -53,6 +53,7 @@ SIGNAL_FIELDS: dict[str, str] = {
     "rps": "rps",
     "promptTokens": "prompt_tps",
     "generationTokens": "generation_tps",
+    "shedSamples": "shed_sps",
     "ttftP50": "ttft_p50",
     "ttftP95": "ttft_p95",
     "itlP50": "itl_p50",
@@ -69,7 +70,7 @@ SIGNAL_FIELDS: dict[str, str] = {
 }
 
 # How a total is derived from per-variant values when an override query returns no total.
-_SUM = {"rps", "prompt_tps", "generation_tps", "running", "waiting", "pods_reporting"}
+_SUM = {"rps", "prompt_tps", "generation_tps", "shed_sps", "running", "waiting", "pods_reporting"}
 _MEAN = {"kv_cache_usage", "gpu_util"}
 _MIN = {"sample_age_s"}
 
@@ -125,6 +126,7 @@ def default_queries() -> dict[str, str]:
         "rps": _rate(COUNTER_NAMES["rps"]),
         "promptTokens": _rate(COUNTER_NAMES["prompt_tps"]),
         "generationTokens": _rate(COUNTER_NAMES["generation_tps"]),
+        "shedSamples": _rate(COUNTER_NAMES["shed_sps"]),
         "ttftP50": _quantile(0.5, HISTOGRAM_NAMES["ttft"]),
         "ttftP95": _quantile(0.95, HISTOGRAM_NAMES["ttft"]),
         "itlP50": _quantile(0.5, HISTOGRAM_NAMES["itl"]),

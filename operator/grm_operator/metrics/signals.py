@@ -38,6 +38,8 @@ COUNTER_NAMES: dict[str, tuple[str, ...]] = {
     "rps": ("vllm:request_success_total",),
     "prompt_tps": ("vllm:prompt_tokens_total",),
     "generation_tps": ("vllm:generation_tokens_total",),
+    # The GRM worker's own: samples of score requests' budgets not drawn under a queue.
+    "shed_sps": ("grm_score_samples_shed_total",),
 }
 
 #: Gauges by signal, newest name first. running/waiting are summed over pods, kv_cache averaged.
@@ -78,6 +80,9 @@ class Signals:
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
+    #: Samples per second of score requests' budgets that workers did not draw because their
+    #: engine had a queue (``grm_score_samples_shed_total``): demand the sequence rate misses.
+    shed_sps: float | None = None
     gpu_util: float | None = None
     #: Pods that contributed at least one sample in the window.
     pods_reporting: int = 0

@@ -236,6 +236,7 @@ def summarize(histories: Iterable[PodHistory], window_s: float, now: float) -> S
         rps=_rate(per_pod, COUNTER_NAMES["rps"]),
         prompt_tps=_rate(per_pod, COUNTER_NAMES["prompt_tps"]),
         generation_tps=_rate(per_pod, COUNTER_NAMES["generation_tps"]),
+        shed_sps=_rate(per_pod, COUNTER_NAMES["shed_sps"]),
         ttft_p50=ttft[0],
         ttft_p95=ttft[1],
         itl_p50=itl[0],

@@ -88,6 +88,18 @@ def operating_points(spec: GRMDeploymentSpec, pinned: str | None = None) -> list
     return admissible
 
 
+def shed_floor(spec: GRMDeploymentSpec, variant: str) -> int | None:
+    """The samples a worker of ``variant`` gives a new score request while its engine has a queue
+    (spec.scoring.shedSamples OnQueue): the fewest admissible on the variant. None when shedding is
+    off, the variant admits no budget below samples.max (nothing to shed) or none at all."""
+    if spec.scoring.shed_samples == "Off":
+        return None
+    budgets = [p.samples for p in operating_points(spec, variant)]
+    if not budgets or min(budgets) >= spec.scoring.samples.max:
+        return None
+    return min(budgets)
+
+
 def variant_profile(variant: Variant) -> PerformanceProfile:
     """The variant's declared profile, or the built-in prior of its precision."""
     prof = variant.profile

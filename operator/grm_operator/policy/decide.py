@@ -6,10 +6,12 @@ simulator and the tests drive the very same code. One tick:
 1. **Freshness.** No Ready worker, a failed source, samples older than max(3 periods, 60 s) or
    an unknown request rate: hold the replicas (never scale down blind).
 2. **Demand** λ in engine sequences per second (vLLM requests: a GRM score with k samples is
-   k of them), plus the queue drained over 20 s, normalised per sample (λ₁ = λ / k) so that
-   sample budgets compare. A least-squares trend over the last 3 minutes projects it over the
-   cold-start horizon of the variant (replica Ready ≈ 45–90 s after it is asked for): at
-   0.05 seq/s² and a 75 s horizon the policy provisions for 3.75 seq/s more than it sees.
+   k of them), plus the samples workers shed under a queue (they served those requests at the
+   shed floor; counting them keeps λ what the budget asks), plus the queue drained over 20 s,
+   normalised per sample (λ₁ = λ / k) so that sample budgets compare. A least-squares trend
+   over the last 3 minutes projects it over the cold-start horizon of the variant (replica
+   Ready ≈ 45–90 s after it is asked for): at 0.05 seq/s² and a 75 s horizon the policy
+   provisions for 3.75 seq/s more than it sees.
 3. **Online correction.** At the active variant's operating load, observed median ITL ÷ the
    model's mean step time is the replica's ``speed`` (1.4 = 40 % slower than its prior) and
    observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3), learnt
@@ -401,7 +403,9 @@ def decide(
 
     # --- demand -----------------------------------------------------------------------------------
     workload = _workload(total, spec, window)
-    seq_rate = (total.rps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
+    # Shed samples are demand the fleet did not serve at the budget: without them a burst the
+    # workers absorb at k=1 reads as a quarter of itself (k=4) and the replicas it needs never come.
+    seq_rate = (total.rps or 0.0) + (total.shed_sps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
     per_sample = seq_rate / k_cur
     # Stepping up the ladder lowers capacity per GPU, like a scale-down: it waits for, and sizes
     # for the peak of, the scale-down stabilisation window (at least 3 periods, so one window's

@@ -47,6 +47,8 @@ class Group:
     last_first_token: float | None = None
     finished: float | None = None
     decode_s: float = 0.0
+    #: Samples of the budget not drawn: the worker lowered k because its engine had a queue.
+    shed: int = 0
 
     def __post_init__(self) -> None:
         self.prefill_left = self.prompt_tokens

@@ -8,6 +8,9 @@ What the operator and the cluster do, in simulated time:
   was Pending) until it is released; a removed Ready replica first drains (no new requests).
 * **Routing.** Requests go round-robin to Ready replicas (a Kubernetes Service); while none is
   Ready they wait at the gateway and are rejected after ``gateway_timeout_s``.
+* **Sample shedding** (spec.scoring.shedSamples OnQueue, the worker's behaviour): a request
+  routed to a replica whose engine has requests waiting runs at the variant's shed floor (the
+  fewest admissible samples); the samples not drawn reach the policy as ``shed_sps``.
 * **Metrics.** Every ``scrape_interval_s`` the window's completed requests give rates and p50/p95
   latencies, the replicas' gauges give running/waiting/KV, busy time gives GPU utilisation; the
   controller sees the newest scrape (its age is ``sample_age_s``).
@@ -32,7 +35,7 @@ import numpy as np
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.metrics.signals import Signals
-from grm_operator.policy.capacity import variant_profile, voting_accuracy
+from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
 from grm_operator.policy.types import Observation
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.trace import Trace
@@ -212,6 +215,9 @@ class Fleet:
         self.latest_time = 0.0
         self.series: list[SeriesPoint] = []
         self.window_s = parse_duration(self.spec.metrics.window)
+        #: The workers' shed floor per variant (spec.scoring.shedSamples): every policy runs the
+        #: same workers, so the baselines shed too.
+        self.shed_floor = {v.name: shed_floor(self.spec, v.name) for v in self.spec.variants}
 
     # --- pods ------------------------------------------------------------------------------------
     def _new_pod(self, variant: str, now: float, warm: bool) -> Pod:
@@ -330,6 +336,13 @@ class Fleet:
         self.rr += 1
         self._advance(pod, now)
         group.variant = pod.variant
+        floor = self.shed_floor.get(pod.variant)
+        if floor is not None and floor < group.samples and pod.engine.waiting:
+            # As the worker does (grm_worker.server): its engine has requests waiting, so this one
+            # runs at the floor. The worker reads the queue once a second; here it is exact.
+            group.shed = group.samples - floor
+            group.samples = floor
+            group.prefill_left = group.prompt_tokens
         group.quality = point_quality(self.spec, pod.variant, group.samples)
         pod.engine.submit(group, now)
 
@@ -404,6 +417,7 @@ class Fleet:
             rps=seqs / w if groups else (0.0 if pods else None),
             prompt_tps=sum(g.prompt_tokens for g in groups) / w,
             generation_tps=sum(g.output * g.samples for g in groups) / w,
+            shed_sps=sum(g.shed for g in groups) / w,
             ttft_p50=_pct(ttft, 50),
             ttft_p95=_pct(ttft, 95),
             itl_p50=_weighted_pct(steps, 50),

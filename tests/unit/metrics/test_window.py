@@ -236,3 +236,17 @@ def test_two_scrapes_of_the_real_dump_read_as_an_idle_pod() -> None:
     store.add("p", parse_scrape(text, 15.0, keep=SIGNAL_NAMES))
     s = summarize(store.histories(["p"]), window_s=60, now=15)
     assert s.rps == 0 and s.ttft_p95 is None and s.running == 0 and s.pods_reporting == 1
+
+
+def test_the_workers_shed_samples_are_a_rate_and_unknown_without_the_counter() -> None:
+    store = ScrapeStore()
+    for t, shed in ((0, 10), (30, 40), (60, 130)):  # 120 samples shed over 60 s
+        # As prometheus_client writes a counter: the family without _total, the sample with it.
+        text = vllm_text({"0": Engine()}) + "# TYPE grm_score_samples_shed counter\n"
+        text += f"grm_score_samples_shed_total {shed}\n"
+        store.add("a", parse_scrape(text, t))
+    assert summarize(store.histories(["a"]), window_s=60, now=60).shed_sps == pytest.approx(2.0)
+    plain = ScrapeStore()
+    for t in (0, 30, 60):
+        plain.add("b", parse_scrape(vllm_text({"0": Engine()}), t))
+    assert summarize(plain.histories(["b"]), window_s=60, now=60).shed_sps is None

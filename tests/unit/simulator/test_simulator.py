@@ -18,8 +18,8 @@ from grm_operator import cli
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
-from grm_operator.simulator.fleet import RunResult, SimConfig
-from grm_operator.simulator.policies import POLICIES
+from grm_operator.simulator.fleet import Fleet, RunResult, SimConfig
+from grm_operator.simulator.policies import POLICIES, StaticPeak
 from grm_operator.simulator.report import run_policies
 from grm_operator.simulator.trace import Trace, load_trace
 from grm_worker.perfmodel import profile_for, step_time_s
@@ -140,9 +140,41 @@ def test_static_peak_at_very_low_load_meets_the_slo(spec: GRMDeploymentSpec) -> 
     assert result.rejected == 0
 
 
+def with_scoring(spec: GRMDeploymentSpec, **scoring: str) -> GRMDeploymentSpec:
+    data = spec.model_dump(by_alias=True, exclude_none=True)
+    data["scoring"].update(scoring)
+    return GRMDeploymentSpec.model_validate(data)
+
+
+def test_a_queued_replica_sheds_samples_to_the_floor_and_reports_them() -> None:
+    # One bf16 replica at 3 score requests/s of k = 8 has a queue most of the time: requests that
+    # meet it run at bf16's floor (k = 2: 0.97 admits voting over 2 of 8), the rest at 8.
+    with resources.as_file(DATA / "demo-spec.yaml") as path:
+        single = with_scaling(load_spec(path), maxReplicas=1, maxGPUs=2)
+    trace = constant_trace(3.0, 300)
+    runs = {}
+    for mode in ("OnQueue", "Off"):
+        fleet = Fleet(SimConfig(spec=with_scoring(single, shedSamples=mode), trace=trace), StaticPeak(single))
+        runs[mode] = (fleet, fleet.run())
+    shedding, shed_result = runs["OnQueue"]
+    shed = [g for g in shedding.done if g.shed]
+    assert shed and len(shed) < len(shedding.done)
+    assert {g.samples for g in shed} == {2} and {g.shed for g in shed} == {6}
+    assert shed_result.mean_quality >= single.precision.min_quality
+    off, off_result = runs["Off"]
+    assert not any(g.shed for g in off.done) and off_result.mean_quality == 1.0
+    assert shed_result.slo_attainment > off_result.slo_attainment + 0.3
+    # The policy sees them: a scrape's shed rate is its window's shed samples per second.
+    window = [g for g in shedding.done if g.finished is not None and 200.0 < g.finished <= 260.0]
+    signals = shedding._signals(window, [], [], 260.0)
+    assert signals.shed_sps == pytest.approx(sum(g.shed for g in window) / 60.0)
+    assert signals.shed_sps is not None and signals.shed_sps > 0
+
+
 def test_one_replica_at_very_high_load_does_not(spec: GRMDeploymentSpec) -> None:
     single = with_scaling(spec, maxReplicas=1, maxGPUs=2)
-    config = SimConfig(spec=single, trace=constant_trace(3.0, 300))
+    # 6 requests/s: at 3/s the replica still served 77 % within the SLO, shedding to 1 sample.
+    config = SimConfig(spec=single, trace=constant_trace(6.0, 300))
     result = run_policies(config, ["static-peak"], progress=False)["static-peak"]
     assert result.slo_attainment < 0.5
     assert result.served + result.rejected == result.total

@@ -167,6 +167,8 @@ async def test_sim_engine_queue_is_read_from_its_metrics() -> None:
     while engine_waiting(await engine.metrics_text()) != 2.0:
         assert asyncio.get_running_loop().time() < deadline, "the sim never reported its queue"
         await asyncio.sleep(0.005)
+    # The front asks the sim directly (no exposition rendered): the same number.
+    assert await engine.waiting_requests() == 2.0
     for task in long:
         task.cancel()
     await engine.stop()
