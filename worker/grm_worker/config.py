@@ -173,6 +173,14 @@ class ScoringConfig(_Section):
         description="Samples a new score request gets while the engine has requests waiting (the fewest "
         "that meet precision.minQuality on this variant); None: always the budget.",
     )
+    shed_queue_s: float = Field(
+        0.25,
+        gt=0.0,
+        le=60.0,
+        description="Mean wait in the engine's queue (of the requests admitted since the last read) from "
+        "which its queue means a full batch; a queue that admitted nothing between two reads counts too. "
+        "Shorter waits are requests between two engine steps (10-100 ms).",
+    )
     shed_poll_s: float = Field(
         1.0,
         gt=0.0,

@@ -15,14 +15,15 @@ Routes (all on the worker's one port):
   operator lowers it under load). ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``:
   fault injection, sim engine only.
 
-Sample shedding (``scoring.shed_floor`` set): a background task asks the engine for its queue
-(:meth:`Engine.waiting_requests`, vLLM's ``vllm:num_requests_waiting``) every ``shed_poll_s``.
-While it is > 0 (the batch is full and new sequences queue), a new score request runs with
-``shed_floor`` samples (the fewest that meet the deployment's quality floor on this variant)
-instead of its budget: the queue drains budget/floor times faster at once (k = 4 → 1: 4×), with
-no replica's cold start, and each request's quality stays ≥ the floor. The samples not drawn are
-counted in ``grm_score_samples_shed_total``, which the operator adds to the demand it scales
-replicas for.
+Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's queue
+(:meth:`Engine.queue_reading`: vLLM's ``vllm:num_requests_waiting`` and queue-time histogram)
+every ``shed_poll_s``. While the batch is full — requests wait and those admitted since the last
+read waited ``shed_queue_s`` or more, or none was admitted (:mod:`grm_worker.queue`; a request
+between two engine steps does not count) — a new score request runs with ``shed_floor`` samples
+(the fewest that meet the deployment's quality floor on this variant) instead of its budget: the
+queue drains budget/floor times faster at once (k = 4 → 1: 4×), with no replica's cold start,
+and each request's quality stays ≥ the floor. The samples not drawn are counted in
+``grm_score_samples_shed_total``, which the operator adds to the demand it scales replicas for.
 An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never sheds.
 
 Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
@@ -42,7 +43,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from grm_worker.config import WorkerConfig
-from grm_worker.engines.base import Engine, EngineError, EngineReply, engine_waiting
+from grm_worker.engines.base import Engine, EngineError, EngineReply
+from grm_worker.queue import QueueReading, engine_waiting, queue_blocked
 from grm_worker.scoring import ScoreRequest, score, shed_samples
 
 __all__ = ["Front", "engine_app", "engine_waiting"]
@@ -153,8 +155,8 @@ class _FrontMetrics:
         self.shed_floor.set(config.scoring.shed_floor or 0)
         self.engine_queue = Gauge(
             "grm_engine_queue",
-            "Requests waiting in the engine as the front last read them (what shedding acts on; "
-            "-1: unknown or shedding off).",
+            "Requests waiting in the engine's full batch as the front last read them (what shedding "
+            "acts on; 0: the batch has room; -1: unknown or shedding off).",
             registry=r,
         )
         self.engine_queue.set(-1)
@@ -180,8 +182,10 @@ class Front:
         self._seed = 0
         self.metrics = _FrontMetrics(config)
         self.metrics.budget.set(self.samples_budget)
-        # The engine's queue as last read by the shedding poll (None: unknown) and when (monotonic).
+        # The engine's queue as last read by the shedding poll (None: unknown; 0: no full batch,
+        # a request between two steps included) and when (monotonic); the read before, raw.
         self.engine_queue: float | None = None
+        self._queue_reading: QueueReading | None = None
         self.engine_queue_at = 0.0
         self._queue_stale_s = max(_QUEUE_STALE_POLLS * config.scoring.shed_poll_s, _QUEUE_STALE_MIN_S)
         self._queue_poll: asyncio.Task[None] | None = None
@@ -212,22 +216,27 @@ class Front:
 
     async def _stop_queue_poll(self) -> None:
         task, self._queue_poll = self._queue_poll, None
-        self.engine_queue = None
+        self.engine_queue, self._queue_reading = None, None
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
 
     async def read_queue(self) -> float | None:
-        """Read the engine's queue once and keep it; a failed read (engine not up, no such gauge,
-        unparsable text, no answer within the staleness bound) is unknown: None, never shed."""
-        waiting: float | None = None
+        """Read the engine's queue once and keep what shedding acts on: the requests waiting when
+        the batch is full (:func:`grm_worker.queue.queue_blocked` against the previous read), else
+        0. A failed read (engine not up, no such gauge, unparsable text, no answer within the
+        staleness bound) is unknown: None, never shed."""
+        reading: QueueReading | None = None
         try:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result and drops a
             # cancellation that lands as the read completes, so the poll outlived drain and cleanup.
             async with asyncio.timeout(self._queue_stale_s):
-                waiting = await self.engine.waiting_requests()
+                reading = await self.engine.queue_reading()
         except Exception as error:  # any failure means "unknown"; the poll must keep running
             log.debug("engine queue unknown: %s: %s", type(error).__name__, error)
+        blocked = queue_blocked(self._queue_reading, reading, self.config.scoring.shed_queue_s)
+        self._queue_reading = reading
+        waiting = None if blocked is None or reading is None else (reading.waiting if blocked else 0.0)
         self.engine_queue, self.engine_queue_at = waiting, time.monotonic()
         self.metrics.engine_queue.set(-1 if waiting is None else waiting)
         return waiting

@@ -139,13 +139,15 @@ def test_invalid_configs_fail_validation(fields: dict[str, Any]) -> None:
         ({"shed_floor": 0}, "shed_floor"),
         ({"shed_poll_s": 0}, "shed_poll_s"),
         ({"shed_poll_s": 61}, "shed_poll_s"),
+        ({"shed_queue_s": 0}, "shed_queue_s"),
+        ({"shed_queue_s": 61}, "shed_queue_s"),
     ],
 )
 def test_shed_floor_within_the_sample_bounds(scoring: dict[str, Any], error: str | None) -> None:
     if error is None:
         config = make(scoring=scoring)
         assert config.scoring.shed_floor == scoring.get("shed_floor")
-        assert config.scoring.shed_poll_s == 1.0
+        assert (config.scoring.shed_poll_s, config.scoring.shed_queue_s) == (1.0, 0.25)
         return
     with pytest.raises(ValidationError, match=error):
         make(scoring=scoring)

@@ -92,8 +92,9 @@ async def floor_1() -> AsyncIterator[Served]:
 
 
 async def polled(engine: QueueEngine) -> None:
-    """Return once a read that started after this call has completed (two reads later)."""
-    target = engine.reads + 2
+    """Return once two reads that started after this call have completed (three reads later): a
+    queue without a queue-time histogram counts once two reads in a row saw it."""
+    target = engine.reads + 3
     deadline = asyncio.get_running_loop().time() + 5.0
     while engine.reads < target:
         assert asyncio.get_running_loop().time() < deadline, "the front never read the engine's queue"
@@ -167,8 +168,8 @@ async def test_sim_engine_queue_is_read_from_its_metrics() -> None:
     while engine_waiting(await engine.metrics_text()) != 2.0:
         assert asyncio.get_running_loop().time() < deadline, "the sim never reported its queue"
         await asyncio.sleep(0.005)
-    # The front asks the sim directly (no exposition rendered): the same number.
-    assert await engine.waiting_requests() == 2.0
+    reading = await engine.queue_reading()
+    assert reading is not None and reading.waiting == 2.0 and reading.left is not None
     for task in long:
         task.cancel()
     await engine.stop()
@@ -235,6 +236,37 @@ async def test_no_queue_or_an_unknown_one_does_not_shed(metrics: str | Exception
     body = await scored(client)
     assert (body["samples_used"], body["shed"]) == (2, 2)
     await client.close()
+
+
+class SteppingEngine(QueueEngine):
+    """One request waiting at every read, and 30 admitted since the last one after ``wait_s``
+    each: requests between two engine steps (30 ms), or a full batch (0.8 s)."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__("")
+        self.wait_s = wait_s
+
+    async def metrics_text(self) -> str:
+        await super().metrics_text()
+        left = 30 * self.reads
+        return (
+            f"vllm:num_requests_waiting 1.0\nvllm:request_queue_time_seconds_count {left}\n"
+            f"vllm:request_queue_time_seconds_sum {left * self.wait_s}\n"
+        )
+
+
+async def test_requests_waiting_for_the_next_step_do_not_shed_a_full_batch_does() -> None:
+    config = WorkerConfig.model_validate(
+        {"engine": "sim", "scoring": {"samples_default": 4, "shed_floor": 1, "shed_poll_s": 0.01}}
+    )
+    for wait_s, shed in ((0.03, 0), (0.8, 3)):
+        engine = SteppingEngine(wait_s)
+        client: TestClient[Any, Any] = TestClient(TestServer(Front(config, engine).app))
+        await client.start_server()
+        await polled(engine)
+        body = await scored(client)
+        assert (body["samples_used"], body["shed"]) == (4 - shed, shed), wait_s
+        await client.close()
 
 
 async def test_stale_queue_reading_is_unknown(floor_1: Served) -> None:

@@ -10,35 +10,13 @@ from __future__ import annotations
 
 import abc
 import json
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from grm_worker.queue import QueueReading, engine_queue
 
-__all__ = ["WAITING_METRIC", "Engine", "EngineError", "EngineReply", "engine_waiting"]
-
-WAITING_METRIC = "vllm:num_requests_waiting"
-# The family's own lines only (not vllm:num_requests_waiting_by_reason): vLLM 0.32's exposition
-# is ~600 lines in ~90 families (tests/fixtures/vllm-0.32-metrics.txt), parsed per poll for one gauge.
-_WAITING_LINE = re.compile(r"^(?:# (?:HELP|TYPE) )?" + re.escape(WAITING_METRIC) + r"[{ ]")
-
-
-def engine_waiting(metrics_text: str) -> float | None:
-    """Requests waiting in the engine's queue: ``vllm:num_requests_waiting`` summed over its label
-    sets (one per engine, e.g. per data-parallel rank), or None when the text has no such gauge.
-
-    Raises ``ValueError`` on lines of that family the Prometheus parser rejects.
-    """
-    lines = [line for line in metrics_text.splitlines() if _WAITING_LINE.match(line)]
-    total, seen = 0.0, False
-    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
-        for sample in family.samples:
-            if sample.name == WAITING_METRIC:
-                total += sample.value
-                seen = True
-    return total if seen else None
+__all__ = ["Engine", "EngineError", "EngineReply"]
 
 
 class EngineError(RuntimeError):
@@ -91,11 +69,10 @@ class Engine(abc.ABC):
     async def metrics_text(self) -> str:
         """The engine's Prometheus exposition text (``vllm:*`` families, plus GPU gauges if any)."""
 
-    async def waiting_requests(self) -> float | None:
-        """Requests waiting for admission (``vllm:num_requests_waiting`` summed), None when the
-        metrics do not say. Read from the metrics text; an engine that knows its queue answers
-        without rendering them (the sim's text costs ~5 ms, read once a second per worker)."""
-        return engine_waiting(await self.metrics_text())
+    async def queue_reading(self) -> QueueReading | None:
+        """The engine's queue now (waiting requests, cumulative queue-time histogram), None when
+        its metrics do not say; read from :meth:`metrics_text`."""
+        return engine_queue(await self.metrics_text())
 
     async def sample(
         self, prompts: list[str], n: int, *, max_tokens: int, temperature: float, seed: int | None = None

@@ -693,9 +693,6 @@ class SimEngine(Engine):
             },
         )
 
-    async def waiting_requests(self) -> float | None:
-        return float(len(self._waiting))  # what _update_gauges sets vllm:num_requests_waiting to
-
     async def metrics_text(self) -> str:
         self._update_gauges()
         util = 100.0 * self.gpu_busy_fraction()
