@@ -69,6 +69,26 @@ def test_namespaced_resource_roundtrip(kube_api: Any, namespace: str) -> None:
     assert conflict.value.status == 409
 
 
+def test_update_retries_a_conflicting_write(control_plane: ControlPlane, namespace: str) -> None:
+    path = f"/api/v1/namespaces/{namespace}/configmaps/edited"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "edited"}, "data": {"n": "0"}}
+    assert control_plane.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", cm)[0] == 201
+    calls = []
+
+    def change(body: dict[str, Any]) -> None:
+        calls.append(body["metadata"]["resourceVersion"])
+        if len(calls) == 1:  # another writer lands between our GET and our PUT
+            status, _ = control_plane.request("PUT", path, {**body, "data": {"n": "1", "other": "x"}})
+            assert status == 200
+        body["data"]["mine"] = "y"
+
+    stored = control_plane.update(path, change)
+    assert len(calls) == 2 and calls[0] != calls[1]  # the 409 made it read the object again
+    assert stored["data"] == {"n": "1", "other": "x", "mine": "y"}
+    with pytest.raises(ControlPlaneError, match="404"):
+        control_plane.update(f"/api/v1/namespaces/{namespace}/configmaps/absent", change)
+
+
 def test_kubectl_talks_to_it(control_plane: ControlPlane, namespace: str) -> None:
     out = _kubectl(control_plane.kubeconfig, "get", "ns", "-o", "name").stdout.split()
     assert f"namespace/{namespace}" in out

@@ -62,16 +62,7 @@ class FaultHarness:
         return got
 
     def update_spec(self, ns: str, change: Callable[[dict[str, Any]], None]) -> None:
-        """Read, change and PUT, again on a 409: the operator's status writes bump the resourceVersion."""
-        path = f"/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments/reward"
-        for _ in range(5):
-            body = self.grmd(ns)
-            change(body)
-            status, payload = self.plane.request("PUT", path, body)
-            if status == 200:
-                return
-            assert status == 409, f"PUT {path}: {status} {payload}"
-        raise AssertionError(f"PUT {path}: five conflicts in a row")
+        self.plane.update(f"/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments/reward", change)
 
     def converged(self, ns: str, *, max_num_seqs: int | None = None) -> bool:
         """Every child exists, the status has the current generation and is not Degraded."""

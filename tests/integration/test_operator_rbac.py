@@ -72,16 +72,7 @@ class RbacHarness:
         return got
 
     def update_spec(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
-        """Read, change and PUT, again on a 409: the operator's status writes bump the resourceVersion."""
-        path = f"/apis/grm.dev/v1alpha1/namespaces/{self.ns}/grmdeployments/{name}"
-        for _ in range(5):
-            body = self.grmd(name)
-            change(body)
-            status, payload = self.plane.request("PUT", path, body)
-            if status == 200:
-                return
-            assert status == 409, f"PUT {path}: {status} {payload}"
-        raise AssertionError(f"PUT {path}: five conflicts in a row")
+        self.plane.update(f"/apis/grm.dev/v1alpha1/namespaces/{self.ns}/grmdeployments/{name}", change)
 
     def condition(self, name: str, type_: str) -> dict[str, Any] | None:
         conditions = (self.grmd(name).get("status") or {}).get("conditions") or []

@@ -122,15 +122,8 @@ class Harness:
         return got
 
     def update_spec(self, ns: str, name: str, change: Any) -> dict[str, Any]:
-        for _ in range(5):
-            body = self.grmd(ns, name)
-            change(body)
-            status, payload = self.plane.request("PUT", f"{GRMD_PATH.format(ns=ns)}/{name}", body)
-            if status == 200:
-                result: dict[str, Any] = payload
-                return result
-            assert status == 409, payload
-        raise AssertionError("could not update the spec: conflicts")
+        result: dict[str, Any] = self.plane.update(f"{GRMD_PATH.format(ns=ns)}/{name}", change)
+        return result
 
     def get(self, path: str) -> dict[str, Any] | None:
         status, payload = self.plane.request("GET", path)

@@ -478,6 +478,22 @@ class ControlPlane:
         _, _, url = self._require()
         return _https_json(url, self.ssl_context(), method, path, body, timeout_s)
 
+    def update(self, path: str, change: Callable[[dict[str, Any]], None], *, attempts: int = 5) -> Any:
+        """Read the object at ``path``, apply ``change`` and PUT it, again on a 409 Conflict (as
+        ``kubectl edit`` does: a controller's status write between the GET and the PUT bumps the
+        resourceVersion). Returns the stored object; raises on any other error."""
+        for _ in range(attempts):
+            status, body = self.request("GET", path)
+            if status != 200:
+                raise ControlPlaneError(f"GET {path}: {status} {body}")
+            change(body)
+            status, stored = self.request("PUT", path, body)
+            if status == 200:
+                return stored
+            if status != 409:
+                raise ControlPlaneError(f"PUT {path}: {status} {stored}")
+        raise ControlPlaneError(f"PUT {path}: {attempts} conflicts in a row")
+
     # --- start-up --------------------------------------------------------------------------------
     def _make_pki(self, workdir: Path) -> _Pki:
         opts = self.options
