@@ -26,12 +26,13 @@ BURST_RATE = 6.0  # score requests/s
 IDLE_RATE = 0.2
 
 
-def ladder_spec(k_min: int) -> GRMDeploymentSpec:
+def ladder_spec(k_min: int, shed: str = "Off") -> GRMDeploymentSpec:
+    """The ladder; shedding Off by default, as the closed-loop fleet (fleet.py) does not shed."""
     return make_spec(
         slo={"ttftP95": "10s", "e2eP95": "60s"},
         scaling={"minReplicas": 1, "maxReplicas": 16, "maxGPUs": 16},
         precision={"policy": "Auto", "minQuality": 0.97},
-        scoring={"samples": {"min": k_min, "max": 4}},
+        scoring={"samples": {"min": k_min, "max": 4}, "shedSamples": shed},
     )
 
 

@@ -10,28 +10,26 @@ from __future__ import annotations
 import dataclasses
 
 from fleet import Fleet
-from test_burst_floor import ladder_spec
+from test_burst_floor import BURST, PERIOD, WINDOW, ladder_spec, run
 
 from conftest import make_spec
 from grm_operator.metrics.signals import Signals
 from grm_operator.policy import Observation, PolicyState, decide
 from grm_operator.policy.capacity import shed_floor
+from grm_operator.policy.decide import BURST_MEMORY_WINDOWS
 
 
 def test_the_shed_floor_is_the_fewest_admissible_samples_of_the_variant() -> None:
-    spec = ladder_spec(k_min=1)
-    assert spec.scoring.shed_samples == "OnQueue"  # the default
+    assert make_spec().scoring.shed_samples == "OnQueue"  # the default
+    spec = ladder_spec(k_min=1, shed="OnQueue")
     assert shed_floor(spec, "bf16") == 1
     assert shed_floor(spec, "fp8") == 2  # fp8×k1 (0.970 × 0.995) is below the floor
     assert shed_floor(spec, "int4") is None  # only k = 4 is admissible: nothing to shed
-    assert shed_floor(ladder_spec(k_min=2), "bf16") == 2
+    assert shed_floor(ladder_spec(k_min=2, shed="OnQueue"), "bf16") == 2
 
 
 def test_no_shed_floor_when_shedding_is_off_or_the_budget_is_fixed() -> None:
-    off = make_spec(
-        precision={"policy": "Auto", "minQuality": 0.97},
-        scoring={"samples": {"min": 1, "max": 4}, "shedSamples": "Off"},
-    )
+    off = ladder_spec(k_min=1)
     fixed = make_spec()  # samples 8–8
     for spec in (off, fixed):
         assert [shed_floor(spec, v.name) for v in spec.variants] == [None, None, None]
@@ -68,3 +66,22 @@ def test_signals_carry_shed_samples_as_unknown_by_default() -> None:
     # Workers without the counter (another engine front, shedding off) leave it unknown, which the
     # policy reads as nothing shed.
     assert Signals().shed_sps is None
+
+
+def step_up(shed: str) -> tuple[float, int, str]:
+    """When and with how many replicas the fleet goes back to k = 4 after the idle → burst →
+    idle load of test_burst_floor."""
+    series = run(ladder_spec(k_min=1, shed=shed), BURST[1] + BURST_MEMORY_WINDOWS * WINDOW + 2 * WINDOW)
+    return next((t, n, r) for t, n, r in series if "sample budget 1 → 4" in r)
+
+
+def test_with_shedding_the_step_up_provisions_the_burst_peak_at_the_floor_not_at_the_budget() -> None:
+    # Workers that shed run the next burst at k = 1 whatever the budget, so going back to k = 4
+    # needs the current demand at 4 and the burst memory's peak at 1 (the burst floor's sizing),
+    # and is due one scale-down window after the burst instead of three.
+    t_shed, replicas, reason = step_up("OnQueue")
+    assert BURST[1] + WINDOW <= t_shed <= BURST[1] + WINDOW + 2 * PERIOD, reason
+    assert "bf16×k4 fits with margin (3 ≤ 8 replicas)" in reason, reason
+    assert replicas == 3
+    t_off, _, reason = step_up("Off")
+    assert t_off >= BURST[1] + (BURST_MEMORY_WINDOWS - 1) * WINDOW, reason
