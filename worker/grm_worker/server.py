@@ -44,10 +44,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from grm_worker.config import WorkerConfig
 from grm_worker.engines.base import Engine, EngineError, EngineReply
-from grm_worker.queue import QueueReading, engine_waiting, queue_blocked
+from grm_worker.queue import QueueReading, queue_blocked
 from grm_worker.scoring import ScoreRequest, score, shed_samples
 
-__all__ = ["Front", "engine_app", "engine_waiting"]
+__all__ = ["Front", "engine_app"]
 
 log = logging.getLogger("grm_worker.server")
 

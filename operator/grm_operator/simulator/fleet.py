@@ -39,6 +39,7 @@ from grm_operator.policy.capacity import shed_floor, variant_profile, voting_acc
 from grm_operator.policy.types import Observation
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.trace import Trace
+from grm_worker.scoring import shed_samples
 
 SCRAPE_INTERVAL_S = 15.0
 #: Scrapes happen half an interval before control ticks: the policy's data is 7.5 s old.
@@ -336,12 +337,12 @@ class Fleet:
         self.rr += 1
         self._advance(pod, now)
         group.variant = pod.variant
-        floor = self.shed_floor.get(pod.variant)
-        if floor is not None and floor < group.samples and pod.engine.waiting:
-            # As the worker does (grm_worker.server): its engine has requests waiting, so this one
-            # runs at the floor. The worker reads the queue once a second; here it is exact.
-            group.shed = group.samples - floor
-            group.samples = floor
+        # The worker's own rule (its engine has requests waiting: this one runs at the floor). The
+        # worker reads the queue once a second; here it is exact.
+        shed = shed_samples(group.samples, self.shed_floor.get(pod.variant), len(pod.engine.waiting))
+        if shed:
+            group.shed = shed
+            group.samples -= shed
             group.prefill_left = group.prompt_tokens
         group.quality = point_quality(self.spec, pod.variant, group.samples)
         pod.engine.submit(group, now)

@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from grm_worker.config import WorkerConfig
 from grm_worker.engines.base import Engine, EngineError, EngineReply
 from grm_worker.engines.sim import SimEngine
+from grm_worker.queue import engine_waiting
 from grm_worker.scoring import count_responses, shed_samples
-from grm_worker.server import Front, engine_waiting
+from grm_worker.server import Front
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-0.32-metrics.txt"
 QUEUE_3 = 'vllm:num_requests_waiting{engine="0",model_name="grm"} 3.0\n'
