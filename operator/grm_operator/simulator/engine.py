@@ -11,9 +11,12 @@ A GRM score request with k samples is one *group*: its k critiques have the same
 length, arrive together and are admitted together, so they progress in lockstep. Shuffled
 sampling prefills the prompt k times (k·P prefill tokens), SharedPrefill once (P). As in vLLM:
 decodes are scheduled first, prefill takes the rest of ``max_num_batched_tokens`` (chunked
-prefill, first come first served), admission stops at ``max_num_seqs`` or when the group's final
-KV footprint (prompt + output of each sample) would not fit the KV cache — reserving rather
-than preempting, a conservative simplification of vLLM's recompute preemption. A group's TTFT
+prefill, first come first served), and waiting groups are admitted only while that token budget
+has room after the running ones' decodes and unfinished prompts (vLLM V1's scheduler: a prefill
+backlog shows as requests *waiting*, as the worker's sim engine shows it too); admission also
+stops at ``max_num_seqs`` or when the group's final KV footprint (prompt + output of each sample)
+would not fit the KV cache — reserving rather than preempting, a conservative simplification of
+vLLM's recompute preemption. A group's TTFT
 is the step that completes its whole prefill (its slowest sample's first token).
 """
 
@@ -111,13 +114,20 @@ class Replica:
 
     def _admit(self) -> None:
         p = self.profile
+        # vLLM V1 schedules the running requests first (decodes, then their prompts' next chunks)
+        # and admits waiting ones only while the step's token budget has room: a prefill backlog
+        # keeps new requests *waiting* (vllm:num_requests_waiting, queue time) rather than admitted.
+        budget = p.max_num_batched_tokens - sum(
+            g.samples if g.prefill_left == 0 else g.prefill_left for g in self.running
+        )
         while self.waiting:
             g = self.waiting[0]
             fits_kv = self.kv_reserved + g.kv_final <= p.kv_cache_tokens
             fits_seqs = self.seqs + g.samples <= p.max_num_seqs
             # A group larger than an empty engine still runs alone (vLLM would truncate or fail it).
-            if not (fits_kv and fits_seqs) and self.running:
+            if not (fits_kv and fits_seqs and budget > 0) and self.running:
                 return
+            budget -= g.prefill_left
             self.waiting.popleft()
             g.admitted = self.clock
             self.running.append(g)

@@ -93,6 +93,23 @@ def test_engine_chunks_shuffled_prefill_and_gives_the_first_sample_its_own_first
     assert group.last_first_token == pytest.approx(step1 + step2)
 
 
+def test_engine_keeps_requests_waiting_while_running_prompts_fill_the_token_budget() -> None:
+    # Three 6000-token prompts at once, KV room for all: as vLLM V1 schedules, the first takes 6000
+    # of the step's 8192 tokens and the second the rest (chunked); the third waits (a queue the
+    # workers see and shed on) until the first prompt is prefilled, not admitted into a backlog.
+    profile = profile_for("fp8")
+    engine = Replica(profile, random.Random(0), jitter=0.0)
+    groups = [Group(i, 0.0, 6000, 50, 1, False, 1.0) for i in range(3)]
+    for g in groups:
+        engine.submit(g, 0.0)
+    engine.advance(1e-6, [], [])
+    assert [g.admitted for g in groups[:2]] == [0.0, 0.0]
+    assert list(engine.waiting) == [groups[2]]
+    engine.advance(100.0, [], [])
+    first_prefilled = groups[0].first_token
+    assert first_prefilled is not None and groups[2].admitted == pytest.approx(first_prefilled)
+
+
 def test_a_seed_makes_a_run_reproducible(spec: GRMDeploymentSpec, slice_trace: Trace) -> None:
     config = SimConfig(spec=spec, trace=slice_trace, seed=3)
     first = run_policies(config, ["grm", "kpa"], progress=False)
