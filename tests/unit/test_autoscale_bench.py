@@ -66,6 +66,12 @@ def test_each_target_is_checked(bench: ModuleType) -> None:
     assert misses[3] == "not better than static-peak (98.50% at 11.00 GPU-h vs 99.00% at 16.00 GPU-h)"
     assert misses[4] == "not better than kpa (98.50% at 11.00 GPU-h vs 98.00% at 10.50 GPU-h)"
     assert len(misses) == 5
+    # With oracle-cold in the run, the GPU-hours miss says what cold starts alone cost.
+    run["oracle-cold"] = row(0.998, 10.2)
+    assert bench.judge(run, 0.97)[1] == (
+        "GPU-hours 11.00 = 1.29× the oracle's 8.50 (target ≤ 1.25×; hindsight paying cold starts "
+        "(oracle-cold) needs 1.20×)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ def run_policies(config: SimConfig, names: Sequence[str], *, progress: bool = Tr
     results: dict[str, RunResult] = {}
     for name in names:
         controller = make_controller(name, config.spec)
-        fleet = Fleet(config, controller, cold_start=name != "oracle")
+        fleet = Fleet(config, controller, cold_start=name != "oracle")  # oracle-cold pays them
         started = time.perf_counter()
         bar = progress_bar(name) if progress else None
         results[name] = fleet.run(bar)

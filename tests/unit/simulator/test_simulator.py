@@ -16,6 +16,7 @@ import pytest
 
 from grm_operator import cli
 from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.policy.capacity import variant_profile
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.fleet import Fleet, RunResult, SimConfig
@@ -148,6 +149,30 @@ def test_oracle_uses_no_more_gpu_hours_than_any_policy_that_meets_the_slo_as_oft
     for name in bounded:
         assert oracle.gpu_hours <= all_policies[name].gpu_hours + 1e-9, name
     assert all_policies["static-peak"].gpu_hours > oracle.gpu_hours
+
+
+def test_oracle_cold_provisions_a_step_one_cold_start_ahead_and_pays_for_it(spec: GRMDeploymentSpec) -> None:
+    # 0.05 score requests/s for 10 minutes, then 3/s for 5: the oracle's replicas start instantly at
+    # the step; oracle-cold must ask for them a cold start earlier (bf16: 90 s) to have them Ready,
+    # and their GPUs count from the request.
+    quiet, busy = constant_trace(0.05, 600), constant_trace(3.0, 300)
+    trace = Trace(
+        np.concatenate([quiet.times, busy.times + 600.0]),
+        np.concatenate([quiet.prompt, busy.prompt]),
+        np.concatenate([quiet.output, busy.output]),
+        "step",
+    )
+    results = run_policies(SimConfig(spec=spec, trace=trace), ["oracle", "oracle-cold"], progress=False)
+    cold_start = max(variant_profile(v).cold_start_s for v in spec.variants)
+
+    def first_scale_up(result: RunResult) -> float:
+        start = sum(result.series[0].replicas.values())
+        return min(p.time for p in result.series if sum(p.replicas.values()) > start)
+
+    assert first_scale_up(results["oracle"]) >= 600.0 - 60.0  # the minute of the step at the earliest
+    assert first_scale_up(results["oracle-cold"]) <= 600.0 - cold_start
+    assert results["oracle-cold"].slo_attainment >= 0.99
+    assert results["oracle-cold"].gpu_hours > results["oracle"].gpu_hours
 
 
 def test_static_peak_at_very_low_load_meets_the_slo(spec: GRMDeploymentSpec) -> None:
