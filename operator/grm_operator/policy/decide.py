@@ -433,7 +433,10 @@ def decide(
         speed, tail = corrections_at(learnt, point.variant.name, now)
         capacity = replica_capacity(spec, point.variant, workload, speed, tail)
         if saturated is not None and point.variant.name == active:
-            # At most halved: a replica Ready for only part of the window under-reports.
+            # Not bounded below: a window that ended queued may have started idle and so
+            # under-reports, but that low reading is what holds the fleet through the next burst
+            # (bounding it at half the model: 2.32 → 4.50 % grid miss rate; correcting it by the
+            # GPUs' busy fraction: 0.57 → 1.51 %; ignoring it: 1.87 %; docs/policy.md §9).
             capacity = min(capacity, saturated)
         need_rate = forecast * point.samples
         need = 0 if need_rate <= 0 else (math.ceil(need_rate / capacity) if capacity > 0 else 10**6)
