@@ -480,6 +480,8 @@ def decide(
     cooldown = parse_duration(spec.precision.switch_cooldown)
     since_switch = math.inf if state.last_switch is None else now - state.last_switch
     better_since = state.better_since
+    failing_since = state.failing_since
+    still_failing = False
     defer_samples = False
     chosen = current_point or best
     note = ""
@@ -509,6 +511,7 @@ def decide(
         and current_point.need > current_point.cap
         and current_point.capacity > 0
     ):
+        still_failing = True
         # The current point cannot hold the SLO within its budget, and the best one that can is
         # of higher quality: bf16×k2 (a scale-up's bridge that the budget then capped) needing
         # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. Conv ×2.4 at model error
@@ -525,12 +528,16 @@ def decide(
             f"{current_point.point.label} cannot hold the SLO within its budget "
             f"(needs {current_point.need}, {current_point.cap} fit)"
         )
+        # Its own timer (``failing_since``), not the step-up's: a better point that has *fitted*
+        # for a while says nothing about how long the current one has *failed*. Sharing them made
+        # the urgent move fire on the first failing window of a burst (code ×2: 8 bf16 replicas
+        # replaced by 3 fp8 ones a minute before a 931-request burst, 762 missed).
         if changes_variant and same:
-            chosen, better_since, note = same[0], None, failing
+            chosen, failing_since, note = same[0], None, failing
         else:
-            better_since = better_since if better_since is not None else now
-            if now - better_since >= wait and (not changes_variant or since_switch >= cooldown):
-                chosen, better_since, note = best, None, failing
+            failing_since = failing_since if failing_since is not None else now
+            if now - failing_since >= wait and (not changes_variant or since_switch >= cooldown):
+                chosen, failing_since, note = best, None, failing
             else:
                 note = f"{failing}; moving to {best.point.label} once that holds for {wait:.0f}s"
     elif best.point.quality > current_point.point.quality + 1e-9:
@@ -603,7 +610,9 @@ def decide(
         better_since = None
 
     # --- replicas ------------------------------------------------------------------------------------
-    new_state = learnt.evolve(demand=demand, better_since=better_since)
+    new_state = learnt.evolve(
+        demand=demand, better_since=better_since, failing_since=failing_since if still_failing else None
+    )
     target = chosen.point.variant.name
     if target != active and not manual and current_point is not None:
         # A switch surges the new variant next to the running one (DESIGN §4) and drains the old
@@ -639,7 +648,9 @@ def decide(
         allowed = sorted(a.point.samples for a in assessments if a.point.variant.name == target)
         if samples not in allowed:  # the bridge must stay admissible on the new variant too
             samples = next((k for k in allowed if k >= samples), allowed[-1])
-        new_state = new_state.evolve(recommendations=(), last_switch=now, panic_until=None, better_since=None)
+        new_state = new_state.evolve(
+            recommendations=(), last_switch=now, panic_until=None, better_since=None, failing_since=None
+        )
         action: Action = "SwitchVariant"
         reason = (
             f"{note}{'; ' if note else ''}{breach_text + '; ' if breach_text else ''}switching {active} → "

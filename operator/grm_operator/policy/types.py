@@ -57,6 +57,9 @@ class PolicyState:
     last_switch: float | None = None
     #: Since when a better operating point has fitted with margin (hysteresis for stepping up).
     better_since: float | None = None
+    #: Since when the current operating point has failed to hold the SLO within its budget while a
+    #: better one could (the urgent move's wait).
+    failing_since: float | None = None
     panic_until: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +78,7 @@ class PolicyState:
             "tail": None,
             "lastSwitch": self.last_switch,
             "betterSince": self.better_since,
+            "failingSince": self.failing_since,
             "panicUntil": self.panic_until,
         }
 
@@ -134,6 +138,7 @@ class PolicyState:
             learnt_at=floats("learntAt"),
             last_switch=optional("lastSwitch"),
             better_since=optional("betterSince"),
+            failing_since=optional("failingSince"),
             panic_until=optional("panicUntil"),
         )
 

@@ -52,6 +52,8 @@ class Group:
     decode_s: float = 0.0
     #: Samples of the budget not drawn: the worker lowered k because its engine had a queue.
     shed: int = 0
+    #: When it was handed to a replica's engine (its queue time counts from then).
+    submitted: float = 0.0
 
     def __post_init__(self) -> None:
         self.prefill_left = self.prompt_tokens
@@ -101,6 +103,10 @@ class Replica:
     last_step_end: float = 0.0
     kv_reserved: int = 0
     seqs: int = 0
+    #: vLLM's queue-time histogram as counters: sequences admitted so far and the seconds they
+    #: waited for admission in all (the worker reads them to tell a full batch from a step's wait).
+    admitted_seqs: int = 0
+    queued_s: float = 0.0
 
     def outstanding(self) -> int:
         """Sequences queued or running."""
@@ -108,6 +114,7 @@ class Replica:
 
     def submit(self, group: Group, now: float) -> None:
         """Queue a group handed to the replica at ``now`` (call :meth:`advance` to ``now`` first)."""
+        group.submitted = now
         self.waiting.append(group)
         if self.clock < now and not self.running:
             self.clock = now
@@ -130,6 +137,8 @@ class Replica:
             budget -= g.prefill_left
             self.waiting.popleft()
             g.admitted = self.clock
+            self.admitted_seqs += g.samples
+            self.queued_s += g.samples * max(0.0, self.clock - g.submitted)
             self.running.append(g)
             self.kv_reserved += g.kv_final
             self.seqs += g.samples

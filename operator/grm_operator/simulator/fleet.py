@@ -9,8 +9,13 @@ What the operator and the cluster do, in simulated time:
 * **Routing.** Requests go round-robin to Ready replicas (a Kubernetes Service); while none is
   Ready they wait at the gateway and are rejected after ``gateway_timeout_s``.
 * **Sample shedding** (spec.scoring.shedSamples OnQueue, the worker's behaviour): a request
-  routed to a replica whose engine has requests waiting runs at the variant's shed floor (the
-  fewest admissible samples); the samples not drawn reach the policy as ``shed_sps``.
+  routed to a replica whose batch the worker last read as full runs at the variant's shed floor
+  (the fewest admissible samples); the samples not drawn reach the policy as ``shed_sps``. The
+  worker's own rule decides (``grm_worker.queue.queue_blocked`` on its reads, once a second, of
+  the engine's waiting sequences and queue-time counters): requests wait, and those admitted
+  since the last read waited ``shed_queue_s`` (0.25 s) or more on average, or none was admitted
+  while some waited on both reads. A request that waits a step or two for the token budget
+  (chunked prefill keeps a short queue at moderate load) does not shed.
 * **Metrics.** Every ``scrape_interval_s`` the window's completed requests give rates and p50/p95
   latencies, the replicas' gauges give running/waiting/KV, busy time gives GPU utilisation; the
   controller sees the newest scrape (its age is ``sample_age_s``).
@@ -39,12 +44,16 @@ from grm_operator.policy.capacity import shed_floor, variant_profile, voting_acc
 from grm_operator.policy.types import Observation
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.trace import Trace
+from grm_worker.config import ScoringConfig
+from grm_worker.queue import QueueReading, queue_blocked
 from grm_worker.scoring import shed_samples
 
 SCRAPE_INTERVAL_S = 15.0
 #: Scrapes happen half an interval before control ticks: the policy's data is 7.5 s old.
 SCRAPE_PHASE_S = 7.5
 GATEWAY_TIMEOUT_S = 60.0
+#: The worker's shedding poll and full-batch threshold, as the operator deploys it (its defaults).
+WORKER_SCORING = ScoringConfig()
 #: After the last arrival, in-flight requests get this long to finish.
 DRAIN_TAIL_S = 600.0
 
@@ -118,6 +127,21 @@ class Pod:
     draining_since: float | None = None
     released: float | None = None
     busy_marks: deque[tuple[float, float]] = field(default_factory=deque)
+    #: The worker's shedding poll: when it last read the engine's queue, that read, and whether
+    #: it found the batch full.
+    queue_read_at: float = -math.inf
+    queue_reading: QueueReading | None = None
+    batch_full: bool = False
+
+    def read_queue(self, now: float) -> bool:
+        """The worker's poll: read the engine's queue at ``now`` (its engine advanced to ``now``)
+        and judge it against the previous read as the worker does; the verdict stands until the
+        next read."""
+        e = self.engine
+        reading = QueueReading(float(sum(g.samples for g in e.waiting)), float(e.admitted_seqs), e.queued_s)
+        self.batch_full = bool(queue_blocked(self.queue_reading, reading, WORKER_SCORING.shed_queue_s))
+        self.queue_reading, self.queue_read_at = reading, now
+        return self.batch_full
 
     def ready(self, now: float) -> bool:
         return self.ready_at is not None and self.ready_at <= now and self.released is None
@@ -337,9 +361,8 @@ class Fleet:
         self.rr += 1
         self._advance(pod, now)
         group.variant = pod.variant
-        # The worker's own rule (its engine has requests waiting: this one runs at the floor). The
-        # worker reads the queue once a second; here it is exact.
-        shed = shed_samples(group.samples, self.shed_floor.get(pod.variant), len(pod.engine.waiting))
+        # The worker's own rule: its last read found the batch full, so this one runs at the floor.
+        shed = shed_samples(group.samples, self.shed_floor.get(pod.variant), float(pod.batch_full))
         if shed:
             group.shed = shed
             group.samples -= shed
@@ -478,6 +501,10 @@ class Fleet:
         period = self.controller.period_s
         next_tick = period
         next_scrape = SCRAPE_PHASE_S
+        # The workers' shedding polls (every shed_poll_s, with or without traffic), when any
+        # variant sheds.
+        poll_s = WORKER_SCORING.shed_poll_s
+        next_poll = poll_s if any(f is not None for f in self.shed_floor.values()) else math.inf
         n = len(trace)
         times = trace.times.tolist()
         prompts = trace.prompt.tolist()
@@ -486,7 +513,7 @@ class Fleet:
         next_progress = 0.0
         while True:
             t_arr = times[i] if i < n else math.inf
-            t_evt = min(next_tick, next_scrape)
+            t_evt = min(next_tick, next_scrape, next_poll)
             if t_arr <= t_evt:
                 now = t_arr
                 group = Group(i, now, prompts[i], outputs[i], self.samples, shared, 0.0)
@@ -510,6 +537,13 @@ class Fleet:
                 )
             ):
                 break
+            if now == next_poll:
+                next_poll += poll_s
+                self._advance_all(now)
+                for pod in self._routable(now):
+                    pod.read_queue(now)
+                if now not in (next_tick, next_scrape):
+                    continue
             self._advance_all(now)
             self._schedule(now)
             self._progress_switch(now)

@@ -1,7 +1,8 @@
 """Moves on the quality ladder that are due at once, and the step-up's look-back over bursts.
 
 * A current point that cannot hold the SLO within its budget moves up to a better point that
-  can (after URGENT_MOVE_S), instead of waiting for the step-up rules meant for a fleet at rest.
+  can (after URGENT_MOVE_S of its own failure, whatever the step-up's timer says), instead of
+  waiting for the step-up rules meant for a fleet at rest.
 * A budget the variant does not admit (a switch's bridge, a raised floor) moves to the nearest
   admissible budget of the same variant, not to the best point.
 * With a sample lever, stepping back up to k = 4 after a burst waits until the burst has left the
@@ -16,6 +17,7 @@ from __future__ import annotations
 from fleet import Fleet
 from test_burst_floor import BURST, WINDOW, ladder_spec, run
 
+from grm_operator.policy import PolicyState
 from grm_operator.policy.capacity import DEFAULT_TAIL, Workload, operating_points, replica_capacity
 from grm_operator.policy.decide import BURST_MEMORY_WINDOWS, URGENT_MOVE_S
 
@@ -54,6 +56,31 @@ def test_a_point_that_cannot_hold_the_slo_moves_up_to_a_better_one_that_can() ->
     assert switch.variant == "fp8" and switch.samples == 2, switch
     assert "bf16×k1 cannot hold the SLO within its budget" in switch.reason
     assert "moving to fp8×k2 once that holds for 60s" in decisions[0][1].reason
+
+
+def test_the_urgent_move_waits_for_its_own_failure_not_for_an_earlier_step_up_fit() -> None:
+    # A step up had fitted for five minutes (betterSince, the step-up's timer) when the load rose
+    # past what 8 bf16 replicas at k = 1 serve: the current point has failed for one window only,
+    # which is no reason to replace the fleet at once (the code trace's bursts last 10-60 s).
+    spec = ladder_spec(k_min=1)
+    rate = (8 * capacity("bf16×k1") + 16 * capacity("fp8×k2") / 2) / 2
+    fleet = Fleet(spec, samples=1)
+    fleet.desired["bf16"] = 8
+    fleet.pods["bf16"] = [0.0] * 8
+    start = 600.0
+    fleet.state = fleet.state.evolve(better_since=start - 300.0)
+    first = fleet.tick(start, rate)
+    assert first.action != "SwitchVariant", first.reason
+    assert "moving to fp8×k2 once that holds for 60s" in first.reason
+    assert fleet.state.failing_since == start
+    now, switched_at = start, None
+    while switched_at is None and now <= start + 2 * URGENT_MOVE_S:
+        now += PERIOD
+        if fleet.tick(now, rate).action == "SwitchVariant":
+            switched_at = now
+    assert switched_at is not None and switched_at - start >= URGENT_MOVE_S, switched_at
+    # Status carries the timer like the others (a restarted operator keeps waiting, not anew).
+    assert PolicyState.from_dict(PolicyState(failing_since=12.5).to_dict()).failing_since == 12.5
 
 
 def test_an_inadmissible_budget_moves_to_the_nearest_admissible_one_of_the_same_variant() -> None:

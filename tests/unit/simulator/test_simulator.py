@@ -19,7 +19,7 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy.capacity import variant_profile
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
-from grm_operator.simulator.fleet import Fleet, RunResult, SimConfig
+from grm_operator.simulator.fleet import Fleet, Pod, RunResult, SimConfig
 from grm_operator.simulator.policies import POLICIES, StaticPeak
 from grm_operator.simulator.report import run_policies
 from grm_operator.simulator.trace import Trace, load_trace
@@ -109,6 +109,23 @@ def test_engine_keeps_requests_waiting_while_running_prompts_fill_the_token_budg
     engine.advance(100.0, [], [])
     first_prefilled = groups[0].first_token
     assert first_prefilled is not None and groups[2].admitted == pytest.approx(first_prefilled)
+
+
+def test_a_replica_sheds_as_its_worker_reads_the_queue_not_on_every_waiting_request() -> None:
+    # The worker reads its engine's queue once a second and sheds only for a full batch: requests
+    # wait and those admitted since its last read waited 0.25 s or more on average. Chunked
+    # prefill keeps a request or two waiting a step at moderate load; that must not shed.
+    engine = Replica(profile_for("fp8"), random.Random(0), jitter=0.0)
+    pod = Pod("fp8", 1, engine, 0.0, 0.0, scheduled=0.0, ready_at=0.0)
+    engine.waiting.append(Group(0, 0.0, 1000, 10, 2, False, 1.0))  # 2 sequences waiting
+    engine.admitted_seqs, engine.queued_s = 100, 1.0
+    assert pod.read_queue(10.0) is False  # one read: no interval yet
+    engine.admitted_seqs, engine.queued_s = 130, 1.9  # 30 admitted after 30 ms each
+    assert pod.read_queue(11.0) is False
+    engine.admitted_seqs, engine.queued_s = 140, 9.9  # 10 admitted after 0.8 s each: full
+    assert pod.read_queue(12.0) is True and pod.batch_full  # stands until the next read
+    engine.waiting.clear()
+    assert pod.read_queue(13.0) is False
 
 
 def test_a_seed_makes_a_run_reproducible(spec: GRMDeploymentSpec, slice_trace: Trace) -> None:
