@@ -480,8 +480,8 @@ def decide(
     cooldown = parse_duration(spec.precision.switch_cooldown)
     since_switch = math.inf if state.last_switch is None else now - state.last_switch
     better_since = state.better_since
-    failing_since = state.failing_since
-    still_failing = False
+    # Set only while the current point keeps failing (the urgent move below); None otherwise.
+    failing_since: float | None = None
     defer_samples = False
     chosen = current_point or best
     note = ""
@@ -511,7 +511,6 @@ def decide(
         and current_point.need > current_point.cap
         and current_point.capacity > 0
     ):
-        still_failing = True
         # The current point cannot hold the SLO within its budget, and the best one that can is
         # of higher quality: bf16×k2 (a scale-up's bridge that the budget then capped) needing
         # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. Conv ×2.4 at model error
@@ -535,7 +534,7 @@ def decide(
         if changes_variant and same:
             chosen, failing_since, note = same[0], None, failing
         else:
-            failing_since = failing_since if failing_since is not None else now
+            failing_since = state.failing_since if state.failing_since is not None else now
             if now - failing_since >= wait and (not changes_variant or since_switch >= cooldown):
                 chosen, failing_since, note = best, None, failing
             else:
@@ -610,9 +609,7 @@ def decide(
         better_since = None
 
     # --- replicas ------------------------------------------------------------------------------------
-    new_state = learnt.evolve(
-        demand=demand, better_since=better_since, failing_since=failing_since if still_failing else None
-    )
+    new_state = learnt.evolve(demand=demand, better_since=better_since, failing_since=failing_since)
     target = chosen.point.variant.name
     if target != active and not manual and current_point is not None:
         # A switch surges the new variant next to the running one (DESIGN §4) and drains the old

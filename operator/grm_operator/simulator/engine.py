@@ -108,9 +108,13 @@ class Replica:
     admitted_seqs: int = 0
     queued_s: float = 0.0
 
+    def waiting_seqs(self) -> int:
+        """Sequences waiting for admission (``vllm:num_requests_waiting``)."""
+        return sum(g.samples for g in self.waiting)
+
     def outstanding(self) -> int:
         """Sequences queued or running."""
-        return self.seqs + sum(g.samples for g in self.waiting)
+        return self.seqs + self.waiting_seqs()
 
     def submit(self, group: Group, now: float) -> None:
         """Queue a group handed to the replica at ``now`` (call :meth:`advance` to ``now`` first)."""

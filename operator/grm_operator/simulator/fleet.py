@@ -127,9 +127,8 @@ class Pod:
     draining_since: float | None = None
     released: float | None = None
     busy_marks: deque[tuple[float, float]] = field(default_factory=deque)
-    #: The worker's shedding poll: when it last read the engine's queue, that read, and whether
-    #: it found the batch full.
-    queue_read_at: float = -math.inf
+    #: The worker's shedding poll: its last read of the engine's queue, and whether that read
+    #: found the batch full.
     queue_reading: QueueReading | None = None
     batch_full: bool = False
 
@@ -138,9 +137,9 @@ class Pod:
         and judge it against the previous read as the worker does; the verdict stands until the
         next read."""
         e = self.engine
-        reading = QueueReading(float(sum(g.samples for g in e.waiting)), float(e.admitted_seqs), e.queued_s)
+        reading = QueueReading(float(e.waiting_seqs()), float(e.admitted_seqs), e.queued_s)
         self.batch_full = bool(queue_blocked(self.queue_reading, reading, WORKER_SCORING.shed_queue_s))
-        self.queue_reading, self.queue_read_at = reading, now
+        self.queue_reading = reading
         return self.batch_full
 
     def ready(self, now: float) -> bool:
@@ -436,7 +435,7 @@ class Fleet:
             used = sum(g.kv_now for g in e.running)
             kv.append(min(1.0, used / e.profile.kv_cache_tokens))
             running += e.seqs
-            waiting += sum(g.samples for g in e.waiting)
+            waiting += e.waiting_seqs()
         return Signals(
             rps=seqs / w if groups else (0.0 if pods else None),
             prompt_tps=sum(g.prompt_tokens for g in groups) / w,
@@ -537,14 +536,13 @@ class Fleet:
                 )
             ):
                 break
+            self._advance_all(now)
             if now == next_poll:
                 next_poll += poll_s
-                self._advance_all(now)
                 for pod in self._routable(now):
                     pod.read_queue(now)
                 if now not in (next_tick, next_scrape):
                     continue
-            self._advance_all(now)
             self._schedule(now)
             self._progress_switch(now)
             self._flush_gateway(now)
