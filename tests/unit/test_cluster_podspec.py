@@ -57,8 +57,8 @@ def test_worker_command_keeps_the_pods_command_and_binds_to_the_pod_ip() -> None
         "/etc/grm/worker.json",
         "--host",
         "10.244.0.9",
-        "--engine-port",
-        "41000",
+        "--engine-transport",
+        "unix",
     ]
 
 

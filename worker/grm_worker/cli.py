@@ -36,6 +36,7 @@ _OVERRIDES = {
     "host": "host",
     "port": "port",
     "engine_port": "engine_port",
+    "engine_transport": "engine_transport",
     "precision": "precision",
     "variant": "variant",
     "device": "device",
@@ -79,6 +80,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--engine-port", type=int, help="loopback port of the vLLM child")
+    p.add_argument(
+        "--engine-transport",
+        choices=["tcp", "unix"],
+        help="reach the vLLM child on --engine-port (tcp) or a private Unix socket (unix)",
+    )
     p.add_argument("--precision")
     p.add_argument("--variant")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
@@ -157,21 +163,27 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
     return code
 
 
-async def serve_engine(config: WorkerConfig) -> int:
-    """The sim engine alone over HTTP (like vLLM's own server), until SIGTERM/SIGINT."""
+async def serve_engine(config: WorkerConfig, unix_socket: str | None = None) -> int:
+    """The sim engine alone over HTTP (like vLLM's own server), on host:port or, like vLLM's
+    ``--uds``, on the Unix socket ``unix_socket``, until SIGTERM/SIGINT."""
     from grm_worker.engines.sim import SimEngine
     from grm_worker.server import engine_app
 
     engine = SimEngine(config)
     runner = web.AppRunner(engine_app(engine), handle_signals=False, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+    site: web.BaseSite = (
+        web.UnixSite(runner, unix_socket)
+        if unix_socket is not None
+        else web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    )
+    await site.start()
     await engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("sim engine on http://%s:%d", config.host, config.port)
+    log.info("sim engine on %s", site.name)
     await stop.wait()
     await runner.cleanup()
     await engine.stop()
@@ -188,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_engine = sub.add_parser("sim-engine", help="run the simulated engine alone (vLLM-like server)")
     _add_config_flags(p_engine)
+    p_engine.add_argument("--uds", help="listen on this Unix socket instead of --host/--port (as vLLM)")
     p_cmd = sub.add_parser("command", help="print the vLLM command line of a config")
     _add_config_flags(p_cmd)
     sub.add_parser("schema", help="print WorkerConfig's JSON schema")
@@ -206,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(describe_command(vllm_command(config, device=target)))
             return 0
         if args.command == "sim-engine":
-            return asyncio.run(serve_engine(config))
+            return asyncio.run(serve_engine(config, args.uds))
         if config.engine == "vllm" and not args.engine_url:
             from grm_worker.engines.vllm import detect_device
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from grm_worker.perfmodel import PerformanceProfile
 
 __all__ = [
+    "UNIX_SOCKET_PLACEHOLDER",
     "CheckpointQuantization",
     "ConfigError",
     "Device",
@@ -266,7 +267,18 @@ class WorkerConfig(BaseModel):
         8100,
         ge=1,
         le=65535,
-        description="Loopback port of the vLLM child (must differ per worker on a host).",
+        description=(
+            "Loopback port of the vLLM child with engine_transport tcp (must differ per worker on a host)."
+        ),
+    )
+    engine_transport: Literal["tcp", "unix"] = Field(
+        "tcp",
+        description=(
+            "How the front reaches its vLLM child. tcp: 127.0.0.1:engine_port. unix: a Unix socket "
+            "in a private directory the worker creates at each start (vLLM's --uds), which no other "
+            "process can take or answer on; for workers that share one network namespace, as in "
+            "the local cluster. Needs a vLLM server that takes --uds (added in 2025; 0.32 has it)."
+        ),
     )
     drain_timeout_s: float = Field(
         30.0, ge=0.0, description="On SIGTERM, seconds in-flight requests may take before the engine stops."
@@ -274,7 +286,7 @@ class WorkerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ports_differ(self) -> WorkerConfig:
-        if self.engine == "vllm" and self.port == self.engine_port:
+        if self.engine == "vllm" and self.engine_transport == "tcp" and self.port == self.engine_port:
             raise ValueError(f"port and engine_port must differ, both are {self.port}")
         return self
 
@@ -350,10 +362,19 @@ def _precision_args(config: WorkerConfig, device: Device) -> list[str]:
     return ["--dtype", "float16", "--quantization", "gptq_marlin"]
 
 
-def vllm_command(config: WorkerConfig, *, device: Device, python: str | None = None) -> list[str]:
+#: What `grm-worker command` prints for the socket of engine_transport unix: the worker makes a
+#: fresh private directory at each start.
+UNIX_SOCKET_PLACEHOLDER = "<private dir>/vllm.sock"
+
+
+def vllm_command(
+    config: WorkerConfig, *, device: Device, python: str | None = None, unix_socket: str | None = None
+) -> list[str]:
     """The exact command line of vLLM's OpenAI-compatible server for this config on ``device``.
 
     ``python`` overrides ``config.vllm.python`` (default: the worker's own interpreter).
+    ``unix_socket`` is the path vLLM listens on with ``engine_transport: unix`` (the worker's
+    private one; :data:`UNIX_SOCKET_PLACEHOLDER` when only printing the command).
     Raises :class:`ConfigError` for unsupported combinations.
     """
     check_supported(config, device)
@@ -362,7 +383,10 @@ def vllm_command(config: WorkerConfig, *, device: Device, python: str | None = N
         raise ConfigError("model.path is required to start vLLM")
     cmd = [python or opts.python or sys.executable, "-m", VLLM_SERVER_MODULE]
     cmd += ["--model", config.model.path, "--served-model-name", config.model.public_name]
-    cmd += ["--host", "127.0.0.1", "--port", str(config.engine_port)]
+    if config.engine_transport == "unix":
+        cmd += ["--uds", unix_socket or UNIX_SOCKET_PLACEHOLDER]
+    else:
+        cmd += ["--host", "127.0.0.1", "--port", str(config.engine_port)]
     cmd += _precision_args(config, device)
     if opts.kv_cache_dtype != "auto":
         cmd += ["--kv-cache-dtype", opts.kv_cache_dtype]

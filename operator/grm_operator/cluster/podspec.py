@@ -66,9 +66,11 @@ class ImageRule:
 
 
 DEFAULT_IMAGES: Mapping[str, ImageRule] = {
-    # The worker binds its front to the pod IP; its vLLM child gets a loopback port of its own, so
-    # workers sharing the namespace's loopback never clash on the config's engine_port (8100).
-    WORKER_IMAGE: ImageRule(("grm-worker", "serve"), ("--host", "{pod_ip}", "--engine-port", "{free_port}")),
+    # The worker binds its front to the pod IP; its vLLM child listens on a Unix socket in a
+    # directory of the worker's own, so workers sharing the namespace's loopback never clash on the
+    # config's engine_port (8100). A port picked free here could be taken in the 40-100 s before
+    # vLLM binds it, and another pod's vLLM on it would then answer this worker's health checks.
+    WORKER_IMAGE: ImageRule(("grm-worker", "serve"), ("--host", "{pod_ip}", "--engine-transport", "unix")),
     # The operator's liveness and metrics servers (GRM_HEALTH_HOST/GRM_METRICS_HOST, 0.0.0.0 by
     # default) on its pod IP: the chart's metrics Service listens on ClusterIP:9090 too.
     OPERATOR_IMAGE: ImageRule(

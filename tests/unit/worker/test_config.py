@@ -40,6 +40,16 @@ def test_bf16_on_gpu_full_command() -> None:
     ]  # fmt: skip
 
 
+def test_unix_transport_listens_on_the_workers_socket_instead_of_a_port() -> None:
+    # The same port as the front: no clash, the child takes no port at all.
+    config = make(engine_transport="unix", port=8100, engine_port=8100)
+    cmd = vllm_command(config, device="cpu", unix_socket="/tmp/grm-vllm-x/vllm.sock")
+    assert flag(cmd, "--uds") == "/tmp/grm-vllm-x/vllm.sock"
+    assert "--port" not in cmd and "--host" not in cmd
+    # Printed without a start, the command names what the worker will make.
+    assert flag(vllm_command(config, device="cpu"), "--uds") == "<private dir>/vllm.sock"
+
+
 @pytest.mark.parametrize(
     ("precision", "ckpt", "device", "dtype", "quant"),
     [
@@ -118,6 +128,7 @@ def test_unsupported_combinations_are_rejected(fields: dict[str, Any], device: s
         {"scoring": {"samples_default": 9, "samples_max": 8}},
         {"sim": {"profile": {"no_such_field": 1.0}}},
         {"port": 8100, "engine_port": 8100},
+        {"engine_transport": "udp"},
         {"unknown_top_level": 1},
         {"precision": "int3"},
         {"sim": {"time_scale": 0}},

@@ -1,11 +1,13 @@
-"""The real engine: vLLM's OpenAI-compatible server as a child process, proxied over loopback.
+"""The real engine: vLLM's OpenAI-compatible server as a child process, proxied over loopback
+or a Unix socket.
 
 :class:`ProxyEngine` relays calls to any OpenAI-compatible server (streams pass through chunk by
 chunk) and fetches its ``/metrics``. :class:`VllmEngine` also owns the child: it starts
 ``vllm_command(config)`` in a session of its own (vLLM forks an engine-core process, and stopping
-must reach it too), is ready once the child's ``/health`` answers 200, reports the child's death
-(the worker then exits non-zero so Kubernetes restarts the pod), and on stop sends SIGTERM to
-the whole process group, SIGKILL after a grace period.
+must reach it too), listening on ``engine_port`` or, with ``engine_transport: unix``, on a socket
+in a directory made for this start (removed on stop). It is ready once the child's ``/health``
+answers 200, reports the child's death (the worker then exits non-zero so Kubernetes restarts
+the pod), and on stop sends SIGTERM to the whole process group, SIGKILL after a grace period.
 
 This module never imports vLLM: the child may run under another interpreter
 (``vllm.python``, e.g. ``.venv-vllm/bin/python``).
@@ -17,9 +19,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -47,10 +52,14 @@ def detect_device() -> Device:
 class ProxyEngine(Engine):
     """An OpenAI-compatible server at ``base_url`` that someone else runs."""
 
-    def __init__(self, base_url: str, model_name: str, *, gpu: NvmlGauges | None = None) -> None:
+    def __init__(
+        self, base_url: str, model_name: str, *, gpu: NvmlGauges | None = None, unix_socket: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.gpu = gpu
+        #: With a path, every call goes over this Unix socket (``base_url`` then only names the host).
+        self.unix_socket = unix_socket
         self._session: aiohttp.ClientSession | None = None
         self._never = asyncio.Event()
 
@@ -59,9 +68,12 @@ class ProxyEngine(Engine):
         if self._session is None:
             # No total timeout: a critique or a long stream may take minutes; connect fast or fail.
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
-            self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False)
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(path=self.unix_socket, limit=0)
+                if self.unix_socket is not None
+                else aiohttp.TCPConnector(limit=0, force_close=False)
             )
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
     async def start(self) -> None:
@@ -131,11 +143,33 @@ class VllmEngine(ProxyEngine):
     def __init__(
         self, config: WorkerConfig, *, device: Device | None = None, gpu: NvmlGauges | None = None
     ) -> None:
-        super().__init__(f"http://127.0.0.1:{config.engine_port}", config.model.public_name, gpu=gpu)
+        self.socket_dir: Path | None = None
+        unix_socket: str | None = None
+        if config.engine_transport == "unix":
+            # A fresh directory per start: vLLM refuses a path that exists (a restart's old socket),
+            # and nothing else can listen there. sun_path holds 107 bytes, so a long $TMPDIR (the
+            # vLLM test sets one under the repository) gives way to /tmp.
+            base = tempfile.gettempdir()
+            self.socket_dir = Path(
+                tempfile.mkdtemp(prefix="grm-vllm-", dir=base if len(base) <= 64 else "/tmp")
+            )
+            unix_socket = str(self.socket_dir / "vllm.sock")
+        base_url = "http://localhost" if unix_socket else f"http://127.0.0.1:{config.engine_port}"
+        super().__init__(base_url, config.model.public_name, gpu=gpu, unix_socket=unix_socket)
         self.config = config
         self.device: Device = device or (detect_device() if config.device == "auto" else config.device)
-        # Validates the precision/device combination now: a bad variant fails at start.
-        self.command = vllm_command(config, device=self.device, python=config.vllm.python or sys.executable)
+        try:
+            # Validates the precision/device combination now: a bad variant fails at start.
+            self.command = vllm_command(
+                config,
+                device=self.device,
+                python=config.vllm.python or sys.executable,
+                unix_socket=unix_socket,
+            )
+        except BaseException:
+            if self.socket_dir is not None:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
+            raise
         self.process: asyncio.subprocess.Process | None = None
         self._ready = False
         self._stopping = False
@@ -217,3 +251,5 @@ class VllmEngine(ProxyEngine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await super().stop()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
