@@ -350,6 +350,26 @@ def _switch_samples(
     return max(fitting) if fitting else min(a.point.samples for a in bridges)
 
 
+def _samples_first_is_a_trap(
+    fewer: _Assessment, better: _Assessment, current: int, active_gpus: int, gpu_budget: int
+) -> bool:
+    """Whether stepping down to ``fewer`` samples on the running variant, rather than switching to
+    the ``better`` point of another variant, would cost a cold start anyway and leave no way up.
+
+    All three hold: ``fewer`` needs more replicas than the ``current`` ones (with the step-up
+    margin), so it waits for a cold start just as the switch would; it needs its whole budget, and
+    from a full fleet no step up to the better variant ever finds GPUs for its surge (code ×0.5:
+    8 bf16 replicas at k = 1 or 2 for minutes, where fp8×k4 holds the load on fewer GPUs at higher
+    quality); and half the better point's fleet fits beside the running replicas now (the
+    switch's own no-room threshold below), so the switch surges rather than rolls.
+    """
+    if fewer.capacity <= 0:
+        return False
+    fewer_need = math.ceil(fewer.demand * UPGRADE_MARGIN / fewer.capacity)
+    room = (gpu_budget - current * active_gpus) // better.point.variant.gpus_per_replica
+    return fewer_need > current and fewer_need >= fewer.cap and room >= math.ceil(better.need / 2)
+
+
 def decide(
     obs: Observation, state: PolicyState, spec: GRMDeploymentSpec, now: float
 ) -> tuple[Decision, PolicyState]:
@@ -595,7 +615,11 @@ def decide(
         # cold start (45–90 s) and GPUs for its surge. So step down along the samples first
         # when that holds the SLO with margin (``same``); the ladder moves to the better variant
         # later, with margin.
-        if changes_variant and same:
+        if (
+            changes_variant
+            and same
+            and not _samples_first_is_a_trap(same[0], best, current, active_v.gpus_per_replica, gpu_budget)
+        ):
             best, changes_variant = same[0], False
         if not changes_variant or since_switch >= min(cooldown, 120.0):
             chosen = best

@@ -193,3 +193,40 @@ def test_with_no_gpu_room_for_a_switch_fewer_samples_on_the_running_variant_come
     fixed = make_spec(scoring={"samples": {"min": 4, "max": 4}})
     decision, _ = decide(_full_bf16_fleet(36.0, 4), PolicyState(), fixed, 600.0)
     assert decision.action == "SwitchVariant" and decision.variant == "fp8", decision.reason
+
+
+def _bf16_fleet(per_sample: float, ready: int) -> Observation:
+    seq_rate = per_sample * 4
+    signals = Signals(
+        rps=seq_rate, prompt_tps=seq_rate * 1000, generation_tps=seq_rate * 300, pods_reporting=ready
+    )
+    return Observation(
+        time=600.0,
+        total=signals,
+        variants={"bf16": signals},
+        active_variant="bf16",
+        samples=4,
+        ready={"bf16": ready},
+        pending={"bf16": 0},
+        desired={"bf16": ready},
+    )
+
+
+def test_samples_first_gives_way_to_a_switch_when_it_would_fill_the_budget_and_the_surge_fits() -> None:
+    # maxGPUs 12: 6 bf16 (2 GPUs) or 12 fp8 replicas. bf16 runs at k=4 and 3.2 seq/s per replica.
+    spec = make_spec(scoring={"samples": {"min": 2, "max": 4}})
+    # 6 per sample on 3 replicas: bf16×k4 needs 8 of 6; bf16×k2 needs ⌈1.25 × 12 / 3.2⌉ = 5 with
+    # margin, one below its budget: samples first, as before (a scale-up to 4).
+    decision, _ = decide(_bf16_fleet(6.0, ready=3), PolicyState(), spec, 600.0)
+    assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
+    # 7 per sample: bf16×k2 needs ⌈1.25 × 14 / 3.2⌉ = 6, all its budget, and 3 more replicas than
+    # run (a cold start either way). From 6 bf16 replicas on 12 GPUs no step up to fp8 ever finds
+    # GPUs for its surge, so it switches now: fp8×k4 (quality 0.995 > bf16×k2's 0.987) needs 5,
+    # and the 6 free GPUs hold more than half of them.
+    decision, _ = decide(_bf16_fleet(7.0, ready=3), PolicyState(), spec, 600.0)
+    assert decision.action == "SwitchVariant" and decision.variant == "fp8", decision.reason
+    assert decision.replicas == 5, decision.reason
+    # The same load on 5 bf16 replicas: 2 free GPUs hold fewer than half of the 5, so the switch
+    # would roll a full fleet; fewer samples first, as before.
+    decision, _ = decide(_bf16_fleet(7.0, ready=5), PolicyState(), spec, 600.0)
+    assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
