@@ -95,6 +95,9 @@ def worker(
     proc = WorkerProcess("--config", str(path), env=env)
     try:
         proc.wait_ready(420)
+        # The worker logs the vLLM command it started: the transport the config asked for.
+        started = next(line for line in proc.log().splitlines() if "starting vLLM" in line)
+        assert ("--uds" in started) == (config["engine_transport"] == "unix"), started
         yield proc
     finally:
         proc.kill()
