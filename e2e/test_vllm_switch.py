@@ -244,6 +244,8 @@ def test_pinned_switch_bf16_to_int8_on_real_vllm_without_failed_requests(
     log = lc.pod_log(NS, int8[0]["metadata"]["name"])
     # The pod really served the W8A8 checkpoint on vLLM's CPU engine.
     assert "--quantization compressed-tensors" in log and str(checkpoints.int8) in log, log[-3000:]
+    # ... reached over a Unix socket of its own: pods share the node's loopback (docs/local-cluster.md).
+    assert "--uds" in log and "--port" not in log.split("starting vLLM", 1)[1].splitlines()[0], log[-3000:]
     status = _grmd(lc)["status"]
     assert status["activeVariant"] == "int8" and status.get("switch") is None
     switches = [d for d in status.get("decisions") or [] if d.get("action") == "SwitchVariant"]
