@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +186,32 @@ def test_prometheus_starts_on_a_fresh_port(taken: int) -> None:
         assert server.query("up") == []
     finally:
         server.stop()
+
+
+def test_a_worker_that_loses_its_port_leaves_no_engine_socket_directory(
+    taken: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # engine_transport unix makes the socket's directory when the engine is built, before the
+    # front binds; a worker that then finds its port taken exits 2 and must not leave it behind.
+    config = {
+        "engine": "vllm",
+        "device": "cpu",
+        "engine_transport": "unix",
+        "model": {"name": "grm-27b", "path": "/models/grm"},
+        "vllm": {"python": sys.executable},
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # A short TMPDIR of its own (a long one gives way to /tmp: a socket path holds 107 bytes).
+    temp = Path(tempfile.mkdtemp(prefix="grm-t-"))
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    serve = [sys.executable, "-c", "import sys; from grm_worker.cli import main; sys.exit(main())", "serve"]
+    done = subprocess.run(
+        [*serve, "--config", str(path), "--host", "127.0.0.1", "--port", str(taken)],
+        env={**os.environ, "TMPDIR": str(temp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "address already in use" in done.stderr.lower(), done.stderr
+    assert list(temp.iterdir()) == []

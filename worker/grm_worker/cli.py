@@ -130,7 +130,13 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
     runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        # The port is taken: nothing started, but the engine may own a socket directory already.
+        await runner.cleanup()
+        await engine.stop()
+        raise
     log.info(
         "serving variant=%s precision=%s engine=%s on http://%s:%d",
         config.variant, config.precision, config.engine, config.host, config.port,
