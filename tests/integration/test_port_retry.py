@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -205,13 +204,13 @@ def test_a_worker_that_loses_its_port_leaves_no_engine_socket_directory(
     # A short TMPDIR of its own (a long one gives way to /tmp: a socket path holds 107 bytes).
     temp = Path(tempfile.mkdtemp(prefix="grm-t-"))
     request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
-    serve = [sys.executable, "-c", "import sys; from grm_worker.cli import main; sys.exit(main())", "serve"]
-    done = subprocess.run(
-        [*serve, "--config", str(path), "--host", "127.0.0.1", "--port", str(taken)],
-        env={**os.environ, "TMPDIR": str(temp)},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    worker = WorkerProcess(
+        "--config", str(path), env={"TMPDIR": str(temp)}, choose_port=TakenAt(taken, 0), port_attempts=1
     )
-    assert done.returncode == 2 and "address already in use" in done.stderr.lower(), done.stderr
+    try:
+        with pytest.raises(AssertionError, match="lost its port"):
+            worker.wait_ready(60)
+        assert worker.proc.returncode == 2 and "address already in use" in worker.log().lower(), worker.log()
+    finally:
+        worker.kill()
     assert list(temp.iterdir()) == []

@@ -350,6 +350,16 @@ def _switch_samples(
     return max(fitting) if fitting else min(a.point.samples for a in bridges)
 
 
+def _need_with_margin(a: _Assessment) -> int:
+    """Replicas ``a`` needs for its demand with the step-up margin (``a.capacity`` > 0)."""
+    return math.ceil(a.demand * UPGRADE_MARGIN / a.capacity)
+
+
+def _surge_room(gpu_budget: int, current: int, active_gpus: int, new_gpus: int) -> int:
+    """Replicas of ``new_gpus`` GPUs each that fit the budget beside ``current`` running ones."""
+    return (gpu_budget - current * active_gpus) // new_gpus
+
+
 def _samples_first_is_a_trap(
     fewer: _Assessment, better: _Assessment, current: int, active_gpus: int, gpu_budget: int
 ) -> bool:
@@ -365,8 +375,8 @@ def _samples_first_is_a_trap(
     """
     if fewer.capacity <= 0:
         return False
-    fewer_need = math.ceil(fewer.demand * UPGRADE_MARGIN / fewer.capacity)
-    room = (gpu_budget - current * active_gpus) // better.point.variant.gpus_per_replica
+    fewer_need = _need_with_margin(fewer)
+    room = _surge_room(gpu_budget, current, active_gpus, better.point.variant.gpus_per_replica)
     return fewer_need > current and fewer_need >= fewer.cap and room >= math.ceil(better.need / 2)
 
 
@@ -515,7 +525,7 @@ def decide(
         if current_point is not None
         and a.point.variant.name == active
         and a.point.quality < current_point.point.quality
-        and (a.capacity <= 0 or math.ceil(a.demand * UPGRADE_MARGIN / a.capacity) <= a.cap)
+        and (a.capacity <= 0 or _need_with_margin(a) <= a.cap)
     ]
     if current_point is None:
         # The spec changed under us (floor raised, variant removed), or a switch bridged its cold
@@ -644,7 +654,7 @@ def decide(
         # take that instead (at once, no cold start); switch once nothing on it serves more.
         want = min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
         g_new = chosen.point.variant.gpus_per_replica
-        if (gpu_budget - current * active_v.gpus_per_replica) // g_new < math.ceil(want / 2):
+        if _surge_room(gpu_budget, current, active_v.gpus_per_replica, g_new) < math.ceil(want / 2):
 
             def served(a: _Assessment) -> float:  # score requests/s within the budget
                 return a.cap * a.capacity / a.point.samples

@@ -165,38 +165,9 @@ def test_samples_first_only_onto_a_point_that_holds_the_demand_with_margin() -> 
     assert step(32.0) == 2
 
 
-def _full_bf16_fleet(seq_rate: float, samples: int) -> Observation:
-    signals = Signals(
-        rps=seq_rate, prompt_tps=seq_rate * 1000, generation_tps=seq_rate * 300, pods_reporting=6
-    )
-    return Observation(
-        time=600.0,
-        total=signals,
-        variants={"bf16": signals},
-        active_variant="bf16",
-        samples=samples,
-        ready={"bf16": 6},
-        pending={"bf16": 0},
-        desired={"bf16": 6},
-    )
-
-
-def test_with_no_gpu_room_for_a_switch_fewer_samples_on_the_running_variant_come_first() -> None:
-    # 6 bf16 replicas fill maxGPUs 12. 36 seq/s at k=4 (9 per sample) needs 12 bf16×k4 replicas;
-    # bf16×k2 needs all 6 (no margin), so the ladder picks fp8×k4 (7 replicas) — whose surge
-    # has no GPU next to the 12 in use. Lowering k serves more at once, so that comes first.
-    spec = make_spec(scoring={"samples": {"min": 2, "max": 4}})
-    decision, _ = decide(_full_bf16_fleet(36.0, 4), PolicyState(), spec, 600.0)
-    assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
-    assert "no GPU room for 4 of 7 fp8 replicas next to 6 × bf16" in decision.reason
-    # Nothing on bf16 serves more (k fixed at 4, as in the live demo): the switch as before.
-    fixed = make_spec(scoring={"samples": {"min": 4, "max": 4}})
-    decision, _ = decide(_full_bf16_fleet(36.0, 4), PolicyState(), fixed, 600.0)
-    assert decision.action == "SwitchVariant" and decision.variant == "fp8", decision.reason
-
-
-def _bf16_fleet(per_sample: float, ready: int) -> Observation:
-    seq_rate = per_sample * 4
+def _bf16_fleet(seq_rate: float, samples: int, ready: int = 6) -> Observation:
+    """bf16 at ``samples`` per request on ``ready`` replicas (6 fill maxGPUs 12), ``seq_rate``
+    sequences per second."""
     signals = Signals(
         rps=seq_rate, prompt_tps=seq_rate * 1000, generation_tps=seq_rate * 300, pods_reporting=ready
     )
@@ -205,11 +176,25 @@ def _bf16_fleet(per_sample: float, ready: int) -> Observation:
         total=signals,
         variants={"bf16": signals},
         active_variant="bf16",
-        samples=4,
+        samples=samples,
         ready={"bf16": ready},
         pending={"bf16": 0},
         desired={"bf16": ready},
     )
+
+
+def test_with_no_gpu_room_for_a_switch_fewer_samples_on_the_running_variant_come_first() -> None:
+    # 6 bf16 replicas fill maxGPUs 12. 36 seq/s at k=4 (9 per sample) needs 12 bf16×k4 replicas;
+    # bf16×k2 needs all 6 (no margin), so the ladder picks fp8×k4 (7 replicas) — whose surge
+    # has no GPU next to the 12 in use. Lowering k serves more at once, so that comes first.
+    spec = make_spec(scoring={"samples": {"min": 2, "max": 4}})
+    decision, _ = decide(_bf16_fleet(36.0, 4), PolicyState(), spec, 600.0)
+    assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
+    assert "no GPU room for 4 of 7 fp8 replicas next to 6 × bf16" in decision.reason
+    # Nothing on bf16 serves more (k fixed at 4, as in the live demo): the switch as before.
+    fixed = make_spec(scoring={"samples": {"min": 4, "max": 4}})
+    decision, _ = decide(_bf16_fleet(36.0, 4), PolicyState(), fixed, 600.0)
+    assert decision.action == "SwitchVariant" and decision.variant == "fp8", decision.reason
 
 
 def test_samples_first_gives_way_to_a_switch_when_it_would_fill_the_budget_and_the_surge_fits() -> None:
@@ -217,16 +202,16 @@ def test_samples_first_gives_way_to_a_switch_when_it_would_fill_the_budget_and_t
     spec = make_spec(scoring={"samples": {"min": 2, "max": 4}})
     # 6 per sample on 3 replicas: bf16×k4 needs 8 of 6; bf16×k2 needs ⌈1.25 × 12 / 3.2⌉ = 5 with
     # margin, one below its budget: samples first, as before (a scale-up to 4).
-    decision, _ = decide(_bf16_fleet(6.0, ready=3), PolicyState(), spec, 600.0)
+    decision, _ = decide(_bf16_fleet(6.0 * 4, 4, ready=3), PolicyState(), spec, 600.0)
     assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
     # 7 per sample: bf16×k2 needs ⌈1.25 × 14 / 3.2⌉ = 6, all its budget, and 3 more replicas than
     # run (a cold start either way). From 6 bf16 replicas on 12 GPUs no step up to fp8 ever finds
     # GPUs for its surge, so it switches now: fp8×k4 (quality 0.995 > bf16×k2's 0.987) needs 5,
     # and the 6 free GPUs hold more than half of them.
-    decision, _ = decide(_bf16_fleet(7.0, ready=3), PolicyState(), spec, 600.0)
+    decision, _ = decide(_bf16_fleet(7.0 * 4, 4, ready=3), PolicyState(), spec, 600.0)
     assert decision.action == "SwitchVariant" and decision.variant == "fp8", decision.reason
     assert decision.replicas == 5, decision.reason
     # The same load on 5 bf16 replicas: 2 free GPUs hold fewer than half of the 5, so the switch
     # would roll a full fleet; fewer samples first, as before.
-    decision, _ = decide(_bf16_fleet(7.0, ready=5), PolicyState(), spec, 600.0)
+    decision, _ = decide(_bf16_fleet(7.0 * 4, 4, ready=5), PolicyState(), spec, 600.0)
     assert (decision.variant, decision.samples) == ("bf16", 2), decision.reason
