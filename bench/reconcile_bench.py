@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from grm_operator import devtools
-from grm_operator.cluster.controlplane import ControlPlane, ControlPlaneOptions
+from grm_testkit import operator_process
+from grm_testkit.cluster.controlplane import ControlPlane, ControlPlaneOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "grmd-ladder.yaml"
@@ -61,7 +61,7 @@ def _converged(plane: ControlPlane, count: int) -> bool:
     return len(deployments.get("items", [])) >= 3 * count
 
 
-def _summary(records: list[devtools.AuditRecord]) -> dict[str, int]:
+def _summary(records: list[operator_process.AuditRecord]) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     for r in records:
         counts[r.verb] += 1
@@ -78,7 +78,7 @@ RECONCILE_ONLY = [
 CONFIGS = {"reconciler only": RECONCILE_ONLY, "whole operator": None}
 
 
-def _by_target(records: list[devtools.AuditRecord]) -> dict[str, int]:
+def _by_target(records: list[operator_process.AuditRecord]) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     for r in records:
         if r.is_write:
@@ -89,11 +89,11 @@ def _by_target(records: list[devtools.AuditRecord]) -> dict[str, int]:
 def run(count: int, window_s: float, command: list[str] | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="grm-bench-") as tmp:
         workdir = Path(tmp)
-        args, audit = devtools.audit_apiserver_args(workdir / "audit")
+        args, audit = operator_process.audit_apiserver_args(workdir / "audit")
         plane = ControlPlane(ControlPlaneOptions(apiserver_args=args))
         plane.start()
         try:
-            crd_source = devtools.install_crd(plane)
+            crd_source = operator_process.install_crd(plane)
             for i in range(NAMESPACES):
                 plane.request(
                     "POST",
@@ -102,7 +102,7 @@ def run(count: int, window_s: float, command: list[str] | None) -> dict[str, Any
                 )
             kubeconfig = plane.kubeconfig_for_user(USER, ("system:masters",))
             env = {"GRM_LOG_LEVEL": "WARNING"}
-            operator = devtools.OperatorProcess(
+            operator = operator_process.OperatorProcess(
                 kubeconfig, workdir / "operator.log", env=env, command=command
             )
             operator.start()
@@ -119,28 +119,30 @@ def run(count: int, window_s: float, command: list[str] | None) -> dict[str, Any
                 if status != 201:
                     raise RuntimeError(f"create {i}: {status} {payload}")
             created_s = time.monotonic() - started
-            devtools.wait_for(lambda: _converged(plane, count), 600, "convergence", interval_s=0.5)
+            operator_process.wait_for(lambda: _converged(plane, count), 600, "convergence", interval_s=0.5)
             converge_s = time.monotonic() - started
             # Settle: the last status writes and Events of the convergence itself.
-            devtools.wait_for(lambda: operator.metric("grm_operator_queue_depth") == 0, 60, "queue drained")
-            records, _ = devtools.read_audit(audit, user=USER, offset=offset)
+            operator_process.wait_for(
+                lambda: operator.metric("grm_operator_queue_depth") == 0, 60, "queue drained"
+            )
+            records, _ = operator_process.read_audit(audit, user=USER, offset=offset)
             converge_writes = sum(r.is_write for r in records)
 
             # Steady state: nothing changes for `window_s`; every request the operator sends counts.
             steady_start = audit.stat().st_size
             time.sleep(window_s)  # a measurement window, not a wait for a condition
-            steady, _ = devtools.read_audit(audit, user=USER, offset=steady_start)
+            steady, _ = operator_process.read_audit(audit, user=USER, offset=steady_start)
             ticks = window_s / TICK_S
 
             # Restart: the new process lists everything and reconciles every object again.
             operator.stop()
             restart_offset = audit.stat().st_size
-            operator = devtools.OperatorProcess(
+            operator = operator_process.OperatorProcess(
                 kubeconfig, workdir / "operator-2.log", env=env, command=command
             )
             restarted = time.monotonic()
             operator.start()
-            devtools.wait_for(
+            operator_process.wait_for(
                 lambda: (
                     operator.metric("grm_operator_reconciles_total", result="ok") >= count
                     and operator.metric("grm_operator_queue_depth") == 0
@@ -150,7 +152,7 @@ def run(count: int, window_s: float, command: list[str] | None) -> dict[str, Any
                 interval_s=0.2,
             )
             restart_s = time.monotonic() - restarted
-            restart_records, _ = devtools.read_audit(audit, user=USER, offset=restart_offset)
+            restart_records, _ = operator_process.read_audit(audit, user=USER, offset=restart_offset)
             peak_rss_mib = operator.peak_rss_kib() / 1024
             operator.stop()
         finally:

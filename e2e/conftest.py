@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from grm_operator.cluster import realcluster, tools
-from grm_operator.cluster.localcluster import LocalCluster
-from grm_operator.cluster.realcluster import ClusterHandle, RealCluster
+from grm_testkit.cluster import realcluster, tools
+from grm_testkit.cluster.localcluster import LocalCluster
+from grm_testkit.cluster.realcluster import ClusterHandle, RealCluster
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "grm-operator"

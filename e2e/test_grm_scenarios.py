@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grm_operator.cluster.localcluster import LocalCluster
-from grm_operator.cluster.traffic import LoadGenerator, Outcome, post_json, snapshot
+from grm_testkit.cluster.localcluster import LocalCluster
+from grm_testkit.traffic import LoadGenerator, Outcome, post_json, snapshot
 
 pytestmark = pytest.mark.e2e
 

@@ -31,9 +31,9 @@ import pytest
 import yaml
 
 from grm_operator.api.durations import parse_duration
-from grm_operator.builders import deployment_name
-from grm_operator.cluster.localcluster import PROMETHEUS_ADDRESS, PROMETHEUS_PORT, LocalCluster
-from grm_operator.cluster.traffic import LoadGenerator, Outcome, snapshot
+from grm_operator.control.builders import deployment_name
+from grm_testkit.cluster.localcluster import PROMETHEUS_ADDRESS, PROMETHEUS_PORT, LocalCluster
+from grm_testkit.traffic import LoadGenerator, Outcome, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from grm_operator.cluster import tools
-from grm_operator.cluster.localcluster import LocalCluster
+from grm_testkit.cluster import tools
+from grm_testkit.cluster.localcluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
-from grm_operator.cluster import tools
-from grm_operator.cluster.localcluster import LocalCluster
-from grm_operator.cluster.traffic import LoadGenerator, Outcome, snapshot
+from grm_testkit.cluster import tools
+from grm_testkit.cluster.localcluster import LocalCluster
+from grm_testkit.traffic import LoadGenerator, Outcome, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(600)]
 

@@ -47,18 +47,6 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "write the GRMDeployment API reference (Markdown) generated from the API models",
     ),
     Subcommand(
-        "local-cluster",
-        "grm_operator.cluster.localcluster_cli:add_arguments",
-        "grm_operator.cluster.localcluster_cli:command",
-        "the whole system on this machine in a network namespace of its own: up|down|status|shell|exec",
-    ),
-    Subcommand(
-        "live-demo",
-        "grm_operator.livedemo:add_arguments",
-        "grm_operator.livedemo:command",
-        "make demo: the local cluster, the Helm-installed operator and a trace replayed live (PNG timeline)",
-    ),
-    Subcommand(
         "simulate",
         "grm_operator.simulator.cli:add_arguments",
         "grm_operator.simulator.cli:command",

@@ -3,7 +3,7 @@
 One tick, every ``spec.scaling.controlPeriod`` (default 15 s): read the GRMDeployment and its
 variant Deployments from the reconciler's store and its worker pods from a watched cache →
 observe a window of metrics (:mod:`grm_operator.metrics`, Direct or Prometheus) → the pure
-``policy.decide`` → the pure :func:`grm_operator.actuation.plan` → apply: write the status
+``policy.decide`` → the pure :func:`grm_operator.control.actuation.plan` → apply: write the status
 fields that changed, patch variant Deployments' replicas, push the sample budget to the
 workers (``POST /admin/samples``), post an Event per scale, switch step and condition change.
 
@@ -39,12 +39,13 @@ import aiohttp
 import kopf
 from pydantic import ValidationError
 
-from grm_operator.actuation import Intent, Plan, VariantDeployment, plan
+from grm_operator import kubeapi
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
-from grm_operator.builders import HTTP_PORT, LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
-from grm_operator.handlers import kube
-from grm_operator.handlers.kube import Body, KubeError
+from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
+from grm_operator.control.builders import HTTP_PORT, LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
+from grm_operator.kubeapi import Body, KubeError
 from grm_operator.metrics import (
     Direct,
     MetricsError,
@@ -54,7 +55,6 @@ from grm_operator.metrics import (
     Prometheus,
     Reading,
 )
-from grm_operator.policy.adapter import PodCounts, decide_intent
 
 if TYPE_CHECKING:
     from grm_operator.handlers.context import OperatorContext
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-PODS = kube.Kind("", "v1", "pods", "Pod")
+PODS = kubeapi.Kind("", "v1", "pods", "Pod")
 # A sample-budget push is a tiny POST on loopback-close networks; 2 s bounds a dead pod's cost.
 SAMPLES_TIMEOUT_S = 2.0
 
@@ -300,12 +300,15 @@ class Autoscaler:
         # every tick (status.policyState holds nulls for values the policy does not have).
         changes = {k: v for k, v in result.status.items() if _meaningful(current.get(k)) != _meaningful(v)}
         if changes:
-            updated = await self.kube.patch_status(kube.GRMDEPLOYMENTS, namespace, name, changes)
+            updated = await self.kube.patch_status(kubeapi.GRMDEPLOYMENTS, namespace, name, changes)
             self.store.put_parent(updated)
             body = updated
         for variant, replicas in result.scale.items():
             updated = await self.kube.merge_patch(
-                kube.DEPLOYMENTS, namespace, deployment_name(name, variant), {"spec": {"replicas": replicas}}
+                kubeapi.DEPLOYMENTS,
+                namespace,
+                deployment_name(name, variant),
+                {"spec": {"replicas": replicas}},
             )
             updated.setdefault("kind", "Deployment")
             updated.setdefault("apiVersion", "apps/v1")
@@ -330,7 +333,9 @@ class Autoscaler:
         for event in result.events:
             log.info("%s/%s %s: %s", namespace, name, event.reason, event.message)
             try:
-                await self.kube.post_event(body, reason=event.reason, message=event.message, type_=event.type)
+                await self.kube.post_event(
+                    body, reason=event.reason, message=event.message, type_=event.type
+                )
                 self.ctx.metrics.events_posted.labels(reason=event.reason).inc()
             except KubeError as exc:
                 log.warning("could not post event %s: %s", event.reason, exc)

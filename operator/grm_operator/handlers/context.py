@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from grm_operator.handlers.kube import KubeClient
 from grm_operator.handlers.reconcile import Reconciler
-from grm_operator.handlers.telemetry import OperatorMetrics
+from grm_operator.kubeapi import KubeClient
 from grm_operator.settings import OperatorSettings
+from grm_operator.telemetry.operator_metrics import OperatorMetrics
 
 
 @dataclass

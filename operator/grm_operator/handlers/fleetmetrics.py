@@ -15,7 +15,7 @@ import kopf
 
 from grm_operator.api.models import GROUP, PLURAL, VERSION
 from grm_operator.handlers.context import OperatorContext
-from grm_operator.telemetry import FleetMetrics
+from grm_operator.telemetry.deployment_metrics import FleetMetrics
 
 EventHandler = Callable[..., Awaitable[None]]
 

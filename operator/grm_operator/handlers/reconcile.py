@@ -3,8 +3,8 @@
 Kopf delivers watch events (of GRMDeployments and of the children the operator labels as its
 own); :class:`Reconciler` keeps the newest body of each in a :class:`Store` and queues the
 affected GRMDeployment. One reconcile is: read (the store, no API call) → parse the spec →
-pure build (:mod:`grm_operator.builders`) → apply what differs → prune removed variants → pure
-status fold (:mod:`grm_operator.status`) → write status if it changed → post an Event per
+pure build (:mod:`grm_operator.control.builders`) → apply what differs → prune removed variants → pure
+status fold (:mod:`grm_operator.control.status`) → write status if it changed → post an Event per
 condition transition.
 
 Why no writes happen when nothing changed: every applied manifest carries its own hash
@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from pydantic import ValidationError
 
+from grm_operator import kubeapi
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
-from grm_operator.builders import (
+from grm_operator.control.builders import (
     ANNOTATION_APPLIED_HASH,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
@@ -50,11 +51,10 @@ from grm_operator.builders import (
     build_children,
     plan_replicas,
 )
-from grm_operator.handlers import kube
-from grm_operator.handlers.kube import Body, KubeClient, KubeError
-from grm_operator.handlers.telemetry import OperatorMetrics
+from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
+from grm_operator.kubeapi import Body, KubeClient, KubeError
 from grm_operator.settings import OperatorSettings
-from grm_operator.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
+from grm_operator.telemetry.operator_metrics import OperatorMetrics
 
 if TYPE_CHECKING:
     from grm_operator.handlers.context import OperatorContext
@@ -62,9 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
-CHILD_KINDS = (kube.DEPLOYMENTS, kube.CONFIGMAPS, kube.SERVICES, kube.PDBS)
+CHILD_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS, kubeapi.SERVICES, kubeapi.PDBS)
 # Variant-scoped kinds: pruned when the spec no longer lists their variant.
-PRUNED_KINDS = (kube.DEPLOYMENTS, kube.CONFIGMAPS)
+PRUNED_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS)
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
@@ -212,8 +212,8 @@ class Reconciler:
         """Fill the store with every managed child (one LIST per kind and namespace) so that the
         first reconciles after a restart compare against reality instead of re-applying."""
         if self.settings.podmonitor_enabled:
-            self.pod_monitors = await self.kube.has_kind(kube.PODMONITORS)
-        kinds = [*CHILD_KINDS, kube.PODMONITORS] if self.pod_monitors else list(CHILD_KINDS)
+            self.pod_monitors = await self.kube.has_kind(kubeapi.PODMONITORS)
+        kinds = [*CHILD_KINDS, kubeapi.PODMONITORS] if self.pod_monitors else list(CHILD_KINDS)
         for kind in kinds:
             for namespace in self._scopes():
                 for body in await self.kube.list(kind, namespace, label_selector=MANAGED_SELECTOR):
@@ -438,7 +438,7 @@ class Reconciler:
         if not changes:
             return
         namespace, name = _key(body)
-        updated = await self.kube.patch_status(kube.GRMDEPLOYMENTS, namespace, name, changes)
+        updated = await self.kube.patch_status(kubeapi.GRMDEPLOYMENTS, namespace, name, changes)
         self.store.put_parent(updated)
         for transition in result.transitions:
             await self._post(updated, transition)
@@ -487,7 +487,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
 
     for kind in CHILD_KINDS:
 
-        async def child_event(event: Mapping[str, Any], _kind: kube.Kind = kind, **_: Any) -> None:
+        async def child_event(event: Mapping[str, Any], _kind: kubeapi.Kind = kind, **_: Any) -> None:
             body = dict(event["object"])
             body.setdefault("kind", _kind.kind)
             body.setdefault("apiVersion", _kind.api_version)

@@ -7,7 +7,7 @@ reconcile module is the first; the autoscaler's timer module is added beside it.
 
 Credentials: ``KUBECONFIG`` when set, else the pod's service account, else ``~/.kube/config``,
 read by kopf's own login functions. The same :class:`kopf.ConnectionInfo` feeds kopf (through a
-login handler, so kopf never guesses) and the operator's :class:`~grm_operator.handlers.kube.KubeClient`.
+login handler, so kopf never guesses) and the operator's :class:`~grm_operator.kubeapi.KubeClient`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from grm_operator.handlers import autoscale, fleetmetrics, reconcile
 from grm_operator.handlers.context import OperatorContext
-from grm_operator.handlers.kube import Connection, KubeClient
 from grm_operator.handlers.reconcile import Reconciler
-from grm_operator.handlers.telemetry import OperatorMetrics
+from grm_operator.kubeapi import Connection, KubeClient
 from grm_operator.settings import OperatorSettings, SettingsError
+from grm_operator.telemetry.operator_metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ in :mod:`.exposition` and :mod:`.window` and are tested without servers.
 from grm_operator.metrics.direct import Direct
 from grm_operator.metrics.exposition import ExpositionError, HistogramCounts, PodScrape, parse_scrape
 from grm_operator.metrics.prometheus import Prometheus, default_queries, selector
-from grm_operator.metrics.signals import Signals
 from grm_operator.metrics.source import MetricsError, MetricsSource, MetricsTarget, PodEndpoint, Reading
 from grm_operator.metrics.window import ScrapeStore, histogram_quantile, summarize
+from grm_operator.policy.signals import Signals
 
 __all__ = [
     "Direct",

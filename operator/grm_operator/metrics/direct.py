@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import aiohttp
 
 from grm_operator.metrics.exposition import ExpositionError, parse_scrape
-from grm_operator.metrics.signals import SIGNAL_NAMES
 from grm_operator.metrics.source import MetricsTarget, PodEndpoint, Reading
 from grm_operator.metrics.window import ScrapeStore, summarize
+from grm_operator.policy.signals import SIGNAL_NAMES
 
 __all__ = ["Direct"]
 

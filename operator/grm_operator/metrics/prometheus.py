@@ -31,8 +31,8 @@ from typing import Any
 
 import aiohttp
 
-from grm_operator.metrics.signals import COUNTER_NAMES, GAUGE_NAMES, GPU_UTIL_NAME, HISTOGRAM_NAMES, Signals
 from grm_operator.metrics.source import MetricsError, MetricsTarget, Reading
+from grm_operator.policy.signals import COUNTER_NAMES, GAUGE_NAMES, GPU_UTIL_NAME, HISTOGRAM_NAMES, Signals
 
 __all__ = [
     "DEPLOYMENT_LABEL",

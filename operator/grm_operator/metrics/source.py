@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from grm_operator.metrics.signals import Signals
+from grm_operator.policy.signals import Signals
 
 __all__ = ["MetricsError", "MetricsSource", "MetricsTarget", "PodEndpoint", "Reading"]
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from grm_operator.metrics.exposition import HistogramCounts, PodScrape
-from grm_operator.metrics.signals import (
+from grm_operator.policy.signals import (
     COUNTER_NAMES,
     GAUGE_NAMES,
     GPU_UTIL_NAME,

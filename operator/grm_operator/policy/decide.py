@@ -48,7 +48,6 @@ from dataclasses import dataclass
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, Variant
-from grm_operator.metrics.signals import Signals
 from grm_operator.policy.capacity import (
     DEFAULT_TAIL,
     TAIL_BOUNDS,
@@ -60,6 +59,7 @@ from grm_operator.policy.capacity import (
     shed_floor,
     variant_profile,
 )
+from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Action, Decision, Observation, PolicyState
 
 TREND_WINDOW_S = 180.0

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from grm_operator.metrics.signals import Signals
+from grm_operator.policy.signals import Signals
 
 Action = Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"]
 

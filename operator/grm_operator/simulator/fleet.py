@@ -39,8 +39,8 @@ import numpy as np
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.metrics.signals import Signals
 from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
+from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Observation
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.trace import Trace

@@ -1,7 +1,7 @@
 """The controllers compared by the benchmark: our policy and the industry's, from their algorithms.
 
 * ``grm`` — :func:`grm_operator.policy.decide` through the operator's own adapter and actuation
-  (:mod:`grm_operator.policy.adapter`, :func:`grm_operator.actuation.plan`): switches surge
+  (:mod:`grm_operator.handlers.policy_adapter`, :func:`grm_operator.control.actuation.plan`): switches surge
   within maxGPUs, drain, roll back on timeout, exactly as the autoscaler applies them.
 * ``static-peak`` — the most replicas of the best admissible variant the budget allows, always.
 * ``hpa-gpu`` — Kubernetes HPA (autoscaling/v2) on GPU utilisation: every 15 s
@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from grm_operator.actuation import VariantDeployment, plan
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.control.actuation import VariantDeployment, plan
+from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.metrics.source import Reading
-from grm_operator.policy.adapter import PodCounts, decide_intent
 from grm_operator.policy.capacity import (
     DEFAULT_TAIL,
     OperatingPoint,

@@ -1,0 +1,63 @@
+"""The operator's entry to the policy: status, metrics reading and pod counts in, an Intent out.
+
+The autoscaler (:mod:`grm_operator.handlers.autoscale`) speaks in Kubernetes terms (status dicts,
+Deployments, pods); the policy in :class:`Observation` / :class:`Decision`. This module is the
+only translation between them, so both sides stay small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.control.actuation import Intent, VariantDeployment
+from grm_operator.control.builders import active_variant
+from grm_operator.metrics import Reading
+from grm_operator.policy.decide import decide
+from grm_operator.policy.types import Observation, PolicyState
+
+
+@dataclass(frozen=True)
+class PodCounts:
+    """Worker pods of one variant: Ready, and Pending because no node could take them."""
+
+    ready: int
+    pending: int
+
+
+def decide_intent(
+    *,
+    spec: GRMDeploymentSpec,
+    status: Mapping[str, Any],
+    reading: Reading | None,
+    pods: Mapping[str, PodCounts],
+    deployments: Mapping[str, VariantDeployment],
+    now: float,
+    metrics_error: str | None = None,
+) -> Intent:
+    """One policy step for a GRMDeployment, with its memory read from and returned for status."""
+    active = active_variant(spec, status.get("activeVariant"))
+    samples = status.get("samples")
+    observation = Observation(
+        time=now,
+        total=reading.total if reading is not None else None,
+        variants=dict(reading.variants) if reading is not None else {},
+        active_variant=active,
+        samples=int(samples) if isinstance(samples, int) else spec.scoring.samples.max,
+        ready={name: c.ready for name, c in pods.items()},
+        pending={name: c.pending for name, c in pods.items()},
+        desired={name: d.desired for name, d in deployments.items()},
+        metrics_error=metrics_error,
+    )
+    state = PolicyState.from_dict(status.get("policyState"))
+    decision, new_state = decide(observation, state, spec, now)
+    return Intent(
+        action=decision.action,
+        reason=decision.reason,
+        replicas=decision.replicas,
+        variant=decision.variant,
+        samples=decision.samples,
+        state=new_state.to_dict(),
+    )

@@ -1,0 +1,155 @@
+"""`grm-worker serve --engine sim` as a real subprocess: completions, streamed chat, score,
+metrics, a SIGTERM drain that lets an in-flight request finish, and exit 1 on engine death."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.workerproc import WorkerProcess
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[WorkerProcess]:
+    config = {
+        "engine": "sim",
+        "variant": "fp8",
+        "precision": "fp8",
+        "model": {"name": "deepseek-ai/DeepSeek-GRM-27B", "served_name": "grm"},
+        "scoring": {"samples_min": 1, "samples_max": 8, "samples_default": 8},
+        "sim": {"time_scale": 1.0, "output_tokens": 60},  # short critiques: 2 rounds in ~1.6 s
+        "drain_timeout_s": 20,
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = WorkerProcess("--config", str(path), "--log-level", "INFO")
+    try:
+        proc.wait_ready(30)
+        yield proc
+    finally:
+        proc.kill()
+
+
+async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> None:
+    async with aiohttp.ClientSession(worker.url) as http:
+        r = await http.post("/v1/completions", json={"model": "grm", "prompt": "Hello", "max_tokens": 4})
+        assert r.status == 200 and (await r.json())["choices"][0]["finish_reason"] == "length"
+        r = await http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "grm",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 3,
+                "stream": True,
+            },
+        )
+        events = [line for line in (await r.text()).split("\n\n") if line]
+        assert events[-1] == "data: [DONE]" and len(events) == 6  # role, 3 tokens, finish, DONE
+        r = await http.post("/v1/grm/score", json={"query": "2+2?", "responses": ["4", "5", "22"]})
+        body = await r.json()
+        assert r.status == 200 and len(body["scores"]) == 3 and 1 <= body["samples_used"] <= 8
+        assert body["winner"] in (0, 1, 2)
+        r = await http.post("/admin/samples", json={"samples": 3})
+        assert (await r.json())["samples"] == 3
+        text = await (await http.get("/metrics")).text()
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert {"vllm:time_to_first_token_seconds", "vllm:num_requests_running", "grm_score_samples"} <= names
+        assert {"grm_requests_in_flight", "grm_sample_budget", "DCGM_FI_DEV_GPU_UTIL"} <= names
+
+        # ~150 decode steps of ≥ 12.5 ms: in flight for about 2 s when SIGTERM arrives.
+        slow = asyncio.create_task(http.post("/v1/completions", json={"prompt": "x", "max_tokens": 150}))
+        deadline = asyncio.get_running_loop().time() + 10
+        while "grm_requests_in_flight 1.0" not in await (await http.get("/metrics")).text():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        worker.terminate()
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # readiness fails and new work is refused while the slow request drains
+            r = await http.get("/ready")
+            if r.status == 503:
+                break
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        r = await http.post("/v1/completions", json={"prompt": "y", "max_tokens": 1})
+        assert r.status == 503
+        response = await slow
+        assert response.status == 200
+        assert (await response.json())["usage"]["completion_tokens"] == 150
+    assert await asyncio.to_thread(worker.wait, 30) == 0
+    assert "draining" in worker.log()
+
+
+def test_engine_death_exits_non_zero(worker: WorkerProcess) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(
+        worker.url + "/admin/sim", data=b'{"crash": true}', headers={"Content-Type": "application/json"}
+    )
+    urllib.request.urlopen(request, timeout=5).read()
+    assert worker.wait(30) == 1
+    assert "engine died" in worker.log()
+
+
+def test_invalid_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("engine: vllm\nprecision: awq-int4\nmodel: {path: /nonexistent}\ndevice: cpu\n")
+    proc = WorkerProcess("--config", str(path))
+    try:
+        assert proc.wait(60) == 2
+        assert "pre-quantized awq checkpoint" in proc.log()
+    finally:
+        proc.kill()
+
+
+async def test_a_full_batch_sheds_new_score_requests_to_the_floor(tmp_path: Path) -> None:
+    """The worker process the operator configures (scoring.shed_floor from the spec): with its
+    sim engine's batch full, a new score request runs at the floor and the counter says so."""
+    config = {
+        "engine": "sim",
+        "variant": "bf16",
+        "precision": "bf16",
+        "model": {"name": "deepseek-ai/DeepSeek-GRM-27B", "served_name": "grm"},
+        "vllm": {"max_num_seqs": 2},
+        "scoring": {
+            "samples_min": 1,
+            "samples_max": 8,
+            "samples_default": 8,
+            "shed_floor": 2,
+            "shed_poll_s": 0.05,
+        },
+        "sim": {"time_scale": 1.0, "output_tokens": 20},
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = WorkerProcess("--config", str(path))
+    try:
+        proc.wait_ready(30)
+        async with aiohttp.ClientSession(proc.url) as http:
+            score = {"query": "2+2?", "responses": ["4", "5"], "early_exit": "off"}
+            idle = await (await http.post("/v1/grm/score", json=score)).json()
+            assert (idle["shed"], idle["samples_used"]) == (0, 8)
+            # Four long completions on a batch of 2: two wait for seconds.
+            long = {"model": "grm", "prompt": "x", "max_tokens": 400}
+            fill = [asyncio.create_task(http.post("/v1/completions", json=long)) for _ in range(4)]
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:  # until the front's own reading (every 50 ms) shows the queue
+                text = await (await http.get("/metrics")).text()
+                queue = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+                if queue["grm_engine_queue"] > 0:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the front never saw a queue"
+            body = await (await http.post("/v1/grm/score", json=score)).json()
+            assert (body["shed"], body["samples_used"], body["samples_budget"]) == (6, 2, 8)
+            text = await (await http.get("/metrics")).text()
+            values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            assert values["grm_score_samples_shed_total"] >= 6 and values["grm_shed_floor"] == 2
+            for task in fill:
+                task.cancel()
+    finally:
+        proc.kill()

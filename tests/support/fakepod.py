@@ -1,0 +1,140 @@
+"""A fixture metrics server whose numbers the test controls: it serves vLLM-format ``/metrics``
+text (tests/vllm_text.py) whose counters and histograms advance with wall time at the request
+rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples``.
+Runs in a thread (stdlib ThreadingHTTPServer), so a test's
+event loop and blocking pollers both work beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from support.vllm_text import Engine, vllm_text
+
+
+class FakeWorker:
+    """One worker pod's metrics: ``rps`` requests per second, each with the next TTFT of the
+    cycle ``ttft`` (and ``itl``, ``e2e``); gauges as set. ``old_names`` uses pre-0.10 names."""
+
+    def __init__(
+        self,
+        rps: float = 0.0,
+        ttft: Sequence[float] = (0.1,),
+        itl: Sequence[float] = (0.03,),
+        e2e: Sequence[float] = (5.0,),
+        running: float = 0.0,
+        waiting: float = 0.0,
+        kv_cache: float = 0.0,
+        old_names: bool = False,
+        extra: str = "",
+        shed_per_request: int | None = None,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.engine = Engine()
+        self.served = 0
+        self.pending = 0.0
+        self.last = time.monotonic()
+        self.old_names = old_names
+        #: Sample budgets POSTed to /admin/samples, in order (the operator's pushes).
+        self.samples: list[int] = []
+        self.extra = extra
+        #: With a number, the GRM front's grm_score_samples_shed_total: that many samples shed per
+        #: request served (None: the counter is absent, as on a plain vLLM pod).
+        self.shed_per_request = shed_per_request
+        self.shed = 0
+        self.rps = rps
+        self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
+        self.engine.running, self.engine.waiting, self.engine.kv_cache = running, waiting, kv_cache
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def set(self, **values: Any) -> None:
+        """Change rates, latencies or gauges from now on (what was served so far stays)."""
+        with self.lock:
+            self._advance()
+            for key, value in values.items():
+                if key in ("running", "waiting", "kv_cache"):
+                    setattr(self.engine, key, value)
+                elif key in ("ttft", "itl", "e2e"):
+                    setattr(self, key, list(value))
+                else:
+                    setattr(self, key, value)
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        self.pending += self.rps * (now - self.last)
+        self.last = now
+        n = int(self.pending)
+        self.pending -= n
+        for _ in range(n):
+            i = self.served
+            self.engine.ttft.observations.append(self.ttft[i % len(self.ttft)])
+            self.engine.itl.observations.append(self.itl[i % len(self.itl)])
+            self.engine.e2e.observations.append(self.e2e[i % len(self.e2e)])
+            self.engine.queue.observations.append(0.0)
+            self.served += 1
+        self.engine.success += n
+        self.engine.prompt_tokens += 1000 * n
+        self.engine.generation_tokens += 300 * n
+        self.shed += n * (self.shed_per_request or 0)
+
+    def text(self) -> str:
+        with self.lock:
+            self._advance()
+            text = vllm_text({"0": self.engine}, old_names=self.old_names) + self.extra
+            if self.shed_per_request is not None:
+                text += f"# TYPE grm_score_samples_shed counter\ngrm_score_samples_shed_total {self.shed}\n"
+            return text
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        worker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                body = worker.text().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                if self.path != "/admin/samples":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                value = json.loads(self.rfile.read(length) or b"{}").get("samples")
+                with worker.lock:
+                    worker.samples.append(int(value))
+                body = json.dumps({"samples": value}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

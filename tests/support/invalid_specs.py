@@ -1,0 +1,129 @@
+"""Invalid GRMDeployment specs, each with the message (or the field) it must be rejected with.
+
+One table for the offline checks (tests/unit/test_crd.py: pydantic and cel-python) and the real
+API server (tests/integration/test_crd_apiserver.py), so that the three are judged on the same
+cases. Each case mutates the ladder example (examples/grmd-ladder.yaml), which is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grm_operator.api import models
+
+BASE: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "examples" / "grmd-ladder.yaml").read_text()
+)
+
+
+def spec_with(mutate: Any) -> dict[str, Any]:
+    body = copy.deepcopy(BASE)
+    mutate(body["spec"])
+    return body
+
+
+def set_(path: str, value: Any) -> Any:
+    def mutate(spec: dict[str, Any]) -> None:
+        node = spec
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    return mutate
+
+
+def _duplicate_variant(spec: dict[str, Any]) -> None:
+    spec["variants"].append(dict(spec["variants"][0]))
+
+
+def drop(path: str) -> Any:
+    def mutate(spec: dict[str, Any]) -> None:
+        node = spec
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if part.isdigit() else node[part]
+        del node[parts[-1]]
+
+    return mutate
+
+
+def _floor_case(spec: dict[str, Any]) -> None:
+    # Quality floor above every variant: the ladder's best is 1.0, so drop bf16 first.
+    spec["variants"] = spec["variants"][1:]
+    spec["precision"]["minQuality"] = 0.999
+
+
+# (id, mutation, the message both pydantic and the CRD's CEL rule give, field path of the rule)
+CEL_CASES = [
+    ("min-above-max", set_("scaling.minReplicas", 9), models.MSG_MIN_MAX, ".spec.scaling.minReplicas"),
+    ("replicas-above-max", set_("scaling.replicas", 9), models.MSG_REPLICAS_BOUNDS, ".spec.scaling.replicas"),
+    (
+        "replicas-below-min",
+        lambda s: s["scaling"].update(minReplicas=2, replicas=1),
+        models.MSG_REPLICAS_BOUNDS,
+        ".spec.scaling.replicas",
+    ),
+    ("duplicate-variant", _duplicate_variant, models.MSG_UNIQUE_VARIANTS, ".spec.variants"),
+    (
+        "pinned-unknown",
+        lambda s: s["precision"].update(policy="Pinned", pinnedVariant="fp4"),
+        models.MSG_PINNED_EXISTS,
+        ".spec.precision.pinnedVariant",
+    ),
+    (
+        "pinned-without-variant",
+        set_("precision.policy", "Pinned"),
+        models.MSG_PINNED_NEEDS_VARIANT,
+        ".spec.precision.pinnedVariant",
+    ),
+    (
+        "pinned-variant-null",
+        lambda s: s["precision"].update(policy="Pinned", pinnedVariant=None),
+        models.MSG_PINNED_NEEDS_VARIANT,
+        ".spec.precision.pinnedVariant",
+    ),
+    ("floor-above-all", _floor_case, models.MSG_QUALITY_FLOOR, ".spec.precision.minQuality"),
+    ("no-slo", set_("slo", {}), models.MSG_SLO_EMPTY, ".spec.slo"),
+    (
+        "slo-all-null",
+        set_("slo", {"ttftP95": None, "e2eP95": None}),
+        models.MSG_SLO_EMPTY,
+        ".spec.slo",
+    ),
+    ("int4-without-uri", drop("variants.2.uri"), models.MSG_QUANTIZED_URI, ".spec.variants[2].uri"),
+    (
+        "int8-uri-null",
+        lambda s: s["variants"][1].update(precision="int8", uri=None),
+        models.MSG_QUANTIZED_URI,
+        ".spec.variants[1].uri",
+    ),
+    (
+        "samples-order",
+        set_("scoring.samples", {"min": 5, "max": 2}),
+        models.MSG_SAMPLES_ORDER,
+        ".spec.scoring.samples",
+    ),
+]
+
+
+# Schema-level rejections (no CEL): both the CRD schema and pydantic refuse them.
+SCHEMA_CASES = [
+    ("bad-duration", set_("slo.ttftP95", "half a second"), ".spec.slo.ttftP95"),
+    ("quality-zero", set_("variants.0.quality", 0), ".spec.variants[0].quality"),
+    ("quality-above-one", set_("variants.0.quality", 1.5), ".spec.variants[0].quality"),
+    ("unknown-precision", set_("variants.0.precision", "fp4"), ".spec.variants[0].precision"),
+    ("variant-name-uppercase", set_("variants.0.name", "BF16"), ".spec.variants[0].name"),
+    ("no-variants", set_("variants", []), ".spec.variants"),
+    ("bad-uri", set_("model.uri", "ftp://host/model"), ".spec.model.uri"),
+    ("negative-replicas", set_("scaling.replicas", -1), ".spec.scaling.replicas"),
+    ("unknown-field", set_("scaling.maxReplica", 3), ".spec.scaling"),
+    ("unknown-mode", set_("scaling.mode", "Magic"), ".spec.scaling.mode"),
+    ("gpu-memory-one", set_("engine.gpuMemoryUtilization", 1.0), ".spec.engine.gpuMemoryUtilization"),
+    ("samples-zero", set_("scoring.samples.min", 0), ".spec.scoring.samples.min"),
+    ("missing-model", drop("model"), ".spec"),
+]

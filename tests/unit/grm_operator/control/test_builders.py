@@ -1,0 +1,370 @@
+"""The pure child builders: shapes Kubernetes accepts (kubernetes-validate --strict), owner
+references and labels the operator relies on, the worker config contract, and replica planning."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from grm_operator.api.models import GRMDeployment
+from grm_operator.control import builders
+from grm_operator.settings import OperatorSettings
+from grm_worker.config import WorkerConfig, vllm_command
+from support.paths import EXAMPLES
+
+EXAMPLE = EXAMPLES / "grmd-ladder.yaml"
+# The control plane the tests build is v1.35; validate against that API version's schemas.
+K8S_VERSION = "1.35.0"
+SETTINGS = OperatorSettings(worker_image="registry.example/grm-worker:1.2.3")
+
+
+def grmd(mutate: Any = None, **meta: Any) -> GRMDeployment:
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["metadata"].update({"uid": "0b5c1f36-1111-2222-3333-444455556666", **meta})
+    if mutate is not None:
+        mutate(body)
+    return GRMDeployment.model_validate(body)
+
+
+def children(
+    g: GRMDeployment | None = None, replicas: dict[str, int] | None = None, **kw: Any
+) -> builders.Children:
+    g = g or grmd()
+    return builders.build_children(g, replicas or builders.initial_replicas(g.spec), SETTINGS, **kw)
+
+
+def test_every_built_manifest_validates_strictly() -> None:
+    def rich(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["credentialsSecretRef"] = {"name": "hf", "key": "token"}
+        body["spec"]["variants"][1]["uri"] = "hf://org/grm-fp8"
+        body["spec"]["template"] = {
+            "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "96Gi"}},
+            "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]
+                    }
+                }
+            },
+            "priorityClassName": "inference",
+            "serviceAccountName": "grm-worker",
+            "env": [
+                {"name": "EXTRA", "value": "1"},
+                {"name": "FROM", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            ],
+            "modelCache": {"claimName": "model-cache"},
+            "podAnnotations": {"team": "rl"},
+            "podLabels": {"team": "rl"},
+        }
+
+    built = children(grmd(rich), pod_monitor=True)
+    manifests = built.all()
+    assert len(manifests) == 3 + 3 + 3  # ConfigMaps, Deployments, Service + PDB + PodMonitor
+    for manifest in manifests:
+        if manifest["kind"] == "PodMonitor":
+            continue  # a CRD kind: no built-in schema
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_strict_validation_catches_a_bad_field() -> None:
+    # The check above can fail: a typo in a Deployment is rejected.
+    deployment = copy.deepcopy(children().deployments["bf16"])
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_owner_references_and_labels_on_every_child() -> None:
+    built = children(pod_monitor=True)
+    for manifest in built.all():
+        meta = manifest["metadata"]
+        assert meta["namespace"] == "rl"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "grm.dev/v1alpha1",
+                "kind": "GRMDeployment",
+                "name": "reward",
+                "uid": "0b5c1f36-1111-2222-3333-444455556666",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/name"] == "grm-worker"
+        assert labels["app.kubernetes.io/instance"] == "reward"
+        assert labels["app.kubernetes.io/managed-by"] == "grm-operator"
+        assert labels["grm.dev/deployment"] == "reward"
+        assert labels["app.kubernetes.io/component"]
+        assert meta["annotations"][builders.ANNOTATION_APPLIED_HASH] == builders.applied_hash(manifest)
+    for variant, deployment in built.deployments.items():
+        assert deployment["metadata"]["name"] == f"reward-{variant}"
+        assert deployment["metadata"]["labels"]["grm.dev/variant"] == variant
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        # The Service's selector picks every variant's pods; the Deployment's only its own.
+        assert builders.selector_labels("reward").items() <= pod_labels.items()
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert built.service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "grm-worker",
+        "grm.dev/deployment": "reward",
+    }
+    assert built.pdb["spec"]["selector"]["matchLabels"] == built.service["spec"]["selector"]
+    assert built.pod_monitor is not None
+    assert built.pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+
+
+def test_owner_needs_a_stored_object() -> None:
+    g = grmd()
+    g.metadata.uid = None
+    with pytest.raises(ValueError, match="no uid"):
+        builders.build_children(g, {}, SETTINGS)
+
+
+def test_worker_pod_shape() -> None:
+    d = children(replicas={"bf16": 3}).deployments["bf16"]
+    assert d["spec"]["replicas"] == 3
+    pod = d["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/grm-worker:1.2.3"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["command"] == ["grm-worker", "serve", "--config", "/etc/grm/worker.json"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"  # bf16: gpusPerReplica 2
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    # Startup budget: 3 × bf16's 90 s cold start = 270 s = 54 probes 5 s apart.
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 270
+    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert pod["terminationGracePeriodSeconds"] == 5 + 60 + 15  # preStop + drainSeconds + engine stop
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    # Writable places on a read-only root: /tmp, /dev/shm and the model cache.
+    assert {"/tmp", "/dev/shm", "/models", "/etc/grm", "/mnt/weights"} == set(mounts)
+    assert mounts["/etc/grm"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "reward-bf16-config"
+    assert volumes["model-cache"]["emptyDir"] == {"sizeLimit": "200Gi"}
+    assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    annotations = d["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8000"
+
+
+def test_startup_probe_follows_the_profile_cold_start() -> None:
+    def slow_fp8(body: dict[str, Any]) -> None:
+        body["spec"]["variants"][1]["profile"] = {
+            "stepOverheadMs": 12.5,
+            "prefillMsPerToken": 0.05,
+            "decodeMsPerSequence": 0.035,
+            "kvCacheTokens": 100000,
+            "coldStart": "5m",
+        }
+
+    fp8 = children(grmd(slow_fp8)).deployments["fp8"]["spec"]["template"]["spec"]["containers"][0]
+    assert fp8["startupProbe"]["failureThreshold"] == 180  # 3 × 300 s / 5 s
+    int4 = children().deployments["int4"]["spec"]["template"]["spec"]["containers"][0]
+    assert int4["startupProbe"]["failureThreshold"] == 27  # 3 × 45 s = 135 s ≥ the 120 s floor
+
+
+def test_template_fields_pass_through_and_ours_win() -> None:
+    def template(body: dict[str, Any]) -> None:
+        body["spec"]["template"] = {
+            "image": "mine:1",
+            "imagePullPolicy": "Always",
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "gpu", "operator": "Exists"}],
+            "priorityClassName": "high",
+            "serviceAccountName": "worker",
+            "env": [{"name": "HF_HOME", "value": "/elsewhere"}, {"name": "MINE", "value": "x"}],
+            "podAnnotations": {"a": "b", "prometheus.io/port": "1"},
+            "podLabels": {"team": "rl", "grm.dev/deployment": "hijack"},
+        }
+
+    d = children(grmd(template)).deployments["fp8"]
+    pod = d["spec"]["template"]
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    assert (container["image"], container["imagePullPolicy"]) == ("mine:1", "Always")
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert (spec["priorityClassName"], spec["serviceAccountName"]) == ("high", "worker")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_HOME"]["value"] == "/models/hf"  # the cache layout is the operator's
+    assert env["MINE"] == {"name": "MINE", "value": "x"}
+    assert pod["metadata"]["annotations"]["a"] == "b"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert pod["metadata"]["labels"]["team"] == "rl"
+    assert pod["metadata"]["labels"]["grm.dev/deployment"] == "reward"
+
+
+def test_credentials_for_hf_and_s3() -> None:
+    def hf(body: dict[str, Any]) -> None:
+        body["spec"]["model"].update(
+            uri="hf://deepseek-ai/DeepSeek-GRM-27B", credentialsSecretRef={"name": "hf"}
+        )
+
+    container = children(grmd(hf)).deployments["bf16"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    config = json.loads(children(grmd(hf)).config_maps["bf16"]["data"]["worker.json"])
+    assert config["model"]["path"] == "deepseek-ai/DeepSeek-GRM-27B"
+
+    def s3(body: dict[str, Any]) -> None:
+        body["spec"]["model"].update(
+            uri="s3://bucket/grm", credentialsSecretRef={"name": "aws", "key": "credentials"}
+        )
+
+    pod = children(grmd(s3)).deployments["bf16"]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == "/var/run/secrets/grm/credentials"
+    assert {"name": "credentials", "secret": {"secretName": "aws"}} in pod["volumes"]
+
+
+def test_worker_config_is_the_workers_own_contract() -> None:
+    def engine(body: dict[str, Any]) -> None:
+        body["spec"]["engine"] = {"maxNumSeqs": 128, "maxModelLen": 8192}
+        body["spec"]["variants"][1]["engine"] = {"maxNumSeqs": 256, "kvCacheDtype": "fp8"}
+
+    built = children(grmd(engine))
+    configs = {
+        v: WorkerConfig.model_validate_json(cm["data"]["worker.json"]) for v, cm in built.config_maps.items()
+    }
+    bf16, fp8, int4 = configs["bf16"], configs["fp8"], configs["int4"]
+    assert (bf16.precision, bf16.vllm.tensor_parallel_size, bf16.vllm.max_num_seqs) == ("bf16", 2, 128)
+    assert (fp8.vllm.max_num_seqs, fp8.vllm.kv_cache_dtype, fp8.vllm.max_model_len) == (256, "fp8", 8192)
+    assert fp8.model.checkpoint_quantization == "none"  # dynamic fp8 from the bf16 weights
+    assert int4.model.checkpoint_quantization == "awq"
+    assert int4.model.path == "/mnt/weights/grm-27b-awq"
+    assert bf16.drain_timeout_s == 60.0
+    assert (bf16.scoring.samples_min, bf16.scoring.samples_max, bf16.scoring.early_exit) == (1, 8, "exact")
+    # Shed floors: the fewest samples meeting minQuality 0.97 per variant (bf16×k2, fp8×k4); int4
+    # admits only k = 8, so its workers never shed.
+    assert [c.scoring.shed_floor for c in (bf16, fp8, int4)] == [2, 4, None]
+    off = children(grmd(lambda b: b["spec"]["scoring"].update(shedSamples="Off")))
+    assert {
+        WorkerConfig.model_validate_json(cm["data"]["worker.json"]).scoring.shed_floor
+        for cm in off.config_maps.values()
+    } == {None}
+    command = vllm_command(bf16, device="cuda", python="python")
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    assert command[command.index("--model") + 1] == "/mnt/weights/grm-27b"
+
+
+def test_config_change_rolls_pods_but_a_scale_does_not_change_the_hash() -> None:
+    base = children(replicas={"bf16": 1})
+    scaled = children(replicas={"bf16": 4})
+    changed = children(grmd(lambda b: b["spec"].update(engine={"maxNumSeqs": 64})), replicas={"bf16": 1})
+
+    def template_hash(c: builders.Children) -> str:
+        return str(
+            c.deployments["bf16"]["spec"]["template"]["metadata"]["annotations"][
+                builders.ANNOTATION_CONFIG_HASH
+            ]
+        )
+
+    assert template_hash(base) == template_hash(scaled)
+    assert builders.applied_hash(base.deployments["bf16"]) == builders.applied_hash(
+        scaled.deployments["bf16"]
+    )
+    assert template_hash(base) != template_hash(changed)
+    assert builders.applied_hash(base.deployments["bf16"]) != builders.applied_hash(
+        changed.deployments["bf16"]
+    )
+    # Same input, same bytes: what lets the reconciler compare hashes instead of writing.
+    assert children(replicas={"bf16": 1}).all() == base.all()
+
+
+def test_worker_overrides_annotation() -> None:
+    g = grmd(
+        lambda b: b["metadata"].update(
+            annotations={
+                builders.ANNOTATION_WORKER_ENGINE: "sim",
+                builders.ANNOTATION_WORKER_OVERRIDES: json.dumps(
+                    {"sim.time_scale": 20, "vllm.enforce_eager": True}
+                ),
+            }
+        )
+    )
+    config = WorkerConfig.model_validate_json(children(g).config_maps["fp8"]["data"]["worker.json"])
+    assert (config.engine, config.sim.time_scale, config.vllm.enforce_eager) == ("sim", 20.0, True)
+    bad = grmd(
+        lambda b: b["metadata"].update(annotations={builders.ANNOTATION_WORKER_OVERRIDES: '{"port": 0}'})
+    )
+    with pytest.raises(ValidationError):
+        children(bad)
+    with pytest.raises(ValueError, match="JSON object"):
+        children(
+            grmd(lambda b: b["metadata"].update(annotations={builders.ANNOTATION_WORKER_OVERRIDES: "[1]"}))
+        )
+
+
+def test_initial_replicas() -> None:
+    assert builders.initial_replicas(grmd().spec) == {"bf16": 1, "fp8": 0, "int4": 0}
+
+    def floor(body: dict[str, Any]) -> None:
+        body["spec"]["variants"][0]["quality"] = 0.96  # below minQuality 0.97: fp8 is the best admissible
+        body["spec"]["scaling"]["minReplicas"] = 2
+
+    assert builders.initial_replicas(grmd(floor).spec) == {"bf16": 0, "fp8": 2, "int4": 0}
+
+    def pinned(body: dict[str, Any]) -> None:
+        body["spec"]["precision"] = {"policy": "Pinned", "pinnedVariant": "int4", "minQuality": 0.9}
+
+    assert builders.initial_replicas(grmd(pinned).spec) == {"bf16": 0, "fp8": 0, "int4": 1}
+
+    def manual(body: dict[str, Any]) -> None:
+        body["spec"]["scaling"].update(mode="Manual", replicas=3)
+
+    assert builders.initial_replicas(grmd(manual).spec) == {"bf16": 3, "fp8": 0, "int4": 0}
+
+
+def test_plan_replicas_keeps_the_policys_counts_within_bounds() -> None:
+    spec = grmd().spec  # minReplicas 1, maxReplicas 8
+    assert builders.plan_replicas(spec, "bf16", {}) == {"bf16": 1, "fp8": 0, "int4": 0}
+    assert builders.plan_replicas(spec, "bf16", {"bf16": 5, "fp8": 2}) == {"bf16": 5, "fp8": 0, "int4": 0}
+    assert builders.plan_replicas(spec, "bf16", {"bf16": 12}) == {"bf16": 8, "fp8": 0, "int4": 0}
+    # A switch in progress owns both of its variants' counts.
+    switching = frozenset({"bf16", "fp8"})
+    assert builders.plan_replicas(spec, "bf16", {"bf16": 3, "fp8": 2}, switching=switching) == {
+        "bf16": 3,
+        "fp8": 2,
+        "int4": 0,
+    }
+    # ... even at 0 for the active one: a rolling switch handed all its GPUs to the new variant
+    # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back, tests/integration/test_autoscale.py).
+    assert builders.plan_replicas(spec, "bf16", {"bf16": 0, "fp8": 4}, switching=switching) == {
+        "bf16": 0,
+        "fp8": 4,
+        "int4": 0,
+    }
+    manual = grmd(lambda b: b["spec"]["scaling"].update(mode="Manual", replicas=4)).spec
+    assert builders.plan_replicas(manual, "fp8", {"bf16": 2, "fp8": 1}) == {"bf16": 0, "fp8": 4, "int4": 0}
+    assert builders.plan_replicas(manual, "bf16", {"bf16": 1, "fp8": 2}, switching=switching) == {
+        "bf16": 1,
+        "fp8": 2,
+        "int4": 0,
+    }
+
+
+def test_active_variant() -> None:
+    spec = grmd().spec
+    assert builders.active_variant(spec, None) == "bf16"
+    assert builders.active_variant(spec, "fp8") == "fp8"
+    assert builders.active_variant(spec, "gone") == "bf16"
+    pinned = grmd(lambda b: b["spec"].update(precision={"policy": "Pinned", "pinnedVariant": "fp8"})).spec
+    assert builders.active_variant(pinned, None) == "fp8"
+    # A new pin is reached through a switch: the serving variant stays active until it completes.
+    assert builders.active_variant(pinned, "bf16") == "bf16"
+    assert builders.active_variant(pinned, "gone") == "fp8"

@@ -1,0 +1,229 @@
+"""The reconciler's decisions without an API server: an in-memory client records every call.
+
+The integration tests run the same code against kube-apiserver; these pin the rules in
+milliseconds: apply what is missing or changed and nothing else, prune only owned variants,
+status written once, invalid specs reported without touching children, store ordering by
+resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import time
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from grm_operator import kubeapi
+from grm_operator.handlers.reconcile import Reconciler, Store
+from grm_operator.settings import OperatorSettings
+from grm_operator.telemetry.operator_metrics import OperatorMetrics
+from support.paths import EXAMPLES
+
+EXAMPLE = EXAMPLES / "grmd-ladder.yaml"
+UID = "6f1c0a52-0000-4000-8000-000000000001"
+
+
+class FakeKube:
+    """Just enough of KubeClient: objects by (kind, namespace, name), increasing resourceVersions."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self._rv = itertools.count(100)
+
+    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
+        body["metadata"]["resourceVersion"] = str(next(self._rv))
+        body["metadata"].setdefault("uid", f"uid-{body['metadata']['name']}")
+        return copy.deepcopy(body)
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        self.calls.append(("apply", manifest["kind"], meta["name"]))
+        body = copy.deepcopy(manifest)
+        self.objects[(manifest["kind"], meta["namespace"], meta["name"])] = body
+        return self._stamp(body)
+
+    async def delete(self, kind: kubeapi.Kind, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        self.calls.append(("delete", kind.kind, name))
+        return self.objects.pop((kind.kind, namespace, name), None) is not None
+
+    async def patch_status(
+        self, kind: kubeapi.Kind, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append(("status", kind.kind, name))
+        body = self.objects[(kind.kind, namespace, name)]
+        body.setdefault("status", {}).update(copy.deepcopy(status))
+        return self._stamp(body)
+
+    async def post_event(
+        self, involved: dict[str, Any], *, reason: str, message: str, type_: str = "Normal"
+    ) -> dict[str, Any]:
+        self.calls.append(("event", type_, reason))
+        return {}
+
+    async def close(self) -> None:
+        self.calls.append(("close", "", ""))
+
+    def writes(self) -> list[tuple[str, str, str]]:
+        return [c for c in self.calls if c[0] not in ("event", "close")]
+
+
+def grmd_body(generation: int = 1) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    body["metadata"].update(uid=UID, generation=generation, resourceVersion="1")
+    return body
+
+
+def make(**settings: Any) -> tuple[Reconciler, FakeKube]:
+    fake = FakeKube()
+    reconciler = Reconciler(
+        fake,  # type: ignore[arg-type]
+        OperatorSettings(worker_image="w:1", **settings),
+        OperatorMetrics(CollectorRegistry()),
+        clock=lambda: "2026-01-01T00:00:00Z",
+    )
+    return reconciler, fake
+
+
+async def reconcile_body(reconciler: Reconciler, fake: FakeKube, body: dict[str, Any]) -> None:
+    fake.objects[("GRMDeployment", "rl", "reward")] = body
+    reconciler.store.put_parent(copy.deepcopy(body))
+    await reconciler.reconcile(("rl", "reward"))
+
+
+async def test_first_reconcile_applies_every_child_then_nothing() -> None:
+    reconciler, fake = make()
+    await reconcile_body(reconciler, fake, grmd_body())
+    applied = sorted(name for op, _, name in fake.writes() if op == "apply")
+    assert applied == sorted(
+        [
+            "reward-bf16-config",
+            "reward-fp8-config",
+            "reward-int4-config",
+            "reward-bf16",
+            "reward-fp8",
+            "reward-int4",
+            "reward",  # Service
+            "reward",  # PodDisruptionBudget
+        ]
+    )
+    assert [c for c in fake.writes() if c[0] == "status"] == [("status", "GRMDeployment", "reward")]
+    assert {reason for op, _, reason in fake.calls if op == "event"} >= {"Valid", "AsExpected"}
+    fake.calls.clear()
+    # Same spec, children in the store (write-through), status unchanged: not a single call.
+    await reconciler.reconcile(("rl", "reward"))
+    assert fake.calls == []
+
+
+async def test_changed_spec_applies_only_what_changed() -> None:
+    reconciler, fake = make()
+    await reconcile_body(reconciler, fake, grmd_body())
+    fake.calls.clear()
+    body = copy.deepcopy(fake.objects[("GRMDeployment", "rl", "reward")])
+    body["metadata"]["generation"] = 2
+    body["metadata"]["resourceVersion"] = "9999"
+    body["spec"]["variants"][1]["engine"] = {"maxNumSeqs": 32}
+    await reconcile_body(reconciler, fake, body)
+    assert sorted(name for op, _, name in fake.writes() if op == "apply") == [
+        "reward-fp8",
+        "reward-fp8-config",
+    ]
+
+
+async def test_removed_variant_is_pruned_but_foreign_objects_are_not() -> None:
+    reconciler, fake = make()
+    await reconcile_body(reconciler, fake, grmd_body())
+    foreign = copy.deepcopy(reconciler.store.child("Deployment", "rl", "reward-int4", "reward"))
+    assert foreign is not None
+    foreign["metadata"].update(name="reward-old", ownerReferences=[{"uid": "someone-else"}])
+    foreign["metadata"]["labels"]["grm.dev/variant"] = "old"
+    reconciler.store.put_child(foreign)
+    fake.calls.clear()
+    body = copy.deepcopy(fake.objects[("GRMDeployment", "rl", "reward")])
+    body["metadata"].update(generation=2, resourceVersion="9999")
+    body["spec"]["variants"].pop()
+    await reconcile_body(reconciler, fake, body)
+    deleted = sorted((kind, name) for op, kind, name in fake.writes() if op == "delete")
+    assert deleted == [("ConfigMap", "reward-int4-config"), ("Deployment", "reward-int4")]
+    assert reconciler.store.child("Deployment", "rl", "reward-int4", "reward") is None
+
+
+async def test_invalid_spec_reports_and_touches_no_child() -> None:
+    reconciler, fake = make()
+    await reconcile_body(reconciler, fake, grmd_body())
+    fake.calls.clear()
+    body = copy.deepcopy(fake.objects[("GRMDeployment", "rl", "reward")])
+    body["metadata"].update(generation=2, resourceVersion="9999")
+    body["spec"]["variants"].append(dict(body["spec"]["variants"][0]))
+    await reconcile_body(reconciler, fake, body)
+    assert fake.writes() == [("status", "GRMDeployment", "reward")]
+    assert ("event", "Warning", "InvalidSpec") in fake.calls
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    spec_valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+    assert (spec_valid["status"], spec_valid["reason"]) == ("False", "InvalidSpec")
+    assert "variant names must be unique" in spec_valid["message"]
+
+
+async def test_an_api_error_is_reported_in_status_and_raised_for_a_retry() -> None:
+    reconciler, fake = make()
+
+    async def forbidden(manifest: dict[str, Any]) -> dict[str, Any]:
+        raise kubeapi.Forbidden(403, "Forbidden", "deployments.apps is forbidden")
+
+    fake.apply = forbidden  # type: ignore[method-assign]
+    with pytest.raises(kubeapi.Forbidden):
+        await reconcile_body(reconciler, fake, grmd_body())
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ReconcileError")
+    assert "forbidden" in degraded["message"]
+
+
+def test_store_keeps_the_newest_resource_version() -> None:
+    store = Store()
+    labels = {"grm.dev/deployment": "reward"}
+    newer = {
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "rl", "labels": labels, "resourceVersion": "20"},
+    }
+    older = copy.deepcopy(newer)
+    older["metadata"]["resourceVersion"] = "15"
+    assert store.put_child(newer)
+    assert not store.put_child(older)  # a late watch event must not undo our own write's answer
+    assert store.child("Deployment", "rl", "d", "reward") == newer
+    store.drop_child("Deployment", older)  # a stale DELETED is ignored too
+    assert store.child("Deployment", "rl", "d", "reward") == newer
+    unlabelled = {"kind": "Deployment", "metadata": {"name": "x", "namespace": "rl", "resourceVersion": "1"}}
+    assert not store.put_child(unlabelled)
+
+
+async def test_failed_reconciles_are_retried_with_backoff_until_they_succeed() -> None:
+    reconciler, fake = make(retry_initial_s=0.01, retry_max_s=0.05)
+    real_apply = fake.apply
+    failures = iter([True, True])
+
+    async def flaky(manifest: dict[str, Any]) -> dict[str, Any]:
+        if next(failures, False):
+            raise kubeapi.KubeError(500, "InternalError", "etcd leader changed")
+        return await real_apply(manifest)
+
+    fake.apply = flaky  # type: ignore[method-assign]
+    body = grmd_body()
+    fake.objects[("GRMDeployment", "rl", "reward")] = body
+    reconciler.observe_parent(None, copy.deepcopy(body))
+    deadline = time.monotonic() + 5
+    while ("Deployment", "rl", "reward-int4") not in fake.objects or reconciler.queue_depth:
+        assert time.monotonic() < deadline, fake.calls
+        await asyncio.sleep(0.005)
+    errors = reconciler.metrics.reconcile_errors.labels(error="KubeError")._value.get()
+    assert errors == 2
+    assert reconciler.metrics.reconciles.labels(result="ok")._value.get() == 1
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("False", "AsExpected")
+    await reconciler.shutdown()

@@ -1,0 +1,217 @@
+"""PromQL of the chart: the PrometheusRule's alerts and the Grafana dashboard's queries.
+
+* `promtool check rules` on the rendered PrometheusRule, and `promtool test rules` with
+  tests/fixtures/prometheusrule-tests.yaml (each alert fires after its window, not before);
+* the alerts fire on the series the operator really exports: a GRMDeployment body goes through
+  grm_operator.telemetry.FleetMetrics, its exposition becomes promtool's input series;
+* every dashboard query parses (promtool check rules, as recording rules, with Grafana's
+  variables substituted) and names only metrics that exist: the operator's own, or vLLM's
+  (tests/fixtures/vllm-0.32-metrics.txt, scraped from a real vLLM 0.32).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from grm_operator.telemetry import deployment_metrics as telemetry
+from grm_operator.telemetry.operator_metrics import OperatorMetrics
+from support.helmchart import CHART, REPO, by_kind, promtool, render
+
+FIXTURES = REPO / "tests" / "fixtures"
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+    "$namespace": ".*",
+    "$grmdeployment": ".*",
+}
+
+
+def _rule_groups(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    (rule,) = by_kind(render({"prometheusRule": {"enabled": True, **(values or {})}}), "PrometheusRule")
+    groups: list[dict[str, Any]] = rule["spec"]["groups"]
+    return groups
+
+
+def _promtool(*args: str, cwd: Path) -> str:
+    proc = subprocess.run(
+        [promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, f"promtool {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((CHART / "files" / "dashboard.json").read_text())
+    return data
+
+
+def _dashboard_queries() -> list[str]:
+    dash = _dashboard()
+    queries = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    queries += [v["definition"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    return queries
+
+
+def _substitute(expr: str) -> str:
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    # label_values(metric, label) is Grafana's, not PromQL: check its selector.
+    match = re.fullmatch(r"label_values\((.+),\s*\w+\)", expr)
+    return match[1] if match else expr
+
+
+def _known_metric_names() -> set[str]:
+    names = {n for n in telemetry.METRIC_NAMES}
+    registry = CollectorRegistry()
+    OperatorMetrics(registry)
+    for family in registry.collect():
+        # A labelled counter exports no sample before its first inc(): name its series from the type.
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names |= {family.name + suffix for suffix in suffixes}
+    vllm_text = (FIXTURES / "vllm-0.32-metrics.txt").read_text()
+    names |= set(re.findall(r"^(vllm:[a-zA-Z0-9_:]+?)(?:\{| )", vllm_text, flags=re.M))
+    return names
+
+
+def test_rules_pass_promtool_check(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": _rule_groups()}))
+    assert "SUCCESS: 6 rules found" in _promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+
+
+def test_alerts_fire_after_their_windows(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": _rule_groups()}))
+    shutil.copy(FIXTURES / "prometheusrule-tests.yaml", tmp_path / "tests.yaml")
+    _promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+
+
+def test_alert_windows_follow_the_values() -> None:
+    (group,) = _rule_groups({"sloBreachedFor": "30m", "alertLabels": {"team": "ml"}})
+    slo = next(r for r in group["rules"] if r["alert"] == "GRMDeploymentSLOBreached")
+    assert slo["for"] == "30m"
+    assert all(r["labels"]["team"] == "ml" for r in group["rules"])
+
+
+def test_alerts_fire_on_what_the_operator_exports(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    OperatorMetrics(registry)
+    fleet = telemetry.FleetMetrics(registry, clock=lambda: 0.0)
+    fleet.observe(
+        {
+            "metadata": {"namespace": "rl", "name": "reward"},
+            "spec": {"variants": [{"name": "bf16", "gpusPerReplica": 2}], "slo": {"ttftP95": "500ms"}},
+            "status": {
+                "conditions": [
+                    {"type": "SLOMet", "status": "False", "reason": "SLOMissed"},
+                    {"type": "MetricsAvailable", "status": "True", "reason": "Observed"},
+                ],
+                "switch": {"from": "bf16", "to": "fp8", "phase": "Surging"},
+            },
+        }
+    )
+    text = generate_latest(registry).decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    input_series = [
+        {"series": name, "values": f"{value:g}x30"}
+        for name, value in values.items()
+        if name.startswith(("grm_operator_condition", "grm_operator_switch", "grm_operator_grmdeployments"))
+    ]
+    reward = {"severity": "warning", "namespace": "rl", "grmdeployment": "reward"}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": input_series,
+                "alert_rule_test": [
+                    {"eval_time": "25m", "alertname": name, "exp_alerts": [{"exp_labels": labels}]}
+                    for name, labels in [
+                        ("GRMDeploymentSLOBreached", {**reward, "condition": "SLOMet"}),
+                        ("GRMDeploymentSwitchStuck", reward),
+                    ]
+                ]
+                + [{"eval_time": "25m", "alertname": "GRMDeploymentMetricsMissing", "exp_alerts": []}]
+                + [{"eval_time": "25m", "alertname": "GRMOperatorAbsent", "exp_alerts": []}],
+            }
+        ],
+    }
+    # promtool compares annotations too; drop them for this label-level check.
+    groups = _rule_groups()
+    for rule in groups[0]["rules"]:
+        rule.pop("annotations", None)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    _promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+
+
+def test_dashboard_queries_parse(tmp_path: Path) -> None:
+    queries = _dashboard_queries()
+    rules = [{"record": f"dashboard:query_{i}", "expr": _substitute(q)} for i, q in enumerate(queries)]
+    (tmp_path / "dashboard-rules.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "d", "rules": rules}]})
+    )
+    out = _promtool("check", "rules", "dashboard-rules.yaml", cwd=tmp_path)
+    assert f"SUCCESS: {len(queries)} rules found" in out
+
+
+def test_query_check_rejects_bad_promql(tmp_path: Path) -> None:
+    # The parse check above can fail: an unbalanced query is an error.
+    bad = [{"record": "dashboard:bad", "expr": "sum by (variant (grm_operator_variant_gpus)"}]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": bad}]}))
+    proc = subprocess.run(
+        [promtool(), "check", "rules", "bad.yaml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0
+
+
+def test_queries_name_only_exported_metrics() -> None:
+    known = _known_metric_names()
+    exprs = _dashboard_queries() + [r["expr"] for g in _rule_groups() for r in g["rules"]]
+    used = {m for e in exprs for m in re.findall(r"\b(grm_operator_[a-z_]+|vllm:[a-zA-Z0-9_:]+)", e)}
+    unknown = {m for m in used if m not in known}
+    assert not unknown, f"queries use metrics nobody exports: {sorted(unknown)}"
+    assert {
+        "grm_operator_condition",
+        "grm_operator_gpu_seconds_total",
+        "grm_operator_decisions_total",
+    } <= used
+
+
+def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
+    titles = " | ".join(p["title"] for p in _dashboard()["panels"]).lower()
+    for needle in (
+        "load",
+        "replicas per variant",
+        "time to first token vs slo",
+        "end-to-end",
+        "decisions",
+        "gpu-seconds",
+    ):
+        assert needle in titles, needle
+    ids = [p["id"] for p in _dashboard()["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_configmap_holds_the_file() -> None:
+    (cm,) = by_kind(render(), "ConfigMap")
+    assert json.loads(cm["data"]["grm-elastic.json"]) == _dashboard()
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize("name", sorted(telemetry.METRIC_NAMES))
+def test_every_fleet_metric_is_documented(name: str) -> None:
+    assert name in (REPO / "docs" / "operations.md").read_text()

@@ -1,0 +1,312 @@
+"""The Helm chart renders valid, least-privilege, hardened manifests that match the operator's code.
+
+`helm lint --strict` and `helm template` over the default values and variations; every rendered
+object (and the CRDs) validated with kubernetes-validate --strict for each Kubernetes version
+1.28–1.35 it ships; values.schema.json rejects bad values; the RBAC rules equal
+grm_operator/rbac.py's; the env the Deployment sets parses into OperatorSettings with the values
+given; the generated chart files have not drifted from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from hack import chartgen
+
+from grm_operator import rbac
+from grm_operator.settings import DEFAULT_WORKER_IMAGE, OperatorSettings
+from support.helmchart import (
+    CHART,
+    CRD_KINDS,
+    REPO,
+    by_kind,
+    k8s_versions,
+    render,
+    render_error,
+    run_helm,
+    triples,
+)
+
+VARIATIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "ha-clusterwide": {"replicaCount": 3, "prometheus": {"url": "http://prometheus.monitoring:9090"}},
+    "namespaced": {"watchNamespaces": ["rl", "eval"], "logLevel": "DEBUG"},
+    "ha-namespaced": {"replicaCount": 2, "watchNamespaces": ["rl"]},
+    "everything-on": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}},
+        "networkPolicy": {"enabled": True},
+        "metrics": {"port": 9100, "service": {"enabled": True, "type": "ClusterIP", "port": 9100}},
+        "extraEnv": [{"name": "GRM_RETRY_MAX_S", "value": "120"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+    },
+    "minimal": {
+        "dashboard": {"enabled": False},
+        "metrics": {"port": 9090, "service": {"enabled": False, "type": "ClusterIP", "port": 9090}},
+        "podMonitors": False,
+        "serviceAccount": {"create": False, "name": "existing"},
+    },
+}
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(values, include_crds=True) for name, values in VARIATIONS.items()}
+
+
+def test_helm_lint_strict() -> None:
+    run_helm("lint", "--strict", str(CHART))
+    run_helm("lint", "--strict", str(CHART), "--set", "replicaCount=2,watchNamespaces={a,b}")
+
+
+@pytest.mark.parametrize("version", k8s_versions())
+def test_every_object_validates_strictly(rendered: dict[str, list[dict[str, Any]]], version: str) -> None:
+    checked, seen = 0, set()
+    for name, docs in rendered.items():
+        for doc in docs:
+            # Variations share most objects (the dashboard, the CRDs): validate each once.
+            key = json.dumps(doc, sort_keys=True)
+            if doc["kind"] in CRD_KINDS or key in seen:
+                continue
+            seen.add(key)
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(
+                    f"{name}: {doc['kind']}/{doc['metadata']['name']} @ {version}: {exc}"
+                ) from exc
+            checked += 1
+    assert checked >= 20
+
+
+def test_versions_cover_the_issue_range() -> None:
+    versions = k8s_versions()
+    assert versions[0].startswith("1.28.") and versions[-1].startswith("1.35."), versions
+
+
+def test_strict_validation_rejects_a_typo() -> None:
+    # The validation above can fail: a misspelt field in the rendered Deployment is an error.
+    (deployment,) = by_kind(render(), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, k8s_versions()[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"logLevel": "LOUD"}, "logLevel"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+        ({"prometheus": {"url": "prometheus:9090"}}, "url"),
+        ({"unknownKey": True}, "unknownKey"),
+        ({"prometheusRule": {"enabled": True, "sloBreachedFor": "ten minutes"}}, "sloBreachedFor"),
+    ],
+)
+def test_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
+    assert message in render_error(values)
+
+
+def test_servicemonitor_needs_the_metrics_service() -> None:
+    values = {
+        "serviceMonitor": {"enabled": True},
+        "metrics": {"port": 9090, "service": {"enabled": False, "type": "ClusterIP", "port": 9090}},
+    }
+    assert "serviceMonitor.enabled needs metrics.service.enabled" in render_error(values)
+
+
+# --- RBAC: exactly the operator's rules ---------------------------------------------------------
+
+
+def _granted(
+    docs: list[dict[str, Any]], kind: str, namespace: str | None = None
+) -> set[tuple[str, str, str]]:
+    roles = [d for d in by_kind(docs, kind) if namespace is None or d["metadata"]["namespace"] == namespace]
+    return triples(rule for role in roles for rule in role["rules"])
+
+
+def test_clusterwide_rbac_is_exactly_the_code_rules(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    assert _granted(docs, "ClusterRole") == triples(r.to_manifest() for r in rbac.rules(peering=False))
+    assert not by_kind(docs, "Role")
+    ha = rendered["ha-clusterwide"]
+    expected = triples(r.to_manifest() for r in rbac.rules(peering=True)) - {
+        ("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
+    }
+    assert _granted(ha, "ClusterRole") == expected
+
+
+def test_namespaced_rbac_grants_only_cluster_scoped_reads_cluster_wide(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    code = triples(r.to_manifest() for r in rbac.rules(peering=True))
+    cluster = {t for t in code if t[1] in chartgen.CLUSTER_SCOPED}
+    namespaced = {t for t in code if t[1] not in chartgen.CLUSTER_SCOPED}
+    docs = rendered["ha-namespaced"]
+    assert _granted(docs, "ClusterRole") == cluster - {
+        ("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")
+    }
+    assert _granted(docs, "Role", "rl") == namespaced
+    plain = rendered["namespaced"]
+    for ns in ("rl", "eval"):
+        assert _granted(plain, "Role", ns) == namespaced - {
+            ("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")
+        }
+        (binding,) = [b for b in by_kind(plain, "RoleBinding") if b["metadata"]["namespace"] == ns]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "grm-grm-operator", "namespace": "grm-system"}
+        ]
+    # Nothing cluster-wide lets it write: only namespaces and CRDs, read-only.
+    assert {verb for _, _, verb in _granted(plain, "ClusterRole")} <= {"get", "list", "watch"}
+
+
+def test_no_wildcards_and_no_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for docs in rendered.values():
+        for group, resource, verb in _granted(docs, "ClusterRole") | _granted(docs, "Role"):
+            assert "*" not in (group, resource, verb)
+            assert resource != "secrets"
+
+
+def test_generated_chart_files_match_the_code() -> None:
+    assert chartgen.drift(REPO) == [], "run `make crd` (python -m hack.chartgen)"
+
+
+def test_chart_crds_are_the_repo_crds_plus_kopf_peering() -> None:
+    names = {p.name for p in (CHART / "crds").iterdir()}
+    assert names == {p.name for p in (REPO / "crds").glob("*.yaml")} | {chartgen.PEERING_CRD_FILE}
+    for path in (REPO / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / path.name).read_text() == path.read_text()
+
+
+# --- Deployment: settings, peering, hardening ---------------------------------------------------
+
+
+def test_env_is_the_operators_settings() -> None:
+    values = {
+        "watchNamespaces": ["rl", "eval"],
+        "worker": {
+            "image": {"repository": "registry.example/grm-worker", "tag": "1.2.3"},
+            "pullPolicy": "Always",
+        },
+        "prometheus": {"url": "http://prometheus.monitoring:9090"},
+        "podMonitors": False,
+        "logLevel": "WARNING",
+        "health": {"port": 8181},
+        "metrics": {"port": 9191, "service": {"enabled": True, "type": "ClusterIP", "port": 9090}},
+    }
+    env = _env(render(values))
+    assert all(name.removeprefix("GRM_").lower() in OperatorSettings.model_fields for name in env)
+    settings = OperatorSettings.from_env(env)
+    assert settings.namespaces == ("rl", "eval")
+    assert settings.worker_image == "registry.example/grm-worker:1.2.3"
+    assert settings.worker_image_pull_policy == "Always"
+    assert settings.prometheus_url == "http://prometheus.monitoring:9090"
+    assert settings.podmonitor_enabled is False
+    assert settings.log_level == "WARNING"
+    assert (settings.health_port, settings.metrics_port) == (8181, 9191)
+    assert settings.standalone
+
+
+def test_defaults_match_the_operators_defaults() -> None:
+    settings = OperatorSettings.from_env(_env(render()))
+    assert settings.worker_image == DEFAULT_WORKER_IMAGE
+    assert settings.clusterwide and settings.standalone
+    assert settings == OperatorSettings()
+
+
+def test_single_replica_is_standalone_and_never_overlaps(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == ["grm-operator", "run"]
+    assert "GRM_PEERING_NAME" not in _env(docs)
+    assert not by_kind(docs, "ClusterKopfPeering") and not by_kind(docs, "KopfPeering")
+
+
+def test_replicas_use_peering_with_distinct_priorities(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["ha-clusterwide"]
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    (peering,) = by_kind(docs, "ClusterKopfPeering")
+    assert _env(docs)["GRM_PEERING_NAME"] == peering["metadata"]["name"]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["/bin/sh", "-c"] and "--priority" in command[2] and "/dev/urandom" in command[2]
+    namespaced = rendered["ha-namespaced"]
+    assert [(p["kind"], p["metadata"]["namespace"]) for p in by_kind(namespaced, "KopfPeering")] == [
+        ("KopfPeering", "rl")
+    ]
+    assert not by_kind(namespaced, "ClusterKopfPeering")
+
+
+def test_peering_crds_are_shipped() -> None:
+    crds = [d for d in render(include_crds=True) if d["kind"] == "CustomResourceDefinition"]
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= {c["metadata"]["name"] for c in crds}
+
+
+def test_operator_pod_is_hardened(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for docs in rendered.values():
+        (deployment,) = by_kind(docs, "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_metrics_service_selects_the_operator_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["everything-on"]
+    (service,) = by_kind(docs, "Service")
+    (deployment,) = by_kind(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["port"] == 9100
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert not by_kind(rendered["minimal"], "Service")
+    assert not by_kind(rendered["minimal"], "ServiceAccount")
+    assert (
+        by_kind(rendered["minimal"], "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]
+        == "existing"
+    )
+
+
+def test_notes_render() -> None:
+    out = run_helm("install", "grm", str(CHART), "--dry-run=client", "--namespace", "ops").stdout
+    assert "kubectl get grmd -A -w" in out and "kubectl -n ops get pods" in out
+
+
+def test_peering_priority_command_runs_in_a_posix_shell(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # The rendered command, with the operator replaced by echo, under /bin/sh (dash on Debian,
+    # as in the python:slim operator image): it passes an integer priority in [0, 2^31 - 1).
+    (deployment,) = by_kind(rendered["ha-clusterwide"], "Deployment")
+    shell, flag, script = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert script.startswith("exec grm-operator run ")
+    out = subprocess.run(
+        [shell, flag, script.replace("exec grm-operator", "exec echo", 1)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.split()
+    assert out[:2] == ["run", "--priority"] and len(out) == 3
+    assert 0 <= int(out[2]) < 2**31 - 1
