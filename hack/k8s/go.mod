@@ -1,7 +1,7 @@
 // Module that builds the real Kubernetes control-plane binaries for tests and the local cluster.
 // Pinned to k8s.io/kubernetes v1.35.4; staging modules replaced by their v0.35.4 releases
 // (the pattern kubernetes-sigs/scheduler-plugins uses).
-module grm-elastic/tools/k8s
+module grm-elastic/hack/k8s
 
 go 1.25.0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the pinned Go
-# modules in tools/etcd and tools/k8s into $1 (default .cache/k8s/bin). Go's build cache makes a
+# modules in hack/etcd and hack/k8s into $1 (default .cache/k8s/bin). Go's build cache makes a
 # rebuild after the first one take seconds; the first one on 2 cores takes many minutes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

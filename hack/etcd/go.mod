@@ -1,6 +1,6 @@
-// Module that builds etcd for tests and the local cluster (kept apart from tools/k8s: their
+// Module that builds etcd for tests and the local cluster (kept apart from hack/k8s: their
 // dependency graphs clash).
-module grm-elastic/tools/etcd
+module grm-elastic/hack/etcd
 
 go 1.26.0
 
