@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grm_testkit import operator_process, peering
+from grm_operator import peering
+from grm_testkit import operator_process
 from grm_testkit.cluster.controlplane import ControlPlane
 from support.paths import EXAMPLES
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grm_testkit import operator_process, rbac
+from grm_operator import rbac
+from grm_testkit import operator_process
 from grm_testkit.cluster.controlplane import ControlPlane
 from support.paths import EXAMPLES
 

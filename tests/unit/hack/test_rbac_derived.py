@@ -153,7 +153,8 @@ def test_a_subresource_bound_through_a_helper_is_followed(sources: Sources) -> N
         mutated,
         AUTOSCALE,
         append(
-            "async def resize(ctx: Any) -> None:\n    await ctx.kube.scale(kubeapi.DEPLOYMENTS, 'ns', 'd', 2)\n"
+            "async def resize(ctx: Any) -> None:\n"
+            "    await ctx.kube.scale(kubeapi.DEPLOYMENTS, 'ns', 'd', 2)\n"
         ),
     )
     comparison = rbac_usage.compare(rbac_usage.derive(mutated), rbac.rules())
