@@ -90,11 +90,8 @@ SETTINGS: tuple[Setting, ...] = tuple(
 
 
 def traces_dir() -> Path:
-    """``../shared/traces`` relative to the repository, else /work/shared/traces."""
-    for candidate in (ROOT.parent / "shared" / "traces", Path("/work/shared/traces")):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("no traces: neither ../shared/traces nor /work/shared/traces exists")
+    """The traces the benchmark replays, committed with their sources (bench/traces/SOURCES.md)."""
+    return ROOT / "bench" / "traces"
 
 
 def trace_path(name: str) -> Path:
