@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from grm_testkit.cluster.localcluster import API_ADDRESS, PROMETHEUS_PORT, LocalCluster
+from grm_testkit.cluster.clusteroptions import API_ADDRESS, PROMETHEUS_PORT
+from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.cluster.podspec import PYTHON_IMAGE
 from support.paths import EXAMPLES, REPO
 
