@@ -2,9 +2,10 @@
 
 One CA signs the API server's serving certificate and every client certificate (Kubernetes maps a
 client certificate's CN to the user name and its O fields to groups); an ECDSA key signs
-service-account tokens; the admin is a client certificate in group `system:masters`. Their files
-live in the control plane's work dir (`pki/`, readable by the owner only), beside the kubeconfigs
-written for users, nodes and service accounts (`kubeconfigs/`).
+service-account tokens; the admin is a client certificate in group `system:masters` (the keys
+are made by `pki`). Their files live in the control plane's work dir (`pki/`, readable by the
+owner only), beside the kubeconfigs written for users, nodes and service accounts
+(`kubeconfigs/`).
 
 A service account's bound token can only come from the running API server (TokenRequest), so
 `ControlPlane.service_account_token` asks for it and this module turns it into a kubeconfig; the
