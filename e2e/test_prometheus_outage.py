@@ -32,7 +32,8 @@ import yaml
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.control.builders import deployment_name
-from grm_testkit.cluster.localcluster import PROMETHEUS_ADDRESS, PROMETHEUS_PORT, LocalCluster
+from grm_testkit.cluster.clusteroptions import PROMETHEUS_ADDRESS, PROMETHEUS_PORT
+from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.traffic import LoadGenerator, Outcome, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]

@@ -158,7 +158,9 @@ def recent(outcomes: Sequence[Outcome], now: float, window_s: float) -> list[Out
 
 
 def find_traces_dir(repo: Path) -> Path | None:
-    """The shared Azure traces: ``../shared/traces`` next to the repository, else /work/shared."""
+    """The directory of the Azure LLM-inference traces (Azure/AzurePublicDataset, 2023; not in the
+    repository, see docs/benchmark.md): ``shared/traces`` beside the repository's directory, else
+    /work/shared/traces; None when neither exists."""
     for candidate in (repo.parent / "shared" / "traces", Path("/work/shared/traces")):
         if candidate.is_dir():
             return candidate

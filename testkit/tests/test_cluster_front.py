@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from grm_testkit.cluster import netns, promsd
-from grm_testkit.cluster.localcluster import ClusterOptions
+from grm_testkit.cluster.clusteroptions import ClusterOptions
 from grm_testkit.cluster.serviceproxy import Balancer, frontends, ready_backends, speaks_http
 from support.paths import REPO
 

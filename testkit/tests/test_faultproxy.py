@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from grm_testkit.cluster.controlplane import ControlPlane
-from grm_testkit.cluster.faultproxy import FaultProxy, FaultRule
+from grm_testkit.cluster.faultplan import FaultRule
+from grm_testkit.cluster.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.controlplane
 

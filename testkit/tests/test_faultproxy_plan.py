@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from grm_testkit.cluster.faultproxy import FaultPlan, FaultRule, is_watch, status_body
+from grm_testkit.cluster.faultplan import FaultPlan, FaultRule, status_body
+from grm_testkit.cluster.faultproxy import is_watch
 
 
 def test_rule_matches_method_path_and_query() -> None:

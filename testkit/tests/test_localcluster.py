@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from grm_testkit.cluster.localcluster import API_ADDRESS, PROMETHEUS_PORT, LocalCluster
+from grm_testkit.cluster.clusteroptions import API_ADDRESS, PROMETHEUS_PORT
+from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.cluster.podspec import PYTHON_IMAGE
 from support.paths import EXAMPLES, REPO
 
@@ -615,8 +616,8 @@ def test_command_line_up_exec_down(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
 
     def cli(sub: str, *rest: str) -> subprocess.CompletedProcess[str]:
-        base = [sys.executable, "-m", "grm_operator.cli", "local-cluster", sub, "--state-dir", str(state_dir)]
-        argv = [*base, *rest]
+        module = "grm_testkit.cluster.localcluster_cli"  # the `grm-local-cluster` script
+        argv = [sys.executable, "-m", module, sub, "--state-dir", str(state_dir), *rest]
         return subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
 
     up = cli("up", "--detach", "--gpus", "3", "--no-prometheus")

@@ -1,16 +1,22 @@
 """A real Kubernetes control plane run from the binaries that `make control-plane` builds: etcd and
-kube-apiserver (always), kube-controller-manager and kube-scheduler (on request).
+kube-apiserver (always), kube-controller-manager and kube-scheduler (on request) — their
+processes: starting each, waiting until it is ready, stopping them all.
 
 Modelled on controller-runtime's envtest control plane (pkg/internal/testing/controlplane): each
-run gets a temporary directory holding a fresh PKI (one CA for serving and client certificates,
-an ECDSA service-account signing key), etcd's data, each process's log and the kubeconfigs. The
-API server authorises with Node and RBAC, so permission tests go through the real authoriser;
-the admin identity is a client certificate in group `system:masters`.
+run gets a temporary directory holding a fresh PKI and the kubeconfigs (`credentials`: one CA
+for serving and client certificates, an ECDSA service-account signing key), etcd's data and each
+process's log. The API server authorises with Node and RBAC, so permission tests go through the
+real authoriser; the admin identity is a client certificate in group `system:masters`.
 
 Start-up is measured (`ControlPlane.timings`) and polled with a deadline, never slept for. Each
 process gets ports picked free a moment before it binds them; one that loses a port to another
 process in between (it exits with "address already in use", or another process answers its
 health probe) is started again on fresh ports (`grm_testkit.cluster.ports`).
+
+One concept over ~400 lines: the lifecycle of these four processes. The order they start in,
+each one's flags and readiness probe, the retry on a lost port and the stop share one run's
+state (work dir, ports, credentials) and are read together; what the identities are and how
+they are issued is in `credentials`.
 """
 
 from __future__ import annotations
@@ -26,15 +32,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
 from grm_testkit.cluster import lifetime, pki, ports, tools
+from grm_testkit.cluster.credentials import ControlPlaneCredentials
 from grm_testkit.cluster.kubeclient import json_exchange
-from grm_testkit.cluster.kubeconfig import render_kubeconfig, write_kubeconfig
 from grm_testkit.cluster.ports import PortClash
 from grm_testkit.cluster.ports import free_port as free_port
 
@@ -57,15 +63,6 @@ DEFAULT_CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "disruption-controller",
     "clusterrole-aggregation-controller",
-)
-
-# Names every in-cluster client may use for the API server, as kubeadm puts them in its cert.
-_IN_CLUSTER_NAMES = (
-    "localhost",
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
 )
 
 _POLL_S = 0.05
@@ -206,15 +203,6 @@ def wait_until(
         time.sleep(interval_s)
 
 
-@dataclass
-class _Pki:
-    ca: pki.CertificateAuthority
-    serving: pki.KeyPair
-    service_account: pki.KeyPair
-    admin: pki.KeyPair
-    files: dict[str, Path] = field(default_factory=dict)
-
-
 class ControlPlane:
     """etcd + kube-apiserver (+ optional controller-manager and scheduler) for one test session.
 
@@ -240,17 +228,17 @@ class ControlPlane:
         self.bin_dir = self.options.bin_dir or tools.k8s_bin_dir()
         self.timings: dict[str, float] = {}
         self._workdir: Path | None = None
-        self._pki: _Pki | None = None
+        self._credentials: ControlPlaneCredentials | None = None
         self._processes: list[_Process] = []
         self._url: str | None = None
         self._kubeconfig: Path | None = None
         self._etcd_url: str | None = None
 
     # --- public state ------------------------------------------------------------------------
-    def _require(self) -> tuple[Path, _Pki, str]:
-        if self._workdir is None or self._pki is None or self._url is None:
+    def _require(self) -> tuple[Path, ControlPlaneCredentials, str]:
+        if self._workdir is None or self._credentials is None or self._url is None:
             raise ControlPlaneError("the control plane is not started")
-        return self._workdir, self._pki, self._url
+        return self._workdir, self._credentials, self._url
 
     @property
     def workdir(self) -> Path:
@@ -267,6 +255,11 @@ class ControlPlane:
         self._require()
         assert self._kubeconfig is not None
         return self._kubeconfig
+
+    @property
+    def credentials(self) -> ControlPlaneCredentials:
+        """The PKI and the identities it hands out (`grm_testkit.cluster.credentials`)."""
+        return self._require()[1]
 
     @property
     def ca_pem(self) -> bytes:
@@ -325,7 +318,7 @@ class ControlPlane:
         self._workdir = Path(tempfile.mkdtemp(prefix="grm-cp-", dir=parent))
         t0 = time.monotonic()
         try:
-            self._pki = self._make_pki(self._workdir)
+            self._credentials = self._make_credentials(self._workdir)
             self.timings["pki"] = time.monotonic() - t0
             self._start_etcd()
             self._start_apiserver()
@@ -358,7 +351,7 @@ class ControlPlane:
             else:
                 shutil.rmtree(self._workdir, ignore_errors=True)
         self._workdir = None
-        self._pki = None
+        self._credentials = None
         self._url = None
         self._kubeconfig = None
         self._etcd_url = None
@@ -367,7 +360,7 @@ class ControlPlane:
     def running(self) -> bool:
         return self._workdir is not None and all(p.exited() is None for p in self._processes)
 
-    # --- identities ----------------------------------------------------------------------------
+    # --- identities (issued by `self.credentials`) ----------------------------------------------
     def kubeconfig_for_user(
         self,
         user: str,
@@ -380,22 +373,14 @@ class ControlPlane:
 
         RBAC then decides what that identity may do; `server` overrides the URL (e.g. a proxy
         whose serving certificate this control plane's CA signed)."""
-        workdir, keys, url = self._require()
-        pair = keys.ca.client_cert(user, groups)
-        config = render_kubeconfig(
-            server or url,
-            ca_pem=keys.ca.cert_pem,
-            user=user,
-            client_cert_pem=pair.cert_pem,
-            client_key_pem=pair.key_pem,
-        )
-        return write_kubeconfig(path or workdir / "kubeconfigs" / f"user-{_file_safe(user)}.yaml", config)
+        _, creds, url = self._require()
+        return creds.kubeconfig_for_user(server or url, user, groups, path)
 
     def kubeconfig_for_node(self, node: str, path: Path | None = None) -> Path:
         """A kubelet's kubeconfig: user `system:node:<node>` in group `system:nodes`, which the
         Node authorizer and NodeRestriction admission confine to that node and its pods."""
-        target = path or self.workdir / "kubeconfigs" / f"node-{_file_safe(node)}.yaml"
-        return self.kubeconfig_for_user(f"system:node:{node}", ("system:nodes",), target)
+        _, creds, url = self._require()
+        return creds.kubeconfig_for_node(url, node, path)
 
     def service_account_token(
         self, namespace: str, name: str, *, expiration_s: int = 3600, create: bool = True
@@ -437,39 +422,18 @@ class ControlPlane:
     ) -> Path:
         """A kubeconfig authenticating as ServiceAccount `namespace/name` with a bound token
         (user `system:serviceaccount:<namespace>:<name>`), default namespace `namespace`."""
-        workdir, keys, url = self._require()
+        _, creds, url = self._require()
         token = self.service_account_token(namespace, name, expiration_s=expiration_s, create=create)
-        config = render_kubeconfig(
-            server or url,
-            ca_pem=keys.ca.cert_pem,
-            user=f"system:serviceaccount:{namespace}:{name}",
-            token=token,
-            namespace=namespace,
-        )
-        target = path or workdir / "kubeconfigs" / f"sa-{_file_safe(namespace)}-{_file_safe(name)}.yaml"
-        return write_kubeconfig(target, config)
+        return creds.kubeconfig_for_service_account(server or url, namespace, name, token, path)
 
     def serving_cert(self, hosts: tuple[str, ...]) -> pki.KeyPair:
         """A TLS serving certificate signed by this control plane's CA (e.g. for a proxy)."""
-        return self._require()[1].ca.serving_cert(hosts, common_name="grm-test-server")
+        return self._require()[1].serving_cert(hosts)
 
     # --- admin API access ----------------------------------------------------------------------
     def ssl_context(self, client: pki.KeyPair | None = None) -> ssl.SSLContext:
         """A TLS context trusting this control plane's CA, presenting `client` (default: admin)."""
-        workdir, keys, _ = self._require()
-        ctx = ssl.create_default_context(cadata=keys.ca.cert_pem.decode("ascii"))
-        pair = client or keys.admin
-        if pair is keys.admin:
-            ctx.load_cert_chain(keys.files["admin.crt"], keys.files["admin.key"])
-        else:
-            cert = workdir / "tmp-client.crt"
-            key = workdir / "tmp-client.key"
-            _write_private(cert, pair.cert_pem)
-            _write_private(key, pair.key_pem)
-            ctx.load_cert_chain(cert, key)
-            cert.unlink()
-            key.unlink()
-        return ctx
+        return self._require()[1].ssl_context(client)
 
     def request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout_s: float = 30.0
@@ -495,35 +459,14 @@ class ControlPlane:
         raise ControlPlaneError(f"PUT {path}: {attempts} conflicts in a row")
 
     # --- start-up --------------------------------------------------------------------------------
-    def _make_pki(self, workdir: Path) -> _Pki:
+    def _make_credentials(self, workdir: Path) -> ControlPlaneCredentials:
         opts = self.options
-        ca = pki.CertificateAuthority()
         hosts = {opts.bind_address, "127.0.0.1", first_service_ip(opts.service_cluster_ip_range)}
         if opts.advertise_address:
             hosts.add(opts.advertise_address)
         hosts.discard("0.0.0.0")
         hosts.discard("::")
-        serving = ca.serving_cert((*sorted(hosts), *_IN_CLUSTER_NAMES))
-        keys = _Pki(
-            ca=ca,
-            serving=serving,
-            service_account=pki.service_account_signing_key(),
-            admin=ca.client_cert("admin", ("system:masters",)),
-        )
-        pki_dir = workdir / "pki"
-        pki_dir.mkdir()
-        for name, data in (
-            ("ca.crt", ca.cert_pem),
-            ("ca.key", ca.key_pem),
-            ("apiserver.crt", serving.cert_pem),
-            ("apiserver.key", serving.key_pem),
-            ("sa.pub", keys.service_account.cert_pem),
-            ("sa.key", keys.service_account.key_pem),
-            ("admin.crt", keys.admin.cert_pem),
-            ("admin.key", keys.admin.key_pem),
-        ):
-            keys.files[name] = _write_private(pki_dir / name, data)
-        return keys
+        return ControlPlaneCredentials.create(workdir, sorted(hosts))
 
     def _spawn(self, name: str, argv: list[str]) -> _Process:
         workdir, _, _ = self._require_started_dirs()
@@ -533,10 +476,10 @@ class ControlPlane:
         self._processes.append(proc)
         return proc
 
-    def _require_started_dirs(self) -> tuple[Path, _Pki, None]:
-        if self._workdir is None or self._pki is None:
+    def _require_started_dirs(self) -> tuple[Path, ControlPlaneCredentials, None]:
+        if self._workdir is None or self._credentials is None:
             raise ControlPlaneError("internal: start() has not prepared the work dir")
-        return self._workdir, self._pki, None
+        return self._workdir, self._credentials, None
 
     def _wait(
         self, proc: _Process, predicate: Callable[[], bool], what: str, chosen: tuple[int, ...] = ()
@@ -628,7 +571,7 @@ class ControlPlane:
         return self._spawn("etcd", argv), lambda: _http_ok(client, "/health")
 
     def _start_apiserver(self) -> None:
-        workdir, keys, _ = self._require_started_dirs()
+        _, keys, _ = self._require_started_dirs()
         opts = self.options
         fixed = (opts.secure_port,) if opts.secure_port else None
         (port,), self.timings["kube-apiserver"] = self._start_on_ports(
@@ -636,16 +579,7 @@ class ControlPlane:
         )
         url = f"https://{_url_host(opts.bind_address)}:{port}"
         self._url = url
-        self._kubeconfig = write_kubeconfig(
-            workdir / "kubeconfigs" / "admin.yaml",
-            render_kubeconfig(
-                url,
-                ca_pem=keys.ca.cert_pem,
-                user="admin",
-                client_cert_pem=keys.admin.cert_pem,
-                client_key_pem=keys.admin.key_pem,
-            ),
-        )
+        self._kubeconfig = keys.admin_kubeconfig(url)
 
     def _spawn_apiserver(self, chosen: tuple[int, ...]) -> tuple[_Process, Callable[[], bool]]:
         workdir, keys, _ = self._require_started_dirs()
@@ -687,8 +621,7 @@ class ControlPlane:
             argv.append("--disable-admission-plugins=ServiceAccount")
         argv.extend(opts.apiserver_args)
         proc = self._spawn("kube-apiserver", argv)
-        ctx = ssl.create_default_context(cadata=keys.ca.cert_pem.decode("ascii"))
-        ctx.load_cert_chain(keys.files["admin.crt"], keys.files["admin.key"])
+        ctx = keys.ssl_context()
         return proc, lambda: _https_ok(url, ctx, "/readyz")
 
     def _component_kubeconfig(self, user: str, filename: str) -> Path:
@@ -760,17 +693,6 @@ class ControlPlane:
             *self.options.scheduler_args,
         ]
         return self._spawn("kube-scheduler", argv), self._healthz(port)
-
-
-def _file_safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def _write_private(path: Path, data: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return path
 
 
 def _split_url(url: str) -> tuple[str, int]:

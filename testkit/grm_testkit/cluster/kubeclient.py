@@ -1,11 +1,13 @@
-"""A small asyncio client of the Kubernetes REST API for the local cluster's node agent and Service
-front: plain JSON dicts over aiohttp, credentials from a kubeconfig with embedded data.
+"""A small asyncio client of the Kubernetes REST API for the local cluster's supervisor, node agent
+and Service front: plain JSON dicts over aiohttp, credentials from a kubeconfig with embedded
+data; and `json_exchange`, one blocking request, for callers without an event loop.
 
-Why not `kubernetes_asyncio`: the node agent handles Pod specs as the API sends them (camelCase
-JSON, the same shape the operator's builders produce), needs only GET/POST/PATCH/DELETE and
-watches, and aiohttp is already a dependency; a typed 200-line client keeps this component
-`mypy --strict` clean without another untyped package. (The operator proper uses kopf and the
-official `kubernetes` client; nothing here is imported by it.)
+The test kit keeps a client of its own because the node agent and the Service front need
+raw-path requests (Node and Pod status, Leases, TokenRequests, EndpointSlices) and list-then-watch
+streams inside the supervisor's one event loop, which neither the operator's client
+(`grm_operator.kubeapi`: typed `Kind`s, no watches — kopf watches for the operator) nor the
+installed official `kubernetes` client (synchronous: a thread per call and per watch) would give
+with less code.
 
 Watches follow the API's list-then-watch protocol: list for a resourceVersion, watch from it,
 resume from the last seen version after a dropped stream, relist on 410 Gone.

@@ -16,14 +16,46 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from grm_testkit.cluster.nodeagent import Container, NodeAgent
-
 _FOLLOW_POLL_S = 0.25
+
+
+class LoggedPod(Protocol):
+    """A pod on this node, as the API sees it (the node agent's `PodWorker`)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def containers(self) -> Sequence[LoggedContainer]: ...
+
+
+class LoggedContainer(Protocol):
+    """A container whose log file holds every run (the node agent's `Container`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pod(self) -> LoggedPod: ...
+
+    @property
+    def log_path(self) -> Path: ...
+
+    @property
+    def log_starts(self) -> Sequence[int]: ...
+
+
+class Node(Protocol):
+    """What the API needs of the node (the node agent's `NodeAgent`): its pods by name."""
+
+    def find(self, namespace: str, name: str) -> LoggedPod | None: ...
 
 
 def run_output(data: bytes, starts: Sequence[int], *, previous: bool = False) -> bytes:
@@ -52,7 +84,7 @@ def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def _container(agent: NodeAgent, request: web.Request) -> Container:
+def _container(agent: Node, request: web.Request) -> LoggedContainer:
     info = request.match_info
     pod = agent.find(info["namespace"], info["pod"])
     if pod is None:
@@ -63,7 +95,7 @@ def _container(agent: NodeAgent, request: web.Request) -> Container:
     raise web.HTTPNotFound(text=f"container {info['container']} is not in pod {info['pod']}\n")
 
 
-async def _logs(agent: NodeAgent, request: web.Request) -> web.StreamResponse:
+async def _logs(agent: Node, request: web.Request) -> web.StreamResponse:
     c = _container(agent, request)
     query = request.query
     previous = query.get("previous") in ("true", "1")
@@ -94,9 +126,7 @@ async def _logs(agent: NodeAgent, request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def serve(
-    agent: NodeAgent, host: str, port: int, cert: Path, key: Path
-) -> Callable[[], Awaitable[None]]:
+async def serve(agent: Node, host: str, port: int, cert: Path, key: Path) -> Callable[[], Awaitable[None]]:
     """Starts the API on host:port (TLS); returns the coroutine function that stops it."""
     app = web.Application()
     app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", lambda request: _logs(agent, request))

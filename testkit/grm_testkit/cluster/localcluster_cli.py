@@ -26,15 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from grm_testkit.cluster import netns, tools
-from grm_testkit.cluster.localcluster import (
-    ClusterOptions,
-    LocalCluster,
-    default_state_dir,
-    prepare_state_dir,
-    read_state,
-    supervisor_argv,
-    tool_path,
-)
+from grm_testkit.cluster.clusteroptions import ClusterOptions, default_state_dir, read_state, tool_path
+from grm_testkit.cluster.localcluster import LocalCluster
+from grm_testkit.cluster.supervisor import prepare_state_dir, supervisor_argv
 
 HELP = "run the whole system on this machine in a network namespace of its own (tests, demo)"
 

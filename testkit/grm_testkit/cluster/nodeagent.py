@@ -15,15 +15,17 @@ Like kwok's fake nodes, but the containers really run. One `NodeAgent` per Node:
   conditions and container statuses through the status subresource (only when they changed),
   restarts exited containers per restartPolicy with exponential backoff;
 * on deletion: preStop (exec, httpGet or sleep), SIGTERM, the rest of the grace period, SIGKILL,
-  then deletes the Pod with grace 0 — the kubelet's sequence.
+  then deletes the Pod with grace 0 — the kubelet's sequence;
+* serves the kubelet API's container logs (`kubeletapi`), so `kubectl logs` works.
 
 It acts with the node's own identity (`system:node:<name>`), so the Node authorizer and
 NodeRestriction admission confine it as they confine a kubelet.
 
-* serves the kubelet API's container logs (`kubeletapi`), so `kubectl logs` works.
-
 Not done (documented in docs/local-cluster.md): sidecar (restartPolicy Always) init containers,
 `kubectl exec`, ConfigMap refresh in mounted volumes, token rotation, resource limits.
+
+One concept over ~400 lines, kept whole: a stand-in for the kubelet and its runtime, which the
+issue "The local cluster becomes a real Kubernetes node" replaces with the real kubelet.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import aiohttp
 from grm_testkit.cluster import lifetime, podspec
 from grm_testkit.cluster.kubeclient import Json, KubeClient, KubeError, retrying
 from grm_testkit.cluster.kubeconfig import render_kubeconfig, write_kubeconfig
+from grm_testkit.cluster.kubeletapi import serve
 from grm_testkit.cluster.podspec import ContainerView, ImageRule, PodSpecError
 
 log = logging.getLogger(__name__)
@@ -740,8 +743,6 @@ class NodeAgent:
     async def start(self) -> None:
         """Registers the Node and starts its heartbeats, its pod watch and its kubelet API."""
         if self.serving_cert is not None:
-            from grm_testkit.cluster.kubeletapi import serve
-
             self._api = await serve(self, self.ips.node_ip, KUBELET_PORT, *self.serving_cert)
         await self._register()
         self._tasks = [

@@ -20,6 +20,9 @@ Two modes per Service port:
 
 It authenticates as `system:kube-proxy`, whose bootstrap role (`system:node-proxier`) grants
 exactly these watches.
+
+One concept, kept whole: a stand-in for kube-proxy, which the issue "The local cluster becomes a
+real Kubernetes node" replaces with the real kube-proxy.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import yaml
 
 from grm_testkit import operator_process
 from grm_testkit.cluster.controlplane import ControlPlane
-from grm_testkit.cluster.faultproxy import FaultProxy, FaultRule
+from grm_testkit.cluster.faultplan import FaultRule
+from grm_testkit.cluster.faultproxy import FaultProxy
 from support.paths import EXAMPLES
 
 EXAMPLE = EXAMPLES / "grmd-ladder.yaml"

@@ -1,0 +1,411 @@
+"""The local cluster's supervisor: the process that runs the whole cluster inside its network
+namespace — the control plane, one node agent per node, the Service front, Prometheus and its
+service discovery, and `connect.sock` — until it is stopped or a component dies.
+
+Process tree — one supervisor, started under `unshare` (`supervisor_argv`), so it and every child
+live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
+
+    supervisor (python -m grm_testkit.cluster.supervisor supervise, inside the namespace)
+    ├── etcd, kube-apiserver (10.96.0.1:6443), kube-controller-manager, kube-scheduler
+    ├── prometheus (10.244.255.1:9090, when installed)
+    ├── node agent + Service front + Prometheus SD (asyncio tasks of the supervisor itself)
+    └── pod processes (one process group per container, on pod IPs 10.244.<node>.x)
+
+Whoever starts it (`LocalCluster.start`, `grm-local-cluster up`) prepares the state directory
+with the options (`prepare_state_dir`); the supervisor reads them, starts everything, and writes
+`state.json` once the cluster is ready (`clusteroptions` describes the directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from grm_testkit.cluster import lifetime, netns, podspec, promsd, tools
+from grm_testkit.cluster.clusteroptions import (
+    API_ADDRESS,
+    API_PORT,
+    CONNECT_SOCKET,
+    PROMETHEUS_ADDRESS,
+    PROMETHEUS_PORT,
+    STATE_FILE,
+    ClusterOptions,
+    LocalClusterError,
+)
+from grm_testkit.cluster.connectsocket import serve_connect
+from grm_testkit.cluster.controlplane import DEFAULT_CONTROLLERS, ControlPlane, ControlPlaneOptions
+from grm_testkit.cluster.kubeclient import Json, KubeClient, KubeError
+from grm_testkit.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
+
+log = logging.getLogger(__name__)
+
+# The legacy Endpoints controller too (some clients and `kubectl describe svc` still read them),
+# and the node lifecycle controller: it lifts the `node.kubernetes.io/not-ready` taint that
+# admission puts on every new Node once the node agent reports Ready (and would taint a node
+# whose agent stopped renewing its Lease), as in a real cluster.
+CONTROLLERS = (*DEFAULT_CONTROLLERS, "endpoints-controller", "node-lifecycle-controller")
+# The node lifecycle controller looks at nodes every 5 s by default: 1 s makes a new node
+# schedulable within about a second of start-up.
+CONTROLLER_MANAGER_ARGS = ("--node-monitor-period=1s",)
+
+
+class Supervisor:
+    """Runs the whole cluster inside the current (fresh) network namespace until stopped."""
+
+    def __init__(self, options: ClusterOptions, state_dir: Path) -> None:
+        self.options = options
+        self.state_dir = state_dir
+        self.plane: ControlPlane | None = None
+        self.prometheus: subprocess.Popen[bytes] | None = None
+        # Set by `_start_prometheus`: how to start it again after a requested stop.
+        self._prometheus_argv: list[str] = []
+        # True between a requested `PROMETHEUS STOP` and the next start: its exit is then no
+        # component failure, and the watchdog must not stop the cluster for it.
+        self.prometheus_stopped = False
+        self.workdir = Path(tempfile.mkdtemp(prefix="grm-local-"))
+
+    def run(self) -> int:
+        # A stop request while the control plane starts (before the event loop's handlers exist)
+        # must still run the cleanup below: turn it into SystemExit.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_on_signal)
+        netns.setup_inside()
+        if not netns.outside_is_unreachable():
+            raise LocalClusterError("the network namespace has a route out; refusing to start")
+        t0 = time.monotonic()
+        self.plane = ControlPlane(
+            ControlPlaneOptions(
+                bind_address=API_ADDRESS,
+                secure_port=API_PORT,
+                service_cluster_ip_range=netns.SERVICE_CIDR,
+                controller_manager=True,
+                scheduler=True,
+                controllers=CONTROLLERS,
+                controller_manager_args=CONTROLLER_MANAGER_ARGS,
+                workdir_parent=self.workdir,
+                verbosity=self.options.verbosity,
+            )
+        )
+        try:
+            self.plane.start()
+            log.info("control plane up in %.1f s", time.monotonic() - t0)
+            return asyncio.run(self._main(t0))
+        finally:
+            self._stop_prometheus()
+            self.plane.stop()
+            for name in (STATE_FILE, CONNECT_SOCKET, "kubeconfig"):
+                with contextlib.suppress(OSError):
+                    (self.state_dir / name).unlink()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            log.info("local cluster stopped")
+
+    async def _main(self, t0: float) -> int:
+        assert self.plane is not None
+        plane = self.plane
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        kubeconfig = self.state_dir / "kubeconfig"
+        shutil.copyfile(plane.kubeconfig, kubeconfig)
+        admin = KubeClient.from_kubeconfig(plane.kubeconfig)
+        proxy_client = KubeClient.from_kubeconfig(plane.kubeconfig_for_user("system:kube-proxy"))
+        ctx = AgentContext(
+            workdir=self.workdir,
+            api_url=plane.url,
+            ca_pem=plane.ca_pem,
+            images=self.options.image_rules(),
+            bin_dirs=(*default_bin_dirs(), tools.tools_bin_dir()),
+        )
+        from grm_testkit.cluster.serviceproxy import ServiceProxy
+
+        proxy = ServiceProxy(proxy_client)
+        agents: list[NodeAgent] = []
+        clients = [admin, proxy_client]
+        tasks: list[asyncio.Task[None]] = []
+        connect_server: asyncio.AbstractServer | None = None
+        try:
+            await proxy.start()
+            for node in self.options.node_configs():
+                client = KubeClient.from_kubeconfig(plane.kubeconfig_for_node(node.name))
+                clients.append(client)
+                agent = NodeAgent(client, node, ctx, self._kubelet_cert(node))
+                await agent.start()
+                agents.append(agent)
+            prometheus_url = self._start_prometheus()
+            if prometheus_url is not None:
+                tasks.append(asyncio.create_task(self._prometheus_sd(admin)))
+            connect_server = await asyncio.start_unix_server(
+                self._connect_or_control, str(self.state_dir / CONNECT_SOCKET)
+            )
+            await self._wait_ready(admin)
+            state = {
+                "pid": os.getpid(),
+                "kubeconfig": str(kubeconfig),
+                "api_url": plane.url,
+                "prometheus_url": prometheus_url,
+                "connect_socket": str(self.state_dir / CONNECT_SOCKET),
+                "workdir": str(self.workdir),
+                "nodes": [asdict(n) for n in self.options.node_configs()],
+                "gpus": self.options.gpus,
+                "root": netns.is_root(),
+                "started_s": round(time.monotonic() - t0, 2),
+            }
+            tmp = self.state_dir / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps(state, indent=1))
+            tmp.replace(self.state_dir / STATE_FILE)
+            log.info("local cluster ready in %.1f s: KUBECONFIG=%s", time.monotonic() - t0, kubeconfig)
+            watchdog = asyncio.create_task(self._watch_components(stop))
+            tasks.append(watchdog)
+            await stop.wait()
+            log.info("stopping the local cluster")
+            return 1 if watchdog.done() else 0
+        finally:
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+            if connect_server is not None:
+                connect_server.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+            await proxy.stop()
+            for client in clients:
+                await client.close()
+
+    async def _watch_components(self, stop: asyncio.Event) -> None:
+        """Stops the cluster when a control-plane process or Prometheus dies: a test then fails
+        at once (its supervisor is gone) instead of waiting out its deadlines."""
+        assert self.plane is not None
+        while True:
+            await asyncio.sleep(1.0)
+            dead = [] if self.plane.running else ["a control-plane process"]
+            if (
+                self.prometheus is not None
+                and not self.prometheus_stopped
+                and self.prometheus.poll() is not None
+            ):
+                dead.append(f"prometheus (exit {self.prometheus.returncode})")
+            if dead:
+                log.error("%s died; stopping the local cluster", ", ".join(dead))
+                self._save_component_logs()
+                stop.set()
+                return
+
+    def _save_component_logs(self, lines: int = 15) -> None:
+        """Copies the control plane's logs into the state dir (the work dir is removed on stop)
+        and puts their last lines into the supervisor's log."""
+        assert self.plane is not None
+        for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+            path = self.plane.log_path(component)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, self.state_dir / f"{component}.log")
+                last = path.read_text(errors="replace").splitlines()[-lines:]
+                log.error("last lines of %s:\n%s", component, "\n".join(last))
+
+    def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
+        """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
+        assert self.plane is not None
+        pair = self.plane.serving_cert((podspec.PodIPs(node.pod_cidr).node_ip, node.name))
+        directory = self.workdir / "kubelet-pki"
+        directory.mkdir(exist_ok=True)
+        paths = (directory / f"{node.name}.crt", directory / f"{node.name}.key")
+        for path, data in zip(paths, (pair.cert_pem, pair.key_pem), strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        return paths
+
+    async def _wait_ready(self, admin: KubeClient, timeout_s: float = 120.0) -> None:
+        """Ready for work: the `default` ServiceAccount exists (pods need it), every node is
+        schedulable (its not-ready taint lifted) and the Service front serves `kubernetes`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                found = await admin.get("/api/v1/namespaces/default/serviceaccounts/default", ok_missing=True)
+                nodes = (await admin.get("/api/v1/nodes"))["items"]
+            except KubeError:
+                found, nodes = {}, []
+            schedulable = len(nodes) == self.options.nodes and not any(
+                t["key"] == "node.kubernetes.io/not-ready"
+                for n in nodes
+                for t in n["spec"].get("taints") or []
+            )
+            if found and schedulable:
+                try:
+                    _, writer = await asyncio.open_connection(API_ADDRESS, 443)
+                    writer.close()
+                    return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise LocalClusterError(
+                    "the cluster did not become ready (default ServiceAccount, Service front)"
+                )
+            await asyncio.sleep(0.1)
+
+    def _start_prometheus(self) -> str | None:
+        wanted = self.options.prometheus
+        path = promsd.binary()
+        if wanted is False:
+            return None
+        if path is None:
+            if wanted:
+                raise LocalClusterError("prometheus is not installed (apt-get install prometheus)")
+            log.info("prometheus not installed: the Direct metrics source only")
+            return None
+        pdir = self.workdir / "prometheus"
+        (pdir / "data").mkdir(parents=True)
+        self.sd_file = pdir / "targets.json"
+        promsd.write_targets(self.sd_file, [])
+        promsd.write_config(pdir / "prometheus.yml", self.sd_file, self.options.scrape_interval_s)
+        listen = f"{PROMETHEUS_ADDRESS}:{PROMETHEUS_PORT}"
+        self._prometheus_argv = promsd.argv(path, pdir / "prometheus.yml", pdir / "data", listen)
+        self._spawn_prometheus()
+        return f"http://{listen}"
+
+    def _spawn_prometheus(self) -> None:
+        """Starts Prometheus with the argv of `_start_prometheus`: same address, same TSDB."""
+        pdir = self.workdir / "prometheus"
+        with (pdir / "prometheus.log").open("ab") as out:
+            self.prometheus = subprocess.Popen(
+                self._prometheus_argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lifetime.die_with_parent,
+            )
+        self.prometheus_stopped = False
+        listen = f"{PROMETHEUS_ADDRESS}:{PROMETHEUS_PORT}"
+        log.info("prometheus on http://%s (pid %d)", listen, self.prometheus.pid)
+
+    async def _control_prometheus(self, verb: str) -> str:
+        """`PROMETHEUS STOP|START` from the host (`LocalCluster.stop_prometheus`/`start_prometheus`):
+        a real stop — SIGTERM, Prometheus closes its listener and TSDB, the process exits, so
+        clients get "connection refused" at once — and a start on the same address and TSDB.
+        Returns the reply line."""
+        proc = self.prometheus
+        if proc is None:
+            raise ValueError("prometheus is not part of this cluster")
+        if verb == "STOP":
+            self.prometheus_stopped = True
+            if proc.poll() is None:
+                proc.terminate()
+                # Polled, not waited: the node agent and the Service front share this event loop.
+                # A clean shutdown of this small TSDB took 0.05 s here (a start to /-/ready 0.14 s).
+                deadline = time.monotonic() + 20.0
+                while proc.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if proc.poll() is None:
+                    proc.kill()
+                    while proc.poll() is None:
+                        await asyncio.sleep(0.05)
+            log.info("prometheus stopped on request (exit %s)", proc.returncode)
+            return f"OK stopped pid {proc.pid} exit {proc.returncode}"
+        if verb == "START":
+            if proc.poll() is None:
+                raise ValueError(f"prometheus is running already (pid {proc.pid})")
+            self._spawn_prometheus()
+            assert self.prometheus is not None
+            return f"OK started pid {self.prometheus.pid}"
+        raise ValueError(f"unknown verb {verb!r}")
+
+    async def _connect_or_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The first line on connect.sock: `CONNECT ip:port` (a forwarded connection), or
+        `PROMETHEUS STOP|START` (answered with one line `OK …` or `ERROR …`)."""
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+        except (OSError, TimeoutError, UnicodeDecodeError) as exc:
+            log.debug("connect socket: %s", exc)
+            writer.close()
+            return
+        word, _, rest = line.partition(" ")
+        if word != "PROMETHEUS":
+            await serve_connect(reader, writer, line)
+            return
+        try:
+            reply = await self._control_prometheus(rest.strip().upper())
+        except ValueError as exc:
+            reply = f"ERROR {exc}"
+        with contextlib.suppress(OSError):
+            writer.write(reply.encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    def _stop_prometheus(self) -> None:
+        proc = self.prometheus
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    async def _prometheus_sd(self, admin: KubeClient) -> None:
+        pods: dict[str, Json] = {}
+        async for kind, obj in admin.watch("/api/v1/pods"):
+            if kind == "SYNC":
+                pods = {p["metadata"]["uid"]: p for p in obj["items"]}
+            elif kind == "DELETED":
+                pods.pop(obj["metadata"]["uid"], None)
+            else:
+                pods[obj["metadata"]["uid"]] = obj
+            if promsd.write_targets(self.sd_file, promsd.targets(pods.values())):
+                log.debug("prometheus targets: %d", len(promsd.targets(pods.values())))
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def supervise_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the supervisor process (started under unshare)."""
+    parser = argparse.ArgumentParser(prog="grm-local-cluster-supervisor")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    state_dir: Path = args.state_dir
+    options = ClusterOptions(**json.loads((state_dir / "options.json").read_text()))
+    logging.basicConfig(
+        level=getattr(logging, options.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return Supervisor(options, state_dir).run()
+
+
+def supervisor_argv(state_dir: Path) -> list[str]:
+    """The supervisor's command line, wrapped in `unshare`."""
+    return netns.unshare_argv(
+        [
+            sys.executable,
+            "-m",
+            "grm_testkit.cluster.supervisor",
+            "supervise",
+            "--state-dir",
+            str(state_dir),
+        ]
+    )
+
+
+def prepare_state_dir(state_dir: Path, options: ClusterOptions) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    (state_dir / "options.json").write_text(json.dumps(asdict(options)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "supervise":
+        sys.exit(supervise_main(sys.argv[2:]))
+    sys.exit("usage: python -m grm_testkit.cluster.supervisor supervise --state-dir DIR")
