@@ -87,7 +87,7 @@ def _trace(args: argparse.Namespace) -> Path:
         return Path(args.trace)
     traces = find_traces_dir(REPO)
     if traces is None:
-        raise SystemExit("no Azure traces found in ../shared/traces or /work/shared/traces (use --trace)")
+        raise SystemExit(f"no Azure traces in {REPO / 'bench' / 'traces'} (use --trace)")
     return traces / "AzureLLMInferenceTrace_conv.csv"
 
 

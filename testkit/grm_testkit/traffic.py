@@ -158,13 +158,10 @@ def recent(outcomes: Sequence[Outcome], now: float, window_s: float) -> list[Out
 
 
 def find_traces_dir(repo: Path) -> Path | None:
-    """The directory of the Azure LLM-inference traces (Azure/AzurePublicDataset, 2023; not in the
-    repository, see docs/benchmark.md): ``shared/traces`` beside the repository's directory, else
-    /work/shared/traces; None when neither exists."""
-    for candidate in (repo.parent / "shared" / "traces", Path("/work/shared/traces")):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """The directory of the Azure LLM-inference traces (Azure/AzurePublicDataset, 2023, committed
+    with their sources in bench/traces/SOURCES.md); None when the checkout lacks it."""
+    candidate = repo / "bench" / "traces"
+    return candidate if candidate.is_dir() else None
 
 
 def trace_rates(path: Path, *, start_s: float, span_s: float, buckets: int) -> list[float]:

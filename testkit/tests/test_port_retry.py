@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_worker_launcher import FAKE_SERVER
 
 from grm_testkit import operator_process
 from grm_testkit.cluster import ports, tools
 from grm_testkit.cluster.controlplane import ControlPlane, ControlPlaneOptions
+from support.fakevllm import install_fake_vllm
 from support.paths import REPO
 from support.promserver import PrometheusServer, prometheus_binary
 from support.workerproc import WorkerProcess
@@ -136,13 +136,9 @@ def test_worker_gives_up_when_every_start_loses_its_port(taken: int) -> None:
 
 
 def test_worker_starts_again_when_its_vllm_child_lost_the_engine_port(taken: int, tmp_path: Path) -> None:
-    # The stand-in vLLM of test_worker_launcher (the sim engine behind vLLM's module path) binds
+    # The stand-in vLLM of support.fakevllm (the sim engine behind vLLM's module path) binds
     # --engine-port after the worker started it; the first start's engine port is taken.
-    package = tmp_path / "fakevllm" / "vllm" / "entrypoints" / "openai"
-    package.mkdir(parents=True)
-    for level in (package.parents[1], package.parent, package):
-        (level / "__init__.py").write_text("")
-    (package / "api_server.py").write_text(FAKE_SERVER)
+    install_fake_vllm(tmp_path / "fakevllm")
     worker_dir = REPO / "worker"
     config = {
         "engine": "vllm",

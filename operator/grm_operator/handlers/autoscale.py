@@ -333,9 +333,7 @@ class Autoscaler:
         for event in result.events:
             log.info("%s/%s %s: %s", namespace, name, event.reason, event.message)
             try:
-                await self.kube.post_event(
-                    body, reason=event.reason, message=event.message, type_=event.type
-                )
+                await self.kube.post_event(body, reason=event.reason, message=event.message, type_=event.type)
                 self.ctx.metrics.events_posted.labels(reason=event.reason).inc()
             except KubeError as exc:
                 log.warning("could not post event %s: %s", event.reason, exc)

@@ -20,33 +20,14 @@ import pytest
 import yaml
 
 from support.fakepod import FakeWorker
+from support.fakevllm import install_fake_vllm
 from support.paths import REPO
 from support.workerproc import WorkerProcess, free_port
-
-FAKE_SERVER = """
-import argparse, json, os, sys
-parser = argparse.ArgumentParser()
-parser.add_argument("--port", type=int)
-parser.add_argument("--uds")
-parser.add_argument("--served-model-name")
-args, rest = parser.parse_known_args()
-with open(os.environ["FAKE_VLLM_ARGV"], "w") as f:
-    json.dump(sys.argv[1:], f)
-from grm_worker.cli import main
-listen = ["--uds", args.uds] if args.uds else ["--host", "127.0.0.1", "--port", str(args.port)]
-sys.exit(main(["sim-engine", *listen,
-               "--served-name", args.served_model_name, "--time-scale", "100", "--log-level", "WARNING"]))
-"""
 
 
 @pytest.fixture
 def fake_vllm(tmp_path: Path) -> Path:
-    package = tmp_path / "fakevllm" / "vllm" / "entrypoints" / "openai"
-    package.mkdir(parents=True)
-    for level in (package.parents[1], package.parent, package):
-        (level / "__init__.py").write_text("")
-    (package / "api_server.py").write_text(FAKE_SERVER)
-    return tmp_path / "fakevllm"
+    return install_fake_vllm(tmp_path / "fakevllm")
 
 
 def start(
