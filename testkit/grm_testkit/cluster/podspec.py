@@ -15,6 +15,9 @@
   ConfigMap and Secret references, `envFrom`; resolution failures are errors the pod reports as
   `CreateContainerConfigError`, as the kubelet does.
 * **Status.** The Pod status the agent writes, built from its containers' states.
+
+One concept kept whole (the node agent's reading of a Pod spec): it goes with the node agent when
+the issue "The local cluster becomes a real Kubernetes node" replaces both with a real kubelet.
 """
 
 from __future__ import annotations
