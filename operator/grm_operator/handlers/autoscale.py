@@ -43,7 +43,8 @@ from grm_operator import kubeapi
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
-from grm_operator.control.builders import HTTP_PORT, LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.control.builders.layout import HTTP_PORT
+from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
 from grm_operator.metrics import (
@@ -333,9 +334,7 @@ class Autoscaler:
         for event in result.events:
             log.info("%s/%s %s: %s", namespace, name, event.reason, event.message)
             try:
-                await self.kube.post_event(
-                    body, reason=event.reason, message=event.message, type_=event.type
-                )
+                await self.kube.post_event(body, reason=event.reason, message=event.message, type_=event.type)
                 self.ctx.metrics.events_posted.labels(reason=event.reason).inc()
             except KubeError as exc:
                 log.warning("could not post event %s: %s", event.reason, exc)

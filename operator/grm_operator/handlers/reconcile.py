@@ -40,17 +40,15 @@ from pydantic import ValidationError
 
 from grm_operator import kubeapi
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
-from grm_operator.control.builders import (
+from grm_operator.control.builders import Children, build_children
+from grm_operator.control.builders.metadata import (
     ANNOTATION_APPLIED_HASH,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_VARIANT,
     MANAGED_BY,
-    Children,
-    active_variant,
-    build_children,
-    plan_replicas,
 )
+from grm_operator.control.builders.replicas import active_variant, plan_replicas
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
 from grm_operator.kubeapi import Body, KubeClient, KubeError
 from grm_operator.settings import OperatorSettings
