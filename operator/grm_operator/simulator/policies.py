@@ -52,8 +52,9 @@ from grm_operator.policy.capacity import (
     replica_capacity,
     variant_profile,
 )
+from grm_operator.simulator.controller import Command, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
-from grm_operator.simulator.fleet import Command, Fleet, FleetView
+from grm_operator.simulator.fleet import Fleet
 from grm_worker.perfmodel import steady_state
 
 POLICIES = ("grm", "static-peak", "hpa-gpu", "kpa", "saturation", "oracle", "oracle-cold")
