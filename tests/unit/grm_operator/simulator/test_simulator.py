@@ -21,7 +21,8 @@ from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.fleet import Fleet, SimConfig
 from grm_operator.simulator.pod import Pod
-from grm_operator.simulator.policies import POLICIES, StaticPeak
+from grm_operator.simulator.policies import POLICIES
+from grm_operator.simulator.policies.baselines import StaticPeak
 from grm_operator.simulator.report import run_policies
 from grm_operator.simulator.results import RunResult
 from grm_operator.simulator.scrape import window_signals
