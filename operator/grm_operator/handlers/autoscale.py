@@ -21,8 +21,8 @@ Status is written only when a field changed: the last decision keeps its timesta
 policy says the same thing, so an idle GRMDeployment costs no writes.
 
 With kopf peering (HA replicas) a standby never receives watch events, so its store stays empty
-and the schedule has nothing to tick (tests/integration/test_operator_peering.py). Limitation: a
-replica that worked and is later paused by a higher-priority peer keeps its store, and this
+and the schedule has nothing to tick (tests/integration/grm_operator/test_operator_peering.py).
+Limitation: a replica that worked and is later paused by a higher-priority peer keeps its store, and this
 schedule (unlike kopf's handlers) is not paused with it.
 """
 
