@@ -132,7 +132,8 @@ def peak_need(setting: Setting) -> PeakNeed:
     """The busiest minute of the setting's trace and the replicas of the best point it needs."""
     from grm_operator.simulator.cli import load_spec
     from grm_operator.simulator.fleet import Fleet, SimConfig
-    from grm_operator.simulator.policies import Oracle, best_point, measured_capacity
+    from grm_operator.simulator.policies.oracle import Oracle, measured_capacity
+    from grm_operator.simulator.policies.sizing import best_point
     from grm_operator.simulator.trace import load_trace
 
     spec = load_spec(SPECS / setting.spec, setting.samples)

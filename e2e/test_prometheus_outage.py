@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from grm_operator.api.durations import parse_duration
-from grm_operator.control.builders import deployment_name
+from grm_operator.control.builders.metadata import deployment_name
 from grm_testkit.cluster.clusteroptions import PROMETHEUS_ADDRESS, PROMETHEUS_PORT
 from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.traffic import LoadGenerator, Outcome, snapshot

@@ -8,9 +8,10 @@ The RBAC rules in :mod:`grm_operator.rbac` must be exactly what the code uses: n
   ``self._request(verb, METHOD, <Kind>.path(namespace, name, subresource), ...)`` calls, through
   calls between methods (``patch_status`` → ``merge_patch(subresource="status")``). A path built
   from a parameter ``kind`` binds at the call site; one built from ``kind_of(manifest)`` (server-side
-  apply) means every kind the builders produce; one that is not a ``.path()`` is a discovery URL
-  (non-resource, open to every authenticated user through ``system:discovery``). Server-side
-  apply of an object that does not exist yet creates it, so the API server checks ``create`` too.
+  apply) means every kind the builders produce (any module of :data:`BUILDERS_PACKAGE`); one that
+  is not a ``.path()`` is a discovery URL (non-resource, open to every authenticated user through
+  ``system:discovery``). Server-side apply of an object that does not exist yet creates it, so the
+  API server checks ``create`` too.
 * **Call sites**: every ``<x>.kube.<method>(...)`` call in the package, its kind argument resolved
   through constants, tuples, loops and defaults (an unresolvable one is an error naming the call).
 * **kopf registrations**: ``kopf.on.<handler>(group, version, plural, ...)`` → list + watch (kopf
@@ -31,7 +32,8 @@ from pathlib import Path
 from grm_operator.rbac import Rule
 
 KUBE_MODULE = "grm_operator.kubeapi"
-BUILDERS_MODULE = "grm_operator.control.builders"
+# The manifest builders: a package, every module of which may build a child manifest.
+BUILDERS_PACKAGE = "grm_operator.control.builders"
 CLIENT_CLASS = "KubeClient"
 # Handlers that watch only (kopf keeps no state on the object) vs. those that patch it (progress,
 # diff-base annotations, finalizers).
@@ -412,29 +414,47 @@ class _Adapter:
 # --- the derivation ------------------------------------------------------------------------------
 
 
-def _manifest_kinds(builders: Module, kube: Module, resolver: _Resolver) -> set[KindRef]:
+def _manifest_kinds(builders: Iterable[Module], kube: Module, resolver: _Resolver) -> set[KindRef]:
     """The kinds of the manifests the builders produce: dict literals with a literal ``apiVersion``
-    and ``kind``, mapped to the adapter's Kind constants of that kind."""
+    and ``kind`` in any of the ``builders`` modules, mapped to the adapter's Kind constants of that
+    kind."""
     by_kind: dict[str, KindRef] = {}
     for name, value in kube.constants.items():
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "Kind":
             ref = resolver.kind(kube, value, [], f"{kube.path} {name}")
             by_kind[ref.kind] = ref
     out: set[KindRef] = set()
-    for node in ast.walk(builders.tree):
-        if not isinstance(node, ast.Dict):
-            continue
-        keys = {
-            k.value: v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)
-        }
-        api, kind = keys.get("apiVersion"), keys.get("kind")
-        if isinstance(api, ast.Constant) and isinstance(kind, ast.Constant) and isinstance(kind.value, str):
-            if kind.value not in by_kind:
-                raise DerivationError(
-                    f"{builders.path}:{node.lineno}: builds a {kind.value} the adapter has no Kind for"
-                )
-            out.add(by_kind[kind.value])
+    for module in builders:
+        for node in ast.walk(module.tree):
+            if not isinstance(node, ast.Dict):
+                continue
+            keys = {
+                k.value: v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)
+            }
+            api, kind = keys.get("apiVersion"), keys.get("kind")
+            if (
+                isinstance(api, ast.Constant)
+                and isinstance(kind, ast.Constant)
+                and isinstance(kind.value, str)
+            ):
+                if kind.value not in by_kind:
+                    raise DerivationError(
+                        f"{module.path}:{node.lineno}: builds a {kind.value} the adapter has no Kind for"
+                    )
+                out.add(by_kind[kind.value])
     return out
+
+
+def _builder_modules(modules: Mapping[str, Module]) -> list[Module]:
+    """Every module of :data:`BUILDERS_PACKAGE` (its ``__init__`` and submodules)."""
+    found = [
+        m
+        for name, m in modules.items()
+        if name == BUILDERS_PACKAGE or name.startswith(BUILDERS_PACKAGE + ".")
+    ]
+    if not found:
+        raise DerivationError(f"no module of the builders package {BUILDERS_PACKAGE} in the sources")
+    return found
 
 
 def _resource(kind: KindRef, subresource: str) -> str:
@@ -478,7 +498,7 @@ def derive(sources: Mapping[str, tuple[str, str]], *, peering: bool = False) -> 
     resolver = _Resolver(modules)
     kube = modules[KUBE_MODULE]
     adapter = _Adapter(kube)
-    manifest_kinds = _manifest_kinds(modules[BUILDERS_MODULE], kube, resolver)
+    manifest_kinds = _manifest_kinds(_builder_modules(modules), kube, resolver)
     for method in adapter.methods:
         if not method.startswith("_"):
             adapter.requests(method)  # every request traceable, called yet or not

@@ -6,7 +6,7 @@ the operator under it against the real authoriser, so a missing verb fails a tes
 user's install. Each rule names its reason.
 
 Least privilege: the rules are exactly the (group, resource, verb) grants the code uses, which
-:mod:`hack.rbac_usage` derives from the source (tests/unit/test_rbac_derived.py compares).
+:mod:`hack.rbac_usage` derives from the source (tests/unit/hack/test_rbac_derived.py compares).
 No ``get``: the operator never reads a single object; kopf lists then watches, and the reconciler
 reads its children from that cache.
 """

@@ -483,29 +483,32 @@ def test_worker_pods_from_the_operators_builders(lc: LocalCluster) -> None:
     import yaml
 
     from grm_operator.api.models import GRMDeployment
-    from grm_operator.control import builders
+    from grm_operator.control.builders import build_children
+    from grm_operator.control.builders.layout import HTTP_PORT
+    from grm_operator.control.builders.metadata import LABEL_VARIANT
+    from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE
     from grm_operator.settings import OperatorSettings
 
     body = yaml.safe_load(EXAMPLES.joinpath("grmd-ladder.yaml").read_text())
     body["metadata"].update(
         namespace=NS,
         uid="00000000-0000-4000-8000-000000000001",
-        annotations={builders.ANNOTATION_WORKER_ENGINE: "sim"},
+        annotations={ANNOTATION_WORKER_ENGINE: "sim"},
     )
     # A PVC-backed model would leave the pods unschedulable here (no such claim, no volume
     # provisioner); the sim engine never reads the weights anyway.
     body["spec"]["model"]["uri"] = "hf://deepseek-ai/DeepSeek-GRM-27B"
     grmd = GRMDeployment.model_validate(body)
-    children = builders.build_children(grmd, {"fp8": 2}, OperatorSettings())
+    children = build_children(grmd, {"fp8": 2}, OperatorSettings())
     docs = [children.config_maps["fp8"], children.deployments["fp8"], children.service]
     for doc in docs:
         # No GRMDeployment object exists here: an owner reference to it would be collected.
         doc["metadata"].pop("ownerReferences", None)
     _apply(lc, *docs)
-    selector = f"{builders.LABEL_VARIANT}=fp8"
+    selector = f"{LABEL_VARIANT}=fp8"
     pods = _ready_pods(lc, selector, 2, timeout_s=90)
     assert len({p["status"]["podIP"] for p in pods}) == 2
-    url = lc.service_url(NS, children.service["metadata"]["name"], builders.HTTP_PORT)
+    url = lc.service_url(NS, children.service["metadata"]["name"], HTTP_PORT)
     models = _get_json(f"{url}/v1/models")
     assert models["data"], models
     log = lc.pod_log(NS, pods[0]["metadata"]["name"])

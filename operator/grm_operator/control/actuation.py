@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, SwitchProgress
-from grm_operator.control.builders import active_variant
+from grm_operator.control.builders.replicas import active_variant
 from grm_operator.control.rollout import (
     GPUBudget,
     Observed,

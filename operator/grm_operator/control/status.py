@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 from grm_operator.api.durations import format_duration, parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.control.builders import active_variant, selector_string
+from grm_operator.control.builders.metadata import selector_string
+from grm_operator.control.builders.replicas import active_variant
 
 Status = Literal["True", "False", "Unknown"]
 OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded", "SpecValid")

@@ -21,8 +21,8 @@ Status is written only when a field changed: the last decision keeps its timesta
 policy says the same thing, so an idle GRMDeployment costs no writes.
 
 With kopf peering (HA replicas) a standby never receives watch events, so its store stays empty
-and the schedule has nothing to tick (tests/integration/test_operator_peering.py). Limitation: a
-replica that worked and is later paused by a higher-priority peer keeps its store, and this
+and the schedule has nothing to tick (tests/integration/grm_operator/test_operator_peering.py).
+Limitation: a replica that worked and is later paused by a higher-priority peer keeps its store, and this
 schedule (unlike kopf's handlers) is not paused with it.
 """
 
@@ -43,7 +43,8 @@ from grm_operator import kubeapi
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
-from grm_operator.control.builders import HTTP_PORT, LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.control.builders.layout import HTTP_PORT
+from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
 from grm_operator.metrics import (

@@ -1,4 +1,4 @@
-"""Feeds :class:`grm_operator.telemetry.FleetMetrics` from GRMDeployment watch events.
+"""Feeds :class:`grm_operator.telemetry.deployment_metrics.FleetMetrics` from GRMDeployment watch events.
 
 Every status the operator writes comes back as a watch event, so observing events is enough to
 keep the per-GRMDeployment series (conditions, replicas per variant, GPU-seconds, SLO targets;

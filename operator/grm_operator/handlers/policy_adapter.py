@@ -13,7 +13,7 @@ from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.actuation import Intent, VariantDeployment
-from grm_operator.control.builders import active_variant
+from grm_operator.control.builders.replicas import active_variant
 from grm_operator.metrics import Reading
 from grm_operator.policy.decide import decide
 from grm_operator.policy.types import Observation, PolicyState

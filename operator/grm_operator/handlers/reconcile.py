@@ -1,10 +1,14 @@
 """Reconciliation of GRMDeployments into their children, level-triggered and write-free when idle.
 
+One concept, the reconciler: its per-object queue with retries, one reconcile, and the kopf
+handlers that feed it (a little over 400 lines; the store it reads is :mod:`.store`).
+
 Kopf delivers watch events (of GRMDeployments and of the children the operator labels as its
-own); :class:`Reconciler` keeps the newest body of each in a :class:`Store` and queues the
-affected GRMDeployment. One reconcile is: read (the store, no API call) → parse the spec →
-pure build (:mod:`grm_operator.control.builders`) → apply what differs → prune removed variants → pure
-status fold (:mod:`grm_operator.control.status`) → write status if it changed → post an Event per
+own); :class:`Reconciler` keeps the newest body of each in the store
+(:class:`grm_operator.handlers.store.Store`) and queues the affected GRMDeployment. One reconcile
+is: read (the store, no API call) → parse the spec → pure build
+(:mod:`grm_operator.control.builders`) → apply what differs → prune removed variants → pure status
+fold (:mod:`grm_operator.control.status`) → write status if it changed → post an Event per
 condition transition.
 
 Why no writes happen when nothing changed: every applied manifest carries its own hash
@@ -32,7 +36,6 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -40,18 +43,17 @@ from pydantic import ValidationError
 
 from grm_operator import kubeapi
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
-from grm_operator.control.builders import (
+from grm_operator.control.builders import Children, build_children
+from grm_operator.control.builders.metadata import (
     ANNOTATION_APPLIED_HASH,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_VARIANT,
     MANAGED_BY,
-    Children,
-    active_variant,
-    build_children,
-    plan_replicas,
 )
+from grm_operator.control.builders.replicas import active_variant, plan_replicas
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
+from grm_operator.handlers.store import Key, Store, key_of
 from grm_operator.kubeapi import Body, KubeClient, KubeError
 from grm_operator.settings import OperatorSettings
 from grm_operator.telemetry.operator_metrics import OperatorMetrics
@@ -61,7 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 CHILD_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS, kubeapi.SERVICES, kubeapi.PDBS)
 # Variant-scoped kinds: pruned when the spec no longer lists their variant.
 PRUNED_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS)
@@ -73,88 +74,11 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace", "")), str(meta.get("name", ""))
-
-
-def _rv(body: Mapping[str, Any]) -> int | None:
-    text = (body.get("metadata") or {}).get("resourceVersion")
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def _newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
-    """Whether ``candidate`` is at least as new as ``current``.
-
-    resourceVersions are opaque by contract but etcd's are increasing integers; comparing them
-    keeps a late watch event from replacing the response of our own later write. When either is
-    not an integer the candidate wins (the last event is the newest one kopf saw).
-    """
-    if current is None:
-        return True
-    new, old = _rv(candidate), _rv(current)
-    return new is None or old is None or new >= old
-
-
 class OwnershipError(KubeError):
     """A child's name is taken by an object this GRMDeployment does not own."""
 
     def __init__(self, message: str) -> None:
         super().__init__(409, "AlreadyOwned", message)
-
-
-@dataclass
-class Store:
-    """The newest body of every GRMDeployment and managed child the operator has seen."""
-
-    parents: dict[Key, Body] = field(default_factory=dict)
-    # kind -> (namespace, parent name) -> child name -> body
-    children: dict[str, dict[Key, dict[str, Body]]] = field(default_factory=dict)
-
-    def put_parent(self, body: Body) -> bool:
-        key = _key(body)
-        if not _newer_or_equal(body, self.parents.get(key)):
-            return False
-        self.parents[key] = body
-        return True
-
-    def drop_parent(self, key: Key) -> None:
-        self.parents.pop(key, None)
-
-    def _slot(self, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Body], str] | None:
-        meta = body.get("metadata") or {}
-        parent = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
-        if not parent:
-            return None
-        by_parent = self.children.setdefault(kind, {})
-        return by_parent.setdefault((str(meta.get("namespace", "")), str(parent)), {}), str(meta.get("name"))
-
-    def put_child(self, body: Body) -> bool:
-        slot = self._slot(str(body.get("kind")), body)
-        if slot is None:
-            return False
-        objects, name = slot
-        if not _newer_or_equal(body, objects.get(name)):
-            return False
-        objects[name] = body
-        return True
-
-    def drop_child(self, kind: str, body: Mapping[str, Any]) -> None:
-        slot = self._slot(kind, body)
-        if slot is not None:
-            objects, name = slot
-            current = objects.get(name)
-            if current is not None and _newer_or_equal(body, current):
-                del objects[name]
-
-    def child(self, kind: str, namespace: str, name: str, parent: str) -> Body | None:
-        return self.children.get(kind, {}).get((namespace, parent), {}).get(name)
-
-    def children_of(self, kind: str, key: Key) -> list[Body]:
-        return list(self.children.get(kind, {}).get(key, {}).values())
 
 
 def _owned_by(body: Mapping[str, Any], uid: str) -> bool:
@@ -236,7 +160,7 @@ class Reconciler:
     # --- events -------------------------------------------------------------------------------------
     def observe_parent(self, event_type: str | None, body: Body) -> None:
         """A GRMDeployment watch event (None is kopf's initial listing: the resume)."""
-        key = _key(body)
+        key = key_of(body)
         if event_type == "DELETED":
             self.store.drop_parent(key)
             self.metrics.managed.set(len(self.store.parents))
@@ -437,7 +361,7 @@ class Reconciler:
         changes = result.changes(current)
         if not changes:
             return
-        namespace, name = _key(body)
+        namespace, name = key_of(body)
         updated = await self.kube.patch_status(kubeapi.GRMDEPLOYMENTS, namespace, name, changes)
         self.store.put_parent(updated)
         for transition in result.transitions:
@@ -445,7 +369,7 @@ class Reconciler:
 
     async def _post(self, body: Body, transition: Transition) -> None:
         message = f"{transition.type}={transition.status}: {transition.message}"
-        log.info("%s/%s %s (%s)", *_key(body), message, transition.reason)
+        log.info("%s/%s %s (%s)", *key_of(body), message, transition.reason)
         try:
             await self.kube.post_event(
                 body, reason=transition.reason, message=message, type_=transition.event_type

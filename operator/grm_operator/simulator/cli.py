@@ -2,7 +2,8 @@
 
 ``simulate --trace FILE --spec GRMDEPLOYMENT.yaml [--policy NAME[,NAME…]|all] [--rate-scale X]
 [--samples K] [--model-error F] [--seed N] [--json OUT.json] [--plot OUT.png]`` prints the
-comparison table (issue 6's contract; ``--limit N`` and ``--quiet`` are extras).
+comparison table. These flags are the interface the benchmark (``bench/autoscale_bench.py``,
+docs/benchmark.md) runs it through; ``--limit N`` and ``--quiet`` are conveniences on top.
 """
 
 from __future__ import annotations

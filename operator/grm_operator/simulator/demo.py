@@ -1,4 +1,7 @@
-"""``grm-operator demo`` (until the local-cluster demo exists): every policy on bundled data.
+"""``grm-operator demo``: every policy of the fleet simulator on bundled data.
+
+This is the simulator's demo, with no cluster; the live one runs the operator on a local cluster
+(``make demo``, i.e. ``grm-live-demo``; docs/demo.md).
 
 The bundled trace (``grm_operator/data/azure-conv-slice.csv``, every 40th request of the Azure
 conversational hour) is replayed 8× as fast — 485 score requests in about 7 minutes, peaking

@@ -24,6 +24,10 @@ What the operator and the cluster do, in simulated time:
   switch timeout); when the new pods are Pending for lack of GPUs, one old replica drains per tick.
 * **Model error.** Replicas run on the variant's profile ``model_error``× slower than the one the
   policies are given.
+
+This module is the event loop and the state its steps share (:class:`Fleet`); one replica and
+the worker's shedding poll are :mod:`.pod`, the scrape's arithmetic :mod:`.scrape`, what a
+controller says and sees :mod:`.controller`, and what a run yields :mod:`.results`.
 """
 
 from __future__ import annotations
@@ -31,69 +35,28 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
-
-import numpy as np
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Observation
+from grm_operator.simulator.controller import Command, Controller, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
+from grm_operator.simulator.pod import WORKER_SCORING, Pod
+from grm_operator.simulator.results import RunResult, SeriesPoint, run_result
+from grm_operator.simulator.scrape import window_signals
 from grm_operator.simulator.trace import Trace
-from grm_worker.config import ScoringConfig
-from grm_worker.queue import QueueReading, queue_blocked
 from grm_worker.scoring import shed_samples
 
 SCRAPE_INTERVAL_S = 15.0
 #: Scrapes happen half an interval before control ticks: the policy's data is 7.5 s old.
 SCRAPE_PHASE_S = 7.5
 GATEWAY_TIMEOUT_S = 60.0
-#: The worker's shedding poll and full-batch threshold, as the operator deploys it (its defaults).
-WORKER_SCORING = ScoringConfig()
 #: After the last arrival, in-flight requests get this long to finish.
 DRAIN_TAIL_S = 600.0
-
-
-@dataclass(frozen=True)
-class Command:
-    """What a controller wants: variant, replicas and sample budget. With ``scale`` (replicas per
-    variant, as the operator's actuation sets the variant Deployments) the fleet applies exactly
-    that and takes ``variant`` as the active one; without it a new variant is surged and the old
-    one drained once it is Ready (the baselines' simple switch)."""
-
-    variant: str
-    replicas: int
-    samples: int
-    scale: Mapping[str, int] | None = None
-
-
-@dataclass
-class FleetView:
-    """What a controller may look at on a tick."""
-
-    now: float
-    observation: Observation
-    #: Sequences in flight (running + queued) over Ready replicas, measured now (KPA's metric).
-    concurrency: float
-
-
-class Controller(Protocol):
-    """A scaling policy driven by the simulator."""
-
-    name: str
-    period_s: float
-
-    def start(self, fleet: Fleet) -> Command:
-        """The fleet at time 0 (its replicas are Ready at once)."""
-        ...
-
-    def tick(self, view: FleetView) -> Command:
-        """The command for this control period."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -113,103 +76,10 @@ class SimConfig:
         return self.spec.scoring.samples.max
 
 
-@dataclass
-class Pod:
-    """One worker replica of a variant."""
-
-    variant: str
-    gpus: int
-    engine: Replica
-    requested: float
-    cold_start_s: float
-    scheduled: float | None = None
-    ready_at: float | None = None
-    draining_since: float | None = None
-    released: float | None = None
-    busy_marks: deque[tuple[float, float]] = field(default_factory=deque)
-    #: The worker's shedding poll: its last read of the engine's queue, and whether that read
-    #: found the batch full.
-    queue_reading: QueueReading | None = None
-    batch_full: bool = False
-
-    def read_queue(self, now: float) -> bool:
-        """The worker's poll: read the engine's queue at ``now`` (its engine advanced to ``now``)
-        and judge it against the previous read as the worker does; the verdict stands until the
-        next read."""
-        e = self.engine
-        reading = QueueReading(float(e.waiting_seqs()), float(e.admitted_seqs), e.queued_s)
-        self.batch_full = bool(queue_blocked(self.queue_reading, reading, WORKER_SCORING.shed_queue_s))
-        self.queue_reading = reading
-        return self.batch_full
-
-    def ready(self, now: float) -> bool:
-        return self.ready_at is not None and self.ready_at <= now and self.released is None
-
-
-@dataclass
-class SeriesPoint:
-    """One control tick of the time series (for the plot)."""
-
-    time: float
-    #: GPUs scheduled (held by pods, draining ones included).
-    gpus: int
-    replicas: dict[str, int]
-    active: str
-    samples: int
-    ttft_p95: float | None
-    e2e_p95: float | None
-
-
-@dataclass
-class RunResult:
-    """A controller's run: the issue's JSON numbers and the series for the plot."""
-
-    name: str
-    slo_attainment: float
-    gpu_hours: float
-    mean_quality: float
-    p95_ttft_s: float
-    p95_e2e_s: float
-    switches: int
-    scale_events: int
-    rejected: int
-    served: int
-    total: int
-    series: list[SeriesPoint]
-
-    def summary(self) -> dict[str, float | int]:
-        """The per-policy object of ``--json``."""
-        return {
-            "slo_attainment": round(self.slo_attainment, 6),
-            "gpu_hours": round(self.gpu_hours, 4),
-            "mean_quality": round(self.mean_quality, 6),
-            "p95_ttft_s": round(self.p95_ttft_s, 4),
-            "p95_e2e_s": round(self.p95_e2e_s, 4),
-            "switches": self.switches,
-            "scale_events": self.scale_events,
-            "rejected": self.rejected,
-        }
-
-
 def point_quality(spec: GRMDeploymentSpec, variant: str, samples: int) -> float:
     """Quality of a (variant, k) point, as :func:`grm_operator.policy.capacity.operating_points`."""
     ref = voting_accuracy(spec.scoring.samples.max)
     return spec.variant(variant).quality * voting_accuracy(samples) / ref
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
-def _weighted_pct(samples: list[StepSample], q: float) -> float | None:
-    if not samples:
-        return None
-    steps = np.array([s.step_s for s in samples])
-    weights = np.array([s.tokens for s in samples], dtype=np.float64)
-    order = np.argsort(steps)
-    cum = np.cumsum(weights[order])
-    idx = int(np.searchsorted(cum, q / 100.0 * cum[-1]))
-    return float(steps[order][min(idx, len(steps) - 1)])
 
 
 class Fleet:
@@ -396,65 +266,12 @@ class Fleet:
             self.itl[name] = steps
             if not pods and not groups:
                 continue
-            per_variant[name] = self._signals(groups, steps, pods, now)
+            per_variant[name] = window_signals(groups, steps, pods, now, self.window_s)
         self.latest_variants = per_variant
         every = [p for p in self.pods if p.ready(now)]
         all_steps = [s for steps in self.itl.values() for s in steps]
-        self.latest = self._signals(recent, all_steps, every, now)
+        self.latest = window_signals(recent, all_steps, every, now, self.window_s)
         self.latest_time = now
-
-    def _signals(self, groups: list[Group], steps: list[StepSample], pods: list[Pod], now: float) -> Signals:
-        # Rates over the window, or over the time since the start when that is shorter (as
-        # Prometheus' rate() extrapolates a partial window).
-        w = min(self.window_s, max(now, 1.0))
-        seqs = sum(g.samples for g in groups)
-        # vLLM's TTFT histogram has one value per sequence: the k samples' first tokens are spread
-        # from the first sample's to the last one's (their prompts prefill one after another).
-        ttft: list[float] = []
-        for g in groups:
-            first = g.first_token if g.first_token is not None else g.arrival
-            last = g.last_first_token if g.last_first_token is not None else first
-            if g.samples == 1:
-                ttft.append(first - g.arrival)
-            else:
-                step = (last - first) / (g.samples - 1)
-                ttft.extend(first - g.arrival + j * step for j in range(g.samples))
-        e2e = [g.finished - g.arrival for g in groups if g.finished is not None]
-        queue = [g.admitted - g.arrival for g in groups if g.admitted is not None]
-        utils: list[float] = []
-        kv: list[float] = []
-        running = waiting = 0
-        for p in pods:
-            e = p.engine
-            p.busy_marks.append((now, e.busy_s))
-            while len(p.busy_marks) > 1 and p.busy_marks[1][0] <= now - w:
-                p.busy_marks.popleft()
-            t0, b0 = p.busy_marks[0]
-            span = now - t0 if now - t0 > 0 else w
-            utils.append(min(1.0, (e.busy_s - b0) / span) if now > t0 else 0.0)
-            used = sum(g.kv_now for g in e.running)
-            kv.append(min(1.0, used / e.profile.kv_cache_tokens))
-            running += e.seqs
-            waiting += e.waiting_seqs()
-        return Signals(
-            rps=seqs / w if groups else (0.0 if pods else None),
-            prompt_tps=sum(g.prompt_tokens for g in groups) / w,
-            generation_tps=sum(g.output * g.samples for g in groups) / w,
-            shed_sps=sum(g.shed for g in groups) / w,
-            ttft_p50=_pct(ttft, 50),
-            ttft_p95=_pct(ttft, 95),
-            itl_p50=_weighted_pct(steps, 50),
-            itl_p95=_weighted_pct(steps, 95),
-            e2e_p50=_pct(e2e, 50),
-            e2e_p95=_pct(e2e, 95),
-            queue_time_p95=_pct(queue, 95),
-            running=float(running),
-            waiting=float(waiting),
-            kv_cache_usage=float(np.mean(kv)) if kv else None,
-            gpu_util=float(np.mean(utils)) if utils else None,
-            pods_reporting=len(pods),
-            sample_age_s=0.0,
-        )
 
     def observation(self, now: float) -> Observation:
         """The Observation the operator would build now (newest scrape, pod counts)."""
@@ -577,45 +394,15 @@ class Fleet:
         return self._result(end)
 
     def _result(self, end: float) -> RunResult:
-        slo = self.spec.slo
-        met = 0
-        ttfts: list[float] = []
-        e2es: list[float] = []
-        quality = 0.0
-        for g in self.done:
-            assert g.first_token is not None and g.finished is not None
-            ttft = g.first_token - g.arrival
-            e2e = g.finished - g.arrival
-            itl = g.decode_s / (g.output - 1) if g.output > 1 else 0.0
-            ttfts.append(ttft)
-            e2es.append(e2e)
-            quality += g.quality
-            if (
-                (slo.ttft_p95_s is None or ttft <= slo.ttft_p95_s)
-                and (slo.e2e_p95_s is None or e2e <= slo.e2e_p95_s)
-                and (slo.itl_p95_s is None or itl <= slo.itl_p95_s)
-            ):
-                met += 1
-        gpu_s = 0.0
-        for pod in self.pods:
-            if pod.scheduled is None:
-                continue
-            start = pod.requested if pod.scheduled == pod.requested else pod.scheduled
-            stop = min(pod.released if pod.released is not None else end, end)
-            gpu_s += pod.gpus * max(0.0, stop - start)
-        total = len(self.config.trace)
-        served = len(self.done)
-        return RunResult(
-            name=self.controller.name,
-            slo_attainment=met / total if total else 1.0,
-            gpu_hours=gpu_s / 3600.0,
-            mean_quality=quality / served if served else 0.0,
-            p95_ttft_s=_pct(ttfts, 95) or 0.0,
-            p95_e2e_s=_pct(e2es, 95) or 0.0,
+        return run_result(
+            self.controller.name,
+            self.spec.slo,
+            total=len(self.config.trace),
+            done=self.done,
+            rejected=len(self.rejected),
+            pods=self.pods,
             switches=self.switches,
             scale_events=self.scale_events,
-            rejected=len(self.rejected),
-            served=served,
-            total=total,
             series=self.series,
+            end=end,
         )

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from grm_operator.simulator.fleet import Fleet, RunResult, SimConfig
+from grm_operator.simulator.fleet import Fleet, SimConfig
 from grm_operator.simulator.policies import make_controller
+from grm_operator.simulator.results import RunResult
 
 
 def progress_bar(label: str, stream: Any = None) -> Callable[[float], None]:

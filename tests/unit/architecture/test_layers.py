@@ -44,7 +44,7 @@ BREAKS = [
     ("operator/grm_operator/policy/types.py", "import grm_operator.control.builders", "operator-layers"),
     ("operator/grm_operator/control/status.py", "import grm_operator.handlers.reconcile", "operator-layers"),
     ("operator/grm_operator/api/models.py", "import grm_operator.policy.types", "operator-layers"),
-    ("operator/grm_operator/control/builders.py", "import grm_worker.server", "worker-contract"),
+    ("operator/grm_operator/control/builders/workerconfig.py", "import grm_worker.server", "worker-contract"),
     ("operator/grm_operator/policy/decide.py", "import aiohttp", "pure-core"),
     ("worker/grm_worker/server.py", "import grm_testkit.traffic", "product-only"),
 ]

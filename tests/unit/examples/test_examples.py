@@ -23,7 +23,7 @@ import yaml
 
 from grm_operator.api.crd import build_crd
 from grm_operator.api.models import API_VERSION, KIND, GRMDeployment
-from grm_operator.control import builders
+from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE, worker_config
 from support import crdcheck
 from support.paths import REPO
 
@@ -110,9 +110,9 @@ def test_the_hf_example_references_the_secret_and_claim_it_ships() -> None:
 def test_the_sim_demo_runs_the_sim_engine_small_and_fast() -> None:
     (doc,) = documents(ROOT / "examples" / "grmd-sim-demo.yaml")
     grmd = GRMDeployment.model_validate(doc)
-    assert doc["metadata"]["annotations"][builders.ANNOTATION_WORKER_ENGINE] == "sim"
+    assert doc["metadata"]["annotations"][ANNOTATION_WORKER_ENGINE] == "sim"
     assert grmd.spec.max_gpus() <= 4
-    config = builders.worker_config(grmd, grmd.spec.variants[0])
+    config = worker_config(grmd, grmd.spec.variants[0])
     assert config.engine == "sim"
     assert config.sim.time_scale == 10
 

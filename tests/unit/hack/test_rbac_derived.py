@@ -215,16 +215,28 @@ def test_removing_a_call_leaves_its_rule_unused(sources: Sources) -> None:
     }
 
 
-def test_a_new_manifest_kind_in_the_builders_fails(sources: Sources) -> None:
+@pytest.mark.parametrize("module", ["grm_operator.control.builders", "grm_operator.control.builders.service"])
+def test_a_new_manifest_kind_in_the_builders_fails(sources: Sources, module: str) -> None:
+    # In the package's __init__ or in any of its modules: every module of the package is read.
     mutated = edited(
         sources,
-        "grm_operator.control.builders",
+        module,
         append(
             "def build_hpa() -> Manifest:\n"
             "    return {'apiVersion': 'autoscaling/v2', 'kind': 'HorizontalPodAutoscaler'}\n"
         ),
     )
-    with pytest.raises(DerivationError, match=r"builders\.py:\d+: builds a HorizontalPodAutoscaler"):
+    path = sources[module][0]
+    with pytest.raises(DerivationError, match=rf"{re.escape(path)}:\d+: builds a HorizontalPodAutoscaler"):
+        rbac_usage.derive(mutated)
+
+
+def test_a_missing_builders_package_is_an_error(sources: Sources) -> None:
+    # Renamed or moved, the builders would otherwise add no kind and apply's grants would vanish.
+    mutated = {
+        name: source for name, source in sources.items() if not name.startswith(rbac_usage.BUILDERS_PACKAGE)
+    }
+    with pytest.raises(DerivationError, match="no module of the builders package"):
         rbac_usage.derive(mutated)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grm_operator.control import builders
+from grm_operator.control.builders.layout import RUN_AS_UID
+from grm_operator.control.builders.metadata import WORKER_APP
 from grm_operator.settings import DEFAULT_WORKER_IMAGE
 from support.helmchart import CHART, REPO
 
@@ -112,10 +113,10 @@ def test_images_run_as_non_root_with_the_expected_commands() -> None:
     assert instruction(IMAGES / "operator" / "Dockerfile", "ENTRYPOINT") == ['["grm-operator"]']
     for image in ("worker", "worker-cpu"):
         dockerfile = IMAGES / image / "Dockerfile"
-        assert instruction(dockerfile, "ENTRYPOINT") == [f'["{builders.WORKER_APP}"]']
+        assert instruction(dockerfile, "ENTRYPOINT") == [f'["{WORKER_APP}"]']
         assert "EXPOSE 8000" in dockerfile.read_text()
-        # The operator runs the worker as uid 1000 (builders.RUN_AS_UID); the image's user agrees.
-        assert instruction(dockerfile, "USER") == [f"{builders.RUN_AS_UID}:{builders.RUN_AS_UID}"]
+        # The operator runs the worker as uid 1000 (builders.layout.RUN_AS_UID); the image's user agrees.
+        assert instruction(dockerfile, "USER") == [f"{RUN_AS_UID}:{RUN_AS_UID}"]
 
 
 def test_operator_image_runs_as_the_charts_user() -> None:

@@ -13,7 +13,15 @@ import yaml
 from pydantic import ValidationError
 
 from grm_operator.api.models import GRMDeployment
-from grm_operator.control import builders
+from grm_operator.control.builders import Children, build_children
+from grm_operator.control.builders.metadata import (
+    ANNOTATION_APPLIED_HASH,
+    ANNOTATION_CONFIG_HASH,
+    applied_hash,
+    selector_labels,
+)
+from grm_operator.control.builders.replicas import active_variant, initial_replicas, plan_replicas
+from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE, ANNOTATION_WORKER_OVERRIDES
 from grm_operator.settings import OperatorSettings
 from grm_worker.config import WorkerConfig, vllm_command
 from support.paths import EXAMPLES
@@ -32,11 +40,9 @@ def grmd(mutate: Any = None, **meta: Any) -> GRMDeployment:
     return GRMDeployment.model_validate(body)
 
 
-def children(
-    g: GRMDeployment | None = None, replicas: dict[str, int] | None = None, **kw: Any
-) -> builders.Children:
+def children(g: GRMDeployment | None = None, replicas: dict[str, int] | None = None, **kw: Any) -> Children:
     g = g or grmd()
-    return builders.build_children(g, replicas or builders.initial_replicas(g.spec), SETTINGS, **kw)
+    return build_children(g, replicas or initial_replicas(g.spec), SETTINGS, **kw)
 
 
 def test_every_built_manifest_validates_strictly() -> None:
@@ -103,13 +109,13 @@ def test_owner_references_and_labels_on_every_child() -> None:
         assert labels["app.kubernetes.io/managed-by"] == "grm-operator"
         assert labels["grm.dev/deployment"] == "reward"
         assert labels["app.kubernetes.io/component"]
-        assert meta["annotations"][builders.ANNOTATION_APPLIED_HASH] == builders.applied_hash(manifest)
+        assert meta["annotations"][ANNOTATION_APPLIED_HASH] == applied_hash(manifest)
     for variant, deployment in built.deployments.items():
         assert deployment["metadata"]["name"] == f"reward-{variant}"
         assert deployment["metadata"]["labels"]["grm.dev/variant"] == variant
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         # The Service's selector picks every variant's pods; the Deployment's only its own.
-        assert builders.selector_labels("reward").items() <= pod_labels.items()
+        assert selector_labels("reward").items() <= pod_labels.items()
         assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert built.service["spec"]["selector"] == {
         "app.kubernetes.io/name": "grm-worker",
@@ -124,7 +130,7 @@ def test_owner_needs_a_stored_object() -> None:
     g = grmd()
     g.metadata.uid = None
     with pytest.raises(ValueError, match="no uid"):
-        builders.build_children(g, {}, SETTINGS)
+        build_children(g, {}, SETTINGS)
 
 
 def test_worker_pod_shape() -> None:
@@ -267,21 +273,15 @@ def test_config_change_rolls_pods_but_a_scale_does_not_change_the_hash() -> None
     scaled = children(replicas={"bf16": 4})
     changed = children(grmd(lambda b: b["spec"].update(engine={"maxNumSeqs": 64})), replicas={"bf16": 1})
 
-    def template_hash(c: builders.Children) -> str:
+    def template_hash(c: Children) -> str:
         return str(
-            c.deployments["bf16"]["spec"]["template"]["metadata"]["annotations"][
-                builders.ANNOTATION_CONFIG_HASH
-            ]
+            c.deployments["bf16"]["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
         )
 
     assert template_hash(base) == template_hash(scaled)
-    assert builders.applied_hash(base.deployments["bf16"]) == builders.applied_hash(
-        scaled.deployments["bf16"]
-    )
+    assert applied_hash(base.deployments["bf16"]) == applied_hash(scaled.deployments["bf16"])
     assert template_hash(base) != template_hash(changed)
-    assert builders.applied_hash(base.deployments["bf16"]) != builders.applied_hash(
-        changed.deployments["bf16"]
-    )
+    assert applied_hash(base.deployments["bf16"]) != applied_hash(changed.deployments["bf16"])
     # Same input, same bytes: what lets the reconciler compare hashes instead of writing.
     assert children(replicas={"bf16": 1}).all() == base.all()
 
@@ -290,68 +290,62 @@ def test_worker_overrides_annotation() -> None:
     g = grmd(
         lambda b: b["metadata"].update(
             annotations={
-                builders.ANNOTATION_WORKER_ENGINE: "sim",
-                builders.ANNOTATION_WORKER_OVERRIDES: json.dumps(
-                    {"sim.time_scale": 20, "vllm.enforce_eager": True}
-                ),
+                ANNOTATION_WORKER_ENGINE: "sim",
+                ANNOTATION_WORKER_OVERRIDES: json.dumps({"sim.time_scale": 20, "vllm.enforce_eager": True}),
             }
         )
     )
     config = WorkerConfig.model_validate_json(children(g).config_maps["fp8"]["data"]["worker.json"])
     assert (config.engine, config.sim.time_scale, config.vllm.enforce_eager) == ("sim", 20.0, True)
-    bad = grmd(
-        lambda b: b["metadata"].update(annotations={builders.ANNOTATION_WORKER_OVERRIDES: '{"port": 0}'})
-    )
+    bad = grmd(lambda b: b["metadata"].update(annotations={ANNOTATION_WORKER_OVERRIDES: '{"port": 0}'}))
     with pytest.raises(ValidationError):
         children(bad)
     with pytest.raises(ValueError, match="JSON object"):
-        children(
-            grmd(lambda b: b["metadata"].update(annotations={builders.ANNOTATION_WORKER_OVERRIDES: "[1]"}))
-        )
+        children(grmd(lambda b: b["metadata"].update(annotations={ANNOTATION_WORKER_OVERRIDES: "[1]"})))
 
 
 def test_initial_replicas() -> None:
-    assert builders.initial_replicas(grmd().spec) == {"bf16": 1, "fp8": 0, "int4": 0}
+    assert initial_replicas(grmd().spec) == {"bf16": 1, "fp8": 0, "int4": 0}
 
     def floor(body: dict[str, Any]) -> None:
         body["spec"]["variants"][0]["quality"] = 0.96  # below minQuality 0.97: fp8 is the best admissible
         body["spec"]["scaling"]["minReplicas"] = 2
 
-    assert builders.initial_replicas(grmd(floor).spec) == {"bf16": 0, "fp8": 2, "int4": 0}
+    assert initial_replicas(grmd(floor).spec) == {"bf16": 0, "fp8": 2, "int4": 0}
 
     def pinned(body: dict[str, Any]) -> None:
         body["spec"]["precision"] = {"policy": "Pinned", "pinnedVariant": "int4", "minQuality": 0.9}
 
-    assert builders.initial_replicas(grmd(pinned).spec) == {"bf16": 0, "fp8": 0, "int4": 1}
+    assert initial_replicas(grmd(pinned).spec) == {"bf16": 0, "fp8": 0, "int4": 1}
 
     def manual(body: dict[str, Any]) -> None:
         body["spec"]["scaling"].update(mode="Manual", replicas=3)
 
-    assert builders.initial_replicas(grmd(manual).spec) == {"bf16": 3, "fp8": 0, "int4": 0}
+    assert initial_replicas(grmd(manual).spec) == {"bf16": 3, "fp8": 0, "int4": 0}
 
 
 def test_plan_replicas_keeps_the_policys_counts_within_bounds() -> None:
     spec = grmd().spec  # minReplicas 1, maxReplicas 8
-    assert builders.plan_replicas(spec, "bf16", {}) == {"bf16": 1, "fp8": 0, "int4": 0}
-    assert builders.plan_replicas(spec, "bf16", {"bf16": 5, "fp8": 2}) == {"bf16": 5, "fp8": 0, "int4": 0}
-    assert builders.plan_replicas(spec, "bf16", {"bf16": 12}) == {"bf16": 8, "fp8": 0, "int4": 0}
+    assert plan_replicas(spec, "bf16", {}) == {"bf16": 1, "fp8": 0, "int4": 0}
+    assert plan_replicas(spec, "bf16", {"bf16": 5, "fp8": 2}) == {"bf16": 5, "fp8": 0, "int4": 0}
+    assert plan_replicas(spec, "bf16", {"bf16": 12}) == {"bf16": 8, "fp8": 0, "int4": 0}
     # A switch in progress owns both of its variants' counts.
     switching = frozenset({"bf16", "fp8"})
-    assert builders.plan_replicas(spec, "bf16", {"bf16": 3, "fp8": 2}, switching=switching) == {
+    assert plan_replicas(spec, "bf16", {"bf16": 3, "fp8": 2}, switching=switching) == {
         "bf16": 3,
         "fp8": 2,
         "int4": 0,
     }
     # ... even at 0 for the active one: a rolling switch handed all its GPUs to the new variant
     # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back, tests/integration/test_autoscale.py).
-    assert builders.plan_replicas(spec, "bf16", {"bf16": 0, "fp8": 4}, switching=switching) == {
+    assert plan_replicas(spec, "bf16", {"bf16": 0, "fp8": 4}, switching=switching) == {
         "bf16": 0,
         "fp8": 4,
         "int4": 0,
     }
     manual = grmd(lambda b: b["spec"]["scaling"].update(mode="Manual", replicas=4)).spec
-    assert builders.plan_replicas(manual, "fp8", {"bf16": 2, "fp8": 1}) == {"bf16": 0, "fp8": 4, "int4": 0}
-    assert builders.plan_replicas(manual, "bf16", {"bf16": 1, "fp8": 2}, switching=switching) == {
+    assert plan_replicas(manual, "fp8", {"bf16": 2, "fp8": 1}) == {"bf16": 0, "fp8": 4, "int4": 0}
+    assert plan_replicas(manual, "bf16", {"bf16": 1, "fp8": 2}, switching=switching) == {
         "bf16": 1,
         "fp8": 2,
         "int4": 0,
@@ -360,11 +354,11 @@ def test_plan_replicas_keeps_the_policys_counts_within_bounds() -> None:
 
 def test_active_variant() -> None:
     spec = grmd().spec
-    assert builders.active_variant(spec, None) == "bf16"
-    assert builders.active_variant(spec, "fp8") == "fp8"
-    assert builders.active_variant(spec, "gone") == "bf16"
+    assert active_variant(spec, None) == "bf16"
+    assert active_variant(spec, "fp8") == "fp8"
+    assert active_variant(spec, "gone") == "bf16"
     pinned = grmd(lambda b: b["spec"].update(precision={"policy": "Pinned", "pinnedVariant": "fp8"})).spec
-    assert builders.active_variant(pinned, None) == "fp8"
+    assert active_variant(pinned, None) == "fp8"
     # A new pin is reached through a switch: the serving variant stays active until it completes.
-    assert builders.active_variant(pinned, "bf16") == "bf16"
-    assert builders.active_variant(pinned, "gone") == "fp8"
+    assert active_variant(pinned, "bf16") == "bf16"
+    assert active_variant(pinned, "gone") == "fp8"

@@ -19,7 +19,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from grm_operator import kubeapi
-from grm_operator.handlers.reconcile import Reconciler, Store
+from grm_operator.handlers.reconcile import Reconciler
+from grm_operator.handlers.store import Store
 from grm_operator.settings import OperatorSettings
 from grm_operator.telemetry.operator_metrics import OperatorMetrics
 from support.paths import EXAMPLES

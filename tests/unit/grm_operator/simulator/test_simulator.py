@@ -19,9 +19,13 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy.capacity import variant_profile
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
-from grm_operator.simulator.fleet import Fleet, Pod, RunResult, SimConfig
-from grm_operator.simulator.policies import POLICIES, StaticPeak
+from grm_operator.simulator.fleet import Fleet, SimConfig
+from grm_operator.simulator.pod import Pod
+from grm_operator.simulator.policies import POLICIES
+from grm_operator.simulator.policies.baselines import StaticPeak
 from grm_operator.simulator.report import run_policies
+from grm_operator.simulator.results import RunResult
+from grm_operator.simulator.scrape import window_signals
 from grm_operator.simulator.trace import Trace, load_trace
 from grm_worker.perfmodel import profile_for, step_time_s
 
@@ -225,7 +229,7 @@ def test_a_queued_replica_sheds_samples_to_the_floor_and_reports_them() -> None:
     assert shed_result.slo_attainment > off_result.slo_attainment + 0.3
     # The policy sees them: a scrape's shed rate is its window's shed samples per second.
     window = [g for g in shedding.done if g.finished is not None and 200.0 < g.finished <= 260.0]
-    signals = shedding._signals(window, [], [], 260.0)
+    signals = window_signals(window, [], [], 260.0, shedding.window_s)
     assert signals.shed_sps == pytest.approx(sum(g.shed for g in window) / 60.0)
     assert signals.shed_sps is not None and signals.shed_sps > 0
 

@@ -1,0 +1,232 @@
+"""The worker Deployment of one variant: ``<name>-<variant>`` running ``grm-worker serve`` on the
+variant's GPUs, with its probes, resources, environment, volumes and security context.
+"""
+
+from __future__ import annotations
+
+import math
+
+from grm_operator.api.durations import parse_duration
+from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, Variant
+from grm_operator.control.builders.layout import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    CREDENTIALS_DIR,
+    HTTP_PORT,
+    MODEL_CACHE_DIR,
+    RUN_AS_UID,
+    WEIGHTS_DIR,
+)
+from grm_operator.control.builders.metadata import (
+    ANNOTATION_CONFIG_HASH,
+    LABEL_DEPLOYMENT,
+    LABEL_VARIANT,
+    Manifest,
+    Owner,
+    child_metadata,
+    common_labels,
+    config_map_name,
+    deployment_name,
+    stamp,
+)
+from grm_operator.settings import OperatorSettings
+from grm_worker.perfmodel import profile_for
+
+# Seconds preStop waits before SIGTERM so that endpoint removal reaches every Service proxy first
+# (kube-proxy/EndpointSlice propagation is typically 1-3 s; 5 s leaves margin).
+PRESTOP_SLEEP_S = 5
+# Seconds after the drain for vLLM to stop (free GPU memory, exit) before SIGKILL.
+ENGINE_STOP_MARGIN_S = 15
+# Startup probe budget = this × the variant's cold start: a cold node also pulls the image and
+# downloads weights, which the profile's cold start (weights already local) does not include.
+STARTUP_BUDGET_FACTOR = 3.0
+STARTUP_BUDGET_MIN_S = 120.0
+STARTUP_PERIOD_S = 5
+
+
+def cold_start_s(variant: Variant) -> float:
+    """The variant's model-load time: its profile's coldStart, else the precision's prior."""
+    if variant.profile is not None and variant.profile.cold_start:
+        return parse_duration(variant.profile.cold_start)
+    return profile_for(variant.precision).cold_start_s
+
+
+def startup_failure_threshold(variant: Variant) -> int:
+    """Startup-probe failures allowed: the budget (3 × cold start, at least 120 s) over the period.
+
+    Example: bf16's 90 s prior → 270 s → 54 probes 5 s apart before the kubelet restarts the pod.
+    """
+    budget = max(STARTUP_BUDGET_FACTOR * cold_start_s(variant), STARTUP_BUDGET_MIN_S)
+    return math.ceil(budget / STARTUP_PERIOD_S)
+
+
+def termination_grace_s(spec: GRMDeploymentSpec) -> int:
+    """preStop sleep + drainSeconds + the engine's stop margin (60 s drain → 80 s)."""
+    return PRESTOP_SLEEP_S + spec.rollout.drain_seconds + ENGINE_STOP_MARGIN_S
+
+
+def _resources(spec: GRMDeploymentSpec, variant: Variant) -> Manifest:
+    extra = spec.template.resources or {}
+    requests = dict(extra.get("requests") or {})
+    limits = dict(extra.get("limits") or {})
+    gpus = str(variant.gpus_per_replica)
+    # Extended resources cannot be overcommitted: requests must equal limits.
+    requests["nvidia.com/gpu"] = gpus
+    limits["nvidia.com/gpu"] = gpus
+    return {"requests": requests, "limits": limits}
+
+
+def _env(grmd: GRMDeployment, variant: Variant) -> list[Manifest]:
+    spec = grmd.spec
+    env: list[Manifest] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": f"{MODEL_CACHE_DIR}/hf"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/tmp/vllm"},
+        {"name": "GRM_VARIANT", "value": variant.name},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    ref = spec.model.credentials_secret_ref
+    uri = variant.uri or spec.model.uri
+    if ref is not None and uri.startswith("hf://"):
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    elif ref is not None and uri.startswith("s3://"):
+        env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/{ref.key}"})
+    ours = {e["name"] for e in env}
+    for user in spec.template.env or []:
+        if user.name not in ours:
+            env.append(user.model_dump(by_alias=True, exclude_none=True))
+    return env
+
+
+def _volumes(grmd: GRMDeployment, owner: Owner, variant: Variant) -> tuple[list[Manifest], list[Manifest]]:
+    spec = grmd.spec
+    cache = spec.template.model_cache
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": config_map_name(owner.name, variant.name)}},
+        {"name": "tmp", "emptyDir": {}},
+        # vLLM's tensor-parallel workers exchange tensors through /dev/shm (64 MiB by default).
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        (
+            {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+            if cache.claim_name
+            else {"name": "model-cache", "emptyDir": {"sizeLimit": cache.size_limit}}
+        ),
+    ]
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
+    ]
+    uri = variant.uri or spec.model.uri
+    if uri.startswith("pvc://"):
+        claim = uri.removeprefix("pvc://").partition("/")[0]
+        volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True})
+    ref = spec.model.credentials_secret_ref
+    if ref is not None and uri.startswith("s3://"):
+        volumes.append({"name": "credentials", "secret": {"secretName": ref.name}})
+        mounts.append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def build_deployment(
+    grmd: GRMDeployment,
+    owner: Owner,
+    variant: Variant,
+    replicas: int,
+    settings: OperatorSettings,
+    config_hash: str,
+) -> Manifest:
+    """The worker Deployment ``<name>-<variant>`` with ``replicas`` pods."""
+    spec = grmd.spec
+    template = spec.template
+    name = deployment_name(owner.name, variant.name)
+    variant_label = {LABEL_VARIANT: variant.name}
+    meta = child_metadata(owner, name, "worker", variant_label)
+    pod_labels = dict(template.pod_labels or {})
+    pod_labels.update(common_labels(owner.name, "worker"))
+    pod_labels.update(variant_label)
+    pod_annotations = dict(template.pod_annotations or {})
+    pod_annotations.update(
+        {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(HTTP_PORT),
+            "prometheus.io/path": "/metrics",
+            # A changed worker config changes the pod template, so the Deployment rolls its pods.
+            ANNOTATION_CONFIG_HASH: config_hash,
+        }
+    )
+    volumes, mounts = _volumes(grmd, owner, variant)
+    container: Manifest = {
+        "name": "worker",
+        "image": template.image or settings.worker_image,
+        "imagePullPolicy": template.image_pull_policy or settings.worker_image_pull_policy,
+        "command": ["grm-worker", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": _env(grmd, variant),
+        "resources": _resources(spec, variant),
+        "volumeMounts": mounts,
+        "startupProbe": _http_probe("/ready", STARTUP_PERIOD_S, startup_failure_threshold(variant)),
+        "readinessProbe": _http_probe("/ready", 5, 3),
+        "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
+        # Removed from endpoints first, then SIGTERM: the worker drains in-flight requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: Manifest = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": termination_grace_s(spec),
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_UID,
+            "runAsGroup": RUN_AS_UID,
+            "fsGroup": RUN_AS_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    optional = {
+        "nodeSelector": template.node_selector,
+        "tolerations": template.tolerations,
+        "affinity": template.affinity,
+        "priorityClassName": template.priority_class_name,
+        "serviceAccountName": template.service_account_name,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    startup_budget = startup_failure_threshold(variant) * STARTUP_PERIOD_S
+    manifest: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {LABEL_DEPLOYMENT: owner.name, LABEL_VARIANT: variant.name}},
+            # GPUs are scarce: surge one pod at a time and never drop below the serving count.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            # A rollout is stuck only after twice the startup budget (bf16: 540 s), at least 10 min.
+            "progressDeadlineSeconds": max(600, 2 * startup_budget),
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+    return stamp(manifest)

@@ -1,0 +1,68 @@
+"""The children that span every variant of a GRMDeployment: the Service ``<name>`` clients
+connect to (a variant switch never changes where), and the PodDisruptionBudget and PodMonitor
+that select the same worker pods.
+"""
+
+from __future__ import annotations
+
+from grm_operator.control.builders.layout import HTTP_PORT
+from grm_operator.control.builders.metadata import (
+    LABEL_DEPLOYMENT,
+    LABEL_VARIANT,
+    Manifest,
+    Owner,
+    child_metadata,
+    selector_labels,
+    stamp,
+)
+
+
+def build_service(owner: Owner) -> Manifest:
+    """The Service ``<name>``: every ready worker pod of the GRMDeployment, all variants."""
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": child_metadata(owner, owner.name, "service"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector_labels(owner.name),
+                "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def build_pdb(owner: Owner) -> Manifest:
+    """At most one worker pod of the GRMDeployment voluntarily disrupted at a time; pods that are
+    not Ready never block a node drain (AlwaysAllow)."""
+    return stamp(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": child_metadata(owner, owner.name, "disruption-budget"),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels(owner.name)},
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }
+    )
+
+
+def build_pod_monitor(owner: Owner) -> Manifest:
+    """A Prometheus Operator PodMonitor scraping every worker's /metrics every 15 s."""
+    return stamp(
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PodMonitor",
+            "metadata": child_metadata(owner, owner.name, "monitoring"),
+            "spec": {
+                "selector": {"matchLabels": selector_labels(owner.name)},
+                # Copied onto every series as grm_dev_deployment / grm_dev_variant: the
+                # Prometheus metrics source selects and groups by them (docs/metrics.md).
+                "podTargetLabels": [LABEL_DEPLOYMENT, LABEL_VARIANT],
+                "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            },
+        }
+    )

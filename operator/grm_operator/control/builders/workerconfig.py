@@ -1,0 +1,170 @@
+"""The worker's config of one variant: the worker's own :class:`grm_worker.config.WorkerConfig`,
+rendered as stable JSON into the variant's ConfigMap ``<name>-<variant>-config``.
+
+It comes from the spec (model, engine options merged with the variant's, scoring) and from two
+annotations on the GRMDeployment for tests and demos (:data:`ANNOTATION_WORKER_ENGINE`,
+:data:`ANNOTATION_WORKER_OVERRIDES`); the worker's model validates the result.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from grm_operator.api.models import EngineOptions, GRMDeployment, GRMDeploymentSpec, Variant
+from grm_operator.control.builders.layout import CONFIG_FILE, HTTP_PORT, MODEL_CACHE_DIR, WEIGHTS_DIR
+from grm_operator.control.builders.metadata import (
+    LABEL_VARIANT,
+    Manifest,
+    Owner,
+    child_metadata,
+    config_map_name,
+    stamp,
+)
+from grm_operator.policy.capacity import shed_floor
+from grm_worker.config import (
+    CheckpointQuantization,
+    ModelConfig,
+    ScoringConfig,
+    VllmOptions,
+    WorkerConfig,
+)
+
+# On the GRMDeployment: which worker engine to run ("vllm", the default, or "sim" for tests/demos).
+ANNOTATION_WORKER_ENGINE = "grm.dev/worker-engine"
+# On the GRMDeployment: a JSON object of dotted WorkerConfig keys merged into every variant's config
+# (e.g. {"sim.time_scale": 10}), for demos and tests; the worker's model validates the result.
+ANNOTATION_WORKER_OVERRIDES = "grm.dev/worker-overrides"
+
+# The format of each integer precision's pre-quantized checkpoint, which tells vLLM how to load it.
+_QUANTIZED_CHECKPOINT: dict[str, CheckpointQuantization] = {
+    "int8": "compressed-tensors",
+    "awq-int4": "awq",
+    "gptq-int4": "gptq",
+}
+
+
+def merged_engine(spec: GRMDeploymentSpec, variant: Variant) -> EngineOptions:
+    """spec.engine overridden field by field by the variant's engine options."""
+    base = spec.engine.model_dump(exclude_none=True)
+    if variant.engine is not None:
+        base.update(variant.engine.model_dump(exclude_none=True))
+    return EngineOptions.model_validate(base)
+
+
+def _model_path(uri: str, model_name: str) -> str:
+    """Where vLLM finds the weights of ``uri`` inside the pod."""
+    if uri.startswith("pvc://"):
+        _claim, _, sub = uri.removeprefix("pvc://").partition("/")
+        return f"{WEIGHTS_DIR}/{sub}".rstrip("/") if sub else WEIGHTS_DIR
+    if uri.startswith("hf://"):
+        # A Hugging Face id: vLLM downloads it into HF_HOME (the model cache volume).
+        return uri.removeprefix("hf://")
+    if uri.startswith("s3://"):
+        # The worker downloads s3:// checkpoints into the cache before starting vLLM.
+        return f"{MODEL_CACHE_DIR}/{model_name.replace('/', '--')}"
+    return uri
+
+
+def _checkpoint_quantization(variant: Variant) -> CheckpointQuantization:
+    if variant.precision in _QUANTIZED_CHECKPOINT:
+        return _QUANTIZED_CHECKPOINT[variant.precision]
+    # An fp8 variant with a checkpoint of its own is a pre-quantized (compressed-tensors) one;
+    # without, vLLM quantizes the bf16 weights to fp8 at load time.
+    if variant.precision == "fp8" and variant.uri is not None:
+        return "compressed-tensors"
+    return "none"
+
+
+def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
+    """The worker's own config contract for one variant (validated by the worker's model)."""
+    spec = grmd.spec
+    uri = variant.uri or spec.model.uri
+    engine = merged_engine(spec, variant)
+    annotations = grmd.metadata.annotations or {}
+    engine_kind = annotations.get(ANNOTATION_WORKER_ENGINE, "vllm")
+    vllm: dict[str, Any] = {
+        "tensor_parallel_size": engine.tensor_parallel_size or variant.gpus_per_replica,
+    }
+    optional = {
+        "max_model_len": engine.max_model_len,
+        "max_num_seqs": engine.max_num_seqs,
+        "max_num_batched_tokens": engine.max_num_batched_tokens,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "kv_cache_dtype": engine.kv_cache_dtype,
+        "extra_args": engine.extra_args,
+    }
+    vllm.update({k: v for k, v in optional.items() if v is not None})
+    samples = spec.scoring.samples
+    config = WorkerConfig(
+        model=ModelConfig(
+            name=spec.model.name,
+            path=_model_path(uri, spec.model.name),
+            uri=uri,
+            served_name=spec.model.served_model_name,
+            checkpoint_quantization=_checkpoint_quantization(variant),
+        ),
+        variant=variant.name,
+        precision=variant.precision,
+        engine="sim" if engine_kind == "sim" else "vllm",
+        device="auto",
+        vllm=VllmOptions.model_validate(vllm),
+        scoring=ScoringConfig(
+            samples_min=samples.min,
+            samples_max=samples.max,
+            samples_default=samples.max,
+            samples_per_round=min(4, samples.max),
+            shed_floor=shed_floor(spec, variant.name),
+            early_exit="exact" if spec.scoring.early_exit == "Exact" else "off",
+            sampling="shuffled" if spec.scoring.sampling == "Shuffled" else "shared-prefill",
+        ),
+        port=HTTP_PORT,
+        drain_timeout_s=float(spec.rollout.drain_seconds),
+    )
+    overrides = annotations.get(ANNOTATION_WORKER_OVERRIDES)
+    return config if not overrides else apply_overrides(config, overrides)
+
+
+def apply_overrides(config: WorkerConfig, overrides_json: str) -> WorkerConfig:
+    """``config`` with the dotted-key overrides of :data:`ANNOTATION_WORKER_OVERRIDES` applied.
+
+    Raises ``ValueError`` (pydantic's ValidationError is one) for malformed JSON or a result the
+    worker's model rejects, so a bad annotation is reported like an invalid spec.
+    """
+    overrides = json.loads(overrides_json)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{ANNOTATION_WORKER_OVERRIDES} must be a JSON object of dotted keys")
+    data = config.model_dump(mode="json", exclude_unset=True)
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = str(dotted).split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return WorkerConfig.model_validate(data)
+
+
+def render_worker_config(config: WorkerConfig) -> str:
+    """The ConfigMap text: stable JSON (sorted keys), so an unchanged config hashes the same.
+
+    Only what the operator decided is written (the worker fills in its own defaults), so a new
+    defaulted field in a later worker release does not change the hash and roll every pod.
+    """
+    data = config.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def build_config_map(grmd: GRMDeployment, owner: Owner, variant: Variant) -> Manifest:
+    """The ConfigMap holding one variant's worker config."""
+    meta = child_metadata(
+        owner, config_map_name(owner.name, variant.name), "worker-config", {LABEL_VARIANT: variant.name}
+    )
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta,
+            "data": {CONFIG_FILE: render_worker_config(worker_config(grmd, variant))},
+        }
+    )

@@ -1,0 +1,44 @@
+"""The controllers compared by the benchmark: our policy and the industry's, from their algorithms.
+
+* :mod:`.grm` — ``grm``, our policy through the operator's own adapter and actuation;
+* :mod:`.baselines` — ``static-peak``, ``hpa-gpu`` (Kubernetes HPA), ``kpa`` (Knative / AIBrix)
+  and ``saturation`` (llm-d's workload-variant autoscaler), each on the best admissible point;
+* :mod:`.oracle` — ``oracle`` and ``oracle-cold``, hindsight per minute (bounds, not baselines);
+* :mod:`.sizing` — what they share: the best admissible point, the budget's replicas, the
+  trace's workload and the warm start.
+
+Each module's docstring gives its controllers' parameters. :func:`make_controller` builds one by
+its name in :data:`POLICIES`.
+"""
+
+from __future__ import annotations
+
+from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.simulator.policies.baselines import HpaGpu, Kpa, Saturation, StaticPeak
+from grm_operator.simulator.policies.grm import Grm
+from grm_operator.simulator.policies.oracle import Oracle
+
+__all__ = ["POLICIES", "Policy", "make_controller"]
+
+POLICIES = ("grm", "static-peak", "hpa-gpu", "kpa", "saturation", "oracle", "oracle-cold")
+
+Policy = Grm | StaticPeak | HpaGpu | Kpa | Saturation | Oracle
+
+
+def make_controller(name: str, spec: GRMDeploymentSpec) -> Policy:
+    """The controller called ``name`` (one of :data:`POLICIES`)."""
+    if name == "grm":
+        return Grm(spec)
+    if name == "static-peak":
+        return StaticPeak(spec)
+    if name == "hpa-gpu":
+        return HpaGpu(spec)
+    if name == "kpa":
+        return Kpa(spec)
+    if name == "saturation":
+        return Saturation(spec)
+    if name == "oracle":
+        return Oracle(spec)
+    if name == "oracle-cold":
+        return Oracle(spec, cold_start=True)
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
