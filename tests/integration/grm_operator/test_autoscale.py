@@ -2,7 +2,7 @@
 
 No controller-manager runs, so the test plays the Deployment controller and the kubelet: it
 creates the worker Pods a Deployment would have (labels, Ready status, a pod IP), and writes
-Deployment status. The pods' metrics come from fixture metrics servers (tests/fakepod.py) whose
+Deployment status. The pods' metrics come from fixture metrics servers (tests/support/fakepod.py) whose
 latency and load the test sets; the operator's Direct source reaches them through
 ``GRM_METRICS_ENDPOINTS`` (pod → URL), since the test cluster's pod IPs are not reachable.
 """

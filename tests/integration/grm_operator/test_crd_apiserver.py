@@ -5,8 +5,8 @@ used through the real ``kubectl``:
   and becomes Established;
 * every GRMDeployment, Secret and PersistentVolumeClaim in examples/ is accepted with strict
   field validation, and the API server's defaulting gives exactly what the offline checker
-  (tests/crdcheck.py) computes;
-* every invalid spec of tests/invalid_specs.py is rejected: CEL cases with the rule's message
+  (tests/support/crdcheck.py) computes;
+* every invalid spec of tests/support/invalid_specs.py is rejected: CEL cases with the rule's message
   at the rule's field, schema cases at the offending field;
 * ``kubectl get grmd`` shows the printer columns, ``kubectl explain`` prints the models'
   descriptions, ``kubectl scale`` writes spec.scaling.replicas within the CEL bounds and the
@@ -56,7 +56,7 @@ STRICT = "?fieldValidation=Strict"
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> ControlPlane:
     """The session's control plane with the generated CRD installed (the very dict that is
-    committed under crds/, see tests/unit/test_crd.py)."""
+    committed under crds/, see tests/unit/grm_operator/api/test_crd.py)."""
     install_crd(control_plane, CRD)
     return control_plane
 
@@ -113,7 +113,7 @@ def test_every_example_is_accepted_and_defaulted_as_offline(
     applied = 0
     for doc in yaml.safe_load_all(path.read_text()):
         if doc is None or doc["kind"] not in (models.KIND, *CORE_PATHS):
-            continue  # KEDA's ScaledObject: its CRD is KEDA's (tests/unit/test_examples.py checks it)
+            continue  # KEDA's ScaledObject: its CRD is KEDA's (tests/unit/examples/test_examples.py checks it)
         status, body = _create(plane, namespace, doc)
         assert status == 201, body
         if doc["kind"] == models.KIND:

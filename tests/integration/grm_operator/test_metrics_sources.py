@@ -1,7 +1,7 @@
 """The Prometheus and Direct metrics sources against a REAL Prometheus (Debian's package) that
 scrapes worker metrics on loopback, relabelled exactly as examples/prometheus documents.
 
-Workers: fixture metrics servers (tests/fakepod.py) whose request rate and latencies the test
+Workers: fixture metrics servers (tests/support/fakepod.py) whose request rate and latencies the test
 sets, in vLLM 0.32's format; one serves the pre-0.10 metric names; one is idle. A fake DCGM
 exporter reports GPU utilisation per pod. Both sources must read the numbers the workers were
 given, and agree with each other.

@@ -9,7 +9,7 @@
   rejected by the CRD's CEL rule);
 * the sim demo's worker annotations are accepted by the worker's own config model.
 
-tests/integration/test_crd_apiserver.py applies the same files to a real API server.
+tests/integration/grm_operator/test_crd_apiserver.py applies the same files to a real API server.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 * `promtool check rules` on the rendered PrometheusRule, and `promtool test rules` with
   tests/fixtures/prometheusrule-tests.yaml (each alert fires after its window, not before);
 * the alerts fire on the series the operator really exports: a GRMDeployment body goes through
-  grm_operator.telemetry.FleetMetrics, its exposition becomes promtool's input series;
+  grm_operator.telemetry.deployment_metrics.FleetMetrics, its exposition becomes promtool's input series;
 * every dashboard query parses (promtool check rules, as recording rules, with Grafana's
   variables substituted) and names only metrics that exist: the operator's own, or vLLM's
   (tests/fixtures/vllm-0.32-metrics.txt, scraped from a real vLLM 0.32).

@@ -234,7 +234,7 @@ def test_variant_count_bounds() -> None:
     assert errors_of(spec)
 
 
-# --- cross-field rules (each also a CEL rule: tests/unit/test_cel_rules.py) ----------------------
+# --- cross-field rules (each also a CEL rule: tests/unit/grm_operator/api/test_crd.py) ----------------------
 
 
 def _with(**changes: Any) -> dict[str, Any]:

@@ -337,7 +337,7 @@ def test_plan_replicas_keeps_the_policys_counts_within_bounds() -> None:
         "int4": 0,
     }
     # ... even at 0 for the active one: a rolling switch handed all its GPUs to the new variant
-    # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back, tests/integration/test_autoscale.py).
+    # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back, tests/integration/grm_operator/test_autoscale.py).
     assert plan_replicas(spec, "bf16", {"bf16": 0, "fp8": 4}, switching=switching) == {
         "bf16": 0,
         "fp8": 4,

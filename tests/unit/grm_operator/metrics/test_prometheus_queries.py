@@ -1,6 +1,6 @@
 """The Prometheus source's pure parts: query templates, substitution, reading answers (NaN,
 missing series, scalars, totals derived when an override gives none). The queries themselves
-run against a real Prometheus in tests/integration/test_metrics_sources.py."""
+run against a real Prometheus in tests/integration/grm_operator/test_metrics_sources.py."""
 
 from __future__ import annotations
 
