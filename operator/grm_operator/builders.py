@@ -3,7 +3,7 @@
 Children of a GRMDeployment ``<name>``:
 
 * per variant ``v``: a ConfigMap ``<name>-<v>-config`` holding the worker's own
-  :class:`grm_worker.config.WorkerConfig` as ``worker.json``, and a Deployment ``<name>-<v>``
+  :class:`grm_worker.contract.config.WorkerConfig` as ``worker.json``, and a Deployment ``<name>-<v>``
   running ``grm-worker serve --config /etc/grm/worker.json`` with the variant's GPUs;
 * a Service ``<name>`` selecting every ready worker pod of the GRMDeployment, whatever its variant
   (a variant switch never changes where clients connect);
@@ -38,14 +38,14 @@ from grm_operator.api.models import (
 )
 from grm_operator.policy.capacity import shed_floor
 from grm_operator.settings import OperatorSettings
-from grm_worker.config import (
+from grm_worker.contract.config import (
     CheckpointQuantization,
     ModelConfig,
     ScoringConfig,
     VllmOptions,
     WorkerConfig,
 )
-from grm_worker.perfmodel import profile_for
+from grm_worker.contract.perfmodel import profile_for
 
 Manifest = dict[str, Any]
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from grm_operator import builders
 from grm_operator.api.models import GRMDeployment
 from grm_operator.settings import OperatorSettings
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
 from grm_worker.engines.vllm_args import vllm_command
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grmd-ladder.yaml"

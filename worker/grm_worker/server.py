@@ -18,7 +18,7 @@ Routes (all on the worker's one port):
 Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's queue
 (:meth:`Engine.queue_reading`: vLLM's ``vllm:num_requests_waiting`` and queue-time histogram)
 every ``shed_poll_s``. While the batch is full — requests wait and those admitted since the last
-read waited ``shed_queue_s`` or more, or none was admitted (:mod:`grm_worker.queue`; a request
+read waited ``shed_queue_s`` or more, or none was admitted (:mod:`grm_worker.contract.shedding`; a request
 between two engine steps does not count) — a new score request runs with ``shed_floor`` samples
 (the fewest that meet the deployment's quality floor on this variant) instead of its budget: the
 queue drains budget/floor times faster at once (k = 4 → 1: 4×), with no replica's cold start,
@@ -42,10 +42,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.contract.shedding import QueueReading, queue_blocked, shed_samples
 from grm_worker.engines.base import Engine, EngineError, EngineReply
-from grm_worker.queue import QueueReading, queue_blocked
-from grm_worker.scoring import ScoreRequest, score, shed_samples
+from grm_worker.scoring import ScoreRequest, score
 
 __all__ = ["Front", "engine_app"]
 
@@ -223,7 +223,7 @@ class Front:
 
     async def read_queue(self) -> float | None:
         """Read the engine's queue once and keep what shedding acts on: the requests waiting when
-        the batch is full (:func:`grm_worker.queue.queue_blocked` against the previous read), else
+        the batch is full (:func:`grm_worker.contract.shedding.queue_blocked` against the previous read), else
         0. A failed read (engine not up, no such gauge, unparsable text, no answer within the
         staleness bound) is unknown: None, never shed."""
         reading: QueueReading | None = None

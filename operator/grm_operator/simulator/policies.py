@@ -54,7 +54,7 @@ from grm_operator.policy.capacity import (
 )
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.fleet import Command, Fleet, FleetView
-from grm_worker.perfmodel import steady_state
+from grm_worker.contract.perfmodel import steady_state
 
 POLICIES = ("grm", "static-peak", "hpa-gpu", "kpa", "saturation", "oracle", "oracle-cold")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grm_worker.queue import QueueReading, engine_queue, queue_blocked
+from grm_worker.contract.shedding import QueueReading, queue_blocked
+from grm_worker.queue import engine_queue
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-0.32-metrics.txt"
 MIN_WAIT_S = 0.25

@@ -37,10 +37,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.contract.perfmodel import PerformanceProfile, profile_for, step_time_s
 from grm_worker.engines.base import Engine, EngineError, EngineReply
 from grm_worker.engines.simtext import count_tokens, generate_tokens
-from grm_worker.perfmodel import PerformanceProfile, profile_for, step_time_s
 
 __all__ = ["SimEngine", "SimFaults"]
 

@@ -26,7 +26,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from grm_worker.config import ConfigError, Device, WorkerConfig
+from grm_worker.contract.config import ConfigError, Device, WorkerConfig
 
 __all__ = [
     "UNIX_SOCKET_PLACEHOLDER",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from grm_worker.perfmodel import PerformanceProfile
+from grm_worker.contract.perfmodel import PerformanceProfile
 
 __all__ = [
     "CheckpointQuantization",
@@ -181,7 +181,7 @@ class ScoringConfig(_Section):
 
 
 class SimConfig(_Section):
-    """The simulated engine: vLLM's API and metrics, latency from :mod:`grm_worker.perfmodel`."""
+    """The simulated engine: vLLM's API and metrics, latency from :mod:`grm_worker.contract.perfmodel`."""
 
     time_scale: float = Field(
         1.0,
