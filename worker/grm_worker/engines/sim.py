@@ -14,8 +14,8 @@ Simulated time runs ``time_scale``× faster than the wall clock: every latency t
 reports (histograms, the start-up delay) is in simulated seconds, so a demo at 10× shows the
 same numbers as real time. ``DCGM_FI_DEV_GPU_UTIL`` is the step loop's busy fraction over the
 last ``gpu_util_window_s`` simulated seconds, the same for each of the replica's GPUs (tensor
-parallel ranks are busy together). The series themselves are vLLM's
-(:mod:`grm_worker.engines.sim_metrics`).
+parallel ranks are busy together). The series are vLLM's (:mod:`grm_worker.engines.sim_metrics`),
+and so are the request and answer shapes (:mod:`grm_worker.engines.sim_openai`).
 
 Fault injection (the admin endpoint): ``slowdown`` multiplies every step, ``error_rate`` fails
 that fraction of requests with HTTP 500, ``crash`` makes the engine die (the worker exits).
@@ -26,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import math
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +37,15 @@ from grm_worker.contract.config import WorkerConfig
 from grm_worker.contract.perfmodel import PerformanceProfile, profile_for, step_time_s
 from grm_worker.engines.base import Engine, EngineError, EngineReply
 from grm_worker.engines.sim_metrics import SimMetrics
+from grm_worker.engines.sim_openai import (
+    chat_prompt,
+    chat_reply,
+    completion_prompts,
+    completion_reply,
+    error_reply,
+    models_reply,
+    request_params,
+)
 from grm_worker.engines.simtext import count_tokens, generate_tokens
 
 __all__ = ["SimEngine", "SimFaults"]
@@ -389,195 +396,27 @@ class SimEngine(Engine):
                 return await self._chat(body)
             raise EngineError(f"Not Found: {path}", 404)
         except EngineError as error:
-            kind = (
-                "BadRequestError"
-                if error.status == 400
-                else "NotFoundError"
-                if error.status == 404
-                else "InternalServerError"
-            )
-            return EngineReply(
-                error.status,
-                {"error": {"message": str(error), "type": kind, "param": None, "code": error.status}},
-            )
-
-    def _common(self, body: dict[str, Any]) -> tuple[int, int, int | None, bool]:
-        model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise EngineError(f"The model `{model}` does not exist.", 404)
-        try:
-            max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-            n = int(body.get("n") or 1)
-            seed = None if body.get("seed") is None else int(body["seed"])
-        except (TypeError, ValueError) as error:
-            raise EngineError(f"invalid request parameter: {error}", 400) from None
-        if max_tokens < 1 or not 1 <= n <= 128:
-            raise EngineError("max_tokens must be ≥ 1 and n within [1, 128]", 400)
-        return max_tokens, n, seed, bool(body.get("stream"))
+            return error_reply(error)
 
     async def _completions(self, body: dict[str, Any]) -> EngineReply:
-        max_tokens, n, seed, stream = self._common(body)
-        raw = body.get("prompt")
-        prompts = [raw] if isinstance(raw, str) else raw
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise EngineError("prompt must be a string or a non-empty list of strings", 400)
+        max_tokens, n, seed, stream = request_params(body, self.model_name)
+        prompts = completion_prompts(body)
         for prompt in prompts:
             self._check(count_tokens(prompt), max_tokens)
         seqs = [seq for prompt in prompts for seq in self.submit(prompt, max_tokens, n=n, seed=seed)]
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            return EngineReply(200, stream=self._stream_completion(rid, created, seqs))
-        texts = [await _collect(seq) for seq in seqs]
-        choices = [
-            {
-                "index": i,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": seq.finish_reason,
-                "stop_reason": None,
-            }
-            for i, (seq, text) in enumerate(zip(seqs, texts, strict=True))
-        ]
-        return EngineReply(
-            200,
-            {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": choices,
-                "usage": _usage(seqs),
-            },
-        )
-
-    async def _stream_completion(self, rid: str, created: int, seqs: list[_Seq]) -> AsyncIterator[bytes]:
-        async for index, token, seq in _merge(seqs):
-            chunk = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": [
-                    {
-                        "index": index,
-                        "text": token or "",
-                        "logprobs": None,
-                        "finish_reason": None if token is not None else seq.finish_reason,
-                    }
-                ],
-            }
-            yield _sse(chunk)
-        yield b"data: [DONE]\n\n"
+        return await completion_reply(self.model_name, seqs, stream=stream)
 
     async def _chat(self, body: dict[str, Any]) -> EngineReply:
-        max_tokens, n, seed, stream = self._common(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise EngineError("messages must be a non-empty list", 400)
-        prompt = (
-            "".join(f"{m.get('role', 'user')}: {_content(m.get('content'))}\n" for m in messages)
-            + "assistant:"
-        )
+        max_tokens, n, seed, stream = request_params(body, self.model_name)
+        prompt = chat_prompt(body)
         self._check(count_tokens(prompt), max_tokens)
         seqs = self.submit(prompt, max_tokens, n=n, seed=seed)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            return EngineReply(200, stream=self._stream_chat(rid, created, seqs))
-        texts = [await _collect(seq) for seq in seqs]
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
-                "logprobs": None,
-                "finish_reason": seq.finish_reason,
-                "stop_reason": None,
-            }
-            for i, (seq, text) in enumerate(zip(seqs, texts, strict=True))
-        ]
-        return EngineReply(
-            200,
-            {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": choices,
-                "usage": _usage(seqs),
-            },
-        )
-
-    async def _stream_chat(self, rid: str, created: int, seqs: list[_Seq]) -> AsyncIterator[bytes]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
-        for i in range(len(seqs)):
-            yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}]})
-        async for index, token, seq in _merge(seqs):
-            if token is None:
-                choice = {"index": index, "delta": {}, "finish_reason": seq.finish_reason}
-            else:
-                choice = {"index": index, "delta": {"content": token}, "finish_reason": None}
-            yield _sse({**base, "choices": [choice]})
-        yield b"data: [DONE]\n\n"
+        return await chat_reply(self.model_name, seqs, stream=stream)
 
     async def models(self) -> EngineReply:
-        return EngineReply(
-            200,
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self.model_name,
-                        "object": "model",
-                        "created": int(time.time()),
-                        "owned_by": "vllm",
-                        "root": self.config.model.path or self.config.model.name,
-                        "parent": None,
-                        "max_model_len": self.max_model_len,
-                    }
-                ],
-            },
-        )
+        root = self.config.model.path or self.config.model.name
+        return models_reply(self.model_name, root=root, max_model_len=self.max_model_len)
 
     async def metrics_text(self) -> str:
         self._update_gauges()
         return self.metrics.render(100.0 * self.gpu_busy_fraction())
-
-
-def _content(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
-
-
-def _usage(seqs: list[_Seq]) -> dict[str, int]:
-    # Each distinct prompt counts once, as in vLLM (n samples share it).
-    prompt = sum(s.prompt_tokens for i, s in enumerate(seqs) if i % max(1, s.n) == 0)
-    completion = sum(s.generated for s in seqs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _collect(seq: _Seq) -> str:
-    parts = []
-    while (token := await seq.out.get()) is not None:
-        parts.append(token)
-    return "".join(parts)
-
-
-async def _merge(seqs: list[_Seq]) -> AsyncIterator[tuple[int, str | None, _Seq]]:
-    """Tokens of several sequences as they come: (index, token or None at its end, seq)."""
-    pending = {asyncio.ensure_future(seq.out.get()): i for i, seq in enumerate(seqs)}
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: pending[f]):
-                i = pending.pop(future)
-                token = future.result()
-                yield i, token, seqs[i]
-                if token is not None:
-                    pending[asyncio.ensure_future(seqs[i].out.get())] = i
-    finally:
-        for future in pending:
-            future.cancel()
