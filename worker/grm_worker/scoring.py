@@ -14,7 +14,7 @@ response ``j``::
     S_w − S_j − span·r > 0,   or  = 0 and w < j   (j would tie at best and lose the tie)
 
 A failed sample adds nothing, which lies inside those bounds, so the test is exact: stopping gives
-the same winner as drawing all k samples (tests/unit/worker/test_scoring.py proves it with
+the same winner as drawing all k samples (the unit test ``test_scoring.py`` proves it with
 hypothesis). Example: 2 responses, k = 8, rounds of 1, A always scored 9 and B 2: after 4 samples
 36 vs 8, margin 28 < 9·4 = 36, go on; after 5 samples 45 vs 10, margin 35 > 9·3 = 27: stop,
 3 of 8 samples saved.
