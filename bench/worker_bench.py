@@ -36,7 +36,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "worker"))
 
-from grm_worker.config import WorkerConfig  # noqa: E402
+from grm_worker.contract.config import WorkerConfig  # noqa: E402
 from grm_worker.engines.sim import SimEngine  # noqa: E402
 from grm_worker.engines.simtext import response_quality  # noqa: E402
 from grm_worker.scoring import Sampler, ScoreRequest, build_prompt, leader, score, vote  # noqa: E402

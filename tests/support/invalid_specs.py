@@ -1,7 +1,8 @@
 """Invalid GRMDeployment specs, each with the message (or the field) it must be rejected with.
 
-One table for the offline checks (tests/unit/grm_operator/api/test_crd.py: pydantic and cel-python) and the real
-API server (tests/integration/grm_operator/test_crd_apiserver.py), so that the three are judged on the same
+One table for the offline checks (tests/unit/grm_operator/api/test_crd.py: pydantic and
+cel-python) and the real API server (tests/integration/grm_operator/test_crd_apiserver.py), so
+that the three are judged on the same
 cases. Each case mutates the ladder example (examples/grmd-ladder.yaml), which is valid.
 """
 

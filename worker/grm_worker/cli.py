@@ -23,8 +23,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from grm_worker.config import ConfigError, Device, WorkerConfig, describe_command, load_config, vllm_command
+from grm_worker.contract.config import ConfigError, Device, WorkerConfig, load_config
 from grm_worker.engines.base import Engine
+from grm_worker.engines.vllm_args import describe_command, vllm_command
 
 __all__ = ["main"]
 

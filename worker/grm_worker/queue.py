@@ -1,28 +1,25 @@
-"""The engine's queue as the scoring front sees it, and when it means the batch is full.
+"""The engine's queue as the scoring front reads it from the engine's Prometheus text.
 
 vLLM exports the requests waiting for admission (``vllm:num_requests_waiting``) and, per request
-admitted, the time it waited (the ``vllm:request_queue_time_seconds`` histogram). A request
-arriving between two engine steps waits one step (10–100 ms) even on an idle engine: at 10
-requests/s and 30-ms steps a read finds one waiting about a third of the time. Sample shedding
-must not fire on that; it fires when the batch is full, which the two reads of a poll tell
-apart (:func:`queue_blocked`): requests still wait, and either those admitted in between waited
-``min_wait_s`` or more on average, or none was admitted while some waited on both reads.
+admitted, the time it waited (the ``vllm:request_queue_time_seconds`` histogram).
+:func:`engine_queue` turns one exposition into a :class:`~grm_worker.contract.shedding.QueueReading`;
+whether two readings mean a full batch is the contract's rule,
+:func:`grm_worker.contract.shedding.queue_blocked`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from grm_worker.contract.shedding import QueueReading
 
 __all__ = [
     "QUEUE_TIME_METRIC",
     "WAITING_METRIC",
-    "QueueReading",
     "engine_queue",
     "engine_waiting",
-    "queue_blocked",
 ]
 
 WAITING_METRIC = "vllm:num_requests_waiting"
@@ -32,17 +29,6 @@ QUEUE_TIME_METRIC = "vllm:request_queue_time_seconds"
 # parsed once a second for three numbers.
 _WAITING_LINE = re.compile(r"^" + re.escape(WAITING_METRIC) + r"[{ ]")
 _QUEUE_TIME_LINE = re.compile(r"^" + re.escape(QUEUE_TIME_METRIC) + r"_(sum|count)[{ ]")
-
-
-@dataclass(frozen=True)
-class QueueReading:
-    """One read of the engine's queue: requests waiting now and, when the engine exports the
-    queue-time histogram, how many requests have left the queue so far and the seconds they
-    waited in all (cumulative counters)."""
-
-    waiting: float
-    left: float | None = None
-    waited_s: float | None = None
 
 
 def _sums(metrics_text: str, pattern: re.Pattern[str]) -> dict[str, float]:
@@ -75,27 +61,3 @@ def engine_queue(metrics_text: str) -> QueueReading | None:
     return QueueReading(
         waiting, times.get(f"{QUEUE_TIME_METRIC}_count"), times.get(f"{QUEUE_TIME_METRIC}_sum")
     )
-
-
-def queue_blocked(
-    previous: QueueReading | None, current: QueueReading | None, min_wait_s: float
-) -> bool | None:
-    """Whether the engine's batch is full: ``current`` has requests waiting and, since
-    ``previous`` (the read before), the requests admitted waited ``min_wait_s`` or more on average,
-    or none was admitted although requests waited on both reads. Without the histogram, a queue
-    on both reads. None when ``current`` is unknown; False after a single read (no interval yet) or
-    when a counter went back (the engine restarted).
-    """
-    if current is None:
-        return None
-    if current.waiting <= 0 or previous is None:
-        return False
-    if current.left is None or previous.left is None or current.waited_s is None or previous.waited_s is None:
-        return previous.waiting > 0
-    left = current.left - previous.left
-    waited = current.waited_s - previous.waited_s
-    if left < 0 or waited < 0:
-        return False
-    if left == 0:
-        return previous.waiting > 0
-    return waited / left >= min_wait_s

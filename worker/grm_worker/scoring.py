@@ -14,7 +14,7 @@ response ``j``::
     S_w − S_j − span·r > 0,   or  = 0 and w < j   (j would tie at best and lose the tie)
 
 A failed sample adds nothing, which lies inside those bounds, so the test is exact: stopping gives
-the same winner as drawing all k samples (tests/unit/worker/test_scoring.py proves it with
+the same winner as drawing all k samples (the unit test ``test_scoring.py`` proves it with
 hypothesis). Example: 2 responses, k = 8, rounds of 1, A always scored 9 and B 2: after 4 samples
 36 vs 8, margin 28 < 9·4 = 36, go on; after 5 samples 45 vs 10, margin 35 > 9·3 = 27: stop,
 3 of 8 samples saved.
@@ -45,7 +45,6 @@ __all__ = [
     "leader",
     "parse_scores",
     "score",
-    "shed_samples",
     "vote",
 ]
 
@@ -244,20 +243,6 @@ class ScoreResult:
             "early_exit": self.early_exit,
             "rounds": self.rounds,
         }
-
-
-def shed_samples(samples: int, floor: int | None, waiting: float | None) -> int:
-    """Samples a request of ``samples`` (its budget) does not draw: ``samples − floor`` while the
-    engine has requests waiting, else 0.
-
-    A queue means the batch is full; running new requests at the quality floor drains it
-    samples/floor times faster at once (k = 4 → 1: 4×), where a new replica would take minutes to
-    start, and each request still meets the floor. ``waiting`` None (unknown: the engine's metrics
-    could not be read) never sheds, nor does ``floor`` None (shedding off).
-    """
-    if floor is None or waiting is None or not waiting > 0:
-        return 0
-    return max(0, samples - floor)
 
 
 Sampler = Callable[[list[str], int], Awaitable[list[str]]]

@@ -10,7 +10,8 @@ Routes (all on the worker's one port):
   ``samples_budget`` not drawn because the engine had requests waiting (0 normally, see below).
 * ``GET /health``: live (200 unless the engine died). ``GET /ready``: 200 only once the engine
   answers and while not draining.
-* ``GET /metrics``: the engine's ``vllm:*`` families (plus GPU gauges) then the front's ``grm_*``.
+* ``GET /metrics``: the engine's ``vllm:*`` families (plus GPU gauges) then the front's ``grm_*``
+  (:mod:`grm_worker.front_metrics`).
 * ``GET|POST /admin/samples`` ``{samples}``: the sample budget, settable within [min, max] (the
   operator lowers it under load). ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``:
   fault injection, sim engine only.
@@ -18,7 +19,7 @@ Routes (all on the worker's one port):
 Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's queue
 (:meth:`Engine.queue_reading`: vLLM's ``vllm:num_requests_waiting`` and queue-time histogram)
 every ``shed_poll_s``. While the batch is full — requests wait and those admitted since the last
-read waited ``shed_queue_s`` or more, or none was admitted (:mod:`grm_worker.queue`; a request
+read waited ``shed_queue_s`` or more, or none was admitted (:mod:`grm_worker.contract.shedding`; a request
 between two engine steps does not count) — a new score request runs with ``shed_floor`` samples
 (the fewest that meet the deployment's quality floor on this variant) instead of its budget: the
 queue drains budget/floor times faster at once (k = 4 → 1: 4×), with no replica's cold start,
@@ -40,12 +41,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.contract.shedding import QueueReading, queue_blocked, shed_samples
 from grm_worker.engines.base import Engine, EngineError, EngineReply
-from grm_worker.queue import QueueReading, queue_blocked
-from grm_worker.scoring import ScoreRequest, score, shed_samples
+from grm_worker.front_metrics import FrontMetrics
+from grm_worker.scoring import ScoreRequest, score
 
 __all__ = ["Front", "engine_app"]
 
@@ -91,83 +92,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-class _FrontMetrics:
-    def __init__(self, config: WorkerConfig) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        top = max(64, config.scoring.samples_max)
-        buckets = tuple(float(b) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if b <= top)
-        self.samples = Histogram(
-            "grm_score_samples", "Critique samples drawn per score request.", registry=r, buckets=buckets
-        )
-        self.early_exits = Counter(
-            "grm_score_early_exits", "Score requests stopped early (winner could not change).", registry=r
-        )
-        self.parse_failures = Counter(
-            "grm_score_parse_failures", "Critique samples whose scores could not be parsed.", registry=r
-        )
-        self.samples_saved = Counter(
-            "grm_score_samples_saved", "Samples of the budget not drawn thanks to early exit.", registry=r
-        )
-        self.latency = Histogram(
-            "grm_score_latency_seconds",
-            "Wall-clock seconds of a score request.",
-            registry=r,
-            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0),
-        )
-        self.score_requests = Counter(
-            "grm_score_requests", "Score requests by outcome.", ["outcome"], registry=r
-        )
-        for outcome in ("ok", "error", "rejected"):
-            self.score_requests.labels(outcome=outcome)
-        self.requests = Counter(
-            "grm_requests",
-            "Requests the front answered, by endpoint and status code.",
-            ["endpoint", "code"],
-            registry=r,
-        )
-        self.in_flight = Gauge("grm_requests_in_flight", "Requests the front is serving now.", registry=r)
-        self.budget = Gauge(
-            "grm_sample_budget", "Current GRM sample budget (samples per score request).", registry=r
-        )
-        self.ready = Gauge(
-            "grm_worker_ready", "1 when the engine answers and the worker is not draining.", registry=r
-        )
-        info_labels = ["variant", "precision", "engine", "model_name"]
-        self.info = Gauge("grm_worker_info", "The worker's variant (value 1).", info_labels, registry=r)
-        # Unlabelled counters are exported at 0 from the start, so rate() exists before the first shed.
-        self.samples_shed = Counter(
-            "grm_score_samples_shed",
-            "Samples of the budget not drawn because the engine had requests waiting "
-            "(the operator counts them as demand).",
-            registry=r,
-        )
-        self.requests_shed = Counter(
-            "grm_score_requests_shed",
-            "Score requests that ran at the shed floor because the engine had requests waiting.",
-            registry=r,
-        )
-        self.shed_floor = Gauge(
-            "grm_shed_floor",
-            "Samples a new score request gets while the engine has requests waiting "
-            "(scoring.shed_floor; 0: shedding off).",
-            registry=r,
-        )
-        self.shed_floor.set(config.scoring.shed_floor or 0)
-        self.engine_queue = Gauge(
-            "grm_engine_queue",
-            "Requests waiting in the engine's full batch as the front last read them (what shedding "
-            "acts on; 0: the batch has room; -1: unknown or shedding off).",
-            registry=r,
-        )
-        self.engine_queue.set(-1)
-        self.info.labels(
-            variant=config.variant,
-            precision=config.precision,
-            engine=config.engine,
-            model_name=config.model.public_name,
-        ).set(1)
-
-
 class Front:
     """The aiohttp application of one worker around one engine."""
 
@@ -180,7 +104,7 @@ class Front:
         self._idle = asyncio.Event()
         self._idle.set()
         self._seed = 0
-        self.metrics = _FrontMetrics(config)
+        self.metrics = FrontMetrics(config)
         self.metrics.budget.set(self.samples_budget)
         # The engine's queue as last read by the shedding poll (None: unknown; 0: no full batch,
         # a request between two steps included) and when (monotonic); the read before, raw.
@@ -223,7 +147,7 @@ class Front:
 
     async def read_queue(self) -> float | None:
         """Read the engine's queue once and keep what shedding acts on: the requests waiting when
-        the batch is full (:func:`grm_worker.queue.queue_blocked` against the previous read), else
+        the batch is full (:func:`grm_worker.contract.shedding.queue_blocked` against the previous read), else
         0. A failed read (engine not up, no such gauge, unparsable text, no answer within the
         staleness bound) is unknown: None, never shed."""
         reading: QueueReading | None = None
@@ -387,7 +311,7 @@ class Front:
             engine_text = ""
         self.metrics.ready.set(1 if (not self.draining and await self.engine.ready()) else 0)
         text = engine_text.rstrip("\n") + "\n" if engine_text else ""
-        text += generate_latest(self.metrics.registry).decode()
+        text += self.metrics.render()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _admin_samples(self, request: web.Request) -> web.StreamResponse:

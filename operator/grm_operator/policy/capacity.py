@@ -7,7 +7,7 @@ samples.max = 8, k = 4 keeps 69.7 / 70.6 = 0.987 of the quality and k = 1 keeps 
 variant (0.995) at k = 4 is worth 0.982.
 
 Capacity of one replica at a point is the highest sequence rate whose modelled latencies stay
-inside the SLO: :func:`grm_worker.perfmodel.max_rate_at_slo` on the variant's profile slowed by
+inside the SLO: :func:`grm_worker.contract.perfmodel.max_rate_at_slo` on the variant's profile slowed by
 the online ``speed`` correction, with each SLO target divided by the observed tail factor
 (p95 ÷ modelled mean). Example: fp8 default profile, 1000-token prompts, 300-token critiques,
 ttftP95 500 ms with tail 2.0 → modelled mean TTFT ≤ 250 ms, e2eP95 20 s with tail 1.5 → mean
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, Variant
-from grm_worker.perfmodel import PerformanceProfile, max_rate_at_slo, profile_for, steady_state
+from grm_worker.contract.perfmodel import PerformanceProfile, max_rate_at_slo, profile_for, steady_state
 
 #: Voting accuracy by k (DeepSeek-GRM-27B, overall): interpolated linearly in log2(k).
 _VOTING_ACCURACY = ((1, 67.9), (8, 70.6), (32, 71.0))

@@ -27,7 +27,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from grm_worker.perfmodel import PerformanceProfile, step_time_s
+from grm_worker.contract.perfmodel import PerformanceProfile, step_time_s
 
 
 @dataclass(slots=True)

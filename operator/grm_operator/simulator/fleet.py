@@ -11,7 +11,7 @@ What the operator and the cluster do, in simulated time:
 * **Sample shedding** (spec.scoring.shedSamples OnQueue, the worker's behaviour): a request
   routed to a replica whose batch the worker last read as full runs at the variant's shed floor
   (the fewest admissible samples); the samples not drawn reach the policy as ``shed_sps``. The
-  worker's own rule decides (``grm_worker.queue.queue_blocked`` on its reads, once a second, of
+  worker's own rule decides (``grm_worker.contract.shedding.queue_blocked`` on its reads, once a second, of
   the engine's waiting sequences and queue-time counters): requests wait, and those admitted
   since the last read waited ``shed_queue_s`` (0.25 s) or more on average, or none was admitted
   while some waited on both reads. A request that waits a step or two for the token budget
@@ -49,7 +49,7 @@ from grm_operator.simulator.pod import WORKER_SCORING, Pod
 from grm_operator.simulator.results import RunResult, SeriesPoint, run_result
 from grm_operator.simulator.scrape import window_signals
 from grm_operator.simulator.trace import Trace
-from grm_worker.scoring import shed_samples
+from grm_worker.contract.shedding import shed_samples
 
 SCRAPE_INTERVAL_S = 15.0
 #: Scrapes happen half an interval before control ticks: the policy's data is 7.5 s old.

@@ -8,8 +8,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from grm_operator.simulator.engine import Replica
-from grm_worker.config import ScoringConfig
-from grm_worker.queue import QueueReading, queue_blocked
+from grm_worker.contract.config import ScoringConfig
+from grm_worker.contract.shedding import QueueReading, queue_blocked
 
 #: The worker's shedding poll and full-batch threshold, as the operator deploys it (its defaults).
 WORKER_SCORING = ScoringConfig()

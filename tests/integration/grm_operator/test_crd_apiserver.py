@@ -113,7 +113,8 @@ def test_every_example_is_accepted_and_defaulted_as_offline(
     applied = 0
     for doc in yaml.safe_load_all(path.read_text()):
         if doc is None or doc["kind"] not in (models.KIND, *CORE_PATHS):
-            continue  # KEDA's ScaledObject: its CRD is KEDA's (tests/unit/examples/test_examples.py checks it)
+            # KEDA's ScaledObject: its CRD is KEDA's (tests/unit/examples/test_examples.py checks it)
+            continue
         status, body = _create(plane, namespace, doc)
         assert status == 201, body
         if doc["kind"] == models.KIND:

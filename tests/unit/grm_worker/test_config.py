@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from grm_worker.config import ConfigError, WorkerConfig, load_config, vllm_command, vllm_env
+from grm_worker.contract.config import ConfigError, WorkerConfig, load_config
+from grm_worker.engines.vllm_args import vllm_command, vllm_env
 
 
 def make(**fields: Any) -> WorkerConfig:

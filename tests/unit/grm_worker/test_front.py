@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
 from grm_worker.engines.sim import SimEngine
 from grm_worker.engines.simtext import response_quality
 from grm_worker.server import Front

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from grm_worker.perfmodel import (
+from grm_worker.contract.perfmodel import (
     DEFAULT_PROFILES,
     PRECISIONS,
     max_rate_at_slo,

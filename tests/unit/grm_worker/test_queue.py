@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from grm_worker.queue import QueueReading, engine_queue, queue_blocked
+from grm_worker.contract.shedding import QueueReading, queue_blocked
+from grm_worker.queue import engine_queue
 from support.paths import FIXTURES
 
 FIXTURE = FIXTURES / "vllm-0.32-metrics.txt"

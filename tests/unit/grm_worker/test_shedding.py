@@ -17,11 +17,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.contract.shedding import shed_samples
 from grm_worker.engines.base import Engine, EngineError, EngineReply
 from grm_worker.engines.sim import SimEngine
 from grm_worker.queue import engine_waiting
-from grm_worker.scoring import count_responses, shed_samples
+from grm_worker.scoring import count_responses
 from grm_worker.server import Front
 from support.paths import FIXTURES
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.contract.perfmodel import profile_for, step_time_s
 from grm_worker.engines.sim import SimEngine
 from grm_worker.engines.simtext import count_tokens, generate_tokens, response_quality
-from grm_worker.perfmodel import profile_for, step_time_s
 from grm_worker.scoring import build_prompt, parse_scores
 
 pytestmark = pytest.mark.looptime

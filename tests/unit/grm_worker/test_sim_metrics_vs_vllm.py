@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
 from grm_worker.engines.sim import SimEngine
 from grm_worker.scoring import build_prompt
 from support.paths import FIXTURES

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from grm_worker.queue import QueueReading, engine_queue
+from grm_worker.contract.shedding import QueueReading
+from grm_worker.queue import engine_queue
 
 __all__ = ["Engine", "EngineError", "EngineReply"]
 

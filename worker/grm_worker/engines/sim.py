@@ -14,7 +14,8 @@ Simulated time runs ``time_scale``× faster than the wall clock: every latency t
 reports (histograms, the start-up delay) is in simulated seconds, so a demo at 10× shows the
 same numbers as real time. ``DCGM_FI_DEV_GPU_UTIL`` is the step loop's busy fraction over the
 last ``gpu_util_window_s`` simulated seconds, the same for each of the replica's GPUs (tensor
-parallel ranks are busy together).
+parallel ranks are busy together). The series are vLLM's (:mod:`grm_worker.engines.sim_metrics`),
+and so are the request and answer shapes (:mod:`grm_worker.engines.sim_openai`).
 
 Fault injection (the admin endpoint): ``slowdown`` multiplies every step, ``error_rate`` fails
 that fraction of requests with HTTP 500, ``crash`` makes the engine die (the worker exits).
@@ -25,56 +26,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import math
 import random
-import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from grm_worker.config import WorkerConfig
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.contract.perfmodel import PerformanceProfile, profile_for, step_time_s
 from grm_worker.engines.base import Engine, EngineError, EngineReply
+from grm_worker.engines.sim_metrics import SimMetrics
+from grm_worker.engines.sim_openai import (
+    chat_prompt,
+    chat_reply,
+    completion_prompts,
+    completion_reply,
+    error_reply,
+    models_reply,
+    request_params,
+)
 from grm_worker.engines.simtext import count_tokens, generate_tokens
-from grm_worker.perfmodel import PerformanceProfile, profile_for, step_time_s
 
 __all__ = ["SimEngine", "SimFaults"]
-
-# Bucket boundaries of vLLM 0.32 (vllm/v1/metrics/loggers.py, as in the committed metrics dump).
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-ITL_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0,
-)  # fmt: skip
-LATENCY_BUCKETS = (
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-    480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
-N_BUCKETS = (1, 2, 5, 10, 20)
 
 # Simulated seconds the event loop may fall behind a busy step loop before steps stop chaining
 # (a CPU-starved worker then reports the delay as latency instead of compressing it later).
 _MAX_LAG_S = 0.05
-
-
-def _token_buckets(max_model_len: int) -> tuple[float, ...]:
-    """vLLM's 1-2-5 series up to max_model_len (``build_1_2_5_buckets``)."""
-    out: list[float] = []
-    exponent = 0
-    while True:
-        for mantissa in (1, 2, 5):
-            value = mantissa * 10**exponent
-            if value > max_model_len:
-                return tuple(out)
-            out.append(value)
-        exponent += 1
 
 
 @dataclass
@@ -125,133 +103,6 @@ class _Seq:
         return self.prefilled >= self.prefill_target
 
 
-class _Metrics:
-    """vLLM 0.32's metric families (names, types, labels, buckets) plus DCGM's GPU utilisation."""
-
-    def __init__(self, model_name: str, max_model_len: int, gpus: int) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r, labels = self.registry, ["model_name", "engine"]
-        values = {"model_name": model_name, "engine": "0"}
-        tokens = _token_buckets(max_model_len)
-
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=r, multiprocess_mode="mostrecent")
-
-        def counter(name: str, doc: str, extra: list[str] | None = None) -> Counter:
-            return Counter(name, doc, labels + (extra or []), registry=r)
-
-        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
-            return Histogram(name, doc, labels, registry=r, buckets=buckets).labels(**values)
-
-        self.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
-        self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
-        self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
-        self.running_l = self.running.labels(**values)
-        self.waiting_l = self.waiting.labels(**values)
-        self.kv_usage_l = self.kv_usage.labels(**values)
-        self.prefix_queries = counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of tokens."
-        )
-        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of tokens.")
-        self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
-        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
-        self.success = counter(
-            "vllm:request_success", "Count of successfully processed requests.", ["finished_reason"]
-        )
-        for c in (
-            self.prefix_queries,
-            self.prefix_hits,
-            self.preemptions,
-            self.prompt_tokens,
-            self.generation_tokens,
-        ):
-            c.labels(**values)
-        for reason in ("stop", "length", "abort", "error", "repetition"):
-            self.success.labels(finished_reason=reason, **values)
-        self.prefix_queries_l = self.prefix_queries.labels(**values)
-        self.preemptions_l = self.preemptions.labels(**values)
-        self.prompt_tokens_l = self.prompt_tokens.labels(**values)
-        self.generation_tokens_l = self.generation_tokens.labels(**values)
-        self.values = values
-        self.req_prompt = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", tokens)
-        self.req_gen = hist(
-            "vllm:request_generation_tokens", "Number of generation tokens processed.", tokens
-        )
-        self.iteration = hist(
-            "vllm:iteration_tokens_total",
-            "Histogram of number of tokens per engine_step.",
-            tuple(float(b) for b in (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)),
-        )
-        self.max_gen = hist(
-            "vllm:request_max_num_generation_tokens",
-            "Histogram of maximum number of requested generation tokens.",
-            tokens,
-        )
-        self.params_n = hist("vllm:request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
-        self.params_max_tokens = hist(
-            "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tokens
-        )
-        self.ttft = hist(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
-        )
-        self.itl = hist(
-            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS
-        )
-        self.tpot = hist(
-            "vllm:request_time_per_output_token_seconds",
-            "Histogram of time_per_output_token_seconds per request.",
-            ITL_BUCKETS,
-        )
-        self.e2e = hist(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
-            LATENCY_BUCKETS,
-        )
-        self.queue = hist(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            LATENCY_BUCKETS,
-        )
-        self.inference = hist(
-            "vllm:request_inference_time_seconds",
-            "Histogram of time spent in RUNNING phase for request.",
-            LATENCY_BUCKETS,
-        )
-        self.prefill_time = hist(
-            "vllm:request_prefill_time_seconds",
-            "Histogram of time spent in PREFILL phase for request.",
-            LATENCY_BUCKETS,
-        )
-        self.decode_time = hist(
-            "vllm:request_decode_time_seconds",
-            "Histogram of time spent in DECODE phase for request.",
-            LATENCY_BUCKETS,
-        )
-        self.req_preemptions = hist(
-            "vllm:request_num_preemptions",
-            "Histogram of number of preemptions per request.",
-            (1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0),
-        )
-        host = socket.gethostname()
-        self.gpu_util = Gauge(
-            "DCGM_FI_DEV_GPU_UTIL",
-            "GPU utilization (in %).",
-            ["gpu", "UUID", "device", "modelName", "Hostname"],
-            registry=r,
-        )
-        self.gpu_util_l = [
-            self.gpu_util.labels(
-                gpu=str(i),
-                UUID=f"GPU-sim-{host}-{i}",
-                device=f"nvidia{i}",
-                modelName="Simulated H100",
-                Hostname=host,
-            )
-            for i in range(gpus)
-        ]
-
-
 class SimEngine(Engine):
     """A simulated vLLM engine in this process (see the module docstring)."""
 
@@ -269,7 +120,7 @@ class SimEngine(Engine):
         self.profile: PerformanceProfile = profile_for(config.precision, **overrides)
         self.max_model_len = opts.max_model_len or 32768
         self.faults = SimFaults()
-        self.metrics = _Metrics(self.model_name, self.max_model_len, self.profile.gpus)
+        self.metrics = SimMetrics(self.model_name, self.max_model_len, self.profile.gpus)
         self._clock = clock
         self._t0 = clock()
         self._rng = random.Random(config.sim.seed)
@@ -545,198 +396,27 @@ class SimEngine(Engine):
                 return await self._chat(body)
             raise EngineError(f"Not Found: {path}", 404)
         except EngineError as error:
-            kind = (
-                "BadRequestError"
-                if error.status == 400
-                else "NotFoundError"
-                if error.status == 404
-                else "InternalServerError"
-            )
-            return EngineReply(
-                error.status,
-                {"error": {"message": str(error), "type": kind, "param": None, "code": error.status}},
-            )
-
-    def _common(self, body: dict[str, Any]) -> tuple[int, int, int | None, bool]:
-        model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise EngineError(f"The model `{model}` does not exist.", 404)
-        try:
-            max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-            n = int(body.get("n") or 1)
-            seed = None if body.get("seed") is None else int(body["seed"])
-        except (TypeError, ValueError) as error:
-            raise EngineError(f"invalid request parameter: {error}", 400) from None
-        if max_tokens < 1 or not 1 <= n <= 128:
-            raise EngineError("max_tokens must be ≥ 1 and n within [1, 128]", 400)
-        return max_tokens, n, seed, bool(body.get("stream"))
+            return error_reply(error)
 
     async def _completions(self, body: dict[str, Any]) -> EngineReply:
-        max_tokens, n, seed, stream = self._common(body)
-        raw = body.get("prompt")
-        prompts = [raw] if isinstance(raw, str) else raw
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise EngineError("prompt must be a string or a non-empty list of strings", 400)
+        max_tokens, n, seed, stream = request_params(body, self.model_name)
+        prompts = completion_prompts(body)
         for prompt in prompts:
             self._check(count_tokens(prompt), max_tokens)
         seqs = [seq for prompt in prompts for seq in self.submit(prompt, max_tokens, n=n, seed=seed)]
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            return EngineReply(200, stream=self._stream_completion(rid, created, seqs))
-        texts = [await _collect(seq) for seq in seqs]
-        choices = [
-            {
-                "index": i,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": seq.finish_reason,
-                "stop_reason": None,
-            }
-            for i, (seq, text) in enumerate(zip(seqs, texts, strict=True))
-        ]
-        return EngineReply(
-            200,
-            {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": choices,
-                "usage": _usage(seqs),
-            },
-        )
-
-    async def _stream_completion(self, rid: str, created: int, seqs: list[_Seq]) -> AsyncIterator[bytes]:
-        async for index, token, seq in _merge(seqs):
-            chunk = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": [
-                    {
-                        "index": index,
-                        "text": token or "",
-                        "logprobs": None,
-                        "finish_reason": None if token is not None else seq.finish_reason,
-                    }
-                ],
-            }
-            yield _sse(chunk)
-        yield b"data: [DONE]\n\n"
+        return await completion_reply(self.model_name, seqs, stream=stream)
 
     async def _chat(self, body: dict[str, Any]) -> EngineReply:
-        max_tokens, n, seed, stream = self._common(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise EngineError("messages must be a non-empty list", 400)
-        prompt = (
-            "".join(f"{m.get('role', 'user')}: {_content(m.get('content'))}\n" for m in messages)
-            + "assistant:"
-        )
+        max_tokens, n, seed, stream = request_params(body, self.model_name)
+        prompt = chat_prompt(body)
         self._check(count_tokens(prompt), max_tokens)
         seqs = self.submit(prompt, max_tokens, n=n, seed=seed)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            return EngineReply(200, stream=self._stream_chat(rid, created, seqs))
-        texts = [await _collect(seq) for seq in seqs]
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
-                "logprobs": None,
-                "finish_reason": seq.finish_reason,
-                "stop_reason": None,
-            }
-            for i, (seq, text) in enumerate(zip(seqs, texts, strict=True))
-        ]
-        return EngineReply(
-            200,
-            {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": choices,
-                "usage": _usage(seqs),
-            },
-        )
-
-    async def _stream_chat(self, rid: str, created: int, seqs: list[_Seq]) -> AsyncIterator[bytes]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
-        for i in range(len(seqs)):
-            yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}]})
-        async for index, token, seq in _merge(seqs):
-            if token is None:
-                choice = {"index": index, "delta": {}, "finish_reason": seq.finish_reason}
-            else:
-                choice = {"index": index, "delta": {"content": token}, "finish_reason": None}
-            yield _sse({**base, "choices": [choice]})
-        yield b"data: [DONE]\n\n"
+        return await chat_reply(self.model_name, seqs, stream=stream)
 
     async def models(self) -> EngineReply:
-        return EngineReply(
-            200,
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self.model_name,
-                        "object": "model",
-                        "created": int(time.time()),
-                        "owned_by": "vllm",
-                        "root": self.config.model.path or self.config.model.name,
-                        "parent": None,
-                        "max_model_len": self.max_model_len,
-                    }
-                ],
-            },
-        )
+        root = self.config.model.path or self.config.model.name
+        return models_reply(self.model_name, root=root, max_model_len=self.max_model_len)
 
     async def metrics_text(self) -> str:
         self._update_gauges()
-        util = 100.0 * self.gpu_busy_fraction()
-        for gauge in self.metrics.gpu_util_l:
-            gauge.set(round(util, 1))
-        return generate_latest(self.metrics.registry).decode()
-
-
-def _content(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
-
-
-def _usage(seqs: list[_Seq]) -> dict[str, int]:
-    # Each distinct prompt counts once, as in vLLM (n samples share it).
-    prompt = sum(s.prompt_tokens for i, s in enumerate(seqs) if i % max(1, s.n) == 0)
-    completion = sum(s.generated for s in seqs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _collect(seq: _Seq) -> str:
-    parts = []
-    while (token := await seq.out.get()) is not None:
-        parts.append(token)
-    return "".join(parts)
-
-
-async def _merge(seqs: list[_Seq]) -> AsyncIterator[tuple[int, str | None, _Seq]]:
-    """Tokens of several sequences as they come: (index, token or None at its end, seq)."""
-    pending = {asyncio.ensure_future(seq.out.get()): i for i, seq in enumerate(seqs)}
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: pending[f]):
-                i = pending.pop(future)
-                token = future.result()
-                yield i, token, seqs[i]
-                if token is not None:
-                    pending[asyncio.ensure_future(seqs[i].out.get())] = i
-    finally:
-        for future in pending:
-            future.cancel()
+        return self.metrics.render(100.0 * self.gpu_busy_fraction())

@@ -29,8 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from grm_worker.config import Device, WorkerConfig, describe_command, vllm_command, vllm_env
+from grm_worker.contract.config import Device, WorkerConfig
 from grm_worker.engines.base import Engine, EngineError, EngineReply
+from grm_worker.engines.vllm_args import describe_command, vllm_command, vllm_env
 from grm_worker.gpu import NvmlGauges
 
 __all__ = ["ProxyEngine", "VllmEngine", "detect_device"]

@@ -3,7 +3,7 @@
 Children of a GRMDeployment ``<name>``:
 
 * per variant ``v``: a ConfigMap ``<name>-<v>-config`` holding the worker's own
-  :class:`grm_worker.config.WorkerConfig` as ``worker.json``, and a Deployment ``<name>-<v>``
+  :class:`grm_worker.contract.config.WorkerConfig` as ``worker.json``, and a Deployment ``<name>-<v>``
   running ``grm-worker serve --config /etc/grm/worker.json`` with the variant's GPUs;
 * a Service ``<name>`` selecting every ready worker pod of the GRMDeployment, whatever its variant
   (a variant switch never changes where clients connect);

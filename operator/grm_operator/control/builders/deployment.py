@@ -30,7 +30,7 @@ from grm_operator.control.builders.metadata import (
     stamp,
 )
 from grm_operator.settings import OperatorSettings
-from grm_worker.perfmodel import profile_for
+from grm_worker.contract.perfmodel import profile_for
 
 # Seconds preStop waits before SIGTERM so that endpoint removal reaches every Service proxy first
 # (kube-proxy/EndpointSlice propagation is typically 1-3 s; 5 s leaves margin).

@@ -1,4 +1,4 @@
-"""The worker's config of one variant: the worker's own :class:`grm_worker.config.WorkerConfig`,
+"""The worker's config of one variant: the worker's own :class:`grm_worker.contract.config.WorkerConfig`,
 rendered as stable JSON into the variant's ConfigMap ``<name>-<variant>-config``.
 
 It comes from the spec (model, engine options merged with the variant's, scoring) and from two
@@ -22,7 +22,7 @@ from grm_operator.control.builders.metadata import (
     stamp,
 )
 from grm_operator.policy.capacity import shed_floor
-from grm_worker.config import (
+from grm_worker.contract.config import (
     CheckpointQuantization,
     ModelConfig,
     ScoringConfig,

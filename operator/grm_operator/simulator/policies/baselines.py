@@ -33,7 +33,7 @@ from grm_operator.simulator.policies.sizing import (
     initial_replicas,
     trace_workload,
 )
-from grm_worker.perfmodel import steady_state
+from grm_worker.contract.perfmodel import steady_state
 
 
 class StaticPeak:

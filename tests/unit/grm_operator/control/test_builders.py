@@ -23,7 +23,8 @@ from grm_operator.control.builders.metadata import (
 from grm_operator.control.builders.replicas import active_variant, initial_replicas, plan_replicas
 from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE, ANNOTATION_WORKER_OVERRIDES
 from grm_operator.settings import OperatorSettings
-from grm_worker.config import WorkerConfig, vllm_command
+from grm_worker.contract.config import WorkerConfig
+from grm_worker.engines.vllm_args import vllm_command
 from support.paths import EXAMPLES
 
 EXAMPLE = EXAMPLES / "grmd-ladder.yaml"
@@ -337,7 +338,8 @@ def test_plan_replicas_keeps_the_policys_counts_within_bounds() -> None:
         "int4": 0,
     }
     # ... even at 0 for the active one: a rolling switch handed all its GPUs to the new variant
-    # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back, tests/integration/grm_operator/test_autoscale.py).
+    # (the clamp to minReplicas 1 took 2 of fp8's 4 GPUs back,
+    # tests/integration/grm_operator/test_autoscale.py).
     assert plan_replicas(spec, "bf16", {"bf16": 0, "fp8": 4}, switching=switching) == {
         "bf16": 0,
         "fp8": 4,

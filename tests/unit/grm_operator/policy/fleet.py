@@ -13,7 +13,7 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy import Decision, Observation, PolicyState, decide
 from grm_operator.policy.capacity import variant_profile
 from grm_operator.policy.signals import Signals
-from grm_worker.perfmodel import steady_state
+from grm_worker.contract.perfmodel import steady_state
 
 PROMPT = 1000.0
 OUTPUT = 300.0

@@ -27,7 +27,7 @@ from grm_operator.simulator.report import run_policies
 from grm_operator.simulator.results import RunResult
 from grm_operator.simulator.scrape import window_signals
 from grm_operator.simulator.trace import Trace, load_trace
-from grm_worker.perfmodel import profile_for, step_time_s
+from grm_worker.contract.perfmodel import profile_for, step_time_s
 
 DATA = resources.files("grm_operator") / "data"
 SUMMARY_KEYS = {

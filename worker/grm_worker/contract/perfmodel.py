@@ -9,9 +9,12 @@ of ``B`` decoding sequences whose contexts add up to ``Σctx`` tokens::
 
     t_step = c + b·P + e·B + k·Σctx
 
-Defaults are the priors of ``shared/perf-model.md`` for a Gemma-2-27B-class model (DeepSeek-GRM-27B)
-on H100s. Worked example (fp8, c = 12.5 ms, e = 0.035 ms, k = 0.16 µs): 32 sequences at 2k context
-take 12.5 + 1.1 + 10.5 = 24.1 ms a step, i.e. ~1330 output tokens/s for the replica.
+Defaults (:data:`DEFAULT_PROFILES`) are priors for a Gemma-2-27B-class model (DeepSeek-GRM-27B) on
+H100 80GB GPUs, the mid-range of each coefficient's estimated interval; the operator corrects them
+online from the workers' latencies (the speed correction of docs/policy.md).
+
+Worked example (fp8, c = 12.5 ms, e = 0.035 ms, k = 0.16 µs): 32 sequences at 2k context take
+12.5 + 1.1 + 10.5 = 24.1 ms a step, i.e. ~1330 output tokens/s for the replica.
 
 Steady state (the policy's prior). With sequences arriving at rate λ, each with ``P`` prompt and
 ``O`` output tokens, every second of engine time must absorb λ·P prefill tokens and λ·O decode
@@ -84,7 +87,7 @@ class PerformanceProfile:
         )
 
 
-# Priors from shared/perf-model.md (Gemma-2-27B class, H100 80GB), mid-range of each interval.
+# Priors for a Gemma-2-27B-class model on H100 80GB: the mid-range of each coefficient's estimate.
 # bf16 runs TP2 (54.5 GB of weights leave too little KV on one card): 2 GPUs, KV of both cards.
 _BF16 = PerformanceProfile(
     step_overhead_s=0.022,
@@ -118,7 +121,7 @@ DEFAULT_PROFILES: Mapping[str, PerformanceProfile] = {
         gpus=1,
     ),
     # W4A16 Marlin: 8.5 ms floor at small batches; e = 0.1 ms/seq brings a 128-sequence step back
-    # to the bf16 value (8.5 + 12.8 ≈ 21 ms), as perf-model.md describes.
+    # to the bf16 value (8.5 + 12.8 ≈ 21 ms).
     "awq-int4": PerformanceProfile(
         step_overhead_s=0.0085,
         prefill_s_per_token=0.10e-3,

@@ -1,0 +1,99 @@
+"""The front's metrics: the ``grm_*`` Prometheus series the worker adds to its engine's.
+
+Scoring (samples drawn, early exits, samples saved, parse failures, latency, outcomes), requests
+by endpoint and code, the sample budget, sample shedding (samples and requests shed, the shed
+floor, the engine's queue as last read), readiness and the variant's info: docs/worker.md
+(Metrics) describes each; docs/metrics.md says which the operator reads (the samples shed count
+as demand).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from grm_worker.contract.config import WorkerConfig
+
+__all__ = ["FrontMetrics"]
+
+
+class FrontMetrics:
+    """The front's ``grm_*`` series in a registry of their own (the engine's are rendered apart)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        top = max(64, config.scoring.samples_max)
+        buckets = tuple(float(b) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if b <= top)
+        self.samples = Histogram(
+            "grm_score_samples", "Critique samples drawn per score request.", registry=r, buckets=buckets
+        )
+        self.early_exits = Counter(
+            "grm_score_early_exits", "Score requests stopped early (winner could not change).", registry=r
+        )
+        self.parse_failures = Counter(
+            "grm_score_parse_failures", "Critique samples whose scores could not be parsed.", registry=r
+        )
+        self.samples_saved = Counter(
+            "grm_score_samples_saved", "Samples of the budget not drawn thanks to early exit.", registry=r
+        )
+        self.latency = Histogram(
+            "grm_score_latency_seconds",
+            "Wall-clock seconds of a score request.",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0),
+        )
+        self.score_requests = Counter(
+            "grm_score_requests", "Score requests by outcome.", ["outcome"], registry=r
+        )
+        for outcome in ("ok", "error", "rejected"):
+            self.score_requests.labels(outcome=outcome)
+        self.requests = Counter(
+            "grm_requests",
+            "Requests the front answered, by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.in_flight = Gauge("grm_requests_in_flight", "Requests the front is serving now.", registry=r)
+        self.budget = Gauge(
+            "grm_sample_budget", "Current GRM sample budget (samples per score request).", registry=r
+        )
+        self.ready = Gauge(
+            "grm_worker_ready", "1 when the engine answers and the worker is not draining.", registry=r
+        )
+        info_labels = ["variant", "precision", "engine", "model_name"]
+        self.info = Gauge("grm_worker_info", "The worker's variant (value 1).", info_labels, registry=r)
+        # Unlabelled counters are exported at 0 from the start, so rate() exists before the first shed.
+        self.samples_shed = Counter(
+            "grm_score_samples_shed",
+            "Samples of the budget not drawn because the engine had requests waiting "
+            "(the operator counts them as demand).",
+            registry=r,
+        )
+        self.requests_shed = Counter(
+            "grm_score_requests_shed",
+            "Score requests that ran at the shed floor because the engine had requests waiting.",
+            registry=r,
+        )
+        self.shed_floor = Gauge(
+            "grm_shed_floor",
+            "Samples a new score request gets while the engine has requests waiting "
+            "(scoring.shed_floor; 0: shedding off).",
+            registry=r,
+        )
+        self.shed_floor.set(config.scoring.shed_floor or 0)
+        self.engine_queue = Gauge(
+            "grm_engine_queue",
+            "Requests waiting in the engine's full batch as the front last read them (what shedding "
+            "acts on; 0: the batch has room; -1: unknown or shedding off).",
+            registry=r,
+        )
+        self.engine_queue.set(-1)
+        self.info.labels(
+            variant=config.variant,
+            precision=config.precision,
+            engine=config.engine,
+            model_name=config.model.public_name,
+        ).set(1)
+
+    def render(self) -> str:
+        """The exposition text of the front's series."""
+        return generate_latest(self.registry).decode()
