@@ -47,6 +47,7 @@ BREAKS = [
     ("operator/grm_operator/control/builders/workerconfig.py", "import grm_worker.server", "worker-contract"),
     ("operator/grm_operator/policy/decide.py", "import aiohttp", "pure-core"),
     ("worker/grm_worker/server.py", "import grm_testkit.traffic", "product-only"),
+    ("worker/grm_worker/contract/config.py", "import grm_worker.engines.vllm_args", "contract-bottom"),
 ]
 
 
@@ -62,6 +63,7 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path: Path, path: str, line:
     names = {
         "operator-layers": "grm_operator: cli > simulator",
         "worker-contract": "the operator imports only the worker's contract",
+        "contract-bottom": "the worker's contract imports nothing else of the worker",
         "pure-core": "api, policy and control do no I/O",
         "product-only": "the product never imports the test kit",
     }
