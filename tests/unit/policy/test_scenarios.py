@@ -11,6 +11,7 @@ from support.fleet import Fleet
 from support.policy import make_observation, make_signals, make_spec
 
 PERIOD = 15.0
+FP8_ONLY = [{"name": "fp8", "precision": "fp8", "quality": 1.0}]
 
 
 def test_a_load_spike_scales_out_within_two_ticks() -> None:
@@ -213,6 +214,66 @@ def test_every_decision_is_a_sentence_with_numbers() -> None:
     for d in fleet.decisions:
         assert any(ch.isdigit() for ch in d.reason), d.reason
         assert len(d.reason) > 30
+
+
+#: The rules each action may name (docs/policy.md §8).
+RULES_OF_ACTION = {
+    "Hold": {
+        Rule.METRICS_UNAVAILABLE,
+        Rule.NO_READY_WORKER,
+        Rule.METRICS_STALE,
+        Rule.NO_REQUEST_RATE,
+        Rule.NO_OPERATING_POINT,
+    },
+    "SwitchVariant": {
+        Rule.SWITCH_DOWN,
+        Rule.SAMPLES_FIRST_TRAP,
+        Rule.URGENT_MOVE,
+        Rule.STEP_UP,
+        Rule.INADMISSIBLE_BUDGET,
+    },
+    "ScaleUp": {Rule.SCALE_UP, Rule.PANIC, Rule.MANUAL_REPLICAS},
+    "ScaleDown": {Rule.SCALE_DOWN, Rule.BURST_FLOOR, Rule.MANUAL_REPLICAS},
+    "SetSamples": {
+        Rule.STEP_DOWN,
+        Rule.SAMPLES_FIRST,
+        Rule.URGENT_SAMPLES_FIRST,
+        Rule.NO_SURGE_ROOM,
+        Rule.STEP_UP,
+        Rule.URGENT_MOVE,
+        Rule.INADMISSIBLE_BUDGET,
+        Rule.COLD_START_BRIDGE,
+    },
+    "None": {
+        Rule.STEP_UP_PENDING,
+        Rule.STEP_UP_AWAITS_REPLICAS,
+        Rule.URGENT_MOVE_PENDING,
+        Rule.SWITCH_COOLDOWN,
+        Rule.INADMISSIBLE_BUDGET,
+        Rule.URGENT_MOVE,
+        Rule.BURST_FLOOR,
+        Rule.NO_FEASIBLE_POINT,
+        Rule.STEADY,
+    },
+}
+
+
+def test_every_decision_names_a_rule_its_action_admits() -> None:
+    fleets = [
+        Fleet(make_spec(scoring={"samples": {"min": 1, "max": 8}})),
+        Fleet(make_spec(precision={"switchCooldown": "5m"})),
+        Fleet(make_spec(), cluster_gpus=4),
+        Fleet(make_spec(scaling={"mode": "Manual", "replicas": 3, "minReplicas": 1, "maxReplicas": 8})),
+        Fleet(make_spec(variants=FP8_ONLY, scoring={"samples": {"min": 1, "max": 8}})),
+    ]
+    for fleet in fleets:
+        fleet.run([(300, 0.2), (900, 2.8), (1500, 0.1), (1800, 4.0), (2400, 0.2)], PERIOD)
+    fleets[0].metrics_up = False
+    fleets[0].tick(2400.0, 1.0)
+    decisions = [d for fleet in fleets for d in fleet.decisions]
+    assert {d.action for d in decisions} == set(RULES_OF_ACTION)
+    for d in decisions:
+        assert d.rule in RULES_OF_ACTION[d.action], (d.action, d.rule, d.reason)
 
 
 def test_a_steady_fleet_leaves_the_policy_state_unchanged() -> None:
