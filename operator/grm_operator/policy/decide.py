@@ -368,10 +368,10 @@ def _samples_first_is_a_trap(
 
     All three hold: ``fewer`` needs more replicas than the ``current`` ones (with the step-up
     margin), so it waits for a cold start just as the switch would; it needs its whole budget, and
-    from a full fleet no step up to the better variant ever finds GPUs for its surge (code ×0.5:
-    8 bf16 replicas at k = 1 or 2 for minutes, where fp8×k4 holds the load on fewer GPUs at higher
-    quality); and half the better point's fleet fits beside the running replicas now (the
-    switch's own no-room threshold below), so the switch surges rather than rolls.
+    from a full fleet no step up to the better variant ever finds GPUs for its surge (8 bf16
+    replicas at k = 1 or 2 fill 16 GPUs and stay there, where fp8×k4 would hold the same load on
+    fewer GPUs at higher quality); and half the better point's fleet fits beside the running
+    replicas now (the switch's own no-room threshold below), so the switch surges rather than rolls.
     """
     if fewer.capacity <= 0:
         return False
@@ -471,8 +471,7 @@ def decide(
         if saturated is not None and point.variant.name == active:
             # Not bounded below: a window that ended queued may have started idle and so
             # under-reports, but that low reading is what holds the fleet through the next burst
-            # (bounding it at half the model: 2.32 → 4.50 % grid miss rate; correcting it by the
-            # GPUs' busy fraction: 0.57 → 1.51 %; ignoring it: 1.87 %; docs/policy.md §9).
+            # (docs/policy.md §9 has the bounds and corrections tried, each worse).
             capacity = min(capacity, saturated)
         need_rate = forecast * point.samples
         need = 0 if need_rate <= 0 else (math.ceil(need_rate / capacity) if capacity > 0 else 10**6)
@@ -538,9 +537,9 @@ def decide(
     if current_point is None:
         # The spec changed under us (floor raised, variant removed), or a switch bridged its cold
         # start with a budget the new variant does not admit (fp8×k1 below a 0.97 floor): move
-        # at once, to the nearest budget above on the same variant that holds the SLO. Jumping
-        # to the best point instead raised 16 fp8 replicas from k = 1 to 4 a minute before the
-        # code trace's next burst, which then met 4 samples per request (545 of 931 missed).
+        # at once, to the nearest budget above on the same variant that holds the SLO. Not to the
+        # best point: its budget (k = 1 → 4) quadruples every request's sequences at once, and a
+        # burst that arrives then meets them all; the nearest budget is one step.
         nearest = [a for a in feasible if a.point.variant.name == active and a.point.samples >= k_cur]
         chosen = min(nearest, key=lambda a: a.point.samples) if nearest else best
         note, ladder = f"{active}×k{k_cur} is not admissible", Rule.INADMISSIBLE_BUDGET
@@ -551,9 +550,9 @@ def decide(
     ):
         # The current point cannot hold the SLO within its budget, and the best one that can is
         # of higher quality: bf16×k2 (a scale-up's bridge that the budget then capped) needing
-        # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. Conv ×2.4 at model error
-        # 1.4 sat there for 10 min missing 9 % of its requests: the step-up rules (a window
-        # without a peak, a surge beside the full fleet) never held. The move is due now: to a
+        # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. The step-up rules (a
+        # window without a peak, a surge beside the full fleet) are for a fleet at rest and need
+        # not ever hold for one that is failing. The move is due now: to a
         # fewer-samples point of the running variant if one holds the SLO with margin (at once),
         # else to the better point once the current one has failed for URGENT_MOVE_S (a capacity
         # that dipped for one window must not flap) and the full switch cooldown has passed. A
@@ -566,9 +565,9 @@ def decide(
             f"(needs {current_point.need}, {current_point.cap} fit)"
         )
         # Its own timer (``failing_since``), not the step-up's: a better point that has *fitted*
-        # for a while says nothing about how long the current one has *failed*. Sharing them made
-        # the urgent move fire on the first failing window of a burst (code ×2: 8 bf16 replicas
-        # replaced by 3 fp8 ones a minute before a 931-request burst, 762 missed).
+        # for a while says nothing about how long the current one has *failed*, and a shared
+        # timer fires the move on the first failing window of a burst, replacing a fleet sized
+        # for the burst by a smaller one of the other variant just as the burst arrives.
         if changes_variant and same:
             chosen, failing_since, note, ladder = same[0], None, failing, Rule.URGENT_SAMPLES_FIRST
         else:
@@ -583,8 +582,8 @@ def decide(
         # one: a bursty trace idle for 5 minutes must not step up to a point that its next burst
         # finds with one replica. Samples are the lever that acts at once, but only after the
         # metrics show the burst (a scrape and a period: 15–30 s); requests that arrive before
-        # keep their k. The code trace at ×0.5 stepped up to k = 4 after 5 quiet minutes and met
-        # its next burst (369 requests in a minute) with 1 bf16 replica at k = 4: 465 missed.
+        # keep their k, so a step up to k = 4 in a lull meets the next burst (the code trace's:
+        # 12.8× its mean within seconds) with a fleet sized for the lull at k = 4.
         # Looking back over the burst memory (where samples can move) keeps it at the budget
         # the burst floor holds. The 25 % margin is on the demand, not on the replica
         # count: 2 seq/s on bf16 at 6 seq/s each needs ⌈2.5 / 6⌉ = 1 replica, where ⌈1 × 1.25⌉
@@ -592,9 +591,9 @@ def decide(
         peak = max((v for t, v in demand if now - t <= look_back), default=0.0)
         # With workers that shed (spec.scoring.shedSamples), a burst that finds the better point
         # runs at its variant's shed floor, so the burst memory's peak is provisioned at the floor
-        # (as the burst floor is) and only the demand now at the budget: the code trace at ×0.5
-        # had asked for 8 bf16 replicas at an idle moment to hold a 15-minute-old peak at k = 4
-        # (policy_grid mean miss rate 1.40 % → 1.00 %, code ×0.5 at error 1.4 91.8 → 98.5 %).
+        # (as the burst floor is) and only the demand now at the budget. At the budget, an idle
+        # moment asks for the fleet a 15-minute-old peak needs at k = 4 (8 bf16 replicas for the
+        # code trace at ×0.5), and the step up waits until the burst leaves the burst memory.
         peak_samples = shed_floor(spec, best.point.variant.name) or best.point.samples
         margin_rate = max(best.demand, peak * peak_samples) * UPGRADE_MARGIN
         margin_need = (
@@ -602,8 +601,9 @@ def decide(
         )
         margin_need = max(margin_need, best.need)
         changes_variant = best.point.variant.name != active
-        # A switch surges the new variant next to the running one (DESIGN §4): both must fit
-        # the GPU budget, or the new pods stay Pending while the old ones are drained.
+        # A switch surges the new variant next to the running one (docs/autoscaling.md,
+        # "Variant switches"). A step up, which nothing forces, waits until both fit the GPU
+        # budget rather than rolling over a full fleet (docs/policy.md §9).
         surge_gpus = margin_need * best.point.variant.gpus_per_replica + (
             current * active_v.gpus_per_replica if changes_variant else 0
         )
@@ -659,12 +659,12 @@ def decide(
     new_state = learnt.evolve(demand=demand, better_since=better_since, failing_since=failing_since)
     target = chosen.point.variant.name
     if target != active and not manual and current_point is not None:
-        # A switch surges the new variant next to the running one (DESIGN §4) and drains the old
-        # one once the surge is Ready. With the budget full (8 bf16 replicas on 16 GPUs) only
-        # one new replica surges — it stays Pending on a cluster without a spare GPU, freezing
-        # scaling until the switch times out, and elsewhere it alone inherits the load once the
-        # old variant drains. While a lower sample budget on the running variant serves more,
-        # take that instead (at once, no cold start); switch once nothing on it serves more.
+        # A switch surges the new variant next to the running one and drains the old one once
+        # the surge is Ready (docs/autoscaling.md, "Variant switches"). With the budget full
+        # (8 bf16 replicas on 16 GPUs) it rolls instead: the new variant gets a quarter of the
+        # budget per cold start, so its full fleet serves only after four cold starts. While a
+        # lower sample budget on the running variant serves more, take that instead (at once,
+        # no cold start); switch once nothing on it serves more.
         want = min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
         g_new = chosen.point.variant.gpus_per_replica
         if _surge_room(gpu_budget, current, active_v.gpus_per_replica, g_new) < math.ceil(want / 2):
