@@ -86,7 +86,10 @@ def _trace(args: argparse.Namespace) -> Path:
         return Path(args.trace)
     traces = find_traces_dir(REPO)
     if traces is None:
-        raise SystemExit("no Azure traces found in ../shared/traces or /work/shared/traces (use --trace)")
+        raise SystemExit(
+            "no Azure trace in ../shared/traces or /work/shared/traces: pass --trace with "
+            "AzureLLMInferenceTrace_conv.csv (Azure/AzurePublicDataset on GitHub, docs/benchmark.md)"
+        )
     return traces / "AzureLLMInferenceTrace_conv.csv"
 
 
