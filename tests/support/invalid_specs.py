@@ -2,7 +2,8 @@
 
 One table for the offline checks (tests/unit/grm_operator/api/test_crd.py: pydantic and
 cel-python) and the real API server (tests/integration/grm_operator/test_crd_apiserver.py), so
-that the three are judged on the same cases. Each case mutates the ladder example (examples/grmd-ladder.yaml), which is valid.
+that the three are judged on the same cases. Each case mutates the ladder example
+(examples/grmd-ladder.yaml), which is valid.
 """
 
 from __future__ import annotations

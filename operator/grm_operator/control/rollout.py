@@ -1,5 +1,5 @@
-"""The variant-switch state machine, pure: progress and observations in, the next progress and
-what to apply out (docs/autoscaling.md, "Variant switches", describes it for users).
+"""The variant-switch state machine (docs/autoscaling.md, "Variant switches"), pure: progress and
+observations in, the next progress and what to apply out.
 
 A switch from variant ``A`` to ``B`` never drops requests because the Service selects the
 Ready pods of every variant:

@@ -6,6 +6,6 @@ the translation from the operator's Kubernetes view.
 """
 
 from grm_operator.policy.decide import decide
-from grm_operator.policy.types import Decision, Observation, PolicyState
+from grm_operator.policy.types import Decision, Observation, PolicyState, Rule
 
-__all__ = ["Decision", "Observation", "PolicyState", "decide"]
+__all__ = ["Decision", "Observation", "PolicyState", "Rule", "decide"]

@@ -60,7 +60,7 @@ from grm_operator.policy.capacity import (
     variant_profile,
 )
 from grm_operator.policy.signals import Signals
-from grm_operator.policy.types import Action, Decision, Observation, PolicyState
+from grm_operator.policy.types import Action, Decision, Observation, PolicyState, Rule
 
 TREND_WINDOW_S = 180.0
 #: Demand points older than the trend window serve only the step-up peak: at most this many of
@@ -368,10 +368,10 @@ def _samples_first_is_a_trap(
 
     All three hold: ``fewer`` needs more replicas than the ``current`` ones (with the step-up
     margin), so it waits for a cold start just as the switch would; it needs its whole budget, and
-    from a full fleet no step up to the better variant ever finds GPUs for its surge (code ×0.5:
-    8 bf16 replicas at k = 1 or 2 for minutes, where fp8×k4 holds the load on fewer GPUs at higher
-    quality); and half the better point's fleet fits beside the running replicas now (the
-    switch's own no-room threshold below), so the switch surges rather than rolls.
+    from a full fleet no step up to the better variant ever finds GPUs for its surge (8 bf16
+    replicas at k = 1 or 2 fill 16 GPUs and stay there, where fp8×k4 would hold the same load on
+    fewer GPUs at higher quality); and half the better point's fleet fits beside the running
+    replicas now (the switch's own no-room threshold below), so the switch surges rather than rolls.
     """
     if fewer.capacity <= 0:
         return False
@@ -398,20 +398,24 @@ def decide(
     manual = spec.scaling.mode != "Auto"
     fixed = spec.scaling.replicas if manual and spec.scaling.replicas is not None else current
 
-    def hold(reason: str, metrics_ok: bool) -> tuple[Decision, PolicyState]:
+    def hold(rule: Rule, reason: str, metrics_ok: bool) -> tuple[Decision, PolicyState]:
         replicas = fixed if manual else max(current, spec.scaling.min_replicas)
-        decision = Decision("Hold", active, replicas, k_cur, reason, None, metrics_ok)
+        decision = Decision(
+            "Hold", active, replicas, k_cur, rule, reason, slo_met=None, metrics_available=metrics_ok
+        )
         return decision, state
 
     total = obs.total
     if total is None:
         why = f": {obs.metrics_error}" if obs.metrics_error else ""
         return hold(
+            Rule.METRICS_UNAVAILABLE,
             f"metrics unavailable{why}; holding {active} at {current} replicas (never scaling down blind)",
             False,
         )
     if ready == 0:
         return hold(
+            Rule.NO_READY_WORKER,
             f"no Ready {active} worker yet ({current} asked, {pending} unscheduled); holding at "
             f"{max(current, spec.scaling.min_replicas)} replicas",
             True,
@@ -420,6 +424,7 @@ def decide(
     if total.pods_reporting == 0 or (age is not None and age > stale_after):
         what = "no worker reported metrics" if total.pods_reporting == 0 else f"newest sample {age:.0f}s old"
         return hold(
+            Rule.METRICS_STALE,
             f"metrics stale ({what}, limit {stale_after:.0f}s); holding {active} at {current} replicas "
             "(never scaling down blind)",
             False,
@@ -429,6 +434,7 @@ def decide(
         # Unknown, not zero: a rate needs two samples of the counters (a restarted Prometheus
         # or a first scrape has one), and reading it as demand 0 would scale down blind.
         return hold(
+            Rule.NO_REQUEST_RATE,
             f"no request rate yet (the counters have one sample); holding {active} at {current} replicas",
             True,
         )
@@ -465,8 +471,7 @@ def decide(
         if saturated is not None and point.variant.name == active:
             # Not bounded below: a window that ended queued may have started idle and so
             # under-reports, but that low reading is what holds the fleet through the next burst
-            # (bounding it at half the model: 2.32 → 4.50 % grid miss rate; correcting it by the
-            # GPUs' busy fraction: 0.57 → 1.51 %; ignoring it: 1.87 %; docs/policy.md §9).
+            # (docs/policy.md §9 has the bounds and corrections tried, each worse).
             capacity = min(capacity, saturated)
         need_rate = forecast * point.samples
         need = 0 if need_rate <= 0 else (math.ceil(need_rate / capacity) if capacity > 0 else 10**6)
@@ -474,7 +479,7 @@ def decide(
         cap = fixed if manual else min(spec.scaling.max_replicas, gpu_budget // g)
         assessments.append(_Assessment(point, capacity, need, max(cap, 0), horizon, need_rate))
     if not assessments:  # the CRD's rules make this unreachable: some variant meets minQuality
-        return hold("no operating point meets precision.minQuality", True)
+        return hold(Rule.NO_OPERATING_POINT, "no operating point meets precision.minQuality", True)
 
     # The instant lever: the running variant's admissible sample budgets. With more than one,
     # the burst memory (BURST_MEMORY_WINDOWS scale-down windows) sizes the burst floor and the
@@ -515,6 +520,8 @@ def decide(
     defer_samples = False
     chosen = current_point or best
     note = ""
+    # The ladder rule behind ``chosen`` and ``note`` (STEADY: the current point stays).
+    ladder = Rule.STEADY
     # Points of the running variant with fewer samples that hold the demand with the step-up
     # margin: the move that acts at once, taken before a switch when the current point fails.
     # With margin: a point at the edge of its budget (bf16×k1 needing all 8 replicas) leaves the
@@ -530,12 +537,12 @@ def decide(
     if current_point is None:
         # The spec changed under us (floor raised, variant removed), or a switch bridged its cold
         # start with a budget the new variant does not admit (fp8×k1 below a 0.97 floor): move
-        # at once, to the nearest budget above on the same variant that holds the SLO. Jumping
-        # to the best point instead raised 16 fp8 replicas from k = 1 to 4 a minute before the
-        # code trace's next burst, which then met 4 samples per request (545 of 931 missed).
+        # at once, to the nearest budget above on the same variant that holds the SLO. Not to the
+        # best point: its budget (k = 1 → 4) quadruples every request's sequences at once, and a
+        # burst that arrives then meets them all; the nearest budget is one step.
         nearest = [a for a in feasible if a.point.variant.name == active and a.point.samples >= k_cur]
         chosen = min(nearest, key=lambda a: a.point.samples) if nearest else best
-        note = f"{active}×k{k_cur} is not admissible"
+        note, ladder = f"{active}×k{k_cur} is not admissible", Rule.INADMISSIBLE_BUDGET
     elif (
         best.point.quality > current_point.point.quality + 1e-9
         and current_point.need > current_point.cap
@@ -543,9 +550,9 @@ def decide(
     ):
         # The current point cannot hold the SLO within its budget, and the best one that can is
         # of higher quality: bf16×k2 (a scale-up's bridge that the budget then capped) needing
-        # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. Conv ×2.4 at model error
-        # 1.4 sat there for 10 min missing 9 % of its requests: the step-up rules (a window
-        # without a peak, a surge beside the full fleet) never held. The move is due now: to a
+        # 16 of its 8 replicas, where fp8×k4 fits 16 one-GPU replicas. The step-up rules (a
+        # window without a peak, a surge beside the full fleet) are for a fleet at rest and need
+        # not ever hold for one that is failing. The move is due now: to a
         # fewer-samples point of the running variant if one holds the SLO with margin (at once),
         # else to the better point once the current one has failed for URGENT_MOVE_S (a capacity
         # that dipped for one window must not flap) and the full switch cooldown has passed. A
@@ -558,24 +565,25 @@ def decide(
             f"(needs {current_point.need}, {current_point.cap} fit)"
         )
         # Its own timer (``failing_since``), not the step-up's: a better point that has *fitted*
-        # for a while says nothing about how long the current one has *failed*. Sharing them made
-        # the urgent move fire on the first failing window of a burst (code ×2: 8 bf16 replicas
-        # replaced by 3 fp8 ones a minute before a 931-request burst, 762 missed).
+        # for a while says nothing about how long the current one has *failed*, and a shared
+        # timer fires the move on the first failing window of a burst, replacing a fleet sized
+        # for the burst by a smaller one of the other variant just as the burst arrives.
         if changes_variant and same:
-            chosen, failing_since, note = same[0], None, failing
+            chosen, failing_since, note, ladder = same[0], None, failing, Rule.URGENT_SAMPLES_FIRST
         else:
             failing_since = state.failing_since if state.failing_since is not None else now
             if now - failing_since >= wait and (not changes_variant or since_switch >= cooldown):
-                chosen, failing_since, note = best, None, failing
+                chosen, failing_since, note, ladder = best, None, failing, Rule.URGENT_MOVE
             else:
                 note = f"{failing}; moving to {best.point.label} once that holds for {wait:.0f}s"
+                ladder = Rule.URGENT_MOVE_PENDING
     elif best.point.quality > current_point.point.quality + 1e-9:
         # Sized for the busiest moment of the burst memory (per sample), not this possibly idle
         # one: a bursty trace idle for 5 minutes must not step up to a point that its next burst
         # finds with one replica. Samples are the lever that acts at once, but only after the
         # metrics show the burst (a scrape and a period: 15–30 s); requests that arrive before
-        # keep their k. The code trace at ×0.5 stepped up to k = 4 after 5 quiet minutes and met
-        # its next burst (369 requests in a minute) with 1 bf16 replica at k = 4: 465 missed.
+        # keep their k, so a step up to k = 4 in a lull meets the next burst (the code trace's:
+        # 12.8× its mean within seconds) with a fleet sized for the lull at k = 4.
         # Looking back over the burst memory (where samples can move) keeps it at the budget
         # the burst floor holds. The 25 % margin is on the demand, not on the replica
         # count: 2 seq/s on bf16 at 6 seq/s each needs ⌈2.5 / 6⌉ = 1 replica, where ⌈1 × 1.25⌉
@@ -583,9 +591,9 @@ def decide(
         peak = max((v for t, v in demand if now - t <= look_back), default=0.0)
         # With workers that shed (spec.scoring.shedSamples), a burst that finds the better point
         # runs at its variant's shed floor, so the burst memory's peak is provisioned at the floor
-        # (as the burst floor is) and only the demand now at the budget: the code trace at ×0.5
-        # had asked for 8 bf16 replicas at an idle moment to hold a 15-minute-old peak at k = 4
-        # (policy_grid mean miss rate 1.40 % → 1.00 %, code ×0.5 at error 1.4 91.8 → 98.5 %).
+        # (as the burst floor is) and only the demand now at the budget. At the budget, an idle
+        # moment asks for the fleet a 15-minute-old peak needs at k = 4 (8 bf16 replicas for the
+        # code trace at ×0.5), and the step up waits until the burst leaves the burst memory.
         peak_samples = shed_floor(spec, best.point.variant.name) or best.point.samples
         margin_rate = max(best.demand, peak * peak_samples) * UPGRADE_MARGIN
         margin_need = (
@@ -593,8 +601,9 @@ def decide(
         )
         margin_need = max(margin_need, best.need)
         changes_variant = best.point.variant.name != active
-        # A switch surges the new variant next to the running one (DESIGN §4): both must fit
-        # the GPU budget, or the new pods stay Pending while the old ones are drained.
+        # A switch surges the new variant next to the running one (docs/autoscaling.md,
+        # "Variant switches"). A step up, which nothing forces, waits until both fit the GPU
+        # budget rather than rolling over a full fleet (docs/policy.md §9).
         surge_gpus = margin_need * best.point.variant.gpus_per_replica + (
             current * active_v.gpus_per_replica if changes_variant else 0
         )
@@ -607,15 +616,17 @@ def decide(
                 best = _Assessment(
                     best.point, best.capacity, margin_need, best.cap, best.horizon, best.demand
                 )
-                chosen, better_since = best, None
+                chosen, better_since, ladder = best, None, Rule.STEP_UP
                 note = f"{best.point.label} fits with margin ({margin_need} ≤ {best.cap} replicas)"
                 if not changes_variant and best.point.samples > k_cur and ready < margin_need:
                     # More samples take effect at once, the replicas they need only after a
                     # cold start: provision first, raise the budget once they are Ready.
                     defer_samples, better_since = True, state.better_since
+                    ladder = Rule.STEP_UP_AWAITS_REPLICAS
                     note += f"; raising samples once {margin_need} replicas are Ready ({ready} now)"
             else:
                 note = f"{best.point.label} fits; stepping up once it fits for {step_up_window:.0f}s"
+                ladder = Rule.STEP_UP_PENDING
         else:
             better_since = None
     elif best.point.quality < current_point.point.quality - 1e-9:
@@ -625,20 +636,22 @@ def decide(
         # cold start (45–90 s) and GPUs for its surge. So step down along the samples first
         # when that holds the SLO with margin (``same``); the ladder moves to the better variant
         # later, with margin.
-        if (
-            changes_variant
-            and same
-            and not _samples_first_is_a_trap(same[0], best, current, active_v.gpus_per_replica, gpu_budget)
-        ):
-            best, changes_variant = same[0], False
+        if changes_variant and same:
+            if _samples_first_is_a_trap(same[0], best, current, active_v.gpus_per_replica, gpu_budget):
+                down = Rule.SAMPLES_FIRST_TRAP
+            else:
+                best, changes_variant, down = same[0], False, Rule.SAMPLES_FIRST
+        else:
+            down = Rule.SWITCH_DOWN if changes_variant else Rule.STEP_DOWN
         if not changes_variant or since_switch >= min(cooldown, 120.0):
-            chosen = best
+            chosen, ladder = best, down
             note = (
                 f"{current_point.point.label} cannot hold the SLO within its budget (needs "
                 f"{current_point.need}, {current_point.cap} fit)"
             )
         else:
             note = f"a switch is due but the last one was {since_switch:.0f}s ago"
+            ladder = Rule.SWITCH_COOLDOWN
     else:
         better_since = None
 
@@ -646,12 +659,12 @@ def decide(
     new_state = learnt.evolve(demand=demand, better_since=better_since, failing_since=failing_since)
     target = chosen.point.variant.name
     if target != active and not manual and current_point is not None:
-        # A switch surges the new variant next to the running one (DESIGN §4) and drains the old
-        # one once the surge is Ready. With the budget full (8 bf16 replicas on 16 GPUs) only
-        # one new replica surges — it stays Pending on a cluster without a spare GPU, freezing
-        # scaling until the switch times out, and elsewhere it alone inherits the load once the
-        # old variant drains. While a lower sample budget on the running variant serves more,
-        # take that instead (at once, no cold start); switch once nothing on it serves more.
+        # A switch surges the new variant next to the running one and drains the old one once
+        # the surge is Ready (docs/autoscaling.md, "Variant switches"). With the budget full
+        # (8 bf16 replicas on 16 GPUs) it rolls instead: the new variant gets a quarter of the
+        # budget per cold start, so its full fleet serves only after four cold starts. While a
+        # lower sample budget on the running variant serves more, take that instead (at once,
+        # no cold start); switch once nothing on it serves more.
         want = min(max(chosen.need, spec.scaling.min_replicas), max(chosen.cap, 1))
         g_new = chosen.point.variant.gpus_per_replica
         if _surge_room(gpu_budget, current, active_v.gpus_per_replica, g_new) < math.ceil(want / 2):
@@ -667,7 +680,7 @@ def decide(
             if faster:
                 fits = [a for a in faster if a.need <= a.cap]
                 chosen = max(fits, key=lambda a: a.point.quality) if fits else max(faster, key=served)
-                target = active
+                target, ladder = active, Rule.NO_SURGE_ROOM
                 note = (
                     f"{note}{'; ' if note else ''}no GPU room for {math.ceil(want / 2)} of {want} "
                     f"{best.point.variant.name} replicas next to {current} × {active}"
@@ -693,11 +706,12 @@ def decide(
             target,
             replicas,
             samples,
+            ladder,
             reason,
-            breach <= 1.0 if breach else None,
-            True,
-            chosen.need,
-            per_sample * samples,
+            slo_met=breach <= 1.0 if breach else None,
+            metrics_available=True,
+            needed=chosen.need,
+            demand_seq_rate=per_sample * samples,
         ), new_state
 
     need = chosen.need
@@ -709,6 +723,7 @@ def decide(
     down_window = parse_duration(spec.scaling.scale_down_stabilization)
     recs = _record(state.recommendations, now, need, max(up_window, down_window))
     floor_note = ""
+    bridged = False
     if manual:
         replicas = fixed
     else:
@@ -758,7 +773,7 @@ def decide(
             if bridge < samples:
                 bridging = f"samples {bridge} until {replicas} replicas are Ready ({ready} now)"
                 note = f"{note}; {bridging}" if note else bridging
-                samples = bridge
+                samples, bridged = bridge, True
     new_state = new_state.evolve(recommendations=recs, panic_until=panic_until)
 
     slo_text = breach_text or "no latency measured yet"
@@ -773,19 +788,29 @@ def decide(
     if replicas > current:
         action = "ScaleUp"
         panic = " (panic: SLO breached)" if breach > 1.0 and not manual else ""
+        rule = Rule.MANUAL_REPLICAS if manual else Rule.PANIC if panic else Rule.SCALE_UP
         bridge_note = f"; {note}" if samples < k_cur else ""
         reason = f"{capacity_text}; {slo_text}{panic}: scaling {active} {current} → {replicas}{bridge_note}"
     elif replicas < current:
         action = "ScaleDown"
+        rule = Rule.MANUAL_REPLICAS if manual else Rule.BURST_FLOOR if floor_note else Rule.SCALE_DOWN
         reason = (
             f"{capacity_text}; {slo_text}: scaling {active} {current} → {replicas} (highest need over the "
             f"{spec.scaling.scale_down_stabilization} stabilisation window){floor_note}"
         )
     elif samples != k_cur:
         action = "SetSamples"
+        # The bridge has the last word on the budget; otherwise the ladder moved it.
+        rule = Rule.COLD_START_BRIDGE if bridged else ladder
         reason = f"{note}: sample budget {k_cur} → {samples}; {capacity_text}"
     else:
         action = "None"
+        # What the decision waits on (the ladder's note leads the reason), else why it keeps.
+        rule = ladder
+        if rule is Rule.STEADY and floor_note:
+            rule = Rule.BURST_FLOOR
+        elif rule is Rule.STEADY and not feasible:
+            rule = Rule.NO_FEASIBLE_POINT
         tail_note = f"; {note}" if note else ""
         tail_note += floor_note
         if not feasible:
@@ -796,10 +821,11 @@ def decide(
         active,
         replicas,
         samples,
+        rule,
         reason,
-        (breach <= 1.0) if breach else None,
-        True,
-        chosen.need,
-        per_sample * samples,
+        slo_met=(breach <= 1.0) if breach else None,
+        metrics_available=True,
+        needed=chosen.need,
+        demand_seq_rate=per_sample * samples,
     )
     return decision, new_state

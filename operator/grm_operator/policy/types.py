@@ -7,19 +7,96 @@
 * :class:`PolicyState` — everything the policy must remember between ticks (recommendation
   windows, demand history, online correction factors, switch times). It round-trips through the
   JSON dict stored in ``status.policyState``, so a restarted operator continues where it left off.
-* :class:`Decision` — replicas, variant and sample budget, the action taken, a sentence with the
-  numbers that caused it, and the condition hints.
+* :class:`Decision` — replicas, variant and sample budget, the action taken, the :class:`Rule` that
+  took it, a sentence with the numbers that caused it, and the condition hints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Literal
 
 from grm_operator.policy.signals import Signals
 
 Action = Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"]
+
+
+class Rule(StrEnum):
+    """Which rule of :func:`grm_operator.policy.decide.decide` took a decision (docs/policy.md §8).
+
+    One per decision, naming the rule behind its action: for ``Hold`` why it holds; for
+    ``SwitchVariant`` the ladder rule that chose the variant; for ``ScaleUp`` / ``ScaleDown`` the
+    replica rule; for ``SetSamples`` the ladder rule that moved the sample budget (else the
+    cold-start bridge); for ``None`` the rule the decision waits on, else why nothing changes.
+    """
+
+    # --- Hold: not enough to go on, the replicas stay (never scaling down blind) ---------------------
+    #: The metrics source failed.
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    #: No Ready worker of the active variant yet.
+    NO_READY_WORKER = "NoReadyWorker"
+    #: No worker reported metrics, or the newest sample is older than max(3 periods, 60 s).
+    METRICS_STALE = "MetricsStale"
+    #: The request rate is unknown (the counters have one sample), which is not demand 0.
+    NO_REQUEST_RATE = "NoRequestRate"
+    #: No operating point meets precision.minQuality (the CRD's rules make this unreachable).
+    NO_OPERATING_POINT = "NoOperatingPoint"
+
+    # --- the quality ladder: which operating point (variant × sample budget) -----------------------
+    #: The running sample budget is not admissible: the nearest admissible one above, at once.
+    INADMISSIBLE_BUDGET = "InadmissibleBudget"
+    #: The current point cannot hold the SLO and a better one can: fewer samples on the running
+    #: variant that hold the demand with margin, at once, instead of the switch.
+    URGENT_SAMPLES_FIRST = "UrgentSamplesFirst"
+    #: The current point has failed to hold the SLO for URGENT_MOVE_S: up to the better point.
+    URGENT_MOVE = "UrgentMove"
+    #: The current point fails and a better one holds the SLO: waiting for the urgent move.
+    URGENT_MOVE_PENDING = "UrgentMovePending"
+    #: A better point has fitted the look-back's peak with the 25 % margin for a window: step up.
+    STEP_UP = "StepUp"
+    #: A better point fits with margin: stepping up once it has fitted for the step-up window.
+    STEP_UP_PENDING = "StepUpPending"
+    #: A step up to more samples: the replicas come first, the budget once they are Ready.
+    STEP_UP_AWAITS_REPLICAS = "StepUpAwaitsReplicas"
+    #: The current point cannot hold the SLO: fewer samples on the running variant (the best
+    #: point that fits is there).
+    STEP_DOWN = "StepDown"
+    #: A switch down is due, but fewer samples on the running variant hold the demand with
+    #: margin: those first (at once, no cold start).
+    SAMPLES_FIRST = "SamplesFirst"
+    #: A switch down rather than samples first, which would fill the GPU budget and leave no
+    #: room for the better variant's surge later (the trap rule).
+    SAMPLES_FIRST_TRAP = "SamplesFirstTrap"
+    #: The current point cannot hold the SLO: switch down to the best variant that can.
+    SWITCH_DOWN = "SwitchDown"
+    #: A switch down is due, but the last switch was less than min(switchCooldown, 2 min) ago.
+    SWITCH_COOLDOWN = "SwitchCooldown"
+    #: No GPU room for half the new variant's fleet beside the running one: fewer samples on
+    #: the running variant, which serve more, instead of the switch.
+    NO_SURGE_ROOM = "NoSurgeRoom"
+
+    # --- replicas ------------------------------------------------------------------------------------
+    #: The demand at the chosen point needs more replicas: scale up at once.
+    SCALE_UP = "ScaleUp"
+    #: The SLO is breached: scale up to at least ready × min(2, p95 ÷ SLO), no scale-down for 60 s.
+    PANIC = "Panic"
+    #: The highest need over the scale-down stabilisation window is lower: scale down (at most
+    #: halving per tick).
+    SCALE_DOWN = "ScaleDown"
+    #: Scaling in stops at the replicas that serve the burst memory's peak at the lowest
+    #: admissible sample budget.
+    BURST_FLOOR = "BurstFloor"
+    #: Replicas asked for are not Ready yet: the Ready ones serve at the largest admissible
+    #: sample budget they hold until then.
+    COLD_START_BRIDGE = "ColdStartBridge"
+    #: Manual or External mode: the replicas are spec.scaling.replicas.
+    MANUAL_REPLICAS = "ManualReplicas"
+    #: No admissible point holds the SLO within maxGPUs: the most the budget serves, kept.
+    NO_FEASIBLE_POINT = "NoFeasiblePoint"
+    #: Nothing to change: the current point and replicas hold the demand.
+    STEADY = "Steady"
 
 
 @dataclass(frozen=True)
@@ -155,6 +232,8 @@ class Decision:
     variant: str
     replicas: int
     samples: int
+    #: The rule that took the decision (machine-readable); ``reason`` says it in words.
+    rule: Rule
     reason: str
     #: ``(status, reason)`` hints for the conditions the autoscaler writes.
     slo_met: bool | None = None

@@ -127,4 +127,4 @@ def test_request_success_has_vllm_finished_reasons(
 def test_sim_exports_dcgm_gpu_util(sim: dict[str, tuple[str, set[str], list[Sample]]]) -> None:
     kind, labels, samples = sim["DCGM_FI_DEV_GPU_UTIL"]
     assert kind == "gauge" and {"gpu", "UUID", "Hostname", "modelName"} <= labels
-    assert all(0.0 <= s.value <= 100.0 for s in samples)
+    assert samples and all(0.0 <= s.value <= 100.0 for s in samples)

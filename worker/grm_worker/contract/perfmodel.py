@@ -9,9 +9,10 @@ of ``B`` decoding sequences whose contexts add up to ``Σctx`` tokens::
 
     t_step = c + b·P + e·B + k·Σctx
 
-Defaults (:data:`DEFAULT_PROFILES`) are priors for a Gemma-2-27B-class model (DeepSeek-GRM-27B) on
-H100 80GB GPUs, the mid-range of each coefficient's estimated interval; the operator corrects them
-online from the workers' latencies (the speed correction of docs/policy.md).
+Defaults are priors for a Gemma-2-27B-class model (DeepSeek-GRM-27B: 46 layers, hidden 4608) on
+H100 80GB GPUs: the weight GEMMs of a step timed on one H100 (18.9 ms bf16, 10.1 ms fp8 with fused
+activation quantisation, at small batches), the rest scaled from published measurements (vidur's
+H100 profiles, vLLM benchmarks, IST-DASLab/marlin); the policy corrects them online.
 
 Worked example (fp8, c = 12.5 ms, e = 0.035 ms, k = 0.16 µs): 32 sequences at 2k context take
 12.5 + 1.1 + 10.5 = 24.1 ms a step, i.e. ~1330 output tokens/s for the replica.
@@ -87,7 +88,8 @@ class PerformanceProfile:
         )
 
 
-# Priors for a Gemma-2-27B-class model on H100 80GB: the mid-range of each coefficient's estimate.
+# The mid-range of each prior's interval: bf16 c 20–24 ms, b 0.08–0.10 ms/token, e 0.02–0.05 ms/seq,
+# k 0.12–0.20 µs per context token (bf16 KV cache).
 # bf16 runs TP2 (54.5 GB of weights leave too little KV on one card): 2 GPUs, KV of both cards.
 _BF16 = PerformanceProfile(
     step_overhead_s=0.022,
@@ -121,7 +123,8 @@ DEFAULT_PROFILES: Mapping[str, PerformanceProfile] = {
         gpus=1,
     ),
     # W4A16 Marlin: 8.5 ms floor at small batches; e = 0.1 ms/seq brings a 128-sequence step back
-    # to the bf16 value (8.5 + 12.8 ≈ 21 ms).
+    # to the bf16 value (8.5 + 12.8 ≈ 21 ms), as Marlin approaches bf16's compute line by a batch
+    # of 128–256 (IST-DASLab/marlin).
     "awq-int4": PerformanceProfile(
         step_overhead_s=0.0085,
         prefill_s_per_token=0.10e-3,

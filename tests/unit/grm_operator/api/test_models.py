@@ -143,13 +143,15 @@ def test_decision_and_switch_use_from_and_to_on_the_wire() -> None:
 
 
 def test_every_example_parses() -> None:
-    found = 0
-    for path in sorted(EXAMPLES.glob("grmd-*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == m.KIND:
-                m.GRMDeployment.model_validate(doc)
-                found += 1
-    assert found >= 1
+    paths = sorted(EXAMPLES.glob("grmd-*.yaml"))
+    assert paths
+    for path in paths:
+        docs = [
+            d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict) and d.get("kind") == m.KIND
+        ]
+        assert docs, f"{path.name} holds no GRMDeployment"
+        for doc in docs:
+            m.GRMDeployment.model_validate(doc)
 
 
 # --- durations ----------------------------------------------------------------------------------

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 
-from fleet import Fleet
-
-from conftest import make_spec
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.policy import Observation, PolicyState, decide
+from grm_operator.policy import Decision, PolicyState, Rule, decide
 from grm_operator.policy.capacity import DEFAULT_TAIL, Workload, operating_points, replica_capacity
 from grm_operator.policy.decide import BURST_MEMORY_WINDOWS
-from grm_operator.policy.signals import Signals
+from support.fleet import Fleet
+from support.policy import make_observation, make_signals, make_spec
 
 PERIOD = 15.0
 WINDOW = 300.0  # the default scaleDownStabilization
@@ -27,7 +25,7 @@ IDLE_RATE = 0.2
 
 
 def ladder_spec(k_min: int, shed: str = "Off") -> GRMDeploymentSpec:
-    """The ladder; shedding Off by default, as the closed-loop fleet (fleet.py) does not shed."""
+    """The ladder; shedding Off by default, as the closed-loop fleet (support.fleet) does not shed."""
     return make_spec(
         slo={"ttftP95": "10s", "e2eP95": "60s"},
         scaling={"minReplicas": 1, "maxReplicas": 16, "maxGPUs": 16},
@@ -36,20 +34,20 @@ def ladder_spec(k_min: int, shed: str = "Off") -> GRMDeploymentSpec:
     )
 
 
-def run(spec: GRMDeploymentSpec, until: float) -> list[tuple[float, int, str]]:
-    """(time, active replicas, decision reason) per tick of idle → burst → idle."""
+def run(spec: GRMDeploymentSpec, until: float) -> list[tuple[float, int, Decision]]:
+    """(time, active replicas, decision) per tick of idle → burst → idle."""
     fleet = Fleet(spec)
     out = []
     now = 0.0
     while now < until:
         rate = BURST_RATE if BURST[0] <= now < BURST[1] else IDLE_RATE
         decision = fleet.tick(now, rate)
-        out.append((now, fleet.replicas(), decision.reason))
+        out.append((now, fleet.replicas(), decision))
         now += PERIOD
     return out
 
 
-def at(series: list[tuple[float, int, str]], t: float) -> tuple[float, int, str]:
+def at(series: list[tuple[float, int, Decision]], t: float) -> tuple[float, int, Decision]:
     return next(p for p in series if p[0] >= t)
 
 
@@ -58,42 +56,34 @@ def test_scale_in_after_a_burst_stops_at_the_floor_for_three_windows() -> None:
     series = run(spec, BURST[1] + BURST_MEMORY_WINDOWS * WINDOW + 5 * 60)
     peak = max(n for _, n, _ in series)
     # One window after the burst the stabilisation window alone would allow 1 replica.
-    _, held, reason = at(series, BURST[1] + WINDOW + 120)
+    _, held, decision = at(series, BURST[1] + WINDOW + 120)
     bf16_k1 = next(p for p in operating_points(spec) if p.label == "bf16×k1")
     floor = math.ceil(
         BURST_RATE / replica_capacity(spec, bf16_k1.variant, Workload(1000.0, 300.0), 1.0, DEFAULT_TAIL)
     )
     assert 1 < held < peak, (held, peak)
     assert held >= floor - 1  # the peak the policy saw, through the metrics window, per sample
-    assert "burst floor" in reason, reason
+    assert decision.rule is Rule.BURST_FLOOR, decision.reason
     # Three windows after the last busy tick, the memory has let go of the burst.
-    _, late, reason = at(series, BURST[1] + BURST_MEMORY_WINDOWS * WINDOW + 4 * 60)
-    assert late == 1, reason
+    _, late, decision = at(series, BURST[1] + BURST_MEMORY_WINDOWS * WINDOW + 4 * 60)
+    assert late == 1, decision.reason
 
 
 def test_no_floor_without_a_lower_sample_budget() -> None:
     # samples fixed at 4: no instant lever, the floor would only lengthen the user's window.
     series = run(ladder_spec(k_min=4), BURST[1] + WINDOW + 5 * 60)
-    _, n, reason = at(series, BURST[1] + WINDOW + 4 * 60)
-    assert n == 1, reason
-    assert not any("burst floor" in r for _, _, r in series)
+    _, n, decision = at(series, BURST[1] + WINDOW + 4 * 60)
+    assert n == 1, decision.reason
+    assert any(d.action == "ScaleDown" for _, _, d in series)
+    assert not any(d.rule is Rule.BURST_FLOOR for _, _, d in series)
 
 
 def test_unknown_request_rate_holds_instead_of_reading_zero() -> None:
     # A restarted Prometheus has one sample of each counter: rate() answers nothing for a
     # while. Demand 0 would scale 6 replicas down; unknown holds them.
     spec = ladder_spec(k_min=1)
-    obs = Observation(
-        time=1000.0,
-        total=Signals(rps=None, running=12.0, waiting=0.0, pods_reporting=6, sample_age_s=2.0),
-        variants={},
-        active_variant="bf16",
-        samples=4,
-        ready={"bf16": 6},
-        pending={"bf16": 0},
-        desired={"bf16": 6},
-    )
+    unknown_rate = make_signals(None, pods=6, running=12.0, waiting=0.0, sample_age_s=2.0)
+    obs = make_observation("bf16", unknown_rate, now=1000.0, ready=6, samples=4)
     decision, state = decide(obs, PolicyState(), spec, 1000.0)
-    assert decision.action == "Hold" and decision.replicas == 6, decision.reason
-    assert "no request rate yet" in decision.reason
+    assert (decision.action, decision.rule, decision.replicas) == ("Hold", Rule.NO_REQUEST_RATE, 6)
     assert state == PolicyState()

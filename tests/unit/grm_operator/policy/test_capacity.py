@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_spec
 from grm_operator.policy.capacity import (
     Workload,
     operating_points,
@@ -12,6 +11,7 @@ from grm_operator.policy.capacity import (
     sample_budgets,
     voting_accuracy,
 )
+from support.policy import make_spec
 
 
 def test_voting_accuracy_follows_the_paper_points() -> None:

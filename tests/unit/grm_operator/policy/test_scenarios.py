@@ -1,17 +1,17 @@
-"""Time-stepped scenarios: the policy in a closed loop with a steady-state fleet (see fleet.py).
+"""Time-stepped scenarios: the policy in a closed loop with a steady-state fleet (support.fleet).
 
 Each test id is the sentence it checks. Control period 15 s, like the default.
 """
 
 from __future__ import annotations
 
-from fleet import Fleet
-
-from conftest import make_spec
-from grm_operator.policy import Observation, PolicyState, decide
-from grm_operator.policy.signals import Signals
+from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.policy import PolicyState, Rule, decide
+from support.fleet import Fleet
+from support.policy import make_observation, make_signals, make_spec
 
 PERIOD = 15.0
+FP8_ONLY = [{"name": "fp8", "precision": "fp8", "quality": 1.0}]
 
 
 def test_a_load_spike_scales_out_within_two_ticks() -> None:
@@ -60,7 +60,8 @@ def test_drop_to_idle_scales_in_only_after_the_stabilisation_window() -> None:
         now += PERIOD
     assert fleet2.replicas() == 1
     assert fleet2.decisions[-1].action in ("None", "ScaleDown")
-    assert any("stabilisation window" in d.reason for d in fleet2.decisions if d.action == "ScaleDown")
+    downs = [d for d in fleet2.decisions if d.action == "ScaleDown"]
+    assert downs and {d.rule for d in downs} == {Rule.SCALE_DOWN}
 
 
 def test_noisy_load_does_not_flap() -> None:
@@ -86,27 +87,19 @@ def test_metrics_outage_holds_and_never_scales_down() -> None:
     fleet.metrics_up = False
     while now < 900:
         d = fleet.tick(now, 0.05)
-        assert d.action == "Hold"
+        assert (d.action, d.rule) == ("Hold", Rule.METRICS_UNAVAILABLE)
         assert d.metrics_available is False
-        assert "never scaling down blind" in d.reason
         now += PERIOD
     assert fleet.replicas() == before
 
 
-def test_stale_samples_hold_like_an_outage(spec: object) -> None:
-    s = make_spec()
-    obs = Observation(
-        time=1000.0,
-        total=Signals(rps=1.0, pods_reporting=2, sample_age_s=400.0),
-        variants={},
-        active_variant="bf16",
-        samples=8,
-        ready={"bf16": 2},
-        desired={"bf16": 2},
+def test_stale_samples_hold_like_an_outage(spec: GRMDeploymentSpec) -> None:
+    stale = make_observation(
+        "bf16", make_signals(1.0, pods=2, sample_age_s=400.0), now=1000.0, ready=2, samples=8
     )
-    d, state = decide(obs, PolicyState(), s, 1000.0)
-    assert d.action == "Hold" and d.replicas == 2
-    assert "400s old" in d.reason
+    d, state = decide(stale, PolicyState(), spec, 1000.0)
+    assert (d.action, d.rule, d.replicas) == ("Hold", Rule.METRICS_STALE, 2)
+    assert d.metrics_available is False
     assert state == PolicyState()
 
 
@@ -120,7 +113,7 @@ def test_pods_pending_with_no_gpus_step_down_the_ladder() -> None:
         now += PERIOD
     assert fleet.active == "fp8", [d.reason for d in fleet.decisions if d.action != "None"][:6]
     switch = next(d for d in fleet.decisions if d.action == "SwitchVariant")
-    assert "bf16" in switch.reason and "fp8" in switch.reason
+    assert (switch.rule, switch.variant) == (Rule.SWITCH_DOWN, "fp8")
 
 
 def test_a_prior_40_percent_wrong_gets_corrected() -> None:
@@ -146,7 +139,7 @@ def test_the_quality_floor_forbids_a_switch_below_it() -> None:
     assert fleet.active == "bf16"
     assert all(d.action != "SwitchVariant" for d in fleet.decisions)
     assert fleet.replicas() == 6  # maxGPUs 12 / 2 GPUs
-    assert "no admissible point holds the SLO" in fleet.decisions[-1].reason
+    assert (fleet.decisions[-1].action, fleet.decisions[-1].rule) == ("None", Rule.NO_FEASIBLE_POINT)
 
 
 def test_load_falling_switches_back_up_after_the_cooldown() -> None:
@@ -162,7 +155,7 @@ def test_load_falling_switches_back_up_after_the_cooldown() -> None:
         now += PERIOD
     assert fleet.active == "bf16"
     ups = [d for d in fleet.decisions if d.action == "SwitchVariant" and d.variant == "bf16"]
-    assert len(ups) == 1 and "fits with margin" in ups[0].reason
+    assert [d.rule for d in ups] == [Rule.STEP_UP]
 
 
 def test_manual_mode_keeps_spec_replicas_but_may_switch_variant() -> None:
@@ -221,6 +214,66 @@ def test_every_decision_is_a_sentence_with_numbers() -> None:
     for d in fleet.decisions:
         assert any(ch.isdigit() for ch in d.reason), d.reason
         assert len(d.reason) > 30
+
+
+#: The rules each action may name (docs/policy.md §8).
+RULES_OF_ACTION = {
+    "Hold": {
+        Rule.METRICS_UNAVAILABLE,
+        Rule.NO_READY_WORKER,
+        Rule.METRICS_STALE,
+        Rule.NO_REQUEST_RATE,
+        Rule.NO_OPERATING_POINT,
+    },
+    "SwitchVariant": {
+        Rule.SWITCH_DOWN,
+        Rule.SAMPLES_FIRST_TRAP,
+        Rule.URGENT_MOVE,
+        Rule.STEP_UP,
+        Rule.INADMISSIBLE_BUDGET,
+    },
+    "ScaleUp": {Rule.SCALE_UP, Rule.PANIC, Rule.MANUAL_REPLICAS},
+    "ScaleDown": {Rule.SCALE_DOWN, Rule.BURST_FLOOR, Rule.MANUAL_REPLICAS},
+    "SetSamples": {
+        Rule.STEP_DOWN,
+        Rule.SAMPLES_FIRST,
+        Rule.URGENT_SAMPLES_FIRST,
+        Rule.NO_SURGE_ROOM,
+        Rule.STEP_UP,
+        Rule.URGENT_MOVE,
+        Rule.INADMISSIBLE_BUDGET,
+        Rule.COLD_START_BRIDGE,
+    },
+    "None": {
+        Rule.STEP_UP_PENDING,
+        Rule.STEP_UP_AWAITS_REPLICAS,
+        Rule.URGENT_MOVE_PENDING,
+        Rule.SWITCH_COOLDOWN,
+        Rule.INADMISSIBLE_BUDGET,
+        Rule.URGENT_MOVE,
+        Rule.BURST_FLOOR,
+        Rule.NO_FEASIBLE_POINT,
+        Rule.STEADY,
+    },
+}
+
+
+def test_every_decision_names_a_rule_its_action_admits() -> None:
+    fleets = [
+        Fleet(make_spec(scoring={"samples": {"min": 1, "max": 8}})),
+        Fleet(make_spec(precision={"switchCooldown": "5m"})),
+        Fleet(make_spec(), cluster_gpus=4),
+        Fleet(make_spec(scaling={"mode": "Manual", "replicas": 3, "minReplicas": 1, "maxReplicas": 8})),
+        Fleet(make_spec(variants=FP8_ONLY, scoring={"samples": {"min": 1, "max": 8}})),
+    ]
+    for fleet in fleets:
+        fleet.run([(300, 0.2), (900, 2.8), (1500, 0.1), (1800, 4.0), (2400, 0.2)], PERIOD)
+    fleets[0].metrics_up = False
+    fleets[0].tick(2400.0, 1.0)
+    decisions = [d for fleet in fleets for d in fleet.decisions]
+    assert {d.action for d in decisions} == set(RULES_OF_ACTION)
+    for d in decisions:
+        assert d.rule in RULES_OF_ACTION[d.action], (d.action, d.rule, d.reason)
 
 
 def test_a_steady_fleet_leaves_the_policy_state_unchanged() -> None:

@@ -14,9 +14,7 @@ from grm_operator.policy import Decision, Observation, PolicyState, decide
 from grm_operator.policy.capacity import variant_profile
 from grm_operator.policy.signals import Signals
 from grm_worker.contract.perfmodel import steady_state
-
-PROMPT = 1000.0
-OUTPUT = 300.0
+from support.policy import OUTPUT, PROMPT, make_observation, make_signals
 
 
 @dataclass
@@ -70,10 +68,9 @@ class Fleet:
                 profile = variant_profile(variant).scaled(self.model_error)
                 s = steady_state(profile, share / ready[v], PROMPT, OUTPUT)
                 if s.feasible and s.load < 0.97:
-                    sig = Signals(
-                        rps=share,
-                        prompt_tps=share * PROMPT,
-                        generation_tps=share * OUTPUT,
+                    sig = make_signals(
+                        share,
+                        pods=ready[v],
                         ttft_p50=s.ttft_s,
                         ttft_p95=s.ttft_s * 2.0,
                         itl_p50=s.step_s,
@@ -82,15 +79,13 @@ class Fleet:
                         e2e_p95=s.e2e_s * 1.3,
                         running=s.running_seqs * ready[v],
                         waiting=0.0,
-                        pods_reporting=ready[v],
                         sample_age_s=1.0,
                     )
                 else:  # overloaded: completions capped, a queue builds, latencies explode
                     served = share * 0.9 / max(s.load, 0.9) if s.load > 0 else share
-                    sig = Signals(
-                        rps=served,
-                        prompt_tps=served * PROMPT,
-                        generation_tps=served * OUTPUT,
+                    sig = make_signals(
+                        served,
+                        pods=ready[v],
                         ttft_p50=5.0,
                         ttft_p95=30.0,
                         itl_p50=0.2,
@@ -99,20 +94,19 @@ class Fleet:
                         e2e_p95=120.0,
                         waiting=(share - served) * 30,
                         running=50.0 * ready[v],
-                        pods_reporting=ready[v],
                         sample_age_s=1.0,
                     )
                 per_variant[v] = sig
             total = _sum(list(per_variant.values()))
-        return Observation(
-            time=now,
-            total=total if self.metrics_up else None,
-            variants=per_variant,
-            active_variant=self.active,
-            samples=self.samples,
+        return make_observation(
+            self.active,
+            total if self.metrics_up else None,
+            now=now,
             ready=ready,
+            samples=self.samples,
+            desired=self.desired,
             pending=pending,
-            desired=dict(self.desired),
+            variants=per_variant,
             metrics_error=None if self.metrics_up else "connection refused",
         )
 
