@@ -17,7 +17,7 @@ from support.paths import FIXTURES
 
 FIXTURE = FIXTURES / "vllm-0.32-metrics.txt"
 
-# The families issue 4 and shared/testing-notes.md name, which the operator reads.
+# The families the operator reads (docs/metrics.md lists them with their use).
 REQUIRED = {
     "vllm:time_to_first_token_seconds": "histogram",
     "vllm:inter_token_latency_seconds": "histogram",

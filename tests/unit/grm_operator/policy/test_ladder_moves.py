@@ -8,7 +8,7 @@
 * With a sample lever, stepping back up to k = 4 after a burst waits until the burst has left the
   burst memory, so the next burst finds the budget that the burst floor was sized for.
 
-The spec is the benchmark's ladder (tests/unit/policy/test_burst_floor.py): bf16 on 2 GPUs, fp8
+The spec is the benchmark's ladder (tests/unit/grm_operator/policy/test_burst_floor.py): bf16 on 2 GPUs, fp8
 and int4 on 1, 16 GPUs, samples 1–4, floor 0.97.
 """
 

@@ -1,7 +1,7 @@
 """Sample shedding (spec.scoring.shedSamples): which floor each variant's workers shed to, and the
 policy counting the samples they shed as demand.
 
-The spec is the benchmark's ladder (tests/unit/policy/test_burst_floor.py): bf16 on 2 GPUs, fp8
+The spec is the benchmark's ladder (tests/unit/grm_operator/policy/test_burst_floor.py): bf16 on 2 GPUs, fp8
 and int4 on 1, samples 1–4, floor 0.97: bf16 admits k = 1, 2, 4, fp8 k = 2, 4, int4 only k = 4.
 """
 
