@@ -72,7 +72,7 @@ def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     out = Checkpoints(root / "tiny-llama-bf16", root / "tiny-llama-w8a8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run(
-        [str(VLLM_PYTHON), str(REPO / "tests" / "integration" / "tiny_llama.py"), str(out.bf16)],
+        [str(VLLM_PYTHON), str(REPO / "tests" / "support" / "tiny_llama.py"), str(out.bf16)],
         check=True,
         capture_output=True,
         timeout=300,

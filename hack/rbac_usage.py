@@ -1,5 +1,8 @@
 """What the operator's code really asks of the API server, derived statically from its source.
 
+One concept in one module (the derivation: its resolver, its walkers and the comparison share one
+model of the operator's source), so it is not split.
+
 The RBAC rules in :mod:`grm_operator.rbac` must be exactly what the code uses: nothing missing
 (a Forbidden at run time) and nothing extra (least privilege). This module reads the source with
 :mod:`ast` (robust to formatting) and derives the set of (apiGroup, resource, verb) grants:

@@ -23,6 +23,7 @@ CHAT_TEMPLATE = (
 
 
 def corpus() -> list[str]:
+    # Run by .venv-vllm's Python, where grm-elastic is not installed: the worker package by path.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "worker"))
     from grm_worker.scoring import build_prompt
 

@@ -1,5 +1,8 @@
 """The scaling-and-precision policy: one pure function, ``decide(observation, state, spec, now)``.
 
+One concept in one module (one tick of the policy, its steps below sharing their intermediate
+numbers), kept whole until the policy is rewritten as an explicit optimisation (docs/policy.md).
+
 Time is a parameter and memory is explicit (:class:`PolicyState`), so the operator, the fleet
 simulator and the tests drive the very same code. One tick:
 

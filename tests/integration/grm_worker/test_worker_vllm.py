@@ -11,10 +11,12 @@ are counted, not fatal.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +30,15 @@ from support.workerproc import WorkerProcess, free_port
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 VLLM_PYTHON = tools.vllm_python()
+
+
+def streamed_usage(events: list[str]) -> dict[str, Any]:
+    """The ``usage`` of a stream asked with ``stream_options.include_usage``: vLLM sends it in one
+    last chunk with no choices, before ``[DONE]`` (SSE events are not tokens: one may carry many)."""
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events if e != "data: [DONE]"]
+    usage = [c["usage"] for c in chunks if c.get("usage") and not c.get("choices")]
+    assert len(usage) == 1, chunks[-3:]
+    return dict(usage[0])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(cache_dir: Path) -> Path:
     out = cache_dir.parent / "tiny-llama"
     subprocess.run(
-        [str(VLLM_PYTHON), str(REPO / "tests" / "integration" / "tiny_llama.py"), str(out)],
+        [str(VLLM_PYTHON), str(REPO / "tests" / "support" / "tiny_llama.py"), str(out)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -121,11 +132,14 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
                 "max_tokens": 6,
                 "ignore_eos": True,
                 "stream": True,
+                "stream_options": {"include_usage": True},
             },
         )
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
         events = [e for e in (await r.text()).split("\n\n") if e.strip()]
-        assert events[-1] == "data: [DONE]" and sum('"content"' in e for e in events) >= 6
+        assert events[-1] == "data: [DONE]"
+        # An event may carry several tokens: count them from the final usage chunk.
+        assert streamed_usage(events)["completion_tokens"] == 6
 
         r = await http.post("/v1/grm/score", json={"query": "2+2?", "responses": ["4", "5"]})
         score = await r.json()
@@ -152,7 +166,14 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
         tokens_per_s = 32 / (asyncio.get_running_loop().time() - started)
         n = int(min(3500, max(64, 10 * tokens_per_s)))
         stream = await http.post(
-            "/v1/completions", json={"prompt": "a", "max_tokens": n, "ignore_eos": True, "stream": True}
+            "/v1/completions",
+            json={
+                "prompt": "a",
+                "max_tokens": n,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
         )
         assert stream.status == 200
         first = await stream.content.readuntil(b"\n\n")
@@ -166,7 +187,7 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
         rest = (await stream.content.read()).decode()
         events = [e for e in (first.decode() + rest).split("\n\n") if e.strip()]
         assert events[-1] == "data: [DONE]"
-        assert sum('"text"' in e for e in events) >= n
+        assert streamed_usage(events)["completion_tokens"] == n
     assert await asyncio.to_thread(worker.wait, 90) == 0
     log = worker.log()
     assert "vLLM ready" in log and "stopped code=0" in log

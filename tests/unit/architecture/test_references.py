@@ -32,6 +32,8 @@ _TOPS = "|".join(TOP_DIRS)
 PATH_RE = re.compile(
     rf"(?<![\w./-])((?:{_TOPS})/[\w./-]*\w\.(?:py|md|yaml|yml|json|sh|txt|csv|toml|png|tpl))(?![\w/])"
 )
+# Paths built in code from the repository root: REPO / "tests" / "support" / "tiny_llama.py".
+JOINED_RE = re.compile(r'\b(?:REPO|ROOT)((?:\s*/\s*"[\w.-]+")+)')
 MODULE_RE = re.compile(r"(?<![\w.])(grm_(?:operator|worker|testkit)(?:\.[A-Za-z_]\w*)+)")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".txt", ".tpl", ".json"}
 
@@ -81,6 +83,11 @@ def test_every_file_path_named_in_the_repository_exists() -> None:
             if any(ch in ref for ch in "*{<") or (REPO / ref).exists():
                 continue
             missing.append(f"{path.relative_to(REPO)}: {ref}")
+        for match in JOINED_RE.finditer(path.read_text(errors="replace")):
+            ref = "/".join(re.findall(r'"([\w.-]+)"', match.group(1)))
+            generated = ref.startswith((".cache/", "out/"))
+            if "." in ref.rsplit("/", 1)[-1] and not generated and not (REPO / ref).exists():
+                missing.append(f"{path.relative_to(REPO)}: {ref}")
     assert not missing, "\n".join(missing)
 
 
@@ -115,3 +122,6 @@ def test_the_checks_above_can_fail(tmp_path: Path) -> None:
     assert [m.group(1) for m in MODULE_RE.finditer(text)] == ["grm_operator.control.no_such_module"]
     assert not _resolves("grm_operator.control.no_such_module")
     assert _resolves("grm_operator.api.models.GRMDeploymentSpec")
+    joined = 'REPO / "tests" / "integration" / "tiny_llama.py"'
+    found = [m.group(1) for m in JOINED_RE.finditer(joined)]
+    assert found == [' / "tests" / "integration" / "tiny_llama.py"']
