@@ -1,8 +1,9 @@
 """A fixture metrics server whose numbers the test controls: it serves vLLM-format ``/metrics``
 text (tests/support/vllm_text.py) whose counters and histograms advance with wall time at the request
-rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples``.
-Runs in a thread (stdlib ThreadingHTTPServer), so a test's
-event loop and blocking pollers both work beside it.
+rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples`` on
+a second listener (``admin_url``), as the real worker serves its admin API apart from its front.
+Runs in threads (stdlib ThreadingHTTPServer), so a test's event loop and blocking pollers both
+work beside it.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ class FakeWorker:
         self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
         self.engine.running, self.engine.waiting, self.engine.kv_cache = running, waiting, kv_cache
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.admin_server = ThreadingHTTPServer(("127.0.0.1", 0), self._admin_handler())
+        for server in (self.server, self.admin_server):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of the admin listener (``/admin/samples``), not the metrics port."""
+        return f"http://127.0.0.1:{self.admin_server.server_address[1]}"
 
     @property
     def address(self) -> str:
@@ -115,6 +122,15 @@ class FakeWorker:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+        return Handler
+
+    def _admin_handler(self) -> type[BaseHTTPRequestHandler]:
+        worker = self
+
+        class AdminHandler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 if self.path != "/admin/samples":
                     self.send_error(404)
@@ -133,8 +149,9 @@ class FakeWorker:
             def log_message(self, format: str, *args: Any) -> None:
                 del format, args
 
-        return Handler
+        return AdminHandler
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for server in (self.server, self.admin_server):
+            server.shutdown()
+            server.server_close()
