@@ -15,12 +15,18 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from support.vllm_text import Engine, vllm_text
+from grm_worker.front_metrics import SCORE_LATENCY_BUCKETS
+from support.vllm_text import Engine, Hist, score_latency_text, vllm_text
 
 
 class FakeWorker:
     """One worker pod's metrics: ``rps`` requests per second, each with the next TTFT of the
-    cycle ``ttft`` (and ``itl``, ``e2e``); gauges as set. ``old_names`` uses pre-0.10 names."""
+    cycle ``ttft`` (and ``itl``, ``e2e``); gauges as set. ``old_names`` uses pre-0.10 names.
+
+    ``e2e`` is the latency of a whole GRM score, exported as the front's
+    ``grm_score_latency_seconds`` (what the operator reads as e2e); vLLM's per-request
+    ``vllm:e2e_request_latency_seconds`` gets ``request_e2e`` (one critique sample), kept apart
+    so a test can tell which one a source read."""
 
     def __init__(
         self,
@@ -28,6 +34,7 @@ class FakeWorker:
         ttft: Sequence[float] = (0.1,),
         itl: Sequence[float] = (0.03,),
         e2e: Sequence[float] = (5.0,),
+        request_e2e: Sequence[float] = (1.0,),
         running: float = 0.0,
         waiting: float = 0.0,
         kv_cache: float = 0.0,
@@ -50,6 +57,8 @@ class FakeWorker:
         self.shed = 0
         self.rps = rps
         self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
+        self.request_e2e = list(request_e2e)
+        self.score_latency = Hist(SCORE_LATENCY_BUCKETS)
         self.engine.running, self.engine.waiting, self.engine.kv_cache = running, waiting, kv_cache
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.admin_server = ThreadingHTTPServer(("127.0.0.1", 0), self._admin_handler())
@@ -76,7 +85,7 @@ class FakeWorker:
             for key, value in values.items():
                 if key in ("running", "waiting", "kv_cache"):
                     setattr(self.engine, key, value)
-                elif key in ("ttft", "itl", "e2e"):
+                elif key in ("ttft", "itl", "e2e", "request_e2e"):
                     setattr(self, key, list(value))
                 else:
                     setattr(self, key, value)
@@ -91,7 +100,8 @@ class FakeWorker:
             i = self.served
             self.engine.ttft.observations.append(self.ttft[i % len(self.ttft)])
             self.engine.itl.observations.append(self.itl[i % len(self.itl)])
-            self.engine.e2e.observations.append(self.e2e[i % len(self.e2e)])
+            self.engine.e2e.observations.append(self.request_e2e[i % len(self.request_e2e)])
+            self.score_latency.observations.append(self.e2e[i % len(self.e2e)])
             self.engine.queue.observations.append(0.0)
             self.served += 1
         self.engine.success += n
@@ -103,6 +113,7 @@ class FakeWorker:
         with self.lock:
             self._advance()
             text = vllm_text({"0": self.engine}, old_names=self.old_names) + self.extra
+            text += score_latency_text(self.score_latency)
             if self.shed_per_request is not None:
                 text += f"# TYPE grm_score_samples_shed counter\ngrm_score_samples_shed_total {self.shed}\n"
             return text

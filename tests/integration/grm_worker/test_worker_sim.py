@@ -64,7 +64,7 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
         text = await (await http.get("/metrics")).text()
         names = {f.name for f in text_string_to_metric_families(text)}
         assert {"vllm:time_to_first_token_seconds", "vllm:num_requests_running", "grm_score_samples"} <= names
-        assert {"grm_requests_in_flight", "grm_sample_budget", "DCGM_FI_DEV_GPU_UTIL"} <= names
+        assert {"grm_requests_in_flight", "grm_sample_budget", "grm_worker_gpu_utilization_ratio"} <= names
 
         # ~150 decode steps of ≥ 12.5 ms: in flight for about 2 s when SIGTERM arrives.
         slow = asyncio.create_task(http.post("/v1/completions", json={"prompt": "x", "max_tokens": 150}))

@@ -84,7 +84,7 @@ async def test_score_exits_early_and_reports_metrics(served: tuple[TestClient[An
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert fams["grm_score_early_exits"].samples[0].value == 1
     assert fams["grm_score_samples"].type == "histogram"
-    assert "vllm:time_to_first_token_seconds" in fams and "DCGM_FI_DEV_GPU_UTIL" in fams
+    assert "vllm:time_to_first_token_seconds" in fams and "grm_worker_gpu_utilization_ratio" in fams
     assert fams["grm_sample_budget"].samples[0].value == 16
 
 

@@ -210,7 +210,9 @@ class SimConfig(_Section):
     gpu_util_window_s: float = Field(
         1.0,
         gt=0.0,
-        description="Simulated seconds over which DCGM_FI_DEV_GPU_UTIL averages the busy fraction.",
+        description=(
+            "Simulated seconds over which grm_worker_gpu_utilization_ratio averages the busy fraction."
+        ),
     )
 
     @model_validator(mode="after")

@@ -40,6 +40,13 @@ def test_renamed_metrics_are_read_new_name_first() -> None:
     )
 
 
+def test_e2e_quantiles_read_the_fronts_score_latency_not_vllms_per_request_histogram() -> None:
+    q = default_queries()
+    for key in ("e2eP50", "e2eP95"):
+        assert "rate(grm_score_latency_seconds_bucket{selector}[{window}])" in q[key], key
+        assert "vllm:e2e_request_latency_seconds" not in q[key], key
+
+
 def test_render_substitutes_selector_matchers_and_window() -> None:
     sel = selector("rl", "reward")
     assert sel == '{namespace="rl",grm_dev_deployment="reward"}'
