@@ -282,3 +282,19 @@ def test_the_workers_shed_samples_are_a_rate_and_unknown_without_the_counter() -
     for t in (0, 30, 60):
         plain.add("b", parse_scrape(vllm_text({"0": Engine()}), t))
     assert summarize(plain.histories(["b"]), window_s=60, now=60).shed_sps is None
+
+
+def test_gpu_util_is_the_workers_own_ratio_and_dcgm_names_are_not_read() -> None:
+    store = ScrapeStore()
+    gauges = (
+        "# TYPE grm_worker_gpu_utilization_ratio gauge\n"
+        'grm_worker_gpu_utilization_ratio{gpu="0",uuid="GPU-0",gpu_model="H100"} 0.5\n'
+        'grm_worker_gpu_utilization_ratio{gpu="1",uuid="GPU-1",gpu_model="H100"} 0.7\n'
+    )
+    # dcgm-exporter's series (percent), as an older worker or a mis-scraped exporter would show.
+    dcgm = '# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 99\n'
+    store.add("a", parse_scrape(vllm_text({"0": Engine()}) + gauges + dcgm, 0.0, keep=SIGNAL_NAMES))
+    store.add("b", parse_scrape(vllm_text({"0": Engine()}) + dcgm, 0.0, keep=SIGNAL_NAMES))
+    # Mean over a's two GPUs; b has no gauge of ours and counts as unknown, not 0.99.
+    assert summarize(store.histories(["a", "b"]), window_s=60, now=0).gpu_util == pytest.approx(0.6)
+    assert summarize(store.histories(["b"]), window_s=60, now=0).gpu_util is None
