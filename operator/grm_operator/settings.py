@@ -57,9 +57,15 @@ class OperatorSettings(BaseModel):
     )
     metrics_endpoints: dict[str, str] = Field(
         default_factory=dict,
-        description="Worker URLs by pod (namespace/name → base URL, e.g. http://127.0.0.1:8001) used "
-        "instead of http://<podIP>:8000 by the Direct metrics source and the sample-budget push; "
+        description="Worker URLs by pod (namespace/name → base URL, e.g. http://127.0.0.1:18000) used "
+        "instead of http://<podIP>:8000 by the Direct metrics source; "
         "for test clusters whose pod IPs the operator cannot reach (JSON in GRM_METRICS_ENDPOINTS).",
+    )
+    admin_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Worker admin API URLs by pod (namespace/name → base URL) used instead of "
+        "http://<podIP>:8001 by the sample-budget push; for test clusters whose pod IPs the "
+        "operator cannot reach (JSON in GRM_ADMIN_ENDPOINTS).",
     )
     peering_name: str | None = Field(
         default=None,
@@ -111,7 +117,7 @@ class OperatorSettings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("metrics_endpoints", mode="before")
+    @field_validator("metrics_endpoints", "admin_endpoints", mode="before")
     @classmethod
     def _parse_endpoints(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,8 +1,9 @@
 """A fixture metrics server whose numbers the test controls: it serves vLLM-format ``/metrics``
 text (tests/support/vllm_text.py) whose counters and histograms advance with wall time at the request
-rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples``.
-Runs in a thread (stdlib ThreadingHTTPServer), so a test's
-event loop and blocking pollers both work beside it.
+rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples`` on
+a second listener (``admin_url``), as the real worker serves its admin API apart from its front.
+Runs in threads (stdlib ThreadingHTTPServer), so a test's event loop and blocking pollers both
+work beside it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from support.vllm_text import Engine, vllm_text
+from grm_worker.front_metrics import SCORE_LATENCY_BUCKETS
+from support.vllm_text import Engine, Hist, score_latency_text, vllm_text
 
 
 class FakeWorker:
     """One worker pod's metrics: ``rps`` requests per second, each with the next TTFT of the
-    cycle ``ttft`` (and ``itl``, ``e2e``); gauges as set. ``old_names`` uses pre-0.10 names."""
+    cycle ``ttft`` (and ``itl``, ``e2e``); gauges as set. ``old_names`` uses pre-0.10 names.
+
+    ``e2e`` is the latency of a whole GRM score, exported as the front's
+    ``grm_score_latency_seconds`` (what the operator reads as e2e); vLLM's per-request
+    ``vllm:e2e_request_latency_seconds`` gets ``request_e2e`` (one critique sample), kept apart
+    so a test can tell which one a source read."""
 
     def __init__(
         self,
@@ -27,6 +34,7 @@ class FakeWorker:
         ttft: Sequence[float] = (0.1,),
         itl: Sequence[float] = (0.03,),
         e2e: Sequence[float] = (5.0,),
+        request_e2e: Sequence[float] = (1.0,),
         running: float = 0.0,
         waiting: float = 0.0,
         kv_cache: float = 0.0,
@@ -49,14 +57,22 @@ class FakeWorker:
         self.shed = 0
         self.rps = rps
         self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
+        self.request_e2e = list(request_e2e)
+        self.score_latency = Hist(SCORE_LATENCY_BUCKETS)
         self.engine.running, self.engine.waiting, self.engine.kv_cache = running, waiting, kv_cache
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.admin_server = ThreadingHTTPServer(("127.0.0.1", 0), self._admin_handler())
+        for server in (self.server, self.admin_server):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of the admin listener (``/admin/samples``), not the metrics port."""
+        return f"http://127.0.0.1:{self.admin_server.server_address[1]}"
 
     @property
     def address(self) -> str:
@@ -69,7 +85,7 @@ class FakeWorker:
             for key, value in values.items():
                 if key in ("running", "waiting", "kv_cache"):
                     setattr(self.engine, key, value)
-                elif key in ("ttft", "itl", "e2e"):
+                elif key in ("ttft", "itl", "e2e", "request_e2e"):
                     setattr(self, key, list(value))
                 else:
                     setattr(self, key, value)
@@ -84,7 +100,8 @@ class FakeWorker:
             i = self.served
             self.engine.ttft.observations.append(self.ttft[i % len(self.ttft)])
             self.engine.itl.observations.append(self.itl[i % len(self.itl)])
-            self.engine.e2e.observations.append(self.e2e[i % len(self.e2e)])
+            self.engine.e2e.observations.append(self.request_e2e[i % len(self.request_e2e)])
+            self.score_latency.observations.append(self.e2e[i % len(self.e2e)])
             self.engine.queue.observations.append(0.0)
             self.served += 1
         self.engine.success += n
@@ -96,6 +113,7 @@ class FakeWorker:
         with self.lock:
             self._advance()
             text = vllm_text({"0": self.engine}, old_names=self.old_names) + self.extra
+            text += score_latency_text(self.score_latency)
             if self.shed_per_request is not None:
                 text += f"# TYPE grm_score_samples_shed counter\ngrm_score_samples_shed_total {self.shed}\n"
             return text
@@ -115,6 +133,15 @@ class FakeWorker:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+        return Handler
+
+    def _admin_handler(self) -> type[BaseHTTPRequestHandler]:
+        worker = self
+
+        class AdminHandler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 if self.path != "/admin/samples":
                     self.send_error(404)
@@ -133,8 +160,9 @@ class FakeWorker:
             def log_message(self, format: str, *args: Any) -> None:
                 del format, args
 
-        return Handler
+        return AdminHandler
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for server in (self.server, self.admin_server):
+            server.shutdown()
+            server.server_close()

@@ -1,5 +1,6 @@
 """Builds worker /metrics text in vLLM 0.32's exposition format (names, HELP/TYPE lines, the
-``engine`` and ``model_name`` labels, vLLM's bucket bounds) from numbers a test chooses."""
+``engine`` and ``model_name`` labels, vLLM's bucket bounds) from numbers a test chooses, and the
+GRM front's score-latency histogram (:func:`score_latency_text`) as prometheus_client writes it."""
 
 from __future__ import annotations
 
@@ -24,13 +25,20 @@ class Hist:
 
     def lines(self, name: str, labels: str) -> list[str]:
         out = [f"# HELP {name} Histogram.", f"# TYPE {name} histogram"]
+        prefix = f"{labels}," if labels else ""
         for b in self.bounds:
             n = sum(1 for o in self.observations if o <= b)
-            out.append(f'{name}_bucket{{{labels},le="{b}"}} {float(n)}')
-        out.append(f'{name}_bucket{{{labels},le="+Inf"}} {float(len(self.observations))}')
-        out.append(f"{name}_count{{{labels}}} {float(len(self.observations))}")
-        out.append(f"{name}_sum{{{labels}}} {sum(self.observations)}")
+            out.append(f'{name}_bucket{{{prefix}le="{b}"}} {float(n)}')
+        out.append(f'{name}_bucket{{{prefix}le="+Inf"}} {float(len(self.observations))}')
+        braces = f"{{{labels}}}" if labels else ""
+        out.append(f"{name}_count{braces} {float(len(self.observations))}")
+        out.append(f"{name}_sum{braces} {sum(self.observations)}")
         return out
+
+
+def score_latency_text(score: Hist) -> str:
+    """The front's ``grm_score_latency_seconds`` (unlabelled, one observation per GRM score)."""
+    return "\n".join(score.lines("grm_score_latency_seconds", "")) + "\n"
 
 
 @dataclass

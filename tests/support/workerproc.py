@@ -33,7 +33,8 @@ class WorkerProcess:
     that returns a taken port first); `port` and `url` are those of the latest start. With
     `engine_port`, the vLLM child's loopback port is chosen the same way and passed as
     ``--engine-port`` (`engine_port_chosen`): vLLM binds it many seconds after the choice, and a
-    port fixed in the config file could not be chosen afresh.
+    port fixed in the config file could not be chosen afresh. With `admin_port`, the admin API's
+    port is chosen the same way and passed as ``--admin-port`` (`admin_url`).
     """
 
     def __init__(
@@ -43,10 +44,14 @@ class WorkerProcess:
         choose_port: Callable[[], int] = free_port,
         port_attempts: int = ports.PORT_ATTEMPTS,
         engine_port: bool = False,
+        admin_port: bool = False,
     ) -> None:
         self.args = args
         self.engine_port = engine_port
         self.engine_port_chosen: int | None = None
+        self.admin_port = admin_port
+        self.admin_port_chosen: int | None = None
+        self.admin_url: str | None = None
         self.env = {**os.environ, **(env or {})}
         self.choose_port = choose_port
         self.port_attempts = port_attempts
@@ -68,6 +73,10 @@ class WorkerProcess:
         if self.engine_port:
             self.engine_port_chosen = self.choose_port()
             argv += ["--engine-port", str(self.engine_port_chosen)]
+        if self.admin_port:
+            self.admin_port_chosen = self.choose_port()
+            self.admin_url = f"http://127.0.0.1:{self.admin_port_chosen}"
+            argv += ["--admin-port", str(self.admin_port_chosen)]
         # A new start truncates the log: only its own lines can say why it failed.
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -121,9 +130,8 @@ class WorkerProcess:
         self._raise_if_exited()
 
     def _chosen(self) -> tuple[int, ...]:
-        if self.engine_port_chosen is None:
-            return (self.port,)
-        return (self.port, self.engine_port_chosen)
+        extra = (self.engine_port_chosen, self.admin_port_chosen)
+        return (self.port, *(port for port in extra if port is not None))
 
     def _raise_if_exited(self) -> None:
         if self.proc.poll() is None:

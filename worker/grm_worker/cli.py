@@ -36,6 +36,7 @@ _OVERRIDES = {
     "engine": "engine",
     "host": "host",
     "port": "port",
+    "admin_port": "admin_port",
     "engine_port": "engine_port",
     "engine_transport": "engine_transport",
     "precision": "precision",
@@ -80,6 +81,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["vllm", "sim"])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--admin-port", type=int, help="port of the admin API (/admin/*); unset: none")
     p.add_argument("--engine-port", type=int, help="loopback port of the vLLM child")
     p.add_argument(
         "--engine-transport",
@@ -129,18 +131,24 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
     # The drain already waited drain_timeout_s for in-flight requests; closing the listener must
     # not wait aiohttp's default 60 s again for the ones that overran it.
     runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    # The admin API listens apart from the front: the Service forwards only the front's port.
+    admin_runner = web.AppRunner(front.admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    runners = [runner] if config.admin_port is None else [runner, admin_runner]
     try:
-        await site.start()
+        for each in runners:
+            await each.setup()
+        await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+        if config.admin_port is not None:
+            await web.TCPSite(admin_runner, config.host, config.admin_port, reuse_address=True).start()
     except BaseException:
-        # The port is taken: nothing started, but the engine may own a socket directory already.
-        await runner.cleanup()
+        # A port is taken: nothing started, but the engine may own a socket directory already.
+        for each in runners:
+            await each.cleanup()
         await engine.stop()
         raise
     log.info(
-        "serving variant=%s precision=%s engine=%s on http://%s:%d",
-        config.variant, config.precision, config.engine, config.host, config.port,
+        "serving variant=%s precision=%s engine=%s on http://%s:%d (admin port %s)",
+        config.variant, config.precision, config.engine, config.host, config.port, config.admin_port or "off",
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -162,7 +170,8 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
             await front.drain(config.drain_timeout_s)
     finally:
         front.draining = True
-        await runner.cleanup()
+        for each in runners:
+            await each.cleanup()
         await engine.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -1,23 +1,31 @@
-"""GPU gauges from NVML, exported under DCGM's metric names.
+"""GPU gauges from NVML, under the worker's own metric names.
 
-Where the DCGM exporter is not installed the operator still gets a GPU signal: the worker reads
-NVML (``nvidia-ml-py``, imported as ``pynvml``, optional) at scrape time and renders
-``DCGM_FI_DEV_GPU_UTIL`` (%), ``DCGM_FI_DEV_FB_USED`` and ``DCGM_FI_DEV_FB_FREE`` (MiB) with
-DCGM's labels. :func:`NvmlGauges.create` returns None when NVML or a GPU is missing, so the
-worker runs unchanged on CPU machines.
+The worker reads NVML (``nvidia-ml-py``, imported as ``pynvml``, optional) at scrape time and
+renders, per GPU (labels ``gpu`` = index, ``uuid``, ``gpu_model``):
+``grm_worker_gpu_utilization_ratio`` (0–1), ``grm_worker_gpu_memory_used_bytes`` and
+``grm_worker_gpu_memory_free_bytes``. Not dcgm-exporter's ``DCGM_FI_*`` names: NVIDIA's GPU
+Operator runs dcgm-exporter on every GPU node, and series of the same name from the worker, with
+other labels, would mix into its dashboards and alerts. :func:`NvmlGauges.create` returns None
+when NVML or a GPU is missing, so the worker runs unchanged on CPU machines.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import socket
 from types import ModuleType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-__all__ = ["NvmlGauges"]
+__all__ = ["GPU_LABELS", "GPU_MEMORY_FREE", "GPU_MEMORY_USED", "GPU_UTIL", "NvmlGauges"]
+
+GPU_UTIL = "grm_worker_gpu_utilization_ratio"
+GPU_MEMORY_USED = "grm_worker_gpu_memory_used_bytes"
+GPU_MEMORY_FREE = "grm_worker_gpu_memory_free_bytes"
+#: Labels of every GPU series: the index the worker sees, the GPU's UUID (what dcgm-exporter's
+#: ``UUID`` label holds, for joins) and its product name.
+GPU_LABELS = ("gpu", "uuid", "gpu_model")
 
 log = logging.getLogger("grm_worker.gpu")
 
@@ -29,15 +37,10 @@ class NvmlGauges:
         self._nvml = nvml
         self._handles = handles
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["gpu", "UUID", "device", "modelName", "Hostname"]
-        self.util = Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels, registry=self.registry)
-        self.fb_used = Gauge(
-            "DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels, registry=self.registry
-        )
-        self.fb_free = Gauge(
-            "DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels, registry=self.registry
-        )
-        host = socket.gethostname()
+        labels = list(GPU_LABELS)
+        self.util = Gauge(GPU_UTIL, "GPU utilisation (NVML), 0–1.", labels, registry=self.registry)
+        self.memory_used = Gauge(GPU_MEMORY_USED, "GPU memory used (bytes).", labels, registry=self.registry)
+        self.memory_free = Gauge(GPU_MEMORY_FREE, "GPU memory free (bytes).", labels, registry=self.registry)
         self._labels = []
         for index, handle in enumerate(handles):
             name = nvml.nvmlDeviceGetName(handle)
@@ -45,10 +48,8 @@ class NvmlGauges:
             self._labels.append(
                 {
                     "gpu": str(index),
-                    "UUID": uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                    "device": f"nvidia{index}",
-                    "modelName": name.decode() if isinstance(name, bytes) else str(name),
-                    "Hostname": host,
+                    "uuid": uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    "gpu_model": name.decode() if isinstance(name, bytes) else str(name),
                 }
             )
 
@@ -76,7 +77,7 @@ class NvmlGauges:
             except Exception as error:  # a GPU that fell off the bus must not break /metrics
                 log.warning("NVML read failed for GPU %s: %s", labels["gpu"], error)
                 continue
-            self.util.labels(**labels).set(float(util.gpu))
-            self.fb_used.labels(**labels).set(memory.used / 2**20)
-            self.fb_free.labels(**labels).set(memory.free / 2**20)
+            self.util.labels(**labels).set(float(util.gpu) / 100)  # NVML reports percent
+            self.memory_used.labels(**labels).set(float(memory.used))
+            self.memory_free.labels(**labels).set(float(memory.free))
         return generate_latest(self.registry).decode()

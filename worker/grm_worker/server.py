@@ -1,6 +1,6 @@
 """The worker's HTTP front: OpenAI API relay, GRM scoring, health, metrics, admin, and drain.
 
-Routes (all on the worker's one port):
+Routes on the front's port (``port``, the one the GRMDeployment's Service forwards):
 
 * ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE streaming too), ``GET /v1/models``:
   relayed to the engine unchanged.
@@ -12,9 +12,14 @@ Routes (all on the worker's one port):
   answers and while not draining.
 * ``GET /metrics``: the engine's ``vllm:*`` families (plus GPU gauges) then the front's ``grm_*``
   (:mod:`grm_worker.front_metrics`).
+
+Routes of the admin API (:attr:`Front.admin_app`), served on a listener of its own
+(``admin_port``, 8001 in the operator's pods) that the Service never lists, so no client of the
+Service can change the budget or inject faults; the front's port answers 404 there:
+
 * ``GET|POST /admin/samples`` ``{samples}``: the sample budget, settable within [min, max] (the
-  operator lowers it under load). ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``:
-  fault injection, sim engine only.
+  operator lowers it under load, reaching each pod on ``<podIP>:admin_port``).
+  ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``: fault injection, sim engine only.
 
 Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's queue
 (:meth:`Engine.queue_reading`: vLLM's ``vllm:num_requests_waiting`` and queue-time histogram)
@@ -121,11 +126,14 @@ class Front:
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_route("*", "/admin/samples", self._admin_samples)
-        app.router.add_route("*", "/admin/sim", self._admin_sim)
         if config.scoring.shed_floor is not None:
             app.cleanup_ctx.append(self._polling_queue)
         self.app = app
+        admin = web.Application()
+        admin.router.add_route("*", "/admin/samples", self._admin_samples)
+        admin.router.add_route("*", "/admin/sim", self._admin_sim)
+        #: The admin API, for the listener on ``admin_port`` (never the front's port).
+        self.admin_app = admin
 
     # --- the engine's queue (sample shedding) -------------------------------------------------------
     async def _polling_queue(self, app: web.Application) -> AsyncIterator[None]:

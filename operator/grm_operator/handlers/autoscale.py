@@ -43,7 +43,7 @@ from grm_operator import kubeapi
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
-from grm_operator.control.builders.layout import HTTP_PORT
+from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
@@ -273,13 +273,22 @@ class Autoscaler:
         return out
 
     def _base_url(self, pod: PodView) -> str | None:
-        override = self.settings.metrics_endpoints.get(f"{pod.namespace}/{pod.name}")
+        """The worker's front (``/metrics``): the port the Service forwards."""
+        return self._pod_url(pod, self.settings.metrics_endpoints, HTTP_PORT)
+
+    def _admin_url(self, pod: PodView) -> str | None:
+        """The worker's admin API (``/admin/samples``): a port of its own the Service never lists."""
+        return self._pod_url(pod, self.settings.admin_endpoints, ADMIN_PORT)
+
+    @staticmethod
+    def _pod_url(pod: PodView, overrides: Mapping[str, str], port: int) -> str | None:
+        override = overrides.get(f"{pod.namespace}/{pod.name}")
         if override:
             return override.rstrip("/")
         if not pod.ip:
             return None
         host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
-        return f"http://{host}:{HTTP_PORT}"
+        return f"http://{host}:{port}"
 
     def _source(self, grmd: GRMDeployment) -> MetricsSource:
         metrics = grmd.spec.metrics
@@ -346,7 +355,7 @@ class Autoscaler:
         session = self._session
 
         async def push(pod: PodView) -> None:
-            base = self._base_url(pod)
+            base = self._admin_url(pod)
             if base is None:
                 return
             async with session.post(f"{base}/admin/samples", json={"samples": samples}) as resp:

@@ -32,7 +32,14 @@ from typing import Any
 import aiohttp
 
 from grm_operator.metrics.source import MetricsError, MetricsTarget, Reading
-from grm_operator.policy.signals import COUNTER_NAMES, GAUGE_NAMES, GPU_UTIL_NAME, HISTOGRAM_NAMES, Signals
+from grm_operator.policy.signals import (
+    COUNTER_NAMES,
+    DCGM_GPU_UTIL_NAME,
+    GAUGE_NAMES,
+    GPU_UTIL_NAME,
+    HISTOGRAM_NAMES,
+    Signals,
+)
 
 __all__ = [
     "DEPLOYMENT_LABEL",
@@ -108,15 +115,15 @@ def _rate(names: Sequence[str]) -> str:
 
 
 def _gpu_util() -> str:
-    # The worker's own DCGM_FI_DEV_GPU_UTIL carries our scrape labels. NVIDIA's DCGM exporter
-    # labels each GPU with the pod using it (namespace, pod) but not with our labels; `up` of
-    # our scrape carries each pod's variant, so a join attaches it. A pod's own series win
-    # (`or on (namespace, pod)`); then the mean per variant and overall, percent → 0–1.
+    # The worker's own gauge (0–1) carries our scrape labels. NVIDIA's dcgm-exporter (the
+    # fallback, percent) labels each GPU with the pod using it (namespace, pod) but not with our
+    # labels; `up` of our scrape carries each pod's variant, so a join attaches it. A pod's own
+    # series win (`or on (namespace, pod)`); then the mean per variant and overall.
     pods = f"max by (namespace, pod, {VARIANT_LABEL}) (up{{selector}})"
-    exporter = f'{GPU_UTIL_NAME}{{{DEPLOYMENT_LABEL}=""}}'
+    exporter = f'{DCGM_GPU_UTIL_NAME}{{{DEPLOYMENT_LABEL}=""}} / 100'
     joined = f"{exporter} * on (namespace, pod) group_left ({VARIANT_LABEL}) {pods}"
     per_gpu = f"{GPU_UTIL_NAME}{{selector}} or on (namespace, pod) ({joined})"
-    return f"avg by ({VARIANT_LABEL}) ({per_gpu}) / 100 or avg ({per_gpu}) / 100"
+    return f"avg by ({VARIANT_LABEL}) ({per_gpu}) or avg ({per_gpu})"
 
 
 def default_queries() -> dict[str, str]:

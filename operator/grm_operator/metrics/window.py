@@ -213,8 +213,8 @@ def _gauge(latest: Sequence[PodScrape], names: Sequence[str], mean: bool, scale:
 
 
 def _gpu_util(latest: Sequence[PodScrape]) -> float | None:
-    # Percent per GPU, averaged over the pod's GPUs and then over pods, as a 0–1 fraction.
-    return _gauge(latest, (GPU_UTIL_NAME,), mean=True, scale=0.01)
+    # 0–1 per GPU, averaged over the pod's GPUs and then over pods.
+    return _gauge(latest, (GPU_UTIL_NAME,), mean=True)
 
 
 def summarize(histories: Iterable[PodHistory], window_s: float, now: float) -> Signals:

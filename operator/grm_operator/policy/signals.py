@@ -5,6 +5,12 @@ or the whole GRMDeployment): rates, latency percentiles, gauges. Both sources pr
 Direct source from its own scrapes, the Prometheus source from PromQL — so the policy cannot
 tell them apart. ``None`` means "not known" (no series, idle window, too few samples), never 0.
 
+The end-to-end latency (``e2e``, what ``slo.e2eP95`` bounds) is that of a whole GRM score: the
+scoring front's ``grm_score_latency_seconds``, one observation per successful
+``/v1/grm/score`` request with all its critique samples. vLLM's
+``vllm:e2e_request_latency_seconds`` times one engine request (one critique sample, or one
+relayed OpenAI call), k of which make a score; the operator does not read it.
+
 vLLM renamed metrics across releases; every signal lists its names newest first and the
 sources take the first one a worker exposes:
 
@@ -18,6 +24,7 @@ from dataclasses import dataclass, fields
 
 __all__ = [
     "COUNTER_NAMES",
+    "DCGM_GPU_UTIL_NAME",
     "GAUGE_NAMES",
     "GPU_UTIL_NAME",
     "HISTOGRAM_NAMES",
@@ -29,7 +36,8 @@ __all__ = [
 HISTOGRAM_NAMES: dict[str, tuple[str, ...]] = {
     "ttft": ("vllm:time_to_first_token_seconds",),
     "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-    "e2e": ("vllm:e2e_request_latency_seconds",),
+    # A whole GRM score, timed by the worker's front (not vLLM's per-request histogram).
+    "e2e": ("grm_score_latency_seconds",),
     "queue_time": ("vllm:request_queue_time_seconds",),
 }
 
@@ -49,10 +57,15 @@ GAUGE_NAMES: dict[str, tuple[str, ...]] = {
     "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
 }
 
-#: GPU utilisation in percent per GPU, DCGM's name. The worker exports it itself (from NVML, or
-#: the sim engine's busy fraction), and NVIDIA's DCGM exporter exports it per GPU with the pod
-#: using it in its ``namespace``/``pod`` labels; the sources read it as a 0–1 fraction.
-GPU_UTIL_NAME = "DCGM_FI_DEV_GPU_UTIL"
+#: GPU utilisation per GPU, 0–1, under the worker's own name (label ``gpu``): the worker exports
+#: it from NVML, the sim engine its step loop's busy fraction. Not DCGM's name, which NVIDIA's
+#: GPU Operator's dcgm-exporter already exports for the same GPUs with other labels and units.
+GPU_UTIL_NAME = "grm_worker_gpu_utilization_ratio"
+
+#: NVIDIA dcgm-exporter's GPU utilisation, in percent per GPU, labelled with the pod using the GPU
+#: (``namespace``/``pod``). The Prometheus source falls back to it for pods without the worker's
+#: own gauge (a worker without NVML access); the Direct source scrapes only workers.
+DCGM_GPU_UTIL_NAME = "DCGM_FI_DEV_GPU_UTIL"
 
 #: Every metric name a worker scrape is reduced to (the Direct source keeps only these).
 SIGNAL_NAMES: tuple[str, ...] = (
@@ -74,6 +87,7 @@ class Signals:
     ttft_p95: float | None = None
     itl_p50: float | None = None
     itl_p95: float | None = None
+    #: Latency of a whole GRM score request (``grm_score_latency_seconds``).
     e2e_p50: float | None = None
     e2e_p95: float | None = None
     queue_time_p95: float | None = None

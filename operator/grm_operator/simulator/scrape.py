@@ -49,6 +49,7 @@ def window_signals(
         else:
             step = (last - first) / (g.samples - 1)
             ttft.extend(first - g.arrival + j * step for j in range(g.samples))
+    # e2e: one value per GRM score (all its samples), as the front's grm_score_latency_seconds.
     e2e = [g.finished - g.arrival for g in groups if g.finished is not None]
     queue = [g.admitted - g.arrival for g in groups if g.admitted is not None]
     utils: list[float] = []

@@ -4,7 +4,9 @@ No controller-manager runs, so the test plays the Deployment controller and the 
 creates the worker Pods a Deployment would have (labels, Ready status, a pod IP), and writes
 Deployment status. The pods' metrics come from fixture metrics servers (tests/support/fakepod.py) whose
 latency and load the test sets; the operator's Direct source reaches them through
-``GRM_METRICS_ENDPOINTS`` (pod → URL), since the test cluster's pod IPs are not reachable.
+``GRM_METRICS_ENDPOINTS`` (pod → URL), since the test cluster's pod IPs are not reachable, and
+pushes sample budgets to their admin listeners through ``GRM_ADMIN_ENDPOINTS`` (the metrics port
+answers 404 to ``/admin/samples``, as the worker's front does).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Cluster:
         self.namespaces = {k: f"as-{k}-{uuid.uuid4().hex[:6]}" for k in ("scale", "restart", "rollback")}
         self.workers: dict[tuple[str, str], FakeWorker] = {}
         endpoints: dict[str, str] = {}
+        admin_endpoints: dict[str, str] = {}
         for ns in self.namespaces.values():
             self.ok(
                 "POST",
@@ -54,8 +57,13 @@ class Cluster:
                     worker = FakeWorker()
                     self.workers[ns, pod] = worker
                     endpoints[f"{ns}/{pod}"] = worker.url.removesuffix("/metrics")
+                    admin_endpoints[f"{ns}/{pod}"] = worker.admin_url
         self.kubeconfig = plane.kubeconfig_for_user("grm-autoscaler-test", ("system:masters",))
-        self.env = {"GRM_METRICS_ENDPOINTS": json.dumps(endpoints), "GRM_AUTOSCALE_TICK_S": "0.2"}
+        self.env = {
+            "GRM_METRICS_ENDPOINTS": json.dumps(endpoints),
+            "GRM_ADMIN_ENDPOINTS": json.dumps(admin_endpoints),
+            "GRM_AUTOSCALE_TICK_S": "0.2",
+        }
         self.operator = self._operator()
 
     def _operator(self) -> operator_process.OperatorProcess:

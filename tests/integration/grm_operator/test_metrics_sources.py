@@ -51,7 +51,8 @@ PODS: dict[str, tuple[str, dict[str, Any]]] = {
             "itl": (0.06,),
             "kv_cache": 0.9,
             "old_names": True,
-            "extra": '# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 95\n',
+            "extra": "# TYPE grm_worker_gpu_utilization_ratio gauge\n"
+            'grm_worker_gpu_utilization_ratio{gpu="0"} 0.95\n',
         },
     ),
     "reward-c-0": ("c", {"rps": 0.0, "waiting": 4}),
@@ -163,6 +164,9 @@ def _check(reading: Reading, source: str) -> None:
     # b's ITL comes from the old name vllm:time_per_output_token_seconds: 0.06 s in (0.05, 0.075].
     assert b.itl_p95 is not None and 0.05 < b.itl_p95 <= 0.075, source
     assert c.ttft_p95 is None and c.e2e_p95 is None, f"{source}: idle window must be unknown, not 0"
+    # e2e is the front's score latency (FakeWorker's default 5 s, in the bucket (2.5, 5]), not
+    # vLLM's per-request histogram (1 s per critique there).
+    assert a.e2e_p95 == pytest.approx(2.5 + 2.5 * 0.95, abs=0.05), source
     assert a.running == 5 and c.waiting == 4 and total.waiting == 4, source
     # Shed samples: 10 rps × 3 on a-1; pods without the counter are unknown, not 0.
     assert a.shed_sps == pytest.approx(30.0, rel=0.12), source
@@ -301,13 +305,19 @@ def sim_cluster() -> Iterator[tuple[PrometheusServer, dict[str, SimWorker]]]:
 
 
 async def _load(session: aiohttp.ClientSession, worker: SimWorker, rps: float, stop: asyncio.Event) -> int:
-    """Open-loop load: one completion request every 1/rps seconds until ``stop``; count the OKs."""
+    """Open-loop load: one GRM score request every 1/rps seconds until ``stop``; count the OKs.
+    One sample each, so a score is one engine request: the engine's request rate is ``rps`` and
+    the e2e signal (the front's score latency) has as many observations."""
     ok = 0
 
     async def one() -> None:
         nonlocal ok
-        body = {"model": "grm", "prompt": "Compare the two answers and score them. " * 8, "max_tokens": 24}
-        async with session.post(f"{worker.base_url}/v1/completions", json=body) as resp:
+        body = {
+            "query": "Compare the two answers and score them. " * 8,
+            "responses": ["4", "5"],
+            "samples": 1,
+        }
+        async with session.post(f"{worker.base_url}/v1/grm/score", json=body) as resp:
             ok += resp.status == 200
             await resp.read()
 

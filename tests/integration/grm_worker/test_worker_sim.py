@@ -28,7 +28,7 @@ def worker(tmp_path: Path) -> Iterator[WorkerProcess]:
     }
     path = tmp_path / "worker.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = WorkerProcess("--config", str(path), "--log-level", "INFO")
+    proc = WorkerProcess("--config", str(path), "--log-level", "INFO", admin_port=True)
     try:
         proc.wait_ready(30)
         yield proc
@@ -55,12 +55,16 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
         body = await r.json()
         assert r.status == 200 and len(body["scores"]) == 3 and 1 <= body["samples_used"] <= 8
         assert body["winner"] in (0, 1, 2)
-        r = await http.post("/admin/samples", json={"samples": 3})
-        assert (await r.json())["samples"] == 3
+        # The admin API is not on the front's (the Service's) port, only on its own.
+        assert (await http.post("/admin/samples", json={"samples": 3})).status == 404
+        assert worker.admin_url is not None
+        async with aiohttp.ClientSession(worker.admin_url) as admin:
+            r = await admin.post("/admin/samples", json={"samples": 3})
+            assert (await r.json())["samples"] == 3
         text = await (await http.get("/metrics")).text()
         names = {f.name for f in text_string_to_metric_families(text)}
         assert {"vllm:time_to_first_token_seconds", "vllm:num_requests_running", "grm_score_samples"} <= names
-        assert {"grm_requests_in_flight", "grm_sample_budget", "DCGM_FI_DEV_GPU_UTIL"} <= names
+        assert {"grm_requests_in_flight", "grm_sample_budget", "grm_worker_gpu_utilization_ratio"} <= names
 
         # ~150 decode steps of ≥ 12.5 ms: in flight for about 2 s when SIGTERM arrives.
         slow = asyncio.create_task(http.post("/v1/completions", json={"prompt": "x", "max_tokens": 150}))
@@ -88,8 +92,9 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
 def test_engine_death_exits_non_zero(worker: WorkerProcess) -> None:
     import urllib.request
 
+    assert worker.admin_url is not None
     request = urllib.request.Request(
-        worker.url + "/admin/sim", data=b'{"crash": true}', headers={"Content-Type": "application/json"}
+        worker.admin_url + "/admin/sim", data=b'{"crash": true}', headers={"Content-Type": "application/json"}
     )
     urllib.request.urlopen(request, timeout=5).read()
     assert worker.wait(30) == 1

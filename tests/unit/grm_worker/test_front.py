@@ -32,6 +32,13 @@ async def client_for(**fields: Any) -> tuple[TestClient[Any, Any], Front]:
     return client, front
 
 
+async def admin_client_for(front: Front) -> TestClient[Any, Any]:
+    """A client of the front's admin API (the listener on ``admin_port``)."""
+    client: TestClient[Any, Any] = TestClient(TestServer(front.admin_app))
+    await client.start_server()
+    return client
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestClient[Any, Any], Front]]:
     client, front = await client_for(
@@ -77,7 +84,7 @@ async def test_score_exits_early_and_reports_metrics(served: tuple[TestClient[An
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert fams["grm_score_early_exits"].samples[0].value == 1
     assert fams["grm_score_samples"].type == "histogram"
-    assert "vllm:time_to_first_token_seconds" in fams and "DCGM_FI_DEV_GPU_UTIL" in fams
+    assert "vllm:time_to_first_token_seconds" in fams and "grm_worker_gpu_utilization_ratio" in fams
     assert fams["grm_sample_budget"].samples[0].value == 16
 
 
@@ -110,15 +117,31 @@ async def test_truncated_critiques_count_as_parse_failures() -> None:
     await front.engine.stop()
 
 
+async def test_admin_api_is_not_served_on_the_front_port(
+    served: tuple[TestClient[Any, Any], Front],
+) -> None:
+    """The Service forwards only the front's port: the admin routes must not exist there."""
+    client, front = served
+    for path in ("/admin/samples", "/admin/sim"):
+        assert (await client.get(path)).status == 404
+        assert (await client.post(path, json={"samples": 1, "crash": True})).status == 404
+    assert front.samples_budget == 16 and await front.engine.ready()
+    admin = await admin_client_for(front)
+    assert (await admin.get("/v1/models")).status == 404 and (await admin.get("/metrics")).status == 404
+    await admin.close()
+
+
 async def test_admin_samples_bounds_and_budget_caps_requests(
     served: tuple[TestClient[Any, Any], Front],
 ) -> None:
-    client, _ = served
-    assert (await (await client.get("/admin/samples")).json()) == {"samples": 16, "min": 1, "max": 16}
+    client, front = served
+    admin = await admin_client_for(front)
+    assert (await (await admin.get("/admin/samples")).json()) == {"samples": 16, "min": 1, "max": 16}
     for bad in (0, 17, "4", True):
-        assert (await client.post("/admin/samples", json={"samples": bad})).status == 400
-    r = await client.post("/admin/samples", json={"samples": 2})
+        assert (await admin.post("/admin/samples", json={"samples": bad})).status == 400
+    r = await admin.post("/admin/samples", json={"samples": 2})
     assert (await r.json())["samples"] == 2
+    await admin.close()
     body = await (
         await client.post("/v1/grm/score", json={"query": "q", "responses": ["x", "y"], "samples": 8})
     ).json()
@@ -127,12 +150,14 @@ async def test_admin_samples_bounds_and_budget_caps_requests(
 
 async def test_admin_sim_injects_faults(served: tuple[TestClient[Any, Any], Front]) -> None:
     client, front = served
-    assert (await client.post("/admin/sim", json={"slowdown": 0})).status == 400
-    assert (await client.post("/admin/sim", json={"error_rate": 2})).status == 400
-    r = await client.post("/admin/sim", json={"error_rate": 1.0, "slowdown": 2.0})
+    admin = await admin_client_for(front)
+    assert (await admin.post("/admin/sim", json={"slowdown": 0})).status == 400
+    assert (await admin.post("/admin/sim", json={"error_rate": 2})).status == 400
+    r = await admin.post("/admin/sim", json={"error_rate": 1.0, "slowdown": 2.0})
     assert (await r.json()) == {"slowdown": 2.0, "error_rate": 1.0, "crashed": None}
     assert (await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1})).status == 500
-    await client.post("/admin/sim", json={"crash": True, "error_rate": 0})
+    await admin.post("/admin/sim", json={"crash": True, "error_rate": 0})
+    await admin.close()
     assert (await client.get("/ready")).status == 503
     assert isinstance(front.engine, SimEngine) and front.engine.faults.crashed == "injected crash"
 

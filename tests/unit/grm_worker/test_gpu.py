@@ -1,4 +1,5 @@
-"""NVML GPU gauges rendered under DCGM's names, with a stand-in NVML module (no GPU here)."""
+"""NVML GPU gauges rendered under the worker's own names (not dcgm-exporter's), with a stand-in
+NVML module (no GPU here)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,17 @@ def test_gauges_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     gauges = NvmlGauges.create()
     assert gauges is not None
     families = {f.name: f for f in text_string_to_metric_families(gauges.render())}
-    util = {s.labels["gpu"]: s.value for s in families["DCGM_FI_DEV_GPU_UTIL"].samples}
-    assert util == {"0": 40.0, "1": 41.0}
-    used = {s.labels["UUID"]: s.value for s in families["DCGM_FI_DEV_FB_USED"].samples}
-    assert used == {"GPU-0000": 1024.0, "GPU-0001": 2048.0}
-    assert families["DCGM_FI_DEV_FB_FREE"].samples[0].labels["modelName"] == "NVIDIA H100 80GB HBM3"
+    util = {s.labels["gpu"]: s.value for s in families["grm_worker_gpu_utilization_ratio"].samples}
+    assert util == {"0": 0.40, "1": 0.41}  # NVML's percent as a ratio
+    used = {s.labels["uuid"]: s.value for s in families["grm_worker_gpu_memory_used_bytes"].samples}
+    assert used == {"GPU-0000": 2.0**30, "GPU-0001": 2.0**31}
+    free = families["grm_worker_gpu_memory_free_bytes"].samples[0]
+    assert free.value == 79 * 2.0**30 and free.labels["gpu_model"] == "NVIDIA H100 80GB HBM3"
+    # Nothing under dcgm-exporter's names, which the GPU Operator's exporter owns.
+    assert not [name for name in families if name.startswith("DCGM_")]
+    assert {tuple(sorted(s.labels)) for f in families.values() for s in f.samples} == {
+        ("gpu", "gpu_model", "uuid")
+    }
 
 
 def test_no_nvml_or_no_gpu_means_no_gauges(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,4 +62,4 @@ def test_failed_reads_do_not_break_metrics(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(1, fail_reads=True))
     gauges = NvmlGauges.create()
     assert gauges is not None
-    assert "DCGM_FI_DEV_GPU_UTIL{" not in gauges.render()
+    assert "grm_worker_gpu_utilization_ratio{" not in gauges.render()

@@ -140,12 +140,12 @@ async def test_gpu_util_is_the_busy_fraction_of_the_step_loop() -> None:
     task = asyncio.create_task(complete(engine, "g" * 40, 2000))
     await asyncio.sleep(5.0)
     families = {f.name: f for f in text_string_to_metric_families(await engine.metrics_text())}
-    util = families["DCGM_FI_DEV_GPU_UTIL"].samples
-    assert len(util) == engine.profile.gpus and all(s.value == pytest.approx(100.0, abs=0.5) for s in util)
+    util = families["grm_worker_gpu_utilization_ratio"].samples
+    assert len(util) == engine.profile.gpus and all(s.value == pytest.approx(1.0, abs=0.005) for s in util)
     await task
     await asyncio.sleep(2.0)
     families = {f.name: f for f in text_string_to_metric_families(await engine.metrics_text())}
-    assert families["DCGM_FI_DEV_GPU_UTIL"].samples[0].value == 0.0
+    assert families["grm_worker_gpu_utilization_ratio"].samples[0].value == 0.0
     await engine.stop()
 
 

@@ -124,7 +124,10 @@ def test_request_success_has_vllm_finished_reasons(
     assert reasons(sim["vllm:request_success"]) == reasons(real["vllm:request_success"])
 
 
-def test_sim_exports_dcgm_gpu_util(sim: dict[str, tuple[str, set[str], list[Sample]]]) -> None:
-    kind, labels, samples = sim["DCGM_FI_DEV_GPU_UTIL"]
-    assert kind == "gauge" and {"gpu", "UUID", "Hostname", "modelName"} <= labels
-    assert samples and all(0.0 <= s.value <= 100.0 for s in samples)
+def test_sim_exports_the_workers_gpu_util_not_dcgms(
+    sim: dict[str, tuple[str, set[str], list[Sample]]],
+) -> None:
+    kind, labels, samples = sim["grm_worker_gpu_utilization_ratio"]
+    assert kind == "gauge" and labels == {"gpu", "uuid", "gpu_model"}
+    assert samples and all(0.0 <= s.value <= 1.0 for s in samples)
+    assert not [name for name in sim if name.startswith("DCGM_")]

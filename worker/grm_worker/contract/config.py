@@ -210,7 +210,9 @@ class SimConfig(_Section):
     gpu_util_window_s: float = Field(
         1.0,
         gt=0.0,
-        description="Simulated seconds over which DCGM_FI_DEV_GPU_UTIL averages the busy fraction.",
+        description=(
+            "Simulated seconds over which grm_worker_gpu_utilization_ratio averages the busy fraction."
+        ),
     )
 
     @model_validator(mode="after")
@@ -238,6 +240,16 @@ class WorkerConfig(BaseModel):
     sim: SimConfig = Field(default_factory=SimConfig, description="Simulated engine settings.")
     host: str = Field("0.0.0.0", description="Address the front listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the front (OpenAI API, score, metrics).")
+    admin_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description=(
+            "Port of the admin API (/admin/samples, /admin/sim), a listener of its own on `host` "
+            "that the GRMDeployment's Service never lists, so clients of the Service cannot set "
+            "the sample budget or inject faults. The operator sets it (8001); unset: no admin API."
+        ),
+    )
     engine_port: int = Field(
         8100,
         ge=1,

@@ -12,7 +12,7 @@ A continuous-batching step loop in the image of vLLM's v1 scheduler:
 
 Simulated time runs ``time_scale``× faster than the wall clock: every latency the engine
 reports (histograms, the start-up delay) is in simulated seconds, so a demo at 10× shows the
-same numbers as real time. ``DCGM_FI_DEV_GPU_UTIL`` is the step loop's busy fraction over the
+same numbers as real time. ``grm_worker_gpu_utilization_ratio`` is the step loop's busy fraction over the
 last ``gpu_util_window_s`` simulated seconds, the same for each of the replica's GPUs (tensor
 parallel ranks are busy together). The series are vLLM's (:mod:`grm_worker.engines.sim_metrics`),
 and so are the request and answer shapes (:mod:`grm_worker.engines.sim_openai`).
@@ -419,4 +419,4 @@ class SimEngine(Engine):
 
     async def metrics_text(self) -> str:
         self._update_gauges()
-        return self.metrics.render(100.0 * self.gpu_busy_fraction())
+        return self.metrics.render(self.gpu_busy_fraction())

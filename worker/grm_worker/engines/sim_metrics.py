@@ -1,11 +1,11 @@
 """The sim engine's metrics: the ``vllm:*`` Prometheus series a real vLLM 0.32 server exports,
-plus DCGM's GPU utilisation, for the simulated engine to update and render.
+plus the worker's GPU utilisation, for the simulated engine to update and render.
 
 Names, types, labels (``model_name``, ``engine``) and histogram buckets are vLLM 0.32's
 (``vllm/v1/metrics/loggers.py``); the unit test ``test_sim_metrics_vs_vllm.py`` checks them
 against a real vLLM dump (``tests/fixtures/vllm-0.32-metrics.txt``) family by family.
-``DCGM_FI_DEV_GPU_UTIL`` is labelled as NVIDIA's DCGM exporter labels it, one series per GPU of
-the replica.
+``grm_worker_gpu_utilization_ratio`` is labelled as the worker labels real GPUs
+(:mod:`grm_worker.gpu`), one series per GPU of the replica.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import socket
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from grm_worker.gpu import GPU_LABELS, GPU_UTIL
 
 __all__ = ["ITL_BUCKETS", "LATENCY_BUCKETS", "N_BUCKETS", "TTFT_BUCKETS", "SimMetrics"]
 
@@ -47,7 +49,7 @@ def _token_buckets(max_model_len: int) -> tuple[float, ...]:
 
 
 class SimMetrics:
-    """vLLM 0.32's metric families (names, types, labels, buckets) plus DCGM's GPU utilisation."""
+    """vLLM 0.32's metric families (names, types, labels, buckets) plus the worker's GPU utilisation."""
 
     def __init__(self, model_name: str, max_model_len: int, gpus: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -155,25 +157,15 @@ class SimMetrics:
             (1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0),
         )
         host = socket.gethostname()
-        self.gpu_util = Gauge(
-            "DCGM_FI_DEV_GPU_UTIL",
-            "GPU utilization (in %).",
-            ["gpu", "UUID", "device", "modelName", "Hostname"],
-            registry=r,
-        )
+        self.gpu_util = Gauge(GPU_UTIL, "GPU utilisation (the step loop's busy fraction), 0–1.",
+                              list(GPU_LABELS), registry=r)  # fmt: skip
         self.gpu_util_l = [
-            self.gpu_util.labels(
-                gpu=str(i),
-                UUID=f"GPU-sim-{host}-{i}",
-                device=f"nvidia{i}",
-                modelName="Simulated H100",
-                Hostname=host,
-            )
+            self.gpu_util.labels(gpu=str(i), uuid=f"GPU-sim-{host}-{i}", gpu_model="Simulated H100")
             for i in range(gpus)
         ]
 
-    def render(self, gpu_util_percent: float) -> str:
-        """The exposition text, every GPU's ``DCGM_FI_DEV_GPU_UTIL`` set to ``gpu_util_percent``."""
+    def render(self, gpu_util_ratio: float) -> str:
+        """The exposition text, every GPU's utilisation gauge set to ``gpu_util_ratio`` (0–1)."""
         for gauge in self.gpu_util_l:
-            gauge.set(round(gpu_util_percent, 1))
+            gauge.set(round(gpu_util_ratio, 3))
         return generate_latest(self.registry).decode()

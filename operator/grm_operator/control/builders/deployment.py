@@ -9,6 +9,7 @@ import math
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, Variant
 from grm_operator.control.builders.layout import (
+    ADMIN_PORT,
     CONFIG_DIR,
     CONFIG_FILE,
     CREDENTIALS_DIR,
@@ -173,7 +174,11 @@ def build_deployment(
         "image": template.image or settings.worker_image,
         "imagePullPolicy": template.image_pull_policy or settings.worker_image_pull_policy,
         "command": ["grm-worker", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        # admin: the operator's sample-budget push, on a port the Service does not forward.
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
         "env": _env(grmd, variant),
         "resources": _resources(spec, variant),
         "volumeMounts": mounts,

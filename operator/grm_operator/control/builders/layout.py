@@ -8,6 +8,8 @@ same user; ``tests/unit/helm/test_chart_images.py`` checks that they agree.
 from __future__ import annotations
 
 HTTP_PORT = 8000
+# The worker's admin API (sample budget, sim faults): a container port the Service never lists.
+ADMIN_PORT = 8001
 CONFIG_DIR = "/etc/grm"
 CONFIG_FILE = "worker.json"
 MODEL_CACHE_DIR = "/models"

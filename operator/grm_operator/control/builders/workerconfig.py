@@ -12,7 +12,13 @@ import json
 from typing import Any
 
 from grm_operator.api.models import EngineOptions, GRMDeployment, GRMDeploymentSpec, Variant
-from grm_operator.control.builders.layout import CONFIG_FILE, HTTP_PORT, MODEL_CACHE_DIR, WEIGHTS_DIR
+from grm_operator.control.builders.layout import (
+    ADMIN_PORT,
+    CONFIG_FILE,
+    HTTP_PORT,
+    MODEL_CACHE_DIR,
+    WEIGHTS_DIR,
+)
 from grm_operator.control.builders.metadata import (
     LABEL_VARIANT,
     Manifest,
@@ -120,6 +126,7 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
             sampling="shuffled" if spec.scoring.sampling == "Shuffled" else "shared-prefill",
         ),
         port=HTTP_PORT,
+        admin_port=ADMIN_PORT,
         drain_timeout_s=float(spec.rollout.drain_seconds),
     )
     overrides = annotations.get(ANNOTATION_WORKER_OVERRIDES)

@@ -169,6 +169,23 @@ def test_worker_pod_shape() -> None:
     assert annotations["prometheus.io/port"] == "8000"
 
 
+def test_admin_port_is_a_container_port_the_service_and_pod_monitor_never_reach() -> None:
+    """The worker's admin API (sample budget, fault injection) listens on the config's admin_port,
+    declared as the container port ``admin``; the Service forwards only ``http``, and the
+    PodMonitor scrapes only ``http``, so no client of the Service can reach /admin/*."""
+    built = children(pod_monitor=True)
+    for variant, deployment in built.deployments.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        config = WorkerConfig.model_validate_json(built.config_maps[variant]["data"]["worker.json"])
+        assert ports == {"http": config.port, "admin": config.admin_port}
+        assert config.admin_port != config.port
+    service_ports = built.service["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in service_ports] == [(8000, "http")]
+    assert built.pod_monitor is not None
+    assert [e["port"] for e in built.pod_monitor["spec"]["podMetricsEndpoints"]] == ["http"]
+
+
 def test_startup_probe_follows_the_profile_cold_start() -> None:
     def slow_fp8(body: dict[str, Any]) -> None:
         body["spec"]["variants"][1]["profile"] = {

@@ -40,6 +40,22 @@ def test_renamed_metrics_are_read_new_name_first() -> None:
     )
 
 
+def test_e2e_quantiles_read_the_fronts_score_latency_not_vllms_per_request_histogram() -> None:
+    q = default_queries()
+    for key in ("e2eP50", "e2eP95"):
+        assert "rate(grm_score_latency_seconds_bucket{selector}[{window}])" in q[key], key
+        assert "vllm:e2e_request_latency_seconds" not in q[key], key
+
+
+def test_gpu_util_reads_the_workers_ratio_and_falls_back_to_dcgm_exporter_in_percent() -> None:
+    q = default_queries()["gpuUtil"]
+    assert "grm_worker_gpu_utilization_ratio{selector}" in q
+    # dcgm-exporter's series only where our scrape labels are absent, scaled from percent.
+    assert 'DCGM_FI_DEV_GPU_UTIL{grm_dev_deployment=""} / 100' in q
+    assert "DCGM_FI_DEV_GPU_UTIL{selector}" not in q
+    assert q.index("grm_worker_gpu_utilization_ratio") < q.index("DCGM_FI_DEV_GPU_UTIL")
+
+
 def test_render_substitutes_selector_matchers_and_window() -> None:
     sel = selector("rl", "reward")
     assert sel == '{namespace="rl",grm_dev_deployment="reward"}'

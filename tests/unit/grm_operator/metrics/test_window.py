@@ -16,8 +16,9 @@ from grm_operator.metrics.window import (
     summarize,
 )
 from grm_operator.policy.signals import SIGNAL_NAMES
+from grm_worker.front_metrics import SCORE_LATENCY_BUCKETS
 from support.paths import FIXTURES
-from support.vllm_text import Engine, vllm_text
+from support.vllm_text import Engine, Hist, score_latency_text, vllm_text
 
 INF = math.inf
 
@@ -94,18 +95,25 @@ class Pod:
 
     def __init__(self, store: ScrapeStore, name: str, old_names: bool = False) -> None:
         self.store, self.name, self.old_names, self.engine = store, name, old_names, Engine()
+        self.score = Hist(SCORE_LATENCY_BUCKETS)
 
-    def serve(self, n: int, ttft: float, itl: float = 0.03, e2e: float = 5.0) -> None:
+    def serve(
+        self, n: int, ttft: float, itl: float = 0.03, e2e: float = 5.0, request_e2e: float = 1.0
+    ) -> None:
+        """``n`` GRM scores of ``e2e`` s each (the front's histogram), each engine request
+        ``request_e2e`` s (vLLM's per-request histogram)."""
         self.engine.success += n
         self.engine.prompt_tokens += 1000 * n
         self.engine.generation_tokens += 300 * n
         self.engine.ttft.observations += [ttft] * n
         self.engine.itl.observations += [itl] * n
-        self.engine.e2e.observations += [e2e] * n
+        self.engine.e2e.observations += [request_e2e] * n
         self.engine.queue.observations += [0.0] * n
+        self.score.observations += [e2e] * n
 
-    def scrape(self, t: float) -> None:
-        self.store.add(self.name, parse_scrape(vllm_text({"0": self.engine}, old_names=self.old_names), t))
+    def scrape(self, t: float, front: bool = True) -> None:
+        text = vllm_text({"0": self.engine}, old_names=self.old_names)
+        self.store.add(self.name, parse_scrape(text + (score_latency_text(self.score) if front else ""), t))
 
 
 def test_rates_and_quantiles_over_a_window_of_two_pods() -> None:
@@ -130,6 +138,30 @@ def test_rates_and_quantiles_over_a_window_of_two_pods() -> None:
     assert s.ttft_p50 == pytest.approx(0.25 + 0.25 * 90 / 120)
     assert s.itl_p95 is not None and 0.025 < s.itl_p95 <= 0.05
     assert s.e2e_p95 is not None and 2.5 < s.e2e_p95 <= 5.0
+
+
+def test_e2e_is_the_latency_of_a_whole_grm_score_not_of_one_vllm_request() -> None:
+    # Each score draws several critiques: vLLM's per-request histogram says 1 s, the front's
+    # score histogram 12 s; the SLO's e2eP95 bounds the score.
+    store = ScrapeStore()
+    pod = Pod(store, "a")
+    for t in range(0, 61, 15):
+        pod.serve(30, ttft=0.3, e2e=12.0, request_e2e=1.0)
+        pod.scrape(t)
+    s = summarize(store.histories(["a"]), window_s=60, now=60)
+    # All 120 scores in the front's bucket (10, 15]: rank 114 → 10 + 5 · 0.95.
+    assert s.e2e_p95 == pytest.approx(10.0 + 5.0 * 0.95)
+    assert s.e2e_p50 == pytest.approx(10.0 + 5.0 * 0.5)
+    # A pod without the GRM front (plain vLLM) has no score latency: unknown, not vLLM's 1 s.
+    plain = ScrapeStore()
+    bare = Pod(plain, "b")
+    for t in range(0, 61, 15):
+        bare.serve(30, ttft=0.3, e2e=12.0, request_e2e=1.0)
+        bare.scrape(t, front=False)
+    s = summarize(plain.histories(["b"]), window_s=60, now=60)
+    assert s.e2e_p95 is None and s.ttft_p95 is not None
+    assert "grm_score_latency_seconds" in SIGNAL_NAMES
+    assert "vllm:e2e_request_latency_seconds" not in SIGNAL_NAMES
 
 
 def test_the_window_excludes_older_scrapes() -> None:
@@ -219,7 +251,7 @@ def test_a_real_vllm_0_32_dump_parses_into_every_signal_it_carries() -> None:
     assert scrape.value("vllm:generation_tokens_total") == 117
     assert scrape.value("vllm:num_requests_running") == 0 and scrape.mean("vllm:kv_cache_usage_perc") == 0
     for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
-                 "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds"):  # fmt: skip
+                 "vllm:request_queue_time_seconds"):  # fmt: skip
         hist = scrape.histogram(name)
         assert hist is not None and hist.buckets[-1][0] == INF and hist.buckets[-1][1] == hist.count > 0
     ttft = scrape.histogram("vllm:time_to_first_token_seconds")
@@ -250,3 +282,19 @@ def test_the_workers_shed_samples_are_a_rate_and_unknown_without_the_counter() -
     for t in (0, 30, 60):
         plain.add("b", parse_scrape(vllm_text({"0": Engine()}), t))
     assert summarize(plain.histories(["b"]), window_s=60, now=60).shed_sps is None
+
+
+def test_gpu_util_is_the_workers_own_ratio_and_dcgm_names_are_not_read() -> None:
+    store = ScrapeStore()
+    gauges = (
+        "# TYPE grm_worker_gpu_utilization_ratio gauge\n"
+        'grm_worker_gpu_utilization_ratio{gpu="0",uuid="GPU-0",gpu_model="H100"} 0.5\n'
+        'grm_worker_gpu_utilization_ratio{gpu="1",uuid="GPU-1",gpu_model="H100"} 0.7\n'
+    )
+    # dcgm-exporter's series (percent), as an older worker or a mis-scraped exporter would show.
+    dcgm = '# TYPE DCGM_FI_DEV_GPU_UTIL gauge\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 99\n'
+    store.add("a", parse_scrape(vllm_text({"0": Engine()}) + gauges + dcgm, 0.0, keep=SIGNAL_NAMES))
+    store.add("b", parse_scrape(vllm_text({"0": Engine()}) + dcgm, 0.0, keep=SIGNAL_NAMES))
+    # Mean over a's two GPUs; b has no gauge of ours and counts as unknown, not 0.99.
+    assert summarize(store.histories(["a", "b"]), window_s=60, now=0).gpu_util == pytest.approx(0.6)
+    assert summarize(store.histories(["b"]), window_s=60, now=0).gpu_util is None
