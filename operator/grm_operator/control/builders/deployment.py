@@ -30,6 +30,7 @@ from grm_operator.control.builders.metadata import (
     stamp,
 )
 from grm_operator.control.builders.sizing import pod_size
+from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE
 from grm_operator.settings import OperatorSettings
 from grm_worker.contract.perfmodel import profile_for
 
@@ -66,10 +67,15 @@ def termination_grace_s(spec: GRMDeploymentSpec) -> int:
     return PRESTOP_SLEEP_S + spec.rollout.drain_seconds + ENGINE_STOP_MARGIN_S
 
 
-def _resources(spec: GRMDeploymentSpec, variant: Variant) -> Manifest:
+def _simulated(grmd: GRMDeployment) -> bool:
+    return (grmd.metadata.annotations or {}).get(ANNOTATION_WORKER_ENGINE) == "sim"
+
+
+def _resources(grmd: GRMDeployment, variant: Variant) -> Manifest:
     """Derived cpu/memory (:mod:`.sizing`), then template.resources, then the variant's override;
     the accelerator always gpusPerReplica."""
-    size = pod_size(spec, variant)
+    spec = grmd.spec
+    size = pod_size(spec, variant, simulated=_simulated(grmd))
     requests: dict[str, str] = {"cpu": size.cpu, "memory": size.memory}
     limits: dict[str, str] = {"memory": size.memory_limit}
     extra = spec.template.resources or {}
@@ -129,7 +135,13 @@ def _volumes(grmd: GRMDeployment, owner: Owner, variant: Variant) -> tuple[list[
         {"name": "tmp", "emptyDir": {}},
         # vLLM's tensor-parallel workers and NCCL exchange data through /dev/shm (64 MiB by
         # default); bounded because tmpfs pages are the pod's memory (1 GiB per GPU, .sizing).
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": pod_size(spec, variant).shared_memory}},
+        {
+            "name": "shm",
+            "emptyDir": {
+                "medium": "Memory",
+                "sizeLimit": pod_size(spec, variant, simulated=_simulated(grmd)).shared_memory,
+            },
+        },
         (
             {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
             if cache.claim_name
@@ -200,7 +212,7 @@ def build_deployment(
         "command": ["grm-worker", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": _env(grmd, variant),
-        "resources": _resources(spec, variant),
+        "resources": _resources(grmd, variant),
         "volumeMounts": mounts,
         "startupProbe": _http_probe("/ready", STARTUP_PERIOD_S, startup_failure_threshold(variant)),
         "readinessProbe": _http_probe("/ready", 5, 3),

@@ -89,13 +89,17 @@ def weights_gib(spec: GRMDeploymentSpec, variant: Variant) -> float:
     return params * 1e9 * checkpoint_bytes_per_parameter(variant) / GIB
 
 
-def derived_size(spec: GRMDeploymentSpec, variant: Variant) -> PodSize:
-    """The size derived from the model, before any override."""
+def derived_size(spec: GRMDeploymentSpec, variant: Variant, *, simulated: bool = False) -> PodSize:
+    """The size derived from the model, before any override.
+
+    ``simulated``: the sim engine (``grm.dev/worker-engine: sim``, tests and demos) loads no
+    weights and starts no GPU processes, so only the front's share is requested; otherwise eight
+    simulated 27B replicas would ask the local cluster's one node for 470 GiB.
+    """
     gpus = variant.gpus_per_replica
     shm_gib = SHM_GIB_PER_GPU * gpus
-    memory_gib = math.ceil(
-        weights_gib(spec, variant) + PROCESS_OVERHEAD_GIB_PER_GPU * gpus + FRONT_AND_ENGINE_CORE_GIB + shm_gib
-    )
+    loaded_gib = 0.0 if simulated else weights_gib(spec, variant) + PROCESS_OVERHEAD_GIB_PER_GPU * gpus
+    memory_gib = math.ceil(loaded_gib + FRONT_AND_ENGINE_CORE_GIB + shm_gib)
     return PodSize(
         cpu=str(CPU_BASE + CPU_PER_GPU * gpus),
         memory=f"{memory_gib}Gi",
@@ -104,14 +108,14 @@ def derived_size(spec: GRMDeploymentSpec, variant: Variant) -> PodSize:
     )
 
 
-def pod_size(spec: GRMDeploymentSpec, variant: Variant) -> PodSize:
+def pod_size(spec: GRMDeploymentSpec, variant: Variant, *, simulated: bool = False) -> PodSize:
     """The derived size with the variant's ``resources`` applied field by field.
 
     An overridden memory without a memoryLimit gets 1.25 × that memory, as a derived one does; a
     memoryLimit below the memory (derived or given) lowers the request to it: Kubernetes rejects
     requests above limits, and the limit is the harder promise (the OOM killer enforces it).
     """
-    size = derived_size(spec, variant)
+    size = derived_size(spec, variant, simulated=simulated)
     override = variant.resources
     if override is None:
         return size

@@ -425,6 +425,15 @@ def test_declared_parameter_count_beats_the_name_and_an_unknown_size_still_reque
     assert _pod(grmd(nameless), "bf16")["containers"][0]["resources"]["requests"]["memory"] == "13Gi"
 
 
+def test_simulated_workers_request_only_the_fronts_share() -> None:
+    # The sim engine loads no weights: 8 simulated fp8 replicas of a 27B model must fit the local
+    # cluster's one node (256Gi), not ask for 8 × 59Gi.
+    g = grmd(lambda body: body["metadata"].update(annotations={ANNOTATION_WORKER_ENGINE: "sim"}))
+    fp8 = _pod(g, "fp8")["containers"][0]["resources"]
+    assert fp8["requests"]["memory"] == "4Gi"  # 3 GiB front + 1 GiB /dev/shm
+    assert fp8["limits"]["nvidia.com/gpu"] == "1"
+
+
 def test_variant_resources_override_the_template_which_overrides_the_derived_values() -> None:
     def override(body: dict[str, Any]) -> None:
         body["spec"]["template"] = {"resources": {"requests": {"cpu": "16", "ephemeral-storage": "10Gi"}}}
