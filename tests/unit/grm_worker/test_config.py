@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from grm_worker.contract.config import ConfigError, WorkerConfig, load_config
+from grm_worker.engines.vllm import detect_device
 from grm_worker.engines.vllm_args import FLOAT16_REFUSED_ARCHITECTURES, vllm_command, vllm_env
 
 
@@ -232,3 +234,21 @@ def test_schema_documents_every_field() -> None:
     missing = walk(schema, defs) + [m for d in defs.values() for m in walk(d, defs)]
     assert missing == []
     json.dumps(schema)  # renderable into a ConfigMap's documentation
+
+
+@pytest.mark.parametrize(
+    ("nodes", "visible", "device"),
+    [
+        ({"/dev/nvidia0"}, "", "cuda"),
+        ({"/dev/kfd"}, "", "cuda"),  # an amd.com/gpu pod: ROCm's kernel driver node
+        (set(), "GPU-1234", "cuda"),
+        (set(), "void", "cpu"),
+        (set(), "", "cpu"),
+    ],
+)
+def test_detect_device_sees_nvidia_and_amd_gpus(
+    monkeypatch: pytest.MonkeyPatch, nodes: set[str], visible: str, device: str
+) -> None:
+    monkeypatch.setattr(os.path, "exists", lambda path: path in nodes)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", visible)
+    assert detect_device() == device
