@@ -53,7 +53,8 @@ __all__ = [
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
-#: model_type values vLLM rejects with --dtype float16 ("Numerical instability"), as of vLLM 0.2x.
+#: model_type values vLLM rejects with --dtype float16 ("Numerical instability") in vLLM 0.32
+#: (vllm/config/model.py, _FLOAT16_NOT_SUPPORTED_MODELS; a test compares them where .venv-vllm exists).
 FLOAT16_REFUSED_ARCHITECTURES = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
 
 
