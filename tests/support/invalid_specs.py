@@ -109,6 +109,18 @@ CEL_CASES = [
         models.MSG_SAMPLES_ORDER,
         ".spec.scoring.samples",
     ),
+    (
+        "extra-volume-takes-model-cache",
+        set_("template.volumes", [{"name": "model-cache", "emptyDir": {}}]),
+        models.MSG_RESERVED_VOLUME,
+        ".spec.template.volumes",
+    ),
+    (
+        "extra-mount-on-dev-shm",
+        set_("template.volumeMounts", [{"name": "big-shm", "mountPath": "/dev/shm"}]),
+        models.MSG_RESERVED_MOUNT,
+        ".spec.template.volumeMounts",
+    ),
 ]
 
 
@@ -127,4 +139,19 @@ SCHEMA_CASES = [
     ("gpu-memory-one", set_("engine.gpuMemoryUtilization", 1.0), ".spec.engine.gpuMemoryUtilization"),
     ("samples-zero", set_("scoring.samples.min", 0), ".spec.scoring.samples.min"),
     ("missing-model", drop("model"), ".spec"),
+    (
+        "accelerator-not-extended",
+        set_("variants.0.acceleratorResource", "gpu"),
+        ".spec.variants[0].acceleratorResource",
+    ),
+    (
+        "memory-not-quantity",
+        set_("variants.0.resources", {"memory": "lots"}),
+        ".spec.variants[0].resources.memory",
+    ),
+    (
+        "pull-secret-without-name",
+        set_("template.imagePullSecrets", [{}]),
+        ".spec.template.imagePullSecrets[0]",
+    ),
 ]

@@ -18,6 +18,7 @@ generator walks from :class:`GRMDeployment` would be spread over several files.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,6 +39,15 @@ Precision = Literal["bf16", "fp16", "fp8", "int8", "awq-int4", "gptq-int4"]
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_URI_PATTERN = r"^(pvc://[a-z0-9][-a-z0-9.]*(/.*)?|hf://[^\s]+|s3://[^\s]+|/[^\s]*)$"
+# A Kubernetes resource.Quantity as users write them for cpu and memory (500m, 2, 64Gi, 1.5G).
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+# An extended resource name (<domain>/<name>), as device plugins advertise them: nvidia.com/gpu,
+# nvidia.com/mig-1g.10gb, amd.com/gpu, gpu.intel.com/i915.
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+"  # the domain
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # the name
+)
+DEFAULT_ACCELERATOR_RESOURCE = "nvidia.com/gpu"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -106,6 +116,24 @@ class ModelSource(ApiModel):
         default=None,
         description="Secret holding the credential needed to download the weights (HF_TOKEN for "
         "hf://, AWS credentials file for s3://).",
+    )
+    parameters_billions: float | None = Field(
+        default=None,
+        description="Parameter count in billions (27 for DeepSeek-GRM-27B; the total, not the "
+        "active, count of a mixture of experts). Sizes the worker pods' memory requests (weights "
+        "pass through host RAM while loading). Unset: read from the model name (a number followed "
+        "by B, e.g. -27B); a name without one gets only the per-process overhead.",
+        gt=0,
+        le=10_000,
+    )
+    architecture: str | None = Field(
+        default=None,
+        description="The checkpoint's model_type (config.json), e.g. gemma2. Chooses the dtype of "
+        "AWQ/GPTQ variants: float16, except for architectures vLLM refuses to run in float16 "
+        "(gemma2, gemma3, glm4), which get bfloat16. Unset: the worker reads config.json of a local "
+        "checkpoint at start.",
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        max_length=64,
     )
 
 
@@ -178,6 +206,67 @@ class PerformanceProfileSpec(ApiModel):
     )
 
 
+class VariantResources(ApiModel):
+    """Host resources of one worker pod, overriding the values derived from the model.
+
+    Derived (docs/operator.md, "Worker pod resources"): cpu 2 + 1 per GPU; memory the checkpoint's
+    bytes (parameters × bytes per parameter of what the loader reads) + 4 GiB per GPU process + 3 GiB
+    for the front and engine core + /dev/shm; memory limit 1.25 × memory; /dev/shm 1 GiB per GPU.
+    """
+
+    cpu: str | None = Field(
+        default=None,
+        description="CPU request of the worker container (no CPU limit is set: throttling a "
+        "decode loop costs latency), e.g. 8.",
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+    )
+    memory: str | None = Field(
+        default=None,
+        description="Memory request of the worker container, e.g. 64Gi.",
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        description="Memory limit of the worker container. Unset: 1.25 × memory. Below memory, the "
+        "request is lowered to it (Kubernetes requires requests ≤ limits).",
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+    )
+    shared_memory: str | None = Field(
+        default=None,
+        description="Size limit of /dev/shm (a memory-backed emptyDir; its pages count against the "
+        "memory limit), e.g. 2Gi.",
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+    )
+
+
+_QUANTITY_SUFFIX = {
+    "": 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+}
+
+
+def parse_quantity(quantity: str) -> float:
+    """A Quantity of :data:`QUANTITY_PATTERN` as a number (``64Gi`` → 68719476736.0)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", quantity)
+    if match is None or match.group(2) not in _QUANTITY_SUFFIX:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    return float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2)]
+
+
 class Variant(ApiModel):
     """One precision variant of the model: a rung of the quality ladder."""
 
@@ -217,7 +306,23 @@ class Variant(ApiModel):
         le=1.0,
     )
     gpus_per_replica: int = Field(
-        default=1, description="GPUs each replica of this variant uses.", ge=1, le=16
+        default=1,
+        description="Accelerators (units of acceleratorResource) each replica of this variant uses.",
+        ge=1,
+        le=16,
+    )
+    accelerator_resource: str = Field(
+        default=DEFAULT_ACCELERATOR_RESOURCE,
+        description="Extended resource each replica requests gpusPerReplica of, as the cluster's "
+        "device plugin advertises it: nvidia.com/gpu, a MIG profile (nvidia.com/mig-1g.10gb), a "
+        "renamed time-slicing resource (nvidia.com/gpu.shared) or another vendor's (amd.com/gpu).",
+        pattern=EXTENDED_RESOURCE_PATTERN,
+        max_length=253,
+    )
+    resources: VariantResources | None = Field(
+        default=None,
+        description="CPU, memory and /dev/shm of each replica, overriding the values derived from "
+        "the model (parameters × bytes per parameter, per-GPU process overhead, loader peak).",
     )
     engine: EngineOptions | None = Field(
         default=None, description="Engine options for this variant, overriding spec.engine field by field."
@@ -539,8 +644,71 @@ class ModelCache(ApiModel):
     )
 
 
+# The worker pod's own volumes and mount paths (control.builders.deployment creates them; a unit
+# test checks that the lists agree): extra volumes and mounts must not take them.
+RESERVED_VOLUME_NAMES = ("config", "tmp", "shm", "model-cache", "weights", "credentials")
+RESERVED_MOUNT_PATHS = ("/etc/grm", "/tmp", "/dev/shm", "/models", "/mnt/weights", "/var/run/secrets/grm")
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+MSG_RESERVED_VOLUME = "template.volumes must not use the worker's own volume names " + ", ".join(
+    RESERVED_VOLUME_NAMES
+)
+MSG_RESERVED_MOUNT = "template.volumeMounts must not use the worker's own mount paths " + ", ".join(
+    RESERVED_MOUNT_PATHS
+)
+
+
+def _named_items(max_name: int, required: str) -> JsonDict:
+    """Items of a Kubernetes list kept free-form except for the one field a CEL rule reads."""
+    return {
+        "items": {
+            "type": "object",
+            "required": [required],
+            "properties": {
+                required: {
+                    "type": "string",
+                    "maxLength": max_name,
+                    "description": f"The {required} field, as in a Pod spec (not one of the worker's own).",
+                }
+            },
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    }
+
+
+class LocalObjectReference(ApiModel):
+    """The name of an object in the GRMDeployment's namespace."""
+
+    name: str = Field(
+        description="Name of the object (a Secret for imagePullSecrets).", min_length=1, max_length=253
+    )
+
+
 class PodTemplate(ApiModel):
     """Shape of the worker pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.volumes) || self.volumes.all(v, "
+                    f"!(v.name in {_cel_list(RESERVED_VOLUME_NAMES)}))",
+                    MSG_RESERVED_VOLUME,
+                    ".volumes",
+                ),
+                cel(
+                    "!has(self.volumeMounts) || self.volumeMounts.all(m, "
+                    f"!(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
+                    MSG_RESERVED_MOUNT,
+                    ".volumeMounts",
+                ),
+            ]
+        }
+    )
 
     image: str | None = Field(
         default=None,
@@ -552,7 +720,9 @@ class PodTemplate(ApiModel):
     )
     resources: dict[str, Any] | None = Field(
         default=None,
-        description="Extra requests/limits (cpu, memory); nvidia.com/gpu is set from gpusPerReplica.",
+        description="Requests/limits of every variant's worker container (cpu, memory, "
+        "other extended resources), over the values derived from the model; variants[].resources "
+        "override these. The accelerator resource is always gpusPerReplica.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     node_selector: dict[str, str] | None = Field(default=None, description="Node selector of worker pods.")
@@ -583,6 +753,51 @@ class PodTemplate(ApiModel):
         default=None, description="Annotations added to worker pods."
     )
     pod_labels: dict[str, str] | None = Field(default=None, description="Labels added to worker pods.")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None,
+        description="Secrets with credentials for the registry holding the worker image.",
+        max_length=16,
+    )
+    runtime_class_name: str | None = Field(
+        default=None,
+        description="RuntimeClass of worker pods (e.g. nvidia, where the NVIDIA container runtime "
+        "is not the node's default).",
+        max_length=253,
+    )
+    topology_spread_constraints: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Topology spread constraints of worker pods, as in a Pod spec (e.g. spread "
+        "replicas over zones).",
+        max_length=16,
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    volumes: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Extra volumes of worker pods, as in a Pod spec. Names config, tmp, shm, "
+        "model-cache, weights and credentials are the worker's own.",
+        max_length=32,
+        json_schema_extra=_named_items(63, "name"),
+    )
+    volume_mounts: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Extra volume mounts of the worker container, as in a Container spec. Paths "
+        "/etc/grm, /tmp, /dev/shm, /models, /mnt/weights and /var/run/secrets/grm are the worker's own.",
+        max_length=32,
+        json_schema_extra=_named_items(4096, "mountPath"),
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount a ServiceAccount token into worker pods. Off: the worker never calls "
+        "the Kubernetes API, so a token would only be something to steal.",
+    )
+
+    @model_validator(mode="after")
+    def _reserved_volumes_and_paths(self) -> PodTemplate:
+        if any(v.get("name") in RESERVED_VOLUME_NAMES for v in self.volumes or []):
+            raise ValueError(MSG_RESERVED_VOLUME)
+        if any(m.get("mountPath") in RESERVED_MOUNT_PATHS for m in self.volume_mounts or []):
+            raise ValueError(MSG_RESERVED_MOUNT)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

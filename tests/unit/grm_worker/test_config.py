@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from grm_worker.contract.config import ConfigError, WorkerConfig, load_config
-from grm_worker.engines.vllm_args import vllm_command, vllm_env
+from grm_worker.engines.vllm import detect_device
+from grm_worker.engines.vllm_args import FLOAT16_REFUSED_ARCHITECTURES, vllm_command, vllm_env
 
 
 def make(**fields: Any) -> WorkerConfig:
@@ -70,6 +73,47 @@ def test_precision_mapping(precision: str, ckpt: str, device: str, dtype: str, q
     cmd = vllm_command(config, device=device)  # type: ignore[arg-type]
     assert flag(cmd, "--dtype") == dtype
     assert flag(cmd, "--quantization") == quant
+
+
+@pytest.mark.parametrize("precision", ["awq-int4", "gptq-int4"])
+def test_int4_of_a_gemma2_checkpoint_runs_in_bfloat16(precision: str, tmp_path: Path) -> None:
+    # DeepSeek-GRM-27B is a Gemma-2: vLLM refuses --dtype float16 for it, so the int4 rung would
+    # crash-loop. The architecture comes from the checkpoint's config.json ...
+    ckpt = "awq" if precision == "awq-int4" else "gptq"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma2", "architectures": ["X"]}))
+    local = make(model={"path": str(tmp_path), "checkpoint_quantization": ckpt}, precision=precision)
+    assert flag(vllm_command(local, device="cuda"), "--dtype") == "bfloat16"
+    # ... or, where the weights are not local at start (hf://), from the declared architecture.
+    declared = make(
+        model={"path": "org/grm-awq", "checkpoint_quantization": ckpt, "architecture": "gemma2"},
+        precision=precision,
+    )
+    assert flag(vllm_command(declared, device="cuda"), "--dtype") == "bfloat16"
+    # A Llama keeps float16, what its AWQ/GPTQ checkpoints are calibrated in.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert flag(vllm_command(local, device="cuda"), "--dtype") == "float16"
+
+
+def test_fp16_of_a_float16_refusing_architecture_is_rejected_at_start() -> None:
+    config = make(model={"path": "/m", "architecture": "gemma3"}, precision="fp16")
+    with pytest.raises(ConfigError, match=r"fp16 cannot serve gemma3.*use bf16"):
+        vllm_command(config, device="cuda")
+
+
+def test_the_float16_refusals_are_vllms_own() -> None:
+    # The list mirrors vLLM's; where the vLLM venv exists, check it has not grown.
+    model_py = next(
+        Path(__file__)
+        .resolve()
+        .parents[3]
+        .glob(".venv-vllm/lib/python3*/site-packages/vllm/config/model.py"),
+        None,
+    )
+    if model_py is None:
+        pytest.skip("no .venv-vllm here (make vllm-venv)")
+    text = model_py.read_text()
+    block = text[text.index("_FLOAT16_NOT_SUPPORTED_MODELS = {") :].split("}", 1)[0]
+    assert set(re.findall(r'"([a-z0-9_]+)":', block)) == FLOAT16_REFUSED_ARCHITECTURES
 
 
 def test_cpu_omits_gpu_only_flags_and_sets_kv_space() -> None:
@@ -190,3 +234,21 @@ def test_schema_documents_every_field() -> None:
     missing = walk(schema, defs) + [m for d in defs.values() for m in walk(d, defs)]
     assert missing == []
     json.dumps(schema)  # renderable into a ConfigMap's documentation
+
+
+@pytest.mark.parametrize(
+    ("nodes", "visible", "device"),
+    [
+        ({"/dev/nvidia0"}, "", "cuda"),
+        ({"/dev/kfd"}, "", "cuda"),  # an amd.com/gpu pod: ROCm's kernel driver node
+        (set(), "GPU-1234", "cuda"),
+        (set(), "void", "cpu"),
+        (set(), "", "cpu"),
+    ],
+)
+def test_detect_device_sees_nvidia_and_amd_gpus(
+    monkeypatch: pytest.MonkeyPatch, nodes: set[str], visible: str, device: str
+) -> None:
+    monkeypatch.setattr(os.path, "exists", lambda path: path in nodes)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", visible)
+    assert detect_device() == device

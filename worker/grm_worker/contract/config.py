@@ -71,6 +71,12 @@ class ModelConfig(_Section):
         "compressed-tensors (e.g. W8A8 int8 or fp8), awq or gptq (int4).",
     )
 
+    architecture: str | None = Field(
+        None,
+        description="The checkpoint's model_type (its config.json), e.g. gemma2; chooses the dtype "
+        "of AWQ/GPTQ variants. None: read from <path>/config.json when path is a local checkpoint.",
+    )
+
     @property
     def public_name(self) -> str:
         """The name served in ``/v1/models`` and matched against requests' ``model``."""

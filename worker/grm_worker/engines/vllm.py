@@ -40,12 +40,12 @@ log = logging.getLogger("grm_worker.engines.vllm")
 
 
 def detect_device() -> Device:
-    """cuda when an NVIDIA GPU is visible (device node or NVML), else cpu."""
-    if os.path.exists("/dev/nvidia0") or os.environ.get("NVIDIA_VISIBLE_DEVICES", "") not in (
-        "",
-        "void",
-        "none",
-    ):
+    """cuda when a GPU is visible, else cpu: an NVIDIA one (device node or NVIDIA_VISIBLE_DEVICES)
+    or an AMD one (ROCm's /dev/kfd, which amd.com/gpu pods get; vLLM's ROCm build takes the same
+    GPU flags)."""
+    if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/kfd"):
+        return "cuda"
+    if os.environ.get("NVIDIA_VISIBLE_DEVICES", "") not in ("", "void", "none"):
         return "cuda"
     return "cpu"
 

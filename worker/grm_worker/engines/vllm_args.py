@@ -13,6 +13,13 @@ awq-int4       AWQ checkpoint, ``--quantization awq_marlin``      rejected
 gptq-int4      GPTQ checkpoint, ``--quantization gptq_marlin``    rejected
 =============  =================================================  ==================================
 
+The 16-bit activation dtype of AWQ/GPTQ variants is float16 (what those checkpoints are
+calibrated in) except for architectures vLLM refuses to run in float16
+(:data:`FLOAT16_REFUSED_ARCHITECTURES`, vLLM's ``_FLOAT16_NOT_SUPPORTED_MODELS``: Gemma-2, which
+DeepSeek-GRM-27B is, Gemma-3, GLM-4), which get bfloat16; the Marlin kernels take both. The
+architecture is ``model.architecture`` (the operator passes spec.model.architecture) or else the
+``model_type`` of the checkpoint's ``config.json`` — the one file this module reads.
+
 Combinations vLLM cannot run are rejected by :func:`check_supported` (called at start-up, so a
 bad variant fails its pod instead of its first request).
 
@@ -22,23 +29,53 @@ imports vLLM.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from grm_worker.contract.config import ConfigError, Device, WorkerConfig
 
 __all__ = [
+    "FLOAT16_REFUSED_ARCHITECTURES",
     "UNIX_SOCKET_PLACEHOLDER",
     "VLLM_SERVER_MODULE",
     "check_supported",
     "describe_command",
+    "half_dtype",
+    "model_architecture",
     "vllm_command",
     "vllm_env",
 ]
 
 #: The module vLLM's OpenAI-compatible server runs as.
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+#: model_type values vLLM rejects with --dtype float16 ("Numerical instability") in vLLM 0.32
+#: (vllm/config/model.py, _FLOAT16_NOT_SUPPORTED_MODELS; a test compares them where .venv-vllm exists).
+FLOAT16_REFUSED_ARCHITECTURES = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
+
+
+def model_architecture(config: WorkerConfig) -> str | None:
+    """``model.architecture``, else ``model_type`` from ``<model.path>/config.json`` (None when
+    the path is no local checkpoint, e.g. a Hugging Face id, or the file has none)."""
+    if config.model.architecture is not None:
+        return config.model.architecture
+    if not config.model.path:
+        return None
+    try:
+        data = json.loads((Path(config.model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    return model_type if isinstance(model_type, str) else None
+
+
+def half_dtype(config: WorkerConfig) -> str:
+    """The 16-bit dtype of an AWQ/GPTQ variant: bfloat16 where vLLM refuses float16."""
+    return "bfloat16" if model_architecture(config) in FLOAT16_REFUSED_ARCHITECTURES else "float16"
 
 
 def check_supported(config: WorkerConfig, device: Device) -> None:
@@ -52,6 +89,8 @@ def check_supported(config: WorkerConfig, device: Device) -> None:
             f"precision {p} needs a pre-quantized {needs[p]} checkpoint "
             f"(model.checkpoint_quantization={needs[p]}), got {q}"
         )
+    if p == "fp16" and (arch := model_architecture(config)) in FLOAT16_REFUSED_ARCHITECTURES:
+        raise ConfigError(f"precision fp16 cannot serve {arch}: vLLM refuses float16 for it; use bf16")
     if p in ("bf16", "fp16") and q != "none":
         raise ConfigError(f"precision {p} needs an unquantized checkpoint, got a {q} one")
     if p == "fp8" and q not in ("none", "compressed-tensors"):
@@ -89,8 +128,8 @@ def _precision_args(config: WorkerConfig, device: Device) -> list[str]:
     if p == "int8":
         return ["--dtype", "bfloat16", "--quantization", "compressed-tensors"]
     if p == "awq-int4":
-        return ["--dtype", "float16", "--quantization", "awq_marlin"]
-    return ["--dtype", "float16", "--quantization", "gptq_marlin"]
+        return ["--dtype", half_dtype(config), "--quantization", "awq_marlin"]
+    return ["--dtype", half_dtype(config), "--quantization", "gptq_marlin"]
 
 
 #: What `grm-worker command` prints for the socket of engine_transport unix: the worker makes a

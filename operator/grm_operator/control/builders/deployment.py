@@ -30,6 +30,8 @@ from grm_operator.control.builders.metadata import (
     deployment_name,
     stamp,
 )
+from grm_operator.control.builders.sizing import pod_size
+from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE
 from grm_operator.settings import OperatorSettings
 from grm_worker.contract.perfmodel import profile_for
 
@@ -66,14 +68,36 @@ def termination_grace_s(spec: GRMDeploymentSpec) -> int:
     return PRESTOP_SLEEP_S + spec.rollout.drain_seconds + ENGINE_STOP_MARGIN_S
 
 
-def _resources(spec: GRMDeploymentSpec, variant: Variant) -> Manifest:
+def _simulated(grmd: GRMDeployment) -> bool:
+    return (grmd.metadata.annotations or {}).get(ANNOTATION_WORKER_ENGINE) == "sim"
+
+
+def _resources(grmd: GRMDeployment, variant: Variant) -> Manifest:
+    """Derived cpu/memory (:mod:`.sizing`), then template.resources, then the variant's override;
+    the accelerator always gpusPerReplica."""
+    spec = grmd.spec
+    size = pod_size(spec, variant, simulated=_simulated(grmd))
+    requests: dict[str, str] = {"cpu": size.cpu, "memory": size.memory}
+    limits: dict[str, str] = {"memory": size.memory_limit}
     extra = spec.template.resources or {}
-    requests = dict(extra.get("requests") or {})
-    limits = dict(extra.get("limits") or {})
+    requests.update(extra.get("requests") or {})
+    limits.update(extra.get("limits") or {})
+    if "memory" in (extra.get("requests") or {}) and "memory" not in (extra.get("limits") or {}):
+        # A template memory request without a limit: the limit follows it (a derived limit could
+        # fall below it, which the API server rejects).
+        limits["memory"] = requests["memory"]
+    override = variant.resources
+    if override is not None:
+        # The variant's own values beat the template's, which apply to every variant.
+        if override.cpu is not None:
+            requests["cpu"] = size.cpu
+        if override.memory is not None or override.memory_limit is not None:
+            requests["memory"] = size.memory
+            limits["memory"] = size.memory_limit
     gpus = str(variant.gpus_per_replica)
     # Extended resources cannot be overcommitted: requests must equal limits.
-    requests["nvidia.com/gpu"] = gpus
-    limits["nvidia.com/gpu"] = gpus
+    requests[variant.accelerator_resource] = gpus
+    limits[variant.accelerator_resource] = gpus
     return {"requests": requests, "limits": limits}
 
 
@@ -83,7 +107,11 @@ def _env(grmd: GRMDeployment, variant: Variant) -> list[Manifest]:
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": f"{MODEL_CACHE_DIR}/hf"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
-        {"name": "VLLM_CACHE_ROOT", "value": "/tmp/vllm"},
+        # vLLM's torch.compile and CUDA-graph caches on the model cache volume: with a claim
+        # (template.modelCache.claimName) a restarted or rescheduled pod reuses them instead of
+        # compiling again (tens of seconds to minutes of every cold start).
+        {"name": "VLLM_CACHE_ROOT", "value": f"{MODEL_CACHE_DIR}/vllm"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{MODEL_CACHE_DIR}/triton"},
         {"name": "GRM_VARIANT", "value": variant.name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
@@ -106,8 +134,15 @@ def _volumes(grmd: GRMDeployment, owner: Owner, variant: Variant) -> tuple[list[
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name, variant.name)}},
         {"name": "tmp", "emptyDir": {}},
-        # vLLM's tensor-parallel workers exchange tensors through /dev/shm (64 MiB by default).
-        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        # vLLM's tensor-parallel workers and NCCL exchange data through /dev/shm (64 MiB by
+        # default); bounded because tmpfs pages are the pod's memory (1 GiB per GPU, .sizing).
+        {
+            "name": "shm",
+            "emptyDir": {
+                "medium": "Memory",
+                "sizeLimit": pod_size(spec, variant, simulated=_simulated(grmd)).shared_memory,
+            },
+        },
         (
             {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
             if cache.claim_name
@@ -129,6 +164,8 @@ def _volumes(grmd: GRMDeployment, owner: Owner, variant: Variant) -> tuple[list[
     if ref is not None and uri.startswith("s3://"):
         volumes.append({"name": "credentials", "secret": {"secretName": ref.name}})
         mounts.append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+    volumes.extend(spec.template.volumes or [])
+    mounts.extend(spec.template.volume_mounts or [])
     return volumes, mounts
 
 
@@ -180,7 +217,7 @@ def build_deployment(
             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
         "env": _env(grmd, variant),
-        "resources": _resources(spec, variant),
+        "resources": _resources(grmd, variant),
         "volumeMounts": mounts,
         "startupProbe": _http_probe("/ready", STARTUP_PERIOD_S, startup_failure_threshold(variant)),
         "readinessProbe": _http_probe("/ready", 5, 3),
@@ -204,8 +241,12 @@ def build_deployment(
             "runAsUser": RUN_AS_UID,
             "runAsGroup": RUN_AS_UID,
             "fsGroup": RUN_AS_UID,
+            # Chown volumes only when their root is not already ours: a claim holding 100+ GB of
+            # weights would otherwise be walked file by file at every pod start.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "automountServiceAccountToken": template.automount_service_account_token,
     }
     optional = {
         "nodeSelector": template.node_selector,
@@ -213,6 +254,11 @@ def build_deployment(
         "affinity": template.affinity,
         "priorityClassName": template.priority_class_name,
         "serviceAccountName": template.service_account_name,
+        "runtimeClassName": template.runtime_class_name,
+        "topologySpreadConstraints": template.topology_spread_constraints,
+        "imagePullSecrets": (
+            [ref.to_wire() for ref in template.image_pull_secrets] if template.image_pull_secrets else None
+        ),
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
     startup_budget = startup_failure_threshold(variant) * STARTUP_PERIOD_S

@@ -110,6 +110,7 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
             uri=uri,
             served_name=spec.model.served_model_name,
             checkpoint_quantization=_checkpoint_quantization(variant),
+            architecture=spec.model.architecture,
         ),
         variant=variant.name,
         precision=variant.precision,

@@ -36,6 +36,9 @@ SCHEMA = crdcheck.crd_schema(CRD)
 FREE_FORM = {
     ".spec.template.resources",
     ".spec.template.tolerations[*]",
+    ".spec.template.topologySpreadConstraints[*]",
+    ".spec.template.volumes[*]",
+    ".spec.template.volumeMounts[*]",
     ".spec.template.affinity",
     ".spec.template.env[*].valueFrom",
     ".status.policyState",
@@ -150,7 +153,10 @@ def test_nested_sections_default_to_their_defaulted_models() -> None:
     spec = SCHEMA["properties"]["spec"]["properties"]
     assert spec["scaling"]["default"] == models.Scaling().to_wire()
     assert spec["scaling"]["default"]["minReplicas"] == 1
-    assert spec["template"]["default"] == {"modelCache": {"sizeLimit": "200Gi"}}
+    assert spec["template"]["default"] == {
+        "modelCache": {"sizeLimit": "200Gi"},
+        "automountServiceAccountToken": False,
+    }
     for path, node in nodes(SCHEMA):
         if "default" in node:
             # The API server rejects a CRD whose default fails the schema or a CEL rule there.

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from grm_operator.api import models
 from grm_operator.api.models import GRMDeployment
 from grm_operator.control.builders import Children, build_children
 from grm_operator.control.builders.metadata import (
@@ -70,7 +71,21 @@ def test_every_built_manifest_validates_strictly() -> None:
             "modelCache": {"claimName": "model-cache"},
             "podAnnotations": {"team": "rl"},
             "podLabels": {"team": "rl"},
+            "imagePullSecrets": [{"name": "registry"}],
+            "runtimeClassName": "nvidia",
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"grm.dev/deployment": "reward"}},
+                }
+            ],
+            "volumes": [{"name": "certs", "configMap": {"name": "ca-bundle"}}],
+            "volumeMounts": [{"name": "certs", "mountPath": "/etc/ssl/custom", "readOnly": True}],
         }
+        body["spec"]["variants"][2]["acceleratorResource"] = "nvidia.com/mig-3g.40gb"
+        body["spec"]["variants"][2]["resources"] = {"cpu": "6", "memory": "40Gi", "sharedMemory": "2Gi"}
 
     built = children(grmd(rich), pod_monitor=True)
     manifests = built.all()
@@ -381,3 +396,193 @@ def test_active_variant() -> None:
     # A new pin is reached through a switch: the serving variant stays active until it completes.
     assert active_variant(pinned, "bf16") == "bf16"
     assert active_variant(pinned, "gone") == "fp8"
+
+
+# --- scheduling: requests derived from the model, the accelerator resource, the pod template ---
+
+
+def _pod(g: GRMDeployment, variant: str) -> dict[str, Any]:
+    pod: dict[str, Any] = children(g).deployments[variant]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_worker_pods_request_cpu_and_memory_derived_from_the_model() -> None:
+    # DeepSeek-GRM-27B (27e9 parameters, read from the name) on the ladder:
+    # bf16 ×2 GPUs: 27e9 × 2 B = 50.3 GiB + 2 × 4 GiB ranks + 3 GiB front + 2 GiB shm = 63.3 → 64Gi;
+    # fp8 ×1 reads the bf16 weights (quantized on the GPU): 50.3 + 4 + 3 + 1 = 58.3 → 59Gi;
+    # awq-int4 ×1 reads 0.53 B/parameter: 13.3 + 4 + 3 + 1 = 21.3 → 22Gi. Limits are 1.25 ×.
+    expected = {
+        "bf16": ("4", "64Gi", "80Gi", "2Gi"),
+        "fp8": ("3", "59Gi", "74Gi", "1Gi"),
+        "int4": ("3", "22Gi", "28Gi", "1Gi"),
+    }
+    for variant, (cpu, memory, limit, shm) in expected.items():
+        pod = _pod(grmd(), variant)
+        resources = pod["containers"][0]["resources"]
+        assert resources["requests"]["cpu"] == cpu, variant
+        assert resources["requests"]["memory"] == memory, variant
+        assert resources["limits"]["memory"] == limit, variant
+        # No CPU limit: throttling a decode loop is latency.
+        assert "cpu" not in resources["limits"], variant
+        shm_volume = next(v for v in pod["volumes"] if v["name"] == "shm")
+        assert shm_volume["emptyDir"] == {"medium": "Memory", "sizeLimit": shm}, variant
+
+
+def test_declared_parameter_count_beats_the_name_and_an_unknown_size_still_requests_overhead() -> None:
+    def small(body: dict[str, Any]) -> None:
+        body["spec"]["model"].update(name="org/reward-model", parametersBillions=7)
+
+    # 7e9 × 2 B = 13.0 GiB + 8 + 3 + 2 = 26.0 → 27Gi (ceil of 26.04).
+    assert _pod(grmd(small), "bf16")["containers"][0]["resources"]["requests"]["memory"] == "27Gi"
+
+    def nameless(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["name"] = "org/reward-model"
+
+    # No count anywhere: still not BestEffort (ranks + front + shm: 8 + 3 + 2 = 13Gi).
+    assert _pod(grmd(nameless), "bf16")["containers"][0]["resources"]["requests"]["memory"] == "13Gi"
+
+
+def test_simulated_workers_request_only_the_fronts_share() -> None:
+    # The sim engine loads no weights: 8 simulated fp8 replicas of a 27B model must fit the local
+    # cluster's one node (256Gi), not ask for 8 × 59Gi.
+    g = grmd(lambda body: body["metadata"].update(annotations={ANNOTATION_WORKER_ENGINE: "sim"}))
+    fp8 = _pod(g, "fp8")["containers"][0]["resources"]
+    assert fp8["requests"]["memory"] == "4Gi"  # 3 GiB front + 1 GiB /dev/shm
+    assert fp8["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_variant_resources_override_the_template_which_overrides_the_derived_values() -> None:
+    def override(body: dict[str, Any]) -> None:
+        body["spec"]["template"] = {"resources": {"requests": {"cpu": "16", "ephemeral-storage": "10Gi"}}}
+        body["spec"]["variants"][0]["resources"] = {"cpu": "12", "memory": "100Gi", "sharedMemory": "8Gi"}
+        body["spec"]["variants"][2]["resources"] = {"memoryLimit": "16Gi"}
+
+    g = grmd(override)
+    bf16 = _pod(g, "bf16")
+    assert bf16["containers"][0]["resources"]["requests"] == {
+        "cpu": "12",
+        "memory": "100Gi",
+        "ephemeral-storage": "10Gi",
+        "nvidia.com/gpu": "2",
+    }
+    # An overridden memory gets the same 1.25 × headroom as a derived one: 125 GiB in MiB.
+    assert bf16["containers"][0]["resources"]["limits"]["memory"] == "128000Mi"
+    assert next(v for v in bf16["volumes"] if v["name"] == "shm")["emptyDir"]["sizeLimit"] == "8Gi"
+    assert _pod(g, "fp8")["containers"][0]["resources"]["requests"]["cpu"] == "16"  # the template's
+    # A limit below the derived request (22Gi) lowers the request with it: requests ≤ limits.
+    int4 = _pod(g, "int4")["containers"][0]["resources"]
+    assert int4["requests"]["memory"] == int4["limits"]["memory"] == "16Gi"
+    for deployment in children(g).deployments.values():
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_a_memory_limit_below_the_given_memory_wins() -> None:
+    def low(body: dict[str, Any]) -> None:
+        body["spec"]["variants"][0]["resources"] = {"memory": "64Gi", "memoryLimit": "60000Mi"}
+
+    resources = _pod(grmd(low), "bf16")["containers"][0]["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "60000Mi"
+
+
+def test_accelerator_resource_is_per_variant() -> None:
+    def mig(body: dict[str, Any]) -> None:
+        body["spec"]["variants"][2]["acceleratorResource"] = "nvidia.com/mig-3g.40gb"
+        body["spec"]["variants"][1]["acceleratorResource"] = "amd.com/gpu"
+
+    g = grmd(mig)
+    bf16, fp8, int4 = (_pod(g, v)["containers"][0]["resources"] for v in ("bf16", "fp8", "int4"))
+    assert bf16["limits"]["nvidia.com/gpu"] == bf16["requests"]["nvidia.com/gpu"] == "2"  # the default
+    assert fp8["limits"]["amd.com/gpu"] == "1" and "nvidia.com/gpu" not in fp8["limits"]
+    assert int4["requests"]["nvidia.com/mig-3g.40gb"] == int4["limits"]["nvidia.com/mig-3g.40gb"] == "1"
+    assert "nvidia.com/gpu" not in int4["requests"]
+
+
+@pytest.mark.parametrize("name", ["gpu", "nvidia.com/", "NVIDIA.com/gpu", "nvidia.com/gpu count"])
+def test_accelerator_resource_must_be_an_extended_resource_name(name: str) -> None:
+    def bad(body: dict[str, Any]) -> None:
+        body["spec"]["variants"][0]["acceleratorResource"] = name
+
+    with pytest.raises(ValidationError, match="acceleratorResource"):
+        grmd(bad)
+
+
+def test_gpu_cluster_pod_template_fields() -> None:
+    def template(body: dict[str, Any]) -> None:
+        body["spec"]["template"] = {
+            "imagePullSecrets": [{"name": "registry"}],
+            "runtimeClassName": "nvidia",
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+            ],
+            "volumes": [{"name": "certs", "secret": {"secretName": "ca"}}],
+            "volumeMounts": [{"name": "certs", "mountPath": "/etc/ssl/custom"}],
+        }
+
+    pod = _pod(grmd(template), "bf16")
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "zone"
+    assert {"name": "certs", "secret": {"secretName": "ca"}} in pod["volumes"]
+    assert {"name": "certs", "mountPath": "/etc/ssl/custom"} in pod["containers"][0]["volumeMounts"]
+    # The worker never calls the API server, and fsGroup must not chown a 100 GB cache per start.
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+
+    def token(body: dict[str, Any]) -> None:
+        body["spec"]["template"] = {"automountServiceAccountToken": True}
+
+    assert _pod(grmd(token), "bf16")["automountServiceAccountToken"] is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("volumes", [{"name": "model-cache", "emptyDir": {}}], "worker's own volume names"),
+        ("volumeMounts", [{"name": "x", "mountPath": "/models"}], "worker's own mount paths"),
+    ],
+)
+def test_extra_volumes_cannot_take_the_workers_own(field: str, value: Any, message: str) -> None:
+    def bad(body: dict[str, Any]) -> None:
+        body["spec"]["template"] = {field: value}
+
+    with pytest.raises(ValidationError, match=message):
+        grmd(bad)
+
+
+def test_reserved_names_are_exactly_what_the_builder_uses() -> None:
+    def everything(body: dict[str, Any]) -> None:
+        body["spec"]["model"].update(uri="s3://bucket/grm", credentialsSecretRef={"name": "aws"})
+        body["spec"]["variants"][0]["uri"] = "pvc://models/grm-27b"
+
+    # bf16 mounts its claim, fp8 the s3 credentials: together every volume the builder makes.
+    g = grmd(everything)
+    pods = [_pod(g, "bf16"), _pod(g, "fp8")]
+    assert {v["name"] for pod in pods for v in pod["volumes"]} == set(models.RESERVED_VOLUME_NAMES)
+    mounts = {m["mountPath"] for pod in pods for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts == set(models.RESERVED_MOUNT_PATHS)
+
+
+def test_compile_caches_live_on_the_model_cache_volume() -> None:
+    def claim(body: dict[str, Any]) -> None:
+        body["spec"]["template"] = {"modelCache": {"claimName": "grm-cache"}}
+
+    pod = _pod(grmd(claim), "bf16")
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models"] == "model-cache"
+    # vLLM's torch.compile cache and Triton's kernels survive a restart on the claim.
+    assert env["VLLM_CACHE_ROOT"] == "/models/vllm"
+    assert env["TRITON_CACHE_DIR"] == "/models/triton"
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "grm-cache"}} in pod["volumes"]
+
+
+def test_declared_architecture_reaches_the_worker_and_picks_its_dtype() -> None:
+    def gemma(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["architecture"] = "gemma2"
+
+    config = WorkerConfig.model_validate_json(
+        children(grmd(gemma)).config_maps["int4"]["data"]["worker.json"]
+    )
+    assert config.model.architecture == "gemma2"
+    cmd = vllm_command(config, device="cuda")
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
