@@ -1,7 +1,8 @@
 """The Helm chart against the real API server: `helm install` (every rendered object accepted,
 CRDs from crds/ installed), the operator's ServiceAccount can do exactly what grm_operator/rbac.py
-says and nothing else (`kubectl auth can-i --as`), and `helm uninstall` removes the release but
-keeps the CRDs.
+says and nothing else (`kubectl auth can-i --as`), `helm uninstall` removes the release but
+keeps the CRDs, and the aggregated ClusterRoles give namespace editors and viewers GRMDeployments
+(on the plane with the controller-manager, whose aggregation controller fills `edit` and `view`).
 
 The test control plane has no controllers, so the operator Deployment never gets pods: this
 checks what the API server admits and authorises, not the operator's behaviour (that is
@@ -24,6 +25,7 @@ from hack import chartgen
 from grm_operator import rbac
 from grm_testkit.cluster import tools
 from grm_testkit.cluster.controlplane import ControlPlane
+from grm_testkit.operator_process import wait_for
 from support.helmchart import CHART, run_helm, triples
 
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
@@ -217,3 +219,64 @@ def test_install_namespaced_grants_nothing_elsewhere(control_plane: ControlPlane
 
     helm(control_plane, "uninstall", release, "--namespace", ns)
     assert_present(control_plane, docs, ns, present=False)
+
+
+def test_namespace_editors_and_viewers_get_grmdeployments(control_plane_controllers: ControlPlane) -> None:
+    """The chart's aggregated ClusterRoles reach Kubernetes' default ones (the controller-manager's
+    clusterrole-aggregation controller copies their rules): a user bound to `edit` in a namespace
+    may create and scale GRMDeployments there but not write their status, a `view` user may read
+    them, and neither gains anything in another namespace."""
+    plane = control_plane_controllers
+    ns = create_namespace(plane, "grm-system")
+    team = create_namespace(plane, "team")
+    other = create_namespace(plane, "other")
+    release = f"a{uuid.uuid4().hex[:6]}"
+    helm(plane, "install", release, str(CHART), "--namespace", ns)
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{user}-{role}", "namespace": team},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+        status, body = plane.request(
+            "POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/rolebindings", binding
+        )
+        assert status == 201, body
+
+    # Aggregation is asynchronous: wait until the controller has copied the rules into `edit`.
+    wait_for(
+        lambda: subject_access_review(plane, "alice", "create", "grm.dev", "grmdeployments", team),
+        timeout_s=30,
+        what="the edit ClusterRole to aggregate the chart's rules",
+    )
+    wait_for(
+        lambda: subject_access_review(plane, "bob", "list", "grm.dev", "grmdeployments", team),
+        timeout_s=30,
+        what="the view ClusterRole to aggregate the chart's rules",
+    )
+    answers = {
+        (user, verb, resource, where): subject_access_review(plane, user, verb, "grm.dev", resource, where)
+        for user in ("alice", "bob")
+        for verb, resource in [
+            ("create", "grmdeployments"),
+            ("delete", "grmdeployments"),
+            ("patch", "grmdeployments/scale"),
+            ("patch", "grmdeployments/status"),
+            ("get", "grmdeployments/status"),
+            ("watch", "grmdeployments"),
+        ]
+        for where in (team, other)
+    }
+    allowed = {key for key, yes in answers.items() if yes}
+    assert allowed == {
+        ("alice", "create", "grmdeployments", team),
+        ("alice", "delete", "grmdeployments", team),
+        ("alice", "patch", "grmdeployments/scale", team),
+        ("alice", "get", "grmdeployments/status", team),
+        ("alice", "watch", "grmdeployments", team),
+        ("bob", "get", "grmdeployments/status", team),
+        ("bob", "watch", "grmdeployments", team),
+    }
+    helm(plane, "uninstall", release, "--namespace", ns)

@@ -131,11 +131,38 @@ def test_servicemonitor_needs_the_metrics_service() -> None:
 # --- RBAC: exactly the operator's rules ---------------------------------------------------------
 
 
+def _aggregated(role: dict[str, Any]) -> bool:
+    """A ClusterRole for users, aggregated into admin/edit/view: not the operator's."""
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
+
+
 def _granted(
     docs: list[dict[str, Any]], kind: str, namespace: str | None = None
 ) -> set[tuple[str, str, str]]:
+    """What the operator's (Cluster)Roles grant."""
     roles = [d for d in by_kind(docs, kind) if namespace is None or d["metadata"]["namespace"] == namespace]
-    return triples(rule for role in roles for rule in role["rules"])
+    return triples(rule for role in roles if not _aggregated(role) for rule in role["rules"])
+
+
+def test_users_roles_aggregate_into_admin_edit_and_view(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    roles = {r["metadata"]["name"]: r for r in by_kind(rendered["defaults"], "ClusterRole") if _aggregated(r)}
+    edit, view = roles["grm-grm-operator-edit"], roles["grm-grm-operator-view"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == {
+        aggregate + "admin",
+        aggregate + "edit",
+    }
+    assert {k for k in view["metadata"]["labels"] if k.startswith(aggregate)} == {aggregate + "view"}
+    edits = triples(edit["rules"])
+    assert ("grm.dev", "grmdeployments", "create") in edits
+    assert ("grm.dev", "grmdeployments/scale", "patch") in edits
+    # The status is the operator's: users read it, never write it.
+    assert {t for t in edits if t[1] == "grmdeployments/status"} == {
+        ("grm.dev", "grmdeployments/status", "get")
+    }
+    assert {verb for _, _, verb in triples(view["rules"])} == {"get", "list", "watch"}
+    off = render({"rbac": {"create": True, "aggregateToDefaultRoles": False}})
+    assert not [r for r in by_kind(off, "ClusterRole") if _aggregated(dict(r))]
 
 
 def test_clusterwide_rbac_is_exactly_the_code_rules(rendered: dict[str, list[dict[str, Any]]]) -> None:
