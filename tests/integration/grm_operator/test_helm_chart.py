@@ -12,10 +12,12 @@ tests/integration/test_operator_*.py, run under the same rules).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -280,3 +282,54 @@ def test_namespace_editors_and_viewers_get_grmdeployments(control_plane_controll
         ("bob", "watch", "grmdeployments", team),
     }
     helm(plane, "uninstall", release, "--namespace", ns)
+
+
+def _crd_annotations(plane: ControlPlane, name: str) -> dict[str, str]:
+    status, body = plane.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+    assert status == 200, body
+    annotations: dict[str, str] = body["metadata"].get("annotations") or {}
+    return annotations
+
+
+def test_managed_crds_upgrade_with_the_release_and_stay_on_uninstall(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """crds.manage: an existing release (CRDs from crds/) takes them over with --take-ownership,
+    a changed CRD in the chart reaches the cluster with `helm upgrade` (which crds/ never does),
+    and `helm uninstall` keeps them (helm.sh/resource-policy: keep)."""
+    ns = create_namespace(control_plane, "grm-system")
+    release = f"c{uuid.uuid4().hex[:6]}"
+    helm(control_plane, "install", release, str(CHART), "--namespace", ns)
+    crd = "grmdeployments.grm.dev"
+
+    # A next version of the chart whose GRMDeployment CRD says something new.
+    chart = tmp_path / "grm-operator"
+    shutil.copytree(CHART, chart)
+    template = chart / chartgen.MANAGED_CRDS_FILE
+    marker = f"upgraded-{uuid.uuid4().hex[:6]}"
+    # The first CRD in the template is the GRMDeployment's: one more label on it.
+    labels = "    app.kubernetes.io/part-of: grm-elastic\n"
+    text = template.read_text()
+    assert text.index(labels) < text.index("kind: GRMDeployment")
+    template.write_text(text.replace(labels, f"{labels}    grm.dev/chart-test: {marker}\n", 1))
+    helm(
+        control_plane,
+        "upgrade",
+        release,
+        str(chart),
+        "--namespace",
+        ns,
+        "--set",
+        "crds.manage=true",
+        "--take-ownership",
+    )
+    status, body = control_plane.request(
+        "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+    )
+    assert status == 200, body
+    assert body["metadata"]["labels"].get("grm.dev/chart-test") == marker
+    assert _crd_annotations(control_plane, crd)["meta.helm.sh/release-name"] == release
+
+    helm(control_plane, "uninstall", release, "--namespace", ns)
+    annotations = _crd_annotations(control_plane, crd)
+    assert annotations["helm.sh/resource-policy"] == "keep"

@@ -15,6 +15,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from hack import chartgen
 
 from grm_operator import rbac
@@ -39,6 +40,7 @@ VARIATIONS: dict[str, dict[str, Any]] = {
     "everything-on": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}},
+        "crds": {"manage": True},
         "networkPolicy": {"enabled": True},
         "metrics": {"port": 9100, "service": {"enabled": True, "type": "ClusterIP", "port": 9100}},
         "extraEnv": [{"name": "GRM_RETRY_MAX_S", "value": "120"}],
@@ -216,6 +218,40 @@ def test_chart_crds_are_the_repo_crds_plus_kopf_peering() -> None:
     assert names == {p.name for p in (REPO / "crds").glob("*.yaml")} | {chartgen.PEERING_CRD_FILE}
     for path in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / path.name).read_text() == path.read_text()
+
+
+def test_managed_crds_are_the_chart_crds_kept_on_uninstall() -> None:
+    assert not [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    managed = {
+        d["metadata"]["name"]: d
+        for d in render({"crds": {"manage": True}})
+        if d["kind"] == "CustomResourceDefinition"
+    }
+    shipped = {
+        d["metadata"]["name"]: d
+        for path in sorted((CHART / "crds").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    }
+    assert (
+        set(managed)
+        == set(shipped)
+        == {
+            "grmdeployments.grm.dev",
+            "clusterkopfpeerings.kopf.dev",
+            "kopfpeerings.kopf.dev",
+        }
+    )
+    for name, crd in managed.items():
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}, name
+        assert crd == shipped[name], f"{name}: the template differs from crds/"
+
+
+def test_managed_crds_template_prints_braces_literally() -> None:
+    crd = "kind: CustomResourceDefinition\nmetadata: {name: x}\nspec: {description: 'use {{ and }}'}\n"
+    template = chartgen.managed_crds_template([crd])
+    assert '{{ "{{" }} and }}' in template
 
 
 # --- Deployment: settings, peering, hardening ---------------------------------------------------
