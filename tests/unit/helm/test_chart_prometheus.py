@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from grm_operator.telemetry import deployment_metrics as telemetry
 from grm_operator.telemetry.operator_metrics import OperatorMetrics
-from support.helmchart import CHART, REPO, by_kind, promtool, render
+from support.helmchart import CHART, PROMETHEUS_OPERATOR_API, REPO, by_kind, promtool, render
 
 FIXTURES = REPO / "tests" / "fixtures"
 GRAFANA_VARIABLES = {
@@ -37,7 +37,10 @@ GRAFANA_VARIABLES = {
 
 
 def _rule_groups(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    (rule,) = by_kind(render({"prometheusRule": {"enabled": True, **(values or {})}}), "PrometheusRule")
+    docs = render(
+        {"prometheusRule": {"enabled": True, **(values or {})}}, api_versions=[PROMETHEUS_OPERATOR_API]
+    )
+    (rule,) = by_kind(docs, "PrometheusRule")
     groups: list[dict[str, Any]] = rule["spec"]["groups"]
     return groups
 

@@ -23,6 +23,7 @@ from grm_operator.settings import DEFAULT_WORKER_IMAGE, OperatorSettings
 from support.helmchart import (
     CHART,
     CRD_KINDS,
+    PROMETHEUS_OPERATOR_API,
     REPO,
     by_kind,
     k8s_versions,
@@ -66,7 +67,11 @@ def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {name: render(values, include_crds=True) for name, values in VARIATIONS.items()}
+    # As on a cluster with the Prometheus Operator (its ServiceMonitor and PrometheusRule render).
+    return {
+        name: render(values, include_crds=True, api_versions=[PROMETHEUS_OPERATOR_API])
+        for name, values in VARIATIONS.items()
+    }
 
 
 def test_helm_lint_strict() -> None:
@@ -351,6 +356,20 @@ def test_metrics_service_selects_the_operator_pods(rendered: dict[str, list[dict
         by_kind(rendered["minimal"], "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]
         == "existing"
     )
+
+
+def test_monitoring_objects_only_where_the_prometheus_operator_is_served() -> None:
+    values = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    with_api = {d["kind"] for d in render(values, api_versions=[PROMETHEUS_OPERATOR_API])}
+    assert {"ServiceMonitor", "PrometheusRule"} <= with_api
+    without = {d["kind"] for d in render(values)}
+    assert not {"ServiceMonitor", "PrometheusRule"} & without
+    notes = run_helm(
+        "install", "grm", str(CHART), "--dry-run=client", "--namespace", "ops",
+        "--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+    ).stdout  # fmt: skip
+    assert "does not serve\nmonitoring.coreos.com/v1" in notes
+    assert "WARNING" not in run_helm("install", "grm", str(CHART), "--dry-run=client").stdout
 
 
 def test_notes_render() -> None:
