@@ -120,7 +120,20 @@ def test_strict_validation_rejects_a_typo() -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"prometheus": {"url": "prometheus:9090"}}, "url"),
         ({"unknownKey": True}, "unknownKey"),
-        ({"prometheusRule": {"enabled": True, "sloBreachedFor": "ten minutes"}}, "sloBreachedFor"),
+        (
+            {
+                "prometheusRule": {
+                    "enabled": True,
+                    "alerts": {"GRMDeploymentDegraded": {"for": "ten minutes"}},
+                }
+            },
+            "for",
+        ),
+        ({"prometheusRule": {"enabled": True, "alerts": {"GRMShedShareHigh": {"ratio": 5}}}}, "ratio"),
+        (
+            {"prometheusRule": {"enabled": True, "alerts": {"GRMNoSuchAlert": {"enabled": True}}}},
+            "GRMNoSuchAlert",
+        ),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
