@@ -273,7 +273,7 @@ def test_query_check_rejects_bad_promql(tmp_path: Path) -> None:
 def test_queries_name_only_exported_metrics() -> None:
     known = _known_metric_names()
     exprs = _dashboard_queries() + [r["expr"] for g in _rule_groups() for r in g["rules"]]
-    used = {m for e in exprs for m in re.findall(r"\b(grm_operator_[a-z_]+|vllm:[a-zA-Z0-9_:]+)", e)}
+    used = {m for e in exprs for m in re.findall(r"\b(grm_(?!dev_)[a-z_]+|vllm:[a-zA-Z0-9_:]+)", e)}
     unknown = {m for m in used if m not in known}
     assert not unknown, f"queries use metrics nobody exports: {sorted(unknown)}"
     assert {
@@ -292,10 +292,77 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
         "end-to-end",
         "decisions",
         "gpu-seconds",
+        "grm score latency",
+        "score errors",
+        "shed share",
+        "kv-cache usage",
+        "queue",
     ):
         assert needle in titles, needle
     ids = [p["id"] for p in _dashboard()["panels"]]
     assert len(ids) == len(set(ids))
+
+
+_AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s+by\s*\([^)]*\)\s*\(")
+
+
+def _innermost_aggregations(expr: str, metric: str) -> list[str | None]:
+    """For each use of ``metric`` in ``expr``: the aggregation operator whose parentheses most
+    closely enclose it (None when no aggregation does)."""
+    spans = []
+    for match in _AGGREGATION.finditer(expr):
+        depth, end = 0, match.end() - 1
+        for end in range(match.end() - 1, len(expr)):
+            depth += {"(": 1, ")": -1}.get(expr[end], 0)
+            if depth == 0:
+                break
+        spans.append((match.end(), end, match[1]))
+    found: list[str | None] = []
+    for use in re.finditer(rf"\b{re.escape(metric)}\b", expr):
+        enclosing = [(start, op) for start, end, op in spans if start <= use.start() < end]
+        found.append(max(enclosing)[1] if enclosing else None)
+    return found
+
+
+def _ha_violations(queries: list[str]) -> list[str]:
+    """Uses of per-GRMDeployment operator series not deduplicated with max/min by: every
+    operator replica exports them, so a sum (or no aggregation) counts each replica."""
+    return [
+        f"{metric} in {expr}"
+        for expr in queries
+        for metric in telemetry.METRIC_NAMES
+        for op in _innermost_aggregations(expr, metric)
+        if op not in ("max", "min")
+    ]
+
+
+def test_dashboard_never_adds_up_operator_replicas() -> None:
+    queries = [t["expr"] for p in _dashboard()["panels"] for t in p["targets"]]
+    assert not _ha_violations(queries)
+
+
+def test_replica_check_can_fail() -> None:
+    old = "sum by (namespace, grmdeployment, variant) (increase(grm_operator_gpu_seconds_total[1h]))"
+    assert _ha_violations([old, "grm_operator_condition", "max by (a) (grm_operator_condition)"]) == [
+        f"grm_operator_gpu_seconds_total in {old}",
+        "grm_operator_condition in grm_operator_condition",
+    ]
+
+
+def test_dashboard_filters_by_grmdeployment() -> None:
+    """Every panel query selects the chosen GRMDeployments: the operator's series by
+    `grmdeployment`, the workers' by the scrape label `grm_dev_deployment` (operator-wide
+    counters such as decisions carry neither)."""
+    variables = {v["name"] for v in _dashboard()["templating"]["list"]}
+    assert {"namespace", "grmdeployment"} <= variables
+    for panel in _dashboard()["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "grm_operator_decisions_total" in expr:
+                continue
+            for selector in re.findall(r"(?:\bgrm_(?!dev_)|vllm:)[a-zA-Z0-9_:]+(\{[^}]*\})?", expr):
+                assert 'deployment=~"$grmdeployment"' in selector, f"{panel['title']}: {expr}"
+                assert 'namespace=~"$namespace"' in selector, f"{panel['title']}: {expr}"
 
 
 def test_dashboard_configmap_holds_the_file() -> None:
