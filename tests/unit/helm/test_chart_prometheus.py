@@ -171,6 +171,15 @@ def test_every_alert_links_its_runbook_section() -> None:
     assert group["rules"][0]["annotations"]["runbook_url"].startswith("https://wiki.example.com/grm#")
 
 
+def test_operations_md_links_within_itself_resolve() -> None:
+    # The runbooks and the real-cluster checklist link each other's sections.
+    text = (REPO / "docs" / "operations.md").read_text()
+    anchors = _github_anchors(text)
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert {"real-cluster-checklist", "grmdeploymentatmaxgpuswithpendingpods", "upgrading"} <= links
+    assert links <= anchors, sorted(links - anchors)
+
+
 def test_anchor_check_can_fail() -> None:
     assert _github_anchors("## GRMShedShareHigh\n### Who may create GRMDeployments?\n") == {
         "grmshedsharehigh",
