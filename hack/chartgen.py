@@ -7,7 +7,11 @@ The chart in ``helm/grm-operator`` renders two things it must not restate by han
   resources and a ClusterRole only for what is cluster-scoped (kopf lists ``namespaces`` and
   ``customresourcedefinitions`` whatever the mode) → ``files/rbac-rules.yaml``;
 * kopf's peering CRDs (:mod:`grm_operator.peering`), installed from the chart's ``crds/`` beside
-  a copy of the repository's ``crds/`` → ``helm/grm-operator/crds/kopf.dev_peerings.yaml``.
+  a copy of the repository's ``crds/`` → ``helm/grm-operator/crds/kopf.dev_peerings.yaml``;
+* the same CRDs once more as a template, rendered only with ``crds.manage=true`` and annotated
+  ``helm.sh/resource-policy: keep`` → ``templates/crds.yaml``. Helm installs ``crds/`` on the first
+  install and never upgrades them; CRDs in ``templates/`` are upgraded with the release, and the
+  annotation keeps them (and so every GRMDeployment) when the release is uninstalled.
 
 ``python -m hack.chartgen`` (``make crd``) writes them and copies ``crds/``;
 ``--check`` reports drift instead (the unit tests do the same comparison).
@@ -28,6 +32,10 @@ from grm_operator import peering, rbac
 CHART_DIR = Path("helm") / "grm-operator"
 RBAC_FILE = Path("files") / "rbac-rules.yaml"
 PEERING_CRD_FILE = "kopf.dev_peerings.yaml"
+MANAGED_CRDS_FILE = Path("templates") / "crds.yaml"
+# Helm never deletes a resource with this annotation (uninstall, or a value turned off):
+# deleting a CRD deletes every object of its kind, i.e. every GRMDeployment and its workers.
+KEEP_ANNOTATION = {"helm.sh/resource-policy": "keep"}
 
 # Resources of the operator's rules that are not namespaced: the only ones a namespaced
 # install grants cluster-wide. A resource missing here is treated as namespaced, which a
@@ -74,6 +82,30 @@ def peering_crds_yaml() -> str:
     return _HEADER.format(source="grm_operator/peering.py") + "---\n" + docs
 
 
+def managed_crds_template(crd_texts: Iterable[str]) -> str:
+    """``templates/crds.yaml``: every CRD of ``crd_texts`` (YAML streams), kept on uninstall,
+    rendered only when ``crds.manage`` is true."""
+    docs = []
+    for text in crd_texts:
+        for crd in yaml.safe_load_all(text):
+            if not crd:
+                continue
+            metadata = crd.setdefault("metadata", {})
+            metadata["annotations"] = {**(metadata.get("annotations") or {}), **KEEP_ANNOTATION}
+            docs.append(crd)
+    body = yaml.safe_dump_all(docs, sort_keys=False)
+    # The template engine would read "{{" in a description as an action: print it literally.
+    body = body.replace("{{", '{{ "{{" }}')
+    header = (
+        "{{- /*\n"
+        + _HEADER.format(source="crds/ and grm_operator/peering.py")
+        + "The CRDs of crds/, upgraded with the release when crds.manage is true\n"
+        + "(docs/operations.md#upgrading).\n"
+        + "*/}}\n"
+    )
+    return header + "{{- if .Values.crds.manage }}\n---\n" + body + "{{- end }}\n"
+
+
 def expected_files(root: Path) -> dict[Path, str]:
     """Every generated chart file (path relative to ``root``) and its content."""
     chart = root / CHART_DIR
@@ -84,6 +116,8 @@ def expected_files(root: Path) -> dict[Path, str]:
     repo_crds = root / "crds"
     for path in sorted(repo_crds.glob("*.yaml")) if repo_crds.is_dir() else []:
         files[chart / "crds" / path.name] = path.read_text()
+    crd_texts = [text for path, text in sorted(files.items()) if path.parent == chart / "crds"]
+    files[chart / MANAGED_CRDS_FILE] = managed_crds_template(crd_texts)
     return files
 
 

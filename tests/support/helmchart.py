@@ -30,6 +30,10 @@ MIN_K8S, MAX_K8S = (1, 28), (1, 35)
 # Kinds whose schemas come from CRDs, not from Kubernetes' OpenAPI: kubernetes-validate has none.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
 
+# The Prometheus Operator's API: the chart renders its ServiceMonitor and PrometheusRule only
+# where the cluster serves it (.Capabilities.APIVersions).
+PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
+
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 
@@ -89,13 +93,19 @@ def render(
     release: str = "grm",
     namespace: str = "grm-system",
     include_crds: bool = False,
+    api_versions: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """The chart rendered by `helm template` with ``values``: every non-empty document."""
+    """The chart rendered by `helm template` with ``values``: every non-empty document.
+
+    ``api_versions`` are the APIs the pretended cluster serves beyond Kubernetes' own (e.g.
+    :data:`PROMETHEUS_OPERATOR_API`, which the ServiceMonitor and PrometheusRule need)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = ["template", release, str(CHART), "--namespace", namespace]
         args += ["--values", str(write_values(values or {}, Path(tmp)))]
         if include_crds:
             args.append("--include-crds")
+        for api in api_versions:
+            args += ["--api-versions", api]
         out = run_helm(*args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 

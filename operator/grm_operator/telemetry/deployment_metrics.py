@@ -12,6 +12,7 @@ derived from the object itself (spec + status), so whatever writes the status al
 ``grm_operator_variant_ready_replicas{variant}`` ready pods of the variant
 ``grm_operator_variant_desired_replicas{...}``   replicas the operator asked for
 ``grm_operator_variant_gpus{variant}``           pods × the variant's ``gpusPerReplica``
+``grm_operator_max_gpus``                        the GPU budget (``GRMDeploymentSpec.max_gpus``)
 ``grm_operator_gpu_seconds_total{variant}``      ∫ variant_gpus dt since the operator started
 ``grm_operator_slo_seconds{objective}``          the SLO target (ttftP95, itlP95, e2eP95)
 ``grm_operator_observed_seconds{signal}``        ``status.observed`` p95s (same keys)
@@ -40,8 +41,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from grm_operator.api.durations import parse_duration
+from grm_operator.api.models import Scaling
 
 LABELS = ("namespace", "grmdeployment")
 # spec.slo / status.observed keys, also the `objective` / `signal` label values.
@@ -76,6 +79,7 @@ class Snapshot:
     observed_seconds: dict[str, float] = field(default_factory=dict)
     observed_rps: float | None = None
     samples: int | None = None
+    max_gpus: int | None = None
 
     @property
     def gpus(self) -> dict[str, int]:
@@ -135,6 +139,13 @@ def snapshot(body: Mapping[str, Any]) -> Snapshot:
     observed = {key: v for key in LATENCY_KEYS if (v := _number(observed_raw.get(key))) is not None}
     samples = _number(status.get("samples"))
     active = status.get("activeVariant")
+    max_gpus = None
+    with contextlib.suppress(ValidationError, TypeError):
+        scaling = Scaling.model_validate(spec.get("scaling") or {})
+        # GRMDeploymentSpec.max_gpus(), from the scaling block alone: the alert "at maxGPUs with
+        # pods not Ready" needs the budget even when another part of the spec is invalid.
+        largest = max(gpus_per_replica.values(), default=1)
+        max_gpus = scaling.max_gpus if scaling.max_gpus is not None else scaling.max_replicas * largest
     return Snapshot(
         namespace=str(meta.get("namespace") or ""),
         name=str(meta.get("name") or ""),
@@ -146,6 +157,7 @@ def snapshot(body: Mapping[str, Any]) -> Snapshot:
         observed_seconds=observed,
         observed_rps=_number(observed_raw.get("rps")),
         samples=int(samples) if samples is not None else None,
+        max_gpus=max_gpus,
     )
 
 
@@ -219,6 +231,10 @@ class FleetMetrics(Collector):
             "grm_operator_variant_desired_replicas", "Replicas the operator asked for.", ("variant",)
         )
         gpus = gauge("grm_operator_variant_gpus", "GPUs held by the variant's pods.", ("variant",))
+        max_gpus = gauge(
+            "grm_operator_max_gpus",
+            "GPU budget: spec.scaling.maxGPUs, or maxReplicas x largest gpusPerReplica.",
+        )
         gpu_seconds = CounterMetricFamily(
             "grm_operator_gpu_seconds",
             "GPU-seconds held by the variant's pods since the operator started.",
@@ -251,7 +267,9 @@ class FleetMetrics(Collector):
                 rps.add_metric(ids, snap.observed_rps)
             if snap.samples is not None:
                 samples.add_metric(ids, snap.samples)
-        yield from (condition, switching, active, replicas, ready, desired, gpus, gpu_seconds)
+            if snap.max_gpus is not None:
+                max_gpus.add_metric(ids, snap.max_gpus)
+        yield from (condition, switching, active, replicas, ready, desired, gpus, max_gpus, gpu_seconds)
         yield from (slo, observed, rps, samples)
 
 
@@ -265,6 +283,7 @@ METRIC_NAMES = (
     "grm_operator_variant_ready_replicas",
     "grm_operator_variant_desired_replicas",
     "grm_operator_variant_gpus",
+    "grm_operator_max_gpus",
     "grm_operator_gpu_seconds_total",
     "grm_operator_slo_seconds",
     "grm_operator_observed_seconds",

@@ -1,7 +1,8 @@
 """The Helm chart against the real API server: `helm install` (every rendered object accepted,
 CRDs from crds/ installed), the operator's ServiceAccount can do exactly what grm_operator/rbac.py
-says and nothing else (`kubectl auth can-i --as`), and `helm uninstall` removes the release but
-keeps the CRDs.
+says and nothing else (`kubectl auth can-i --as`), `helm uninstall` removes the release but
+keeps the CRDs, and the aggregated ClusterRoles give namespace editors and viewers GRMDeployments
+(on the plane with the controller-manager, whose aggregation controller fills `edit` and `view`).
 
 The test control plane has no controllers, so the operator Deployment never gets pods: this
 checks what the API server admits and authorises, not the operator's behaviour (that is
@@ -11,10 +12,12 @@ tests/integration/test_operator_*.py, run under the same rules).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from hack import chartgen
 from grm_operator import rbac
 from grm_testkit.cluster import tools
 from grm_testkit.cluster.controlplane import ControlPlane
+from grm_testkit.operator_process import wait_for
 from support.helmchart import CHART, run_helm, triples
 
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
@@ -217,3 +221,115 @@ def test_install_namespaced_grants_nothing_elsewhere(control_plane: ControlPlane
 
     helm(control_plane, "uninstall", release, "--namespace", ns)
     assert_present(control_plane, docs, ns, present=False)
+
+
+def test_namespace_editors_and_viewers_get_grmdeployments(control_plane_controllers: ControlPlane) -> None:
+    """The chart's aggregated ClusterRoles reach Kubernetes' default ones (the controller-manager's
+    clusterrole-aggregation controller copies their rules): a user bound to `edit` in a namespace
+    may create and scale GRMDeployments there but not write their status, a `view` user may read
+    them, and neither gains anything in another namespace."""
+    plane = control_plane_controllers
+    ns = create_namespace(plane, "grm-system")
+    team = create_namespace(plane, "team")
+    other = create_namespace(plane, "other")
+    release = f"a{uuid.uuid4().hex[:6]}"
+    helm(plane, "install", release, str(CHART), "--namespace", ns)
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{user}-{role}", "namespace": team},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+        status, body = plane.request(
+            "POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{team}/rolebindings", binding
+        )
+        assert status == 201, body
+
+    # Aggregation is asynchronous: wait until the controller has copied the rules into `edit`.
+    wait_for(
+        lambda: subject_access_review(plane, "alice", "create", "grm.dev", "grmdeployments", team),
+        timeout_s=30,
+        what="the edit ClusterRole to aggregate the chart's rules",
+    )
+    wait_for(
+        lambda: subject_access_review(plane, "bob", "list", "grm.dev", "grmdeployments", team),
+        timeout_s=30,
+        what="the view ClusterRole to aggregate the chart's rules",
+    )
+    answers = {
+        (user, verb, resource, where): subject_access_review(plane, user, verb, "grm.dev", resource, where)
+        for user in ("alice", "bob")
+        for verb, resource in [
+            ("create", "grmdeployments"),
+            ("delete", "grmdeployments"),
+            ("patch", "grmdeployments/scale"),
+            ("patch", "grmdeployments/status"),
+            ("get", "grmdeployments/status"),
+            ("watch", "grmdeployments"),
+        ]
+        for where in (team, other)
+    }
+    allowed = {key for key, yes in answers.items() if yes}
+    assert allowed == {
+        ("alice", "create", "grmdeployments", team),
+        ("alice", "delete", "grmdeployments", team),
+        ("alice", "patch", "grmdeployments/scale", team),
+        ("alice", "get", "grmdeployments/status", team),
+        ("alice", "watch", "grmdeployments", team),
+        ("bob", "get", "grmdeployments/status", team),
+        ("bob", "watch", "grmdeployments", team),
+    }
+    helm(plane, "uninstall", release, "--namespace", ns)
+
+
+def _crd_annotations(plane: ControlPlane, name: str) -> dict[str, str]:
+    status, body = plane.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+    assert status == 200, body
+    annotations: dict[str, str] = body["metadata"].get("annotations") or {}
+    return annotations
+
+
+def test_managed_crds_upgrade_with_the_release_and_stay_on_uninstall(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """crds.manage: an existing release (CRDs from crds/) takes them over with --take-ownership,
+    a changed CRD in the chart reaches the cluster with `helm upgrade` (which crds/ never does),
+    and `helm uninstall` keeps them (helm.sh/resource-policy: keep)."""
+    ns = create_namespace(control_plane, "grm-system")
+    release = f"c{uuid.uuid4().hex[:6]}"
+    helm(control_plane, "install", release, str(CHART), "--namespace", ns)
+    crd = "grmdeployments.grm.dev"
+
+    # A next version of the chart whose GRMDeployment CRD says something new.
+    chart = tmp_path / "grm-operator"
+    shutil.copytree(CHART, chart)
+    template = chart / chartgen.MANAGED_CRDS_FILE
+    marker = f"upgraded-{uuid.uuid4().hex[:6]}"
+    # The first CRD in the template is the GRMDeployment's: one more label on it.
+    labels = "    app.kubernetes.io/part-of: grm-elastic\n"
+    text = template.read_text()
+    assert text.index(labels) < text.index("kind: GRMDeployment")
+    template.write_text(text.replace(labels, f"{labels}    grm.dev/chart-test: {marker}\n", 1))
+    helm(
+        control_plane,
+        "upgrade",
+        release,
+        str(chart),
+        "--namespace",
+        ns,
+        "--set",
+        "crds.manage=true",
+        "--take-ownership",
+    )
+    status, body = control_plane.request(
+        "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+    )
+    assert status == 200, body
+    assert body["metadata"]["labels"].get("grm.dev/chart-test") == marker
+    assert _crd_annotations(control_plane, crd)["meta.helm.sh/release-name"] == release
+
+    helm(control_plane, "uninstall", release, "--namespace", ns)
+    annotations = _crd_annotations(control_plane, crd)
+    assert annotations["helm.sh/resource-policy"] == "keep"

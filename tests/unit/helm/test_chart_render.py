@@ -15,6 +15,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from hack import chartgen
 
 from grm_operator import rbac
@@ -22,6 +23,7 @@ from grm_operator.settings import DEFAULT_WORKER_IMAGE, OperatorSettings
 from support.helmchart import (
     CHART,
     CRD_KINDS,
+    PROMETHEUS_OPERATOR_API,
     REPO,
     by_kind,
     k8s_versions,
@@ -39,6 +41,7 @@ VARIATIONS: dict[str, dict[str, Any]] = {
     "everything-on": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}},
+        "crds": {"manage": True},
         "networkPolicy": {"enabled": True},
         "metrics": {"port": 9100, "service": {"enabled": True, "type": "ClusterIP", "port": 9100}},
         "extraEnv": [{"name": "GRM_RETRY_MAX_S", "value": "120"}],
@@ -64,7 +67,11 @@ def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {name: render(values, include_crds=True) for name, values in VARIATIONS.items()}
+    # As on a cluster with the Prometheus Operator (its ServiceMonitor and PrometheusRule render).
+    return {
+        name: render(values, include_crds=True, api_versions=[PROMETHEUS_OPERATOR_API])
+        for name, values in VARIATIONS.items()
+    }
 
 
 def test_helm_lint_strict() -> None:
@@ -113,7 +120,20 @@ def test_strict_validation_rejects_a_typo() -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"prometheus": {"url": "prometheus:9090"}}, "url"),
         ({"unknownKey": True}, "unknownKey"),
-        ({"prometheusRule": {"enabled": True, "sloBreachedFor": "ten minutes"}}, "sloBreachedFor"),
+        (
+            {
+                "prometheusRule": {
+                    "enabled": True,
+                    "alerts": {"GRMDeploymentDegraded": {"for": "ten minutes"}},
+                }
+            },
+            "for",
+        ),
+        ({"prometheusRule": {"enabled": True, "alerts": {"GRMShedShareHigh": {"ratio": 5}}}}, "ratio"),
+        (
+            {"prometheusRule": {"enabled": True, "alerts": {"GRMNoSuchAlert": {"enabled": True}}}},
+            "GRMNoSuchAlert",
+        ),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -131,11 +151,38 @@ def test_servicemonitor_needs_the_metrics_service() -> None:
 # --- RBAC: exactly the operator's rules ---------------------------------------------------------
 
 
+def _aggregated(role: dict[str, Any]) -> bool:
+    """A ClusterRole for users, aggregated into admin/edit/view: not the operator's."""
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
+
+
 def _granted(
     docs: list[dict[str, Any]], kind: str, namespace: str | None = None
 ) -> set[tuple[str, str, str]]:
+    """What the operator's (Cluster)Roles grant."""
     roles = [d for d in by_kind(docs, kind) if namespace is None or d["metadata"]["namespace"] == namespace]
-    return triples(rule for role in roles for rule in role["rules"])
+    return triples(rule for role in roles if not _aggregated(role) for rule in role["rules"])
+
+
+def test_users_roles_aggregate_into_admin_edit_and_view(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    roles = {r["metadata"]["name"]: r for r in by_kind(rendered["defaults"], "ClusterRole") if _aggregated(r)}
+    edit, view = roles["grm-grm-operator-edit"], roles["grm-grm-operator-view"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == {
+        aggregate + "admin",
+        aggregate + "edit",
+    }
+    assert {k for k in view["metadata"]["labels"] if k.startswith(aggregate)} == {aggregate + "view"}
+    edits = triples(edit["rules"])
+    assert ("grm.dev", "grmdeployments", "create") in edits
+    assert ("grm.dev", "grmdeployments/scale", "patch") in edits
+    # The status is the operator's: users read it, never write it.
+    assert {t for t in edits if t[1] == "grmdeployments/status"} == {
+        ("grm.dev", "grmdeployments/status", "get")
+    }
+    assert {verb for _, _, verb in triples(view["rules"])} == {"get", "list", "watch"}
+    off = render({"rbac": {"create": True, "aggregateToDefaultRoles": False}})
+    assert not [r for r in by_kind(off, "ClusterRole") if _aggregated(dict(r))]
 
 
 def test_clusterwide_rbac_is_exactly_the_code_rules(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -189,6 +236,40 @@ def test_chart_crds_are_the_repo_crds_plus_kopf_peering() -> None:
     assert names == {p.name for p in (REPO / "crds").glob("*.yaml")} | {chartgen.PEERING_CRD_FILE}
     for path in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / path.name).read_text() == path.read_text()
+
+
+def test_managed_crds_are_the_chart_crds_kept_on_uninstall() -> None:
+    assert not [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    managed = {
+        d["metadata"]["name"]: d
+        for d in render({"crds": {"manage": True}})
+        if d["kind"] == "CustomResourceDefinition"
+    }
+    shipped = {
+        d["metadata"]["name"]: d
+        for path in sorted((CHART / "crds").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    }
+    assert (
+        set(managed)
+        == set(shipped)
+        == {
+            "grmdeployments.grm.dev",
+            "clusterkopfpeerings.kopf.dev",
+            "kopfpeerings.kopf.dev",
+        }
+    )
+    for name, crd in managed.items():
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}, name
+        assert crd == shipped[name], f"{name}: the template differs from crds/"
+
+
+def test_managed_crds_template_prints_braces_literally() -> None:
+    crd = "kind: CustomResourceDefinition\nmetadata: {name: x}\nspec: {description: 'use {{ and }}'}\n"
+    template = chartgen.managed_crds_template([crd])
+    assert '{{ "{{" }} and }}' in template
 
 
 # --- Deployment: settings, peering, hardening ---------------------------------------------------
@@ -288,6 +369,20 @@ def test_metrics_service_selects_the_operator_pods(rendered: dict[str, list[dict
         by_kind(rendered["minimal"], "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]
         == "existing"
     )
+
+
+def test_monitoring_objects_only_where_the_prometheus_operator_is_served() -> None:
+    values = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    with_api = {d["kind"] for d in render(values, api_versions=[PROMETHEUS_OPERATOR_API])}
+    assert {"ServiceMonitor", "PrometheusRule"} <= with_api
+    without = {d["kind"] for d in render(values)}
+    assert not {"ServiceMonitor", "PrometheusRule"} & without
+    notes = run_helm(
+        "install", "grm", str(CHART), "--dry-run=client", "--namespace", "ops",
+        "--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+    ).stdout  # fmt: skip
+    assert "does not serve\nmonitoring.coreos.com/v1" in notes
+    assert "WARNING" not in run_helm("install", "grm", str(CHART), "--dry-run=client").stdout
 
 
 def test_notes_render() -> None:

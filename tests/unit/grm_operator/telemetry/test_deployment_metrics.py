@@ -74,6 +74,15 @@ def test_snapshot_tolerates_odd_bodies() -> None:
     assert snap.slo_seconds == {} and snap.observed_rps is None and snap.observed_seconds == {}
     assert snap.conditions == {} and snap.gpus == {"a": 0}
     assert telemetry.snapshot({}).name == ""
+    assert telemetry.snapshot({"spec": {"scaling": {"maxGPUs": "many"}}}).max_gpus is None
+
+
+def test_max_gpus_is_the_specs_gpu_budget() -> None:
+    with_budget = body()
+    with_budget["spec"]["scaling"] = {"maxReplicas": 4, "maxGPUs": 6}
+    assert telemetry.snapshot(with_budget).max_gpus == 6
+    with_budget["spec"]["scaling"] = {"maxReplicas": 4}
+    assert telemetry.snapshot(with_budget).max_gpus == 8
 
 
 def test_exposition_series_and_values() -> None:
@@ -90,6 +99,8 @@ def test_exposition_series_and_values() -> None:
     assert got[key("grm_operator_variant_ready_replicas", variant="bf16")] == 2
     assert got[key("grm_operator_variant_desired_replicas", variant="fp8")] == 2
     assert got[key("grm_operator_variant_gpus", variant="bf16")] == 6
+    # No scaling block: maxReplicas' default 8 × the largest gpusPerReplica (2).
+    assert got[key("grm_operator_max_gpus")] == 16
     assert got[key("grm_operator_slo_seconds", objective="ttftP95")] == 0.5
     assert got[key("grm_operator_observed_seconds", signal="e2eP95")] == 9.8
     assert got[key("grm_operator_observed_rps")] == 11.5
