@@ -364,3 +364,23 @@ def test_active_variant() -> None:
     # A new pin is reached through a switch: the serving variant stays active until it completes.
     assert active_variant(pinned, "bf16") == "bf16"
     assert active_variant(pinned, "gone") == "fp8"
+
+
+def test_pod_monitor_carries_the_installation_labels_a_prometheus_selects_by() -> None:
+    # kube-prometheus-stack's Prometheus selects PodMonitors by release=<its release>.
+    settings = OperatorSettings(podmonitor_labels={"release": "kube-prometheus-stack", "team": "rl"})
+    built = build_children(grmd(), initial_replicas(grmd().spec), settings, pod_monitor=True)
+    assert built.pod_monitor is not None
+    labels = built.pod_monitor["metadata"]["labels"]
+    assert labels["release"] == "kube-prometheus-stack"
+    assert labels["team"] == "rl"
+    # The operator's own labels stay: it finds its children by them.
+    assert labels["app.kubernetes.io/managed-by"] == "grm-operator"
+    assert labels["grm.dev/deployment"] == "reward"
+    # Only the PodMonitor gets them: they are a scrape selector, not a workload label.
+    assert "release" not in built.service["metadata"]["labels"]
+    assert "release" not in built.deployments["bf16"]["metadata"]["labels"]
+    # A changed label changes the applied hash, so the reconciler re-applies the PodMonitor.
+    plain = children(pod_monitor=True).pod_monitor
+    assert plain is not None and "release" not in plain["metadata"]["labels"]
+    assert applied_hash(plain) != applied_hash(built.pod_monitor)
