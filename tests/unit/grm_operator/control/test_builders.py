@@ -148,7 +148,8 @@ def test_worker_pod_shape() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     # Startup budget: 3 × bf16's 90 s cold start = 270 s = 54 probes 5 s apart.
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 270
-    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    # exec, not the sleep action (beta only from Kubernetes 1.30; the chart admits 1.28).
+    assert container["lifecycle"]["preStop"] == {"exec": {"command": ["/bin/sleep", "5"]}}
     assert pod["terminationGracePeriodSeconds"] == 5 + 60 + 15  # preStop + drainSeconds + engine stop
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
