@@ -210,8 +210,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> None:
-    """Render ``args`` onto ``out``; raises :class:`RenderError` or :class:`SettingsError`."""
+def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, warnings: list[str]) -> None:
+    """Render ``args`` onto ``out``, appending to ``warnings`` what the user should know (a
+    namespace the configured operator does not watch); raises :class:`RenderError` or
+    :class:`SettingsError`."""
     settings = OperatorSettings.from_env(environ)
     sources = grmdeployment_sources(args.filename)
     status = read_status(args.status) if args.status is not None else None
@@ -221,17 +223,27 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> No
         )
     manifests: list[Manifest] = []
     for source in sources:
-        manifests.extend(
-            render_source(source, status, settings, namespace=args.namespace, pod_monitor=args.pod_monitor)
+        rendered = render_source(
+            source, status, settings, namespace=args.namespace, pod_monitor=args.pod_monitor
         )
+        namespace = rendered[0]["metadata"]["namespace"]
+        if not settings.clusterwide and namespace not in settings.namespaces:
+            warnings.append(
+                f"{source.where}: namespace {namespace} is not watched (GRM_NAMESPACES="
+                f"{','.join(settings.namespaces)}): an operator so installed ignores it"
+            )
+        manifests.extend(rendered)
     out.write(to_yaml(manifests))
 
 
 def command(args: argparse.Namespace) -> int:
     """Print every object as YAML; exit 2 with one line on stderr on bad input."""
+    warnings: list[str] = []
     try:
-        run(args, os.environ, sys.stdout)
+        run(args, os.environ, sys.stdout, warnings)
     except (RenderError, SettingsError) as exc:
         print(f"grm-operator render: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for warning in warnings:
+        print(f"grm-operator render: warning: {warning}", file=sys.stderr)
     return 0

@@ -103,6 +103,16 @@ def test_installation_settings_come_from_the_operators_variables(
     assert not by_name(objects, "PodMonitor")
 
 
+def test_a_namespace_the_operator_does_not_watch_is_a_warning(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, objects, err = run_render(capsys, monkeypatch, "-f", str(LADDER), GRM_NAMESPACES="eval,prod")
+    assert status == 0 and objects  # still rendered: what it would be once the namespace is watched
+    assert "warning:" in err and "namespace rl is not watched (GRM_NAMESPACES=eval,prod)" in err
+    _, _, err = run_render(capsys, monkeypatch, "-f", str(LADDER), GRM_NAMESPACES="rl")
+    assert err == ""
+
+
 def test_other_kinds_in_the_file_are_the_users_and_skipped(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
