@@ -355,3 +355,18 @@ def test_the_sleep_lifecycle_action_would_fail_the_floor(
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, VERSIONS[0], strict=True)
+
+
+def test_render_reads_stdin() -> None:
+    # `kubectl get grmd reward -o yaml | grm-operator render -f -`
+    result = subprocess.run(
+        [sys.executable, "-m", "grm_operator.cli", "render", "-f", "-"],
+        input=LADDER.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    names = {d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout) if d}
+    assert {"reward-bf16", "reward-fp8", "reward-int4", "reward"} <= names
