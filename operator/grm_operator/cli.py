@@ -47,6 +47,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "write the GRMDeployment API reference (Markdown) generated from the API models",
     ),
     Subcommand(
+        "render",
+        "grm_operator.render:add_arguments",
+        "grm_operator.render:command",
+        "print, as YAML, every object the operator would create or update for a GRMDeployment file",
+    ),
+    Subcommand(
         "simulate",
         "grm_operator.simulator.cli:add_arguments",
         "grm_operator.simulator.cli:command",

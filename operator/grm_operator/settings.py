@@ -11,6 +11,7 @@ them. Parsing is pure (:meth:`OperatorSettings.from_env` takes the mapping), so 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "GRM_"
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/grm-elastic/grm-worker:0.1.0"
+
+# Kubernetes' label syntax (apimachinery validation): an optional DNS-subdomain prefix of at most
+# 253 characters and "/", then a name of at most 63 alphanumerics, "-", "_" or "." that starts
+# and ends alphanumeric; values are the same name syntax or empty.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_RE = re.compile(rf"^(({_LABEL_PREFIX})/)?{_LABEL_NAME}$")
+LABEL_VALUE_RE = re.compile(rf"^({_LABEL_NAME})?$")
+# Label prefixes the operator sets on its children and selects them by (grm.dev/deployment,
+# app.kubernetes.io/managed-by, ...): an installation-wide extra label may not override them.
+RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "grm.dev/")
 
 
 class SettingsError(ValueError):
@@ -79,6 +91,13 @@ class OperatorSettings(BaseModel):
         default=True,
         description="Create a monitoring.coreos.com/v1 PodMonitor per GRMDeployment when that CRD exists.",
     )
+    podmonitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels of every PodMonitor the operator creates (JSON object in "
+        'GRM_PODMONITOR_LABELS), e.g. {"release": "kube-prometheus-stack"}: a Prometheus '
+        "Operator picks up only the PodMonitors its podMonitorSelector matches, and "
+        "kube-prometheus-stack selects by its release label.",
+    )
     health_port: int = Field(default=8080, ge=0, le=65535, description="Liveness endpoint port; 0: off.")
     health_host: str = Field(default="0.0.0.0", description="Address of the liveness endpoint.")
     metrics_port: int = Field(
@@ -126,6 +145,30 @@ class OperatorSettings(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"expected a JSON object of pod → URL: {exc}") from None
         return value
+
+    @field_validator("podmonitor_labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"expected a JSON object of label → value: {exc}") from None
+        return value
+
+    @field_validator("podmonitor_labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if len(key) > 253 + 1 + 63 or not LABEL_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid label key")
+            if key.startswith(RESERVED_LABEL_PREFIXES):
+                raise ValueError(
+                    f"{key!r}: labels under {' and '.join(RESERVED_LABEL_PREFIXES)} are the operator's own"
+                )
+            if not LABEL_VALUE_RE.match(value):
+                raise ValueError(f"{value!r} (label {key}) is not a valid label value")
+        return labels
 
     @property
     def clusterwide(self) -> bool:

@@ -51,7 +51,7 @@ from grm_operator.control.builders.metadata import (
     LABEL_VARIANT,
     MANAGED_BY,
 )
-from grm_operator.control.builders.replicas import active_variant, plan_replicas
+from grm_operator.control.builders.replicas import replicas_from_status
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
 from grm_operator.handlers.store import Key, Store, key_of
 from grm_operator.kubeapi import Body, KubeClient, KubeError
@@ -315,10 +315,7 @@ class Reconciler:
             for d in self.store.children_of("Deployment", key)
             if _owned_by(d, uid) and (variant := _variant_of(d)) is not None
         }
-        switch = current.get("switch") or {}
-        switching = frozenset(str(v) for v in (switch.get("from"), switch.get("to")) if v)
-        active = active_variant(grmd.spec, current.get("activeVariant"))
-        replicas = plan_replicas(grmd.spec, active, live, switching=switching)
+        replicas = replicas_from_status(grmd.spec, current, live)
         return build_children(
             grmd, replicas, self.settings, pod_monitor=self.pod_monitors and self.settings.podmonitor_enabled
         )

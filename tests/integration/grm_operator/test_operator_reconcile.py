@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ OPERATOR_USER = "grm-operator-test"
 GRMD_PATH = "/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments"
 TIMEOUT_S = 30.0
 EXAMPLE = EXAMPLES / "grmd-ladder.yaml"
+# The operator's settings; the PodMonitor labels are what kube-prometheus-stack selects by.
+OPERATOR_ENV = {"GRM_RETRY_INITIAL_S": "0.2", "GRM_PODMONITOR_LABELS": '{"release": "kube-prometheus-stack"}'}
 POD_MONITOR_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
@@ -88,7 +91,7 @@ class Harness:
 
     def _new_operator(self) -> operator_process.OperatorProcess:
         log = self.workdir / f"operator-{uuid.uuid4().hex[:6]}.log"
-        return operator_process.OperatorProcess(self.kubeconfig, log, env={"GRM_RETRY_INITIAL_S": "0.2"})
+        return operator_process.OperatorProcess(self.kubeconfig, log, env=OPERATOR_ENV)
 
     def restart_operator(self) -> None:
         self.operator.stop()
@@ -538,3 +541,49 @@ def test_deleted_children_are_recreated(harness: Harness) -> None:
     )
     assert recreated["metadata"]["ownerReferences"][0]["name"] == "reward"
     harness.wait(lambda: harness.get(deployment) is not None, "the fp8 Deployment recreated")
+
+
+# Where each kind the operator creates lives in the API.
+CHILD_PATHS = {
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps/{name}",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    "Service": "/api/v1/namespaces/{ns}/services/{name}",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
+    "PodMonitor": "/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors/{name}",
+}
+
+
+def test_render_prints_what_the_operator_applied(harness: Harness, tmp_path: Path) -> None:
+    # `grm-operator render` of the stored object (`kubectl get grmd reward -o yaml`: uid and
+    # status included) with the operator's settings is what the operator applied, object for
+    # object: same applied hash (labels, owner reference, spec) and same replica counts.
+    ns = harness.namespace()
+    harness.create(ns)
+    harness.wait(lambda: harness.settled(ns), "first reconcile")
+    stored = tmp_path / "reward.yaml"
+    stored.write_text(yaml.safe_dump(harness.grmd(ns)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRM_")}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("grm-operator")), "render", "-f", str(stored)],
+        env={**env, **OPERATOR_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+    assert {d["kind"] for d in rendered} == set(CHILD_PATHS)
+    for obj in rendered:
+        name = obj["metadata"]["name"]
+        live = harness.get(CHILD_PATHS[obj["kind"]].format(ns=ns, name=name))
+        assert live is not None, f"{obj['kind']} {name} rendered but not created"
+        hash_key = "grm.dev/applied-hash"
+        assert live["metadata"]["annotations"][hash_key] == obj["metadata"]["annotations"][hash_key], name
+        if obj["kind"] == "Deployment":
+            assert live["spec"]["replicas"] == obj["spec"]["replicas"], name
+    (pod_monitor,) = (d for d in rendered if d["kind"] == "PodMonitor")
+    live_monitor = harness.get(CHILD_PATHS["PodMonitor"].format(ns=ns, name="reward"))
+    assert live_monitor is not None
+    assert live_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -65,3 +65,27 @@ def test_kopf_settings_follow_ours() -> None:
     for plural in ("deployments", "configmaps", "services", "poddisruptionbudgets"):
         assert selectors[plural] == "app.kubernetes.io/managed-by=grm-operator"
     assert kopf_settings(OperatorSettings()).peering.standalone is True
+
+
+def test_pod_monitor_labels_are_a_json_object_of_valid_labels() -> None:
+    s = OperatorSettings.from_env({"GRM_PODMONITOR_LABELS": '{"release": "kps", "example.com/team": "rl"}'})
+    assert s.podmonitor_labels == {"release": "kps", "example.com/team": "rl"}
+    assert OperatorSettings.from_env({}).podmonitor_labels == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("release=kps", "JSON object"),
+        ('{"release": "not valid!"}', "not a valid label value"),
+        ('{"-bad": "x"}', "not a valid label key"),
+        ('{"release": 3}', "valid string"),
+        # The operator selects its children by these; an installation label may not replace them.
+        ('{"app.kubernetes.io/managed-by": "helm"}', "the operator's own"),
+        ('{"grm.dev/deployment": "x"}', "the operator's own"),
+    ],
+)
+def test_bad_pod_monitor_labels_name_their_variable(raw: str, message: str) -> None:
+    with pytest.raises(SettingsError, match="GRM_PODMONITOR_LABELS") as exc:
+        OperatorSettings.from_env({"GRM_PODMONITOR_LABELS": raw})
+    assert message in str(exc.value)

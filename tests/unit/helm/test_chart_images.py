@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from grm_operator.control.builders.deployment import PRESTOP_COMMAND
 from grm_operator.control.builders.layout import RUN_AS_UID
 from grm_operator.control.builders.metadata import WORKER_APP
 from grm_operator.settings import DEFAULT_WORKER_IMAGE
@@ -123,3 +124,24 @@ def test_operator_image_runs_as_the_charts_user() -> None:
     (user,) = instruction(IMAGES / "operator" / "Dockerfile", "USER")
     pod = values()["podSecurityContext"]
     assert user == f"{pod['runAsUser']}:{pod['runAsGroup']}"
+
+
+# Base images whose root filesystem has coreutils at /bin (Debian and Ubuntu, usrmerge):
+# vllm/vllm-openai is built FROM nvidia/cuda:*-ubuntu*, python:*-slim-bookworm is Debian 12.
+COREUTILS_BASES = {
+    "VLLM_IMAGE": re.compile(r"^vllm/vllm-openai:"),
+    "PYTHON_IMAGE": re.compile(r"^python:[0-9.]+-slim-(bookworm|trixie)$"),
+}
+
+
+@pytest.mark.parametrize("image", ["worker", "worker-cpu"])
+def test_worker_images_have_the_prestop_sleep(image: str) -> None:
+    # The worker's preStop hook execs /bin/sleep (PRESTOP_COMMAND): each worker image must be
+    # built on a base that has it.
+    assert PRESTOP_COMMAND[0] == "/bin/sleep"
+    dockerfile = IMAGES / image / "Dockerfile"
+    args = dict(a.partition("=")[::2] for a in instruction(dockerfile, "ARG") if "=" in a)
+    (base,) = instruction(dockerfile, "FROM")
+    variable = base.split()[0].removeprefix("${").removesuffix("}")
+    assert variable in COREUTILS_BASES, base
+    assert COREUTILS_BASES[variable].match(args[variable]), args[variable]

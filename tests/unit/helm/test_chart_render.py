@@ -405,3 +405,28 @@ def test_peering_priority_command_runs_in_a_posix_shell(rendered: dict[str, list
     ).stdout.split()
     assert out[:2] == ["run", "--priority"] and len(out) == 3
     assert 0 <= int(out[2]) < 2**31 - 1
+
+
+def test_pod_monitor_labels_reach_the_operator() -> None:
+    # kube-prometheus-stack users set release=<their release> (docs/quickstart.md).
+    labels = {"release": "kube-prometheus-stack", "example.com/team": "rl"}
+    settings = OperatorSettings.from_env(_env(render({"podMonitorLabels": labels})))
+    assert settings.podmonitor_labels == labels
+    assert "GRM_PODMONITOR_LABELS" not in _env(render())
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        # helm names a bad key, not where it is.
+        ({"grm.dev/deployment": "x"}, "invalid propertyName 'grm.dev/deployment'"),
+        ({"app.kubernetes.io/managed-by": "helm"}, "invalid propertyName 'app.kubernetes.io/managed-by'"),
+        ({"-release": "x"}, "invalid propertyName '-release'"),
+        ({"release": "not valid!"}, "podMonitorLabels"),
+        ({"release": 3}, "podMonitorLabels"),
+    ],
+)
+def test_schema_rejects_pod_monitor_labels_the_operator_would_refuse(
+    labels: dict[str, Any], message: str
+) -> None:
+    assert message in render_error({"podMonitorLabels": labels})

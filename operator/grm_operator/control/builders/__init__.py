@@ -83,5 +83,5 @@ def build_children(
     children.service = build_service(owner)
     children.pdb = build_pdb(owner)
     if pod_monitor:
-        children.pod_monitor = build_pod_monitor(owner)
+        children.pod_monitor = build_pod_monitor(owner, settings.podmonitor_labels)
     return children

@@ -38,6 +38,11 @@ from grm_worker.contract.perfmodel import profile_for
 # Seconds preStop waits before SIGTERM so that endpoint removal reaches every Service proxy first
 # (kube-proxy/EndpointSlice propagation is typically 1-3 s; 5 s leaves margin).
 PRESTOP_SLEEP_S = 5
+# The preStop hook runs coreutils' sleep inside the worker container: both worker images have it
+# (vllm/vllm-openai is Ubuntu, worker-cpu Debian bookworm; tests/unit/helm/test_chart_images.py).
+# Not the `sleep` lifecycle action: it is beta (on by default) only from Kubernetes 1.30; 1.29's
+# API server drops it (alpha gate off) and 1.28's rejects it, and the chart supports >= 1.28.
+PRESTOP_COMMAND = ["/bin/sleep", str(PRESTOP_SLEEP_S)]
 # Seconds after the drain for vLLM to stop (free GPU memory, exit) before SIGKILL.
 ENGINE_STOP_MARGIN_S = 15
 # Startup probe budget = this × the variant's cold start: a cold node also pulls the image and
@@ -223,7 +228,7 @@ def build_deployment(
         "readinessProbe": _http_probe("/ready", 5, 3),
         "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
         # Removed from endpoints first, then SIGTERM: the worker drains in-flight requests.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        "lifecycle": {"preStop": {"exec": {"command": list(PRESTOP_COMMAND)}}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

@@ -2,13 +2,14 @@
 
 The policy decides replica counts (:mod:`grm_operator.handlers.autoscale`); these are the rules
 for a new GRMDeployment (:func:`initial_replicas`), for each reconcile (:func:`plan_replicas`,
-which keeps the policy's last word within the bounds) and for which variant serves
-(:func:`active_variant`).
+which keeps the policy's last word within the bounds; :func:`replicas_from_status` reads its
+inputs from the GRMDeployment's status) and for which variant serves (:func:`active_variant`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec, Variant
 
@@ -90,3 +91,15 @@ def plan_replicas(
         else:
             plan[v.name] = 0
     return plan
+
+
+def replicas_from_status(
+    spec: GRMDeploymentSpec, status: Mapping[str, Any], live: Mapping[str, int]
+) -> dict[str, int]:
+    """What the reconciler applies: :func:`plan_replicas` with the serving variant and the
+    variants of a switch in progress read from ``status`` (its wire form, camelCase), and
+    ``live`` the spec.replicas of the variant Deployments that exist."""
+    switch = status.get("switch") or {}
+    switching = frozenset(str(v) for v in (switch.get("from"), switch.get("to")) if v)
+    active = active_variant(spec, status.get("activeVariant"))
+    return plan_replicas(spec, active, live, switching=switching)

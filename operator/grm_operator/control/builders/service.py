@@ -5,6 +5,8 @@ that select the same worker pods.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from grm_operator.control.builders.layout import HTTP_PORT
 from grm_operator.control.builders.metadata import (
     LABEL_DEPLOYMENT,
@@ -50,13 +52,20 @@ def build_pdb(owner: Owner) -> Manifest:
     )
 
 
-def build_pod_monitor(owner: Owner) -> Manifest:
-    """A Prometheus Operator PodMonitor scraping every worker's /metrics every 15 s."""
+def build_pod_monitor(owner: Owner, extra_labels: Mapping[str, str] | None = None) -> Manifest:
+    """A Prometheus Operator PodMonitor scraping every worker's /metrics every 15 s.
+
+    ``extra_labels`` (the installation's ``GRM_PODMONITOR_LABELS``) are what a Prometheus'
+    ``podMonitorSelector`` matches, e.g. kube-prometheus-stack's ``release: <release>``; without
+    them such a Prometheus ignores the PodMonitor. The operator's own labels win over them.
+    """
+    metadata = child_metadata(owner, owner.name, "monitoring")
+    metadata["labels"] = {**(extra_labels or {}), **metadata["labels"]}
     return stamp(
         {
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "PodMonitor",
-            "metadata": child_metadata(owner, owner.name, "monitoring"),
+            "metadata": metadata,
             "spec": {
                 "selector": {"matchLabels": selector_labels(owner.name)},
                 # Copied onto every series as grm_dev_deployment / grm_dev_variant: the

@@ -163,7 +163,8 @@ def test_worker_pod_shape() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     # Startup budget: 3 × bf16's 90 s cold start = 270 s = 54 probes 5 s apart.
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 270
-    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    # exec, not the sleep action (beta only from Kubernetes 1.30; the chart admits 1.28).
+    assert container["lifecycle"]["preStop"] == {"exec": {"command": ["/bin/sleep", "5"]}}
     assert pod["terminationGracePeriodSeconds"] == 5 + 60 + 15  # preStop + drainSeconds + engine stop
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
@@ -586,3 +587,23 @@ def test_declared_architecture_reaches_the_worker_and_picks_its_dtype() -> None:
     assert config.model.architecture == "gemma2"
     cmd = vllm_command(config, device="cuda")
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+
+
+def test_pod_monitor_carries_the_installation_labels_a_prometheus_selects_by() -> None:
+    # kube-prometheus-stack's Prometheus selects PodMonitors by release=<its release>.
+    settings = OperatorSettings(podmonitor_labels={"release": "kube-prometheus-stack", "team": "rl"})
+    built = build_children(grmd(), initial_replicas(grmd().spec), settings, pod_monitor=True)
+    assert built.pod_monitor is not None
+    labels = built.pod_monitor["metadata"]["labels"]
+    assert labels["release"] == "kube-prometheus-stack"
+    assert labels["team"] == "rl"
+    # The operator's own labels stay: it finds its children by them.
+    assert labels["app.kubernetes.io/managed-by"] == "grm-operator"
+    assert labels["grm.dev/deployment"] == "reward"
+    # Only the PodMonitor gets them: they are a scrape selector, not a workload label.
+    assert "release" not in built.service["metadata"]["labels"]
+    assert "release" not in built.deployments["bf16"]["metadata"]["labels"]
+    # A changed label changes the applied hash, so the reconciler re-applies the PodMonitor.
+    plain = children(pod_monitor=True).pod_monitor
+    assert plain is not None and "release" not in plain["metadata"]["labels"]
+    assert applied_hash(plain) != applied_hash(built.pod_monitor)
