@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+import yaml
 from moto.server import ThreadedMotoServer
 
 from grm_worker.contract.config import ModelConfig
@@ -198,3 +199,53 @@ def test_hf_unknown_revision_fails_the_step(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "fetch-model failed" in done.stderr
     assert "v9" in done.stderr
+
+
+def test_the_operators_init_container_fetches_from_s3(s3: tuple[str, S3Client], tmp_path: Path) -> None:
+    """The operator's fetch-model init container, run as the kubelet would: its command on the
+    ConfigMap the operator built, its environment with the Secret's keys resolved; only the
+    cache directory is moved under tmp_path (the pod mounts it at /models)."""
+    from grm_operator.api.models import GRMDeployment
+    from grm_operator.control.builders import build_children
+    from grm_operator.control.builders.replicas import initial_replicas
+    from grm_operator.settings import OperatorSettings
+    from support.paths import EXAMPLES
+
+    endpoint, _client = s3
+    body = yaml.safe_load((EXAMPLES / "grmd-ladder.yaml").read_text())
+    body["metadata"]["uid"] = "0b5c1f36-1111-2222-3333-444455556666"
+    body["spec"]["model"].update(
+        uri=f"s3://{BUCKET}/grm-27b", credentialsSecretRef={"name": "minio"}, endpointURL=endpoint
+    )
+    grmd = GRMDeployment.model_validate(body)
+    built = build_children(grmd, initial_replicas(grmd.spec), OperatorSettings())
+    (init,) = built.deployments["bf16"]["spec"]["template"]["spec"]["initContainers"]
+    config_file = tmp_path / "worker.json"
+    config_file.write_text(built.config_maps["bf16"]["data"]["worker.json"])
+    secret = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}  # no session token
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_DEFAULT_REGION"] = "us-east-1"
+    for var in init["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif var["valueFrom"]["secretKeyRef"]["key"] in secret:
+            env[var["name"]] = secret[var["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            assert var["valueFrom"]["secretKeyRef"].get("optional") is True, var
+    env["HOME"] = env["HF_HOME"] = env["XDG_CACHE_HOME"] = str(tmp_path)
+    path = json.loads(config_file.read_text())["model"]["path"]
+    assert path == "/models/weights/s3/models/grm-27b"
+    dest = tmp_path / path.removeprefix("/")
+    command = [*init["command"], "--model-path", str(dest)]
+    command[command.index("/etc/grm/worker.json")] = str(config_file)
+    assert command[:2] == ["grm-worker", "fetch-model"]
+    done = subprocess.run(
+        [sys.executable, "-m", "grm_worker.cli", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    _assert_checkpoint(dest)
