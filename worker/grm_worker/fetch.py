@@ -21,17 +21,25 @@ transfer once.
   environment, ``endpoint_url`` wins over ``HF_ENDPOINT``).
 * ``pvc://`` and local paths need no download: the step returns at once.
 
+Replicas share the cache (a ReadWriteMany claim), so several pods may start the same download at
+once: the step holds an exclusive ``flock`` on ``<path>.lock`` beside the directory while it
+downloads, and a second pod waits for it, then finds every file complete and skips it. (flock
+works across nodes on NFSv4-based claims such as EFS, Filestore and Azure Files NFS; on a
+filesystem without it the lock is node-local and the ETag check still keeps files whole.)
+
 Progress is logged at most every ``progress_interval_s`` seconds and after every file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -233,6 +241,22 @@ def fetch_hf(
     return report
 
 
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_file``, logging when another process holds it first."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("fetch: another pod is downloading into this cache; waiting for %s", lock_file)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch_model(model: ModelConfig, *, progress_interval_s: float = PROGRESS_INTERVAL_S) -> FetchReport:
     """Fetch the config's model into ``model.path`` (nothing to do for pvc:// and local paths)."""
     if not needs_fetch(model.uri):
@@ -242,10 +266,11 @@ def fetch_model(model: ModelConfig, *, progress_interval_s: float = PROGRESS_INT
     if not model.path:
         raise FetchError("model.path (the directory to download into) is not set")
     dest = Path(model.path)
-    if model.uri.startswith("s3://"):
-        if model.revision:
-            raise FetchError("model.revision applies to hf:// only; an s3:// prefix has no revisions")
-        return fetch_s3(
-            model.uri, dest, endpoint_url=model.endpoint_url, progress_interval_s=progress_interval_s
-        )
-    return fetch_hf(model.uri, dest, revision=model.revision, endpoint_url=model.endpoint_url)
+    if model.uri.startswith("s3://") and model.revision:
+        raise FetchError("model.revision applies to hf:// only; an s3:// prefix has no revisions")
+    with exclusive_lock(dest.with_name(f"{dest.name}.lock")):
+        if model.uri.startswith("s3://"):
+            return fetch_s3(
+                model.uri, dest, endpoint_url=model.endpoint_url, progress_interval_s=progress_interval_s
+            )
+        return fetch_hf(model.uri, dest, revision=model.revision, endpoint_url=model.endpoint_url)

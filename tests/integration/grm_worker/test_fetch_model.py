@@ -7,6 +7,7 @@ mirror would be): the revision asked for, the token sent, complete files not dow
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -141,6 +142,39 @@ def test_a_changed_object_of_the_same_size_is_fetched_again(s3: tuple[str, S3Cli
     report = fetch_s3(f"s3://{BUCKET}/grm-27b", dest, endpoint_url=endpoint)
     assert (report.files_downloaded, report.bytes_downloaded) == (1, len(changed))
     assert (dest / "model-00001-of-00001.safetensors").read_bytes() == changed
+
+
+def test_a_second_pod_waits_for_the_first_ones_download(s3: tuple[str, S3Client], tmp_path: Path) -> None:
+    """Replicas share the cache: while one holds the download lock, another writes nothing."""
+    endpoint, _client = s3
+    dest = tmp_path / "weights"
+    (tmp_path / "worker.json").write_text(
+        json.dumps({"model": {"uri": f"s3://{BUCKET}/grm-27b", "path": str(dest), "endpoint_url": endpoint}})
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "grm_worker.cli",
+        "fetch-model",
+        "--config",
+        str(tmp_path / "worker.json"),
+    ]
+    with (tmp_path / "weights.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first pod, mid-download
+        second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        assert second.stderr is not None
+        lines = []
+        for line in second.stderr:  # ends when the process exits: a missing lock fails below
+            lines.append(line)
+            if "another pod is downloading" in line:
+                break
+        assert "another pod is downloading" in "".join(lines), "".join(lines)
+        assert second.poll() is None
+        assert not dest.exists() or not any(dest.iterdir())
+        fcntl.flock(held, fcntl.LOCK_UN)
+    rest = second.communicate(timeout=120)[1]
+    assert second.returncode == 0, rest
+    _assert_checkpoint(dest)
 
 
 def test_an_empty_prefix_and_an_s3_revision_are_clear_errors(
