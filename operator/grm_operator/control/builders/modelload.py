@@ -162,7 +162,7 @@ def _fetch_env(grmd: GRMDeployment, uri: str) -> list[Manifest]:
                 selector["optional"] = True
             env.append({"name": key, "valueFrom": {"secretKeyRef": selector}})
     ours = {e["name"] for e in env}
-    # The user's variables reach the download too (AWS_REGION, HTTPS_PROXY, HF_HUB_ENABLE_HF_TRANSFER).
+    # The user's variables reach the download too (AWS_REGION, HTTPS_PROXY, HF_XET_HIGH_PERFORMANCE).
     for user in spec.template.env or []:
         if user.name not in ours:
             env.append(user.model_dump(by_alias=True, exclude_none=True))

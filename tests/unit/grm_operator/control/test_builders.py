@@ -259,7 +259,7 @@ def test_hf_weights_are_fetched_at_the_revision_by_an_init_container() -> None:
         body["spec"]["model"].update(
             uri="hf://deepseek-ai/DeepSeek-GRM-27B", revision="8f3a2c1", credentialsSecretRef={"name": "hf"}
         )
-        body["spec"]["template"] = {"env": [{"name": "HF_HUB_ENABLE_HF_TRANSFER", "value": "1"}]}
+        body["spec"]["template"] = {"env": [{"name": "HF_XET_HIGH_PERFORMANCE", "value": "1"}]}
 
     pod = _pod(hf)
     (init,) = pod["initContainers"]
@@ -268,7 +268,7 @@ def test_hf_weights_are_fetched_at_the_revision_by_an_init_container() -> None:
     assert init["image"] == pod["containers"][0]["image"]
     env = {e["name"]: e for e in init["env"]}
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
-    assert env["HF_HUB_ENABLE_HF_TRANSFER"]["value"] == "1"
+    assert env["HF_XET_HIGH_PERFORMANCE"]["value"] == "1"
     assert {m["mountPath"] for m in init["volumeMounts"]} == {"/etc/grm", "/tmp", "/models"}
     # The serving container never sees the token.
     assert "HF_TOKEN" not in {e["name"] for e in pod["containers"][0]["env"]}
