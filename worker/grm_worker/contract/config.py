@@ -59,7 +59,8 @@ class ModelConfig(_Section):
     path: str | None = Field(
         None,
         description="Local directory (or Hugging Face id resolvable offline) vLLM loads. Required for the "
-        "vllm engine; the operator mounts the variant's uri here.",
+        "vllm engine; the operator mounts a pvc:// uri here, and the fetch-model init step downloads "
+        "an s3:// or hf:// uri here.",
     )
     uri: str | None = Field(
         None,
