@@ -103,6 +103,19 @@ CEL_CASES = [
         models.MSG_QUANTIZED_URI,
         ".spec.variants[1].uri",
     ),
+    ("revision-on-pvc", set_("model.revision", "v1"), models.MSG_REVISION_HF, ".spec.model.revision"),
+    (
+        "variant-revision-on-pvc",
+        set_("variants.2.revision", "v1"),
+        models.MSG_REVISION_HF,
+        ".spec.variants[2].revision",
+    ),
+    (
+        "variant-revision-without-uri",
+        lambda s: s["variants"][0].update(revision="v1"),
+        models.MSG_REVISION_HF,
+        ".spec.variants[0].revision",
+    ),
     (
         "samples-order",
         set_("scoring.samples", {"min": 5, "max": 2}),
@@ -133,6 +146,8 @@ SCHEMA_CASES = [
     ("variant-name-uppercase", set_("variants.0.name", "BF16"), ".spec.variants[0].name"),
     ("no-variants", set_("variants", []), ".spec.variants"),
     ("bad-uri", set_("model.uri", "ftp://host/model"), ".spec.model.uri"),
+    ("endpoint-without-scheme", set_("model.endpointURL", "minio:9000"), ".spec.model.endpointURL"),
+    ("weights-size-zero", set_("model.weightsGB", 0), ".spec.model.weightsGB"),
     ("negative-replicas", set_("scaling.replicas", -1), ".spec.scaling.replicas"),
     ("unknown-field", set_("scaling.maxReplica", 3), ".spec.scaling"),
     ("unknown-mode", set_("scaling.mode", "Magic"), ".spec.scaling.mode"),

@@ -5,8 +5,11 @@
     grm-worker sim-engine --port 8100                # the sim engine alone (a stand-in vLLM server)
     grm-worker command --config worker.yaml --device cpu   # print the vLLM command line
     grm-worker schema                                # WorkerConfig's JSON schema
+    grm-worker fetch-model --config worker.yaml      # download s3:// or hf:// weights (init step)
 
 ``serve`` exits 0 after a SIGTERM drain, 1 when the engine died, 2 on an invalid config.
+``fetch-model`` exits 0 when the weights are complete in ``model.path``, 1 when the download
+failed (the kubelet retries the init container with back-off, and the next try resumes).
 """
 
 from __future__ import annotations
@@ -206,6 +209,33 @@ async def serve_engine(config: WorkerConfig, unix_socket: str | None = None) -> 
     return 0
 
 
+def fetch_model_command(config: WorkerConfig, progress_interval_s: float) -> int:
+    """``fetch-model``: 0 when the weights are complete, 1 when the download failed."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    from grm_worker.fetch import FetchError, fetch_model
+
+    failures = (
+        FetchError,
+        BotoCoreError,
+        ClientError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+    )
+    try:
+        report = fetch_model(config.model, progress_interval_s=progress_interval_s)
+    except (*failures, OSError) as error:
+        log.error("fetch-model failed: %s", error)
+        return 1
+    log.info(
+        "fetch-model done: %d files (%d already complete), %.2f GB downloaded of %.2f GB",
+        report.files_total, report.files_skipped, report.bytes_downloaded / 1e9, report.bytes_total / 1e9,
+    )  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grm-worker", description="GRM worker: engine + scoring front")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_cmd = sub.add_parser("command", help="print the vLLM command line of a config")
     _add_config_flags(p_cmd)
     sub.add_parser("schema", help="print WorkerConfig's JSON schema")
+    p_fetch = sub.add_parser("fetch-model", help="download the config's s3:// or hf:// model into model.path")
+    _add_config_flags(p_fetch)
+    p_fetch.add_argument(
+        "--progress-interval", type=float, default=10.0, help="seconds between progress log lines"
+    )
     args = parser.parse_args(argv)
     if args.command == "schema":
         print(json.dumps(WorkerConfig.model_json_schema(), indent=2))
@@ -234,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             target: Device = "cpu" if config.device == "cpu" else "cuda"
             print(describe_command(vllm_command(config, device=target)))
             return 0
+        if args.command == "fetch-model":
+            return fetch_model_command(config, args.progress_interval)
         if args.command == "sim-engine":
             return asyncio.run(serve_engine(config, args.uds))
         if config.engine == "vllm" and not args.engine_url:

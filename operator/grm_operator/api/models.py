@@ -89,8 +89,19 @@ class SecretKeyRef(ApiModel):
     )
 
 
+MSG_REVISION_HF = "revision applies only to an hf:// uri (pvc://, s3:// and paths have no revisions)"
+
+
 class ModelSource(ApiModel):
     """Which model to serve and where its weights are."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.revision) || self.uri.startsWith('hf://')", MSG_REVISION_HF, ".revision")
+            ]
+        }
+    )
 
     name: str = Field(
         description="Model name, e.g. deepseek-ai/DeepSeek-GRM-27B. Used as the served model name "
@@ -99,13 +110,21 @@ class ModelSource(ApiModel):
         max_length=256,
     )
     uri: str = Field(
-        description="Where the weights of the best-quality variant are: pvc://<claim>/<path>, "
-        "hf://<repo>, s3://<bucket>/<path>, or an absolute path inside the worker image.",
+        description="Where the weights of the best-quality variant are: pvc://<claim>/<path> (mounted "
+        "read-only), hf://<org>/<repo> or s3://<bucket>/<prefix> (downloaded into the model cache by "
+        "the pods' fetch-model init step before the worker starts), or an absolute path inside the "
+        "worker image.",
         pattern=MODEL_URI_PATTERN,
         max_length=1024,
     )
     revision: str | None = Field(
-        default=None, description="Revision (branch, tag or commit) for hf:// models.", max_length=128
+        default=None,
+        description="Branch, tag or commit of an hf:// uri to download (default: the repository's "
+        "default branch). Pin a commit for reproducible weights. Only for hf:// uris: an s3:// prefix, "
+        "a claim or a path has no revisions (version the path instead). Variants with their own hf:// "
+        "uri have their own revision.",
+        min_length=1,
+        max_length=128,
     )
     served_model_name: str | None = Field(
         default=None,
@@ -114,8 +133,11 @@ class ModelSource(ApiModel):
     )
     credentials_secret_ref: SecretKeyRef | None = Field(
         default=None,
-        description="Secret holding the credential needed to download the weights (HF_TOKEN for "
-        "hf://, AWS credentials file for s3://).",
+        description="Secret with the credentials the fetch-model init step downloads with; only that "
+        "init container sees them. hf://: the value of `key` becomes HF_TOKEN. s3://: the Secret's "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and (optional) AWS_SESSION_TOKEN keys become those "
+        "variables (`key` is not used); without a Secret boto3's default chain applies (e.g. IRSA or "
+        "EKS Pod Identity through template.serviceAccountName).",
     )
     parameters_billions: float | None = Field(
         default=None,
@@ -135,6 +157,32 @@ class ModelSource(ApiModel):
         pattern=r"^[a-z0-9][a-z0-9_.-]*$",
         max_length=64,
     )
+    endpoint_url: str | None = Field(
+        default=None,
+        alias="endpointURL",
+        description="Download from this endpoint instead of the public service: an S3-compatible "
+        "store (MinIO, Ceph RGW, e.g. http://minio.storage:9000) for s3:// uris, a Hub mirror for "
+        "hf:// uris (HF_ENDPOINT).",
+        pattern=r"^https?://[^\s]+$",
+        max_length=1024,
+    )
+    weights_gb: float | None = Field(
+        default=None,
+        alias="weightsGB",
+        description="Size in GB (10^9 bytes) of the bf16/fp16 checkpoint at uri; each variant's size "
+        "follows from its bytes per parameter (fp8 and int8 half, int4 about 0.28). Sizes the startup "
+        "probe: loading local weights at 0.25 GB/s plus 60 s of engine start, times 1.5. Defaults to 2 "
+        "bytes per parameter of a '<N>B' in model.name (DeepSeek-GRM-27B: 54 GB), else the "
+        "precision's cold-start prior.",
+        gt=0.0,
+        le=10_000.0,
+    )
+
+    @model_validator(mode="after")
+    def _revision_for_hf_only(self) -> ModelSource:
+        if self.revision is not None and not self.uri.startswith("hf://"):
+            raise ValueError(MSG_REVISION_HF)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +325,12 @@ class Variant(ApiModel):
                     "!(self.precision in ['int8', 'awq-int4', 'gptq-int4']) || has(self.uri)",
                     "int8, awq-int4 and gptq-int4 variants need the uri of a pre-quantized checkpoint",
                     ".uri",
-                )
+                ),
+                cel(
+                    "!has(self.revision) || (has(self.uri) && self.uri.startsWith('hf://'))",
+                    MSG_REVISION_HF,
+                    ".revision",
+                ),
             ]
         }
     )
@@ -298,6 +351,13 @@ class Variant(ApiModel):
         "gptq-int4). Defaults to spec.model.uri.",
         pattern=MODEL_URI_PATTERN,
         max_length=1024,
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Branch, tag or commit of this variant's own hf:// uri (default: that repository's "
+        "default branch). Only with an hf:// uri here; a variant without a uri uses spec.model's.",
+        min_length=1,
+        max_length=128,
     )
     quality: float = Field(
         description="Quality relative to the best variant, in (0, 1] (e.g. reward accuracy "
@@ -336,6 +396,8 @@ class Variant(ApiModel):
     def _checkpoint_for_integer_precisions(self) -> Variant:
         if self.precision in ("int8", "awq-int4", "gptq-int4") and self.uri is None:
             raise ValueError(MSG_QUANTIZED_URI)
+        if self.revision is not None and not (self.uri or "").startswith("hf://"):
+            raise ValueError(MSG_REVISION_HF)
         return self
 
 
@@ -646,8 +708,8 @@ class ModelCache(ApiModel):
 
 # The worker pod's own volumes and mount paths (control.builders.deployment creates them; a unit
 # test checks that the lists agree): extra volumes and mounts must not take them.
-RESERVED_VOLUME_NAMES = ("config", "tmp", "shm", "model-cache", "weights", "credentials")
-RESERVED_MOUNT_PATHS = ("/etc/grm", "/tmp", "/dev/shm", "/models", "/mnt/weights", "/var/run/secrets/grm")
+RESERVED_VOLUME_NAMES = ("config", "tmp", "shm", "model-cache", "weights")
+RESERVED_MOUNT_PATHS = ("/etc/grm", "/tmp", "/dev/shm", "/models", "/mnt/weights")
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
@@ -774,7 +836,7 @@ class PodTemplate(ApiModel):
     volumes: list[dict[str, Any]] | None = Field(
         default=None,
         description="Extra volumes of worker pods, as in a Pod spec. Names config, tmp, shm, "
-        "model-cache, weights and credentials are the worker's own.",
+        "model-cache and weights are the worker's own.",
         max_length=32,
         json_schema_extra=_named_items(63, "name"),
     )

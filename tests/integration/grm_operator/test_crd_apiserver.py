@@ -152,6 +152,26 @@ def test_schema_rejects_out_of_bounds_values(
     assert where.lstrip(".") in text, text
 
 
+def test_revision_is_accepted_for_hf_and_a_null_revision_anywhere(
+    plane: ControlPlane, namespace: str
+) -> None:
+    # CEL's has() on an explicit null must not trip the "revision needs hf://" rules.
+    def nulls(spec: dict[str, Any]) -> None:
+        spec["model"]["revision"] = None
+        spec["variants"][2]["revision"] = None
+
+    def hf(spec: dict[str, Any]) -> None:
+        spec["model"].update(uri="hf://org/grm", revision="v1", endpointURL="https://hub-mirror.example")
+        spec["variants"][2].update(uri="hf://org/grm-awq", revision="0123abc")
+
+    for name, mutate in (("nulls", nulls), ("hf", hf)):
+        body = spec_with(mutate)
+        body["metadata"]["name"] = name
+        models.GRMDeployment.model_validate(body)
+        status, created = _create(plane, namespace, body)
+        assert status == 201, created
+
+
 # --- kubectl ---------------------------------------------------------------------------------------
 
 

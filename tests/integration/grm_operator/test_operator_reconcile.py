@@ -268,6 +268,38 @@ def test_create_makes_children_with_owner_refs(harness: Harness) -> None:
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
 
 
+def test_downloaded_weights_get_a_fetch_model_init_container(harness: Harness) -> None:
+    """s3:// weights: the Deployment the API server stores has the fetch-model init container
+    with the Secret's AWS keys, and the ConfigMap tells it where from and where to."""
+    ns = harness.namespace()
+
+    def s3(body: dict[str, Any]) -> None:
+        body["spec"]["model"].update(
+            uri="s3://models/grm-27b",
+            endpointURL="http://minio.storage:9000",
+            credentialsSecretRef={"name": "minio"},
+        )
+
+    harness.create(ns, mutate=s3)
+    deployment = harness.wait(lambda: harness.deployment(ns, "reward-bf16"), "reward-bf16 created")
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["grm-worker", "fetch-model", "--config", "/etc/grm/worker.json"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in init["env"] if "valueFrom" in e}
+    assert keys == {
+        "AWS_ACCESS_KEY_ID": "minio",
+        "AWS_SECRET_ACCESS_KEY": "minio",
+        "AWS_SESSION_TOKEN": "minio",
+    }
+    config_map = harness.ok("GET", f"/api/v1/namespaces/{ns}/configmaps/reward-bf16-config")
+    model = json.loads(config_map["data"]["worker.json"])["model"]
+    assert (model["uri"], model["path"], model["endpoint_url"]) == (
+        "s3://models/grm-27b",
+        "/models/weights/s3/models/grm-27b",
+        "http://minio.storage:9000",
+    )
+
+
 def test_spec_change_updates_children_and_observed_generation(harness: Harness) -> None:
     ns = harness.namespace()
     harness.create(ns)

@@ -46,6 +46,7 @@ def test_the_examples_are_all_here() -> None:
         "grmd-pinned.yaml",
         "grmd-external-keda.yaml",
         "grmd-pvc-hf-secret.yaml",
+        "grmd-s3-minio.yaml",
         "grmd-sim-demo.yaml",
     } <= names
 
@@ -105,6 +106,18 @@ def test_the_hf_example_references_the_secret_and_claim_it_ships() -> None:
     assert ref.key in secret["stringData"]
     assert grmd.spec.template.model_cache.claim_name == claim["metadata"]["name"]
     assert grmd.spec.model.uri.startswith("hf://")
+
+
+def test_the_s3_example_ships_the_keys_its_fetch_step_reads() -> None:
+    docs = documents(ROOT / "examples" / "grmd-s3-minio.yaml")
+    grmd = GRMDeployment.model_validate(next(d for d in docs if d["kind"] == KIND))
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    ref = grmd.spec.model.credentials_secret_ref
+    assert ref is not None and ref.name == secret["metadata"]["name"]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    assert grmd.spec.template.model_cache.claim_name == claim["metadata"]["name"]
+    assert grmd.spec.model.uri.startswith("s3://") and grmd.spec.model.endpoint_url is not None
 
 
 def test_the_sim_demo_runs_the_sim_engine_small_and_fast() -> None:

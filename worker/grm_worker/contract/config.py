@@ -59,9 +59,23 @@ class ModelConfig(_Section):
     path: str | None = Field(
         None,
         description="Local directory (or Hugging Face id resolvable offline) vLLM loads. Required for the "
-        "vllm engine; the operator mounts the variant's uri here.",
+        "vllm engine; the operator mounts a pvc:// uri here, and the fetch-model init step downloads "
+        "an s3:// or hf:// uri here.",
     )
-    uri: str | None = Field(None, description="Where the weights come from (pvc://, s3://, hf://).")
+    uri: str | None = Field(
+        None,
+        description="Where the weights come from (pvc://, s3://, hf://). For s3:// and hf:// the "
+        "`grm-worker fetch-model` init step downloads them into `path` before vLLM starts.",
+    )
+    revision: str | None = Field(
+        None,
+        description="hf:// only: the branch, tag or commit to download (the Hub's default branch if unset).",
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="Where fetch-model downloads from instead of the public service: an S3-compatible "
+        "endpoint (MinIO, Ceph RGW) for s3://, a Hub mirror for hf://.",
+    )
     served_name: str | None = Field(
         None, description="Name clients use in the `model` field; defaults to `name`."
     )

@@ -26,6 +26,7 @@ The modules (import a name from the one that defines it; this package exposes on
 * :mod:`.layout` — the worker pod's port, paths and user;
 * :mod:`.replicas` — replica counts before the policy speaks, the serving variant;
 * :mod:`.workerconfig` — the worker config of a variant and its ConfigMap;
+* :mod:`.modelload` — where the weights are, the fetch-model init container, the startup budget;
 * :mod:`.deployment` — the worker Deployment of a variant;
 * :mod:`.service` — the Service, PodDisruptionBudget and PodMonitor over every variant.
 """

@@ -1,18 +1,17 @@
 """The worker Deployment of one variant: ``<name>-<variant>`` running ``grm-worker serve`` on the
-variant's GPUs, with its probes, resources, environment, volumes and security context.
+variant's GPUs, with its probes, resources, environment, volumes and security context (model
+loading, the fetch-model init container and the startup budget: :mod:`.modelload`).
 """
 
 from __future__ import annotations
 
 import math
 
-from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, Variant
 from grm_operator.control.builders.layout import (
     ADMIN_PORT,
     CONFIG_DIR,
     CONFIG_FILE,
-    CREDENTIALS_DIR,
     HTTP_PORT,
     MODEL_CACHE_DIR,
     RUN_AS_UID,
@@ -30,10 +29,14 @@ from grm_operator.control.builders.metadata import (
     deployment_name,
     stamp,
 )
+from grm_operator.control.builders.modelload import (
+    download_allowance_s,
+    fetch_init_container,
+    startup_budget_s,
+)
 from grm_operator.control.builders.sizing import pod_size
-from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE
+from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE, worker_config
 from grm_operator.settings import OperatorSettings
-from grm_worker.contract.perfmodel import profile_for
 
 # Seconds preStop waits before SIGTERM so that endpoint removal reaches every Service proxy first
 # (kube-proxy/EndpointSlice propagation is typically 1-3 s; 5 s leaves margin).
@@ -45,27 +48,15 @@ PRESTOP_SLEEP_S = 5
 PRESTOP_COMMAND = ["/bin/sleep", str(PRESTOP_SLEEP_S)]
 # Seconds after the drain for vLLM to stop (free GPU memory, exit) before SIGKILL.
 ENGINE_STOP_MARGIN_S = 15
-# Startup probe budget = this × the variant's cold start: a cold node also pulls the image and
-# downloads weights, which the profile's cold start (weights already local) does not include.
-STARTUP_BUDGET_FACTOR = 3.0
-STARTUP_BUDGET_MIN_S = 120.0
 STARTUP_PERIOD_S = 5
 
 
-def cold_start_s(variant: Variant) -> float:
-    """The variant's model-load time: its profile's coldStart, else the precision's prior."""
-    if variant.profile is not None and variant.profile.cold_start:
-        return parse_duration(variant.profile.cold_start)
-    return profile_for(variant.precision).cold_start_s
+def startup_failure_threshold(spec: GRMDeploymentSpec, variant: Variant) -> int:
+    """Startup-probe failures allowed: the budget (:func:`.modelload.startup_budget_s`) over the period.
 
-
-def startup_failure_threshold(variant: Variant) -> int:
-    """Startup-probe failures allowed: the budget (3 × cold start, at least 120 s) over the period.
-
-    Example: bf16's 90 s prior → 270 s → 54 probes 5 s apart before the kubelet restarts the pod.
+    Example: DeepSeek-GRM-27B bf16, 54 GB at 0.25 GB/s → 414 s → 83 probes 5 s apart.
     """
-    budget = max(STARTUP_BUDGET_FACTOR * cold_start_s(variant), STARTUP_BUDGET_MIN_S)
-    return math.ceil(budget / STARTUP_PERIOD_S)
+    return math.ceil(startup_budget_s(spec, variant) / STARTUP_PERIOD_S)
 
 
 def termination_grace_s(spec: GRMDeploymentSpec) -> int:
@@ -120,12 +111,7 @@ def _env(grmd: GRMDeployment, variant: Variant) -> list[Manifest]:
         {"name": "GRM_VARIANT", "value": variant.name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    ref = spec.model.credentials_secret_ref
-    uri = variant.uri or spec.model.uri
-    if ref is not None and uri.startswith("hf://"):
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    elif ref is not None and uri.startswith("s3://"):
-        env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": f"{CREDENTIALS_DIR}/{ref.key}"})
+    # Download credentials go to the fetch-model init container only (modelload.fetch_init_container).
     ours = {e["name"] for e in env}
     for user in spec.template.env or []:
         if user.name not in ours:
@@ -165,10 +151,6 @@ def _volumes(grmd: GRMDeployment, owner: Owner, variant: Variant) -> tuple[list[
         claim = uri.removeprefix("pvc://").partition("/")[0]
         volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True})
-    ref = spec.model.credentials_secret_ref
-    if ref is not None and uri.startswith("s3://"):
-        volumes.append({"name": "credentials", "secret": {"secretName": ref.name}})
-        mounts.append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
     volumes.extend(spec.template.volumes or [])
     mounts.extend(spec.template.volume_mounts or [])
     return volumes, mounts
@@ -181,6 +163,17 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> Mani
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
     }
+
+
+def _model_fetch(
+    grmd: GRMDeployment, variant: Variant, image: str, image_pull_policy: str, security: Manifest
+) -> Manifest:
+    """The pod spec's ``initContainers`` when the variant's weights are downloaded: never for the
+    simulated engine, which reads no weights (tests and demos run it without network access)."""
+    if worker_config(grmd, variant).engine == "sim":
+        return {}
+    init = fetch_init_container(grmd, variant, image, image_pull_policy, security)
+    return {"initContainers": [init]} if init is not None else {}
 
 
 def build_deployment(
@@ -211,10 +204,18 @@ def build_deployment(
         }
     )
     volumes, mounts = _volumes(grmd, owner, variant)
+    image = template.image or settings.worker_image
+    image_pull_policy = template.image_pull_policy or settings.worker_image_pull_policy
+    container_security: Manifest = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     container: Manifest = {
         "name": "worker",
-        "image": template.image or settings.worker_image,
-        "imagePullPolicy": template.image_pull_policy or settings.worker_image_pull_policy,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
         "command": ["grm-worker", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         # admin: the operator's sample-budget push, on a port the Service does not forward.
         "ports": [
@@ -224,17 +225,12 @@ def build_deployment(
         "env": _env(grmd, variant),
         "resources": _resources(grmd, variant),
         "volumeMounts": mounts,
-        "startupProbe": _http_probe("/ready", STARTUP_PERIOD_S, startup_failure_threshold(variant)),
+        "startupProbe": _http_probe("/ready", STARTUP_PERIOD_S, startup_failure_threshold(spec, variant)),
         "readinessProbe": _http_probe("/ready", 5, 3),
         "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
         # Removed from endpoints first, then SIGTERM: the worker drains in-flight requests.
         "lifecycle": {"preStop": {"exec": {"command": list(PRESTOP_COMMAND)}}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security,
     }
     pod_spec: Manifest = {
         "containers": [container],
@@ -266,7 +262,8 @@ def build_deployment(
         ),
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
-    startup_budget = startup_failure_threshold(variant) * STARTUP_PERIOD_S
+    pod_spec.update(_model_fetch(grmd, variant, image, image_pull_policy, container_security))
+    startup_budget = startup_failure_threshold(spec, variant) * STARTUP_PERIOD_S
     manifest: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -277,8 +274,10 @@ def build_deployment(
             # GPUs are scarce: surge one pod at a time and never drop below the serving count.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            # A rollout is stuck only after twice the startup budget (bf16: 540 s), at least 10 min.
-            "progressDeadlineSeconds": max(600, 2 * startup_budget),
+            # A rollout is stuck only after twice the startup budget (bf16: 830 s), at least 10 min,
+            # plus the time a first download may take (54 GB at 100 MB/s: 540 s).
+            "progressDeadlineSeconds": max(600, 2 * startup_budget)
+            + int(download_allowance_s(spec, variant)),
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,

@@ -14,5 +14,4 @@ CONFIG_DIR = "/etc/grm"
 CONFIG_FILE = "worker.json"
 MODEL_CACHE_DIR = "/models"
 WEIGHTS_DIR = "/mnt/weights"
-CREDENTIALS_DIR = "/var/run/secrets/grm"
 RUN_AS_UID = 1000

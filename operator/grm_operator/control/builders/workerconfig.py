@@ -16,8 +16,6 @@ from grm_operator.control.builders.layout import (
     ADMIN_PORT,
     CONFIG_FILE,
     HTTP_PORT,
-    MODEL_CACHE_DIR,
-    WEIGHTS_DIR,
 )
 from grm_operator.control.builders.metadata import (
     LABEL_VARIANT,
@@ -27,6 +25,7 @@ from grm_operator.control.builders.metadata import (
     config_map_name,
     stamp,
 )
+from grm_operator.control.builders.modelload import is_fetched, variant_revision, variant_uri, weights_path
 from grm_operator.policy.capacity import shed_floor
 from grm_worker.contract.config import (
     CheckpointQuantization,
@@ -58,20 +57,6 @@ def merged_engine(spec: GRMDeploymentSpec, variant: Variant) -> EngineOptions:
     return EngineOptions.model_validate(base)
 
 
-def _model_path(uri: str, model_name: str) -> str:
-    """Where vLLM finds the weights of ``uri`` inside the pod."""
-    if uri.startswith("pvc://"):
-        _claim, _, sub = uri.removeprefix("pvc://").partition("/")
-        return f"{WEIGHTS_DIR}/{sub}".rstrip("/") if sub else WEIGHTS_DIR
-    if uri.startswith("hf://"):
-        # A Hugging Face id: vLLM downloads it into HF_HOME (the model cache volume).
-        return uri.removeprefix("hf://")
-    if uri.startswith("s3://"):
-        # The worker downloads s3:// checkpoints into the cache before starting vLLM.
-        return f"{MODEL_CACHE_DIR}/{model_name.replace('/', '--')}"
-    return uri
-
-
 def _checkpoint_quantization(variant: Variant) -> CheckpointQuantization:
     if variant.precision in _QUANTIZED_CHECKPOINT:
         return _QUANTIZED_CHECKPOINT[variant.precision]
@@ -85,7 +70,8 @@ def _checkpoint_quantization(variant: Variant) -> CheckpointQuantization:
 def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
     """The worker's own config contract for one variant (validated by the worker's model)."""
     spec = grmd.spec
-    uri = variant.uri or spec.model.uri
+    uri = variant_uri(spec, variant)
+    revision = variant_revision(spec, variant)
     engine = merged_engine(spec, variant)
     annotations = grmd.metadata.annotations or {}
     engine_kind = annotations.get(ANNOTATION_WORKER_ENGINE, "vllm")
@@ -106,8 +92,10 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
     config = WorkerConfig(
         model=ModelConfig(
             name=spec.model.name,
-            path=_model_path(uri, spec.model.name),
+            path=weights_path(uri, revision),
             uri=uri,
+            revision=revision,
+            endpoint_url=spec.model.endpoint_url if is_fetched(uri) else None,
             served_name=spec.model.served_model_name,
             checkpoint_quantization=_checkpoint_quantization(variant),
             architecture=spec.model.architecture,

@@ -161,8 +161,9 @@ def test_worker_pod_shape() -> None:
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    # Startup budget: 3 × bf16's 90 s cold start = 270 s = 54 probes 5 s apart.
-    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 270
+    # Startup budget from the weights: DeepSeek-GRM-27B bf16 is 54 GB, 1.5 × (60 s + 54 / 0.25 GB/s)
+    # = 414 s → 83 probes 5 s apart.
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 415
     # exec, not the sleep action (beta only from Kubernetes 1.30; the chart admits 1.28).
     assert container["lifecycle"]["preStop"] == {"exec": {"command": ["/bin/sleep", "5"]}}
     assert pod["terminationGracePeriodSeconds"] == 5 + 60 + 15  # preStop + drainSeconds + engine stop
@@ -215,7 +216,33 @@ def test_startup_probe_follows_the_profile_cold_start() -> None:
     fp8 = children(grmd(slow_fp8)).deployments["fp8"]["spec"]["template"]["spec"]["containers"][0]
     assert fp8["startupProbe"]["failureThreshold"] == 180  # 3 × 300 s / 5 s
     int4 = children().deployments["int4"]["spec"]["template"]["spec"]["containers"][0]
-    assert int4["startupProbe"]["failureThreshold"] == 27  # 3 × 45 s = 135 s ≥ the 120 s floor
+    # The AWQ checkpoint is 0.3 of 54 GB: 1.5 × (60 + 16.2 / 0.25) = 187 s → 38 probes.
+    assert int4["startupProbe"]["failureThreshold"] == 38
+
+
+def _startup_probes(mutate: Any, variant: str) -> int:
+    pod = children(grmd(mutate)).deployments[variant]["spec"]["template"]["spec"]
+    return int(pod["containers"][0]["startupProbe"]["failureThreshold"])
+
+
+def test_startup_probe_is_sized_from_the_weights() -> None:
+    def big(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["weightsGB"] = 140.0
+
+    def nameless(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["name"] = "acme/reward-model"
+
+    # 140 GB bf16: 1.5 × (60 + 560) = 930 s; fp8 quantizes the same bf16 weights on load.
+    assert _startup_probes(big, "bf16") == 186
+    assert _startup_probes(big, "fp8") == 186
+    # 0.3 × 140 GB = 42 GB of AWQ weights: 1.5 × (60 + 168) = 342 s.
+    assert _startup_probes(big, "int4") == 69
+    # No size and no "<N>B" in the name: the precision's prior, 3 × 90 s, as before.
+    assert _startup_probes(nameless, "bf16") == 54
+    # A 0.5B model loads fast: 1.5 × (60 + 4) = 96 s, raised to the 120 s floor.
+    assert (
+        _startup_probes(lambda b: b["spec"]["model"].update(name="Qwen/Qwen2.5-0.5B-Instruct"), "bf16") == 24
+    )
 
 
 def test_template_fields_pass_through_and_ours_win() -> None:
@@ -249,27 +276,94 @@ def test_template_fields_pass_through_and_ours_win() -> None:
     assert pod["metadata"]["labels"]["grm.dev/deployment"] == "reward"
 
 
-def test_credentials_for_hf_and_s3() -> None:
+def _pod_of(mutate: Any, variant: str = "bf16") -> dict[str, Any]:
+    pod: dict[str, Any] = children(grmd(mutate)).deployments[variant]["spec"]["template"]["spec"]
+    return pod
+
+
+def _config(mutate: Any, variant: str = "bf16") -> WorkerConfig:
+    return WorkerConfig.model_validate_json(
+        children(grmd(mutate)).config_maps[variant]["data"]["worker.json"]
+    )
+
+
+def test_hf_weights_are_fetched_at_the_revision_by_an_init_container() -> None:
     def hf(body: dict[str, Any]) -> None:
         body["spec"]["model"].update(
-            uri="hf://deepseek-ai/DeepSeek-GRM-27B", credentialsSecretRef={"name": "hf"}
+            uri="hf://deepseek-ai/DeepSeek-GRM-27B", revision="8f3a2c1", credentialsSecretRef={"name": "hf"}
         )
+        body["spec"]["template"] = {"env": [{"name": "HF_XET_HIGH_PERFORMANCE", "value": "1"}]}
 
-    container = children(grmd(hf)).deployments["bf16"]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e for e in container["env"]}
+    pod = _pod_of(hf)
+    (init,) = pod["initContainers"]
+    assert init["name"] == "fetch-model"
+    assert init["command"] == ["grm-worker", "fetch-model", "--config", "/etc/grm/worker.json"]
+    assert init["image"] == pod["containers"][0]["image"]
+    env = {e["name"]: e for e in init["env"]}
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
-    config = json.loads(children(grmd(hf)).config_maps["bf16"]["data"]["worker.json"])
-    assert config["model"]["path"] == "deepseek-ai/DeepSeek-GRM-27B"
+    assert env["HF_XET_HIGH_PERFORMANCE"]["value"] == "1"
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {"/etc/grm", "/tmp", "/models"}
+    # The serving container never sees the token.
+    assert "HF_TOKEN" not in {e["name"] for e in pod["containers"][0]["env"]}
+    model = _config(hf).model
+    assert (model.uri, model.revision) == ("hf://deepseek-ai/DeepSeek-GRM-27B", "8f3a2c1")
+    assert model.path == "/models/weights/hf/deepseek-ai/DeepSeek-GRM-27B/8f3a2c1"
+    # The int4 variant's own repository: its own revision, here none (the default branch).
+    int4 = _config(hf, "int4").model
+    assert (int4.uri, int4.revision) == ("pvc://models/grm-27b-awq", None)
 
+
+def test_variant_revision_goes_with_the_variants_own_uri() -> None:
+    def hf(body: dict[str, Any]) -> None:
+        body["spec"]["model"].update(uri="hf://org/grm", revision="v2")
+        body["spec"]["variants"][2].update(uri="hf://org/grm-awq", revision="v7")
+
+    assert _config(hf, "int4").model.path == "/models/weights/hf/org/grm-awq/v7"
+    assert _config(hf, "fp8").model.path == "/models/weights/hf/org/grm/v2"  # no uri: the model's
+
+
+def test_s3_weights_are_fetched_with_aws_keys_from_the_secret_and_the_endpoint() -> None:
     def s3(body: dict[str, Any]) -> None:
         body["spec"]["model"].update(
-            uri="s3://bucket/grm", credentialsSecretRef={"name": "aws", "key": "credentials"}
+            uri="s3://bucket/grm-27b",
+            credentialsSecretRef={"name": "minio"},
+            endpointURL="http://minio.storage:9000",
         )
 
-    pod = children(grmd(s3)).deployments["bf16"]["spec"]["template"]["spec"]
-    env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == "/var/run/secrets/grm/credentials"
-    assert {"name": "credentials", "secret": {"secretName": "aws"}} in pod["volumes"]
+    pod = _pod_of(s3)
+    (init,) = pod["initContainers"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"] if "valueFrom" in e}
+    assert env == {
+        "AWS_ACCESS_KEY_ID": {"name": "minio", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "minio", "key": "AWS_SECRET_ACCESS_KEY"},
+        "AWS_SESSION_TOKEN": {"name": "minio", "key": "AWS_SESSION_TOKEN", "optional": True},
+    }
+    assert not any(e["name"].startswith("AWS_") for e in pod["containers"][0]["env"])
+    model = _config(s3).model
+    assert (model.path, model.endpoint_url) == (
+        "/models/weights/s3/bucket/grm-27b",
+        "http://minio.storage:9000",
+    )
+    # A first download of 54 GB at 100 MB/s (540 s) extends the rollout's progress deadline.
+    deployment = children(grmd(s3)).deployments["bf16"]
+    assert deployment["spec"]["progressDeadlineSeconds"] == 2 * 415 + 540
+
+
+def test_no_fetch_step_for_claims_or_the_sim_engine() -> None:
+    assert "initContainers" not in _pod_of(None)  # pvc://: mounted, nothing to download
+
+    def sim(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["uri"] = "hf://org/grm"
+        body["metadata"]["annotations"] = {ANNOTATION_WORKER_ENGINE: "sim"}
+
+    assert "initContainers" not in _pod_of(sim)  # the simulated engine reads no weights
+
+
+def test_uris_cannot_name_a_directory_outside_the_cache() -> None:
+    def escape(body: dict[str, Any]) -> None:
+        body["spec"]["model"]["uri"] = "s3://bucket/../../etc"
+
+    assert _config(escape).model.path == "/models/weights/s3/bucket/etc"
 
 
 def test_worker_config_is_the_workers_own_contract() -> None:
@@ -555,7 +649,7 @@ def test_reserved_names_are_exactly_what_the_builder_uses() -> None:
         body["spec"]["model"].update(uri="s3://bucket/grm", credentialsSecretRef={"name": "aws"})
         body["spec"]["variants"][0]["uri"] = "pvc://models/grm-27b"
 
-    # bf16 mounts its claim, fp8 the s3 credentials: together every volume the builder makes.
+    # bf16 mounts its claim, fp8 downloads from s3: together every volume the builder makes.
     g = grmd(everything)
     pods = [_pod(g, "bf16"), _pod(g, "fp8")]
     assert {v["name"] for pod in pods for v in pod["volumes"]} == set(models.RESERVED_VOLUME_NAMES)
