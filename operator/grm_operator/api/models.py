@@ -144,7 +144,8 @@ class ModelSource(ApiModel):
         description="Parameter count in billions (27 for DeepSeek-GRM-27B; the total, not the "
         "active, count of a mixture of experts). Sizes the worker pods' memory requests (weights "
         "pass through host RAM while loading). Unset: read from the model name (a number followed "
-        "by B, e.g. -27B); a name without one gets only the per-process overhead.",
+        "by B, e.g. -27B); a name without one gets only the per-process overhead. model.weightsGB, "
+        "when set, gives the checkpoint size directly and wins.",
         gt=0,
         le=10_000,
     )
@@ -170,7 +171,8 @@ class ModelSource(ApiModel):
         default=None,
         alias="weightsGB",
         description="Size in GB (10^9 bytes) of the bf16/fp16 checkpoint at uri; each variant's size "
-        "follows from its bytes per parameter (fp8 and int8 half, int4 about 0.28). Sizes the startup "
+        "follows from its bytes per parameter (fp8 and int8 0.55 of it, int4 0.3). Sizes the memory "
+        "requests and the startup "
         "probe: loading local weights at 0.25 GB/s plus 60 s of engine start, times 1.5. Defaults to 2 "
         "bytes per parameter of a '<N>B' in model.name (DeepSeek-GRM-27B: 54 GB), else the "
         "precision's cold-start prior.",

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 import posixpath
-import re
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, Variant
 from grm_operator.control.builders.layout import CONFIG_DIR, CONFIG_FILE, MODEL_CACHE_DIR, WEIGHTS_DIR
 from grm_operator.control.builders.metadata import Manifest
+from grm_operator.control.builders.sizing import checkpoint_gb
 from grm_worker.contract.perfmodel import profile_for
 
 # Downloaded checkpoints live under the model cache, one directory per source (and revision).
@@ -41,15 +41,6 @@ STARTUP_BUDGET_MIN_S = 120.0
 # hour when the size is unknown, so that a first download is not reported as a stuck rollout.
 DOWNLOAD_GB_PER_S = 0.1
 DOWNLOAD_UNKNOWN_SIZE_S = 3600.0
-
-# Checkpoint size relative to the bf16 one, by what the variant's checkpoint holds: fp8 and int8
-# (compressed-tensors) keep embeddings and norms in 16 bits (~0.55); AWQ/GPTQ int4 stores 4-bit
-# weights plus group scales, 16-bit embeddings (~0.3; a Gemma-2-27B AWQ checkpoint is ~17 GB of 54.5).
-_CHECKPOINT_SIZE_RATIO = {"int8": 0.55, "awq-int4": 0.3, "gptq-int4": 0.3}
-_PRE_QUANTIZED_FP8_RATIO = 0.55
-# "DeepSeek-GRM-27B", "Llama-3.1-8B", "Qwen2.5-0.5B-Instruct": billions of parameters in the name.
-_PARAMS_IN_NAME = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z0-9])")
-BYTES_PER_PARAM_BF16 = 2.0
 
 
 def variant_uri(spec: GRMDeploymentSpec, variant: Variant) -> str:
@@ -90,28 +81,6 @@ def weights_path(uri: str, revision: str | None) -> str:
     if uri.startswith("s3://"):
         return posixpath.join(FETCHED_WEIGHTS_DIR, "s3", *_safe_parts(uri.removeprefix("s3://")))
     return uri
-
-
-def model_weights_gb(spec: GRMDeploymentSpec) -> float | None:
-    """The bf16 checkpoint's size: spec.model.weightsGB, else 2 bytes per parameter of a "<N>B"
-    in the model's name (DeepSeek-GRM-27B → 54 GB), else unknown."""
-    if spec.model.weights_gb is not None:
-        return spec.model.weights_gb
-    match = _PARAMS_IN_NAME.search(spec.model.name.rsplit("/", 1)[-1])
-    return float(match.group(1)) * BYTES_PER_PARAM_BF16 if match else None
-
-
-def checkpoint_gb(spec: GRMDeploymentSpec, variant: Variant) -> float | None:
-    """GB the variant's worker reads at start: the bf16 size scaled by what its checkpoint holds
-    (fp8 without a checkpoint of its own reads the bf16 weights and quantizes them on load)."""
-    base = model_weights_gb(spec)
-    if base is None:
-        return None
-    if variant.precision in _CHECKPOINT_SIZE_RATIO:
-        return base * _CHECKPOINT_SIZE_RATIO[variant.precision]
-    if variant.precision == "fp8" and variant.uri is not None:
-        return base * _PRE_QUANTIZED_FP8_RATIO
-    return base
 
 
 def cold_start_s(variant: Variant) -> float:

@@ -9,8 +9,10 @@ The numbers (all per replica, ``g`` = gpusPerReplica):
 
 * **weights**: vLLM's default loader mmaps the safetensors shards, so the whole checkpoint passes
   through host RAM while it is copied to the GPUs, and those pages are charged to the pod's
-  cgroup. DeepSeek-GRM-27B in bf16: 27e9 × 2 B = 50.3 GiB; its AWQ checkpoint 27e9 × 0.53 B =
-  13.3 GiB (4-bit weights + an fp16 scale and zero per group of 128 = 4.25 bits).
+  cgroup. DeepSeek-GRM-27B in bf16: 27e9 × 2 B = 50.3 GiB; its AWQ checkpoint 27e9 × 0.6 B =
+  15.1 GiB (4-bit weights + group scales, with embeddings and norms left in 16 bits).
+  The same checkpoint size (:func:`checkpoint_gb`, ``model.weightsGB`` when given) sizes the
+  startup probe (:mod:`.modelload`).
   An fp8 variant without a checkpoint of its own reads the bf16 weights and quantizes on the GPU.
 * **per GPU process**: 4 GiB. Each tensor-parallel rank is a process holding a CUDA context,
   torch and NCCL buffers; 3–5 GiB resident is what vLLM ranks typically hold after loading.
@@ -36,14 +38,17 @@ from dataclasses import dataclass
 from grm_operator.api.models import GRMDeploymentSpec, Variant, parse_quantity
 
 GIB = 2**30
-# Bytes per parameter of the checkpoint the loader reads, by precision (see the module docstring).
+# Bytes per parameter of the checkpoint the loader reads, by precision. fp8 and int8
+# (compressed-tensors) keep embeddings and norms in 16 bits (~0.55 of the bf16 size); AWQ/GPTQ int4
+# stores 4-bit weights plus group scales and 16-bit embeddings (~0.3: a Gemma-2-27B AWQ checkpoint
+# is ~17 GB of bf16's 54.5).
 CHECKPOINT_BYTES_PER_PARAMETER = {
     "bf16": 2.0,
     "fp16": 2.0,
-    "fp8": 1.0,  # a pre-quantized fp8 checkpoint; without one the loader reads bf16 (2.0)
-    "int8": 1.0,
-    "awq-int4": 0.53,
-    "gptq-int4": 0.53,
+    "fp8": 1.1,  # a pre-quantized fp8 checkpoint; without one the loader reads bf16 (2.0)
+    "int8": 1.1,
+    "awq-int4": 0.6,
+    "gptq-int4": 0.6,
 }
 PROCESS_OVERHEAD_GIB_PER_GPU = 4
 FRONT_AND_ENGINE_CORE_GIB = 3
@@ -81,12 +86,21 @@ def checkpoint_bytes_per_parameter(variant: Variant) -> float:
     return CHECKPOINT_BYTES_PER_PARAMETER[variant.precision]
 
 
+def checkpoint_gb(spec: GRMDeploymentSpec, variant: Variant) -> float | None:
+    """GB (10^9 bytes) of the checkpoint this variant's worker reads at start: spec.model.weightsGB
+    (the bf16 checkpoint) scaled to the variant's bytes per parameter, else the parameter count ×
+    those bytes; None when neither is known. Sizes both the pod's memory and its startup budget."""
+    per_parameter = checkpoint_bytes_per_parameter(variant)
+    if spec.model.weights_gb is not None:
+        return spec.model.weights_gb * per_parameter / CHECKPOINT_BYTES_PER_PARAMETER["bf16"]
+    params = parameters_billions(spec)
+    return None if params is None else params * per_parameter
+
+
 def weights_gib(spec: GRMDeploymentSpec, variant: Variant) -> float:
     """GiB of the checkpoint passing through host RAM at load (0 when the size is unknown)."""
-    params = parameters_billions(spec)
-    if params is None:
-        return 0.0
-    return params * 1e9 * checkpoint_bytes_per_parameter(variant) / GIB
+    size = checkpoint_gb(spec, variant)
+    return 0.0 if size is None else size * 1e9 / GIB
 
 
 def derived_size(spec: GRMDeploymentSpec, variant: Variant, *, simulated: bool = False) -> PodSize:

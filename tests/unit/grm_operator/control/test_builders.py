@@ -505,11 +505,11 @@ def test_worker_pods_request_cpu_and_memory_derived_from_the_model() -> None:
     # DeepSeek-GRM-27B (27e9 parameters, read from the name) on the ladder:
     # bf16 ×2 GPUs: 27e9 × 2 B = 50.3 GiB + 2 × 4 GiB ranks + 3 GiB front + 2 GiB shm = 63.3 → 64Gi;
     # fp8 ×1 reads the bf16 weights (quantized on the GPU): 50.3 + 4 + 3 + 1 = 58.3 → 59Gi;
-    # awq-int4 ×1 reads 0.53 B/parameter: 13.3 + 4 + 3 + 1 = 21.3 → 22Gi. Limits are 1.25 ×.
+    # awq-int4 ×1 reads 0.6 B/parameter: 15.1 + 4 + 3 + 1 = 23.1 → 24Gi. Limits are 1.25 ×.
     expected = {
         "bf16": ("4", "64Gi", "80Gi", "2Gi"),
         "fp8": ("3", "59Gi", "74Gi", "1Gi"),
-        "int4": ("3", "22Gi", "28Gi", "1Gi"),
+        "int4": ("3", "24Gi", "30Gi", "1Gi"),
     }
     for variant, (cpu, memory, limit, shm) in expected.items():
         pod = _pod(grmd(), variant)
@@ -564,7 +564,7 @@ def test_variant_resources_override_the_template_which_overrides_the_derived_val
     assert bf16["containers"][0]["resources"]["limits"]["memory"] == "128000Mi"
     assert next(v for v in bf16["volumes"] if v["name"] == "shm")["emptyDir"]["sizeLimit"] == "8Gi"
     assert _pod(g, "fp8")["containers"][0]["resources"]["requests"]["cpu"] == "16"  # the template's
-    # A limit below the derived request (22Gi) lowers the request with it: requests ≤ limits.
+    # A limit below the derived request (24Gi) lowers the request with it: requests ≤ limits.
     int4 = _pod(g, "int4")["containers"][0]["resources"]
     assert int4["requests"]["memory"] == int4["limits"]["memory"] == "16Gi"
     for deployment in children(g).deployments.values():

@@ -12,6 +12,7 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.builders.sizing import (
     PodSize,
     checkpoint_bytes_per_parameter,
+    checkpoint_gb,
     derived_size,
     parameters_billions,
 )
@@ -52,8 +53,8 @@ def test_bytes_per_parameter_follow_what_the_loader_reads() -> None:
     # fp8 without a checkpoint of its own reads bf16 weights and quantizes them on the GPU ...
     assert checkpoint_bytes_per_parameter(fp8) == 2.0
     # ... with one, it reads 1 byte per parameter.
-    assert checkpoint_bytes_per_parameter(fp8.model_copy(update={"uri": "pvc://models/grm-fp8"})) == 1.0
-    assert checkpoint_bytes_per_parameter(int4) == 0.53
+    assert checkpoint_bytes_per_parameter(fp8.model_copy(update={"uri": "pvc://models/grm-fp8"})) == 1.1
+    assert checkpoint_bytes_per_parameter(int4) == 0.6
 
 
 def test_the_worked_example_of_the_docs() -> None:
@@ -61,3 +62,19 @@ def test_the_worked_example_of_the_docs() -> None:
     assert derived_size(spec(), spec().variants[0]) == PodSize(
         cpu="4", memory="64Gi", memory_limit="80Gi", shared_memory="2Gi"
     )
+
+
+def test_one_checkpoint_size_sizes_both_the_memory_and_the_startup_budget() -> None:
+    from grm_operator.control.builders.modelload import startup_budget_s
+
+    measured = spec(name="org/reward-model", weightsGB=20)
+    by_name = {v.name: v for v in measured.variants}
+    # weightsGB is the bf16 checkpoint; an int4 one holds 0.6 of 2 bytes per parameter.
+    assert checkpoint_gb(measured, by_name["bf16"]) == 20
+    assert checkpoint_gb(measured, by_name["int4"]) == pytest.approx(6.0)
+    # The same number reaches the memory request (20 GB = 18.6 GiB + 8 + 3 + 2 → 32Gi) ...
+    assert derived_size(measured, by_name["bf16"]).memory == "32Gi"
+    # ... and the startup budget: 1.5 × (60 s + 20 GB / 0.25 GB/s) = 210 s.
+    assert startup_budget_s(measured, by_name["bf16"]) == pytest.approx(210.0)
+    unknown = spec(name="org/reward-model")
+    assert checkpoint_gb(unknown, unknown.variants[0]) is None
