@@ -42,7 +42,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -81,8 +81,15 @@ async def _relay(request: web.Request, reply: EngineReply) -> web.StreamResponse
         status=reply.status, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    async for chunk in reply.stream:
-        await response.write(chunk)
+    stream = reply.stream
+    try:
+        async for chunk in stream:
+            await response.write(chunk)
+    finally:
+        # A client that leaves makes the write fail: closing the stream now (not when the garbage
+        # collector finalises it) lets the engine abort the request at once, as vLLM does.
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()
     await response.write_eof()
     return response
 

@@ -22,6 +22,7 @@ import yaml
 from support.fakepod import FakeWorker
 from support.fakevllm import install_fake_vllm
 from support.paths import REPO
+from support.sse import streamed_usage
 from support.workerproc import WorkerProcess, free_port
 
 
@@ -66,6 +67,11 @@ def worker(tmp_path: Path, fake_vllm: Path) -> Iterator[WorkerProcess]:
         proc.kill()
 
 
+# A streamed completion asking for the usage chunk: its tokens are counted from that, not from
+# the number of SSE events (one event may carry several tokens).
+STREAMED = {"prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+
+
 def post(url: str, body: dict[str, object]) -> tuple[int, bytes]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -102,8 +108,8 @@ def test_launch_proxy_and_sigterm(worker: WorkerProcess, tmp_path: Path) -> None
     assert argv[argv.index("--served-model-name") + 1] == "grm"
     status, body = post(worker.url + "/v1/completions", {"model": "grm", "prompt": "hi", "max_tokens": 3})
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
-    status, body = post(worker.url + "/v1/completions", {"prompt": "hi", "max_tokens": 3, "stream": True})
-    assert body.decode().endswith("data: [DONE]\n\n") and body.count(b"data: ") == 5
+    status, body = post(worker.url + "/v1/completions", STREAMED)
+    assert status == 200 and streamed_usage(body)["completion_tokens"] == 3
     status, body = post(worker.url + "/v1/grm/score", {"query": "q", "responses": ["a", "b"]})
     assert status == 200 and json.loads(body)["samples_used"] >= 1
     with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as response:
@@ -136,8 +142,8 @@ def test_unix_transport_needs_no_port_and_ignores_a_server_on_the_engine_port(
         assert sock.is_socket() and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
         status, body = post(worker.url + "/v1/completions", {"model": "grm", "prompt": "hi", "max_tokens": 3})
         assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
-        status, body = post(worker.url + "/v1/completions", {"prompt": "hi", "max_tokens": 3, "stream": True})
-        assert body.decode().endswith("data: [DONE]\n\n") and body.count(b"data: ") == 5
+        status, body = post(worker.url + "/v1/completions", STREAMED)
+        assert status == 200 and streamed_usage(body)["completion_tokens"] == 3
         with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as response:
             # The sim engine's counters, through the socket (the impostor serves none of these).
             assert (

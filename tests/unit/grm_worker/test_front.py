@@ -14,6 +14,7 @@ from grm_worker.contract.config import WorkerConfig
 from grm_worker.engines.sim import SimEngine
 from grm_worker.engines.simtext import response_quality
 from grm_worker.server import Front
+from support.sse import streamed_usage
 
 # Two responses the sim GRM rates 9 and 3 (± 1 per sample): early exit must trigger.
 GOOD = next(f"good {i}" for i in range(1000) if response_quality(f"good {i}") == 9)
@@ -56,11 +57,15 @@ async def test_relays_completions_chat_stream_and_models(served: tuple[TestClien
     assert r.status == 200 and body["usage"]["completion_tokens"] == 3
     r = await client.post(
         "/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True},
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-    text = await r.text()
-    assert text.endswith("data: [DONE]\n\n") and text.count("data: ") == 5
+    assert streamed_usage(await r.text())["completion_tokens"] == 2
     r = await client.get("/v1/models")
     assert (await r.json())["data"][0]["id"] == "grm"
     r = await client.post("/v1/completions", data=b"{not json")

@@ -14,6 +14,7 @@ from grm_worker.contract.perfmodel import profile_for, step_time_s
 from grm_worker.engines.sim import SimEngine
 from grm_worker.engines.simtext import count_tokens, generate_tokens, response_quality
 from grm_worker.scoring import build_prompt, parse_scores
+from support.sse import sse_chunks, streamed_usage
 
 pytestmark = pytest.mark.looptime
 
@@ -189,13 +190,22 @@ async def test_streamed_chat_has_role_content_finish_and_done() -> None:
     await engine.start()
     reply = await engine.call(
         "/v1/chat/completions",
-        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True},
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert reply.stream is not None
-    chunks = [chunk async for chunk in reply.stream]
-    assert chunks[-1] == b"data: [DONE]\n\n"
-    assert b'"role":"assistant"' in chunks[0] and b'"finish_reason":"length"' in chunks[-2]
-    assert sum(b'"content":" ' in c for c in chunks) == 4
+    body = b"".join([chunk async for chunk in reply.stream])
+    chunks = sse_chunks(body)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    finishes = [c["finish_reason"] for chunk in chunks for c in chunk["choices"] if c.get("finish_reason")]
+    assert finishes == ["length"]
+    text = "".join(c["delta"].get("content", "") for chunk in chunks for c in chunk["choices"])
+    # Four filler words of the sim (" word" each); the count comes from usage, not from events.
+    assert len(text.split()) == 4 and streamed_usage(body)["completion_tokens"] == 4
     await engine.stop()
 
 

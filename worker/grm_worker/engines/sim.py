@@ -17,6 +17,9 @@ last ``gpu_util_window_s`` simulated seconds, the same for each of the replica's
 parallel ranks are busy together). The series are vLLM's (:mod:`grm_worker.engines.sim_metrics`),
 and so are the request and answer shapes (:mod:`grm_worker.engines.sim_openai`).
 
+A stream whose client disconnects is aborted (:meth:`SimEngine.abort`): its sequences leave
+the batch and count as ``finished_reason="abort"``, as in vLLM.
+
 Fault injection (the admin endpoint): ``slowdown`` multiplies every step, ``error_rate`` fails
 that fraction of requests with HTTP 500, ``crash`` makes the engine die (the worker exits).
 """
@@ -29,7 +32,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +41,7 @@ from grm_worker.contract.perfmodel import PerformanceProfile, profile_for, step_
 from grm_worker.engines.base import Engine, EngineError, EngineReply
 from grm_worker.engines.sim_metrics import SimMetrics
 from grm_worker.engines.sim_openai import (
+    Sample,
     chat_prompt,
     chat_reply,
     completion_prompts,
@@ -46,7 +50,7 @@ from grm_worker.engines.sim_openai import (
     models_reply,
     request_params,
 )
-from grm_worker.engines.simtext import count_tokens, generate_tokens
+from grm_worker.engines.simtext import count_tokens, cut_at_stop, generate_tokens
 
 __all__ = ["SimEngine", "SimFaults"]
 
@@ -82,6 +86,8 @@ class _Seq:
     first_token_at: float | None = None
     last_token_at: float | None = None
     preemptions: int = 0
+    stop_reason: str | None = None
+    """The stop string that ended the sequence, if one did."""
     parent: _Seq | None = None
     """For samples 2..n of one prompt: the sample whose prefill (and prompt KV) they share."""
 
@@ -347,8 +353,19 @@ class SimEngine(Engine):
         m.kv_usage_l.set(min(1.0, sum(s.kv_tokens for s in self._running) / self.profile.kv_cache_tokens))
 
     # --- requests ---------------------------------------------------------------------------------
-    def submit(self, prompt: str, max_tokens: int, *, n: int = 1, seed: int | None = None) -> list[_Seq]:
-        """Queue ``n`` sequences of ``prompt``; each yields its tokens on ``seq.out`` then None."""
+    def submit(
+        self,
+        prompt: str,
+        max_tokens: int,
+        *,
+        n: int = 1,
+        seed: int | None = None,
+        stop: tuple[str, ...] = (),
+        plain_tokens: int | None = None,
+    ) -> list[_Seq]:
+        """Queue ``n`` sequences of ``prompt``; each yields its tokens on ``seq.out`` then None.
+        ``stop`` ends a sequence at the first of those strings; ``plain_tokens`` is the length
+        of a plain answer without a limit (see :func:`generate_tokens`)."""
         prompt_tokens = count_tokens(prompt)
         self.metrics.params_n.observe(n)
         self.metrics.params_max_tokens.observe(max_tokens)
@@ -361,9 +378,19 @@ class SimEngine(Engine):
                 if seed is not None
                 else hash((self.config.sim.seed, self._sample_counter))
             )
-            tokens, reason = generate_tokens(prompt, max_tokens, self.config.sim.output_tokens, sample_seed)
+            tokens, reason = generate_tokens(
+                prompt, max_tokens, self.config.sim.output_tokens, sample_seed, plain_tokens=plain_tokens
+            )
+            tokens, stop_reason = cut_at_stop(tokens, stop)
             seq = _Seq(
-                prompt_tokens, tokens, reason, self.now(), n, max_tokens, parent=seqs[0] if seqs else None
+                prompt_tokens,
+                tokens,
+                "stop" if stop_reason is not None else reason,
+                self.now(),
+                n,
+                max_tokens,
+                stop_reason=stop_reason,
+                parent=seqs[0] if seqs else None,
             )
             self.metrics.prefix_queries_l.inc(prompt_tokens)
             if not tokens:
@@ -374,6 +401,21 @@ class SimEngine(Engine):
         self._update_gauges()
         self._wakeup.set()
         return seqs
+
+    def abort(self, seqs: Sequence[Sample]) -> None:
+        """Take unfinished sequences out of the engine (their client left): they free their KV
+        cache and batch slots and count as ``finished_reason="abort"``."""
+        gone = {id(seq) for seq in seqs}
+        aborted = [s for s in [*self._running, *self._waiting] if id(s) in gone]
+        if not aborted:
+            return
+        self._running = [s for s in self._running if id(s) not in gone]
+        self._waiting = collections.deque(s for s in self._waiting if id(s) not in gone)
+        for seq in aborted:
+            seq.finish_reason = "abort"
+            self.metrics.success.labels(finished_reason="abort", **self.metrics.values).inc()
+            seq.out.put_nowait(None)
+        self._update_gauges()
 
     def _check(self, prompt_tokens: int, max_tokens: int) -> None:
         if self.faults.crashed is not None:
@@ -399,19 +441,36 @@ class SimEngine(Engine):
             return error_reply(error)
 
     async def _completions(self, body: dict[str, Any]) -> EngineReply:
-        max_tokens, n, seed, stream = request_params(body, self.model_name)
+        request = request_params(body, self.model_name)
         prompts = completion_prompts(body)
+        max_tokens = request.max_tokens or 16  # never None for completions (vLLM's default 16)
         for prompt in prompts:
             self._check(count_tokens(prompt), max_tokens)
-        seqs = [seq for prompt in prompts for seq in self.submit(prompt, max_tokens, n=n, seed=seed)]
-        return await completion_reply(self.model_name, seqs, stream=stream)
+        seqs = [
+            seq
+            for prompt in prompts
+            for seq in self.submit(prompt, max_tokens, n=request.n, seed=request.seed, stop=request.stop)
+        ]
+        return await completion_reply(self.model_name, seqs, request, prompts, self.abort)
 
     async def _chat(self, body: dict[str, Any]) -> EngineReply:
-        max_tokens, n, seed, stream = request_params(body, self.model_name)
+        request = request_params(body, self.model_name, chat=True)
         prompt = chat_prompt(body)
-        self._check(count_tokens(prompt), max_tokens)
-        seqs = self.submit(prompt, max_tokens, n=n, seed=seed)
-        return await chat_reply(self.model_name, seqs, stream=stream)
+        prompt_tokens = count_tokens(prompt)
+        # Without a limit vLLM allows the rest of the context and a real model ends at its EOS:
+        # the sim ends a plain answer after sim.output_tokens tokens with finish_reason "stop".
+        unlimited = request.max_tokens is None
+        max_tokens = self.max_model_len - prompt_tokens if request.max_tokens is None else request.max_tokens
+        self._check(prompt_tokens, max(1, max_tokens))
+        seqs = self.submit(
+            prompt,
+            max_tokens,
+            n=request.n,
+            seed=request.seed,
+            stop=request.stop,
+            plain_tokens=self.config.sim.output_tokens if unlimited else None,
+        )
+        return await chat_reply(self.model_name, seqs, request, self.abort)
 
     async def models(self) -> EngineReply:
         root = self.config.model.path or self.config.model.name

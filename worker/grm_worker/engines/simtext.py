@@ -16,7 +16,7 @@ import re
 
 from grm_worker.scoring import SCORE_MAX, SCORE_MIN, count_responses
 
-__all__ = ["count_tokens", "generate_tokens", "response_quality"]
+__all__ = ["count_tokens", "cut_at_stop", "generate_tokens", "response_quality"]
 
 _WORDS = (
     "the", "response", "addresses", "query", "with", "clear", "reasoning", "and", "correct", "facts",
@@ -45,15 +45,21 @@ def _filler(rng: random.Random, count: int) -> list[str]:
     return [" " + _WORDS[rng.randrange(len(_WORDS))] for _ in range(count)]
 
 
-def generate_tokens(prompt: str, max_tokens: int, critique_tokens: int, seed: int) -> tuple[list[str], str]:
+def generate_tokens(
+    prompt: str, max_tokens: int, critique_tokens: int, seed: int, *, plain_tokens: int | None = None
+) -> tuple[list[str], str]:
     """The tokens the sim generates for ``prompt`` and the finish reason (``stop`` | ``length``).
 
-    Plain prompts get ``max_tokens`` filler tokens (as with ``ignore_eos``). GRM prompts get a
-    critique of ``critique_tokens`` tokens ending in the scores, cut at ``max_tokens``.
+    Plain prompts get ``max_tokens`` filler tokens (as with ``ignore_eos``), or, with
+    ``plain_tokens`` (a chat request without a limit, which a real model ends with its EOS),
+    that many and ``stop`` when they fit. GRM prompts get a critique of ``critique_tokens``
+    tokens ending in the scores, cut at ``max_tokens``.
     """
     rng = random.Random(seed)
     n = count_responses(prompt)
     if n == 0:
+        if plain_tokens is not None and plain_tokens < max_tokens:
+            return _filler(rng, plain_tokens), "stop"
         return _filler(rng, max_tokens), "length"
     shown = {int(i): text for i, text in _RESPONSE_RE.findall(prompt)}
     scores = []
@@ -67,3 +73,23 @@ def generate_tokens(prompt: str, max_tokens: int, critique_tokens: int, seed: in
     if len(tokens) > max_tokens:
         return tokens[:max_tokens], "length"
     return tokens, "stop"
+
+
+def cut_at_stop(tokens: list[str], stops: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """``tokens`` ended at the first of ``stops`` in their text, as vLLM does: generation stops
+    with the token that completes the stop string, and the text ends before it (that token and
+    any before it that the stop string overlaps emit only their text before it). Returns the
+    tokens (one per generated token, some maybe empty) and the stop string, or ``tokens``
+    unchanged and None when none occurs."""
+    text = "".join(tokens)
+    hits = [(text.find(stop), stop) for stop in stops if stop and stop in text]
+    if not hits:
+        return tokens, None
+    at, stop = min(hits)
+    end, offset, kept = at + len(stop), 0, []
+    for token in tokens:
+        start, offset = offset, offset + len(token)
+        kept.append(text[start : max(start, min(offset, at))])
+        if offset >= end:
+            break
+    return kept, stop
