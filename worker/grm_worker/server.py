@@ -34,6 +34,9 @@ An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never she
 
 Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
 requests run to completion up to ``drain_timeout_s``, then the caller stops the engine.
+
+One concept in one module (the front's HTTP app: routing, the score endpoint, proxying and
+draining), its metrics in :mod:`grm_worker.front_metrics`.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ With kopf peering (HA replicas) a standby never receives watch events, so its st
 and the schedule has nothing to tick (tests/integration/grm_operator/test_operator_peering.py).
 Limitation: a replica that worked and is later paused by a higher-priority peer keeps its store, and this
 schedule (unlike kopf's handlers) is not paused with it.
+
+One concept in one module (the autoscaler's tick: read pods and metrics, decide, actuate,
+write status), kept whole because each step hands its results to the next within one tick.
 """
 
 from __future__ import annotations

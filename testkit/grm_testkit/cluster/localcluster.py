@@ -16,6 +16,8 @@ admin `kubeconfig` (server https://10.96.0.1:6443) and `connect.sock`:
   `lc.forward(ip, port)` opens a loopback port on the host whose connections travel over
   `connect.sock` to the supervisor, which connects to the target *inside* (`connectsocket`).
   `lc.service_url(ns, name, port)` and `lc.host_kubeconfig` are built on it.
+
+One concept in one module (the handle a test or the CLI holds on a running local cluster).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
 Whoever starts it (`LocalCluster.start`, `grm-local-cluster up`) prepares the state directory
 with the options (`prepare_state_dir`); the supervisor reads them, starts everything, and writes
 `state.json` once the cluster is ready (`clusteroptions` describes the directory).
+
+One concept in one module (the process that owns the cluster's namespace and every part in it).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ the batch and count as ``finished_reason="abort"``, as in vLLM.
 
 Fault injection (the admin endpoint): ``slowdown`` multiplies every step, ``error_rate`` fails
 that fraction of requests with HTTP 500, ``crash`` makes the engine die (the worker exits).
+
+One concept in one module (the simulated engine's scheduler: its step loop, sequences, KV
+cache and injected faults share one state), so it is not split further; its OpenAI wire format
+and its metrics live in :mod:`.sim_openai` and :mod:`.sim_metrics`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ deterministic filler, each token its own most likely one) and ``echo`` (completi
 400 where vLLM refuses a request (negative temperature, ``stream_options`` without ``stream``,
 ``n`` < 1, too long). A stream the client leaves is aborted in the engine (``abort``), as vLLM
 aborts a disconnected request.
+
+One concept in one module (the OpenAI wire format of the sim engine: requests parsed and
+replies, stream chunks, logprobs and errors shaped as vLLM shapes them), kept together so that
+one file can be read against vLLM's protocol.
 """
 
 from __future__ import annotations
