@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -78,6 +79,8 @@ class PodView:
     ready: bool
     pending: bool
     ip: str | None
+    #: When a pending pod became unscheduled (epoch seconds), None when not pending or unknown.
+    pending_since: float | None = None
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView | None:
@@ -88,16 +91,36 @@ def pod_view(body: Mapping[str, Any]) -> PodView | None:
     if not variant or meta.get("deletionTimestamp"):
         return None
     status = body.get("status") or {}
-    conditions = {str(c.get("type")): c.get("status") for c in status.get("conditions") or []}
+    by_type = {str(c.get("type")): c for c in status.get("conditions") or []}
+    conditions = {kind: c.get("status") for kind, c in by_type.items()}
+    # Pending and not scheduled: no node (no free GPU) took it, yet (a node autoscaler may be
+    # bringing one: the policy's spec.scaling.pendingGrace counts from ``pending_since``).
+    pending = status.get("phase", "Pending") == "Pending" and conditions.get("PodScheduled") != "True"
+    since: float | None = None
+    if pending:
+        # The scheduler's PodScheduled=False transition, else (not yet tried) the pod's creation.
+        stamp = (by_type.get("PodScheduled") or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
+        since = _epoch(stamp)
     return PodView(
         namespace=str(meta.get("namespace")),
         name=str(meta.get("name")),
         variant=str(variant),
         ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
-        # Pending and not scheduled: no node (no free GPU) took it.
-        pending=status.get("phase", "Pending") == "Pending" and conditions.get("PodScheduled") != "True",
+        pending=pending,
         ip=status.get("podIP"),
+        pending_since=since,
     )
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An RFC 3339 timestamp as the API server writes it (``2026-01-02T03:04:05Z``) in epoch
+    seconds; None when absent or unreadable (the policy then treats the pod as long pending)."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class Autoscaler:
@@ -227,6 +250,11 @@ class Autoscaler:
             v.name: PodCounts(
                 ready=sum(1 for p in pods if p.variant == v.name and p.ready),
                 pending=sum(1 for p in pods if p.variant == v.name and p.pending),
+                pending_since=tuple(
+                    p.pending_since
+                    for p in pods
+                    if p.variant == v.name and p.pending and p.pending_since is not None
+                ),
             )
             for v in spec.variants
         }

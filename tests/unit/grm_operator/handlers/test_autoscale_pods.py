@@ -37,3 +37,27 @@ def test_pods_without_a_variant_or_being_deleted_are_ignored() -> None:
     deleting = pod("a", phase="Running")
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert pod_view(deleting) is None
+
+
+def test_a_pending_pod_is_unscheduled_since_the_schedulers_verdict_else_its_creation() -> None:
+    # 2026-01-01T00:00:00Z is 1767225600 s after the epoch.
+    tried = pod(
+        "a",
+        phase="Pending",
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "lastTransitionTime": "2026-01-01T00:01:00Z"}
+        ],
+    )
+    tried["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    view = pod_view(tried)
+    assert view is not None and view.pending_since == 1767225600.0 + 60
+    untried = pod("b", phase="Pending")
+    untried["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    view = pod_view(untried)
+    assert view is not None and view.pending_since == 1767225600.0
+    # A scheduled pod has no pending time, and an unreadable stamp none either (long pending).
+    running = pod("c", phase="Running", conditions=[{"type": "PodScheduled", "status": "True"}])
+    assert (view := pod_view(running)) is not None and view.pending_since is None
+    odd = pod("d", phase="Pending")
+    odd["metadata"]["creationTimestamp"] = "yesterday"
+    assert (view := pod_view(odd)) is not None and view.pending and view.pending_since is None
