@@ -20,10 +20,10 @@ tick never raises: a failure is logged and the next period tries again.
 Status is written only when a field changed: the last decision keeps its timestamp while the
 policy says the same thing, so an idle GRMDeployment costs no writes.
 
-With kopf peering (HA replicas) a standby never receives watch events, so its store stays empty
-and the schedule has nothing to tick (tests/integration/grm_operator/test_operator_peering.py).
-Limitation: a replica that worked and is later paused by a higher-priority peer keeps its store, and this
-schedule (unlike kopf's handlers) is not paused with it.
+With HA replicas only the holder of the leader-election Lease runs kopf and so this schedule; a
+standby has no store and no schedule, and a leader that loses the Lease exits, taking its store
+with it (:mod:`grm_operator.handlers.leadership`,
+tests/integration/grm_operator/test_operator_leader_election.py).
 """
 
 from __future__ import annotations
