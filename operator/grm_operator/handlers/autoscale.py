@@ -46,6 +46,7 @@ from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
 from grm_operator.metrics import (
@@ -81,6 +82,8 @@ class PodView:
     ip: str | None
     #: When a pending pod became unscheduled (epoch seconds), None when not pending or unknown.
     pending_since: float | None = None
+    #: Not Ready, and a container (init containers included) restarted CRASH_LOOP_RESTARTS times.
+    crashing: bool = False
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView | None:
@@ -101,14 +104,18 @@ def pod_view(body: Mapping[str, Any]) -> PodView | None:
         # The scheduler's PodScheduled=False transition, else (not yet tried) the pod's creation.
         stamp = (by_type.get("PodScheduled") or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
         since = _epoch(stamp)
+    ready = status.get("phase") == "Running" and conditions.get("Ready") == "True"
+    containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    restarts = max((int(c.get("restartCount") or 0) for c in containers), default=0)
     return PodView(
         namespace=str(meta.get("namespace")),
         name=str(meta.get("name")),
         variant=str(variant),
-        ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
+        ready=ready,
         pending=pending,
         ip=status.get("podIP"),
         pending_since=since,
+        crashing=not ready and restarts >= CRASH_LOOP_RESTARTS,
     )
 
 
@@ -226,7 +233,11 @@ class Autoscaler:
         uid = str(grmd.metadata.uid)
         pods = list(self.pods.get(key, {}).values())
         deployments = {
-            variant: replace(d, pending=sum(1 for p in pods if p.variant == variant and p.pending))
+            variant: replace(
+                d,
+                pending=sum(1 for p in pods if p.variant == variant and p.pending),
+                crashing=sum(1 for p in pods if p.variant == variant and p.crashing),
+            )
             for variant, d in self._deployments(key, uid).items()
         }
         target = MetricsTarget(

@@ -61,3 +61,17 @@ def test_a_pending_pod_is_unscheduled_since_the_schedulers_verdict_else_its_crea
     odd = pod("d", phase="Pending")
     odd["metadata"]["creationTimestamp"] = "yesterday"
     assert (view := pod_view(odd)) is not None and view.pending and view.pending_since is None
+
+
+def test_a_pod_whose_container_restarted_twice_without_getting_ready_crash_loops() -> None:
+    def with_restarts(restarts: int, *, ready: bool = False, init: bool = False) -> dict[str, Any]:
+        statuses = [{"name": "worker", "restartCount": restarts}]
+        key = "initContainerStatuses" if init else "containerStatuses"
+        conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+        return pod("a", phase="Running" if not init else "Pending", conditions=conditions, **{key: statuses})
+
+    assert (view := pod_view(with_restarts(1))) is not None and not view.crashing  # one hiccup
+    assert (view := pod_view(with_restarts(2))) is not None and view.crashing
+    # Restarts long ago do not matter once the pod is Ready; a failing download init step does.
+    assert (view := pod_view(with_restarts(5, ready=True))) is not None and not view.crashing
+    assert (view := pod_view(with_restarts(3, init=True))) is not None and view.crashing
