@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from grm_operator import rbac
 from grm_testkit import operator_process
 from grm_testkit.cluster.controlplane import ControlPlane
 from support.paths import EXAMPLES
@@ -135,3 +136,71 @@ def test_exactly_one_replica_acts_across_a_kill_and_a_restart(
     finally:
         a.stop()
         b.stop()
+
+
+def test_an_elected_operator_works_under_exactly_the_shipped_rules(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """As the chart grants them: the operator's rules cluster-wide, the Lease verbs (derived from
+    the elector's calls) only in a Role of the operator's own namespace."""
+    plane = control_plane
+    operator_process.install_crd(plane)
+    ns = f"le-rbac-{uuid.uuid4().hex[:8]}"
+    _ok(
+        plane,
+        "POST",
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+    )
+    rbac_api = "/apis/rbac.authorization.k8s.io/v1"
+    role = f"grm-operator-{ns}"
+    _ok(plane, "POST", f"{rbac_api}/clusterroles", rbac.cluster_role(role, rbac.OPERATOR_RULES))
+    _ok(
+        plane,
+        "POST",
+        f"{rbac_api}/clusterrolebindings",
+        rbac.cluster_role_binding(role, role, ns, "grm-operator"),
+    )
+    lease_role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "leader-election", "namespace": ns},
+        "rules": [r.to_manifest() for r in rbac.LEADER_ELECTION_RULES],
+    }
+    _ok(plane, "POST", f"{rbac_api}/namespaces/{ns}/roles", lease_role)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "leader-election", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leader-election"},
+        "subjects": [{"kind": "ServiceAccount", "name": "grm-operator", "namespace": ns}],
+    }
+    _ok(plane, "POST", f"{rbac_api}/namespaces/{ns}/rolebindings", binding)
+    kubeconfig = plane.kubeconfig_for_service_account(ns, "grm-operator", path=tmp_path / "sa.yaml")
+    env = {
+        "GRM_NAMESPACES": ns,
+        "GRM_LEADER_ELECTION_LEASE": LEASE,
+        "GRM_LEADER_ELECTION_NAMESPACE": ns,
+        **TIMING,
+    }
+    proc = operator_process.OperatorProcess(kubeconfig, tmp_path / "operator.log", env=env)
+    proc.start()
+    try:
+        operator_process.wait_for(lambda: proc.metric("grm_operator_leader") == 1, TIMEOUT_S, "leads")
+        _create(plane, ns, "allowed")
+        operator_process.wait_for(
+            lambda: _exists(plane, f"/apis/apps/v1/namespaces/{ns}/deployments/allowed-bf16"),
+            TIMEOUT_S,
+            "works",
+        )
+        renewals = proc.metric("grm_operator_api_writes_total", kind="Lease")
+        operator_process.wait_for(
+            lambda: proc.metric("grm_operator_api_writes_total", kind="Lease") >= renewals + 2,
+            TIMEOUT_S,
+            "renews",
+        )
+        assert proc.metric("grm_operator_api_requests_total", kind="Lease", code="403") == 0
+    except (AssertionError, TimeoutError) as exc:
+        pytest.fail(f"{exc}\n{proc.tail(40)}")
+    finally:
+        proc.stop()
