@@ -235,7 +235,6 @@ async def _run_elected(
         if standby is not None:
             await standby.cleanup()
     ctx.metrics.leader.set(1)
-    stop = asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(
             registry=kopf_registry,
@@ -244,7 +243,6 @@ async def _run_elected(
             liveness_endpoint=liveness,
             clusterwide=settings.clusterwide,
             namespaces=list(settings.namespaces),
-            stop_flag=stop,
         ),
         name="kopf",
     )
