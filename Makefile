@@ -103,7 +103,7 @@ simulate: $(VENV)/.stamp
 crd: $(VENV)/.stamp
 	$(VENV)/bin/grm-operator crd > crds/grm.dev_grmdeployments.yaml
 	$(VENV)/bin/grm-operator api-docs   # docs/api-reference.md from the same models
-	$(PY) -m hack.chartgen   # the chart's crds/ (a copy + kopf peering) and RBAC rules
+	$(PY) -m hack.chartgen   # the chart's crds/ (a copy) and RBAC rules
 
 .PHONY: bench
 bench: $(VENV)/.stamp control-plane

@@ -75,7 +75,8 @@ class KindRef:
 
 
 # kopf's own requests, whatever handlers are registered (kopf 1.3x: _core/reactor/observation.py
-# watches namespaces and CRDs; _core/engines/posting.py posts Events; _core/engines/peering.py).
+# watches namespaces and CRDs; _core/engines/posting.py posts Events). kopf runs standalone (leader
+# election is the operator's own Lease, derived from its calls like any other): no peering grants.
 KOPF_GRANTS: tuple[tuple[Grant, str], ...] = (
     (Grant("", "namespaces", "list"), "kopf observes namespaces before it watches in them"),
     (Grant("", "namespaces", "watch"), "kopf observes namespaces before it watches in them"),
@@ -88,11 +89,6 @@ KOPF_GRANTS: tuple[tuple[Grant, str], ...] = (
         "kopf notices resources served later",
     ),
     (Grant("", "events", "create"), "kopf posts its per-object log records as Events"),
-)
-KOPF_PEERING_GRANTS: tuple[tuple[Grant, str], ...] = tuple(
-    (Grant("kopf.dev", plural, verb), "kopf peering: replicas watch the peering object, patch keep-alives")
-    for plural in ("clusterkopfpeerings", "kopfpeerings")
-    for verb in ("list", "watch", "patch")
 )
 
 
@@ -495,7 +491,7 @@ def _kopf_handler(call: ast.Call) -> str | None:
     return None
 
 
-def derive(sources: Mapping[str, tuple[str, str]], *, peering: bool = False) -> list[Use]:
+def derive(sources: Mapping[str, tuple[str, str]]) -> list[Use]:
     """Every grant the code in ``sources`` (``module -> (path, text)``) needs, with where."""
     modules = {name: _parse(name, path, text) for name, (path, text) in sources.items()}
     resolver = _Resolver(modules)
@@ -506,8 +502,6 @@ def derive(sources: Mapping[str, tuple[str, str]], *, peering: bool = False) -> 
         if not method.startswith("_"):
             adapter.requests(method)  # every request traceable, called yet or not
     uses: list[Use] = [Use(g, f"kopf: {why}") for g, why in KOPF_GRANTS]
-    if peering:
-        uses += [Use(g, f"kopf: {why}") for g, why in KOPF_PEERING_GRANTS]
     for module in modules.values():
         if module.name == KUBE_MODULE or not (
             "kube" in sources[module.name][1] or "kopf" in sources[module.name][1]

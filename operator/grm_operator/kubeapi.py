@@ -98,6 +98,7 @@ PDBS = Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 PODMONITORS = Kind("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor")
 EVENTS = Kind("", "v1", "events", "Event")
 GRMDEPLOYMENTS = Kind("grm.dev", "v1alpha1", "grmdeployments", "GRMDeployment")
+LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
 KINDS_BY_NAME = {
     k.kind: k for k in (DEPLOYMENTS, CONFIGMAPS, SERVICES, PDBS, PODMONITORS, EVENTS, GRMDEPLOYMENTS)
 }
@@ -238,6 +239,15 @@ class KubeClient:
         return kind.plural in self._discovery[key]
 
     # --- writes ---------------------------------------------------------------------------------
+    async def create(self, kind: Kind, namespace: str | None, body: Mapping[str, Any]) -> Body:
+        """POST a new object; :class:`Conflict` when one of that name exists already."""
+        return await self._request("create", "POST", kind.path(namespace), kind.kind, body=dict(body))
+
+    async def replace(self, kind: Kind, namespace: str | None, name: str, body: Mapping[str, Any]) -> Body:
+        """PUT the whole object. Its ``metadata.resourceVersion`` is the precondition: another
+        writer in between makes it a :class:`Conflict` (optimistic concurrency)."""
+        return await self._request("update", "PUT", kind.path(namespace, name), kind.kind, body=dict(body))
+
     async def apply(self, manifest: Mapping[str, Any]) -> Body:
         """Server-side apply of ``manifest`` as the operator's field manager (creates or updates;
         ``force`` takes ownership of fields another manager set, e.g. a hand edit of our labels)."""

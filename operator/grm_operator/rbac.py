@@ -1,14 +1,14 @@
 """The operator's RBAC rules, as data: the one place that says what the operator may do.
 
-The Helm chart renders :data:`OPERATOR_RULES` (plus :data:`PEERING_RULES` for HA replicas) into
-its ClusterRole, and the integration tests bind exactly these rules to a ServiceAccount and run
-the operator under it against the real authoriser, so a missing verb fails a test rather than a
-user's install. Each rule names its reason.
+The Helm chart renders :data:`OPERATOR_RULES` into its ClusterRole (or per-namespace Roles) and
+:data:`LEADER_ELECTION_RULES` into a Role in the operator's own namespace; the integration tests
+bind exactly these rules to a ServiceAccount and run the operator under it against the real
+authoriser, so a missing verb fails a test rather than a user's install. Each rule names its reason.
 
 Least privilege: the rules are exactly the (group, resource, verb) grants the code uses, which
 :mod:`hack.rbac_usage` derives from the source (tests/unit/hack/test_rbac_derived.py compares).
-No ``get``: the operator never reads a single object; kopf lists then watches, and the reconciler
-reads its children from that cache.
+No ``get`` on what it manages: kopf lists then watches, and the reconciler reads its children from
+that cache; the one object read singly is the leader-election Lease.
 """
 
 from __future__ import annotations
@@ -89,19 +89,19 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
 )
 
-PEERING_RULES: tuple[Rule, ...] = (
+LEADER_ELECTION_RULES: tuple[Rule, ...] = (
     Rule(
-        ("kopf.dev",),
-        ("clusterkopfpeerings", "kopfpeerings"),
-        ("list", "watch", "patch"),
-        "kopf peering: only the highest-priority replica works (HA)",
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election (HA): read, create and renew the Lease in the operator's own namespace",
     ),
 )
 
 
-def rules(*, peering: bool = False) -> tuple[Rule, ...]:
-    """The operator's rules, with kopf's peering rules when HA replicas are used."""
-    return OPERATOR_RULES + (PEERING_RULES if peering else ())
+def rules() -> tuple[Rule, ...]:
+    """The operator's rules with leader election's (granted in the operator's own namespace only)."""
+    return OPERATOR_RULES + LEADER_ELECTION_RULES
 
 
 def without(rule_set: Iterable[Rule], resource: str, verb: str) -> tuple[Rule, ...]:

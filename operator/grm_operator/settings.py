@@ -2,7 +2,8 @@
 
 Everything that is a property of the installation rather than of one GRMDeployment lives here:
 which namespaces to watch, the worker image used when a GRMDeployment names none, the default
-Prometheus URL, HA peering, timeouts, and the ports of the liveness and metrics endpoints. The
+Prometheus URL, HA (Lease-based leader election), timeouts, and the ports of the liveness and
+metrics endpoints. The
 Helm chart sets these as env vars on the operator Deployment; ``grm-operator run`` flags override
 them. Parsing is pure (:meth:`OperatorSettings.from_env` takes the mapping), so tests never touch
 ``os.environ``.
@@ -15,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "GRM_"
 
@@ -79,13 +80,44 @@ class OperatorSettings(BaseModel):
         "http://<podIP>:8001 by the sample-budget push; for test clusters whose pod IPs the "
         "operator cannot reach (JSON in GRM_ADMIN_ENDPOINTS).",
     )
-    peering_name: str | None = Field(
+    leader_election_lease: str | None = Field(
         default=None,
-        description="Kopf peering object for HA replicas (leader election); unset: standalone, "
-        "which is right for a single replica.",
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Name of the coordination.k8s.io/v1 Lease that HA replicas elect their leader "
+        "with: only the holder runs handlers and the autoscaler, the others wait for it (like "
+        "controller-runtime's leader election). Unset: no election, for a single replica.",
     )
-    priority: int = Field(
-        default=0, description="Peering priority of this replica (the highest active one works)."
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the leader-election Lease (the chart: the operator's own); unset: "
+        "the service account's namespace, else default.",
+    )
+    leader_election_identity: str | None = Field(
+        default=None,
+        max_length=200,
+        description="This replica's name in the Lease's holderIdentity (the chart: the pod name); a "
+        "random suffix per process start is always added, so a restarted replica never mistakes "
+        "its predecessor's lease for its own. Unset: the host name.",
+    )
+    lease_duration_s: float = Field(
+        default=15.0,
+        ge=2,
+        le=600,
+        description="How long a Lease not renewed stays the holder's: a standby takes over this "
+        "long after the leader died (client-go's default, 15 s).",
+    )
+    lease_renew_deadline_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A leader that could not renew for this long stops acting and exits; shorter "
+        "than the lease duration, so it has stopped before anyone else may take over.",
+    )
+    lease_retry_period_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often the leader renews, and a standby tries to acquire, the Lease.",
     )
     podmonitor_enabled: bool = Field(
         default=True,
@@ -170,15 +202,20 @@ class OperatorSettings(BaseModel):
                 raise ValueError(f"{value!r} (label {key}) is not a valid label value")
         return labels
 
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorSettings:
+        if not self.lease_retry_period_s < self.lease_renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs GRM_LEASE_RETRY_PERIOD_S < GRM_LEASE_RENEW_DEADLINE_S < "
+                f"GRM_LEASE_DURATION_S (got {self.lease_retry_period_s} / {self.lease_renew_deadline_s} "
+                f"/ {self.lease_duration_s}): a leader must stop before its lease can pass to another"
+            )
+        return self
+
     @property
     def clusterwide(self) -> bool:
         """True when every namespace is watched."""
         return not self.namespaces
-
-    @property
-    def standalone(self) -> bool:
-        """True when no peering is configured (a single operator replica)."""
-        return self.peering_name is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorSettings:
@@ -198,5 +235,7 @@ class OperatorSettings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "?"
+            if not first["loc"]:  # a rule across fields: its message names them
+                raise SettingsError(str(first["msg"])) from exc
+            field = str(first["loc"][0])
             raise SettingsError(f"{ENV_PREFIX}{field.upper()}: {first['msg']}") from exc

@@ -24,6 +24,8 @@ class Fleet:
     model_error: float = 1.0
     #: GPUs the cluster really has (None: as many as maxGPUs).
     cluster_gpus: int | None = None
+    #: A node autoscaler: a pod unscheduled this long gets a new node with its GPUs (None: none).
+    node_arrives_after: float | None = None
     active: str = ""
     samples: int = 0
     desired: dict[str, int] = field(default_factory=dict)
@@ -54,8 +56,21 @@ class Fleet:
 
     def observe(self, now: float, score_rate: float) -> Observation:
         scheduled = self._scheduled()
+        if self.node_arrives_after is not None and self.cluster_gpus is not None:
+            for v in self.spec.variants:
+                cold = variant_profile(v).cold_start_s
+                waiting = self.pods[v.name][scheduled[v.name] :]
+                for i, ready_at in enumerate(waiting, start=scheduled[v.name]):
+                    if now - (ready_at - cold) >= self.node_arrives_after:
+                        # The node joined: the pod is scheduled now and Ready a cold start later.
+                        self.cluster_gpus += v.gpus_per_replica
+                        self.pods[v.name][i] = now + cold
+            scheduled = self._scheduled()
         ready = {v: sum(1 for t in self.pods[v][: scheduled[v]] if t <= now) for v in self.pods}
         pending = {v: len(self.pods[v]) - scheduled[v] for v in self.pods}
+        # A pod is created (and unscheduled from then on) a cold start before it would be Ready.
+        cold_start = {v.name: variant_profile(v).cold_start_s for v in self.spec.variants}
+        pending_since = {v: tuple(t - cold_start[v] for t in self.pods[v][scheduled[v] :]) for v in self.pods}
         serving = [v for v in self.pods if ready[v] > 0]
         seq_rate = score_rate * self.samples
         total = Signals()
@@ -106,6 +121,7 @@ class Fleet:
             samples=self.samples,
             desired=self.desired,
             pending=pending,
+            pending_since=pending_since,
             variants=per_variant,
             metrics_error=None if self.metrics_up else "connection refused",
         )

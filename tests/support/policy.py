@@ -68,12 +68,15 @@ def make_observation(
     pending: int | Mapping[str, int] = 0,
     variants: Mapping[str, Signals] | None = None,
     metrics_error: str | None = None,
+    pending_since: Mapping[str, tuple[float, ...]] | None = None,
 ) -> Observation:
     """A tick at ``now`` of a fleet running ``active`` at ``samples`` per request.
 
     ``total`` is the metrics window (None: the source failed), reported per variant as
     ``variants`` (default: all of it by ``active``). Pod counts are of ``active`` when given as
     a number, per variant as a mapping; ``desired`` defaults to ``ready`` (a fleet at rest).
+    ``pending_since`` gives, per variant, when each pending pod became unscheduled (absent: since
+    longer than any grace).
     """
 
     def per_variant(count: int | Mapping[str, int]) -> dict[str, int]:
@@ -91,4 +94,5 @@ def make_observation(
         pending=per_variant(pending),
         desired=per_variant(ready if desired is None else desired),
         metrics_error=metrics_error,
+        pending_since=dict(pending_since or {}),
     )

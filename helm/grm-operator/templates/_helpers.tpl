@@ -38,11 +38,6 @@ app.kubernetes.io/part-of: grm-elastic
 {{- end }}
 {{- end }}
 
-{{/* kopf peering is on with two or more replicas; its object shares the full name. */}}
-{{- define "grm-operator.peering" -}}
-{{- if gt (int .Values.replicaCount) 1 }}{{ include "grm-operator.fullname" . }}{{ end }}
-{{- end }}
-
 {{- define "grm-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}

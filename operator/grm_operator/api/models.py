@@ -519,6 +519,15 @@ class Scaling(ApiModel):
         "step up must fit its peak.",
     )
     control_period: Duration = Field(default="15s", description="How often the policy runs.")
+    pending_grace: Duration = Field(
+        default="5m",
+        description="How long a worker pod may stay unscheduled (Pending, PodScheduled=False) before "
+        'the policy reads it as "no GPU left" and shrinks the GPU budget to the GPUs already '
+        "scheduled, stepping down the precision ladder if that budget cannot hold the SLO. Within "
+        "the grace the pod is counted as a node still coming: a node autoscaler (Karpenter, "
+        "cluster-autoscaler) brings a GPU node in 1–5 minutes. Set 0s on a cluster without a node "
+        "autoscaler, where Pending means no GPU at once.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Scaling:

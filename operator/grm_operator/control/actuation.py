@@ -80,13 +80,14 @@ class Intent:
 
 @dataclass(frozen=True)
 class VariantDeployment:
-    """One variant Deployment as read: desired (spec.replicas), existing, Ready and unscheduled
-    (Pending: no GPU free) pods."""
+    """One variant Deployment as read: desired (spec.replicas), existing, Ready, unscheduled
+    (Pending: no GPU free) and crash-looping pods."""
 
     desired: int = 0
     replicas: int = 0
     ready: int = 0
     pending: int = 0
+    crashing: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,9 @@ def plan(
     switch: Switch | None = None
     step: Step | None = None
     names = frozenset(v.name for v in spec.variants)
-    observed_pods = {v: Observed(d.replicas, d.ready, d.pending, d.desired) for v, d in deployments.items()}
+    observed_pods = {
+        v: Observed(d.replicas, d.ready, d.pending, d.desired, d.crashing) for v, d in deployments.items()
+    }
 
     if switch_status:
         switch = Switch.from_status(SwitchProgress.model_validate(switch_status))

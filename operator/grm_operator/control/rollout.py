@@ -4,26 +4,29 @@ observations in, the next progress and what to apply out.
 A switch from variant ``A`` to ``B`` never drops requests because the Service selects the
 Ready pods of every variant:
 
-1. **Surging** — ``B`` is scaled to the target replica count while ``A`` keeps serving.
-   When at least ``target`` pods of ``B`` are Ready the switch moves on; when the switch
-   timeout passes first it rolls back. **Rolling** when maxGPUs cannot hold both variants at
-   full size (a full GPU budget, or a cluster without a spare GPU): the old variant gives up its
-   GPUs in batches as the new one gets Ready, like a Deployment's RollingUpdate with
-   maxUnavailable 25 %. Each tick the old variant keeps ⌊(maxGPUs − GPUs of Ready new replicas −
-   batch) ÷ its GPUs per replica⌋ replicas (batch = max(¼ maxGPUs, one replica of either)), never
-   fewer than one Ready replica while the new variant has none, and the new variant grows into
-   what is left (at least one replica). Removed old pods drain as in step 2, so no request is
-   dropped; capacity dips by at most a batch for a cold start. Example: maxGPUs 16 full with 8
-   bf16 replicas of 2 GPUs, fp8 (1 GPU) wanted at 16: bf16 8 → 6 and fp8 → 4; when those 4 are
-   Ready, bf16 → 4 and fp8 → 8; … 4 cold starts later fp8 serves with 16. Without rolling the
-   surge would be one replica beyond the budget (Pending on a full cluster until the switch
-   timeout rolls back), and the drain would leave that one replica alone with the load.
+1. **Surging** — ``B`` is scaled to the target replica count while ``A`` keeps serving. When at
+   least ``target`` pods of ``B`` are Ready the switch moves on; when the switch timeout passes
+   first it rolls back, and so it does at once when pods of ``B`` crash-loop while none of them is
+   Ready (a variant vLLM refuses, e.g. a dtype its architecture rejects, fails within a minute at
+   every start: waiting out a 10-minute timeout would only keep the GPUs it took, in a rolling
+   switch the old variant's, away from serving). **Rolling** when maxGPUs cannot hold both variants
+   at full size (a full GPU budget, or a cluster without a spare GPU): the old variant gives up its
+   GPUs in batches as the new one gets Ready, like a Deployment's RollingUpdate with maxUnavailable
+   25 %. Each tick the old variant keeps ⌊(maxGPUs − GPUs of Ready new replicas − batch) ÷ its GPUs
+   per replica⌋ replicas (batch = max(¼ maxGPUs, one replica of either)), never fewer than one Ready
+   replica while the new variant has none, and the new variant grows into what is left (at least one
+   replica). Removed old pods drain as in step 2, so no request is dropped; capacity dips by at most
+   a batch for a cold start. Example: maxGPUs 16 full with 8 bf16 replicas of 2 GPUs, fp8 (1 GPU)
+   wanted at 16: bf16 8 → 6 and fp8 → 4; when those 4 are Ready, bf16 → 4 and fp8 → 8; … 4 cold
+   starts later fp8 serves with 16. Without rolling the surge would be one replica beyond the budget
+   (Pending on a full cluster until the switch timeout rolls back), and the drain would leave that
+   one replica alone with the load.
 2. **Draining** — ``B`` is the active variant; ``A`` is scaled to 0 and its pods drain
    (preStop hook, then the engine's graceful shutdown, ``rollout.drainSeconds``). The switch is
    complete when ``A`` has no pods left, or after drainSeconds plus a 60 s margin (a pod stuck
    terminating must not block the autoscaler forever).
-3. **RollingBack** — ``B`` did not get Ready in time: it is scaled to 0 and marked unhealthy
-   for ``rollout.unhealthyBackoff``; ``A`` stays active. Complete when ``B`` has no pods.
+3. **RollingBack** — ``B`` did not get Ready in time, or crash-loops: it is scaled to 0 and
+   marked unhealthy for ``rollout.unhealthyBackoff``; ``A`` stays active. Complete when ``B`` has no pods.
 
 The whole state is :class:`Switch` (kept in ``status.switch``, times as RFC 3339 there), so a
 restarted operator calls :func:`advance` with what it reads and continues: a Surging switch
@@ -43,6 +46,7 @@ from typing import Literal
 from grm_operator.api.models import SwitchProgress
 
 __all__ = [
+    "CRASH_LOOP_RESTARTS",
     "DRAIN_MARGIN_S",
     "GPUBudget",
     "Observed",
@@ -61,6 +65,11 @@ Outcome = Literal["InProgress", "Completed", "RolledBack"]
 
 # Beyond drainSeconds, time for the kubelet to deliver SIGTERM and the container to exit.
 DRAIN_MARGIN_S = 60.0
+# A pod whose container restarted this often without getting Ready crash-loops: 3 failed starts in
+# a row are a property of the variant (its image, dtype, model or startup budget), where one
+# restart may be a node's hiccup. With the kubelet's backoff (10 s, 20 s) and a load that fails
+# within a minute, a switch to such a variant rolls back ~2–3 minutes after it began.
+CRASH_LOOP_RESTARTS = 2
 
 
 def to_rfc3339(t: float) -> str:
@@ -110,13 +119,15 @@ class Switch:
 @dataclass(frozen=True)
 class Observed:
     """One variant Deployment as read: pods that exist, pods that are Ready, pods the scheduler
-    has not placed (no GPU free) and the Deployment's desired replicas (None: unknown, taken as
-    ``replicas``)."""
+    has not placed (no GPU free), the Deployment's desired replicas (None: unknown, taken as
+    ``replicas``) and pods that crash-loop (not Ready, a container restarted
+    :data:`CRASH_LOOP_RESTARTS` times)."""
 
     replicas: int = 0
     ready: int = 0
     pending: int = 0
     desired: int | None = None
+    crashing: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,12 @@ def advance(
             return _rolling_back(switch, now, backoff_s=0.0, why=f"{b} was removed from the spec")
         if new.ready >= switch.target_replicas:
             return _draining(switch, f"{new.ready}/{switch.target_replicas} {b} replicas are Ready")
+        if new.crashing > 0 and new.ready == 0:
+            why = (
+                f"{new.crashing} {b} pod(s) crash-loop (restarted {CRASH_LOOP_RESTARTS}+ times without "
+                f"getting Ready) and none is Ready, {elapsed:.0f}s into the switch"
+            )
+            return _rolling_back(switch, now, backoff_s=backoff_s, why=why)
         if elapsed > timeout_s and budget is not None and new.ready > 0:
             # A rolling switch hands GPUs over one cold start at a time: replicas that got Ready
             # prove the variant works, and rolling back would drop them with the old variant

@@ -20,10 +20,10 @@ tick never raises: a failure is logged and the next period tries again.
 Status is written only when a field changed: the last decision keeps its timestamp while the
 policy says the same thing, so an idle GRMDeployment costs no writes.
 
-With kopf peering (HA replicas) a standby never receives watch events, so its store stays empty
-and the schedule has nothing to tick (tests/integration/grm_operator/test_operator_peering.py).
-Limitation: a replica that worked and is later paused by a higher-priority peer keeps its store, and this
-schedule (unlike kopf's handlers) is not paused with it.
+With HA replicas only the holder of the leader-election Lease runs kopf and so this schedule; a
+standby has no store and no schedule, and a leader that loses the Lease exits, taking its store
+with it (:mod:`grm_operator.handlers.leadership`,
+tests/integration/grm_operator/test_operator_leader_election.py).
 
 One concept in one module (the autoscaler's tick: read pods and metrics, decide, actuate,
 write status), kept whole because each step hands its results to the next within one tick.
@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -48,6 +49,7 @@ from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
 from grm_operator.metrics import (
@@ -81,6 +83,10 @@ class PodView:
     ready: bool
     pending: bool
     ip: str | None
+    #: When a pending pod became unscheduled (epoch seconds), None when not pending or unknown.
+    pending_since: float | None = None
+    #: Not Ready, and a container (init containers included) restarted CRASH_LOOP_RESTARTS times.
+    crashing: bool = False
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView | None:
@@ -91,16 +97,40 @@ def pod_view(body: Mapping[str, Any]) -> PodView | None:
     if not variant or meta.get("deletionTimestamp"):
         return None
     status = body.get("status") or {}
-    conditions = {str(c.get("type")): c.get("status") for c in status.get("conditions") or []}
+    by_type = {str(c.get("type")): c for c in status.get("conditions") or []}
+    conditions = {kind: c.get("status") for kind, c in by_type.items()}
+    # Pending and not scheduled: no node (no free GPU) took it, yet (a node autoscaler may be
+    # bringing one: the policy's spec.scaling.pendingGrace counts from ``pending_since``).
+    pending = status.get("phase", "Pending") == "Pending" and conditions.get("PodScheduled") != "True"
+    since: float | None = None
+    if pending:
+        # The scheduler's PodScheduled=False transition, else (not yet tried) the pod's creation.
+        stamp = (by_type.get("PodScheduled") or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
+        since = _epoch(stamp)
+    ready = status.get("phase") == "Running" and conditions.get("Ready") == "True"
+    containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    restarts = max((int(c.get("restartCount") or 0) for c in containers), default=0)
     return PodView(
         namespace=str(meta.get("namespace")),
         name=str(meta.get("name")),
         variant=str(variant),
-        ready=status.get("phase") == "Running" and conditions.get("Ready") == "True",
-        # Pending and not scheduled: no node (no free GPU) took it.
-        pending=status.get("phase", "Pending") == "Pending" and conditions.get("PodScheduled") != "True",
+        ready=ready,
+        pending=pending,
         ip=status.get("podIP"),
+        pending_since=since,
+        crashing=not ready and restarts >= CRASH_LOOP_RESTARTS,
     )
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An RFC 3339 timestamp as the API server writes it (``2026-01-02T03:04:05Z``) in epoch
+    seconds; None when absent or unreadable (the policy then treats the pod as long pending)."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class Autoscaler:
@@ -206,7 +236,11 @@ class Autoscaler:
         uid = str(grmd.metadata.uid)
         pods = list(self.pods.get(key, {}).values())
         deployments = {
-            variant: replace(d, pending=sum(1 for p in pods if p.variant == variant and p.pending))
+            variant: replace(
+                d,
+                pending=sum(1 for p in pods if p.variant == variant and p.pending),
+                crashing=sum(1 for p in pods if p.variant == variant and p.crashing),
+            )
             for variant, d in self._deployments(key, uid).items()
         }
         target = MetricsTarget(
@@ -230,6 +264,11 @@ class Autoscaler:
             v.name: PodCounts(
                 ready=sum(1 for p in pods if p.variant == v.name and p.ready),
                 pending=sum(1 for p in pods if p.variant == v.name and p.pending),
+                pending_since=tuple(
+                    p.pending_since
+                    for p in pods
+                    if p.variant == v.name and p.pending and p.pending_since is not None
+                ),
             )
             for v in spec.variants
         }

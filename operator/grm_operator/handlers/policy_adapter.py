@@ -21,10 +21,12 @@ from grm_operator.policy.types import Observation, PolicyState
 
 @dataclass(frozen=True)
 class PodCounts:
-    """Worker pods of one variant: Ready, and Pending because no node could take them."""
+    """Worker pods of one variant: Ready, and Pending because no node took them yet, with when
+    each of those became unscheduled (epoch seconds; fewer times than ``pending``: since unknown)."""
 
     ready: int
     pending: int
+    pending_since: tuple[float, ...] = ()
 
 
 def decide_intent(
@@ -50,6 +52,7 @@ def decide_intent(
         pending={name: c.pending for name, c in pods.items()},
         desired={name: d.desired for name, d in deployments.items()},
         metrics_error=metrics_error,
+        pending_since={name: c.pending_since for name, c in pods.items() if c.pending_since},
     )
     state = PolicyState.from_dict(status.get("policyState"))
     decision, new_state = decide(observation, state, spec, now)

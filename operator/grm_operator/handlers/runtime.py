@@ -13,16 +13,19 @@ login handler, so kopf never guesses) and the operator's :class:`~grm_operator.k
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import kopf
+from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from grm_operator.handlers import autoscale, fleetmetrics, reconcile
 from grm_operator.handlers.context import OperatorContext
+from grm_operator.handlers.leadership import LeaderElector, LeaseTiming, unique_identity
 from grm_operator.handlers.reconcile import Reconciler
 from grm_operator.kubeapi import Connection, KubeClient
 from grm_operator.settings import OperatorSettings, SettingsError
@@ -77,10 +80,9 @@ def to_connection(info: Any) -> Connection:
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     """kopf's settings for our operator."""
     ks = kopf.OperatorSettings()
-    ks.peering.standalone = settings.standalone
-    if settings.peering_name:
-        ks.peering.name = settings.peering_name
-        ks.peering.priority = settings.priority
+    # kopf's own peering stays off: HA replicas elect a leader through a Lease instead
+    # (handlers/leadership.py), and only the leader runs kopf at all.
+    ks.peering.standalone = True
     # We post our own Events (one per condition transition); kopf's per-log-line Events would be
     # extra writes on every handler run.
     ks.posting.enabled = False
@@ -145,22 +147,121 @@ def run(settings: OperatorSettings) -> None:
         f"http://{settings.health_host}:{settings.health_port}/healthz" if settings.health_port else None
     )
     log.info(
-        "starting grm-operator: namespaces=%s peering=%s liveness=%s metrics_port=%s",
+        "starting grm-operator: namespaces=%s leader_election=%s liveness=%s metrics_port=%s",
         ",".join(settings.namespaces) or "*",
-        settings.peering_name or "standalone",
+        settings.leader_election_lease or "off",
         liveness,
         settings.metrics_port,
     )
+    if settings.leader_election_lease:
+        asyncio.run(_run_elected(settings, kopf_registry, ks, _ctx, liveness))
+        return
     kopf.run(
         registry=kopf_registry,
         settings=ks,
-        standalone=settings.standalone,
-        peering_name=settings.peering_name,
-        priority=settings.priority,
+        standalone=True,
         liveness_endpoint=liveness,
         clusterwide=settings.clusterwide,
         namespaces=list(settings.namespaces),
     )
+
+
+# Exit status of a replica that lost its leadership (client-go's managers exit too): the kubelet
+# restarts it as a fresh candidate with an empty cache.
+LEADERSHIP_LOST_EXIT = 3
+
+
+def elector_for(settings: OperatorSettings, ctx: OperatorContext) -> LeaderElector:
+    """The Lease elector of this process, on a client of its own (so it never shares a session
+    with kopf's loop) that reports to the same API metrics."""
+    client = KubeClient(
+        to_connection(ctx.connection_info),
+        field_manager=settings.field_manager,
+        timeout_s=settings.request_timeout_s,
+        observer=ctx.metrics.observe_request,
+    )
+    namespace = settings.leader_election_namespace or ctx.connection_info.default_namespace or "default"
+    return LeaderElector(
+        client,
+        namespace,
+        str(settings.leader_election_lease),
+        unique_identity(settings.leader_election_identity),
+        LeaseTiming(
+            duration_s=settings.lease_duration_s,
+            renew_deadline_s=settings.lease_renew_deadline_s,
+            retry_period_s=settings.lease_retry_period_s,
+        ),
+    )
+
+
+async def _standby_liveness(settings: OperatorSettings) -> web.AppRunner | None:
+    """/healthz while waiting for the Lease (kopf's own endpoint starts with kopf, on the same
+    port): a standby is alive, and its liveness probe must not restart it in a loop."""
+    if not settings.health_port:
+        return None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"leader": False})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.health_host, settings.health_port).start()
+    return runner
+
+
+async def _run_elected(
+    settings: OperatorSettings,
+    kopf_registry: kopf.OperatorRegistry,
+    ks: kopf.OperatorSettings,
+    ctx: OperatorContext,
+    liveness: str | None,
+) -> None:
+    """Wait for the Lease, run kopf while holding it, exit at once when it is lost.
+
+    A standby starts nothing of kopf (no watch, no cache, no handler, no autoscaler), so it cannot
+    act. A leader that loses the Lease exits the process (status :data:`LEADERSHIP_LOST_EXIT`)
+    rather than stopping kopf gracefully: a graceful stop lets handlers finish on a cache that is
+    no longer the truth, and exiting drops every cache with certainty. It has stopped before
+    the Lease can pass to another replica (renew deadline < lease duration)."""
+    elector = elector_for(settings, ctx)
+    log.info("waiting for Lease %s/%s as %s", elector.namespace, elector.name, elector.identity)
+    ctx.metrics.leader.set(0)
+    standby = await _standby_liveness(settings)
+    try:
+        await elector.acquire()
+    finally:
+        if standby is not None:
+            await standby.cleanup()
+    ctx.metrics.leader.set(1)
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=kopf_registry,
+            settings=ks,
+            standalone=True,
+            liveness_endpoint=liveness,
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+        ),
+        name="kopf",
+    )
+    holding = asyncio.create_task(elector.hold(), name="lease-renewal")
+    await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
+    if holding.done():
+        log.error(
+            "lost the leadership of Lease %s/%s: exiting so that nothing acts on this replica's cache",
+            elector.namespace,
+            elector.name,
+        )
+        logging.shutdown()
+        os._exit(LEADERSHIP_LOST_EXIT)
+    holding.cancel()
+    await asyncio.gather(holding, return_exceptions=True)
+    await elector.release()
+    await elector.kube.close()
+    ctx.metrics.leader.set(0)
+    operator.result()  # re-raise what stopped kopf, if it failed
 
 
 # --- the `grm-operator run` subcommand ---------------------------------------------------------
@@ -171,8 +272,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", action="append", dest="namespaces", help="watch this namespace (repeat)"
     )
-    parser.add_argument("--peering", dest="peering_name", help="kopf peering name (HA); unset: standalone")
-    parser.add_argument("--priority", type=int, help="peering priority of this replica")
+    parser.add_argument(
+        "--leader-election-lease",
+        dest="leader_election_lease",
+        help="name of the Lease HA replicas elect a leader with; unset: no election (one replica)",
+    )
     parser.add_argument("--worker-image", help="default worker image")
     parser.add_argument("--prometheus-url", help="default Prometheus URL")
     parser.add_argument("--health-port", type=int, help="liveness endpoint port (0: off)")
@@ -185,8 +289,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     overrides = {
         name: getattr(args, name, None)
         for name in (
-            "peering_name",
-            "priority",
+            "leader_election_lease",
             "worker_image",
             "prometheus_url",
             "health_port",

@@ -21,7 +21,9 @@ simulator and the tests drive the very same code. One tick:
    per variant, and decay toward their priors without fresh evidence (half-lives 15 / 2 min).
 4. **Capacity per operating point** (variant × sample budget, best quality first) from the
    corrected model (:mod:`.capacity`); replicas needed = ⌈λ₁·k ÷ capacity⌉. GPU budget:
-   maxGPUs, or only the GPUs already scheduled when pods of the active variant are Pending.
+   maxGPUs, or only the GPUs already scheduled when pods of the active variant have been Pending
+   for ``spec.scaling.pendingGrace`` (default 5 min: a node autoscaler's GPU node is still coming
+   before that; docs/policy.md §3).
 5. **The quality ladder.** The best admissible point whose need fits the budget wins. Stepping
    down happens at once (after a switch, not before min(cooldown, 2 min)); stepping up only when
    the better point fits the peak demand of the scale-down stabilisation window with 25 % margin
@@ -461,9 +463,11 @@ def decide(
 
     # --- the GPU budget and each operating point ---------------------------------------------------
     gpu_budget = spec.max_gpus()
-    if pending > 0 and not manual:
-        # Pods that stay unscheduled mean the cluster has no GPU left: only what runs counts.
-        gpu_budget = min(gpu_budget, (current - pending) * active_v.gpus_per_replica)
+    unschedulable = obs.unschedulable(active, now, parse_duration(spec.scaling.pending_grace))
+    if unschedulable > 0 and not manual:
+        # Pods unscheduled for longer than the grace mean the cluster has no GPU left: only what
+        # runs (and what is still within its grace, a node on its way) counts.
+        gpu_budget = min(gpu_budget, (current - unschedulable) * active_v.gpus_per_replica)
     saturated = _saturated_throughput(obs, active, ready)
     assessments: list[_Assessment] = []
     for point in operating_points(spec, pinned):

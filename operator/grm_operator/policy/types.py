@@ -1,9 +1,9 @@
 """What the policy sees, remembers and decides.
 
 * :class:`Observation` — one control tick's view: a metrics window (:class:`Signals` in total and
-  per variant, as both metrics sources produce them), the pods per variant (ready, pending =
-  not scheduled, i.e. no GPU left), the Deployments' desired replicas, the active variant and the
-  sample budget in force.
+  per variant, as both metrics sources produce them), the pods per variant (ready, pending = not
+  scheduled, and since when: past ``spec.scaling.pendingGrace`` that means no GPU left), the
+  Deployments' desired replicas, the active variant and the sample budget in force.
 * :class:`PolicyState` — everything the policy must remember between ticks (recommendation
   windows, demand history, online correction factors, switch times). It round-trips through the
   JSON dict stored in ``status.policyState``, so a restarted operator continues where it left off.
@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
@@ -112,6 +112,16 @@ class Observation:
     pending: Mapping[str, int] = field(default_factory=dict)
     desired: Mapping[str, int] = field(default_factory=dict)
     metrics_error: str | None = None
+    #: Per variant: when each of its Pending pods became unscheduled (epoch seconds: the
+    #: PodScheduled=False condition's lastTransitionTime, else the pod's creation). A pending pod
+    #: without a time here counts as unscheduled for longer than any grace.
+    pending_since: Mapping[str, Sequence[float]] = field(default_factory=dict)
+
+    def unschedulable(self, variant: str, now: float, grace_s: float) -> int:
+        """Pending pods of ``variant`` unscheduled for at least ``grace_s`` (or since unknown)."""
+        since = self.pending_since.get(variant, ())
+        young = sum(1 for t in since if now - t < grace_s)
+        return max(0, self.pending.get(variant, 0) - young)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ class OperatorMetrics:
         self.queue_depth = Gauge(
             "grm_operator_queue_depth", "GRMDeployments waiting for or in a reconcile.", registry=registry
         )
+        self.leader = Gauge(
+            "grm_operator_leader",
+            "1 while this replica holds the leader-election Lease and acts, 0 while it waits "
+            "(absent without leader election).",
+            registry=registry,
+        )
         self.managed = Gauge(
             "grm_operator_grmdeployments", "GRMDeployments the operator currently knows.", registry=registry
         )

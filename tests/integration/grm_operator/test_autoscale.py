@@ -42,7 +42,9 @@ class Cluster:
     def __init__(self, plane: ControlPlane, workdir: Path) -> None:
         self.plane = plane
         self.workdir = workdir
-        self.namespaces = {k: f"as-{k}-{uuid.uuid4().hex[:6]}" for k in ("scale", "restart", "rollback")}
+        self.namespaces = {
+            k: f"as-{k}-{uuid.uuid4().hex[:6]}" for k in ("scale", "restart", "rollback", "crashloop")
+        }
         self.workers: dict[tuple[str, str], FakeWorker] = {}
         endpoints: dict[str, str] = {}
         admin_endpoints: dict[str, str] = {}
@@ -145,8 +147,9 @@ class Cluster:
 
         self.put_status(path, status)  # type: ignore[arg-type]
 
-    def pod(self, ns: str, variant: str, name: str, ip: str, ready: bool = True) -> None:
-        """Play the kubelet: a worker pod of ``variant``, Running and Ready on ``ip``."""
+    def pod(self, ns: str, variant: str, name: str, ip: str, ready: bool = True, restarts: int = 0) -> None:
+        """Play the kubelet: a worker pod of ``variant``, Running and Ready on ``ip`` (its
+        container restarted ``restarts`` times)."""
         # The labels of the operator's pod template (the operator watches managed-by pods only).
         labels = {
             "app.kubernetes.io/name": "grm-worker",
@@ -171,6 +174,18 @@ class Cluster:
                 "conditions": [
                     {"type": "PodScheduled", "status": "True"},
                     {"type": "Ready", "status": cond},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": "grm-worker:test",
+                        "imageID": "",
+                        "ready": ready,
+                        "restartCount": restarts,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}}
+                        if restarts and not ready
+                        else {"running": {}},
+                    }
                 ],
             },
         )
@@ -336,3 +351,20 @@ def test_a_switch_that_never_gets_ready_rolls_back_and_marks_the_variant(cluster
     assert events["SwitchRolledBack"] == [
         "Switch bf16 → fp8 rolled back: fp8 has no pods left, bf16 keeps serving"
     ]
+
+
+def test_a_switch_whose_pods_crash_loop_rolls_back_long_before_the_timeout(cluster: Cluster) -> None:
+    """fp8's pod restarts again and again (vLLM refusing its dtype): with a 10-minute switch
+    timeout the switch still rolls back within seconds of the second restart."""
+    ns = cluster.namespaces["crashloop"]
+    _idle_grmd(cluster, ns, rollout={"switchTimeout": "10m", "unhealthyBackoff": "30m"})
+    _inject_switch(cluster, ns)
+    cluster.wait(lambda: cluster.replicas(ns, "fp8") == 1, "fp8 surged to 1 replica")
+    cluster.deployment_ready(ns, "fp8", ready=0)
+    cluster.pod(ns, "fp8", PODS["fp8"][0], "10.244.1.3", ready=False, restarts=2)
+    cluster.wait(lambda: cluster.replicas(ns, "fp8") == 0, "fp8 scaled back to 0 (crash loop)")
+    st = cluster.status(ns)
+    assert st["activeVariant"] == "bf16" and st["switch"]["phase"] == "RollingBack"
+    assert "unhealthyUntil" in next(v for v in st["variants"] if v["name"] == "fp8")
+    events = cluster.events(ns)
+    assert any("1 fp8 pod(s) crash-loop" in m for m in events["SwitchRollingBack"]), events

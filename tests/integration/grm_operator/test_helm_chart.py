@@ -169,19 +169,19 @@ def test_install_clusterwide_ha_then_uninstall(control_plane: ControlPlane) -> N
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
-        "ClusterKopfPeering",
+        "Role",
+        "RoleBinding",
     } <= kinds
     assert_present(control_plane, docs, ns, present=True)
-    for crd in ("grmdeployments.grm.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
-        kubectl(control_plane, "get", "crd", crd)
+    kubectl(control_plane, "get", "crd", "grmdeployments.grm.dev")
 
     sa = f"system:serviceaccount:{ns}:{release}-grm-operator"
-    # A cluster-wide operator peers through a ClusterKopfPeering only: no namespaced KopfPeerings.
-    code = triples(r.to_manifest() for r in rbac.rules(peering=True)) - {
-        ("kopf.dev", "kopfpeerings", verb) for verb in VERBS
-    }
-    check_exact(control_plane, sa, code, _resources(rbac.rules(peering=True), False) + FOREIGN, workload_ns)
-    check_exact(control_plane, sa, code, _resources(rbac.rules(peering=True), True), None)
+    code = triples(r.to_manifest() for r in rbac.OPERATOR_RULES)
+    lease = triples(r.to_manifest() for r in rbac.LEADER_ELECTION_RULES)
+    everything = _resources(rbac.rules(), False) + FOREIGN
+    check_exact(control_plane, sa, code, everything, workload_ns)  # no Leases there
+    check_exact(control_plane, sa, code | lease, everything, ns)  # the Lease in its own namespace
+    check_exact(control_plane, sa, code, _resources(rbac.rules(), True), None)
 
     helm(control_plane, "uninstall", release, "--namespace", ns)
     assert_present(control_plane, docs, ns, present=False)
@@ -209,14 +209,18 @@ def test_install_namespaced_grants_nothing_elsewhere(control_plane: ControlPlane
     assert {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"].startswith("Role")} == {
         ("Role", watched),
         ("RoleBinding", watched),
+        ("Role", ns),  # leader election's Lease, in the operator's namespace
+        ("RoleBinding", ns),
     }
     assert_present(control_plane, docs, ns, present=True)
 
     sa = f"system:serviceaccount:{ns}:{release}-grm-operator"
     code = triples(r.to_manifest() for r in rbac.OPERATOR_RULES)
-    namespaced = _resources(rbac.OPERATOR_RULES, False)
+    lease = triples(r.to_manifest() for r in rbac.LEADER_ELECTION_RULES)
+    namespaced = _resources(rbac.rules(), False)
     check_exact(control_plane, sa, code, namespaced + FOREIGN, watched)
     check_exact(control_plane, sa, set(), namespaced, other)
+    check_exact(control_plane, sa, lease, namespaced, ns)
     check_exact(control_plane, sa, code, _resources(rbac.OPERATOR_RULES, True), None)
 
     helm(control_plane, "uninstall", release, "--namespace", ns)

@@ -12,7 +12,7 @@ from grm_operator.settings import DEFAULT_WORKER_IMAGE, OperatorSettings, Settin
 
 def test_defaults() -> None:
     s = OperatorSettings.from_env({})
-    assert s.clusterwide and s.standalone
+    assert s.clusterwide and s.leader_election_lease is None
     assert s.worker_image == DEFAULT_WORKER_IMAGE
     assert (s.health_port, s.metrics_port) == (8080, 9090)
 
@@ -21,8 +21,8 @@ def test_environment_values_are_parsed() -> None:
     s = OperatorSettings.from_env(
         {
             "GRM_NAMESPACES": "rl, serving ,",
-            "GRM_PEERING_NAME": "grm",
-            "GRM_PRIORITY": "100",
+            "GRM_LEADER_ELECTION_LEASE": "grm",
+            "GRM_LEASE_DURATION_S": "30",
             "GRM_PODMONITOR_ENABLED": "false",
             "GRM_REQUEST_TIMEOUT_S": "2.5",
             "GRM_UNRELATED": "ignored",
@@ -31,7 +31,7 @@ def test_environment_values_are_parsed() -> None:
     )
     assert s.namespaces == ("rl", "serving")
     assert not s.clusterwide
-    assert (s.peering_name, s.priority, s.standalone) == ("grm", 100, False)
+    assert (s.leader_election_lease, s.lease_duration_s) == ("grm", 30.0)
     assert s.podmonitor_enabled is False
     assert s.request_timeout_s == 2.5
 
@@ -47,24 +47,29 @@ def test_flags_override_the_environment() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(
-        ["--namespace", "a", "--namespace", "b", "--peering", "ha", "--metrics-port", "0"]
+        ["--namespace", "a", "--namespace", "b", "--leader-election-lease", "ha", "--metrics-port", "0"]
     )
     s = settings_from_args(
         args, {"GRM_NAMESPACES": "x", "GRM_METRICS_PORT": "1234", "GRM_WORKER_IMAGE": "w:1"}
     )
-    assert (s.namespaces, s.peering_name, s.metrics_port, s.worker_image) == (("a", "b"), "ha", 0, "w:1")
+    assert (s.namespaces, s.leader_election_lease, s.metrics_port, s.worker_image) == (
+        ("a", "b"),
+        "ha",
+        0,
+        "w:1",
+    )
 
 
 def test_kopf_settings_follow_ours() -> None:
-    ks = kopf_settings(OperatorSettings(peering_name="grm", priority=7, watch_timeout_s=120))
-    assert (ks.peering.standalone, ks.peering.name, ks.peering.priority) == (False, "grm", 7)
+    ks = kopf_settings(OperatorSettings(leader_election_lease="grm", watch_timeout_s=120))
+    # kopf's peering is never used: the Lease decides who runs kopf at all.
+    assert ks.peering.standalone is True
     assert ks.posting.enabled is False
     assert ks.watching.server_timeout == 120
     selectors = {str(k.any_name): v for k, v in ks.watching.label_selectors.items()}
     # Every child kind the reconciler watches is filtered server-side (other modules may add more).
     for plural in ("deployments", "configmaps", "services", "poddisruptionbudgets"):
         assert selectors[plural] == "app.kubernetes.io/managed-by=grm-operator"
-    assert kopf_settings(OperatorSettings()).peering.standalone is True
 
 
 def test_pod_monitor_labels_are_a_json_object_of_valid_labels() -> None:
@@ -89,3 +94,21 @@ def test_bad_pod_monitor_labels_name_their_variable(raw: str, message: str) -> N
     with pytest.raises(SettingsError, match="GRM_PODMONITOR_LABELS") as exc:
         OperatorSettings.from_env({"GRM_PODMONITOR_LABELS": raw})
     assert message in str(exc.value)
+
+
+def test_leader_election_settings_and_timing_order() -> None:
+    settings = OperatorSettings.from_env(
+        {"GRM_LEADER_ELECTION_LEASE": "grm-operator", "GRM_LEADER_ELECTION_NAMESPACE": "ops"}
+    )
+    assert (settings.leader_election_lease, settings.leader_election_namespace) == ("grm-operator", "ops")
+    # client-go's defaults.
+    assert (settings.lease_duration_s, settings.lease_renew_deadline_s, settings.lease_retry_period_s) == (
+        15.0,
+        10.0,
+        2.0,
+    )
+    # A renew deadline as long as the lease would let a new leader act before the old one stops.
+    with pytest.raises(SettingsError, match="GRM_LEASE_RENEW_DEADLINE_S < GRM_LEASE_DURATION_S"):
+        OperatorSettings.from_env({"GRM_LEASE_DURATION_S": "10", "GRM_LEASE_RENEW_DEADLINE_S": "10"})
+    with pytest.raises(SettingsError, match="GRM_LEADER_ELECTION_LEASE"):
+        OperatorSettings.from_env({"GRM_LEADER_ELECTION_LEASE": "Not A Name"})

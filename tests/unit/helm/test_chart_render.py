@@ -10,7 +10,6 @@ given; the generated chart files have not drifted from the code.
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -185,33 +184,43 @@ def test_users_roles_aggregate_into_admin_edit_and_view(rendered: dict[str, list
     assert not [r for r in by_kind(off, "ClusterRole") if _aggregated(dict(r))]
 
 
+def _lease_role(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    roles = [d for d in by_kind(docs, "Role") if d["metadata"]["name"].endswith("-leader-election")]
+    assert [r["metadata"]["namespace"] for r in roles] == ["grm-system"]  # the release namespace only
+    (binding,) = [
+        b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == roles[0]["metadata"]["name"]
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "grm-grm-operator", "namespace": "grm-system"}
+    ]
+    return triples(roles[0]["rules"])
+
+
+LEASE_GRANTS = triples(r.to_manifest() for r in rbac.LEADER_ELECTION_RULES)
+
+
 def test_clusterwide_rbac_is_exactly_the_code_rules(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["defaults"]
-    assert _granted(docs, "ClusterRole") == triples(r.to_manifest() for r in rbac.rules(peering=False))
-    assert not by_kind(docs, "Role")
-    ha = rendered["ha-clusterwide"]
-    expected = triples(r.to_manifest() for r in rbac.rules(peering=True)) - {
-        ("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
-    }
-    assert _granted(ha, "ClusterRole") == expected
+    for variation in ("defaults", "ha-clusterwide"):
+        docs = rendered[variation]
+        assert _granted(docs, "ClusterRole") == triples(r.to_manifest() for r in rbac.OPERATOR_RULES)
+        # Leases only in the operator's namespace, never cluster-wide.
+        assert _lease_role(docs) == LEASE_GRANTS
+        assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == ["grm-grm-operator-leader-election"]
 
 
 def test_namespaced_rbac_grants_only_cluster_scoped_reads_cluster_wide(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    code = triples(r.to_manifest() for r in rbac.rules(peering=True))
+    code = triples(r.to_manifest() for r in rbac.OPERATOR_RULES)
     cluster = {t for t in code if t[1] in chartgen.CLUSTER_SCOPED}
     namespaced = {t for t in code if t[1] not in chartgen.CLUSTER_SCOPED}
     docs = rendered["ha-namespaced"]
-    assert _granted(docs, "ClusterRole") == cluster - {
-        ("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")
-    }
+    assert _granted(docs, "ClusterRole") == cluster
     assert _granted(docs, "Role", "rl") == namespaced
+    assert _lease_role(docs) == LEASE_GRANTS
     plain = rendered["namespaced"]
     for ns in ("rl", "eval"):
-        assert _granted(plain, "Role", ns) == namespaced - {
-            ("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")
-        }
+        assert _granted(plain, "Role", ns) == namespaced
         (binding,) = [b for b in by_kind(plain, "RoleBinding") if b["metadata"]["namespace"] == ns]
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "grm-grm-operator", "namespace": "grm-system"}
@@ -231,9 +240,9 @@ def test_generated_chart_files_match_the_code() -> None:
     assert chartgen.drift(REPO) == [], "run `make crd` (python -m hack.chartgen)"
 
 
-def test_chart_crds_are_the_repo_crds_plus_kopf_peering() -> None:
+def test_chart_crds_are_the_repo_crds() -> None:
     names = {p.name for p in (CHART / "crds").iterdir()}
-    assert names == {p.name for p in (REPO / "crds").glob("*.yaml")} | {chartgen.PEERING_CRD_FILE}
+    assert names == {p.name for p in (REPO / "crds").glob("*.yaml")}
     for path in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / path.name).read_text() == path.read_text()
 
@@ -251,15 +260,7 @@ def test_managed_crds_are_the_chart_crds_kept_on_uninstall() -> None:
         for d in yaml.safe_load_all(path.read_text())
         if d
     }
-    assert (
-        set(managed)
-        == set(shipped)
-        == {
-            "grmdeployments.grm.dev",
-            "clusterkopfpeerings.kopf.dev",
-            "kopfpeerings.kopf.dev",
-        }
-    )
+    assert set(managed) == set(shipped) == {"grmdeployments.grm.dev"}
     for name, crd in managed.items():
         annotations = crd["metadata"].pop("annotations")
         assert annotations == {"helm.sh/resource-policy": "keep"}, name
@@ -272,7 +273,7 @@ def test_managed_crds_template_prints_braces_literally() -> None:
     assert '{{ "{{" }} and }}' in template
 
 
-# --- Deployment: settings, peering, hardening ---------------------------------------------------
+# --- Deployment: settings, leader election, hardening ---------------------------------------------------
 
 
 def test_env_is_the_operators_settings() -> None:
@@ -298,43 +299,45 @@ def test_env_is_the_operators_settings() -> None:
     assert settings.podmonitor_enabled is False
     assert settings.log_level == "WARNING"
     assert (settings.health_port, settings.metrics_port) == (8181, 9191)
-    assert settings.standalone
+    assert (settings.leader_election_lease, settings.leader_election_namespace) == (
+        "grm-grm-operator",
+        "grm-system",
+    )
 
 
 def test_defaults_match_the_operators_defaults() -> None:
     settings = OperatorSettings.from_env(_env(render()))
     assert settings.worker_image == DEFAULT_WORKER_IMAGE
-    assert settings.clusterwide and settings.standalone
-    assert settings == OperatorSettings()
+    assert settings.clusterwide
+    # The only settings the chart sets away from the defaults: the Lease (its identity, the pod
+    # name, comes from the downward API).
+    assert settings == OperatorSettings(
+        leader_election_lease="grm-grm-operator", leader_election_namespace="grm-system"
+    )
 
 
-def test_single_replica_is_standalone_and_never_overlaps(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["defaults"]
-    (deployment,) = by_kind(docs, "Deployment")
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == ["grm-operator", "run"]
-    assert "GRM_PEERING_NAME" not in _env(docs)
-    assert not by_kind(docs, "ClusterKopfPeering") and not by_kind(docs, "KopfPeering")
-
-
-def test_replicas_use_peering_with_distinct_priorities(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["ha-clusterwide"]
-    (deployment,) = by_kind(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 3
-    (peering,) = by_kind(docs, "ClusterKopfPeering")
-    assert _env(docs)["GRM_PEERING_NAME"] == peering["metadata"]["name"]
-    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:2] == ["/bin/sh", "-c"] and "--priority" in command[2] and "/dev/urandom" in command[2]
-    namespaced = rendered["ha-namespaced"]
-    assert [(p["kind"], p["metadata"]["namespace"]) for p in by_kind(namespaced, "KopfPeering")] == [
-        ("KopfPeering", "rl")
-    ]
-    assert not by_kind(namespaced, "ClusterKopfPeering")
-
-
-def test_peering_crds_are_shipped() -> None:
-    crds = [d for d in render(include_crds=True) if d["kind"] == "CustomResourceDefinition"]
-    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= {c["metadata"]["name"] for c in crds}
+def test_every_replica_is_a_lease_candidate_so_pods_may_overlap(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for variation, replicas in (("defaults", 1), ("ha-clusterwide", 3), ("ha-namespaced", 2)):
+        docs = rendered[variation]
+        (deployment,) = by_kind(docs, "Deployment")
+        assert deployment["spec"]["replicas"] == replicas
+        # Only the Lease holder acts, so a rolling update may run old and new pods side by side.
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["grm-operator", "run"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["GRM_LEADER_ELECTION_LEASE"]["value"] == "grm-grm-operator"
+        assert env["GRM_LEADER_ELECTION_NAMESPACE"]["value"] == "grm-system"
+        assert env["GRM_LEADER_ELECTION_IDENTITY"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.name"}
+        }
+        assert not any("kopf.dev" in d["apiVersion"] for d in docs)
+        assert not any("Kopf" in str(d["metadata"].get("name")) for d in docs)
 
 
 def test_operator_pod_is_hardened(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -388,23 +391,6 @@ def test_monitoring_objects_only_where_the_prometheus_operator_is_served() -> No
 def test_notes_render() -> None:
     out = run_helm("install", "grm", str(CHART), "--dry-run=client", "--namespace", "ops").stdout
     assert "kubectl get grmd -A -w" in out and "kubectl -n ops get pods" in out
-
-
-def test_peering_priority_command_runs_in_a_posix_shell(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    # The rendered command, with the operator replaced by echo, under /bin/sh (dash on Debian,
-    # as in the python:slim operator image): it passes an integer priority in [0, 2^31 - 1).
-    (deployment,) = by_kind(rendered["ha-clusterwide"], "Deployment")
-    shell, flag, script = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert script.startswith("exec grm-operator run ")
-    out = subprocess.run(
-        [shell, flag, script.replace("exec grm-operator", "exec echo", 1)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    ).stdout.split()
-    assert out[:2] == ["run", "--priority"] and len(out) == 3
-    assert 0 <= int(out[2]) < 2**31 - 1
 
 
 def test_pod_monitor_labels_reach_the_operator() -> None:

@@ -197,6 +197,23 @@ def test_a_timed_out_switch_rolls_back_and_marks_the_variant_unhealthy() -> None
     assert warning and warning[0].type == "Warning" and "0/2 fp8 replicas became Ready" in warning[0].message
 
 
+def test_a_crash_looping_switch_rolls_back_before_the_timeout_with_a_warning() -> None:
+    surging = {
+        "from": "bf16",
+        "to": "fp8",
+        "started": to_rfc3339(NOW - 120),
+        "targetReplicas": 2,
+        "phase": "Surging",
+    }
+    status = {"activeVariant": "bf16", "switch": surging, "variants": [{"name": "bf16"}, {"name": "fp8"}]}
+    crashing = {"bf16": VariantDeployment(2, 2, 2), "fp8": VariantDeployment(2, 2, 0, crashing=2)}
+    p = run(spec(), None, status=status, deployments=crashing)
+    assert p.scale == {"fp8": 0} and p.active == "bf16" and p.status["switch"]["phase"] == "RollingBack"
+    assert p.status["variants"][1] == {"name": "fp8", "unhealthyUntil": to_rfc3339(NOW + 1800)}
+    warning = [e for e in p.events if e.reason == "SwitchRollingBack"]
+    assert warning and warning[0].type == "Warning" and "2 fp8 pod(s) crash-loop" in warning[0].message
+
+
 def test_conditions_read_as_sentences_and_keep_their_transition_time() -> None:
     p = run(spec(), Intent("ScaleUp", "x", replicas=4), observed=SLOW)
     conds = {c["type"]: c for c in p.status["conditions"]}

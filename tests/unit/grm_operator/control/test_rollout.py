@@ -201,3 +201,24 @@ def test_a_rolling_switch_past_its_timeout_finishes_with_the_ready_replicas() ->
     assert "6/16 fp8 replicas Ready" in late.message
     failed = roll(s, T0 + TIMEOUT + 1, budget, bf16=Observed(6, 6, desired=6), fp8=Observed(4, 0))
     assert failed.switch is not None and failed.switch.phase == "RollingBack"
+
+
+def test_a_new_variant_that_crash_loops_rolls_back_at_once_not_after_the_timeout() -> None:
+    """int4 pods that vLLM refuses (a dtype the architecture rejects) restart again and again: the
+    switch rolls back as soon as one crash-loops with none Ready, a rolling one included, instead
+    of holding the GPUs it took until the 600 s timeout."""
+    s = start("bf16", "int4", 2, T0, "why").switch
+    assert s is not None
+    # One restart is not yet a crash loop; a Ready pod proves the variant can start.
+    assert step(s, T0 + 40, bf16=Observed(2, 2), int4=Observed(2, 0)).switch == s
+    assert step(s, T0 + 90, bf16=Observed(2, 2), int4=Observed(2, 1, crashing=1)).switch == s
+    back = step(s, T0 + 90, bf16=Observed(2, 2), int4=Observed(2, 0, crashing=1))
+    assert back.switch is not None and back.switch.phase == "RollingBack"
+    assert back.replicas == {"int4": 0} and back.active == "bf16"
+    assert back.unhealthy == {"int4": T0 + 90 + BACKOFF}
+    assert "1 int4 pod(s) crash-loop" in back.message and "90s into the switch" in back.message
+    budget = GPUBudget(4, old_gpus=2, new_gpus=1)
+    rolling = start("bf16", "int4", 4, T0, "why", surge=1).switch
+    assert rolling is not None
+    crashed = roll(rolling, T0 + 90, budget, bf16=Observed(1, 1, desired=1), int4=Observed(2, 0, crashing=2))
+    assert crashed.switch is not None and crashed.switch.phase == "RollingBack"

@@ -37,3 +37,41 @@ def test_pods_without_a_variant_or_being_deleted_are_ignored() -> None:
     deleting = pod("a", phase="Running")
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert pod_view(deleting) is None
+
+
+def test_a_pending_pod_is_unscheduled_since_the_schedulers_verdict_else_its_creation() -> None:
+    # 2026-01-01T00:00:00Z is 1767225600 s after the epoch.
+    tried = pod(
+        "a",
+        phase="Pending",
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "lastTransitionTime": "2026-01-01T00:01:00Z"}
+        ],
+    )
+    tried["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    view = pod_view(tried)
+    assert view is not None and view.pending_since == 1767225600.0 + 60
+    untried = pod("b", phase="Pending")
+    untried["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    view = pod_view(untried)
+    assert view is not None and view.pending_since == 1767225600.0
+    # A scheduled pod has no pending time, and an unreadable stamp none either (long pending).
+    running = pod("c", phase="Running", conditions=[{"type": "PodScheduled", "status": "True"}])
+    assert (view := pod_view(running)) is not None and view.pending_since is None
+    odd = pod("d", phase="Pending")
+    odd["metadata"]["creationTimestamp"] = "yesterday"
+    assert (view := pod_view(odd)) is not None and view.pending and view.pending_since is None
+
+
+def test_a_pod_whose_container_restarted_twice_without_getting_ready_crash_loops() -> None:
+    def with_restarts(restarts: int, *, ready: bool = False, init: bool = False) -> dict[str, Any]:
+        statuses = [{"name": "worker", "restartCount": restarts}]
+        key = "initContainerStatuses" if init else "containerStatuses"
+        conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+        return pod("a", phase="Running" if not init else "Pending", conditions=conditions, **{key: statuses})
+
+    assert (view := pod_view(with_restarts(1))) is not None and not view.crashing  # one hiccup
+    assert (view := pod_view(with_restarts(2))) is not None and view.crashing
+    # Restarts long ago do not matter once the pod is Ready; a failing download init step does.
+    assert (view := pod_view(with_restarts(5, ready=True))) is not None and not view.crashing
+    assert (view := pod_view(with_restarts(3, init=True))) is not None and view.crashing
