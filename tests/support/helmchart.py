@@ -28,7 +28,7 @@ CHART = REPO / "helm" / "grm-operator"
 # The chart's kubeVersion floor and the newest Kubernetes the project targets (issue 8: 1.28–1.35).
 MIN_K8S, MAX_K8S = (1, 28), (1, 35)
 # Kinds whose schemas come from CRDs, not from Kubernetes' OpenAPI: kubernetes-validate has none.
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 # The Prometheus Operator's API: the chart renders its ServiceMonitor and PrometheusRule only
 # where the cluster serves it (.Capabilities.APIVersions).
