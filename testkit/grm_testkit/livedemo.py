@@ -110,7 +110,7 @@ def _line(sample: Sample, snap: Snapshot) -> str:
     return (
         f"t={sample.t:5.0f}s load {sample.offered_rps:4.1f} rps (done {sample.done_rps:4.1f}) | "
         f"{snap.replicas_text():<18} GPUs {sample.gpus} | client p95 {_fmt(sample.client_p95_s)} "
-        f"engine e2e p95 {_fmt(sim_p95)} | SLOMet={sample.slo_met} Metrics={sample.metrics}"
+        f"worker e2e p95 {_fmt(sim_p95)} | SLOMet={sample.slo_met} Metrics={sample.metrics}"
         + (f" | switch {snap.switch}" if snap.switch else "")
     )
 
