@@ -156,14 +156,24 @@ def run(settings: OperatorSettings) -> None:
     if settings.leader_election_lease:
         asyncio.run(_run_elected(settings, kopf_registry, ks, _ctx, liveness))
         return
-    kopf.run(
-        registry=kopf_registry,
-        settings=ks,
-        standalone=True,
-        liveness_endpoint=liveness,
-        clusterwide=settings.clusterwide,
-        namespaces=list(settings.namespaces),
-    )
+    kopf.run(**_kopf_arguments(settings, kopf_registry, ks, liveness))
+
+
+def _kopf_arguments(
+    settings: OperatorSettings,
+    registry: kopf.OperatorRegistry,
+    ks: kopf.OperatorSettings,
+    liveness: str | None,
+) -> dict[str, Any]:
+    """What kopf runs with, alone or once elected: the same registry, settings and scope."""
+    return {
+        "registry": registry,
+        "settings": ks,
+        "standalone": True,
+        "liveness_endpoint": liveness,
+        "clusterwide": settings.clusterwide,
+        "namespaces": list(settings.namespaces),
+    }
 
 
 # Exit status of a replica that lost its leadership (client-go's managers exit too): the kubelet
@@ -236,14 +246,7 @@ async def _run_elected(
             await standby.cleanup()
     ctx.metrics.leader.set(1)
     operator = asyncio.create_task(
-        kopf.operator(
-            registry=kopf_registry,
-            settings=ks,
-            standalone=True,
-            liveness_endpoint=liveness,
-            clusterwide=settings.clusterwide,
-            namespaces=list(settings.namespaces),
-        ),
+        kopf.operator(**_kopf_arguments(settings, kopf_registry, ks, liveness)),
         name="kopf",
     )
     holding = asyncio.create_task(elector.hold(), name="lease-renewal")
