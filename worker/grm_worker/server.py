@@ -32,6 +32,10 @@ and each request's quality stays ≥ the floor. The samples not drawn are counte
 ``grm_score_samples_shed_total``, which the operator adds to the demand it scales replicas for.
 An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never sheds.
 
+Shadow scoring (:mod:`grm_worker.shadow`): a fraction of answered score requests is re-scored by
+the reference variant in the background and the verdicts compared; a request carrying
+``X-GRM-Shadow`` is one such, answered here as the reference and not counted as demand.
+
 Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
 requests run to completion up to ``drain_timeout_s``, then the caller stops the engine.
 
@@ -55,6 +59,7 @@ from grm_worker.contract.shedding import QueueReading, queue_blocked, shed_sampl
 from grm_worker.engines.base import Engine, EngineError, EngineReply
 from grm_worker.front_metrics import FrontMetrics
 from grm_worker.scoring import ScoreRequest, score
+from grm_worker.shadow import SHADOW_HEADER, Shadow, busy_response
 
 __all__ = ["Front", "engine_app"]
 
@@ -138,6 +143,8 @@ class Front:
         app.router.add_get("/metrics", self._metrics)
         if config.scoring.shed_floor is not None:
             app.cleanup_ctx.append(self._polling_queue)
+        self.shadow = Shadow(config.shadow, config.variant, self.metrics.registry)
+        app.cleanup_ctx.append(self.shadow.running)
         self.app = app
         admin = web.Application()
         admin.router.add_route("*", "/admin/samples", self._admin_samples)
@@ -279,6 +286,8 @@ class Front:
         )
 
     async def _score(self, request: web.Request) -> web.StreamResponse:
+        if SHADOW_HEADER in request.headers:
+            return await self._shadow_score(request)
         started = time.monotonic()
         try:
             score_request = self._score_request(await _json_body(request))
@@ -309,6 +318,22 @@ class Front:
             m.early_exits.inc()
             m.samples_saved.inc(score_request.samples - result.samples_used)
         m.latency.observe(time.monotonic() - started)
+        self.shadow.offer(score_request, result)  # O(1), never awaits: the user is not delayed
+        return web.json_response(result.as_json())
+
+    async def _shadow_score(self, request: web.Request) -> web.StreamResponse:
+        """A score another variant's worker shadows here (this worker is its reference): never
+        shed, refused while the engine has a queue, counted apart from demand."""
+        if self.queue_waiting():
+            return busy_response()
+        score_request = self._score_request(await _json_body(request))
+        s = self.config.scoring
+
+        async def sampler(prompts: list[str], n: int) -> list[str]:
+            return await self.engine.sample(prompts, n, max_tokens=s.max_tokens, temperature=s.temperature)
+
+        result = await score(score_request, sampler)
+        self.shadow.served(result)
         return web.json_response(result.as_json())
 
     # --- health, metrics, admin ---------------------------------------------------------------------

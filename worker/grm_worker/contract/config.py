@@ -29,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "Precision",
     "ScoringConfig",
+    "ShadowConfig",
     "SimConfig",
     "VllmOptions",
     "WorkerConfig",
@@ -200,6 +201,57 @@ class ScoringConfig(_Section):
         return self
 
 
+class ShadowConfig(_Section):
+    """Quality watched while serving: a fraction of live score requests re-scored by the reference.
+
+    After the user's response is sent, a sampled score request is sent again, in the background,
+    to ``reference_url`` (the reference variant's Service); the two verdicts (which response wins)
+    are compared and counted in ``grm_shadow_verdicts_total`` / ``grm_shadow_agreements_total``,
+    which the operator reads to demote a variant whose live agreement falls below the floor.
+    While the reference does not answer, sampled requests wait in a bounded reservoir and are
+    replayed once it does. Shadow work never delays a user's request: a bounded queue (full:
+    dropped), a few concurrent shadow requests, a timeout each.
+    """
+
+    fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of successful score requests shadowed to the reference (0: none).",
+    )
+    reference_url: str | None = Field(
+        None,
+        description="Base URL of the reference variant's workers (its Service), e.g. "
+        "http://reward-reference.rl.svc:8000. None: no shadowing (this worker is the reference).",
+    )
+    timeout_s: float = Field(
+        120.0,
+        gt=0.0,
+        le=3600.0,
+        description="Seconds one shadow score may take on the reference before it is given up "
+        "(a reference under load takes its e2e latency, seconds to tens of seconds).",
+    )
+    concurrency: int = Field(
+        2, ge=1, le=64, description="Shadow score requests in flight to the reference at once."
+    )
+    queue_size: int = Field(
+        32, ge=1, le=4096, description="Sampled requests waiting to be shadowed; more are dropped."
+    )
+    reservoir_size: int = Field(
+        256,
+        ge=0,
+        le=65536,
+        description="Sampled requests kept (a uniform reservoir sample) while the reference does not "
+        "answer, replayed against it once it does; 0: none kept.",
+    )
+    probe_interval_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="Seconds between checks whether an unreachable reference answers again.",
+    )
+
+
 class SimConfig(_Section):
     """The simulated engine: vLLM's API and metrics, latency from :mod:`grm_worker.contract.perfmodel`."""
 
@@ -222,6 +274,14 @@ class SimConfig(_Section):
         description="Overrides of the precision's default PerformanceProfile fields (e.g. step_overhead_s).",
     )
     seed: int = Field(0, description="Seed of jitter and generated text.")
+    verdict_flip: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of GRM prompts (a stable draw per set of responses) this engine ranks "
+        "backwards: a broken variant whose verdicts disagree with a correct one's on about that "
+        "fraction of score requests (tests of the quality gate and of live agreement).",
+    )
     output_tokens: int = Field(
         300,
         ge=1,
@@ -258,6 +318,10 @@ class WorkerConfig(BaseModel):
     vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM engine options.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="GRM scoring front.")
     sim: SimConfig = Field(default_factory=SimConfig, description="Simulated engine settings.")
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig,
+        description="Live agreement with the reference variant (shadowed score requests).",
+    )
     host: str = Field("0.0.0.0", description="Address the front listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the front (OpenAI API, score, metrics).")
     admin_port: int | None = Field(

@@ -383,7 +383,12 @@ class SimEngine(Engine):
                 else hash((self.config.sim.seed, self._sample_counter))
             )
             tokens, reason = generate_tokens(
-                prompt, max_tokens, self.config.sim.output_tokens, sample_seed, plain_tokens=plain_tokens
+                prompt,
+                max_tokens,
+                self.config.sim.output_tokens,
+                sample_seed,
+                plain_tokens=plain_tokens,
+                verdict_flip=self.config.sim.verdict_flip,
             )
             tokens, stop_reason = cut_at_stop(tokens, stop)
             seq = _Seq(

@@ -6,6 +6,12 @@ The sim has no tokenizer: a prompt counts one token per 4 characters (English BP
 ``Scores: \\boxed{…}``; each response's score is a stable "quality" drawn from a hash of its text
 plus ±1 of per-sample noise, so voting converges on the same winner whatever the shuffle, the way
 a real reward model would, and truncated critiques (max_tokens too small) lose their scores.
+
+A broken variant (``sim.verdict_flip`` = f): on a fraction f of GRM prompts, chosen by a hash of
+their set of responses (so the same requests on every replica and every shuffle), the sim ranks
+the responses backwards (quality q → 12 − q). Its verdicts then disagree with a correct sim's on
+about f of the score requests whose responses differ in quality (the tests of live agreement
+and of the quality gate use it).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import re
 
 from grm_worker.scoring import SCORE_MAX, SCORE_MIN, count_responses
 
-__all__ = ["count_tokens", "cut_at_stop", "generate_tokens", "response_quality"]
+__all__ = ["count_tokens", "cut_at_stop", "generate_tokens", "response_quality", "verdict_flipped"]
 
 _WORDS = (
     "the", "response", "addresses", "query", "with", "clear", "reasoning", "and", "correct", "facts",
@@ -45,8 +51,22 @@ def _filler(rng: random.Random, count: int) -> list[str]:
     return [" " + _WORDS[rng.randrange(len(_WORDS))] for _ in range(count)]
 
 
+def verdict_flipped(responses: list[str], verdict_flip: float) -> bool:
+    """Whether a sim with ``sim.verdict_flip`` = ``verdict_flip`` ranks these responses backwards:
+    a stable draw per set of responses (order-free), true on about that fraction of sets."""
+    if verdict_flip <= 0.0:
+        return False
+    return _digest("flip", *sorted(responses)) % 1_000_000 < verdict_flip * 1_000_000
+
+
 def generate_tokens(
-    prompt: str, max_tokens: int, critique_tokens: int, seed: int, *, plain_tokens: int | None = None
+    prompt: str,
+    max_tokens: int,
+    critique_tokens: int,
+    seed: int,
+    *,
+    plain_tokens: int | None = None,
+    verdict_flip: float = 0.0,
 ) -> tuple[list[str], str]:
     """The tokens the sim generates for ``prompt`` and the finish reason (``stop`` | ``length``).
 
@@ -62,9 +82,13 @@ def generate_tokens(
             return _filler(rng, plain_tokens), "stop"
         return _filler(rng, max_tokens), "length"
     shown = {int(i): text for i, text in _RESPONSE_RE.findall(prompt)}
+    texts = [shown.get(i, str(i)) for i in range(1, n + 1)]
+    # Backwards: 12 − q keeps [3, 9] in [3, 9] and reverses the order of every pair.
+    flipped = verdict_flipped(texts, verdict_flip)
     scores = []
-    for i in range(1, n + 1):
-        noisy = response_quality(shown.get(i, str(i))) + rng.choice((-1, 0, 0, 1))
+    for text in texts:
+        quality = response_quality(text)
+        noisy = (12 - quality if flipped else quality) + rng.choice((-1, 0, 0, 1))
         scores.append(min(SCORE_MAX, max(SCORE_MIN, noisy)))
     tail = ["\nScores:", " \\boxed{" + ", ".join(map(str, scores)) + "}"]
     head = ["Specific Criteria:", *_filler(rng, 6), ".\nAnalysis:"]
