@@ -544,6 +544,32 @@ MSG_REPLICAS_BOUNDS = "scaling.replicas must lie within [minReplicas, maxReplica
 PrecisionPolicy = Literal["Auto", "Pinned"]
 
 
+class LiveQuality(ApiModel):
+    """Quality watched while serving: live score requests re-scored by the reference variant."""
+
+    fraction: float = Field(
+        default=0.01,
+        description="Fraction of the score requests each worker of a variant other than the reference "
+        "(the first) re-scores on the reference variant in the background, after answering, to compare "
+        "verdicts; not counted as demand, never delaying a request. While the reference runs no pod "
+        "the samples are kept (a bounded reservoir) and replayed once it does. 0: no watching.",
+        ge=0.0,
+        le=1.0,
+    )
+    window: Duration = Field(
+        default="1h",
+        description="The window of compared verdicts a variant's live agreement is computed over "
+        "(Prometheus source: any length; Direct source: at most the last 256 control periods).",
+    )
+    min_comparisons: int = Field(
+        default=100,
+        description="Compared verdicts in the window before a variant may be demoted; never fewer "
+        "than a perfect record needs to clear precision.minQuality (125 for 0.97).",
+        ge=1,
+        le=1000000,
+    )
+
+
 class PrecisionControl(ApiModel):
     """How the operator may trade precision for speed."""
 
@@ -575,6 +601,13 @@ class PrecisionControl(ApiModel):
     )
     switch_cooldown: Duration = Field(
         default="10m", description="Minimum time between two variant switches (against flapping)."
+    )
+    shadow: LiveQuality = Field(
+        default_factory=LiveQuality,
+        description="Quality watched while serving: a variant whose live agreement with the reference "
+        "has a 95% lower bound below minQuality is demoted (status.variants[].demoted, condition "
+        "LiveQualityMet, an Event) and the ladder skips it until it is re-evaluated (its definition "
+        "changes).",
     )
 
     @model_validator(mode="after")

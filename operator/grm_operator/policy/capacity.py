@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from grm_operator.api.durations import parse_duration
@@ -72,11 +72,17 @@ def sample_budgets(low: int, high: int) -> list[int]:
     return out
 
 
-def operating_points(spec: GRMDeploymentSpec, pinned: str | None = None) -> list[OperatingPoint]:
-    """Admissible points (quality ≥ minQuality), best quality first; ties: fewer GPUs first."""
+def operating_points(
+    spec: GRMDeploymentSpec, pinned: str | None = None, excluded: Collection[str] = ()
+) -> list[OperatingPoint]:
+    """Admissible points (quality ≥ minQuality), best quality first; ties: fewer GPUs first.
+
+    ``excluded`` variants are left off the ladder: demoted by their live agreement with the
+    reference (:mod:`grm_operator.policy.quality_watch`). A pinned variant is never excluded
+    (the user's explicit choice)."""
     k_max = spec.scoring.samples.max
     reference = voting_accuracy(k_max)
-    variants = [spec.variant(pinned)] if pinned else spec.variants
+    variants = [spec.variant(pinned)] if pinned else [v for v in spec.variants if v.name not in excluded]
     points = [
         OperatingPoint(v, k, v.quality * voting_accuracy(k) / reference)
         for v in variants

@@ -24,7 +24,9 @@ simulator and the tests drive the very same code. One tick:
    maxGPUs, or only the GPUs already scheduled when pods of the active variant have been Pending
    for ``spec.scaling.pendingGrace`` (default 5 min: a node autoscaler's GPU node is still coming
    before that; docs/policy.md §3).
-5. **The quality ladder.** The best admissible point whose need fits the budget wins. Stepping
+5. **The quality ladder.** Admissible points: quality ≥ minQuality, variants demoted by their
+   live agreement (``obs.demoted``, :mod:`.quality_watch`) left off. The best admissible point
+   whose need fits the budget wins. Stepping
    down happens at once (after a switch, not before min(cooldown, 2 min)); stepping up only when
    the better point fits the peak demand of the scale-down stabilisation window with 25 % margin
    (on the demand: ⌈1.25·λ/capacity⌉), continuously for that window, the surge fits and the
@@ -470,7 +472,7 @@ def decide(
         gpu_budget = min(gpu_budget, (current - unschedulable) * active_v.gpus_per_replica)
     saturated = _saturated_throughput(obs, active, ready)
     assessments: list[_Assessment] = []
-    for point in operating_points(spec, pinned):
+    for point in operating_points(spec, pinned, obs.demoted):
         horizon = variant_profile(point.variant).cold_start_s + period
         forecast = _forecast(per_sample, slope, horizon)
         speed, tail = corrections_at(learnt, point.variant.name, now)
@@ -549,7 +551,8 @@ def decide(
         # burst that arrives then meets them all; the nearest budget is one step.
         nearest = [a for a in feasible if a.point.variant.name == active and a.point.samples >= k_cur]
         chosen = min(nearest, key=lambda a: a.point.samples) if nearest else best
-        note, ladder = f"{active}×k{k_cur} is not admissible", Rule.INADMISSIBLE_BUDGET
+        why = " (demoted: live agreement below the floor)" if active in obs.demoted else ""
+        note, ladder = f"{active}×k{k_cur} is not admissible{why}", Rule.INADMISSIBLE_BUDGET
     elif (
         best.point.quality > current_point.point.quality + 1e-9
         and current_point.need > current_point.cap

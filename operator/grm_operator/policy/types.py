@@ -116,6 +116,9 @@ class Observation:
     #: PodScheduled=False condition's lastTransitionTime, else the pod's creation). A pending pod
     #: without a time here counts as unscheduled for longer than any grace.
     pending_since: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    #: Variants demoted by their live agreement with the reference
+    #: (:mod:`grm_operator.policy.quality_watch`): the ladder skips them.
+    demoted: frozenset[str] = frozenset()
 
     def unschedulable(self, variant: str, now: float, grace_s: float) -> int:
         """Pending pods of ``variant`` unscheduled for at least ``grace_s`` (or since unknown)."""

@@ -1,0 +1,145 @@
+"""Quality watched while serving: when a variant's live agreement with the reference falls below
+the floor, the variant is demoted and the quality ladder skips it until it is re-evaluated.
+
+The evidence: workers of every variant but the reference shadow ``precision.shadow.fraction`` of
+their score requests to the reference variant and count compared and agreeing verdicts
+(``grm_shadow_verdicts_total``, ``grm_shadow_agreements_total``); the metrics source reads their
+increase over ``precision.shadow.window`` per variant (:class:`LiveAgreement`).
+
+The rule, per variant other than the reference (the first, best one), each control period:
+
+* **demote** when at least ``needed`` verdicts were compared and the agreement's Wilson lower
+  bound (95 %, :func:`grm_operator.policy.agreement.wilson_interval`) is below
+  ``precision.minQuality`` — the same test the evaluation gate admits by, applied to live
+  traffic. ``needed`` is the larger of ``precision.shadow.minComparisons`` and the comparisons
+  a perfect record needs to clear the floor (125 for 0.97): with fewer, every lower bound is
+  under the floor and would demote a variant on no evidence. Example: floor 0.97, 200
+  comparisons, 186 agreeing (0.93): bound 0.886 < 0.97, demoted; 199 agreeing: bound 0.972,
+  kept.
+* a demotion **stays** (status is the memory, so an operator restart keeps it) until the variant
+  is re-evaluated: its definition in the spec changes (another checkpoint, precision or recipe:
+  its digest differs from the one recorded at demotion). Fresh live agreement alone never lifts
+  it — a demoted variant serves no traffic, so there is none.
+* the ladder skips demoted variants (:func:`grm_operator.policy.capacity.operating_points`'s
+  ``excluded``); a Pinned policy still runs its pin (the user's explicit choice) and the status
+  condition says it is demoted.
+
+Pure: time and evidence are parameters; the autoscaler writes the status, the condition
+``LiveQualityMet`` and the Events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from grm_operator.api.models import GRMDeploymentSpec, Variant
+from grm_operator.policy.agreement import comparisons_to_clear, wilson_interval
+
+__all__ = [
+    "CONFIDENCE",
+    "Demotion",
+    "LiveAgreement",
+    "QualityWatch",
+    "comparisons_needed",
+    "variant_digest",
+    "watch_quality",
+]
+
+#: Two-sided confidence of the agreement interval (the evaluation gate's too).
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class LiveAgreement:
+    """Verdicts of one variant compared with the reference's over the window, and how many agreed."""
+
+    compared: float
+    agreed: float
+
+
+@dataclass(frozen=True)
+class Demotion:
+    """Why and when a variant was demoted (status.variants[].demoted)."""
+
+    since: float
+    compared: int
+    agreed: int
+    low: float
+    high: float
+    floor: float
+    digest: str
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.compared if self.compared else 0.0
+
+    @property
+    def message(self) -> str:
+        return (
+            f"live agreement with the reference {self.agreement:.3f} ({self.agreed}/{self.compared} "
+            f"verdicts), 95% interval [{self.low:.3f}, {self.high:.3f}]: lower bound below "
+            f"precision.minQuality {self.floor:g}"
+        )
+
+
+@dataclass(frozen=True)
+class QualityWatch:
+    """The demotions after this tick, and what changed."""
+
+    demoted: Mapping[str, Demotion]
+    new: tuple[str, ...] = ()
+    lifted: tuple[str, ...] = ()
+
+
+def variant_digest(variant: Variant) -> str:
+    """A digest of the variant's definition; a demotion lasts while it is unchanged."""
+    data: Any = variant.model_dump(mode="json", by_alias=True, exclude_none=True)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def comparisons_needed(spec: GRMDeploymentSpec) -> int:
+    """Compared verdicts before a variant can be demoted: minComparisons, at least what a
+    perfect record needs to clear the floor."""
+    floor = min(spec.precision.min_quality, 0.999)
+    return max(spec.precision.shadow.min_comparisons, comparisons_to_clear(floor, CONFIDENCE))
+
+
+def watch_quality(
+    spec: GRMDeploymentSpec,
+    evidence: Mapping[str, LiveAgreement | None],
+    demoted: Mapping[str, Demotion],
+    now: float,
+) -> QualityWatch:
+    """The demotions after this tick from the current ones and the window's evidence."""
+    reference = spec.variants[0].name
+    floor = spec.precision.min_quality
+    needed = comparisons_needed(spec)
+    kept: dict[str, Demotion] = {}
+    new: list[str] = []
+    lifted: list[str] = []
+    for variant in spec.variants:
+        name, digest = variant.name, variant_digest(variant)
+        current = demoted.get(name)
+        if current is not None:
+            if current.digest == digest and name != reference:
+                kept[name] = current
+                continue
+            lifted.append(name)
+        seen = evidence.get(name)
+        if name == reference or seen is None or floor <= 0.0:
+            continue
+        compared = max(0.0, seen.compared)
+        agreed = min(max(0.0, seen.agreed), compared)
+        if compared < needed:
+            continue
+        low, high = wilson_interval(agreed, compared, CONFIDENCE)
+        if low < floor:
+            kept[name] = Demotion(now, round(compared), round(agreed), low, high, floor, digest)
+            new.append(name)
+    # A demotion of a variant no longer in the spec is dropped silently (nothing to reinstate).
+    return QualityWatch(kept, tuple(new), tuple(lifted))

@@ -1,0 +1,154 @@
+"""Quality watched while serving: the Wilson interval, the demotion rule, and the ladder that
+skips demoted variants (in ``decide`` and so in the simulator, which runs the same policy)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from grm_operator.policy import PolicyState
+from grm_operator.policy.agreement import comparisons_to_clear, wilson_interval, z_for
+from grm_operator.policy.capacity import DEFAULT_TAIL, Workload, operating_points, replica_capacity
+from grm_operator.policy.decide import decide
+from grm_operator.policy.quality_watch import (
+    Demotion,
+    LiveAgreement,
+    comparisons_needed,
+    variant_digest,
+    watch_quality,
+)
+from support.policy import OUTPUT, PROMPT, make_observation, make_signals, make_spec
+
+
+def test_wilson_interval_matches_worked_numbers() -> None:
+    assert z_for(0.95) == pytest.approx(1.959964, abs=1e-6)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(97, 100)
+    assert low == pytest.approx(0.9155, abs=1e-4) and high == pytest.approx(0.9897, abs=1e-4)
+    low, high = wilson_interval(100, 100)
+    # The Wald interval would be [1, 1]; Wilson's lower bound of a perfect record is n/(n + z²).
+    assert low == pytest.approx(100 / (100 + z_for(0.95) ** 2)) and high == 1.0
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and 0.2 < high < 0.35
+    # Symmetric: the interval of the failures mirrors that of the successes.
+    lo_a, hi_a = wilson_interval(30, 80)
+    lo_b, hi_b = wilson_interval(50, 80)
+    assert lo_a == pytest.approx(1 - hi_b) and hi_a == pytest.approx(1 - lo_b)
+    # Wider at higher confidence, narrower with more samples at the same proportion.
+    assert wilson_interval(90, 100, 0.99)[0] < wilson_interval(90, 100, 0.95)[0]
+    assert wilson_interval(900, 1000)[0] > wilson_interval(90, 100)[0]
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+    with pytest.raises(ValueError):
+        wilson_interval(1, 2, confidence=1.0)
+
+
+def test_comparisons_a_perfect_record_needs_to_clear_a_floor() -> None:
+    assert comparisons_to_clear(0.97) == 125 and comparisons_to_clear(0.99) == 381
+    assert comparisons_to_clear(0.0) == 0
+    for floor in (0.9, 0.97, 0.99):
+        n = comparisons_to_clear(floor)
+        assert wilson_interval(n, n)[0] >= floor > wilson_interval(n - 1, n - 1)[0]
+    assert comparisons_needed(make_spec()) == 125  # floor 0.97, minComparisons 100
+    assert comparisons_needed(make_spec(precision={"shadow": {"minComparisons": 400}})) == 400
+
+
+def test_a_variant_below_the_floor_is_demoted_with_its_numbers() -> None:
+    spec = make_spec()  # floor 0.97
+    watch = watch_quality(
+        spec,
+        {"fp8": LiveAgreement(200, 186), "int4": LiveAgreement(200, 199), "bf16": LiveAgreement(200, 10)},
+        {},
+        now=1000.0,
+    )
+    # 186/200 = 0.93: lower bound 0.886 < 0.97. 199/200: 0.972 ≥ 0.97, kept on the ladder. The
+    # reference (bf16) is what the others are compared with: never demoted.
+    assert set(watch.demoted) == {"fp8"} and watch.new == ("fp8",) and watch.lifted == ()
+    d = watch.demoted["fp8"]
+    assert (d.compared, d.agreed, d.since, d.floor) == (200, 186, 1000.0, 0.97)
+    assert d.low == pytest.approx(0.8859, abs=1e-4) and d.agreement == pytest.approx(0.93)
+    assert d.digest == variant_digest(spec.variant("fp8"))
+    assert "0.930 (186/200 verdicts)" in d.message and "[0.886, 0.958]" in d.message
+
+
+def test_too_few_comparisons_never_demote() -> None:
+    spec = make_spec()
+    # 124 of 124 (perfect) has a lower bound 0.9700 - ε: no evidence against the variant yet; 0 of
+    # 124 is damning but 124 < 125 comparisons needed all the same (no early verdicts either way).
+    for agreed in (124, 0):
+        assert watch_quality(spec, {"fp8": LiveAgreement(124, agreed)}, {}, now=0.0).demoted == {}
+    assert watch_quality(spec, {"fp8": LiveAgreement(125, 0)}, {}, now=0.0).new == ("fp8",)
+    # No floor: nothing to fall below.
+    no_floor = make_spec(precision={"minQuality": 0.0})
+    assert watch_quality(no_floor, {"fp8": LiveAgreement(500, 0)}, {}, now=0.0).demoted == {}
+    # Counters read across a restart may overshoot by a little (extrapolated increases): clamped.
+    assert watch_quality(spec, {"fp8": LiveAgreement(300, 301.5)}, {}, now=0.0).demoted == {}
+
+
+def test_a_demotion_stays_until_the_variant_is_redefined() -> None:
+    spec = make_spec()
+    first = watch_quality(spec, {"fp8": LiveAgreement(200, 100)}, {}, now=10.0)
+    # No more evidence (a demoted variant serves nothing), or good evidence: it stays demoted.
+    for evidence in ({}, {"fp8": LiveAgreement(500, 500)}):
+        again = watch_quality(spec, evidence, first.demoted, now=20.0)
+        assert again.demoted == first.demoted and again.new == () and again.lifted == ()
+    # Re-evaluated: the variant points at another checkpoint; the old demotion is lifted.
+    variants = [v.model_dump(by_alias=True, exclude_none=True) for v in spec.variants]
+    variants[1]["uri"] = "pvc://models/grm-fp8-requantised"
+    rebuilt = make_spec(variants=variants)
+    lifted = watch_quality(rebuilt, {}, first.demoted, now=30.0)
+    assert lifted.demoted == {} and lifted.lifted == ("fp8",)
+    # A variant removed from the spec takes its demotion with it.
+    gone = make_spec(variants=[variants[0], variants[2]])
+    assert watch_quality(gone, {}, first.demoted, now=30.0).demoted == {}
+
+
+def _demoted(spec_variant: str) -> Demotion:
+    return Demotion(0.0, 200, 100, 0.43, 0.57, 0.97, variant_digest(make_spec().variant(spec_variant)))
+
+
+def test_operating_points_skip_excluded_variants_but_never_a_pin() -> None:
+    spec = make_spec()
+    assert {p.variant.name for p in operating_points(spec)} == {"bf16", "fp8", "int4"}
+    assert {p.variant.name for p in operating_points(spec, excluded={"fp8"})} == {"bf16", "int4"}
+    assert {p.variant.name for p in operating_points(spec, "fp8", excluded={"fp8"})} == {"fp8"}
+
+
+def _overload() -> float:
+    """A sequence rate that bf16 cannot serve within maxGPUs 12 (6 replicas) but fp8 and int4 can
+    (12 one-GPU replicas)."""
+    spec = make_spec()
+    work = Workload(PROMPT, OUTPUT)
+
+    def cap(variant: str) -> float:
+        point = next(p for p in operating_points(spec) if p.variant.name == variant)
+        return replica_capacity(spec, point.variant, work, 1.0, DEFAULT_TAIL)
+
+    rate = 1.3 * 6 * cap("bf16")
+    assert rate < 0.8 * 12 * min(cap("fp8"), cap("int4")), "the spec no longer has the needed shape"
+    return rate
+
+
+@pytest.mark.parametrize(("demoted", "expected"), [(frozenset(), "fp8"), (frozenset({"fp8"}), "int4")])
+def test_decide_steps_down_past_a_demoted_variant(demoted: frozenset[str], expected: str) -> None:
+    spec = make_spec()
+    rate = _overload()
+    obs = make_observation(
+        "bf16", make_signals(rate, pods=6, sample_age_s=1.0), now=1000.0, ready=6, samples=8
+    )
+    obs = type(obs)(**{**obs.__dict__, "demoted": demoted})
+    decision, _ = decide(obs, PolicyState(), spec, 1000.0)
+    assert (decision.action, decision.variant) == ("SwitchVariant", expected), decision.reason
+
+
+def test_decide_moves_off_a_demoted_active_variant_at_once() -> None:
+    spec = make_spec()
+    obs = make_observation("fp8", make_signals(1.0, pods=2, sample_age_s=1.0), now=1000.0, ready=2, samples=8)
+    kept, _ = decide(obs, PolicyState(), spec, 1000.0)
+    obs = type(obs)(**{**obs.__dict__, "demoted": frozenset({"fp8"})})
+    moved, _ = decide(obs, PolicyState(), spec, 1000.0)
+    assert kept.variant == "fp8" or kept.action != "SwitchVariant"
+    assert moved.action == "SwitchVariant" and moved.variant != "fp8", moved.reason
+    assert "demoted" in moved.reason
+    assert not math.isnan(moved.replicas or 0)
