@@ -1050,6 +1050,28 @@ class Decision(ApiModel):
     reason: str = Field(description="Why, with the numbers that caused it.", max_length=4096)
 
 
+class VariantDemotion(ApiModel):
+    """Why a variant left the quality ladder while serving: its live agreement with the reference
+    (spec.precision.shadow) had a 95% lower bound below precision.minQuality. It stays until the
+    variant is re-evaluated (its definition in spec.variants changes)."""
+
+    since: str = Field(description="When the variant was demoted (RFC 3339).")
+    reason: Literal["LiveAgreementBelowFloor"] = Field(
+        default="LiveAgreementBelowFloor", description="Why (CamelCase)."
+    )
+    message: str = Field(description="The numbers, for people.", max_length=1024)
+    agreement: float = Field(description="Share of compared verdicts that agreed.", ge=0.0, le=1.0)
+    agreement_low: float = Field(description="Lower bound of the 95% Wilson interval.", ge=0.0, le=1.0)
+    agreement_high: float = Field(description="Upper bound of the 95% Wilson interval.", ge=0.0, le=1.0)
+    compared: int = Field(description="Verdicts compared with the reference's in the window.", ge=0)
+    agreed: int = Field(description="Of those, the same winner.", ge=0)
+    floor: float = Field(description="precision.minQuality at the time.", ge=0.0, le=1.0)
+    variant_digest: str = Field(
+        description="Digest of the variant's definition when demoted; another one re-admits it.",
+        max_length=80,
+    )
+
+
 class VariantStatus(ApiModel):
     """Replica counts of one variant's Deployment."""
 
@@ -1059,6 +1081,11 @@ class VariantStatus(ApiModel):
     desired_replicas: int = Field(default=0, description="Replicas the operator asked for.", ge=0)
     unhealthy_until: str | None = Field(
         default=None, description="Set after a failed switch: the variant is not tried before this time."
+    )
+    demoted: VariantDemotion | None = Field(
+        default=None,
+        description="Set when the variant's live agreement with the reference fell below the floor: "
+        "the ladder skips it until it is re-evaluated.",
     )
 
 

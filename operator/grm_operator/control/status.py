@@ -238,6 +238,10 @@ def fold_status(
         unhealthy = previous_variants.get(v.name, {}).get("unhealthyUntil")
         if unhealthy:
             entry["unhealthyUntil"] = unhealthy
+        # The autoscaler's (policy.quality_watch): kept as it is, like unhealthyUntil.
+        demoted = previous_variants.get(v.name, {}).get("demoted")
+        if demoted:
+            entry["demoted"] = demoted
         variants.append(entry)
     child = children.get(active)
     computed = {

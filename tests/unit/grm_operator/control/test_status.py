@@ -126,10 +126,12 @@ def test_conditions_of_other_owners_and_unhealthy_marks_are_kept() -> None:
     }
     current = {
         "conditions": [slo_met],
-        "variants": [{"name": "fp8", "unhealthyUntil": T1}],
+        "variants": [{"name": "fp8", "unhealthyUntil": T1}, {"name": "int4", "demoted": {"since": T0}}],
         "activeVariant": "fp8",
     }
     result = fold(current, {"fp8": child("fp8", 1, 1)})
+    # The autoscaler's demotion mark (live agreement below the floor) is kept, like unhealthyUntil.
+    assert result.patch["variants"][2]["demoted"] == {"since": T0}
     assert slo_met in result.patch["conditions"]
     assert result.patch["activeVariant"] == "fp8"
     assert result.patch["variants"][1] == {
