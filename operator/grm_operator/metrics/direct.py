@@ -28,8 +28,10 @@ __all__ = ["Direct"]
 # A worker answers /metrics in milliseconds; 2 s is generous yet keeps one slow pod from
 # delaying a 15 s control loop noticeably.
 DEFAULT_TIMEOUT_S = 2.0
-# 64 scrapes cover a 1 m window even when observe() runs every second (tests, fast loops).
-DEFAULT_CAPACITY = 64
+# 256 scrapes cover a 1 m window even when observe() runs every second (tests, fast loops), and
+# the shadow verdicts' 1 h window (spec.precision.shadow.window) at the 15 s control period
+# (240 scrapes). A scrape keeps only the ~20 numbers the signals need, so 256 cost ~100 KiB a pod.
+DEFAULT_CAPACITY = 256
 
 
 class Direct:
@@ -74,8 +76,11 @@ class Direct:
         def pods_of(variants: Sequence[str]) -> list[str]:
             return [p.name for p in target.pods if p.variant in variants]
 
-        per_variant = {v: summarize(store.histories(pods_of([v])), window_s, now) for v in target.variants}
-        total = summarize(store.histories(pods_of(target.variants)), window_s, now)
+        long = target.shadow_window_s
+        per_variant = {
+            v: summarize(store.histories(pods_of([v])), window_s, now, long) for v in target.variants
+        }
+        total = summarize(store.histories(pods_of(target.variants)), window_s, now, long)
         return Reading(total=total, variants=per_variant)
 
     async def observe(self, target: MetricsTarget, window_s: float, now: float) -> Reading:

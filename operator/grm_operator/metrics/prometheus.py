@@ -38,6 +38,7 @@ from grm_operator.policy.signals import (
     GAUGE_NAMES,
     GPU_UTIL_NAME,
     HISTOGRAM_NAMES,
+    SHADOW_COUNTER_NAMES,
     Signals,
 )
 
@@ -74,10 +75,22 @@ SIGNAL_FIELDS: dict[str, str] = {
     "gpuUtil": "gpu_util",
     "pods": "pods_reporting",
     "sampleAge": "sample_age_s",
+    "shadowVerdicts": "shadow_verdicts",
+    "shadowAgreements": "shadow_agreements",
 }
 
 # How a total is derived from per-variant values when an override query returns no total.
-_SUM = {"rps", "prompt_tps", "generation_tps", "shed_sps", "running", "waiting", "pods_reporting"}
+_SUM = {
+    "rps",
+    "prompt_tps",
+    "generation_tps",
+    "shed_sps",
+    "running",
+    "waiting",
+    "pods_reporting",
+    "shadow_verdicts",
+    "shadow_agreements",
+}
 _MEAN = {"kv_cache_usage", "gpu_util"}
 _MIN = {"sample_age_s"}
 
@@ -114,6 +127,24 @@ def _rate(names: Sequence[str]) -> str:
     return _by_variant_or_total("sum", [f"rate({n}{{selector}}[{{window}}])" for n in names])
 
 
+def _demand_rate() -> str:
+    # The engines' finished requests less those run for other variants' shadow scores (not
+    # demand, grm_worker.shadow), per variant and in total; where a worker does not export the
+    # shadow counter (an older worker) the difference has no series and `or` takes the plain rate.
+    (success,), (shadow,) = COUNTER_NAMES["rps"], COUNTER_NAMES["shadow_served_sps"]
+
+    def net(by: str) -> str:
+        rate = f"rate({success}{{selector}}[{{window}}])"
+        served = f"rate({shadow}{{selector}}[{{window}}])"
+        return f"clamp_min({by} ({rate}) - {by} ({served}), 0) or {by} ({rate})"
+
+    return f"{net(f'sum by ({VARIANT_LABEL})')} or {net('sum')}"
+
+
+def _increase_over_shadow_window(names: Sequence[str]) -> str:
+    return _by_variant_or_total("sum", [f"increase({n}{{selector}}[{{shadowWindow}}])" for n in names])
+
+
 def _gpu_util() -> str:
     # The worker's own gauge (0–1) carries our scrape labels. NVIDIA's dcgm-exporter (the
     # fallback, percent) labels each GPU with the pod using it (namespace, pod) but not with our
@@ -130,7 +161,7 @@ def default_queries() -> dict[str, str]:
     """The built-in query of every signal, with ``{selector}`` and ``{window}`` placeholders."""
     running = GAUGE_NAMES["running"][0]
     return {
-        "rps": _rate(COUNTER_NAMES["rps"]),
+        "rps": _demand_rate(),
         "promptTokens": _rate(COUNTER_NAMES["prompt_tps"]),
         "generationTokens": _rate(COUNTER_NAMES["generation_tps"]),
         "shedSamples": _rate(COUNTER_NAMES["shed_sps"]),
@@ -148,6 +179,8 @@ def default_queries() -> dict[str, str]:
         ),
         "gpuUtil": _gpu_util(),
         "pods": _by_variant_or_total("count", ["up{selector} == 1"]),
+        "shadowVerdicts": _increase_over_shadow_window(SHADOW_COUNTER_NAMES["shadow_verdicts"]),
+        "shadowAgreements": _increase_over_shadow_window(SHADOW_COUNTER_NAMES["shadow_agreements"]),
         "sampleAge": " or ".join(
             [
                 f"time() - max by ({VARIANT_LABEL}) (timestamp({running}{{selector}}))",
@@ -157,14 +190,15 @@ def default_queries() -> dict[str, str]:
     }
 
 
-def render_query(template: str, sel: str, window_s: float) -> str:
+def render_query(template: str, sel: str, window_s: float, shadow_window_s: float | None = None) -> str:
     """Substitute ``{selector}`` (matchers with braces), ``{matchers}`` (the same without braces,
-    to combine with matchers of one's own) and ``{window}``; plain replacement, since PromQL has
-    braces of its own."""
+    to combine with matchers of one's own), ``{window}`` and ``{shadowWindow}`` (the shadow
+    verdicts' window, default the window); plain replacement, since PromQL has braces of its own."""
     return (
         template.replace("{selector}", sel)
         .replace("{matchers}", sel[1:-1])
         .replace("{window}", promql_duration(window_s))
+        .replace("{shadowWindow}", promql_duration(shadow_window_s or window_s))
     )
 
 
@@ -249,7 +283,10 @@ class Prometheus:
             raise MetricsError(f"unknown signal(s) in spec.metrics.queries: {', '.join(unknown)}")
         sel = selector(target.namespace, target.name)
         keys = list(queries)
-        answers = await asyncio.gather(*(self.query(render_query(queries[k], sel, window_s)) for k in keys))
+        long = target.shadow_window_s
+        answers = await asyncio.gather(
+            *(self.query(render_query(queries[k], sel, window_s, long)) for k in keys)
+        )
         total: dict[str, Any] = {}
         per_variant: dict[str, dict[str, Any]] = {v: {} for v in target.variants}
         for key, data in zip(keys, answers, strict=True):

@@ -43,6 +43,9 @@ class MetricsTarget:
     pods: tuple[PodEndpoint, ...] = ()
     #: PromQL overrides by signal name (spec.metrics.queries).
     queries: Mapping[str, str] = field(default_factory=dict)
+    #: The window the shadow verdict counts are read over (spec.precision.shadow.window); None:
+    #: the metrics window.
+    shadow_window_s: float | None = None
 
     @property
     def key(self) -> str:

@@ -12,6 +12,9 @@
 * A rate is the increase over the time between the first and the last sample in the window,
   per pod; pods are then summed. PromQL additionally extrapolates to the window's edges, which
   changes the increase but not the rate by more than the sampling jitter.
+* The request rate is the engines' finished requests less those run for other variants' shadow
+  scores (``grm_shadow_served_samples_total``); the shadow verdict counters are read as their
+  increase over a window of their own (``spec.precision.shadow.window``).
 * :class:`ScrapeStore` keeps a bounded ring buffer of scrapes per pod. Pods that disappear are
   forgotten; a pod with a single scrape in the window contributes gauges but no rates (as in
   Prometheus, a rate needs two samples).
@@ -31,6 +34,7 @@ from grm_operator.policy.signals import (
     GAUGE_NAMES,
     GPU_UTIL_NAME,
     HISTOGRAM_NAMES,
+    SHADOW_COUNTER_NAMES,
     Signals,
 )
 
@@ -202,6 +206,30 @@ def _rate(per_pod: Sequence[Sequence[PodScrape]], names: Sequence[str]) -> float
     return total
 
 
+def _increase(per_pod: Sequence[Sequence[PodScrape]], names: Sequence[str]) -> float | None:
+    """A counter's increase over the scrapes given, summed over pods (None: no pod has it)."""
+    all_scrapes = [s for scrapes in per_pod for s in scrapes]
+    name = _first_present(names, all_scrapes, "value")
+    if name is None:
+        return None
+    total = 0.0
+    for scrapes in per_pod:
+        values = [v for s in scrapes if (v := s.value(name)) is not None]
+        total += counter_increase(values)
+    return total
+
+
+def _demand_rate(per_pod: Sequence[Sequence[PodScrape]]) -> float | None:
+    """Engine requests per second less those run for other variants' shadow scores (not demand)."""
+    rps = _rate(per_pod, COUNTER_NAMES["rps"])
+    shadow = _rate(per_pod, COUNTER_NAMES["shadow_served_sps"])
+    if rps is None or shadow is None:
+        return rps
+    # The shadow counter is incremented when a shadow score ends, after its engine requests, so
+    # a window can see a few more of them: never below 0.
+    return max(0.0, rps - shadow)
+
+
 def _gauge(latest: Sequence[PodScrape], names: Sequence[str], mean: bool, scale: float = 1.0) -> float | None:
     name = _first_present(names, latest, "value")
     if name is None:
@@ -217,12 +245,19 @@ def _gpu_util(latest: Sequence[PodScrape]) -> float | None:
     return _gauge(latest, (GPU_UTIL_NAME,), mean=True)
 
 
-def summarize(histories: Iterable[PodHistory], window_s: float, now: float) -> Signals:
+def summarize(
+    histories: Iterable[PodHistory], window_s: float, now: float, shadow_window_s: float | None = None
+) -> Signals:
     """The signals of a group of pods over ``[now - window_s, now]``.
 
     Gauges come from each pod's newest scrape in the window; rates and percentiles from the
-    increases between its first and last scrape in the window.
+    increases between its first and last scrape in the window; the shadow verdict counts from
+    the increases over ``[now - shadow_window_s, now]`` (default: the window), as far back as
+    the pods' histories reach.
     """
+    histories = list(histories)
+    shadow_pods = [h.within(now - (shadow_window_s or window_s), now) for h in histories]
+    shadow_pods = [scrapes for scrapes in shadow_pods if len(scrapes) >= 2]
     per_pod = [h.within(now - window_s, now) for h in histories]
     per_pod = [scrapes for scrapes in per_pod if scrapes]
     if not per_pod:
@@ -233,7 +268,7 @@ def summarize(histories: Iterable[PodHistory], window_s: float, now: float) -> S
     e2e = _quantiles(per_pod, HISTOGRAM_NAMES["e2e"], (0.5, 0.95))
     (queue_p95,) = _quantiles(per_pod, HISTOGRAM_NAMES["queue_time"], (0.95,))
     return Signals(
-        rps=_rate(per_pod, COUNTER_NAMES["rps"]),
+        rps=_demand_rate(per_pod),
         prompt_tps=_rate(per_pod, COUNTER_NAMES["prompt_tps"]),
         generation_tps=_rate(per_pod, COUNTER_NAMES["generation_tps"]),
         shed_sps=_rate(per_pod, COUNTER_NAMES["shed_sps"]),
@@ -248,6 +283,8 @@ def summarize(histories: Iterable[PodHistory], window_s: float, now: float) -> S
         waiting=_gauge(latest, GAUGE_NAMES["waiting"], mean=False),
         kv_cache_usage=_gauge(latest, GAUGE_NAMES["kv_cache_usage"], mean=True),
         gpu_util=_gpu_util(latest),
+        shadow_verdicts=_increase(shadow_pods, SHADOW_COUNTER_NAMES["shadow_verdicts"]),
+        shadow_agreements=_increase(shadow_pods, SHADOW_COUNTER_NAMES["shadow_agreements"]),
         pods_reporting=len(per_pod),
         sample_age_s=max(0.0, now - max(s.time for s in latest)),
     )

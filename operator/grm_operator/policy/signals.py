@@ -5,6 +5,10 @@ or the whole GRMDeployment): rates, latency percentiles, gauges. Both sources pr
 Direct source from its own scrapes, the Prometheus source from PromQL — so the policy cannot
 tell them apart. ``None`` means "not known" (no series, idle window, too few samples), never 0.
 
+The request rate (``rps``, the demand) is the engines' finished requests less those a
+reference variant's engine ran for other variants' shadow scores
+(``grm_shadow_served_samples_total``): shadow scoring watches quality and is never demand.
+
 The end-to-end latency (``e2e``, what ``slo.e2eP95`` bounds) is that of a whole GRM score: the
 scoring front's ``grm_score_latency_seconds``, one observation per successful
 ``/v1/grm/score`` request with all its critique samples. vLLM's
@@ -28,6 +32,7 @@ __all__ = [
     "GAUGE_NAMES",
     "GPU_UTIL_NAME",
     "HISTOGRAM_NAMES",
+    "SHADOW_COUNTER_NAMES",
     "SIGNAL_NAMES",
     "Signals",
 ]
@@ -48,6 +53,17 @@ COUNTER_NAMES: dict[str, tuple[str, ...]] = {
     "generation_tps": ("vllm:generation_tokens_total",),
     # The GRM worker's own: samples of score requests' budgets not drawn under a queue.
     "shed_sps": ("grm_score_samples_shed_total",),
+    # The GRM worker's own: engine requests (critique samples) a reference drew for other
+    # variants' shadow scores. Not demand: subtracted from ``rps`` (grm_worker.shadow).
+    "shadow_served_sps": ("grm_shadow_served_samples_total",),
+}
+
+#: Counters of shadow scoring (grm_worker.shadow), read as increases over
+#: ``spec.precision.shadow.window`` (not rates): verdicts compared with the reference's, and of
+#: those the ones that agreed.
+SHADOW_COUNTER_NAMES: dict[str, tuple[str, ...]] = {
+    "shadow_verdicts": ("grm_shadow_verdicts_total",),
+    "shadow_agreements": ("grm_shadow_agreements_total",),
 }
 
 #: Gauges by signal, newest name first. running/waiting are summed over pods, kv_cache averaged.
@@ -72,6 +88,7 @@ SIGNAL_NAMES: tuple[str, ...] = (
     *(n for names in HISTOGRAM_NAMES.values() for n in names),
     *(n for names in COUNTER_NAMES.values() for n in names),
     *(n for names in GAUGE_NAMES.values() for n in names),
+    *(n for names in SHADOW_COUNTER_NAMES.values() for n in names),
     GPU_UTIL_NAME,
 )
 
@@ -98,6 +115,10 @@ class Signals:
     #: engine had a queue (``grm_score_samples_shed_total``): demand the sequence rate misses.
     shed_sps: float | None = None
     gpu_util: float | None = None
+    #: Verdicts compared with the reference's over the shadow window (a count, not a rate), and
+    #: of those the ones that agreed (``grm_shadow_verdicts_total``, ``grm_shadow_agreements_total``).
+    shadow_verdicts: float | None = None
+    shadow_agreements: float | None = None
     #: Pods that contributed at least one sample in the window.
     pods_reporting: int = 0
     #: Age of the newest sample at ``now`` (None when there is none).
@@ -105,5 +126,5 @@ class Signals:
 
     def known(self) -> int:
         """How many of the numeric signals are known (for tests and logs)."""
-        skip = {"pods_reporting", "sample_age_s"}
+        skip = {"pods_reporting", "sample_age_s", "shadow_verdicts", "shadow_agreements"}
         return sum(1 for f in fields(self) if f.name not in skip and getattr(self, f.name) is not None)

@@ -7,6 +7,8 @@ Children of a GRMDeployment ``<name>``:
   running ``grm-worker serve --config /etc/grm/worker.json`` with the variant's GPUs;
 * a Service ``<name>`` selecting every ready worker pod of the GRMDeployment, whatever its variant
   (a variant switch never changes where clients connect);
+* a Service ``<name>-reference`` selecting the reference variant's (the first's) ready pods, which
+  the other variants' workers shadow a sample of score requests to (spec.precision.shadow);
 * a PodDisruptionBudget ``<name>`` and, when asked for, a PodMonitor ``<name>``.
 
 Every child carries the standard ``app.kubernetes.io/*`` labels, ``grm.dev/deployment`` and a
@@ -39,7 +41,12 @@ from dataclasses import dataclass, field
 from grm_operator.api.models import GRMDeployment
 from grm_operator.control.builders.deployment import build_deployment
 from grm_operator.control.builders.metadata import Manifest, Owner, content_hash
-from grm_operator.control.builders.service import build_pdb, build_pod_monitor, build_service
+from grm_operator.control.builders.service import (
+    build_pdb,
+    build_pod_monitor,
+    build_reference_service,
+    build_service,
+)
 from grm_operator.control.builders.workerconfig import build_config_map
 from grm_operator.settings import OperatorSettings
 
@@ -53,12 +60,14 @@ class Children:
     config_maps: dict[str, Manifest] = field(default_factory=dict)  # by variant name
     deployments: dict[str, Manifest] = field(default_factory=dict)  # by variant name
     service: Manifest = field(default_factory=dict)
+    reference_service: Manifest = field(default_factory=dict)
     pdb: Manifest = field(default_factory=dict)
     pod_monitor: Manifest | None = None
 
     def all(self) -> list[Manifest]:
         """Every manifest, ConfigMaps first (a Deployment's pods mount them)."""
-        items = [*self.config_maps.values(), *self.deployments.values(), self.service, self.pdb]
+        items = [*self.config_maps.values(), *self.deployments.values(), self.service]
+        items += [self.reference_service, self.pdb]
         if self.pod_monitor is not None:
             items.append(self.pod_monitor)
         return items
@@ -82,6 +91,7 @@ def build_children(
             grmd, owner, variant, replicas.get(variant.name, 0), settings, config_hash
         )
     children.service = build_service(owner)
+    children.reference_service = build_reference_service(owner, grmd.spec.variants[0].name)
     children.pdb = build_pdb(owner)
     if pod_monitor:
         children.pod_monitor = build_pod_monitor(owner, settings.podmonitor_labels)

@@ -66,6 +66,11 @@ def deployment_name(name: str, variant: str) -> str:
     return f"{name}-{variant}"
 
 
+def reference_service_name(name: str) -> str:
+    """``<name>-reference``: the Service of the reference variant's pods (shadow scoring)."""
+    return f"{name}-reference"
+
+
 def config_map_name(name: str, variant: str) -> str:
     """``<name>-<variant>-config``: the worker config of one variant."""
     return f"{name}-{variant}-config"

@@ -1,6 +1,7 @@
 """The children that span every variant of a GRMDeployment: the Service ``<name>`` clients
 connect to (a variant switch never changes where), and the PodDisruptionBudget and PodMonitor
-that select the same worker pods.
+that select the same worker pods; and the Service ``<name>-reference`` of the reference
+variant's pods alone, which the other variants' workers shadow score requests to.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from grm_operator.control.builders.metadata import (
     Manifest,
     Owner,
     child_metadata,
+    reference_service_name,
     selector_labels,
     stamp,
 )
@@ -29,6 +31,25 @@ def build_service(owner: Owner) -> Manifest:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector_labels(owner.name),
+                "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def build_reference_service(owner: Owner, reference: str) -> Manifest:
+    """The Service ``<name>-reference``: the Ready worker pods of the reference variant (the first
+    in spec.variants) only. The other variants' workers re-score a sample of their score
+    requests there (spec.precision.shadow); with no Ready reference pod it has no endpoints and
+    the workers keep their samples to replay later."""
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": child_metadata(owner, reference_service_name(owner.name), "reference-service"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {**selector_labels(owner.name), LABEL_VARIANT: reference},
                 "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
             },
         }

@@ -23,6 +23,7 @@ from grm_operator.control.builders.metadata import (
     Owner,
     child_metadata,
     config_map_name,
+    reference_service_name,
     stamp,
 )
 from grm_operator.control.builders.modelload import is_fetched, variant_revision, variant_uri, weights_path
@@ -31,6 +32,7 @@ from grm_worker.contract.config import (
     CheckpointQuantization,
     ModelConfig,
     ScoringConfig,
+    ShadowConfig,
     VllmOptions,
     WorkerConfig,
 )
@@ -117,9 +119,22 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
         port=HTTP_PORT,
         admin_port=ADMIN_PORT,
         drain_timeout_s=float(spec.rollout.drain_seconds),
+        **_shadow(grmd, variant),
     )
     overrides = annotations.get(ANNOTATION_WORKER_OVERRIDES)
     return config if not overrides else apply_overrides(config, overrides)
+
+
+def _shadow(grmd: GRMDeployment, variant: Variant) -> dict[str, ShadowConfig]:
+    """A variant other than the reference shadows spec.precision.shadow.fraction of its score
+    requests to the reference variant's Service (by its cluster DNS name); the reference, or a
+    fraction of 0, sets nothing (the worker's default: no shadowing)."""
+    watch = grmd.spec.precision.shadow
+    if variant.name == grmd.spec.variants[0].name or watch.fraction <= 0.0:
+        return {}
+    service = reference_service_name(grmd.metadata.name)
+    url = f"http://{service}.{grmd.metadata.namespace or 'default'}.svc:{HTTP_PORT}"
+    return {"shadow": ShadowConfig(fraction=watch.fraction, reference_url=url)}
 
 
 def apply_overrides(config: WorkerConfig, overrides_json: str) -> WorkerConfig:

@@ -89,7 +89,9 @@ def test_every_built_manifest_validates_strictly() -> None:
 
     built = children(grmd(rich), pod_monitor=True)
     manifests = built.all()
-    assert len(manifests) == 3 + 3 + 3  # ConfigMaps, Deployments, Service + PDB + PodMonitor
+    assert (
+        len(manifests) == 3 + 3 + 4
+    )  # ConfigMaps, Deployments, Service + reference Service + PDB + PodMonitor
     for manifest in manifests:
         if manifest["kind"] == "PodMonitor":
             continue  # a CRD kind: no built-in schema
@@ -701,3 +703,24 @@ def test_pod_monitor_carries_the_installation_labels_a_prometheus_selects_by() -
     plain = children(pod_monitor=True).pod_monitor
     assert plain is not None and "release" not in plain["metadata"]["labels"]
     assert applied_hash(plain) != applied_hash(built.pod_monitor)
+
+
+def test_variants_other_than_the_reference_shadow_to_the_reference_service() -> None:
+    built = children()
+    ref = built.reference_service
+    name = ref["metadata"]["name"]
+    assert name == "reward-reference"
+    assert ref["spec"]["selector"] == {**selector_labels("reward"), "grm.dev/variant": "bf16"}
+    assert "grm.dev/variant" not in ref["metadata"]["labels"]  # never pruned as a variant's child
+    configs = {
+        v: WorkerConfig.model_validate_json(cm["data"]["worker.json"]) for v, cm in built.config_maps.items()
+    }
+    assert configs["bf16"].shadow.reference_url is None  # the reference shadows to nobody
+    for variant in ("fp8", "int4"):
+        assert configs[variant].shadow.reference_url == "http://reward-reference.rl.svc:8000"
+        assert configs[variant].shadow.fraction == 0.01
+    off = children(grmd(lambda b: b["spec"]["precision"].update(shadow={"fraction": 0})))
+    assert all(
+        WorkerConfig.model_validate_json(cm["data"]["worker.json"]).shadow.reference_url is None
+        for cm in off.config_maps.values()
+    )

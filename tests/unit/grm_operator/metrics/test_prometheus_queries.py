@@ -77,3 +77,21 @@ def test_answers_split_into_variants_and_total_and_nan_is_unknown() -> None:
     assert split_result({"resultType": "scalar", "result": [1.0, "4"]}) == (4.0, {})
     with pytest.raises(MetricsError):
         split_result({"resultType": "matrix", "result": []})
+
+
+def test_rps_leaves_out_shadow_work_and_verdicts_read_over_the_shadow_window() -> None:
+    q = default_queries()
+    # Demand: the engines' finished requests less those run for other variants' shadow scores,
+    # the plain rate where a worker has no shadow counter.
+    assert (
+        "- sum by (grm_dev_variant) (rate(grm_shadow_served_samples_total{selector}[{window}]))" in q["rps"]
+    )
+    assert q["rps"].endswith("or sum (rate(vllm:request_success_total{selector}[{window}]))")
+    for key, name in (
+        ("shadowVerdicts", "grm_shadow_verdicts_total"),
+        ("shadowAgreements", "grm_shadow_agreements_total"),
+    ):
+        assert f"increase({name}{{selector}}[{{shadowWindow}}])" in q[key], key
+    sel = selector("rl", "reward")
+    assert render_query(q["shadowVerdicts"], sel, 60, 3600).count("[3600s]") == 2
+    assert render_query(q["shadowVerdicts"], sel, 60).count("[60s]") == 2

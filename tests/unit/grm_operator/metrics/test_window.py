@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from grm_operator.metrics.exposition import ExpositionError, HistogramCounts, parse_scrape
+from grm_operator.metrics.exposition import ExpositionError, HistogramCounts, PodScrape, parse_scrape
 from grm_operator.metrics.window import (
     ScrapeStore,
     counter_increase,
@@ -298,3 +298,42 @@ def test_gpu_util_is_the_workers_own_ratio_and_dcgm_names_are_not_read() -> None
     # Mean over a's two GPUs; b has no gauge of ours and counts as unknown, not 0.99.
     assert summarize(store.histories(["a", "b"]), window_s=60, now=0).gpu_util == pytest.approx(0.6)
     assert summarize(store.histories(["b"]), window_s=60, now=0).gpu_util is None
+
+
+def _shadow_scrape(t: float, success: float, served: float, verdicts: float, agreed: float) -> PodScrape:
+    text = (
+        "# TYPE vllm:request_success counter\n"
+        f'vllm:request_success_total{{finished_reason="stop"}} {success}\n'
+        "# TYPE grm_shadow_served_samples counter\n"
+        f"grm_shadow_served_samples_total {served}\n"
+        "# TYPE grm_shadow_verdicts counter\n"
+        f'grm_shadow_verdicts_total{{mode="live"}} {verdicts}\n'
+        f'grm_shadow_verdicts_total{{mode="replay"}} {verdicts / 2}\n'
+        "# TYPE grm_shadow_agreements counter\n"
+        f'grm_shadow_agreements_total{{mode="live"}} {agreed}\n'
+        f'grm_shadow_agreements_total{{mode="replay"}} {agreed / 2}\n'
+    )
+    return parse_scrape(text, t, keep=SIGNAL_NAMES)
+
+
+def test_shadow_samples_are_not_demand_and_verdicts_count_over_their_own_window() -> None:
+    store = ScrapeStore(256)
+    # One scrape a minute for an hour: the engine finished 10 requests/s, 4 of them for other
+    # variants' shadow scores; 2 verdicts a minute compared (live + replay), 1.5 agreed.
+    for minute in range(61):
+        t = 60.0 * minute
+        store.add("ref", _shadow_scrape(t, 600.0 * minute, 240.0 * minute, minute, 0.75 * minute))
+    signals = summarize(store.histories(["ref"]), 120.0, 3600.0, shadow_window_s=1800.0)
+    assert signals.rps == pytest.approx(6.0)  # 10 − 4: shadow work is not demand
+    # Over the shadow window (30 min: scrapes 30..60): 30 × 1.5 compared, 30 × 1.125 agreed.
+    assert signals.shadow_verdicts == pytest.approx(45.0)
+    assert signals.shadow_agreements == pytest.approx(33.75)
+    # Without a window of their own they count over the metrics window.
+    short = summarize(store.histories(["ref"]), 120.0, 3600.0)
+    assert short.shadow_verdicts == pytest.approx(3.0) and short.rps == pytest.approx(6.0)
+    # A worker without the shadow counters (an older one): the plain rate, unknown verdicts.
+    old = ScrapeStore()
+    for t, v in ((0.0, 0.0), (60.0, 600.0)):
+        old.add("w", parse_scrape(f"vllm:request_success_total {v}\n", t, keep=SIGNAL_NAMES))
+    plain = summarize(old.histories(["w"]), 120.0, 60.0, shadow_window_s=1800.0)
+    assert plain.rps == pytest.approx(10.0) and plain.shadow_verdicts is None
