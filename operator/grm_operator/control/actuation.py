@@ -24,8 +24,9 @@ read → observe → ``policy.decide`` → :func:`plan` → apply. Rules, by mod
 
 Status written here: ``observed``, ``lastDecision``, ``decisions`` (the newest
 :data:`HISTORY` that did something), ``policyState``, ``samples``, ``activeVariant``,
-``switch``, the variants' ``unhealthyUntil``, and the conditions ``SLOMet``,
-``MetricsAvailable``, ``QualityFloorMet`` (other conditions are the reconciler's and are kept).
+``switch``, the variants' ``unhealthyUntil`` and ``demoted`` (live agreement below the floor,
+:mod:`grm_operator.policy.quality_watch`), and the conditions ``SLOMet``, ``MetricsAvailable``,
+``QualityFloorMet``, ``LiveQualityMet`` (other conditions are the reconciler's and are kept).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ __all__ = [
 
 Action = Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"]
 HISTORY = 20  # the CRD bounds status.decisions at 20 entries
-AUTOSCALER_CONDITIONS = ("SLOMet", "MetricsAvailable", "QualityFloorMet")
+AUTOSCALER_CONDITIONS = ("SLOMet", "MetricsAvailable", "QualityFloorMet", "LiveQualityMet")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class Intent:
     samples: int | None = None
     #: The policy's memory to persist in status.policyState.
     state: Mapping[str, Any] = field(default_factory=dict)
+    #: Variants demoted by their live agreement, as status.variants[].demoted (None: not
+    #: computed, status kept as it is), and the Events of this tick's demotions and lifts.
+    demoted: Mapping[str, Mapping[str, Any]] | None = None
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -270,13 +275,18 @@ def plan(
         patch["decisions"] = history
         patch["policyState"] = dict(intent.state)
     variants = _variants_with_unhealthy(status, names, unhealthy)
-    if variants is not None:
-        patch["variants"] = variants
     computed = {
         "SLOMet": _slo_met(spec, observed),
         "MetricsAvailable": _metrics_available(observed, metrics_error),
         "QualityFloorMet": _quality_floor_met(spec, active),
     }
+    if intent is not None and intent.demoted is not None:
+        marked, changed = _with_demoted(variants or status.get("variants") or [], names, intent.demoted)
+        variants = marked if changed or variants is not None else None
+        computed["LiveQualityMet"] = _live_quality_met(spec, intent.demoted)
+        events.extend(intent.events)
+    if variants is not None:
+        patch["variants"] = variants
     previous = {str(c.get("type")): c for c in status.get("conditions") or []}
     conditions = [dict(c) for c in status.get("conditions") or [] if c.get("type") not in computed]
     for type_, (cstatus, reason, message) in computed.items():
@@ -363,6 +373,41 @@ def _variants_with_unhealthy(
             else:
                 entry["unhealthyUntil"] = want
     return entries if changed else None
+
+
+def _with_demoted(
+    entries: Sequence[Mapping[str, Any]], names: frozenset[str], demoted: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], bool]:
+    """status.variants with ``demoted`` set for the demoted variants and cleared for the others,
+    and whether any entry changed."""
+    out = [dict(e) for e in entries] or [{"name": n} for n in sorted(names)]
+    changed = False
+    for entry in out:
+        want = demoted.get(str(entry.get("name")))
+        if entry.get("demoted") != want:
+            changed = True
+            if want is None:
+                entry.pop("demoted", None)
+            else:
+                entry["demoted"] = dict(want)
+    return out, changed
+
+
+def _live_quality_met(
+    spec: GRMDeploymentSpec, demoted: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, str, str]:
+    if demoted:
+        parts = [f"{name}: {entry.get('message', 'demoted')}" for name, entry in sorted(demoted.items())]
+        pinned = spec.precision.pinned_variant if spec.precision.policy == "Pinned" else None
+        tail = f"; {pinned} is pinned and serves all the same" if pinned in demoted else ""
+        return "False", "VariantDemoted", "; ".join(parts) + tail
+    if spec.precision.shadow.fraction <= 0.0:
+        return "True", "NotWatched", "precision.shadow.fraction is 0: live agreement is not watched"
+    return (
+        "True",
+        "AgreementAboveFloor",
+        (f"no variant's live agreement with {spec.variants[0].name} is below precision.minQuality"),
+    )
 
 
 def _metrics_available(observed: Signals | None, error: str | None) -> tuple[str, str, str]:

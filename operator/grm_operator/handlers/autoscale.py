@@ -253,6 +253,7 @@ class Autoscaler:
                 if p.ready and (base := self._base_url(p)) is not None
             ),
             queries=spec.metrics.queries or {},
+            shadow_window_s=parse_duration(spec.precision.shadow.window),
         )
         reading: Reading | None = None
         error: str | None = None

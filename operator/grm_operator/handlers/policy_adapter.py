@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.control.actuation import Intent, VariantDeployment
+from grm_operator.control.actuation import Event, Intent, VariantDeployment
 from grm_operator.control.builders.replicas import active_variant
+from grm_operator.control.rollout import from_rfc3339, to_rfc3339
 from grm_operator.metrics import Reading
 from grm_operator.policy.decide import decide
+from grm_operator.policy.quality_watch import Demotion, LiveAgreement, QualityWatch, watch_quality
 from grm_operator.policy.types import Observation, PolicyState
 
 
@@ -39,9 +41,16 @@ def decide_intent(
     now: float,
     metrics_error: str | None = None,
 ) -> Intent:
-    """One policy step for a GRMDeployment, with its memory read from and returned for status."""
+    """One policy step for a GRMDeployment, with its memory read from and returned for status:
+    the live-agreement watch first (its demotions leave the ladder), then ``decide``."""
     active = active_variant(spec, status.get("activeVariant"))
     samples = status.get("samples")
+    evidence = {
+        name: LiveAgreement(s.shadow_verdicts, s.shadow_agreements)
+        for name, s in (reading.variants if reading is not None else {}).items()
+        if s.shadow_verdicts is not None and s.shadow_agreements is not None
+    }
+    watch = watch_quality(spec, evidence, demotions_from_status(status), now)
     observation = Observation(
         time=now,
         total=reading.total if reading is not None else None,
@@ -53,6 +62,7 @@ def decide_intent(
         desired={name: d.desired for name, d in deployments.items()},
         metrics_error=metrics_error,
         pending_since={name: c.pending_since for name, c in pods.items() if c.pending_since},
+        demoted=frozenset(watch.demoted),
     )
     state = PolicyState.from_dict(status.get("policyState"))
     decision, new_state = decide(observation, state, spec, now)
@@ -63,4 +73,58 @@ def decide_intent(
         variant=decision.variant,
         samples=decision.samples,
         state=new_state.to_dict(),
+        demoted={name: demotion_to_status(d) for name, d in watch.demoted.items()},
+        events=_watch_events(watch),
     )
+
+
+def demotion_to_status(d: Demotion) -> dict[str, Any]:
+    """status.variants[].demoted of one demotion (rounded: status is for people, and unchanged
+    numbers mean no write)."""
+    return {
+        "since": to_rfc3339(d.since),
+        "reason": "LiveAgreementBelowFloor",
+        "message": d.message,
+        "agreement": round(d.agreement, 4),
+        "agreementLow": round(d.low, 4),
+        "agreementHigh": round(d.high, 4),
+        "compared": d.compared,
+        "agreed": d.agreed,
+        "floor": d.floor,
+        "variantDigest": d.digest,
+    }
+
+
+def demotions_from_status(status: Mapping[str, Any]) -> dict[str, Demotion]:
+    """The demotions recorded in status.variants[].demoted (an unreadable entry is dropped)."""
+    out: dict[str, Demotion] = {}
+    for entry in status.get("variants") or []:
+        mark = entry.get("demoted") if isinstance(entry, Mapping) else None
+        if not isinstance(mark, Mapping):
+            continue
+        try:
+            out[str(entry["name"])] = Demotion(
+                since=from_rfc3339(str(mark["since"])),
+                compared=int(mark["compared"]),
+                agreed=int(mark["agreed"]),
+                low=float(mark["agreementLow"]),
+                high=float(mark["agreementHigh"]),
+                floor=float(mark["floor"]),
+                digest=str(mark["variantDigest"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _watch_events(watch: QualityWatch) -> tuple[Event, ...]:
+    demoted = tuple(
+        Event("Warning", "VariantDemoted", f"{name} leaves the quality ladder: {watch.demoted[name].message}")
+        for name in watch.new
+    )
+    lifted = tuple(
+        Event("Normal", "VariantReinstated", f"{name} was redefined: back on the quality ladder")
+        for name in watch.lifted
+        if name not in watch.demoted
+    )
+    return demoted + lifted

@@ -12,6 +12,7 @@ derived from the object itself (spec + status), so whatever writes the status al
 ``grm_operator_variant_ready_replicas{variant}`` ready pods of the variant
 ``grm_operator_variant_desired_replicas{...}``   replicas the operator asked for
 ``grm_operator_variant_gpus{variant}``           pods × the variant's ``gpusPerReplica``
+``grm_operator_variant_demoted{variant}``        1 while ``status.variants[].demoted`` is set
 ``grm_operator_max_gpus``                        the GPU budget (``GRMDeploymentSpec.max_gpus``)
 ``grm_operator_gpu_seconds_total{variant}``      ∫ variant_gpus dt since the operator started
 ``grm_operator_slo_seconds{objective}``          the SLO target (ttftP95, itlP95, e2eP95)
@@ -58,6 +59,8 @@ class VariantSnapshot:
     replicas: int = 0
     ready: int = 0
     desired: int = 0
+    #: Demoted by its live agreement with the reference (status.variants[].demoted).
+    demoted: bool = False
     gpus_per_replica: int = 1
 
     @property
@@ -127,6 +130,7 @@ def snapshot(body: Mapping[str, Any]) -> Snapshot:
                 ready=_int(v.get("readyReplicas")),
                 desired=_int(v.get("desiredReplicas")),
                 gpus_per_replica=gpus_per_replica.get(name, 1),
+                demoted=isinstance(v.get("demoted"), Mapping),
             )
 
     slo: dict[str, float] = {}
@@ -231,6 +235,11 @@ class FleetMetrics(Collector):
             "grm_operator_variant_desired_replicas", "Replicas the operator asked for.", ("variant",)
         )
         gpus = gauge("grm_operator_variant_gpus", "GPUs held by the variant's pods.", ("variant",))
+        demoted = gauge(
+            "grm_operator_variant_demoted",
+            "1 while the variant is demoted (live agreement with the reference below the floor).",
+            ("variant",),
+        )
         max_gpus = gauge(
             "grm_operator_max_gpus",
             "GPU budget: spec.scaling.maxGPUs, or maxReplicas x largest gpusPerReplica.",
@@ -257,6 +266,7 @@ class FleetMetrics(Collector):
                 ready.add_metric([*ids, vname], v.ready)
                 desired.add_metric([*ids, vname], v.desired)
                 gpus.add_metric([*ids, vname], v.gpus)
+                demoted.add_metric([*ids, vname], 1.0 if v.demoted else 0.0)
             for vname, total in sorted(accrued.items()):
                 gpu_seconds.add_metric([*ids, vname], total)
             for key, value in snap.slo_seconds.items():
@@ -270,7 +280,7 @@ class FleetMetrics(Collector):
             if snap.max_gpus is not None:
                 max_gpus.add_metric(ids, snap.max_gpus)
         yield from (condition, switching, active, replicas, ready, desired, gpus, max_gpus, gpu_seconds)
-        yield from (slo, observed, rps, samples)
+        yield from (slo, observed, rps, samples, demoted)
 
 
 # The names of every series above (a chart test checks that alerts and dashboard use only these
@@ -283,6 +293,7 @@ METRIC_NAMES = (
     "grm_operator_variant_ready_replicas",
     "grm_operator_variant_desired_replicas",
     "grm_operator_variant_gpus",
+    "grm_operator_variant_demoted",
     "grm_operator_max_gpus",
     "grm_operator_gpu_seconds_total",
     "grm_operator_slo_seconds",

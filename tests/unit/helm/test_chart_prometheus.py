@@ -45,6 +45,7 @@ ALERT_NAMES = (
     "GRMDeploymentMetricsMissing",
     "GRMDeploymentDegraded",
     "GRMDeploymentQualityFloorNotMet",
+    "GRMVariantDemoted",
     "GRMDeploymentAtMaxGPUsWithPendingPods",
     "GRMScoreErrorRateHigh",
     "GRMShedShareHigh",
@@ -116,7 +117,7 @@ def _known_metric_names() -> set[str]:
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": _rule_groups()}))
     # One rule per alert, two for the budget burn (fast and slow windows).
-    assert "SUCCESS: 11 rules found" in _promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert "SUCCESS: 12 rules found" in _promtool("check", "rules", "rules.yaml", cwd=tmp_path)
 
 
 def test_alerts_fire_after_their_windows(tmp_path: Path) -> None:

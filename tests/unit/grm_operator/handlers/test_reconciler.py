@@ -110,6 +110,7 @@ async def test_first_reconcile_applies_every_child_then_nothing() -> None:
             "reward-fp8",
             "reward-int4",
             "reward",  # Service
+            "reward-reference",  # Service of the reference variant (shadow scoring)
             "reward",  # PodDisruptionBudget
         ]
     )
