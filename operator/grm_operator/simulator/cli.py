@@ -2,7 +2,8 @@
 
 ``simulate --trace FILE --spec GRMDEPLOYMENT.yaml [--policy NAME[,NAME…]|all] [--rate-scale X]
 [--samples K] [--model-error F] [--seed N] [--json OUT.json] [--plot OUT.png]`` prints the
-comparison table. These flags are the interface the benchmark (``bench/autoscale_bench.py``,
+comparison table. ``--live-agreement VARIANT=SHARE`` (repeatable) gives a variant's true share
+of verdicts agreeing with the reference's, so the live-agreement watch demotes it (docs/quality.md). These flags are the interface the benchmark (``bench/autoscale_bench.py``,
 docs/benchmark.md) runs it through; ``--limit N`` and ``--quiet`` are conveniences on top.
 """
 
@@ -51,6 +52,21 @@ def parse_policies(text: str) -> list[str]:
     return names
 
 
+def parse_live_agreement(items: list[str] | None) -> dict[str, float]:
+    """``VARIANT=SHARE`` items (share within [0, 1]) as a mapping."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        try:
+            share = float(raw)
+        except ValueError:
+            share = -1.0
+        if not sep or not name or not 0.0 <= share <= 1.0:
+            raise ValueError(f"--live-agreement expects VARIANT=SHARE with SHARE in [0, 1], got {item!r}")
+        out[name] = share
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``simulate``'s arguments."""
     parser.add_argument(
@@ -66,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="write the time-series plot (PNG) here")
     parser.add_argument("--limit", type=int, default=None, help="only the trace's first N rows")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--live-agreement",
+        action="append",
+        metavar="VARIANT=SHARE",
+        help="a variant's true share of verdicts agreeing with the reference's (default 1); repeatable",
+    )
 
 
 def simulate(
@@ -81,11 +103,17 @@ def simulate(
     plot_out: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    live_agreement: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run the policies, print the table, write JSON/plot; returns the JSON document."""
     spec = load_spec(spec_path, samples)
     data = load_trace(trace, limit).scaled(rate_scale)
-    config = SimConfig(spec=spec, trace=data, model_error=model_error, seed=seed)
+    unknown = sorted(set(live_agreement or {}) - {v.name for v in spec.variants})
+    if unknown:
+        raise ValueError(f"--live-agreement names no variant of the spec: {', '.join(unknown)}")
+    config = SimConfig(
+        spec=spec, trace=data, model_error=model_error, seed=seed, live_agreement=live_agreement or {}
+    )
     results = run_policies(config, policies, progress=progress)
     print(
         f"{data.name}: {len(data)} requests over {data.duration_s / 60:.1f} min (rate ×{rate_scale}), "
@@ -117,6 +145,7 @@ def command(args: argparse.Namespace) -> int:
             plot_out=args.plot,
             limit=args.limit,
             progress=not args.quiet,
+            live_agreement=parse_live_agreement(args.live_agreement),
         )
     except (OSError, ValueError) as exc:
         print(f"grm-operator simulate: {exc}", file=sys.stderr)

@@ -24,6 +24,14 @@ What the operator and the cluster do, in simulated time:
   switch timeout); when the new pods are Pending for lack of GPUs, one old replica drains per tick.
 * **Model error.** Replicas run on the variant's profile ``model_error``× slower than the one the
   policies are given.
+* **Live agreement** (``live_agreement``: each variant's true share of verdicts agreeing with the
+  reference's, default 1): a finished score request of a variant other than the reference is
+  shadowed with probability ``spec.precision.shadow.fraction`` and agrees with that probability
+  (a generator of its own, so runs without it draw the same numbers as before); each scrape
+  reports the compared and agreeing counts over ``spec.precision.shadow.window``, as the
+  workers' ``grm_shadow_*`` counters do. The comparison is counted at once (the workers' reservoir
+  replays later when the reference is not running) and the reference's cost of 1 % more scores
+  is not modelled.
 
 This module is the event loop and the state its steps share (:class:`Fleet`); one replica and
 the worker's shedding poll are :mod:`.pod`, the scrape's arithmetic :mod:`.scrape`, what a
@@ -35,8 +43,8 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
@@ -70,6 +78,8 @@ class SimConfig:
     jitter: float = 0.05
     scrape_interval_s: float = SCRAPE_INTERVAL_S
     gateway_timeout_s: float = GATEWAY_TIMEOUT_S
+    #: Per variant: the share of its verdicts that agree with the reference's (absent: 1).
+    live_agreement: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def samples_max(self) -> int:
@@ -112,6 +122,10 @@ class Fleet:
         #: The workers' shed floor per variant (spec.scoring.shedSamples): every policy runs the
         #: same workers, so the baselines shed too.
         self.shed_floor = {v.name: shed_floor(self.spec, v.name) for v in self.spec.variants}
+        #: Shadowed score requests per variant: (finished, agreed with the reference), oldest first.
+        self.shadow_log: dict[str, deque[tuple[float, bool]]] = {v.name: deque() for v in self.spec.variants}
+        self.shadow_rng = random.Random(config.seed + 0x5AD0)
+        self.shadow_window_s = parse_duration(self.spec.precision.shadow.window)
 
     # --- pods ------------------------------------------------------------------------------------
     def _new_pod(self, variant: str, now: float, warm: bool) -> Pod:
@@ -214,6 +228,20 @@ class Fleet:
         if done:
             self.done.extend(done)
             self.window_done.extend(done)
+            self._shadow(done)
+
+    def _shadow(self, done: list[Group]) -> None:
+        """The workers' shadow scoring of finished requests (see the module doc)."""
+        fraction = self.spec.precision.shadow.fraction
+        reference = self.spec.variants[0].name
+        if fraction <= 0.0:
+            return
+        for group in done:
+            if group.variant == reference or group.finished is None or group.variant not in self.shadow_log:
+                continue
+            if self.shadow_rng.random() < fraction:
+                agrees = self.shadow_rng.random() < self.config.live_agreement.get(group.variant, 1.0)
+                self.shadow_log[group.variant].append((group.finished, agrees))
 
     def _advance_all(self, now: float) -> None:
         for pod in self.pods:
@@ -267,6 +295,16 @@ class Fleet:
             if not pods and not groups:
                 continue
             per_variant[name] = window_signals(groups, steps, pods, now, self.window_s)
+        for name, log in self.shadow_log.items():
+            while log and log[0][0] < now - self.shadow_window_s:
+                log.popleft()
+            if name in per_variant and log:
+                compared = [agreed for t, agreed in log if t <= now]
+                per_variant[name] = replace(
+                    per_variant[name],
+                    shadow_verdicts=float(len(compared)),
+                    shadow_agreements=float(sum(compared)),
+                )
         self.latest_variants = per_variant
         every = [p for p in self.pods if p.ready(now)]
         all_steps = [s for steps in self.itl.values() for s in steps]

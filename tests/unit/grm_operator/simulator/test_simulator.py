@@ -317,3 +317,33 @@ def test_demo_runs_every_policy_on_the_bundled_data(
     assert 0 < plot.stat().st_size < 200_000
     printed = capsys.readouterr().out
     assert all(name in printed for name in POLICIES)
+
+
+def with_shadow(spec: GRMDeploymentSpec, fraction: float) -> GRMDeploymentSpec:
+    data = spec.model_dump(by_alias=True, exclude_none=True)
+    data["precision"]["shadow"] = {"fraction": fraction, "window": "10m"}
+    return GRMDeploymentSpec.model_validate(data)
+
+
+def test_the_simulator_skips_a_variant_demoted_by_its_live_agreement(spec: GRMDeploymentSpec) -> None:
+    # 4 score requests/s on 6 GPUs: bf16 (3 replicas) runs out of samples to shed and grm steps
+    # down to fp8 after about 6 minutes. Every request is shadowed (fraction 1, so the 125
+    # comparisons a 0.97 floor needs come within a minute): an fp8 that agrees with bf16 on half
+    # the verdicts is demoted and the ladder goes on without it (int4, or fewer samples of bf16);
+    # one that always agrees serves on.
+    tight = with_shadow(with_scaling(spec, maxReplicas=8, maxGPUs=6), 1.0)
+    trace = constant_trace(4.0, 900, prompt=1000, output=200)
+    good = run_policies(SimConfig(spec=tight, trace=trace), ["grm"], progress=False)["grm"]
+    bad = run_policies(
+        SimConfig(spec=tight, trace=trace, live_agreement={"fp8": 0.5}), ["grm"], progress=False
+    )["grm"]
+    served_fp8 = [p.time for p in good.series if p.active == "fp8"]
+    assert served_fp8 and served_fp8[-1] == good.series[-1].time  # fp8 serves to the end
+    bad_fp8 = [p.time for p in bad.series if p.active == "fp8"]
+    assert bad_fp8, "fp8 must serve before it is found out"
+    first, last = bad_fp8[0], bad_fp8[-1]
+    # Demoted within a minute of serving: the switch away starts then and takes as long as a
+    # rolling hand-over of 6 GPUs takes (bf16's cold start per batch); fp8 never comes back.
+    assert bad_fp8 == [p.time for p in bad.series if first <= p.time <= last], "fp8 came back"
+    assert last < bad.series[-1].time and bad.series[-1].active in {"bf16", "int4"}
+    assert bad.served + bad.rejected == bad.total
