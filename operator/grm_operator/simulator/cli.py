@@ -2,9 +2,10 @@
 
 ``simulate --trace FILE --spec GRMDEPLOYMENT.yaml [--policy NAME[,NAME…]|all] [--rate-scale X]
 [--samples K] [--model-error F] [--seed N] [--json OUT.json] [--plot OUT.png]`` prints the
-comparison table. ``--live-agreement VARIANT=SHARE`` (repeatable) gives a variant's true share
-of verdicts agreeing with the reference's, so the live-agreement watch demotes it (docs/quality.md). These flags are the interface the benchmark (``bench/autoscale_bench.py``,
+comparison table. These flags are the interface the benchmark (``bench/autoscale_bench.py``,
 docs/benchmark.md) runs it through; ``--limit N`` and ``--quiet`` are conveniences on top.
+``--live-agreement VARIANT=SHARE`` (repeatable) gives a variant's true share of verdicts that
+agree with the reference's, which the live-agreement watch may demote it for (docs/quality.md).
 """
 
 from __future__ import annotations
