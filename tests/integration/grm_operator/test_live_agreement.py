@@ -1,7 +1,8 @@
 """Quality watched while serving, end to end on real worker processes: a reference worker (bf16)
 and a candidate (fp8, a sim whose verdicts are backwards on half the response sets) that shadows
-every score request to it; the operator's Direct metrics source scrapes both, and its policy
-adapter and plan demote the candidate — while the reference's shadow work is not demand."""
+every score request to it; the operator's metrics sources — Direct, and Prometheus (a real one,
+scraping with the documented relabelling) — read both, and its policy adapter and plan demote the
+candidate, while the reference's shadow work is not demand."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from grm_operator.control.actuation import VariantDeployment, plan
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
-from grm_operator.metrics import Direct, MetricsTarget, PodEndpoint
+from grm_operator.metrics import Direct, MetricsTarget, PodEndpoint, Prometheus, Reading
+from grm_operator.policy.quality_watch import LiveAgreement, watch_quality
 from grm_worker.engines.simtext import response_quality, verdict_flipped
+from support.paths import REPO
 from support.policy import make_spec
+from support.promserver import PrometheusServer, poll, prometheus_binary
 from support.simworkers import SimWorker
+
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.skipif(prometheus_binary() is None, reason="prometheus not installed (make system-deps)"),
+]
 
 # 160 compared verdicts: more than the 125 a perfect record needs to clear the 0.97 floor.
 REQUESTS = 160
@@ -31,8 +41,37 @@ PAIRS = [
 ][:REQUESTS]
 
 
+def _prometheus(workers: dict[str, SimWorker]) -> PrometheusServer:
+    """A Prometheus scraping ``workers`` (by variant) every 500 ms with the documented job's
+    relabelling (examples/prometheus), its Kubernetes discovery replaced by static targets."""
+    documented = yaml.safe_load((REPO / "examples/prometheus/grm-workers-scrape.yaml").read_text())
+    job = documented["scrape_configs"][0]
+    del job["kubernetes_sd_configs"]
+    static = [
+        {
+            "targets": [w.address],
+            "labels": {
+                "__meta_kubernetes_namespace": "rl",
+                "__meta_kubernetes_pod_name": f"reward-{v}-0",
+                "__meta_kubernetes_pod_label_grm_dev_deployment": "reward",
+                "__meta_kubernetes_pod_label_grm_dev_variant": v,
+                "__meta_kubernetes_pod_container_port_name": "http",
+            },
+        }
+        for v, w in workers.items()
+    ]
+    prom = PrometheusServer(
+        {
+            "global": {"scrape_interval": "500ms"},
+            "scrape_configs": [{**job, "static_configs": static, "scrape_interval": "500ms"}],
+        }
+    )
+    poll(lambda: True if len(prom.query('up{grm_dev_deployment="reward"} == 1')) == 2 else None, 30, "up")
+    return prom
+
+
 @pytest.fixture(scope="module")
-def workers() -> Iterator[tuple[SimWorker, SimWorker]]:
+def workers() -> Iterator[tuple[SimWorker, SimWorker, PrometheusServer]]:
     reference = SimWorker("bf16", time_scale=1000.0)
     try:
         candidate = SimWorker(
@@ -55,7 +94,14 @@ def workers() -> Iterator[tuple[SimWorker, SimWorker]]:
     except BaseException:
         reference.stop()
         raise
-    yield reference, candidate
+    try:
+        prom = _prometheus({"bf16": reference, "fp8": candidate})
+    except BaseException:
+        candidate.stop()
+        reference.stop()
+        raise
+    yield reference, candidate, prom
+    prom.stop()
     candidate.stop()
     reference.stop()
 
@@ -67,9 +113,9 @@ async def _metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
 
 
 async def test_a_disagreeing_candidate_is_demoted_and_shadow_work_is_not_demand(
-    workers: tuple[SimWorker, SimWorker],
+    workers: tuple[SimWorker, SimWorker, PrometheusServer],
 ) -> None:
-    reference, candidate = workers
+    reference, candidate, prom = workers
     spec = make_spec()  # bf16 (the reference), fp8, int4; floor 0.97
     target = MetricsTarget(
         namespace="rl",
@@ -108,7 +154,8 @@ async def test_a_disagreeing_candidate_is_demoted_and_shadow_work_is_not_demand(
                 await asyncio.sleep(0.1)
     assert dropped == 0, Path(candidate.log.name).read_text()[-3000:]
     now = time.time()
-    reading = await direct.observe(target, now - started + 1.0, now)
+    window = now - started + 1.0
+    reading = await direct.observe(target, window, now)
     assert reading.notes == ()
     fp8, bf16 = reading.variants["fp8"], reading.variants["bf16"]
     flips = sum(verdict_flipped(list(p), FLIP) for p in PAIRS)
@@ -118,6 +165,27 @@ async def test_a_disagreeing_candidate_is_demoted_and_shadow_work_is_not_demand(
     # candidate's demand is its users' requests.
     assert bf16.rps == 0.0
     assert fp8.rps is not None and fp8.rps > 0.0
+
+    # Prometheus, once it has scraped the final counts, reads the same through the default queries
+    # (increase() extrapolates to the window's edges: within a few percent).
+    poll(
+        lambda: (
+            True
+            if prom.query(f'sum(grm_shadow_verdicts_total{{grm_dev_variant="fp8"}}) == {REQUESTS}')
+            else None
+        ),
+        30,
+        "Prometheus to scrape the final shadow counts",
+    )
+    by_prom: Reading = await Prometheus(prom.url).observe(target, max(window, 10.0), now)
+    p_fp8, p_bf16 = by_prom.variants["fp8"], by_prom.variants["bf16"]
+    assert p_fp8.shadow_verdicts == pytest.approx(REQUESTS, rel=0.1)
+    assert p_fp8.shadow_agreements == pytest.approx(REQUESTS - flips, rel=0.1)
+    assert p_bf16.rps == pytest.approx(0.0, abs=1e-9)
+    assert p_fp8.rps is not None and p_fp8.rps > 0.0
+    assert p_fp8.shadow_verdicts is not None and p_fp8.shadow_agreements is not None
+    seen = {"fp8": LiveAgreement(p_fp8.shadow_verdicts, p_fp8.shadow_agreements)}
+    assert watch_quality(spec, seen, {}, now).new == ("fp8",)
 
     deployments = {"fp8": VariantDeployment(desired=1, replicas=1, ready=1)}
     status: dict[str, Any] = {"activeVariant": "fp8", "samples": 8}
