@@ -68,6 +68,7 @@ def test_render_prints_the_operators_own_children(
     assert objects == expected
     assert [o["kind"] for o in objects] == ["ConfigMap"] * 3 + ["Deployment"] * 3 + [
         "Service",
+        "Service",  # <name>-reference, the reference variant's pods (shadow scoring)
         "PodDisruptionBudget",
         "PodMonitor",
     ]
