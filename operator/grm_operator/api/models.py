@@ -1131,7 +1131,10 @@ class GRMDeploymentStatus(ApiModel):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready, Progressing, Degraded, SLOMet, MetricsAvailable, QualityFloorMet, SpecValid.",
+        description=(
+            "Ready, Progressing, Degraded, SpecValid (the reconciler's); SLOMet, MetricsAvailable,"
+            " QualityFloorMet, WorkersHealthy (the autoscaler's)."
+        ),
         max_length=32,
         # metav1.Condition's convention: one entry per type, so server-side apply merges by type.
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

@@ -26,7 +26,9 @@ Status written here: ``observed``, ``lastDecision``, ``decisions`` (the newest
 :data:`HISTORY` that did something), ``policyState``, ``samples``, ``activeVariant``,
 ``switch``, the variants' ``unhealthyUntil`` and ``demoted`` (live agreement below the floor,
 :mod:`grm_operator.policy.quality_watch`), and the conditions ``SLOMet``, ``MetricsAvailable``,
-``QualityFloorMet``, ``LiveQualityMet`` (other conditions are the reconciler's and are kept).
+``QualityFloorMet``, ``WorkersHealthy`` (a worker pod that cannot start, and why:
+:mod:`grm_operator.control.podhealth`) and ``LiveQualityMet`` (other conditions are the
+reconciler's and are kept).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Literal
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, SwitchProgress
 from grm_operator.control.builders.replicas import active_variant
+from grm_operator.control.podhealth import PodFailure
 from grm_operator.control.rollout import (
     GPUBudget,
     Observed,
@@ -86,13 +89,16 @@ class Intent:
 @dataclass(frozen=True)
 class VariantDeployment:
     """One variant Deployment as read: desired (spec.replicas), existing, Ready, unscheduled
-    (Pending: no GPU free) and crash-looping pods."""
+    (Pending: no GPU free) and crash-looping pods, and the pods that report a failure (the
+    first of them, by pod name, says which)."""
 
     desired: int = 0
     replicas: int = 0
     ready: int = 0
     pending: int = 0
     crashing: int = 0
+    failed: int = 0
+    failure: PodFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,14 @@ def _unhealthy(status: Mapping[str, Any], now: float) -> dict[str, float]:
         if until and from_rfc3339(str(until)) > now:
             out[str(entry.get("name"))] = from_rfc3339(str(until))
     return out
+
+
+def _workers_healthy(deployments: Mapping[str, VariantDeployment]) -> tuple[str, str, str]:
+    for variant, d in sorted(deployments.items()):
+        if d.failure is not None:
+            message = f"variant {variant}: {d.failed} pod(s) failing: {d.failure.message}"
+            return "False", d.failure.reason, message
+    return "True", "AsExpected", "no worker pod reports a failed container"
 
 
 def plan(
@@ -279,6 +293,7 @@ def plan(
         "SLOMet": _slo_met(spec, observed),
         "MetricsAvailable": _metrics_available(observed, metrics_error),
         "QualityFloorMet": _quality_floor_met(spec, active),
+        "WorkersHealthy": _workers_healthy(deployments),
     }
     if intent is not None and intent.demoted is not None:
         marked, changed = _with_demoted(variants or status.get("variants") or [], names, intent.demoted)

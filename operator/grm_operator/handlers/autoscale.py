@@ -49,6 +49,7 @@ from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.control.podhealth import PodFailure, pod_failure
 from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
@@ -87,6 +88,8 @@ class PodView:
     pending_since: float | None = None
     #: Not Ready, and a container (init containers included) restarted CRASH_LOOP_RESTARTS times.
     crashing: bool = False
+    #: Not Ready, and a container failed or is stuck (image, config): why, in one sentence.
+    failure: PodFailure | None = None
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView | None:
@@ -119,6 +122,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView | None:
         ip=status.get("podIP"),
         pending_since=since,
         crashing=not ready and restarts >= CRASH_LOOP_RESTARTS,
+        failure=None if ready else pod_failure(status),
     )
 
 
@@ -235,14 +239,16 @@ class Autoscaler:
         status: Mapping[str, Any] = body.get("status") or {}
         uid = str(grmd.metadata.uid)
         pods = list(self.pods.get(key, {}).values())
-        deployments = {
-            variant: replace(
+        deployments = {}
+        for variant, d in self._deployments(key, uid).items():
+            failing = sorted((p for p in pods if p.variant == variant and p.failure), key=lambda p: p.name)
+            deployments[variant] = replace(
                 d,
                 pending=sum(1 for p in pods if p.variant == variant and p.pending),
                 crashing=sum(1 for p in pods if p.variant == variant and p.crashing),
+                failed=len(failing),
+                failure=failing[0].failure if failing else None,
             )
-            for variant, d in self._deployments(key, uid).items()
-        }
         target = MetricsTarget(
             namespace=namespace,
             name=name,

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from grm_operator.telemetry import deployment_metrics as telemetry
 from grm_operator.telemetry.operator_metrics import OperatorMetrics
 from grm_worker.contract.config import WorkerConfig
+from grm_worker import gpu
 from grm_worker.front_metrics import FrontMetrics
 from support.helmchart import CHART, PROMETHEUS_OPERATOR_API, REPO, by_kind, promtool, render
 
@@ -105,6 +106,8 @@ def _known_metric_names() -> set[str]:
     # The workers' front (grm_score_*, grm_engine_queue, ...), as its own registry exports them.
     worker = FrontMetrics(WorkerConfig()).registry
     names |= {s.name for family in worker.collect() for s in family.samples}
+    # The workers' NVML gauges (exported only where a GPU is visible, so named, not collected).
+    names |= {gpu.GPU_UTIL, gpu.GPU_MEMORY_USED, gpu.GPU_MEMORY_FREE}
     for family in registry.collect():
         # A labelled counter exports no sample before its first inc(): name its series from the type.
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])

@@ -230,6 +230,8 @@ def build_deployment(
         "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
         # Removed from endpoints first, then SIGTERM: the worker drains in-flight requests.
         "lifecycle": {"preStop": {"exec": {"command": list(PRESTOP_COMMAND)}}},
+        # A crash's last log lines reach the pod status, whence the WorkersHealthy condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security,
     }
     pod_spec: Manifest = {

@@ -163,5 +163,8 @@ def fetch_init_container(
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
         ],
+        # The download's error (access denied, no such revision) reaches the pod status, and
+        # from there the GRMDeployment's WorkersHealthy condition (control.podhealth).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": security_context,
     }

@@ -305,3 +305,26 @@ def test_a_switch_that_does_not_fit_max_gpus_rolls() -> None:
     half = {"bf16": VariantDeployment(1, 1, 1), "fp8": VariantDeployment(2, 2, 2)}
     last = run(s, None, status=status, deployments=half, now=NOW + 60)
     assert last.scale == {"bf16": 0, "fp8": 3} and list(last.scale) == ["bf16", "fp8"]
+
+
+def test_a_failing_worker_pod_turns_workers_healthy_false_with_a_warning_naming_why() -> None:
+    from grm_operator.control.podhealth import PodFailure
+
+    healthy = run(spec(), Intent("None", "x"))
+    cond = {c["type"]: c for c in healthy.status["conditions"]}["WorkersHealthy"]
+    assert (cond["status"], cond["reason"]) == ("True", "AsExpected")
+    why = PodFailure("ModelFetchFailed", "init container fetch-model exited 1 (Error): AccessDenied")
+    failing = {"bf16": VariantDeployment(2, 2, 1, failed=1, failure=why), "fp8": VariantDeployment()}
+    p = run(
+        spec(),
+        Intent("None", "x"),
+        status={"activeVariant": "bf16", **healthy.status},
+        deployments=failing,
+        now=NOW + 15,
+    )
+    cond = {c["type"]: c for c in p.status["conditions"]}["WorkersHealthy"]
+    assert (cond["status"], cond["reason"]) == ("False", "ModelFetchFailed")
+    assert cond["message"] == (
+        "variant bf16: 1 pod(s) failing: init container fetch-model exited 1 (Error): AccessDenied"
+    )
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "ModelFetchFailed")]

@@ -75,3 +75,26 @@ def test_a_pod_whose_container_restarted_twice_without_getting_ready_crash_loops
     # Restarts long ago do not matter once the pod is Ready; a failing download init step does.
     assert (view := pod_view(with_restarts(5, ready=True))) is not None and not view.crashing
     assert (view := pod_view(with_restarts(3, init=True))) is not None and view.crashing
+
+
+def test_a_pod_whose_model_download_failed_carries_the_reason_until_it_gets_ready() -> None:
+    fetch = {
+        "name": "fetch-model",
+        "restartCount": 1,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {
+            "terminated": {"exitCode": 1, "reason": "Error", "message": "NoSuchKey: grm/config.json"}
+        },
+    }
+    view = pod_view(pod("a", phase="Pending", initContainerStatuses=[fetch]))
+    assert view is not None and view.failure is not None
+    assert view.failure.reason == "ModelFetchFailed"
+    assert view.failure.message.endswith("NoSuchKey: grm/config.json")
+    # Once Ready, an old failure in lastState says nothing about the pod now.
+    ready = pod(
+        "a",
+        phase="Running",
+        conditions=[{"type": "Ready", "status": "True"}],
+        containerStatuses=[{**fetch, "name": "worker", "state": {"running": {}}}],
+    )
+    assert (view := pod_view(ready)) is not None and view.failure is None
