@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from grm_operator.telemetry import deployment_metrics as telemetry
 from grm_operator.telemetry.operator_metrics import OperatorMetrics
-from grm_worker.contract.config import WorkerConfig
 from grm_worker import gpu
+from grm_worker.contract.config import WorkerConfig
 from grm_worker.front_metrics import FrontMetrics
 from support.helmchart import CHART, PROMETHEUS_OPERATOR_API, REPO, by_kind, promtool, render
 
