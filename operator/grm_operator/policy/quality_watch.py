@@ -19,7 +19,8 @@ The rule, per variant other than the reference (the first, best one), each contr
 * a demotion **stays** (status is the memory, so an operator restart keeps it) until the variant
   is re-evaluated: its definition in the spec changes (another checkpoint, precision or recipe:
   its digest differs from the one recorded at demotion). Fresh live agreement alone never lifts
-  it — a demoted variant serves no traffic, so there is none.
+  it — a demoted variant serves no traffic, so there is none — and neither does an edit of its
+  declared ``quality``.
 * the ladder skips demoted variants (:func:`grm_operator.policy.capacity.operating_points`'s
   ``excluded``); a Pinned policy still runs its pin (the user's explicit choice) and the status
   condition says it is demoted.
@@ -96,8 +97,10 @@ class QualityWatch:
 
 
 def variant_digest(variant: Variant) -> str:
-    """A digest of the variant's definition; a demotion lasts while it is unchanged."""
-    data: Any = variant.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """A digest of the variant's definition; a demotion lasts while it is unchanged. Its
+    ``quality`` is left out: a declared number edited, or replaced by a measurement, is not a new
+    variant (another checkpoint, precision, recipe or engine option is)."""
+    data: Any = variant.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"quality"})
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 

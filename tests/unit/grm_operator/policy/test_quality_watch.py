@@ -93,8 +93,12 @@ def test_a_demotion_stays_until_the_variant_is_redefined() -> None:
     for evidence in ({}, {"fp8": LiveAgreement(500, 500)}):
         again = watch_quality(spec, evidence, first.demoted, now=20.0)
         assert again.demoted == first.demoted and again.new == () and again.lifted == ()
-    # Re-evaluated: the variant points at another checkpoint; the old demotion is lifted.
     variants = [v.model_dump(by_alias=True, exclude_none=True) for v in spec.variants]
+    # Its declared quality edited (or replaced by a measurement): the same variant, still demoted.
+    variants[1]["quality"] = 0.999
+    relabelled = watch_quality(make_spec(variants=variants), {}, first.demoted, now=25.0)
+    assert relabelled.demoted == first.demoted and relabelled.lifted == ()
+    # Re-evaluated: the variant points at another checkpoint; the old demotion is lifted.
     variants[1]["uri"] = "pvc://models/grm-fp8-requantised"
     rebuilt = make_spec(variants=variants)
     lifted = watch_quality(rebuilt, {}, first.demoted, now=30.0)
