@@ -13,6 +13,10 @@ Routes on the front's port (``port``, the one the GRMDeployment's Service forwar
 * ``GET /metrics``: the engine's ``vllm:*`` families (plus GPU gauges) then the front's ``grm_*``
   (:mod:`grm_worker.front_metrics`).
 
+Shadow scoring (:mod:`grm_worker.shadow`): a fraction of answered score requests is re-scored by
+the reference variant in the background and the verdicts compared; a request carrying
+``X-GRM-Shadow`` is one such, answered here as the reference and not counted as demand.
+
 Routes of the admin API (:attr:`Front.admin_app`), served on a listener of its own
 (``admin_port``, 8001 in the operator's pods) that the Service never lists, so no client of the
 Service can change the budget or inject faults; the front's port answers 404 there:
@@ -31,10 +35,6 @@ queue drains budget/floor times faster at once (k = 4 → 1: 4×), with no repli
 and each request's quality stays ≥ the floor. The samples not drawn are counted in
 ``grm_score_samples_shed_total``, which the operator adds to the demand it scales replicas for.
 An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never sheds.
-
-Shadow scoring (:mod:`grm_worker.shadow`): a fraction of answered score requests is re-scored by
-the reference variant in the background and the verdicts compared; a request carrying
-``X-GRM-Shadow`` is one such, answered here as the reference and not counted as demand.
 
 Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
 requests run to completion up to ``drain_timeout_s``, then the caller stops the engine.

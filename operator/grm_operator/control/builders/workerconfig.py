@@ -116,10 +116,10 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
             early_exit="exact" if spec.scoring.early_exit == "Exact" else "off",
             sampling="shuffled" if spec.scoring.sampling == "Shuffled" else "shared-prefill",
         ),
+        **_shadow(grmd, variant),
         port=HTTP_PORT,
         admin_port=ADMIN_PORT,
         drain_timeout_s=float(spec.rollout.drain_seconds),
-        **_shadow(grmd, variant),
     )
     overrides = annotations.get(ANNOTATION_WORKER_OVERRIDES)
     return config if not overrides else apply_overrides(config, overrides)
