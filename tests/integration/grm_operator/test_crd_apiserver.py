@@ -30,6 +30,8 @@ import yaml
 
 from grm_operator.api import models
 from grm_operator.api.crd import CRD_NAME, build_crd
+from grm_operator.handlers.policy_adapter import demotion_to_status
+from grm_operator.policy.quality_watch import Demotion
 from grm_testkit.cluster import tools
 from grm_testkit.operator_process import install_crd, wait_for
 from support import crdcheck
@@ -270,3 +272,17 @@ def test_kubectl_scale_in_auto_mode_is_stored_and_bounded(plane: ControlPlane, n
     assert got["spec"]["scaling"]["replicas"] == 2 and got["spec"]["scaling"]["mode"] == "Auto"
     refused = kubectl(plane, "-n", namespace, "scale", "grmd/auto", "--replicas=0", ok=False)
     assert refused.returncode != 0 and models.MSG_REPLICAS_BOUNDS in refused.stderr
+
+
+def test_a_demotion_with_its_numbers_is_kept_by_the_schema(plane: ControlPlane, namespace: str) -> None:
+    # The autoscaler writes status.variants[].demoted (the live-agreement watch, docs/quality.md);
+    # a structural schema prunes what it does not declare, so every field must survive the write.
+    _grmd(plane, namespace, "reward")
+    demotion = Demotion(1_800_000_000.0, 200, 120, 0.531, 0.665, 0.97, "sha256:0123456789abcdef")
+    mark = demotion_to_status(demotion)
+    variants = [{"name": "bf16"}, {"name": "fp8", "demoted": mark}]
+    _set_status(plane, namespace, "reward", {"variants": variants})
+    path = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{namespace}/{models.PLURAL}/reward"
+    code, stored = plane.request("GET", path)
+    assert code == 200
+    assert stored["status"]["variants"][1]["demoted"] == mark
