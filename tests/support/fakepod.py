@@ -55,6 +55,12 @@ class FakeWorker:
         #: request served (None: the counter is absent, as on a plain vLLM pod).
         self.shed_per_request = shed_per_request
         self.shed = 0
+        #: Shadow verdicts compared per second (the GRM front's grm_shadow_verdicts_total; 0: the
+        #: counters are absent) and the share of them that agree with the reference.
+        self.shadow_rate = 0.0
+        self.shadow_agreement = 1.0
+        self.shadow_pending = 0.0
+        self.shadow_verdicts = 0
         self.rps = rps
         self.ttft, self.itl, self.e2e = list(ttft), list(itl), list(e2e)
         self.request_e2e = list(request_e2e)
@@ -92,6 +98,9 @@ class FakeWorker:
 
     def _advance(self) -> None:
         now = time.monotonic()
+        self.shadow_pending += self.shadow_rate * (now - self.last)
+        self.shadow_verdicts += int(self.shadow_pending)
+        self.shadow_pending -= int(self.shadow_pending)
         self.pending += self.rps * (now - self.last)
         self.last = now
         n = int(self.pending)
@@ -116,6 +125,12 @@ class FakeWorker:
             text += score_latency_text(self.score_latency)
             if self.shed_per_request is not None:
                 text += f"# TYPE grm_score_samples_shed counter\ngrm_score_samples_shed_total {self.shed}\n"
+            if self.shadow_rate > 0 or self.shadow_verdicts:
+                agreed = int(self.shadow_verdicts * self.shadow_agreement)
+                text += "# TYPE grm_shadow_verdicts counter\n"
+                text += f'grm_shadow_verdicts_total{{mode="live"}} {self.shadow_verdicts}\n'
+                text += "# TYPE grm_shadow_agreements counter\n"
+                text += f'grm_shadow_agreements_total{{mode="live"}} {agreed}\n'
             return text
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -415,7 +415,7 @@ def _live_quality_met(
         parts = [f"{name}: {entry.get('message', 'demoted')}" for name, entry in sorted(demoted.items())]
         pinned = spec.precision.pinned_variant if spec.precision.policy == "Pinned" else None
         tail = f"; {pinned} is pinned and serves all the same" if pinned in demoted else ""
-        return "False", "VariantDemoted", "; ".join(parts) + tail
+        return "False", "AgreementBelowFloor", "; ".join(parts) + tail
     if spec.precision.shadow.fraction <= 0.0:
         return "True", "NotWatched", "precision.shadow.fraction is 0: live agreement is not watched"
     return (

@@ -43,7 +43,8 @@ class Cluster:
         self.plane = plane
         self.workdir = workdir
         self.namespaces = {
-            k: f"as-{k}-{uuid.uuid4().hex[:6]}" for k in ("scale", "restart", "rollback", "crashloop")
+            k: f"as-{k}-{uuid.uuid4().hex[:6]}"
+            for k in ("scale", "restart", "rollback", "crashloop", "demote")
         }
         self.workers: dict[tuple[str, str], FakeWorker] = {}
         endpoints: dict[str, str] = {}
@@ -368,3 +369,34 @@ def test_a_switch_whose_pods_crash_loop_rolls_back_long_before_the_timeout(clust
     assert "unhealthyUntil" in next(v for v in st["variants"] if v["name"] == "fp8")
     events = cluster.events(ns)
     assert any("1 fp8 pod(s) crash-loop" in m for m in events["SwitchRollingBack"]), events
+
+
+def test_a_variant_whose_live_agreement_falls_below_the_floor_is_demoted(cluster: Cluster) -> None:
+    """bf16 serves; an fp8 pod's front reports 40 shadow verdicts a second compared with bf16's,
+    half agreeing. Within seconds of 125 comparisons (what a 0.97 floor needs) the operator
+    records the demotion in status with its numbers, sets LiveQualityMet False and posts a
+    VariantDemoted Event; the demotion stays while fp8's definition does not change."""
+    ns = cluster.namespaces["demote"]
+    _idle_grmd(cluster, ns)
+    fp8 = cluster.workers[ns, PODS["fp8"][0]]
+    fp8.set(shadow_rate=40.0, shadow_agreement=0.5)
+    cluster.pod(ns, "fp8", PODS["fp8"][0], "10.244.1.2")
+
+    def demoted() -> dict[str, Any] | None:
+        entry = next((v for v in cluster.status(ns).get("variants") or [] if v["name"] == "fp8"), {})
+        mark: dict[str, Any] | None = entry.get("demoted")
+        return mark
+
+    mark = cluster.wait(demoted, "fp8 demoted")
+    assert mark["compared"] >= 125 and mark["agreementLow"] < 0.97 and mark["floor"] == 0.97
+    assert 0.4 <= mark["agreement"] <= 0.6 and mark["reason"] == "LiveAgreementBelowFloor"
+    conditions = {c["type"]: c for c in cluster.status(ns)["conditions"]}
+    assert conditions["LiveQualityMet"]["status"] == "False"
+    assert conditions["LiveQualityMet"]["reason"] == "AgreementBelowFloor"
+    events = cluster.wait(lambda: cluster.events(ns).get("VariantDemoted"), "the VariantDemoted Event")
+    assert len(events) == 1 and "fp8 leaves the quality ladder" in events[0], events
+    # Good numbers from now on do not lift it (a demoted variant serves nothing in earnest).
+    fp8.set(shadow_agreement=1.0)
+    since = mark["since"]
+    cluster.wait(lambda: (demoted() or {}).get("since") == since, "the demotion kept")
+    assert cluster.status(ns)["activeVariant"] == "bf16"

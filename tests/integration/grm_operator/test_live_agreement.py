@@ -211,7 +211,7 @@ async def test_a_disagreeing_candidate_is_demoted_and_shadow_work_is_not_demand(
     assert (mark["compared"], mark["agreed"]) == (REQUESTS, REQUESTS - flips)
     assert mark["agreementLow"] < 0.97
     conditions = {c["type"]: (c["status"], c["reason"]) for c in step.status["conditions"]}
-    assert conditions["LiveQualityMet"] == ("False", "VariantDemoted")
+    assert conditions["LiveQualityMet"] == ("False", "AgreementBelowFloor")
     assert any(e.reason == "VariantDemoted" for e in step.events)
     assert intent.action == "SwitchVariant" and intent.variant != "fp8", intent.reason
     await direct.close()

@@ -71,7 +71,7 @@ def test_live_disagreement_demotes_the_variant_until_it_is_redefined() -> None:
     mark = next(v for v in step.status["variants"] if v["name"] == "fp8")["demoted"]
     assert mark["compared"] == 200 and mark["agreed"] == 120 and mark["agreement"] == 0.6
     assert mark["agreementLow"] < 0.6 < mark["agreementHigh"] < 0.97 == mark["floor"]
-    assert _conditions(step.status)["LiveQualityMet"] == ("False", "VariantDemoted")
+    assert _conditions(step.status)["LiveQualityMet"] == ("False", "AgreementBelowFloor")
     assert [e.reason for e in step.events if e.reason == "VariantDemoted"] == ["VariantDemoted"]
     assert "120/200" in next(e.message for e in step.events if e.reason == "VariantDemoted")
     # Next tick, the status as written: still demoted, no new Event, nothing to rewrite there.
