@@ -82,6 +82,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (Go's http.Server.Shutdown treats a new connection as idle after 5 s): its first request may be
 # on the way, and closing it then would fail that request.
 _NEW_CONNECTION_GRACE_S = 5.0
+# During a drain, a connection that carries no request is closed once it has been idle this long.
+# Closing an idle HTTP/1.1 connection always races a request the client may be sending on it (the
+# request is lost: no client retries a POST), and a busy worker's event loop reads a request that
+# arrived only milliseconds later. Seen in the keep-alive drain test (grm_testkit.l4path) when idle
+# connections were closed the instant the drain began: an httpx pool at 4 req/s lost a request
+# (ReadError) in the first drain.
+# Waiting leaves the connection to its client: one that keeps sending uses it and gets
+# `Connection: close` (no race); one that stopped closes it itself (httpx and openai after 5 s
+# idle); a connection its pool has passed over for 2 s is rarely chosen in the next millisecond.
+_DRAIN_IDLE_CLOSE_S = 2.0
 # How often the drain looks at the connections (each look is a few µs per connection).
 _DRAIN_POLL_S = 0.05
 # gRPC's MaxConnectionAge jitter: ±10 %, so connections opened together (a client's pool at start)
@@ -141,6 +151,8 @@ class _Connection:
     opened_at: float
     max_age_s: float | None
     responses: int = 0
+    busy: int = 0  # requests in its handler now
+    idle_since: float = 0.0  # when its last handler returned (monotonic)
 
 
 class Front:
@@ -243,8 +255,15 @@ class Front:
     @web.middleware
     async def _connection_seen(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         # Registered when its first request starts: the age counts from there.
-        self._connection(request)
-        return await handler(request)
+        connection = self._connection(request)
+        if connection is None:
+            return await handler(request)
+        connection.busy += 1
+        try:
+            return await handler(request)
+        finally:
+            connection.busy -= 1
+            connection.idle_since = time.monotonic()
 
     async def _connection_header(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         """on_response_prepare: the headers are computed but not sent; a ``Connection: close`` set
@@ -297,19 +316,21 @@ class Front:
         await self._stop_queue_poll()
         open_now = len(server.connections) if server is not None else 0
         log.info("draining in_flight=%d connections=%d timeout_s=%.1f", self.in_flight, open_now, timeout)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
         closing: dict[RequestHandler, asyncio.Task[None]] = {}
         first_seen: dict[RequestHandler, float] = {}
         while True:
-            now = loop.time()
+            now = time.monotonic()
             left = server.connections if server is not None else []
             for conn in left:
                 if conn in closing or conn.transport is None:
                     continue
                 seen = first_seen.setdefault(conn, now)
-                if conn.transport not in self._connections and now - seen < _NEW_CONNECTION_GRACE_S:
+                known = self._connections.get(conn.transport)
+                if known is None and now - seen < _NEW_CONNECTION_GRACE_S:
                     continue  # accepted, no request yet: its first one may be on the way
+                if known is not None and (known.busy or now - known.idle_since < _DRAIN_IDLE_CLOSE_S):
+                    continue  # busy (it closes after its response) or idle only since just now
                 # aiohttp's own graceful close (what AppRunner.cleanup does to every connection):
                 # close() ends an idle connection's wait for a request, or marks a busy one to close
                 # after its response; shutdown() then waits for that response and closes the socket.
