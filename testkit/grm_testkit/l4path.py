@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_table()
     settings: dict[str, Any] = dict(SIM_SETTINGS)
     if args.max_age is not None:
-        settings["connection_max_age_s"] = args.max_age or None
+        settings["connection_max_age_s"] = args.max_age
     if args.scenario == "drain":
         result = drain(settings, args.rate, args.drain_timeout)
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import importlib
 import json
 import threading
@@ -352,6 +353,57 @@ def keepalive_loads(
 ) -> list[KeepAliveLoad]:
     """One :class:`KeepAliveLoad` per client users run (openai, httpx, reward), each at ``rate``."""
     return [KeepAliveLoad(url, rate, client, max_in_flight=max_in_flight) for client in KEEPALIVE_CLIENTS]
+
+
+class ClientMix:
+    """One Service's score load split evenly over a client that opens a connection per request
+    (:class:`LoadGenerator`, urllib) and the keep-alive clients (openai, httpx, reward): the rate
+    the scenario asks for, as a mix of the clients users run. Same interface as the loads, plus
+    :meth:`by_client`, so a test can say which client saw a failure."""
+
+    def __init__(self, url: str, rate: Callable[[float], float], *, max_in_flight: int = 64) -> None:
+        share = 1 + len(KEEPALIVE_CLIENTS)
+
+        def each(t: float) -> float:
+            return rate(t) / share
+
+        self.loads: dict[str, LoadGenerator | KeepAliveLoad] = {
+            "urllib": LoadGenerator(f"{url.rstrip('/')}/v1/grm/score", each, max_in_flight=max_in_flight)
+        }
+        for client in KEEPALIVE_CLIENTS:
+            self.loads[client] = KeepAliveLoad(url, each, client, max_in_flight=max_in_flight)
+        self.t0 = 0.0
+
+    def start(self) -> ClientMix:
+        # The keep-alive clients first (their start waits for the client to exist), then the clock.
+        for name, load in self.loads.items():
+            if name != "urllib":
+                load.start()
+        self.loads["urllib"].start()
+        self.t0 = time.monotonic()
+        return self
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def in_flight(self) -> int:
+        return sum(load.in_flight() for load in self.loads.values())
+
+    def by_client(self) -> dict[str, list[Outcome]]:
+        """Each client's outcomes, their ``sent`` relative to :meth:`start`."""
+        out: dict[str, list[Outcome]] = {}
+        for name, load in self.loads.items():
+            shift = load.t0 - self.t0
+            out[name] = [dataclasses.replace(o, sent=o.sent + shift) for o in load.outcomes()]
+        return out
+
+    def outcomes(self) -> list[Outcome]:
+        return sorted((o for each in self.by_client().values() for o in each), key=lambda o: o.sent)
+
+    def stop(self, drain_timeout_s: float = 90.0) -> list[Outcome]:
+        for load in self.loads.values():
+            load.stop(drain_timeout_s)
+        return self.outcomes()
 
 
 def p95(values: Sequence[float]) -> float | None:

@@ -246,7 +246,7 @@ class Front:
             return None
         known = self._connections.get(transport)
         if known is None:
-            limit = self.config.connection_max_age_s
+            limit: float | None = self.config.connection_max_age_s or None  # 0: no cap
             if limit is not None:
                 limit *= 1.0 + self._jitter.uniform(-_AGE_JITTER, _AGE_JITTER)
             known = self._connections[transport] = _Connection(time.monotonic(), limit)

@@ -200,7 +200,7 @@ async def test_ready_waits_for_startup_and_drain_serves_new_and_in_flight_with_c
 
 
 async def test_connection_closed_at_max_requests_and_after_max_age() -> None:
-    client, front = await client_for(connection_max_requests=3, connection_max_age_s=None)
+    client, front = await client_for(connection_max_requests=3, connection_max_age_s=0)
     headers = []
     for _ in range(4):
         r = await client.get("/v1/models")

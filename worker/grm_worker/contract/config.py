@@ -301,15 +301,15 @@ class WorkerConfig(BaseModel):
         "every request (each answered with `Connection: close`), closes idle connections, and stops the "
         "engine once no connection is left or this time has passed.",
     )
-    connection_max_age_s: float | None = Field(
+    connection_max_age_s: float = Field(
         DEFAULT_CONNECTION_MAX_AGE_S,
-        gt=0.0,
+        ge=0.0,
         le=86400.0,
         description="Age (seconds since its first request, ±10 % jitter per connection) after which the "
         "front answers a connection's next response with `Connection: close`, like gRPC's "
         "MaxConnectionAge: a keep-alive client then reconnects, and kube-proxy (which balances per "
         "connection) spreads its connections over the replicas there are now, new ones included. "
-        "None: connections live as long as the client keeps them (a keep-alive pool then never "
+        "0: connections live as long as the client keeps them (a keep-alive pool then never "
         "reaches a replica added after it connected).",
     )
     connection_max_requests: int | None = Field(
