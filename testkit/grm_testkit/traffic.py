@@ -206,21 +206,32 @@ class KeepAliveLoad:
         self._stop = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._started = threading.Event()
+        self._prepared = threading.Event()
+        self._go = threading.Event()
         self.t0 = 0.0
 
-    def start(self) -> KeepAliveLoad:
-        """Starts the client's thread and returns once its client exists and the load has begun
-        (importing ``openai`` alone takes seconds on a busy machine: the clock starts after it)."""
+    def prepare(self) -> KeepAliveLoad:
+        """Starts the client's thread and returns once its client exists (importing ``openai``
+        alone takes seconds on a busy machine); the load begins at :meth:`go`."""
         # Imported here, in the caller's thread: two clients' threads importing openai and httpx at
         # once see each other's half-initialised modules.
         for module in _CLIENT_MODULES[self.client]:
             importlib.import_module(module)
         self._thread = threading.Thread(target=self._run, name=f"keepalive-{self.client}", daemon=True)
         self._thread.start()
-        if not self._started.wait(120):
+        if not self._prepared.wait(120):
             raise RuntimeError(f"the {self.client} client did not start within 120 s")
         return self
+
+    def go(self) -> KeepAliveLoad:
+        """Begins the load (its clock starts now)."""
+        self.t0 = time.monotonic()
+        self._go.set()
+        return self
+
+    def start(self) -> KeepAliveLoad:
+        """:meth:`prepare` then :meth:`go`."""
+        return self.prepare().go()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -250,8 +261,8 @@ class KeepAliveLoad:
 
     async def _main(self) -> None:
         send, close = await self._make_client()
-        self.t0 = time.monotonic()
-        self._started.set()
+        self._prepared.set()
+        await asyncio.to_thread(self._go.wait)
         gate = asyncio.Semaphore(self.max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
 
@@ -375,12 +386,14 @@ class ClientMix:
         self.t0 = 0.0
 
     def start(self) -> ClientMix:
-        # The keep-alive clients first (their start waits for the client to exist), then the clock.
-        for name, load in self.loads.items():
-            if name != "urllib":
-                load.start()
-        self.loads["urllib"].start()
+        # The keep-alive clients are made first (seconds, for openai), then every load begins at once.
+        keepalive = [load for load in self.loads.values() if isinstance(load, KeepAliveLoad)]
+        for load in keepalive:
+            load.prepare()
         self.t0 = time.monotonic()
+        for load in keepalive:
+            load.go()
+        self.loads["urllib"].start()
         return self
 
     def elapsed(self) -> float:
