@@ -42,10 +42,11 @@ MaxConnectionAge, for HTTP/1.1, which has no GOAWAY). Counted in ``grm_connectio
 Drain (:meth:`Front.drain`, on SIGTERM after the pod's preStop): readiness fails at once (the pod
 is already out of its Service's ready endpoints; this is the belt to that brace), every request
 is still served — on the connections the worker has and on any new one a lagging proxy still
-sends — and answered with ``Connection: close``; idle connections are closed (as Go's
-``http.Server.Shutdown`` and aiohttp's own cleanup do), busy ones right after their response. The
-drain ends when no connection is left, or after ``drain_timeout_s``; then the caller stops the
-engine. Never a 503 to a request the worker could still serve: a client whose request reached
+sends — and answered with ``Connection: close``, so a busy connection closes right after its
+response; a connection that carries no request is closed once it has been idle for 2 s (closing it
+at once, as Go's ``http.Server.Shutdown`` and aiohttp's own cleanup do, races a request the client
+may be sending on it). The drain ends when no connection is left, or after ``drain_timeout_s``;
+then the caller stops the engine. Never a 503 to a request the worker could still serve: a client whose request reached
 this pod gets its answer from it.
 
 One concept in one module (the front's HTTP app: routing, the score endpoint, proxying and
