@@ -46,8 +46,8 @@ sends — and answered with ``Connection: close``, so a busy connection closes r
 response; a connection that carries no request is closed once it has been idle for 2 s (closing it
 at once, as Go's ``http.Server.Shutdown`` and aiohttp's own cleanup do, races a request the client
 may be sending on it). The drain ends when no connection is left, or after ``drain_timeout_s``;
-then the caller stops the engine. Never a 503 to a request the worker could still serve: a client whose request reached
-this pod gets its answer from it.
+then the caller stops the engine. Never a 503 to a request the worker could still serve: a client
+whose request reached this pod gets its answer from it.
 
 One concept in one module (the front's HTTP app: routing, the score endpoint, proxying and
 draining), its metrics in :mod:`grm_worker.front_metrics`.
