@@ -168,8 +168,13 @@ _CLIENT_MODULES = {"openai": ("httpx", "openai"), "httpx": ("httpx",), "reward":
 _REWARD_TIMEOUT_TOTAL_S = 120.0
 _REWARD_TIMEOUT_CONNECT_S = 10.0
 _REWARD_CONNECTIONS = 64
-# Samples per batch of the reward client (one rollout step's batch is scored with asyncio.gather).
+# Most requests per batch of the reward client (a rollout step's samples scored with
+# asyncio.gather), and the arrivals of how many seconds one batch gathers: at 2 req/s and more a
+# batch of 4 leaves every 2 s; at low rates single requests, so that a light phase of a scenario
+# stays light (a batch of 4 every 32 s at 0.125 req/s would be a burst of 16 sequences the policy
+# must provision for).
 REWARD_BATCH = 4
+REWARD_BATCH_WINDOW_S = 2.0
 
 
 class KeepAliveLoad:
@@ -181,7 +186,8 @@ class KeepAliveLoad:
     pooled httpx client, the score request sent through ``client.post`` (the SDK's documented way to
     call an endpoint it has no method for); ``httpx`` — ``httpx.AsyncClient`` with its default pool
     (keep-alive, 5 s idle expiry); ``reward`` — slime-shaped (above), requests dispatched in batches
-    of :data:`REWARD_BATCH` gathered together. No client retries: every outcome is a first answer.
+    of up to :data:`REWARD_BATCH` gathered together (:data:`REWARD_BATCH_WINDOW_S`). No client
+    retries: every outcome is a first answer.
     ``url`` is the Service's base URL (``http://host:port``)."""
 
     def __init__(
@@ -283,12 +289,14 @@ class KeepAliveLoad:
 
         try:
             due = 0.0
-            batch = REWARD_BATCH if self.client == "reward" else 1
             while not self._stop.is_set():
                 rate = self.rate(due)
                 if rate <= 0:
                     due += 0.2
                 else:
+                    batch = 1
+                    if self.client == "reward":
+                        batch = min(REWARD_BATCH, max(1, int(rate * REWARD_BATCH_WINDOW_S)))
                     for _ in range(batch):  # a batch's requests leave together (asyncio.gather)
                         launch(due)
                     due += batch / rate

@@ -181,6 +181,8 @@ def test_keepalive_clients_reuse_connections_and_record_every_outcome(
     _wait_for(lambda: len(load.outcomes()) >= 20)
     outcomes = load.stop(10)
     assert len(outcomes) == 20 and all(o.ok for o in outcomes), outcomes[:3]
+    if client == "reward":  # 5 batches of 4 sent at once
+        assert sorted({round(o.sent, 3) for o in outcomes}) == [0.0, 0.1, 0.2, 0.3, 0.4]
     # Pooled keep-alive connections: far fewer connections than requests.
     assert len(set(peers)) <= 20 // 2, len(set(peers))
     failing = KeepAliveLoad(url, lambda t: 20.0 if t < 0.2 else 0.0, client, body={"fail": True}).start()
@@ -195,7 +197,8 @@ def test_client_mix_splits_the_rate_and_names_each_clients_outcomes(
     # Up to 0.48 s, not 0.5: ten steps of 1/20 s add up to a hair under 0.5 in floating point.
     mix = ClientMix(url, lambda t: 80.0 if t < 0.48 else 0.0).start()
     # 80/s over 4 clients: 20/s each for ~0.5 s, 10 requests each (at 0, 0.05, …, 0.45 s); the
-    # reward client's batches of 4 leave at 0, 0.2 and 0.4 s: 12.
+    # reward client's batches of 4 (20/s gathers more than 4 in its window) leave at 0, 0.2 and
+    # 0.4 s: 12.
     expected = {"urllib": 10, "openai": 10, "httpx": 10, "reward": 3 * REWARD_BATCH}
     _wait_for(lambda: len(mix.outcomes()) >= sum(expected.values()))
     outcomes = mix.stop(10)
