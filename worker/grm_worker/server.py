@@ -59,6 +59,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import select
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -142,6 +143,20 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise EngineError("request body must be a JSON object", 400)
     return body
+
+
+def _input_pending(transport: asyncio.BaseTransport) -> bool:
+    """Whether the connection's socket has bytes (or the client's FIN) the event loop has not read
+    yet: a request that arrived while the worker was busy. Closing then would reset it, so the
+    drain leaves the connection for a later look (the race left is the network's transit time)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+    return bool(readable)
 
 
 @dataclasses.dataclass
@@ -332,6 +347,8 @@ class Front:
                     continue  # accepted, no request yet: its first one may be on the way
                 if known is not None and (known.busy or now - known.idle_since < _DRAIN_IDLE_CLOSE_S):
                     continue  # busy (it closes after its response) or idle only since just now
+                if _input_pending(conn.transport):
+                    continue  # a request's bytes arrived and await the event loop: serve it first
                 # aiohttp's own graceful close (what AppRunner.cleanup does to every connection):
                 # close() ends an idle connection's wait for a request, or marks a busy one to close
                 # after its response; shutdown() then waits for that response and closes the socket.

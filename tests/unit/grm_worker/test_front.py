@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,6 +33,13 @@ async def client_for(**fields: Any) -> tuple[TestClient[Any, Any], Front]:
     client: TestClient[Any, Any] = TestClient(TestServer(front.app))
     await client.start_server()
     return client, front
+
+
+def http_server(client: TestClient[Any, Any]) -> web.Server:
+    """The aiohttp server under a test client (its connections are what a drain closes)."""
+    runner = client.server.runner
+    assert runner is not None and runner.server is not None
+    return runner.server
 
 
 async def admin_client_for(front: Front) -> TestClient[Any, Any]:
@@ -181,7 +190,7 @@ async def test_ready_waits_for_startup_and_drain_serves_new_and_in_flight_with_c
     slow = asyncio.create_task(client.post("/v1/completions", json={"prompt": "a", "max_tokens": 60}))
     while front.in_flight == 0:
         await asyncio.sleep(0.001)
-    drain = asyncio.create_task(front.drain(timeout=10, server=client.server.runner.server))
+    drain = asyncio.create_task(front.drain(timeout=10, server=http_server(client)))
     await asyncio.sleep(0)
     assert (await client.get("/ready")).status == 503
     # A request the worker can still serve is served (per-connection balancing sends it no other
@@ -192,9 +201,30 @@ async def test_ready_waits_for_startup_and_drain_serves_new_and_in_flight_with_c
     assert response.status == 200 and (await response.json())["usage"]["completion_tokens"] == 60
     assert response.headers["Connection"] == "close"
     assert await drain is True
-    assert client.server.runner.server is not None and not client.server.runner.server.connections
+    assert not http_server(client).connections
     text = front.metrics.render()
     assert 'grm_connections_recycled_total{reason="draining"}' in text
+    await client.close()
+    await front.engine.stop()
+
+
+async def test_drain_closes_an_idle_keepalive_connection_once_it_idled_and_then_ends() -> None:
+    client, front = await client_for()
+    server = http_server(client)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    before = time.monotonic()
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: worker\r\n\r\n")
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    assert head.startswith("HTTP/1.1 200") and "Connection: close" not in head
+    length = int(next(h for h in head.split("\r\n") if h.lower().startswith("content-length")).split(":")[1])
+    await reader.readexactly(length)
+    # The connection is idle and kept alive; the drain leaves it to its client for 2 s, then closes it.
+    assert await front.drain(timeout=10, server=server) is True
+    assert time.monotonic() - before >= 2.0
+    assert await reader.read() == b""  # the worker closed it
+    assert not server.connections
+    writer.close()
     await client.close()
     await front.engine.stop()
 
