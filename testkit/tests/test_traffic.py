@@ -1,5 +1,6 @@
 """The client-traffic helpers of the demo and the e2e tests: percentiles, trace rates, the rate map,
-status snapshots, and the open-loop load generator against a loopback HTTP server."""
+status snapshots, and the open-loop load generators (one connection per request; keep-alive
+pools; their mix) against loopback HTTP servers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from pathlib import Path
 import pytest
 
 from grm_testkit.traffic import (
+    KEEPALIVE_CLIENTS,
+    REWARD_BATCH,
+    ClientMix,
+    KeepAliveClient,
+    KeepAliveLoad,
     LoadGenerator,
     Outcome,
     decision_key,
@@ -132,3 +138,73 @@ def test_load_generator_counts_http_errors_and_refused_connections(server: str) 
     _wait_for(lambda: len(refused.outcomes()) >= 3)
     outcomes = refused.stop()
     assert len(outcomes) == 3 and {o.status for o in outcomes} == {0} and all(o.error for o in outcomes)
+
+
+@pytest.fixture
+def keepalive_server() -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """An HTTP/1.1 server that keeps connections alive and records each request's client address
+    (one per connection); POST /v1/grm/score answers 200, or 503 for a body asking to fail."""
+    peers: list[tuple[str, int]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            peers.append(self.client_address)
+            status = 503 if b"fail" in body else 200
+            payload = b'{"scores": [1, 0]}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", peers
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("client", KEEPALIVE_CLIENTS)
+def test_keepalive_clients_reuse_connections_and_record_every_outcome(
+    keepalive_server: tuple[str, list[tuple[str, int]]], client: KeepAliveClient
+) -> None:
+    url, peers = keepalive_server
+    load = KeepAliveLoad(url, lambda t: 40.0 if t < 0.5 else 0.0, client).start()
+    # 0.5 s at 40/s: 20 arrivals (the reward client sends them in batches of REWARD_BATCH).
+    _wait_for(lambda: len(load.outcomes()) >= 20)
+    outcomes = load.stop(10)
+    assert len(outcomes) == 20 and all(o.ok for o in outcomes), outcomes[:3]
+    if client == "reward":  # 5 batches of 4 sent at once
+        assert sorted({round(o.sent, 3) for o in outcomes}) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    # Pooled keep-alive connections: far fewer connections than requests.
+    assert len(set(peers)) <= 20 // 2, len(set(peers))
+    failing = KeepAliveLoad(url, lambda t: 20.0 if t < 0.2 else 0.0, client, body={"fail": True}).start()
+    _wait_for(lambda: len(failing.outcomes()) >= 4)
+    assert {o.status for o in failing.stop(10)} == {503}
+
+
+def test_client_mix_splits_the_rate_and_names_each_clients_outcomes(
+    keepalive_server: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, _ = keepalive_server
+    # Up to 0.48 s, not 0.5: ten steps of 1/20 s add up to a hair under 0.5 in floating point.
+    mix = ClientMix(url, lambda t: 80.0 if t < 0.48 else 0.0).start()
+    # 80/s over 4 clients: 20/s each for ~0.5 s, 10 requests each (at 0, 0.05, …, 0.45 s); the
+    # reward client's batches of 4 (20/s gathers more than 4 in its window) leave at 0, 0.2 and
+    # 0.4 s: 12.
+    expected = {"urllib": 10, "openai": 10, "httpx": 10, "reward": 3 * REWARD_BATCH}
+    _wait_for(lambda: len(mix.outcomes()) >= sum(expected.values()))
+    outcomes = mix.stop(10)
+    assert all(o.ok for o in outcomes) and all(-0.05 < o.sent < 0.5 for o in outcomes), [
+        (o.sent, name) for name, each in mix.by_client().items() for o in each if not -0.05 < o.sent < 0.5
+    ]
+    by_client = mix.by_client()
+    assert {k: len(v) for k, v in by_client.items()} == expected
+    assert mix.in_flight() == 0

@@ -91,6 +91,12 @@ CEL_CASES = [
     ("floor-above-all", _floor_case, models.MSG_QUALITY_FLOOR, ".spec.precision.minQuality"),
     ("no-slo", set_("slo", {}), models.MSG_SLO_EMPTY, ".spec.slo"),
     (
+        "connection-age-above-a-day",
+        lambda s: s.setdefault("rollout", {}).update(connectionMaxAge="24h0m1s"),
+        models.MSG_CONNECTION_MAX_AGE,
+        ".spec.rollout.connectionMaxAge",
+    ),
+    (
         "slo-all-null",
         set_("slo", {"ttftP95": None, "e2eP95": None}),
         models.MSG_SLO_EMPTY,

@@ -55,6 +55,7 @@ _OVERRIDES = {
     "seed": "sim.seed",
     "samples": "scoring.samples_default",
     "drain_timeout": "drain_timeout_s",
+    "connection_max_age": "connection_max_age_s",
 }
 
 
@@ -103,7 +104,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter", type=float, help="sim: relative std-dev of step times")
     p.add_argument("--seed", type=int, help="sim: seed")
     p.add_argument("--samples", type=int, help="initial GRM sample budget")
-    p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests may take after SIGTERM")
+    p.add_argument("--drain-timeout", type=float, help="seconds the drain after SIGTERM may take")
+    p.add_argument(
+        "--connection-max-age",
+        type=float,
+        help="seconds after which a client connection is answered with Connection: close",
+    )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (JSON values)"
     )
@@ -131,8 +137,8 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
 
     engine = make_engine(config, engine_url)
     front = Front(config, engine)
-    # The drain already waited drain_timeout_s for in-flight requests; closing the listener must
-    # not wait aiohttp's default 60 s again for the ones that overran it.
+    # The drain already waited drain_timeout_s for the connections to finish; closing the listener
+    # must not wait aiohttp's default 60 s again for the ones that overran it.
     runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     # The admin API listens apart from the front: the Service forwards only the front's port.
     admin_runner = web.AppRunner(front.admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
@@ -170,7 +176,7 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
         else:
             dead_wait.cancel()
             log.info("SIGTERM: draining up to %.1f s", config.drain_timeout_s)
-            await front.drain(config.drain_timeout_s)
+            await front.drain(config.drain_timeout_s, runner.server)
     finally:
         front.draining = True
         for each in runners:

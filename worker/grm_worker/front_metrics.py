@@ -2,7 +2,8 @@
 
 Scoring (samples drawn, early exits, samples saved, parse failures, latency, outcomes), requests
 by endpoint and code, the sample budget, sample shedding (samples and requests shed, the shed
-floor, the engine's queue as last read), readiness and the variant's info: docs/worker.md
+floor, the engine's queue as last read), connections recycled (age and request caps, drain),
+readiness and the variant's info: docs/worker.md
 (Metrics) describes each; docs/metrics.md says which the operator reads (the samples shed count
 as demand).
 """
@@ -61,6 +62,15 @@ class FrontMetrics:
             ["endpoint", "code"],
             registry=r,
         )
+        self.connections_recycled = Counter(
+            "grm_connections_recycled",
+            "Client connections the front closed after a response with `Connection: close`: "
+            "max_age (connection_max_age_s), max_requests (connection_max_requests), draining.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("max_age", "max_requests", "draining"):
+            self.connections_recycled.labels(reason=reason)
         self.in_flight = Gauge("grm_requests_in_flight", "Requests the front is serving now.", registry=r)
         self.budget = Gauge(
             "grm_sample_budget", "Current GRM sample budget (samples per score request).", registry=r

@@ -36,8 +36,22 @@ and each request's quality stays ≥ the floor. The samples not drawn are counte
 ``grm_score_samples_shed_total``, which the operator adds to the demand it scales replicas for.
 An unknown queue (the read failed, or is older than max(3 polls, 2 s)) never sheds.
 
-Drain (:meth:`Front.drain`): on SIGTERM new requests get 503 and readiness fails, in-flight
-requests run to completion up to ``drain_timeout_s``, then the caller stops the engine.
+Connections (kube-proxy balances per *connection* and retries nothing, so a keep-alive client
+stays on the pod it first reached): every response on a connection older than
+``connection_max_age_s`` (±10 % jitter, from its first request) or at its
+``connection_max_requests``-th response says ``Connection: close``, so the client's next request
+opens a new connection, which kube-proxy may send to a replica added since (gRPC's
+MaxConnectionAge, for HTTP/1.1, which has no GOAWAY). Counted in ``grm_connections_recycled_total``.
+
+Drain (:meth:`Front.drain`, on SIGTERM after the pod's preStop): readiness fails at once (the pod
+is already out of its Service's ready endpoints; this is the belt to that brace), every request
+is still served — on the connections the worker has and on any new one a lagging proxy still
+sends — and answered with ``Connection: close``, so a busy connection closes right after its
+response; a connection that carries no request is closed once it has been idle for 2 s (closing it
+at once, as Go's ``http.Server.Shutdown`` and aiohttp's own cleanup do, races a request the client
+may be sending on it). The drain ends when no connection is left, or after ``drain_timeout_s``;
+then the caller stops the engine. Never a 503 to a request the worker could still serve: a client
+whose request reached this pod gets its answer from it.
 
 One concept in one module (the front's HTTP app: routing, the score endpoint, proxying and
 draining), its metrics in :mod:`grm_worker.front_metrics`.
@@ -48,11 +62,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
+import select
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from grm_worker.contract.config import WorkerConfig
 from grm_worker.contract.shedding import QueueReading, queue_blocked, shed_samples
@@ -66,6 +84,26 @@ __all__ = ["Front", "engine_app"]
 log = logging.getLogger("grm_worker.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# During a drain, a connection that has not sent a request yet is closed only once it is this old
+# (Go's http.Server.Shutdown treats a new connection as idle after 5 s): its first request may be
+# on the way, and closing it then would fail that request.
+_NEW_CONNECTION_GRACE_S = 5.0
+# During a drain, a connection that carries no request is closed once it has been idle this long.
+# Closing an idle HTTP/1.1 connection always races a request the client may be sending on it (the
+# request is lost: no client retries a POST), and a busy worker's event loop reads a request that
+# arrived only milliseconds later. Seen in the keep-alive drain test (grm_testkit.l4path) when idle
+# connections were closed the instant the drain began: an httpx pool at 4 req/s lost a request
+# (ReadError) in the first drain.
+# Waiting leaves the connection to its client: one that keeps sending uses it and gets
+# `Connection: close` (no race); one that stopped closes it itself (httpx and openai after 5 s
+# idle); a connection its pool has passed over for 2 s is rarely chosen in the next millisecond.
+_DRAIN_IDLE_CLOSE_S = 2.0
+# How often the drain looks at the connections (each look is a few µs per connection).
+_DRAIN_POLL_S = 0.05
+# gRPC's MaxConnectionAge jitter: ±10 %, so connections opened together (a client's pool at start)
+# are not all recycled in the same instant.
+_AGE_JITTER = 0.1
 
 # A queue reading older than this many polls (and at least _QUEUE_STALE_MIN_S) counts as unknown:
 # the engine's /metrics hung or the event loop stalled, and an old queue must not shed new requests.
@@ -112,6 +150,32 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _input_pending(transport: asyncio.BaseTransport) -> bool:
+    """Whether the connection's socket has bytes (or the client's FIN) the event loop has not read
+    yet: a request that arrived while the worker was busy. Closing then would reset it, so the
+    drain leaves the connection for a later look (the race left is the network's transit time)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+    return bool(readable)
+
+
+@dataclasses.dataclass
+class _Connection:
+    """What the front knows of one client connection: when its first request came, how many
+    responses it has had, and the age at which it is recycled (jittered per connection)."""
+
+    opened_at: float
+    max_age_s: float | None
+    responses: int = 0
+    busy: int = 0  # requests in its handler now
+    idle_since: float = 0.0  # when its last handler returned (monotonic)
+
+
 class Front:
     """The aiohttp application of one worker around one engine."""
 
@@ -121,8 +185,6 @@ class Front:
         self.samples_budget = config.scoring.samples_default
         self.draining = False
         self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._seed = 0
         self.metrics = FrontMetrics(config)
         self.metrics.budget.set(self.samples_budget)
@@ -133,7 +195,11 @@ class Front:
         self.engine_queue_at = 0.0
         self._queue_stale_s = max(_QUEUE_STALE_POLLS * config.scoring.shed_poll_s, _QUEUE_STALE_MIN_S)
         self._queue_poll: asyncio.Task[None] | None = None
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        # Per client connection (keyed by its transport, gone with it): for the age and request caps.
+        self._connections: weakref.WeakKeyDictionary[object, _Connection] = weakref.WeakKeyDictionary()
+        self._jitter = random.Random()
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._connection_seen])
+        app.on_response_prepare.append(self._connection_header)
         app.router.add_post("/v1/completions", self._tracked("completions", self._openai))
         app.router.add_post("/v1/chat/completions", self._tracked("chat", self._openai))
         app.router.add_get("/v1/models", self._models)
@@ -196,16 +262,57 @@ class Front:
             return None
         return self.engine_queue
 
+    # --- connections: age and request caps, Connection: close while draining ----------------------
+    def _connection(self, request: web.BaseRequest) -> _Connection | None:
+        transport = request.transport
+        if transport is None:  # the client already left
+            return None
+        known = self._connections.get(transport)
+        if known is None:
+            limit: float | None = self.config.connection_max_age_s or None  # 0: no cap
+            if limit is not None:
+                limit *= 1.0 + self._jitter.uniform(-_AGE_JITTER, _AGE_JITTER)
+            known = self._connections[transport] = _Connection(time.monotonic(), limit)
+        return known
+
+    @web.middleware
+    async def _connection_seen(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Registered when its first request starts: the age counts from there.
+        connection = self._connection(request)
+        if connection is None:
+            return await handler(request)
+        connection.busy += 1
+        try:
+            return await handler(request)
+        finally:
+            connection.busy -= 1
+            connection.idle_since = time.monotonic()
+
+    async def _connection_header(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """on_response_prepare: the headers are computed but not sent; a ``Connection: close`` set
+        here reaches the client, and ``force_close`` makes aiohttp close the connection after it."""
+        connection = self._connection(request)
+        if connection is None:
+            return
+        connection.responses += 1
+        reason: str | None = None
+        age = time.monotonic() - connection.opened_at
+        if self.draining:
+            reason = "draining"
+        elif connection.max_age_s is not None and age >= connection.max_age_s:
+            reason = "max_age"
+        elif (cap := self.config.connection_max_requests) is not None and connection.responses >= cap:
+            reason = "max_requests"
+        if reason is None or (response.keep_alive is False and "Connection" in response.headers):
+            return  # nothing to do, or closing already (the client asked for it)
+        response.force_close()
+        response.headers["Connection"] = "close"
+        self.metrics.connections_recycled.labels(reason=reason).inc()
+
     # --- request accounting and drain ------------------------------------------------------------
     def _tracked(self, endpoint: str, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            if self.draining:
-                response: web.StreamResponse = _error(503, "worker is draining")
-                response.force_close()
-                self.metrics.requests.labels(endpoint=endpoint, code="503").inc()
-                return response
             self.in_flight += 1
-            self._idle.clear()
             self.metrics.in_flight.set(self.in_flight)
             code = "500"
             try:
@@ -219,23 +326,53 @@ class Front:
                 self.in_flight -= 1
                 self.metrics.in_flight.set(self.in_flight)
                 self.metrics.requests.labels(endpoint=endpoint, code=code).inc()
-                if self.in_flight == 0:
-                    self._idle.set()
 
         return wrapped
 
-    async def drain(self, timeout: float) -> bool:
-        """Refuse new requests and wait for in-flight ones; True when all finished in time."""
+    async def drain(self, timeout: float, server: web.Server | None = None) -> bool:
+        """Stop being Ready and close every connection of ``server`` as soon as it is idle, serving
+        each request meanwhile with ``Connection: close``; True when no connection (nor request)
+        was left before ``timeout``. Without ``server`` (an app under a test server), waits for the
+        requests in flight only."""
         self.draining = True
         self.metrics.ready.set(0)
         await self._stop_queue_poll()
-        log.info("draining in_flight=%d timeout_s=%.1f", self.in_flight, timeout)
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            log.warning("drain timeout: %d requests still in flight", self.in_flight)
-            return False
-        return True
+        open_now = len(server.connections) if server is not None else 0
+        log.info("draining in_flight=%d connections=%d timeout_s=%.1f", self.in_flight, open_now, timeout)
+        deadline = time.monotonic() + timeout
+        closing: dict[RequestHandler, asyncio.Task[None]] = {}
+        first_seen: dict[RequestHandler, float] = {}
+        while True:
+            now = time.monotonic()
+            left = server.connections if server is not None else []
+            for conn in left:
+                if conn in closing or conn.transport is None:
+                    continue
+                seen = first_seen.setdefault(conn, now)
+                known = self._connections.get(conn.transport)
+                if known is None and now - seen < _NEW_CONNECTION_GRACE_S:
+                    continue  # accepted, no request yet: its first one may be on the way
+                if known is not None and (known.busy or now - known.idle_since < _DRAIN_IDLE_CLOSE_S):
+                    continue  # busy (it closes after its response) or idle only since just now
+                if _input_pending(conn.transport):
+                    continue  # a request's bytes arrived and await the event loop: serve it first
+                # aiohttp's own graceful close (what AppRunner.cleanup does to every connection):
+                # close() ends an idle connection's wait for a request, or marks a busy one to close
+                # after its response; shutdown() then waits for that response and closes the socket.
+                conn.close()
+                closing[conn] = asyncio.create_task(conn.shutdown(max(0.0, deadline - now)))
+            if not left and self.in_flight == 0:
+                await asyncio.gather(*closing.values())
+                return True
+            if now >= deadline:
+                log.warning(
+                    "drain timeout: %d requests in flight, %d connections open", self.in_flight, len(left)
+                )
+                for task in closing.values():
+                    task.cancel()
+                await asyncio.gather(*closing.values(), return_exceptions=True)
+                return False
+            await asyncio.sleep(_DRAIN_POLL_S)
 
     # --- OpenAI relay ------------------------------------------------------------------------------
     async def _openai(self, request: web.Request) -> web.StreamResponse:

@@ -701,6 +701,18 @@ class Metrics(ApiModel):
 class Rollout(ApiModel):
     """How variant switches and scale-downs happen."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.connectionMaxAge) || duration(self.connectionMaxAge) <= duration('24h')",
+                    "rollout.connectionMaxAge must be at most 24h",
+                    ".connectionMaxAge",
+                )
+            ]
+        }
+    )
+
     switch_timeout: Duration = Field(
         default="10m",
         description="How long the new variant may take to become Ready before the switch is rolled back.",
@@ -714,6 +726,24 @@ class Rollout(ApiModel):
     unhealthy_backoff: Duration = Field(
         default="30m", description="How long a variant whose switch failed is not tried again."
     )
+    connection_max_age: Duration = Field(
+        default="30s",
+        description="Age after which a worker answers a client connection's next request with "
+        "`Connection: close` (±10% jitter), like gRPC's MaxConnectionAge: kube-proxy balances per "
+        "connection, so this bounds how long a keep-alive client (an RL trainer's pool, a gateway) "
+        "takes to reach replicas added after it connected. 0s: never (a pool then stays on the "
+        "replicas it first reached). At most 24h.",
+    )
+
+    @model_validator(mode="after")
+    def _connection_age_bound(self) -> Rollout:
+        if parse_duration(self.connection_max_age) > CONNECTION_MAX_AGE_LIMIT_S:
+            raise ValueError(MSG_CONNECTION_MAX_AGE)
+        return self
+
+
+CONNECTION_MAX_AGE_LIMIT_S = 86400.0  # the worker's own bound (WorkerConfig.connection_max_age_s)
+MSG_CONNECTION_MAX_AGE = "rollout.connectionMaxAge must be at most 24h"
 
 
 # ---------------------------------------------------------------------------------------------

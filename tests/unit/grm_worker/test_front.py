@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,6 +33,13 @@ async def client_for(**fields: Any) -> tuple[TestClient[Any, Any], Front]:
     client: TestClient[Any, Any] = TestClient(TestServer(front.app))
     await client.start_server()
     return client, front
+
+
+def http_server(client: TestClient[Any, Any]) -> web.Server:
+    """The aiohttp server under a test client (its connections are what a drain closes)."""
+    runner = client.server.runner
+    assert runner is not None and runner.server is not None
+    return runner.server
 
 
 async def admin_client_for(front: Front) -> TestClient[Any, Any]:
@@ -167,7 +176,7 @@ async def test_admin_sim_injects_faults(served: tuple[TestClient[Any, Any], Fron
     assert isinstance(front.engine, SimEngine) and front.engine.faults.crashed == "injected crash"
 
 
-async def test_ready_waits_for_startup_and_drain_refuses_new_but_finishes_in_flight() -> None:
+async def test_ready_waits_for_startup_and_drain_serves_new_and_in_flight_with_connection_close() -> None:
     client, front = await client_for(sim={"time_scale": 10.0, "startup_delay_s": 1.0})
     assert (await client.get("/ready")).status == 503
     assert (await client.get("/health")).status == 200
@@ -175,17 +184,79 @@ async def test_ready_waits_for_startup_and_drain_refuses_new_but_finishes_in_fli
     while (await client.get("/ready")).status != 200:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
+    before = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1})
+    assert before.status == 200 and before.headers.get("Connection") != "close"
     # ~0.9 simulated s of decoding at 10×: in flight while the drain starts.
     slow = asyncio.create_task(client.post("/v1/completions", json={"prompt": "a", "max_tokens": 60}))
     while front.in_flight == 0:
         await asyncio.sleep(0.001)
-    drain = asyncio.create_task(front.drain(timeout=10))
+    drain = asyncio.create_task(front.drain(timeout=10, server=http_server(client)))
     await asyncio.sleep(0)
     assert (await client.get("/ready")).status == 503
-    assert (await client.post("/v1/completions", json={"prompt": "b", "max_tokens": 1})).status == 503
+    # A request the worker can still serve is served (per-connection balancing sends it no other
+    # way), and told to reconnect elsewhere.
+    late = await client.post("/v1/completions", json={"prompt": "b", "max_tokens": 1})
+    assert late.status == 200 and late.headers["Connection"] == "close"
     response = await slow
     assert response.status == 200 and (await response.json())["usage"]["completion_tokens"] == 60
+    assert response.headers["Connection"] == "close"
     assert await drain is True
+    assert not http_server(client).connections
+    text = front.metrics.render()
+    assert 'grm_connections_recycled_total{reason="draining"}' in text
+    await client.close()
+    await front.engine.stop()
+
+
+async def test_drain_closes_an_idle_keepalive_connection_once_it_idled_and_then_ends() -> None:
+    client, front = await client_for()
+    server = http_server(client)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    before = time.monotonic()
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: worker\r\n\r\n")
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    assert head.startswith("HTTP/1.1 200") and "Connection: close" not in head
+    length = int(next(h for h in head.split("\r\n") if h.lower().startswith("content-length")).split(":")[1])
+    await reader.readexactly(length)
+    # The connection is idle and kept alive; the drain leaves it to its client for 2 s, then closes it.
+    assert await front.drain(timeout=10, server=server) is True
+    assert time.monotonic() - before >= 2.0
+    assert await reader.read() == b""  # the worker closed it
+    assert not server.connections
+    writer.close()
+    await client.close()
+    await front.engine.stop()
+
+
+async def test_connection_closed_at_max_requests_and_after_max_age() -> None:
+    client, front = await client_for(connection_max_requests=3, connection_max_age_s=0)
+    headers = []
+    for _ in range(4):
+        r = await client.get("/v1/models")
+        headers.append(r.headers.get("Connection"))
+    # The third response closes the connection; the fourth request opens a new one.
+    assert headers == [None, None, "close", None], headers
+    await client.close()
+    await front.engine.stop()
+
+    client, front = await client_for(connection_max_age_s=0.2)
+    first = await client.get("/v1/models")
+    assert first.headers.get("Connection") is None
+    # 0.2 s ± 10 %: 0.25 s after its first request the connection is past its age (the wait is
+    # the condition itself: the clock is monotonic).
+    await asyncio.sleep(0.25)
+    aged = await client.get("/v1/models")
+    assert aged.headers["Connection"] == "close"
+    assert (await client.get("/v1/models")).headers.get("Connection") is None  # a new connection
+    samples = {
+        s.labels["reason"]: s.value
+        for f in text_string_to_metric_families(front.metrics.render())
+        if f.name == "grm_connections_recycled"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {"max_age": 1.0, "max_requests": 0.0, "draining": 0.0}, samples
     await client.close()
     await front.engine.stop()
 

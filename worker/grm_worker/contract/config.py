@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from grm_worker.contract.perfmodel import PerformanceProfile
 
 __all__ = [
+    "DEFAULT_CONNECTION_MAX_AGE_S",
     "CheckpointQuantization",
     "ConfigError",
     "Device",
@@ -41,6 +42,12 @@ EngineKind = Literal["vllm", "sim"]
 Device = Literal["cuda", "cpu"]
 CheckpointQuantization = Literal["none", "compressed-tensors", "awq", "gptq"]
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+
+
+#: Default of :attr:`WorkerConfig.connection_max_age_s`, chosen by the measurement in docs/worker.md
+#: ("Connections, drain and scale-up"): a keep-alive pool reaches a new replica's share within
+#: about this long, for one reconnect per connection per 30 s (0.03 connections/s per connection).
+DEFAULT_CONNECTION_MAX_AGE_S = 30.0
 
 
 class ConfigError(ValueError):
@@ -352,7 +359,29 @@ class WorkerConfig(BaseModel):
         ),
     )
     drain_timeout_s: float = Field(
-        30.0, ge=0.0, description="On SIGTERM, seconds in-flight requests may take before the engine stops."
+        30.0,
+        ge=0.0,
+        description="On SIGTERM, seconds the drain may take: the worker stops being Ready, keeps serving "
+        "every request (each answered with `Connection: close`), closes idle connections, and stops the "
+        "engine once no connection is left or this time has passed.",
+    )
+    connection_max_age_s: float = Field(
+        DEFAULT_CONNECTION_MAX_AGE_S,
+        ge=0.0,
+        le=86400.0,
+        description="Age (seconds since its first request, ±10 % jitter per connection) after which the "
+        "front answers a connection's next response with `Connection: close`, like gRPC's "
+        "MaxConnectionAge: a keep-alive client then reconnects, and kube-proxy (which balances per "
+        "connection) spreads its connections over the replicas there are now, new ones included. "
+        "0: connections live as long as the client keeps them (a keep-alive pool then never "
+        "reaches a replica added after it connected).",
+    )
+    connection_max_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Responses after which the front closes a connection (`Connection: close` on the "
+        "last); None: no limit. The age limit bounds the time to rebalance whatever the request "
+        "rate; this one recycles busy connections sooner.",
     )
 
     @model_validator(mode="after")

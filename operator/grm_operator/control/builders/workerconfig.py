@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import EngineOptions, GRMDeployment, GRMDeploymentSpec, Variant
 from grm_operator.control.builders.layout import (
     ADMIN_PORT,
@@ -120,6 +121,7 @@ def worker_config(grmd: GRMDeployment, variant: Variant) -> WorkerConfig:
         port=HTTP_PORT,
         admin_port=ADMIN_PORT,
         drain_timeout_s=float(spec.rollout.drain_seconds),
+        connection_max_age_s=parse_duration(spec.rollout.connection_max_age),
     )
     overrides = annotations.get(ANNOTATION_WORKER_OVERRIDES)
     return config if not overrides else apply_overrides(config, overrides)

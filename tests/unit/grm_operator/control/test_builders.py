@@ -398,6 +398,19 @@ def test_worker_config_is_the_workers_own_contract() -> None:
     assert command[command.index("--model") + 1] == "/mnt/weights/grm-27b"
 
 
+def test_connection_max_age_reaches_every_workers_config() -> None:
+    def ages(edit: Any = None) -> set[float]:
+        built = children(grmd(edit))
+        return {
+            WorkerConfig.model_validate_json(cm["data"]["worker.json"]).connection_max_age_s
+            for cm in built.config_maps.values()
+        }
+
+    assert ages() == {30.0}  # the default (docs/worker.md, "Connections, drain and scale-up")
+    assert ages(lambda b: b["spec"].setdefault("rollout", {}).update(connectionMaxAge="2m")) == {120.0}
+    assert ages(lambda b: b["spec"].setdefault("rollout", {}).update(connectionMaxAge="0s")) == {0.0}
+
+
 def test_config_change_rolls_pods_but_a_scale_does_not_change_the_hash() -> None:
     base = children(replicas={"bf16": 1})
     scaled = children(replicas={"bf16": 4})
