@@ -17,7 +17,8 @@ below), each split ``by (grm_dev_variant)``:
   ``increase(vllm:generation_tokens_total SEL [step])``;
 * ``shed_samples``: ``increase(grm_score_samples_shed_total SEL [step])``;
 * ``pod_seconds``: ``sum_over_time((count by (grm_dev_variant) (up SEL))[step:resolution])``
-  times the resolution in seconds;
+  divided by ``count_over_time(vector(1)[step:resolution])`` (the mean pods over the bin's
+  points), times the step in seconds;
 * ``e2e_buckets``, ``ttft_buckets``: ``sum by (grm_dev_variant, le) (increase(B SEL [step]))`` for
   ``B`` = ``grm_score_latency_seconds_bucket`` and ``vllm:time_to_first_token_seconds_bucket``.
 
@@ -63,8 +64,12 @@ QUERIES: dict[str, str] = {
         "sum by (grm_dev_variant) (increase(vllm:generation_tokens_total{selector}[{step}]))"
     ),
     "shed_samples": "sum by (grm_dev_variant) (increase(grm_score_samples_shed_total{selector}[{step}]))",
+    # The mean pod count over the bin's evaluation points, times the bin: Prometheus before 3.0
+    # includes the range's left end (5 points in [4s:1s]), 3.0 does not (4); dividing by the
+    # count of points makes the answer the same under both.
     "pod_seconds": (
-        "sum_over_time((count by (grm_dev_variant) (up{selector}))[{step}:{resolution}]) * {resolution_s}"
+        "sum_over_time((count by (grm_dev_variant) (up{selector}))[{step}:{resolution}])"
+        " / on() group_left() count_over_time(vector(1)[{step}:{resolution}]) * {step_s}"
     ),
     "e2e_buckets": (
         "sum by (grm_dev_variant, le) (increase(grm_score_latency_seconds_bucket{selector}[{step}]))"
@@ -102,7 +107,7 @@ def render_query(name: str, sel: str, step_s: float, resolution_s: float) -> str
     for key, value in (
         ("{selector}", sel),
         ("{step}", _duration(step_s)),
-        ("{resolution_s}", f"{resolution_s:g}"),
+        ("{step_s}", f"{step_s:g}"),
         ("{resolution}", _duration(resolution_s)),
     ):
         text = text.replace(key, value)

@@ -65,15 +65,16 @@ def _variant(i: int) -> str:
 class FakePrometheus:
     """Answers the report's range queries (recognised by their metric) from the fleet above."""
 
-    def __init__(self, fail: str | None = None) -> None:
+    def __init__(self, fail: str | None = None, bins: int = BINS) -> None:
         self.fail = fail
+        self.bins = bins
         self.calls: list[tuple[str, str]] = []
 
     def _matrix(self, label: str, value: Callable[[int, str], float | None]) -> list[dict[str, Any]]:
         out = []
         for key in ("bf16", "fp8") if label == "grm_dev_variant" else ("ok", "rejected"):
             values = [
-                [START + (i + 1) * STEP, str(v)] for i in range(BINS) if (v := value(i, key)) is not None
+                [START + (i + 1) * STEP, str(v)] for i in range(self.bins) if (v := value(i, key)) is not None
             ]
             if values:
                 out.append({"metric": {label: key}, "values": values})
@@ -83,7 +84,7 @@ class FakePrometheus:
         self, query: str, start_time: datetime, end_time: datetime, step: str
     ) -> list[dict[str, Any]]:
         self.calls.append((query, step))
-        assert start_time.timestamp() == START + STEP and end_time.timestamp() == START + BINS * STEP
+        assert start_time.timestamp() == START + STEP and end_time.timestamp() == START + self.bins * STEP
         if self.fail and self.fail in query:
             raise ConnectionError("connection refused")
 
@@ -114,7 +115,7 @@ class FakePrometheus:
                     share = 0.8 if (e2e and le == 10.0) else 1.0
                     values = [
                         [START + (i + 1) * STEP, str(share * (_requests(i) - 1) * (1 if e2e else 4))]
-                        for i in range(BINS)
+                        for i in range(self.bins)
                         if _variant(i) == v
                     ]
                     out.append(
@@ -164,7 +165,10 @@ def test_every_query_selects_the_deployment_and_uses_the_bin() -> None:
         assert '{namespace="rl",grm_dev_deployment="reward"}' in query
         assert step == "60s"
         assert "{" + "selector}" not in query and "{step}" not in query
-    assert "[60s:15s]) * 15" in history.queries["pod_seconds"]
+    assert (
+        "[60s:15s]) / on() group_left() count_over_time(vector(1)[60s:15s]) * 60"
+        in history.queries["pod_seconds"]
+    )
     assert selector("rl", None) == '{namespace="rl",grm_dev_deployment!=""}'
 
 
@@ -325,13 +329,15 @@ def test_the_command_with_a_spec_file(tmp_path: Path) -> None:
         [
             "--prometheus", "http://prom:9090", "-n", NS, "--spec", str(manifest),
             "--since", datetime.fromtimestamp(START).astimezone().isoformat(),
-            "--until", datetime.fromtimestamp(START + BINS * STEP).astimezone().isoformat(),
+            "--until", datetime.fromtimestamp(START + 12 * STEP).astimezone().isoformat(),
             "--out", str(out), "--json", str(tmp_path / "r.json"), "--cold-start", "5s",
         ]
     )  # fmt: skip
-    docs = run(args, prometheus=FakePrometheus())
+    # 12 minutes of 2 bf16 replicas: 0.8 GPU-hours; too short for a 6-minute period to count.
+    docs = run(args, prometheus=FakePrometheus(bins=12))
     assert docs[0]["grmdeployment"] == "rl/reward"
-    assert json.loads((tmp_path / "r.json").read_text())["gpu_hours"] == pytest.approx(1.5)
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["gpu_hours"] == pytest.approx(0.8) and written["period_s"] is None
     assert {p.name for p in out.iterdir()} == {
         "report.md",
         "load.png",
