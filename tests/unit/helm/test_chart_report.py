@@ -41,6 +41,7 @@ def test_the_cronjob_runs_the_report_with_arguments_it_accepts() -> None:
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["grm-operator", "report"]
+    assert container["image"] == "ghcr.io/grm-elastic/grm-report:0.1.0"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(container["args"])
