@@ -1,26 +1,32 @@
 """A GRMDeployment's history read back from Prometheus: the range queries and the per-bin series.
 
 The report divides the time range into bins of ``step`` seconds and asks Prometheus one range
-query per quantity (``/api/v1/query_range`` through ``prometheus-api-client``), each evaluated at
-the end of every bin over the bin's own range ``[step]``, so bin i holds what happened in
-``(t_i − step, t_i]`` and the bins tile the range without overlap. Every query selects the
-GRMDeployment's worker series by the target labels of docs/metrics.md
-(``{namespace="rl",grm_dev_deployment="reward"}``) and splits them by ``grm_dev_variant``.
+query per quantity (``/api/v1/query_range`` through ``prometheus-api-client``), evaluated at the
+range's start and at the end of every bin. Every query selects the GRMDeployment's worker series
+by the target labels of docs/metrics.md (``{namespace="rl",grm_dev_deployment="reward"}``).
 
-The queries (:data:`QUERIES`; ``{selector}``, ``{step}`` and ``{resolution}`` filled in, ``SEL``
-below), each split ``by (grm_dev_variant)``:
+**Counters are read raw, one series per pod, and differenced here** — not with ``increase()``.
+``increase(x[step])`` over back-to-back windows loses what a counter gained between the last
+sample of one window and the first of the next and makes up for it by extrapolation: with a 1-s
+scrape and 4-s bins, a burst of 5 requests per bin came back as 2.7, 5.3 or 0 (measured on the
+local cluster). The value of each pod's counter at every bin end is exact; the bin's increase is
+its difference to the previous bin end. A series that appears during the range is a new pod,
+whose counter started at 0 (the workers export theirs at 0 from the start), so its first value is
+its increase; a value lower than the previous one is a reset (a restart), the new value is the
+increase. A pod's last requests before it went away, after its last scrape, are not seen.
 
-* ``requests``: ``increase(grm_score_requests_total SEL [step])``, and ``outcomes`` the same
-  ``by (outcome)``;
-* ``samples``: ``increase(grm_score_samples_sum SEL [step])`` (critique samples drawn);
-* ``prompt_tokens``, ``generation_tokens``: ``increase(vllm:prompt_tokens_total SEL [step])``,
-  ``increase(vllm:generation_tokens_total SEL [step])``;
-* ``shed_samples``: ``increase(grm_score_samples_shed_total SEL [step])``;
+The queries (:data:`QUERIES`, ``SEL`` the selector):
+
+* ``requests``: ``grm_score_requests_total SEL`` (per pod and ``outcome``);
+* ``samples``: ``grm_score_samples_sum SEL`` (critique samples drawn);
+* ``prompt_tokens``, ``generation_tokens``: ``vllm:prompt_tokens_total SEL``,
+  ``vllm:generation_tokens_total SEL``;
+* ``shed_samples``: ``grm_score_samples_shed_total SEL``;
+* ``e2e_buckets``, ``ttft_buckets``: ``grm_score_latency_seconds_bucket SEL``,
+  ``vllm:time_to_first_token_seconds_bucket SEL``;
 * ``pod_seconds``: ``sum_over_time((count by (grm_dev_variant) (up SEL))[step:resolution])``
   divided by ``count_over_time(vector(1)[step:resolution])`` (the mean pods over the bin's
-  points), times the step in seconds;
-* ``e2e_buckets``, ``ttft_buckets``: ``sum by (grm_dev_variant, le) (increase(B SEL [step]))`` for
-  ``B`` = ``grm_score_latency_seconds_bucket`` and ``vllm:time_to_first_token_seconds_bucket``.
+  points), times the step in seconds.
 
 Why these. Arrivals are the GRM front's score requests (every outcome: a rejected request was
 demand too); tokens per score come from the engines' token counters divided by the samples the
@@ -33,6 +39,7 @@ fraction of requests under the target is what an SLO promises.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +51,7 @@ __all__ = [
     "History",
     "HistoryError",
     "RangeQuerier",
+    "counter_increases",
     "fetch_history",
     "fraction_within",
     "histogram_quantile",
@@ -56,14 +64,11 @@ class HistoryError(Exception):
 
 
 QUERIES: dict[str, str] = {
-    "requests": "sum by (grm_dev_variant) (increase(grm_score_requests_total{selector}[{step}]))",
-    "outcomes": "sum by (outcome) (increase(grm_score_requests_total{selector}[{step}]))",
-    "samples": "sum by (grm_dev_variant) (increase(grm_score_samples_sum{selector}[{step}]))",
-    "prompt_tokens": "sum by (grm_dev_variant) (increase(vllm:prompt_tokens_total{selector}[{step}]))",
-    "generation_tokens": (
-        "sum by (grm_dev_variant) (increase(vllm:generation_tokens_total{selector}[{step}]))"
-    ),
-    "shed_samples": "sum by (grm_dev_variant) (increase(grm_score_samples_shed_total{selector}[{step}]))",
+    "requests": "grm_score_requests_total{selector}",
+    "samples": "grm_score_samples_sum{selector}",
+    "prompt_tokens": "vllm:prompt_tokens_total{selector}",
+    "generation_tokens": "vllm:generation_tokens_total{selector}",
+    "shed_samples": "grm_score_samples_shed_total{selector}",
     # The mean pod count over the bin's evaluation points, times the bin: Prometheus before 3.0
     # includes the range's left end (5 points in [4s:1s]), 3.0 does not (4); dividing by the
     # count of points makes the answer the same under both.
@@ -71,12 +76,8 @@ QUERIES: dict[str, str] = {
         "sum_over_time((count by (grm_dev_variant) (up{selector}))[{step}:{resolution}])"
         " / on() group_left() count_over_time(vector(1)[{step}:{resolution}]) * {step_s}"
     ),
-    "e2e_buckets": (
-        "sum by (grm_dev_variant, le) (increase(grm_score_latency_seconds_bucket{selector}[{step}]))"
-    ),
-    "ttft_buckets": (
-        "sum by (grm_dev_variant, le) (increase(vllm:time_to_first_token_seconds_bucket{selector}[{step}]))"
-    ),
+    "e2e_buckets": "grm_score_latency_seconds_bucket{selector}",
+    "ttft_buckets": "vllm:time_to_first_token_seconds_bucket{selector}",
 }
 """Every PromQL query the report runs, by name (module docstring)."""
 
@@ -162,24 +163,53 @@ def _value(raw: Any) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def _index(history: History, stamp: float) -> int | None:
-    # Bin i is evaluated at start + (i+1)·step; stamps come back on that grid (±rounding).
-    i = round((stamp - history.start) / history.step_s) - 1
-    return i if 0 <= i < history.bins else None
+def _points(history: History, item: Mapping[str, Any]) -> list[float]:
+    """A series' values at the range start (index 0) and every bin end (index i + 1); NaN where absent."""
+    values = [math.nan] * (history.bins + 1)
+    for stamp, raw in item.get("values") or []:
+        # Points are on the grid start + k·step (±rounding of the client's start time).
+        k = round((float(stamp) - history.start) / history.step_s)
+        if 0 <= k <= history.bins:
+            values[k] = _value(raw)
+    return values
 
 
-def _series(history: History, result: Sequence[Mapping[str, Any]], label: str) -> Series:
+def counter_increases(points: Sequence[float]) -> list[float]:
+    """Per-bin increases of one counter series from its values at the range start and bin ends.
+
+    Absent at a bin end: 0 for that bin. Present after an absence (or first seen after the range
+    start): a new pod, whose counter started at 0 — the value is the increase. Lower than before: a
+    reset, the new value is the increase. E.g. points [nan, 2, 5, nan, 1, 0.5] → [2, 3, 0, 1, 0.5].
+    """
+    out = []
+    for prev, value in itertools.pairwise(points):
+        if math.isnan(value):
+            out.append(0.0)
+        elif math.isnan(prev) or value < prev:
+            out.append(value)
+        else:
+            out.append(value - prev)
+    return out
+
+
+def _counter_series(history: History, result: Sequence[Mapping[str, Any]], label: str) -> Series:
     out: Series = {}
     for item in result:
         key = str((item.get("metric") or {}).get(label, ""))
-        values = out.setdefault(key, [math.nan] * history.bins)
-        for stamp, raw in item.get("values") or []:
-            i = _index(history, float(stamp))
-            if i is None:
-                continue
-            value = _value(raw)
+        total = out.setdefault(key, [0.0] * history.bins)
+        for i, inc in enumerate(counter_increases(_points(history, item))):
+            total[i] += inc
+    return out
+
+
+def _gauge_series(history: History, result: Sequence[Mapping[str, Any]], label: str) -> Series:
+    out: Series = {}
+    for item in result:
+        key = str((item.get("metric") or {}).get(label, ""))
+        total = out.setdefault(key, [math.nan] * history.bins)
+        for i, value in enumerate(_points(history, item)[1:]):
             if not math.isnan(value):
-                values[i] = value if math.isnan(values[i]) else values[i] + value
+                total[i] = value if math.isnan(total[i]) else total[i] + value
     return out
 
 
@@ -194,11 +224,8 @@ def _buckets(history: History, result: Sequence[Mapping[str, Any]]) -> dict[str,
         if math.isnan(le):
             continue
         per_bin = out.setdefault(str(metric.get("grm_dev_variant", "")), [{} for _ in range(history.bins)])
-        for stamp, raw in item.get("values") or []:
-            i = _index(history, float(stamp))
-            value = _value(raw)
-            if i is not None and not math.isnan(value):
-                per_bin[i][le] = per_bin[i].get(le, 0.0) + value
+        for i, inc in enumerate(counter_increases(_points(history, item))):
+            per_bin[i][le] = per_bin[i].get(le, 0.0) + inc
     return out
 
 
@@ -220,7 +247,7 @@ def fetch_history(
     if bins < 1:
         raise HistoryError(f"the range ({end - start:g}s) is shorter than one step ({step_s:g}s)")
     history = History(start=start, step_s=step_s, bins=bins)
-    first = datetime.fromtimestamp(start + step_s, UTC)
+    first = datetime.fromtimestamp(start, UTC)
     last = datetime.fromtimestamp(start + bins * step_s, UTC)
     for name in QUERIES:
         text = render_query(name, sel, step_s, resolution_s)
@@ -231,12 +258,12 @@ def fetch_history(
             raise HistoryError(f"Prometheus query {name} failed: {exc}") from exc
         if name.endswith("_buckets"):
             setattr(history, name, _buckets(history, result))
+        elif name == "pod_seconds":
+            history.pod_seconds = _gauge_series(history, result, "grm_dev_variant")
         else:
-            setattr(
-                history,
-                name,
-                _series(history, result, "outcome" if name == "outcomes" else "grm_dev_variant"),
-            )
+            setattr(history, name, _counter_series(history, result, "grm_dev_variant"))
+            if name == "requests":
+                history.outcomes = _counter_series(history, result, "outcome")
     return history
 
 

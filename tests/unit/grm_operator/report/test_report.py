@@ -20,6 +20,7 @@ from grm_operator.report.document import to_json, to_markdown
 from grm_operator.report.history import (
     QUERIES,
     HistoryError,
+    counter_increases,
     fetch_history,
     fraction_within,
     histogram_quantile,
@@ -63,67 +64,82 @@ def _variant(i: int) -> str:
 
 
 class FakePrometheus:
-    """Answers the report's range queries (recognised by their metric) from the fleet above."""
+    """Answers the report's range queries (recognised by their metric) from the fleet above, as
+    Prometheus would: one cumulative series per pod, at the range start and every bin end; the
+    bf16 pod's series ends when it goes, the fp8 pod's begins when it comes (its counter from 0)."""
 
     def __init__(self, fail: str | None = None, bins: int = BINS) -> None:
         self.fail = fail
         self.bins = bins
         self.calls: list[tuple[str, str]] = []
 
-    def _matrix(self, label: str, value: Callable[[int, str], float | None]) -> list[dict[str, Any]]:
-        out = []
-        for key in ("bf16", "fp8") if label == "grm_dev_variant" else ("ok", "rejected"):
-            values = [
-                [START + (i + 1) * STEP, str(v)] for i in range(self.bins) if (v := value(i, key)) is not None
-            ]
-            if values:
-                out.append({"metric": {label: key}, "values": values})
-        return out
+    def _present(self, k: int, variant: str) -> bool:
+        """Whether the variant's pod is scraped at point k (the range start is k = 0, bin i ends at
+        k = i + 1): bf16 from before the range to the end of its bins, fp8 from the end of its first."""
+        if variant == "bf16":
+            return k <= BINS // 2
+        return k >= BINS // 2 + 1
+
+    def _counter(
+        self, labels: dict[str, str], variant: str, per_bin: Callable[[int], float], offset: float = 100.0
+    ) -> dict[str, Any]:
+        """A pod's counter: bf16 had counted ``offset`` before the range (not in the report)."""
+        values = []
+        total = offset if variant == "bf16" else 0.0
+        for k in range(self.bins + 1):
+            if k > 0 and _variant(k - 1) == variant:
+                total += per_bin(k - 1)
+            if self._present(k, variant):
+                values.append([START + k * STEP, str(total)])
+        return {"metric": {"grm_dev_variant": variant, "pod": f"{variant}-0", **labels}, "values": values}
+
+    def _counters(self, per_bin: Callable[[int], float], **labels: str) -> list[dict[str, Any]]:
+        return [self._counter(labels, v, per_bin) for v in ("bf16", "fp8")]
 
     def custom_query_range(
         self, query: str, start_time: datetime, end_time: datetime, step: str
     ) -> list[dict[str, Any]]:
         self.calls.append((query, step))
-        assert start_time.timestamp() == START + STEP and end_time.timestamp() == START + self.bins * STEP
+        assert start_time.timestamp() == START and end_time.timestamp() == START + self.bins * STEP
         if self.fail and self.fail in query:
             raise ConnectionError("connection refused")
-
-        def mine(fn: Callable[[int], float]) -> Callable[[int, str], float | None]:
-            return lambda i, v: fn(i) if _variant(i) == v else None
-
-        if "grm_score_requests_total" in query and "outcome" in query:
-            return self._matrix("outcome", lambda i, o: _requests(i) - 1 if o == "ok" else 1.0)
-        if "grm_score_requests_total" in query:
-            return self._matrix("grm_dev_variant", mine(_requests))
-        if "grm_score_samples_sum" in query:
-            return self._matrix("grm_dev_variant", mine(lambda i: 4 * _requests(i)))
+        if query.startswith("grm_score_requests_total"):
+            return self._counters(lambda i: _requests(i) - 1, outcome="ok") + self._counters(
+                lambda i: 1.0, outcome="rejected"
+            )
+        if query.startswith("grm_score_samples_sum"):
+            return self._counters(lambda i: 4 * (_requests(i) - 1))
         if "prompt_tokens" in query:
-            return self._matrix("grm_dev_variant", mine(lambda i: 4 * _requests(i) * 200))
+            return self._counters(lambda i: 4 * (_requests(i) - 1) * 200)
         if "generation_tokens" in query:
-            return self._matrix("grm_dev_variant", mine(lambda i: 4 * _requests(i) * 100))
+            return self._counters(lambda i: 4 * (_requests(i) - 1) * 100)
         if "samples_shed" in query:
-            return self._matrix("grm_dev_variant", mine(lambda i: 2.0))
-        if "up{" in query:  # pod-seconds: 2 bf16 pods, then 1 fp8 pod, all bin long
-            return self._matrix("grm_dev_variant", mine(lambda i: (2 if _variant(i) == "bf16" else 1) * STEP))
+            return self._counters(lambda i: 2.0)
+        if "up{" in query:  # pod-seconds per bin: 2 bf16 pods, then 1 fp8 pod, all bin long
+            return [
+                {
+                    "metric": {"grm_dev_variant": v},
+                    "values": [
+                        [START + k * STEP, str((2 if v == "bf16" else 1) * STEP)]
+                        for k in range(self.bins + 1)
+                        if k > 0 and _variant(k - 1) == v
+                    ],
+                }
+                for v in ("bf16", "fp8")
+            ]
         if "bucket" in query:
-            # e2e: of every bin's n requests, 80 % ≤ 10 s, all ≤ 30 s; TTFT: all ≤ 0.5 s.
+            # e2e: of every bin's answered requests, 80 % ≤ 10 s, all ≤ 30 s; TTFT: all ≤ 0.5 s.
             e2e = "grm_score_latency" in query
             bounds = (10.0, 30.0, math.inf) if e2e else (0.5, math.inf)
             out = []
-            for v in ("bf16", "fp8"):
-                for le in bounds:
-                    share = 0.8 if (e2e and le == 10.0) else 1.0
-                    values = [
-                        [START + (i + 1) * STEP, str(share * (_requests(i) - 1) * (1 if e2e else 4))]
-                        for i in range(self.bins)
-                        if _variant(i) == v
-                    ]
-                    out.append(
-                        {
-                            "metric": {"grm_dev_variant": v, "le": "+Inf" if math.isinf(le) else f"{le}"},
-                            "values": values,
-                        }
-                    )
+            for le in bounds:
+                share = 0.8 if (e2e and le == 10.0) else 1.0
+                label = "+Inf" if math.isinf(le) else f"{le}"
+
+                def per_bin(i: int, share: float = share) -> float:
+                    return share * (_requests(i) - 1) * (1 if e2e else 4)
+
+                out += self._counters(per_bin, le=label)
             return out
         raise AssertionError(f"unexpected query {query}")
 
@@ -147,6 +163,14 @@ def test_fraction_within_interpolates_inside_the_bucket_holding_the_target() -> 
     # Beyond the highest finite bound: what the +Inf bucket holds is not known to be within.
     assert fraction_within({1.0: 5.0, math.inf: 9.0}, 3.0) == (5.0, 9.0)
     assert fraction_within({}, 1.0) == (0.0, 0.0)
+
+
+def test_counter_increases_per_bin_across_new_pods_and_resets() -> None:
+    nan = math.nan
+    # Absent at the start (a new pod: from 0), growing, gone for a bin, back after a restart.
+    assert counter_increases([nan, 2, 5, nan, 1, 0.5]) == [2, 3, 0, 1, 0.5]
+    # Counted before the range: only what it gained inside counts.
+    assert counter_increases([100, 100, 103]) == [0, 3]
 
 
 def test_histogram_quantile_is_promql_s() -> None:
@@ -190,9 +214,11 @@ def test_usage_per_variant_from_the_series() -> None:
     assert usage.gpu_hours == pytest.approx(1.5)
     assert usage.peak_gpus == pytest.approx(4.0)
     total = sum(_requests(i) for i in range(BINS))
+    total_bf16 = sum(_requests(i) for i in range(BINS // 2))
     assert usage.requests == pytest.approx(total)
+    assert usage.outcomes == {"ok": total - BINS, "rejected": BINS}
     assert bf16.request_share + fp8.request_share == pytest.approx(1.0)
-    assert bf16.samples_per_request == pytest.approx(4.0)
+    assert bf16.samples_per_request == pytest.approx(4.0 * (total_bf16 - 18) / total_bf16)
     assert bf16.shed_samples == pytest.approx(2.0 * 18)
     # e2e: 80 % of the timed requests within 20 s? No: 80 % ≤ 10 s, the rest in (10, 30]: a 20-s
     # target interpolates half of them in → 90 % of the timed ones; one rejected a bin is a miss.
