@@ -2,8 +2,8 @@
 
 The run: a GRMDeployment of sim-engine workers in real time with one variant, bf16 at 2 GPUs a
 replica (quality floor 0.99), under an open-loop load that repeats every 40 s — 12 s at 1.2 score
-requests/s, 28 s at 0.3/s, the shape of an RL loop scoring its rollouts once per step — for six
-periods. bf16 is the known over-provisioned variant: fp8 (1 GPU a replica, quality 0.995, within
+requests/s, 28 s at 0.25/s, the shape of an RL loop scoring its rollouts once per step — for
+seven periods. bf16 is the known over-provisioned variant: fp8 (1 GPU a replica, quality 0.995, within
 the floor) carries the same load on about half the GPUs. The test measures the GPUs held itself,
 from the pods the API server lists.
 
@@ -45,9 +45,9 @@ NAME = "e2e-report"
 PERIOD_S = 40.0
 BURST_S = 12.0
 BURST_RPS = 1.2
-BASE_RPS = 0.3
-PERIODS = 6
-STEP = "4s"  # 10 bins a period; 60 bins in all, so the detector's noise threshold is 4/√60 = 0.52
+BASE_RPS = 0.25
+PERIODS = 7
+STEP = "4s"  # 10 bins a period; 70 bins in all, so the detector's noise threshold is 4/√70 = 0.48
 GPUS = {"bf16": 2}
 
 
@@ -173,6 +173,7 @@ def test_report_finds_the_period_reproduces_the_gpu_hours_and_drops_the_costly_v
     assert best["saved_fraction"] > 0.2 and best["mean_quality"] >= 0.99, summary
     assert best["slo_attainment"] >= doc["simulated"]["slo_attainment"] - 0.005, summary
     assert not any("int4" in r["title"] for r in doc["recommendations"]), summary
+    assert any("with int4" in note and "minQuality" in note for note in doc["notes"]), summary
     assert {"report.md", "load.png", "replicas.png", "latency.png", "frontier.png"} <= {
         p.name for p in out.iterdir()
     }

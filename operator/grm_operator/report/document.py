@@ -390,6 +390,7 @@ def plots(report: Report, out_dir: Path, prefix: str = "") -> dict[str, str]:
     ax.set_xlabel("GPU-hours")
     ax.set_ylabel("SLO attainment, %")
     ax.set_title("what-if frontier")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
+    ax.margins(x=0.15, y=0.1)
     save(fig, "frontier")
     return written

@@ -17,8 +17,11 @@ give the budget actually used, shedding included):
   declared ``quality``.
 
 The arrival process is the score requests per bin (all variants), with tokens per score, its
-peaks and its periodicity (:func:`grm_operator.policy.periodicity.detect_period`, searched
-between two bins and half the range).
+peaks and its periodicity. The fronts count a request when they answer it (its outcome is known
+then), so the series is the arrivals shifted by the latency — seconds, against bins of a minute —
+and requests still in flight at the window's end fall outside it. The periodicity is found by
+:func:`grm_operator.policy.periodicity.detect_period`, searched between two bins and half the
+range.
 """
 
 from __future__ import annotations

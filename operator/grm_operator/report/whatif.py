@@ -203,6 +203,13 @@ def scenarios(
         if any(v["name"] == name for v in variants):
             skipped.append(f"with {name}: a variant of that name exists")
             continue
+        if float(cand.fields["quality"]) < spec.precision.min_quality:
+            skipped.append(
+                f"with {name}: its quality {float(cand.fields['quality']):g} is below precision.minQuality "
+                f"{spec.precision.min_quality:g}, so the policy would never serve it "
+                "(lower the floor to try it)"
+            )
+            continue
         new = dict(cand.fields)
         new.setdefault("gpusPerReplica", 1)
         ladder = sorted([*variants, new], key=lambda v: -float(v["quality"]))

@@ -259,7 +259,7 @@ def test_arrivals_keep_the_count_and_the_bins() -> None:
 def test_scenarios_are_valid_specs_with_their_patches() -> None:
     spec = GRMDeploymentSpec.model_validate(SPEC)
     cand = parse_candidate(
-        "name=int4,precision=awq-int4,quality=0.97,gpusPerReplica=1,uri=pvc://models/m-awq"
+        "name=int4,precision=awq-int4,quality=0.992,gpusPerReplica=1,uri=pvc://models/m-awq"
     )
     found, skipped = scenarios(spec, [cand])
     keys = [s.key for s in found]
@@ -275,8 +275,12 @@ def test_scenarios_are_valid_specs_with_their_patches() -> None:
     assert relaxed.spec.slo.e2e_p95_s == 30.0 and not relaxed.recommendable
     assert skipped == []
     # An int4 candidate without its checkpoint is not a valid variant: left out with the reason.
-    _, skipped = scenarios(spec, [parse_candidate("name=int4,precision=awq-int4,quality=0.97")])
-    assert skipped and "int4" in skipped[0]
+    _, skipped = scenarios(spec, [parse_candidate("name=int4,precision=awq-int4,quality=0.992")])
+    assert skipped and "with int4" in skipped[0] and "not a valid spec" in skipped[0]
+    # One under the quality floor (0.99) would never be served: left out, and said why.
+    found, skipped = scenarios(spec, [parse_candidate("name=int4,precision=awq-int4,uri=/m,quality=0.97")])
+    assert "add-int4" not in [s.key for s in found]
+    assert skipped and "below precision.minQuality 0.99" in skipped[0]
     with pytest.raises(ValueError, match="needs quality"):
         parse_candidate("name=x,precision=fp8")
 
