@@ -10,8 +10,8 @@ from the pods the API server lists.
 Then the real command line, as a user runs it (its own process, the cluster's kubeconfig, the
 Prometheus URL, fp8 and int4 as candidates), must: find the period within 10 %; read the GPU-hours
 the test measured within 10 % (both count the pods held, sampled differently); replay the run on
-the simulator within the report's stated tolerance; and recommend adding fp8 first — not int4,
-whose quality 0.97 is under the floor.
+the simulator within the report's stated tolerance; and recommend adding fp8 — not int4, whose
+quality 0.97 is under the floor.
 """
 
 from __future__ import annotations
@@ -168,10 +168,14 @@ def test_report_finds_the_period_reproduces_the_gpu_hours_and_drops_the_costly_v
     assert abs(doc["simulated"]["gpu_hours_error"]) <= REPLAY_GPU_TOLERANCE, summary
     assert doc["simulated"]["trusted"], summary
     assert doc["variants"]["bf16"]["request_share"] == 1.0, summary
-    best = doc["recommendations"][0]
-    assert [v["name"] for v in best["change"]["spec"]["variants"]] == ["bf16", "fp8"], summary
-    assert best["saved_fraction"] > 0.2 and best["mean_quality"] >= 0.99, summary
-    assert best["slo_attainment"] >= doc["simulated"]["slo_attainment"] - 0.005, summary
+    # Adding fp8 is recommended: it saves at least a fifth of the GPU-hours at the replay's
+    # attainment or better, within the quality floor. (Other changes may rank above it when the
+    # simulator says they save more at equal attainment, e.g. a maxGPUs that bf16 never needed.)
+    fp8 = [r for r in doc["recommendations"] if r["title"].startswith("with fp8")]
+    assert fp8, summary
+    assert [v["name"] for v in fp8[0]["change"]["spec"]["variants"]] == ["bf16", "fp8"], summary
+    assert fp8[0]["saved_fraction"] > 0.2 and fp8[0]["mean_quality"] >= 0.99, summary
+    assert fp8[0]["slo_attainment"] >= doc["simulated"]["slo_attainment"] - 0.005, summary
     assert not any("int4" in r["title"] for r in doc["recommendations"]), summary
     assert any("with int4" in note and "minQuality" in note for note in doc["notes"]), summary
     assert {"report.md", "load.png", "replicas.png", "latency.png", "frontier.png"} <= {
