@@ -362,7 +362,8 @@ def run(args: argparse.Namespace, prometheus: RangeQuerier | None = None) -> lis
         doc = yaml.safe_load(Path(args.spec).read_text())
         if not isinstance(doc, dict) or "spec" not in doc:
             raise ReportError(f"{args.spec}: not a GRMDeployment manifest")
-        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        # The flags say where the series are; the manifest's own namespace may be another.
+        doc.setdefault("metadata", {})["namespace"] = args.namespace
         if args.name:
             doc["metadata"]["name"] = args.name
         resources, events = [doc], list[dict[str, Any]]()
