@@ -16,7 +16,9 @@ give the budget actually used, shedding included):
   status carries one (``status.variants[].measuredQuality``, from the accuracy gate), else the
   declared ``quality``.
 
-The arrival process is the score requests per bin (all variants), with tokens per score, its
+The arrival process is the score requests per bin (all variants), with tokens per critique sample
+(the engines' token counters over the fronts' samples drawn, summed over ±5 minutes around the
+bin, since tokens are counted while requests run and samples when they end), its
 peaks and its periodicity. The fronts count a request when they answer it (its outcome is known
 then), so the series is the arrivals shifted by the latency — seconds, against bins of a minute —
 and requests still in flight at the window's end fall outside it. The periodicity is found by
@@ -35,7 +37,10 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy.periodicity import Periodicity, detect_period
 from grm_operator.report.history import History, fraction_within, histogram_quantile
 
-__all__ = ["Arrivals", "Usage", "VariantUsage", "summarise"]
+__all__ = ["TOKEN_WINDOW_S", "Arrivals", "Usage", "VariantUsage", "summarise"]
+
+#: Tokens per sample are averaged over this long either side of a bin (module docstring).
+TOKEN_WINDOW_S = 300.0
 
 
 @dataclass
@@ -161,12 +166,23 @@ def arrivals(history: History) -> Arrivals:
     samples = _total(history.samples, bins)
     prompt = _total(history.prompt_tokens, bins)
     generation = _total(history.generation_tokens, bins)
-    # Tokens per critique sample: every sample is one engine request carrying the prompt.
+    # Tokens per critique sample (every sample is one engine request carrying the prompt), as the
+    # ratio of the counters' sums over ±TOKEN_WINDOW_S around the bin: the engines count tokens
+    # while they run, the fronts count samples when the score ends, so one short bin's own ratio
+    # is off by whatever was in flight (a 4-s bin with one score done and five running read 5×
+    # the tokens per sample).
+    half = max(0, round(TOKEN_WINDOW_S / step))
     all_samples = sum(samples)
     mean_prompt = sum(prompt) / all_samples if all_samples > 0 else 0.0
     mean_output = sum(generation) / all_samples if all_samples > 0 else 0.0
-    prompt_per = [prompt[i] / samples[i] if samples[i] > 0 else mean_prompt for i in range(bins)]
-    output_per = [generation[i] / samples[i] if samples[i] > 0 else mean_output for i in range(bins)]
+
+    def per_sample(tokens: Sequence[float], i: int, fallback: float) -> float:
+        lo, hi = max(0, i - half), min(bins, i + half + 1)
+        drawn = sum(samples[lo:hi])
+        return sum(tokens[lo:hi]) / drawn if drawn > 0 else fallback
+
+    prompt_per = [per_sample(prompt, i, mean_prompt) for i in range(bins)]
+    output_per = [per_sample(generation, i, mean_output) for i in range(bins)]
     times = [t - history.start for t in history.bin_ends()]
     rps = [r / step for r in requests]
     period = detect_period(requests, step, min_period_s=2 * step, max_period_s=max(2 * step, bins * step / 2))
