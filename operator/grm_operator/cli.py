@@ -59,6 +59,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "trace-driven fleet simulation: our policy against the baselines (table, --json, --plot)",
     ),
     Subcommand(
+        "report",
+        "grm_operator.report.cli:add_arguments",
+        "grm_operator.report.cli:command",
+        "a GRMDeployment's Prometheus history: usage per variant, load period, simulated what-ifs, "
+        "recommendations (Markdown, PNG, --json)",
+    ),
+    Subcommand(
         "demo",
         "grm_operator.simulator.demo:add_arguments",
         "grm_operator.simulator.demo:command",

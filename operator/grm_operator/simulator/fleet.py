@@ -80,6 +80,10 @@ class SimConfig:
     gateway_timeout_s: float = GATEWAY_TIMEOUT_S
     #: Per variant: the share of its verdicts that agree with the reference's (absent: 1).
     live_agreement: Mapping[str, float] = field(default_factory=dict)
+    #: The replicas' actual cold start, s, when it differs from their profile's (the report's
+    #: replay of a cluster whose pods were measured to start faster or slower); the policies are
+    #: still given the profile's.
+    cold_start_s: float | None = None
 
     @property
     def samples_max(self) -> int:
@@ -133,7 +137,8 @@ class Fleet:
         prior = variant_profile(v)
         truth = prior.scaled(self.config.model_error) if self.config.model_error != 1.0 else prior
         engine = Replica(truth, random.Random(self.rng.random()), jitter=self.config.jitter, clock=now)
-        cold = prior.cold_start_s if (self.cold_start and not warm) else 0.0
+        actual = prior.cold_start_s if self.config.cold_start_s is None else self.config.cold_start_s
+        cold = actual if (self.cold_start and not warm) else 0.0
         pod = Pod(variant, v.gpus_per_replica, engine, now, cold)
         self.pods.append(pod)
         return pod

@@ -23,11 +23,13 @@ DISTRIBUTION = {
     "pynvml": "nvidia-ml-py",
     "pydantic_core": "pydantic",
     "botocore": "boto3",
+    "prometheus_api_client": "prometheus-api-client",
 }
 # Which extras the code under each prefix may rely on (base dependencies always); longest wins.
 EXTRAS_BY_PREFIX = {
     "grm_operator": ("operator",),
     "grm_operator/simulator": ("operator", "simulator", "plot"),
+    "grm_operator/report": ("report",),
     "grm_worker": ("worker",),
     "grm_worker/fetch.py": ("fetch",),
     "grm_worker/cli.py": ("fetch",),  # fetch-model's errors, imported in that subcommand only

@@ -75,6 +75,8 @@ def test_chart_defaults_name_the_built_images() -> None:
     worker = labels(IMAGES / "worker" / "Dockerfile")
     assert v["worker"]["image"] == {"repository": worker["dev.grm-elastic.image"], "tag": ""}
     assert f"{worker['dev.grm-elastic.image']}:{chart()['appVersion']}" == DEFAULT_WORKER_IMAGE
+    report = labels(IMAGES / "report" / "Dockerfile")
+    assert v["report"]["image"] == {"repository": report["dev.grm-elastic.image"], "tag": ""}
     cpu = labels(IMAGES / "worker-cpu" / "Dockerfile")
     assert cpu["dev.grm-elastic.image"] == worker["dev.grm-elastic.image"] + "-cpu"
     for dockerfile in IMAGES.glob("*/Dockerfile"):
@@ -83,7 +85,8 @@ def test_chart_defaults_name_the_built_images() -> None:
 
 
 @pytest.mark.parametrize(
-    ("image", "extra"), [("operator", "operator"), ("worker", "worker"), ("worker-cpu", "worker-cpu")]
+    ("image", "extra"),
+    [("operator", "operator"), ("report", "report"), ("worker", "worker"), ("worker-cpu", "worker-cpu")],
 )
 def test_dockerfiles_install_existing_extras(image: str, extra: str) -> None:
     text = (IMAGES / image / "Dockerfile").read_text()

@@ -48,6 +48,13 @@ VARIATIONS: dict[str, dict[str, Any]] = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         "priorityClassName": "system-cluster-critical",
+        "report": {
+            "enabled": True,
+            "namespace": "rl",
+            "prometheusURL": "http://prometheus.monitoring:9090",
+            "timeZone": "Europe/Paris",
+            "candidates": ["name=int4,precision=awq-int4,uri=pvc://m/awq,quality=0.97"],
+        },
     },
     "minimal": {
         "dashboard": {"enabled": False},
