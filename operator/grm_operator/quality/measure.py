@@ -93,9 +93,8 @@ def measure(
     tau_low: float | None = None
     tau_high: float | None = None
     try:
-        tau = kendall_tau_b(pairs_ref, pairs_var)
-        interval = kendall_interval(tau, len(pairs_ref), confidence)
-        tau_low, tau_high = interval.low, interval.high
+        interval = kendall_interval(kendall_tau_b(pairs_ref, pairs_var), len(pairs_ref), confidence)
+        tau, tau_low, tau_high = interval.estimate, interval.low, interval.high
     except ValueError:
         # Fewer than 5 pairs, or a side that scored everything alike: no rank correlation to report.
         pass
