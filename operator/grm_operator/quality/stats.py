@@ -3,7 +3,7 @@
 A variant's measured quality is a proportion, the share of evaluation items on which its GRM
 verdict (which response wins) matches the reference's. The gate compares the **lower** end of a
 confidence interval with the floor, never the point estimate: 50 of 50 agreeing items is a point
-estimate of 1.0, but a true agreement of 0.93 gives 50 of 50 with probability 0.93^50 = 2.6 %, so
+estimate of 1.0, but a true agreement of 0.93 gives 50 of 50 with probability 0.93^50 = 2.7 %, so
 with 50 items the data cannot tell a 0.93 variant from a perfect one. The lower bound (Wilson:
 0.929 for 50/50) says how good the variant is *at least*, at the chosen confidence, and it rises
 with the number of items, so a small set cannot admit a variant by luck.

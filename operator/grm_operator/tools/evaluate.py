@@ -48,7 +48,8 @@ from grm_operator.quality.measure import MeasureError, Verdict, measure
 from grm_operator.quality.stats import DEFAULT_CONFIDENCE
 from grm_worker.contract.config import ConfigError, WorkerConfig
 from grm_worker.engines.base import Engine, EngineError
-from grm_worker.engines.vllm import ProxyEngine, VllmEngine
+from grm_worker.engines.vllm import ProxyEngine, VllmEngine, detect_device
+from grm_worker.engines.vllm_args import check_supported
 from grm_worker.scoring import ScoreRequest, score
 
 __all__ = ["add_arguments", "checkpoint_precision", "command", "load_evalset"]
@@ -333,7 +334,13 @@ def _validate(args: argparse.Namespace) -> None:
         if not is_url(target) and not Path(target).is_dir():
             raise UsageError(f"{side} {target}: neither an http(s):// URL nor an existing directory")
         if not is_url(target):
-            worker_config(Path(target), args)  # bad options or checkpoint: fail before any engine starts
+            # Bad options, or a checkpoint vLLM cannot run on this device: fail before any engine starts.
+            config = worker_config(Path(target), args)
+            device = detect_device() if config.device == "auto" else config.device
+            try:
+                check_supported(config, device)
+            except ConfigError as error:
+                raise UsageError(f"{side} {target}: {error}") from None
     _overrides(args.engine_option)
 
 

@@ -63,6 +63,18 @@ def test_evaluate_argument_errors(
     assert not out.exists()
 
 
+def test_evaluate_refuses_a_checkpoint_the_device_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    awq = checkpoint(tmp_path / "awq", {"quant_method": "awq"})
+    ref = checkpoint(tmp_path / "ref")
+    out = tmp_path / "o.json"
+    argv = ["evaluate", "--variant", str(awq), "--reference", str(ref), "--json", str(out), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "awq-int4 needs the Marlin GPU kernels" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_evaluate_names_the_bad_line_of_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = checkpoint(tmp_path / "a")
     dataset = tmp_path / "set.jsonl"
