@@ -15,8 +15,9 @@ lower bound is far below the 0.97 floor. A model of 0.1 M parameters checks the 
 what it says about quantizing a real GRM is nothing (docs/quality.md has published numbers).
 
 Greedy decoding (temperature 0, one sample) keeps the verdicts deterministic, so the assertions
-cannot flake on sampling noise. Costs on 2 idle cores: training ~60 s, two builds ~40 s each,
-four vLLM starts of 40–100 s, scoring ~20 s per side.
+cannot flake on sampling noise. Measured on the development VM with 2 cores shared at load 15–20:
+15 min wall, 2 min 41 s of CPU (training, builds of 79 s and 178 s, four vLLM starts, scoring
+160 items in 3–5 s per side); on 2 idle cores about 4 min.
 """
 
 from __future__ import annotations
@@ -240,6 +241,9 @@ def test_quantized_variants_agree_and_the_broken_one_is_below_the_floor(
     for name in ("fp8", "w8a8"):
         assert results[name]["agreement"] >= 0.95, results[name]
         assert results[name]["rank_correlation"] > 0.8, results[name]
+    # Measured on the development VM: both agree on 160/160 greedy verdicts (Wilson lower bound
+    # 0.977 ≥ 0.97), so the gate admits them; the trained model's margins (8 vs 3) leave no near-ties.
+    assert results["fp8"]["passed"] is True and results["w8a8"]["passed"] is True
     broken = results["broken"]
     assert broken["agreement_low"] < FLOOR and broken["passed"] is False
     assert broken["agreement"] < 0.8
