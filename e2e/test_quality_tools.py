@@ -17,7 +17,7 @@ what it says about quantizing a real GRM is nothing (docs/quality.md has publish
 Greedy decoding (temperature 0, one sample) keeps the verdicts deterministic, so the assertions
 cannot flake on sampling noise. Measured on the development VM with 2 cores shared at load 15–20:
 15 min wall, 2 min 41 s of CPU (training, builds of 79 s and 178 s, four vLLM starts, scoring
-160 items in 3–5 s per side); on 2 idle cores about 4 min.
+160 items in 3–9 s per side); on 2 idle cores an estimated 4–6 min.
 """
 
 from __future__ import annotations

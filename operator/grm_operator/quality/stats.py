@@ -191,10 +191,14 @@ def kendall_interval(tau: float, n: int, confidence: float = DEFAULT_CONFIDENCE)
         raise ValueError(f"need at least 5 pairs for an interval of Kendall's tau, got {n}")
     if not -1.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [-1, 1], got {tau}")
-    # atanh(±1) is infinite: clamp so a perfect correlation still gets a finite (upper = 1) interval.
-    centre = math.atanh(max(-0.999999, min(0.999999, tau)))
+    # atanh(±1) is infinite and the Fisher-z interval undefined there: a perfect correlation gets
+    # the interval of τ = ±(1 − 1/n) (the closest value one discordant pair in n could give, for
+    # scale), with its outer end at ±1 so the interval holds the estimate.
+    edge = 1.0 - 1.0 / n
+    centre = math.atanh(max(-edge, min(edge, tau)))
     half = _z(confidence) * math.sqrt(0.437 / (n - 4))
-    return Interval(tau, math.tanh(centre - half), math.tanh(centre + half))
+    low, high = math.tanh(centre - half), math.tanh(centre + half)
+    return Interval(tau, -1.0 if tau <= -edge else low, 1.0 if tau >= edge else high)
 
 
 def pass_probability(

@@ -96,7 +96,10 @@ def test_kendall_interval_is_fieller_fisher_z() -> None:
     half = 1.959963984540054 * math.sqrt(0.437 / 100)
     assert interval.low == pytest.approx(math.tanh(math.atanh(0.5) - half))
     assert interval.high == pytest.approx(math.tanh(math.atanh(0.5) + half))
-    assert kendall_interval(1.0, 10).high <= 1.0
+    # A perfect correlation: an interval that holds it, with a lower end below 1.
+    perfect = kendall_interval(1.0, 320)
+    assert perfect.high == 1.0 and 0.95 < perfect.low < 1.0
+    assert kendall_interval(-1.0, 320).low == -1.0
     with pytest.raises(ValueError, match="5 pairs"):
         kendall_interval(0.5, 4)
 
