@@ -69,7 +69,7 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path: Path, path: str, line:
         "operator-layers": "grm_operator: cli > simulator",
         "worker-contract": "the operator imports only the worker's contract",
         "contract-bottom": "the worker's contract imports nothing else of the worker",
-        "pure-core": "api, policy and control do no I/O",
+        "pure-core": "api, policy, quality and control do no I/O",
         "product-only": "the product never imports the test kit",
     }
     assert names[contract] in broken, result.stdout
