@@ -33,7 +33,9 @@ from grm_testkit.cluster import tools
 from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.traffic import LoadGenerator, Outcome, snapshot
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(600)]
+# 900 s: the cluster and two vLLM starts (~3.5 min idle) plus the llm-compressor build of the int8
+# variant (40–170 s), with margin for 2 shared cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = tools.vllm_python()
