@@ -19,7 +19,7 @@ CONTROL_PLANE_SRC := hack/build-control-plane.sh $(wildcard hack/k8s/go.* hack/k
 
 .PHONY: help
 help:
-	@echo "make demo | test | lint | typecheck | crd | bench | simulate | control-plane | tools | vllm-cpu | clean"
+	@echo "make demo | test | lint | typecheck | crd | bench | simulate | control-plane | tools | vllm-cpu | compress-venv | clean"
 
 # --- Python environment ------------------------------------------------------------------------
 # The product (grm-elastic, whose wheel holds only grm_operator and grm_worker) with its dev extra,
@@ -80,6 +80,21 @@ $(VLLM_VENV)/.stamp: hack/vllm-overrides.txt | $(VENV)/.stamp
 .PHONY: vllm-cpu
 vllm-cpu: $(VLLM_VENV)/.stamp
 
+# --- llm-compressor for `grm-operator quantize`, in a venv of its own (.venv-compress): it pins
+#     transformers and compressed-tensors versions other than vllm-cpu's. The same torch as
+#     .venv-vllm (hack/vllm-overrides.txt), so uv's cache holds that wheel once. Installs the
+#     `compress` extra of pyproject.toml, not the project. -----------------------------------------
+COMPRESS_VENV := .venv-compress
+export GRM_COMPRESS_PYTHON := $(CURDIR)/$(COMPRESS_VENV)/bin/python
+$(COMPRESS_VENV)/.stamp: pyproject.toml hack/vllm-overrides.txt | $(VENV)/.stamp
+	test -x $(COMPRESS_VENV)/bin/python || $(PY_SYS) -m venv $(COMPRESS_VENV)
+	$(UV) pip install --python $(COMPRESS_VENV)/bin/python -q --override hack/vllm-overrides.txt \
+	  -r pyproject.toml --extra compress
+	touch $@
+
+.PHONY: compress-venv
+compress-venv: $(COMPRESS_VENV)/.stamp
+
 PY_SOURCES := operator worker testkit hack tests e2e bench
 
 .PHONY: lint
@@ -92,7 +107,7 @@ typecheck: $(VENV)/.stamp
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: $(VENV)/.stamp control-plane tools vllm-cpu system-deps lint typecheck
+test: $(VENV)/.stamp control-plane tools vllm-cpu compress-venv system-deps lint typecheck
 	$(PY) -m pytest -q -ra
 
 .PHONY: demo
@@ -117,4 +132,4 @@ bench: $(VENV)/.stamp control-plane
 
 .PHONY: clean
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(COMPRESS_VENV) .mypy_cache .ruff_cache .pytest_cache

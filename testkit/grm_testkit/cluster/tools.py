@@ -64,6 +64,27 @@ def vllm_python() -> Path:
     return Path(env) if env else repo_root() / ".venv-vllm" / "bin" / "python"
 
 
+def compress_python() -> Path:
+    """The interpreter with llm-compressor: $GRM_COMPRESS_PYTHON, else .venv-compress
+    (`make compress-venv`)."""
+    env = os.environ.get("GRM_COMPRESS_PYTHON")
+    return Path(env) if env else repo_root() / ".venv-compress" / "bin" / "python"
+
+
+def compress_missing() -> str | None:
+    """Why llm-compressor cannot run here, or None when its interpreter finds it."""
+    python = compress_python()
+    if not python.exists():
+        return f"{python} missing (run `make compress-venv`)"
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(bool(u.find_spec('llmcompressor')))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return None if probe.stdout.strip() == "True" else f"llmcompressor not importable by {python}"
+
+
 def vllm_missing() -> str | None:
     """Why the real vLLM engine cannot run here, or None when its interpreter imports vllm."""
     python = vllm_python()

@@ -48,6 +48,9 @@ BREAKS = [
     ("operator/grm_operator/api/models.py", "import grm_operator.policy.types", "operator-layers"),
     ("operator/grm_operator/control/builders/workerconfig.py", "import grm_worker.server", "worker-contract"),
     ("operator/grm_operator/policy/decide.py", "import aiohttp", "pure-core"),
+    ("operator/grm_operator/quality/stats.py", "import subprocess", "pure-core"),
+    ("operator/grm_operator/quality/measure.py", "import grm_operator.tools.evaluate", "operator-layers"),
+    ("operator/grm_operator/tools/quantize.py", "import grm_worker.server", "worker-contract"),
     ("worker/grm_worker/server.py", "import grm_testkit.traffic", "product-only"),
     ("worker/grm_worker/contract/config.py", "import grm_worker.engines.vllm_args", "contract-bottom"),
 ]
@@ -66,7 +69,7 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path: Path, path: str, line:
         "operator-layers": "grm_operator: cli > simulator",
         "worker-contract": "the operator imports only the worker's contract",
         "contract-bottom": "the worker's contract imports nothing else of the worker",
-        "pure-core": "api, policy and control do no I/O",
+        "pure-core": "api, policy, quality and control do no I/O",
         "product-only": "the product never imports the test kit",
     }
     assert names[contract] in broken, result.stdout

