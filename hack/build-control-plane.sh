@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the pinned Go
-# modules in hack/etcd and hack/k8s into $1 (default .cache/k8s/bin). Go's build cache makes a
-# rebuild after the first one take seconds; the first one on 2 cores takes many minutes.
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node's
+# kube-proxy and kubelet from the pinned Go modules in hack/etcd and hack/k8s into $1 (default
+# .cache/k8s/bin): one k8s.io/kubernetes version for the whole cluster. Go's build cache makes a
+# rebuild after the first one take seconds; the first one on 2 cores takes many minutes
+# (kube-proxy and kubelet add ~35 s once the control plane's modules are built).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../.cache/k8s/bin}
@@ -18,7 +20,7 @@ start=$(date +%s)
 step() { echo "[control-plane] $(( $(date +%s) - start ))s: $*"; }
 step "building etcd (go.etcd.io/etcd/server/v3) -> $out/etcd"
 (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" .)
-for bin in kube-apiserver kube-controller-manager kube-scheduler; do
+for bin in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet; do
   step "building $bin ($k8s_version) -> $out/$bin (first build: many minutes on 2 cores)"
   (cd "$here/k8s" && go build -trimpath -ldflags "$ldflags" -o "$out/$bin" "./cmd/$bin")
 done

@@ -1,12 +1,12 @@
 """The local cluster: the whole system on one machine, in a network namespace of its own, made of
 real Kubernetes parts (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-helm, Prometheus) plus our node agent (kubelet + runtime) and Service front (kube-proxy) — and
+helm, kube-proxy in nftables mode, Prometheus) plus our node agent (kubelet + runtime) — and
 `LocalCluster`, the handle a test, the demo or `grm-local-cluster` uses to start it (or attach to
 it), stop it and talk to it. What runs inside the namespace is the `supervisor`; the options and
 the state directory they share are in `clusteroptions`.
 
 The way in — the *state directory* holds `state.json` (supervisor PID, kubeconfig, URLs), the
-admin `kubeconfig` (server https://10.96.0.1:6443) and `connect.sock`:
+admin `kubeconfig` (server https://10.244.255.2:6443) and `connect.sock`:
 * people and scripts: `grm-local-cluster shell | exec -- CMD` — `nsenter` into the
   supervisor's network namespace (/proc/PID/ns/net) with `KUBECONFIG` and the real kubectl and
   helm on `PATH`;
@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 import yaml
 
-from grm_testkit.cluster import lifetime, netns, tools
+from grm_testkit.cluster import kubeproxy, lifetime, netns, tools
 from grm_testkit.cluster.clusteroptions import (
     API_ADDRESS,
     API_PORT,
@@ -124,6 +124,9 @@ class LocalCluster:
             return (
                 f"control-plane binaries {absent} missing in {tools.k8s_bin_dir()} (run `make control-plane`)"
             )
+        why = kubeproxy.missing()
+        if why is not None:
+            return why
         return netns.probe_support()
 
     def start(self) -> None:
@@ -203,7 +206,7 @@ class LocalCluster:
 
     @property
     def kubeconfig(self) -> Path:
-        """Admin kubeconfig for processes inside the namespace (server https://10.96.0.1:6443)."""
+        """Admin kubeconfig for processes inside the namespace (server https://10.244.255.2:6443)."""
         return Path(self.state["kubeconfig"])
 
     @property
@@ -330,7 +333,7 @@ class LocalCluster:
 
     def service_url(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:
         """A host URL for Service `namespace/service` port `port`: through the forwarder to the
-        ClusterIP, i.e. through the Service front, so it follows the Service's ready pods."""
+        ClusterIP, i.e. through kube-proxy (one ready pod per connection, chosen when it opens)."""
         return self.url(self.cluster_ip(namespace, service), port, scheme)
 
     def service_address(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:

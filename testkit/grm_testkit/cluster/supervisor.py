@@ -1,14 +1,15 @@
 """The local cluster's supervisor: the process that runs the whole cluster inside its network
-namespace — the control plane, one node agent per node, the Service front, Prometheus and its
+namespace — the control plane, one node agent per node, kube-proxy, Prometheus and its
 service discovery, and `connect.sock` — until it is stopped or a component dies.
 
 Process tree — one supervisor, started under `unshare` (`supervisor_argv`), so it and every child
 live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
 
     supervisor (python -m grm_testkit.cluster.supervisor supervise, inside the namespace)
-    ├── etcd, kube-apiserver (10.96.0.1:6443), kube-controller-manager, kube-scheduler
+    ├── etcd, kube-apiserver (10.244.255.2:6443), kube-controller-manager, kube-scheduler
+    ├── kube-proxy (nftables; one for all nodes: they share the namespace)
     ├── prometheus (10.244.255.1:9090, when installed)
-    ├── node agent + Service front + Prometheus SD (asyncio tasks of the supervisor itself)
+    ├── node agent + Prometheus SD (asyncio tasks of the supervisor itself)
     └── pod processes (one process group per container, on pod IPs 10.244.<node>.x)
 
 Whoever starts it (`LocalCluster.start`, `grm-local-cluster up`) prepares the state directory
@@ -48,8 +49,14 @@ from grm_testkit.cluster.clusteroptions import (
     LocalClusterError,
 )
 from grm_testkit.cluster.connectsocket import serve_connect
-from grm_testkit.cluster.controlplane import DEFAULT_CONTROLLERS, ControlPlane, ControlPlaneOptions
+from grm_testkit.cluster.controlplane import (
+    DEFAULT_CONTROLLERS,
+    ControlPlane,
+    ControlPlaneOptions,
+    first_service_ip,
+)
 from grm_testkit.cluster.kubeclient import Json, KubeClient, KubeError
+from grm_testkit.cluster.kubeproxy import KubeProxy
 from grm_testkit.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class Supervisor:
         # component failure, and the watchdog must not stop the cluster for it.
         self.prometheus_stopped = False
         self.workdir = Path(tempfile.mkdtemp(prefix="grm-local-"))
+        self.kube_proxy: KubeProxy | None = None
 
     def run(self) -> int:
         # A stop request while the control plane starts (before the event loop's handlers exist)
@@ -85,6 +93,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _exit_on_signal)
         netns.setup_inside()
+        netns.add_addresses([podspec.PodIPs(n.pod_cidr).node_ip for n in self.options.node_configs()])
         if not netns.outside_is_unreachable():
             raise LocalClusterError("the network namespace has a route out; refusing to start")
         t0 = time.monotonic()
@@ -107,6 +116,8 @@ class Supervisor:
             return asyncio.run(self._main(t0))
         finally:
             self._stop_prometheus()
+            if self.kube_proxy is not None:
+                self.kube_proxy.stop()
             self.plane.stop()
             for name in (STATE_FILE, CONNECT_SOCKET, "kubeconfig"):
                 with contextlib.suppress(OSError):
@@ -124,7 +135,6 @@ class Supervisor:
         kubeconfig = self.state_dir / "kubeconfig"
         shutil.copyfile(plane.kubeconfig, kubeconfig)
         admin = KubeClient.from_kubeconfig(plane.kubeconfig)
-        proxy_client = KubeClient.from_kubeconfig(plane.kubeconfig_for_user("system:kube-proxy"))
         ctx = AgentContext(
             workdir=self.workdir,
             api_url=plane.url,
@@ -132,21 +142,18 @@ class Supervisor:
             images=self.options.image_rules(),
             bin_dirs=(*default_bin_dirs(), tools.tools_bin_dir()),
         )
-        from grm_testkit.cluster.serviceproxy import ServiceProxy
-
-        proxy = ServiceProxy(proxy_client)
         agents: list[NodeAgent] = []
-        clients = [admin, proxy_client]
+        clients = [admin]
         tasks: list[asyncio.Task[None]] = []
         connect_server: asyncio.AbstractServer | None = None
         try:
-            await proxy.start()
             for node in self.options.node_configs():
                 client = KubeClient.from_kubeconfig(plane.kubeconfig_for_node(node.name))
                 clients.append(client)
                 agent = NodeAgent(client, node, ctx, self._kubelet_cert(node))
                 await agent.start()
                 agents.append(agent)
+            await self._start_kube_proxy()
             prometheus_url = self._start_prometheus()
             if prometheus_url is not None:
                 tasks.append(asyncio.create_task(self._prometheus_sd(admin)))
@@ -182,7 +189,6 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
-            await proxy.stop()
             for client in clients:
                 await client.close()
 
@@ -193,6 +199,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(1.0)
             dead = [] if self.plane.running else ["a control-plane process"]
+            if self.kube_proxy is not None and not self.kube_proxy.running:
+                dead.append("kube-proxy")
             if (
                 self.prometheus is not None
                 and not self.prometheus_stopped
@@ -216,6 +224,24 @@ class Supervisor:
                 last = path.read_text(errors="replace").splitlines()[-lines:]
                 log.error("last lines of %s:\n%s", component, "\n".join(last))
 
+    async def _start_kube_proxy(self) -> None:
+        """The real kube-proxy (nftables) for every node: they share this namespace. Started
+        once the nodes registered (it reads its Node), ready after its first full sync."""
+        assert self.plane is not None
+        first = self.options.node_configs()[0]
+        self.kube_proxy = KubeProxy(
+            self.workdir,
+            self.plane.kubeconfig_for_user("system:kube-proxy"),
+            first.name,
+            podspec.PodIPs(first.pod_cidr).node_ip,
+            netns.POD_CIDR,
+            self.options.verbosity,
+        )
+        t0 = time.monotonic()
+        self.kube_proxy.spawn()
+        await self.kube_proxy.wait_synced()
+        log.info("kube-proxy (nftables) up in %.1f s", time.monotonic() - t0)
+
     def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
         """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
         assert self.plane is not None
@@ -231,7 +257,7 @@ class Supervisor:
 
     async def _wait_ready(self, admin: KubeClient, timeout_s: float = 120.0) -> None:
         """Ready for work: the `default` ServiceAccount exists (pods need it), every node is
-        schedulable (its not-ready taint lifted) and the Service front serves `kubernetes`."""
+        schedulable (its not-ready taint lifted) and kube-proxy serves `kubernetes` (10.96.0.1:443)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -246,14 +272,15 @@ class Supervisor:
             )
             if found and schedulable:
                 try:
-                    _, writer = await asyncio.open_connection(API_ADDRESS, 443)
+                    kubernetes_service = first_service_ip(netns.SERVICE_CIDR)
+                    _, writer = await asyncio.open_connection(kubernetes_service, 443)
                     writer.close()
                     return
                 except OSError:
                     pass
             if time.monotonic() > deadline:
                 raise LocalClusterError(
-                    "the cluster did not become ready (default ServiceAccount, Service front)"
+                    "the cluster did not become ready (default ServiceAccount, nodes, kube-proxy)"
                 )
             await asyncio.sleep(0.1)
 
@@ -304,7 +331,7 @@ class Supervisor:
             self.prometheus_stopped = True
             if proc.poll() is None:
                 proc.terminate()
-                # Polled, not waited: the node agent and the Service front share this event loop.
+                # Polled, not waited: the node agents share this event loop.
                 # A clean shutdown of this small TSDB took 0.05 s here (a start to /-/ready 0.14 s).
                 deadline = time.monotonic() + 20.0
                 while proc.poll() is None and time.monotonic() < deadline:
