@@ -3,7 +3,7 @@
 # kube-proxy and kubelet from the pinned Go modules in hack/etcd and hack/k8s into $1 (default
 # .cache/k8s/bin): one k8s.io/kubernetes version for the whole cluster. Go's build cache makes a
 # rebuild after the first one take seconds; the first one on 2 cores takes many minutes
-# (kube-proxy and kubelet add ~35 s once the control plane's modules are built).
+# (kube-proxy, kubelet, pause and agnhost add ~80 s once the control plane's modules are built).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../.cache/k8s/bin}
@@ -24,4 +24,10 @@ for bin in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kube
   step "building $bin ($k8s_version) -> $out/$bin (first build: many minutes on 2 cores)"
   (cd "$here/k8s" && go build -trimpath -ldflags "$ldflags" -o "$out/$bin" "./cmd/$bin")
 done
+# The real node's images (testkit/grm_testkit/cluster/realnode.py packs them with umoci): the
+# sandbox container, and upstream's e2e test server agnhost from the same module.
+step "building pause -> $out/pause"
+(cd "$here/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/pause" ./cmd/pause)
+step "building agnhost ($k8s_version, k8s.io/kubernetes/test/images/agnhost) -> $out/agnhost"
+(cd "$here/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost)
 step "done: $(ls "$out" | tr '\n' ' ')"

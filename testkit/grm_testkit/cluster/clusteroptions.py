@@ -32,6 +32,7 @@ API_PORT = 6443
 PROMETHEUS_ADDRESS = "10.244.255.1"
 PROMETHEUS_PORT = 9090
 STATE_FILE = "state.json"
+NODE_RUNTIMES = ("agent", "kubelet")
 CONNECT_SOCKET = "connect.sock"
 
 
@@ -56,6 +57,13 @@ class ClusterOptions:
     backoff_cap_s: float = 30.0
     verbosity: int = 0
     log_level: str = "INFO"
+    # What runs pods: "agent" (our node agent: pods as local processes) or "kubelet" (the real
+    # kubelet with containerd, runc and CNI: `realnode`).
+    node_runtime: str = "agent"
+
+    def __post_init__(self) -> None:
+        if self.node_runtime not in NODE_RUNTIMES:
+            raise LocalClusterError(f"node_runtime must be one of {NODE_RUNTIMES}, not {self.node_runtime!r}")
 
     def node_configs(self) -> list[NodeConfig]:
         """`gpus` split over `nodes` (the first nodes get the remainder), one /24 each."""

@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 import yaml
 
-from grm_testkit.cluster import kubeproxy, lifetime, netns, tools
+from grm_testkit.cluster import kubeproxy, lifetime, netns, realnode, tools
 from grm_testkit.cluster.clusteroptions import (
     API_ADDRESS,
     API_PORT,
@@ -85,6 +85,7 @@ class LocalCluster:
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 30.0,
         log_level: str = "INFO",
+        node_runtime: str = "agent",
     ) -> None:
         self.options = ClusterOptions(
             gpus=gpus,
@@ -95,6 +96,7 @@ class LocalCluster:
             backoff_base_s=backoff_base_s,
             backoff_cap_s=backoff_cap_s,
             log_level=log_level,
+            node_runtime=node_runtime,
         )
         self._own_state_dir = state_dir is None
         # A fresh temp dir is made by start(), so an instance never started leaves nothing behind.
@@ -129,8 +131,13 @@ class LocalCluster:
             return why
         return netns.probe_support()
 
+    @staticmethod
+    def real_node_unavailable() -> str | None:
+        """Why `node_runtime="kubelet"` cannot run here (kubelet, containerd, runc, CNI), or None."""
+        return LocalCluster.unavailable() or realnode.missing()
+
     def start(self) -> None:
-        why = self.unavailable()
+        why = self.unavailable() if self.options.node_runtime == "agent" else self.real_node_unavailable()
         if why is not None:
             raise LocalClusterError(why)
         if self._own_state_dir:

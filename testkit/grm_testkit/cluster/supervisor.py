@@ -1,6 +1,6 @@
 """The local cluster's supervisor: the process that runs the whole cluster inside its network
-namespace — the control plane, one node agent per node, kube-proxy, Prometheus and its
-service discovery, and `connect.sock` — until it is stopped or a component dies.
+namespace — the control plane, one node agent (or real kubelet) per node, kube-proxy,
+Prometheus and its service discovery, and `connect.sock` — until it is stopped or a component dies.
 
 Process tree — one supervisor, started under `unshare` (`supervisor_argv`), so it and every child
 live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
@@ -9,7 +9,8 @@ live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
     ├── etcd, kube-apiserver (10.244.255.2:6443), kube-controller-manager, kube-scheduler
     ├── kube-proxy (nftables; one for all nodes: they share the namespace)
     ├── prometheus (10.244.255.1:9090, when installed)
-    ├── node agent + Prometheus SD (asyncio tasks of the supervisor itself)
+    ├── node agents + Prometheus SD (asyncio tasks of the supervisor itself)
+    ├── or per node: containerd + kubelet (`node_runtime="kubelet"`, `realnode`)
     └── pod processes (one process group per container, on pod IPs 10.244.<node>.x)
 
 Whoever starts it (`LocalCluster.start`, `grm-local-cluster up`) prepares the state directory
@@ -58,6 +59,7 @@ from grm_testkit.cluster.controlplane import (
 from grm_testkit.cluster.kubeclient import Json, KubeClient, KubeError
 from grm_testkit.cluster.kubeproxy import KubeProxy
 from grm_testkit.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
+from grm_testkit.cluster.realnode import RealNode
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class Supervisor:
         self.prometheus_stopped = False
         self.workdir = Path(tempfile.mkdtemp(prefix="grm-local-"))
         self.kube_proxy: KubeProxy | None = None
+        self.real_nodes: list[RealNode] = []
 
     def run(self) -> int:
         # A stop request while the control plane starts (before the event loop's handlers exist)
@@ -106,6 +109,9 @@ class Supervisor:
                 scheduler=True,
                 controllers=CONTROLLERS,
                 controller_manager_args=CONTROLLER_MANAGER_ARGS,
+                # `kubectl logs` through the API server dials the node's InternalIP, never its
+                # name (there is no DNS in the namespace).
+                apiserver_args=("--kubelet-preferred-address-types=InternalIP",),
                 workdir_parent=self.workdir,
                 verbosity=self.options.verbosity,
             )
@@ -147,7 +153,10 @@ class Supervisor:
         tasks: list[asyncio.Task[None]] = []
         connect_server: asyncio.AbstractServer | None = None
         try:
-            for node in self.options.node_configs():
+            for index, node in enumerate(self.options.node_configs()):
+                if self.options.node_runtime == "kubelet":
+                    await self._start_real_node(admin, index, node)
+                    continue
                 client = KubeClient.from_kubeconfig(plane.kubeconfig_for_node(node.name))
                 clients.append(client)
                 agent = NodeAgent(client, node, ctx, self._kubelet_cert(node))
@@ -189,6 +198,7 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+            await self._stop_real_nodes(admin)
             for client in clients:
                 await client.close()
 
@@ -201,6 +211,7 @@ class Supervisor:
             dead = [] if self.plane.running else ["a control-plane process"]
             if self.kube_proxy is not None and not self.kube_proxy.running:
                 dead.append("kube-proxy")
+            dead += [f"the kubelet or containerd of {n.name}" for n in self.real_nodes if not n.running]
             if (
                 self.prometheus is not None
                 and not self.prometheus_stopped
@@ -234,13 +245,60 @@ class Supervisor:
             self.plane.kubeconfig_for_user("system:kube-proxy"),
             first.name,
             podspec.PodIPs(first.pod_cidr).node_ip,
-            netns.POD_CIDR,
+            # Both pod ranges (the node agent's 10.244/16, real pods' 10.245/16) are the cluster's.
+            "10.244.0.0/15" if self.options.node_runtime == "kubelet" else netns.POD_CIDR,
             self.options.verbosity,
         )
         t0 = time.monotonic()
         self.kube_proxy.spawn()
         await self.kube_proxy.wait_synced()
         log.info("kube-proxy (nftables) up in %.1f s", time.monotonic() - t0)
+
+    async def _start_real_node(self, admin: KubeClient, index: int, node: NodeConfig) -> None:
+        """containerd (images imported) and the real kubelet for `node`; returns once the Node
+        registered and advertises its GPUs (`nvidia.com/gpu` in status.capacity by PATCH, as
+        Kubernetes documents for node-level extended resources)."""
+        assert self.plane is not None
+        real = RealNode(
+            name=node.name,
+            index=index,
+            node_ip=podspec.PodIPs(node.pod_cidr).node_ip,
+            workdir=self.workdir,
+            kubeconfig=self.plane.kubeconfig_for_node(node.name),
+            cert=self._kubelet_cert(node),
+            image_cache=tools.repo_root() / ".cache" / "images",
+            verbosity=self.options.verbosity,
+        )
+        self.real_nodes.append(real)
+        t0 = time.monotonic()
+        real.start_runtime()
+        real.start_kubelet()
+        path = f"/api/v1/nodes/{node.name}"
+        deadline = time.monotonic() + 120
+        while not await admin.get(path, ok_missing=True):
+            if not real.running or time.monotonic() > deadline:
+                raise LocalClusterError(
+                    f"kubelet of {node.name} did not register:\n{real.tail('kubelet.log')}\n"
+                    f"{real.tail('containerd.log', 10)}"
+                )
+            await asyncio.sleep(0.2)
+        gpus = str(node.gpus)
+        await admin.merge_patch(f"{path}/status", {"status": {"capacity": {"nvidia.com/gpu": gpus}}})
+        # The kubelet derives allocatable from capacity at its next status update (every 10 s):
+        # until then the scheduler would leave GPU pods Pending, so the node is not ready before.
+        while (await admin.get(path))["status"].get("allocatable", {}).get("nvidia.com/gpu") != gpus:
+            if not real.running or time.monotonic() > deadline:
+                why = real.tail("kubelet.log")
+                raise LocalClusterError(f"{node.name} does not advertise its GPUs:\n{why}")
+            await asyncio.sleep(0.2)
+        log.info("real node %s registered (kubelet + containerd) in %.1f s", node.name, time.monotonic() - t0)
+
+    async def _stop_real_nodes(self, admin: KubeClient) -> None:
+        """Stops kubelets and containerd and cleans up what they leave (containers, shims,
+        mounts, cgroups). Pods are not deleted through the API first: their controllers would
+        only make new ones while the cluster goes away."""
+        for real in self.real_nodes:
+            await asyncio.to_thread(real.stop)
 
     def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
         """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
@@ -294,6 +352,7 @@ class Supervisor:
                 raise LocalClusterError("prometheus is not installed (apt-get install prometheus)")
             log.info("prometheus not installed: the Direct metrics source only")
             return None
+        assert self.plane is not None
         pdir = self.workdir / "prometheus"
         (pdir / "data").mkdir(parents=True)
         self.sd_file = pdir / "targets.json"
