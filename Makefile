@@ -15,7 +15,7 @@ export GRM_K8S_BIN := $(CURDIR)/$(K8S_BIN)
 export GRM_TOOLS_BIN := $(CURDIR)/$(TOOLS_BIN)
 
 CONTROL_PLANE := $(K8S_BIN)/etcd $(K8S_BIN)/kube-apiserver $(K8S_BIN)/kube-controller-manager $(K8S_BIN)/kube-scheduler \
-  $(K8S_BIN)/kube-proxy $(K8S_BIN)/kubelet $(K8S_BIN)/pause $(K8S_BIN)/agnhost
+  $(K8S_BIN)/kube-proxy $(K8S_BIN)/kubelet $(K8S_BIN)/pause $(K8S_BIN)/agnhost $(K8S_BIN)/prometheus
 CONTROL_PLANE_SRC := hack/build-control-plane.sh $(wildcard hack/k8s/go.* hack/k8s/cmd/*/*.go hack/etcd/go.* hack/etcd/*.go)
 
 .PHONY: help

@@ -30,4 +30,11 @@ step "building pause -> $out/pause"
 (cd "$here/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/pause" ./cmd/pause)
 step "building agnhost ($k8s_version, k8s.io/kubernetes/test/images/agnhost) -> $out/agnhost"
 (cd "$here/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost)
+# Prometheus for the local cluster, with Kubernetes SD only (upstream's build tags): Debian's
+# package is built without Kubernetes SD, and all of upstream's SD plugins (cloud SDKs) would
+# triple the build. `go install pkg@version` checks the module against the checksum database.
+prometheus_version=v0.316.0   # Prometheus 3.16.0
+step "building prometheus ($prometheus_version, Kubernetes SD only) -> $out/prometheus"
+GOFLAGS= GOBIN="$out" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" \
+  "github.com/prometheus/prometheus/cmd/prometheus@$prometheus_version"
 step "done: $(ls "$out" | tr '\n' ' ')"

@@ -55,10 +55,14 @@ SERVER = textwrap.dedent(
         def do_GET(self):
             if self.path == "/metrics":
                 body = b"lc_test_requests_total 1\\n"
+                # Prometheus 3 refuses a scrape without a valid exposition Content-Type.
+                kind = "text/plain; version=0.0.4"
             else:
                 keys = ("POD_NAME", "POD_IP", "POD_NAMESPACE", "GREETING", "TOKEN", "CONFIG_DIR")
                 body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
+                kind = "application/json"
             self.send_response(200)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -485,7 +489,7 @@ def test_init_containers_run_to_completion_first(lc: LocalCluster) -> None:
 @pytest.mark.prometheus
 def test_prometheus_scrapes_pods_with_grm_labels(lc: LocalCluster) -> None:
     if lc.prometheus_url is None:
-        _skip_or_fail("prometheus is not installed (apt-get install prometheus)")
+        _skip_or_fail("prometheus with Kubernetes SD is not built (make control-plane)")
     labels = {"grm.dev/deployment": "scraped", "grm.dev/variant": "bf16"}
     _apply(lc, _deployment("scraped", 1, labels=labels))
     (pod,) = _ready_pods(lc, "app=scraped", 1)

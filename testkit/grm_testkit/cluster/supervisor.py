@@ -1,6 +1,7 @@
 """The local cluster's supervisor: the process that runs the whole cluster inside its network
 namespace — the control plane, one node agent (or real kubelet) per node, kube-proxy,
-Prometheus and its service discovery, and `connect.sock` — until it is stopped or a component dies.
+Prometheus (Kubernetes SD against the API server), and `connect.sock` — until it is stopped or
+a component dies.
 
 Process tree — one supervisor, started under `unshare` (`supervisor_argv`), so it and every child
 live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
@@ -9,7 +10,7 @@ live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
     ├── etcd, kube-apiserver (10.244.255.2:6443), kube-controller-manager, kube-scheduler
     ├── kube-proxy (nftables; one for all nodes: they share the namespace)
     ├── prometheus (10.244.255.1:9090, when installed)
-    ├── node agents + Prometheus SD (asyncio tasks of the supervisor itself)
+    ├── node agents (asyncio tasks of the supervisor itself)
     ├── or per node: containerd + kubelet (`node_runtime="kubelet"`, `realnode`)
     └── pod processes (one process group per container, on pod IPs 10.244.<node>.x)
 
@@ -56,7 +57,7 @@ from grm_testkit.cluster.controlplane import (
     ControlPlaneOptions,
     first_service_ip,
 )
-from grm_testkit.cluster.kubeclient import Json, KubeClient, KubeError
+from grm_testkit.cluster.kubeclient import KubeClient, KubeError
 from grm_testkit.cluster.kubeproxy import KubeProxy
 from grm_testkit.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
 from grm_testkit.cluster.realnode import RealNode
@@ -164,8 +165,6 @@ class Supervisor:
                 agents.append(agent)
             await self._start_kube_proxy()
             prometheus_url = self._start_prometheus()
-            if prometheus_url is not None:
-                tasks.append(asyncio.create_task(self._prometheus_sd(admin)))
             connect_server = await asyncio.start_unix_server(
                 self._connect_or_control, str(self.state_dir / CONNECT_SOCKET)
             )
@@ -349,19 +348,41 @@ class Supervisor:
             return None
         if path is None:
             if wanted:
-                raise LocalClusterError("prometheus is not installed (apt-get install prometheus)")
-            log.info("prometheus not installed: the Direct metrics source only")
+                raise LocalClusterError(f"prometheus with Kubernetes SD is not built ({promsd.HOW_TO_GET})")
+            log.info("prometheus not built (%s): the Direct metrics source only", promsd.HOW_TO_GET)
             return None
         assert self.plane is not None
         pdir = self.workdir / "prometheus"
         (pdir / "data").mkdir(parents=True)
-        self.sd_file = pdir / "targets.json"
-        promsd.write_targets(self.sd_file, [])
-        promsd.write_config(pdir / "prometheus.yml", self.sd_file, self.options.scrape_interval_s)
+        token_file = self._prometheus_token(pdir)
+        promsd.write_config(
+            pdir / "prometheus.yml",
+            self.plane.url,
+            self.plane.ca_path,
+            token_file,
+            self.options.scrape_interval_s,
+        )
         listen = f"{PROMETHEUS_ADDRESS}:{PROMETHEUS_PORT}"
         self._prometheus_argv = promsd.argv(path, pdir / "prometheus.yml", pdir / "data", listen)
         self._spawn_prometheus()
         return f"http://{listen}"
+
+    def _prometheus_token(self, pdir: Path) -> Path:
+        """Prometheus' RBAC (list and watch pods) and a bound token of its ServiceAccount, in a
+        file only the supervisor's user reads; returns the file."""
+        assert self.plane is not None
+        for doc in promsd.rbac_objects():
+            plural = "clusterroles" if doc["kind"] == "ClusterRole" else "clusterrolebindings"
+            status, body = self.plane.request("POST", f"/apis/rbac.authorization.k8s.io/v1/{plural}", doc)
+            if status not in (201, 409):
+                raise LocalClusterError(f"creating {doc['kind']} for prometheus: {status} {body}")
+        namespace, name = promsd.SERVICE_ACCOUNT
+        token = self.plane.service_account_token(namespace, name, expiration_s=promsd.TOKEN_EXPIRATION_S)
+        path = pdir / "token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        return path
 
     def _spawn_prometheus(self) -> None:
         """Starts Prometheus with the argv of `_start_prometheus`: same address, same TSDB."""
@@ -441,18 +462,6 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    async def _prometheus_sd(self, admin: KubeClient) -> None:
-        pods: dict[str, Json] = {}
-        async for kind, obj in admin.watch("/api/v1/pods"):
-            if kind == "SYNC":
-                pods = {p["metadata"]["uid"]: p for p in obj["items"]}
-            elif kind == "DELETED":
-                pods.pop(obj["metadata"]["uid"], None)
-            else:
-                pods[obj["metadata"]["uid"]] = obj
-            if promsd.write_targets(self.sd_file, promsd.targets(pods.values())):
-                log.debug("prometheus targets: %d", len(promsd.targets(pods.values())))
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
