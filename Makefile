@@ -14,7 +14,8 @@ export PATH := $(CURDIR)/$(TOOLS_BIN):$(CURDIR)/$(K8S_BIN):$(PATH)
 export GRM_K8S_BIN := $(CURDIR)/$(K8S_BIN)
 export GRM_TOOLS_BIN := $(CURDIR)/$(TOOLS_BIN)
 
-CONTROL_PLANE := $(K8S_BIN)/etcd $(K8S_BIN)/kube-apiserver $(K8S_BIN)/kube-controller-manager $(K8S_BIN)/kube-scheduler
+CONTROL_PLANE := $(K8S_BIN)/etcd $(K8S_BIN)/kube-apiserver $(K8S_BIN)/kube-controller-manager $(K8S_BIN)/kube-scheduler \
+  $(K8S_BIN)/kube-proxy $(K8S_BIN)/kubelet $(K8S_BIN)/pause $(K8S_BIN)/agnhost $(K8S_BIN)/prometheus
 CONTROL_PLANE_SRC := hack/build-control-plane.sh $(wildcard hack/k8s/go.* hack/k8s/cmd/*/*.go hack/etcd/go.* hack/etcd/*.go)
 
 .PHONY: help
@@ -52,8 +53,19 @@ $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION): hack/install-client-tools.sh
 tools: $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION)
 
 # --- Debian packages (only when root; tests skip what is missing otherwise) ----------------------
+# nftables (nft) and conntrack for the local cluster's real kube-proxy (nftables mode; iptables
+# for its iptables-mode fallback and tools that still expect it); containerd 1.6, runc, the CNI
+# plugins and umoci (image packing) for its real kubelet (`node_runtime="kubelet"`).
+NODE_DEBS := nftables iptables conntrack containerd runc containernetworking-plugins umoci
 .PHONY: system-deps
 system-deps:
+	@if ! command -v nft >/dev/null || ! command -v conntrack >/dev/null || ! command -v iptables >/dev/null \
+	    || ! command -v containerd >/dev/null || ! command -v umoci >/dev/null || ! test -x /usr/lib/cni/bridge; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_DEBS) >/dev/null) \
+	      || echo "warning: could not install $(NODE_DEBS)"; \
+	  else echo "note: not root, $(NODE_DEBS) not installed: local-cluster tests are skipped"; fi; \
+	fi
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \

@@ -1,6 +1,7 @@
 """GRM serving end to end on the local cluster: the operator installed with its Helm chart (its own
 ServiceAccount and the chart's RBAC, running `grm-operator run` on the node agent) drives sim-engine
-workers of a GRMDeployment from examples/, and clients reach them through the Service front.
+workers of a GRMDeployment from examples/, and clients reach them through the worker Service's
+ClusterIP, i.e. the real kube-proxy (nftables, balanced per connection, nothing retried).
 The load scenarios send it with the clients users run (:class:`grm_testkit.traffic.ClientMix`):
 a urllib client (a connection per request) and three keep-alive pools — the official ``openai``
 client, an ``httpx.AsyncClient`` and a slime-shaped reward client (aiohttp, batches gathered) —
@@ -195,6 +196,8 @@ def test_switch_to_faster_variant_at_max_gpus_and_back_without_failed_requests(
         assert load.elapsed() - fell >= 60 - 2, load.elapsed() - fell
         down = len(load.outcomes())
         lc.wait_for(lambda: len(load.outcomes()) >= down + 10, 60, "10 more answered requests on bf16", 0.5)
+    except pytest.xfail.Exception:
+        raise
     except Exception as exc:
         raise AssertionError(f"{exc}\n{_history(lc, name)}") from exc
     finally:

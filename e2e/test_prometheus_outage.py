@@ -121,7 +121,9 @@ def _failures(outcomes: list[Outcome]) -> list[Outcome]:
 def test_prometheus_outage_holds_replicas_and_recovers(local_lc: LocalCluster) -> None:
     lc = local_lc
     if lc.prometheus_url is None:
-        reason = "prometheus not installed (make system-deps): no Prometheus in the local cluster"
+        reason = (
+            "prometheus with Kubernetes SD not built (make control-plane): no Prometheus in the local cluster"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

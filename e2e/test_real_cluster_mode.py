@@ -3,7 +3,7 @@ kubeconfig, as any other cluster would be.
 
 A bare local cluster (no operator) is started; then `pytest e2e/test_grm_scenarios.py -k apply
 --real-cluster` runs as a subprocess *inside* its network namespace (where the kubeconfig's server,
-https://10.96.0.1:6443, is reachable, as a real cluster's API server is from a workstation) with
+https://10.244.255.2:6443, is reachable, as a real cluster's API server is from a workstation) with
 `KUBECONFIG` set to that kubeconfig. In that mode the e2e fixture does what it would on a real
 cluster: `helm install` of the chart (the release does not exist yet), `kubectl proxy` on a
 loopback port, every API call and every Service request through the proxy and the API server's

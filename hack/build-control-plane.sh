@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the pinned Go
-# modules in hack/etcd and hack/k8s into $1 (default .cache/k8s/bin). Go's build cache makes a
-# rebuild after the first one take seconds; the first one on 2 cores takes many minutes.
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node's
+# kube-proxy and kubelet from the pinned Go modules in hack/etcd and hack/k8s into $1 (default
+# .cache/k8s/bin): one k8s.io/kubernetes version for the whole cluster. Go's build cache makes a
+# rebuild after the first one take seconds; the first one on 2 cores takes many minutes
+# (kube-proxy, kubelet, pause and agnhost add ~80 s once the control plane's modules are built).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../.cache/k8s/bin}
@@ -18,8 +20,21 @@ start=$(date +%s)
 step() { echo "[control-plane] $(( $(date +%s) - start ))s: $*"; }
 step "building etcd (go.etcd.io/etcd/server/v3) -> $out/etcd"
 (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" .)
-for bin in kube-apiserver kube-controller-manager kube-scheduler; do
+for bin in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet; do
   step "building $bin ($k8s_version) -> $out/$bin (first build: many minutes on 2 cores)"
   (cd "$here/k8s" && go build -trimpath -ldflags "$ldflags" -o "$out/$bin" "./cmd/$bin")
 done
+# The real node's images (testkit/grm_testkit/cluster/realnode.py packs them with umoci): the
+# sandbox container, and upstream's e2e test server agnhost from the same module.
+step "building pause -> $out/pause"
+(cd "$here/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/pause" ./cmd/pause)
+step "building agnhost ($k8s_version, k8s.io/kubernetes/test/images/agnhost) -> $out/agnhost"
+(cd "$here/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost)
+# Prometheus for the local cluster, with Kubernetes SD only (upstream's build tags): Debian's
+# package is built without Kubernetes SD, and all of upstream's SD plugins (cloud SDKs) would
+# triple the build. `go install pkg@version` checks the module against the checksum database.
+prometheus_version=v0.316.0   # Prometheus 3.16.0
+step "building prometheus ($prometheus_version, Kubernetes SD only) -> $out/prometheus"
+GOFLAGS= GOBIN="$out" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" \
+  "github.com/prometheus/prometheus/cmd/prometheus@$prometheus_version"
 step "done: $(ls "$out" | tr '\n' ' ')"

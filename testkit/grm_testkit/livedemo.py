@@ -1,13 +1,13 @@
 """``grm-live-demo`` (``make demo``): the whole system live on the local cluster.
 
-It starts the local cluster (control plane, node agent, Service front, Prometheus when installed),
+It starts the local cluster (control plane, node agent, kube-proxy, Prometheus when installed),
 installs the operator with its Helm chart (the operator image runs the real ``grm-operator run``
 under the chart's ServiceAccount), applies ``examples/grmd-live-demo.yaml`` (sim-engine workers),
-replays a slice of an Azure LLM-inference trace, rescaled in time and rate, through the Service
-front to ``/v1/grm/score``, and prints every couple of seconds the offered load, the replicas per
-variant, the client and observed p95 latencies, the SLO and metrics conditions and each new decision
-of the operator with its reason. At the end: a summary (requests, failures, SLO attainment,
-GPU-seconds, decisions) and a PNG timeline.
+replays a slice of an Azure LLM-inference trace, rescaled in time and rate, through the worker
+Service (kube-proxy) to ``/v1/grm/score``, and prints every couple of seconds the offered load,
+the replicas per variant, the client and observed p95 latencies, the SLO and metrics conditions
+and each new decision of the operator with its reason. At the end: a summary (requests, failures,
+SLO attainment, GPU-seconds, decisions) and a PNG timeline.
 """
 
 from __future__ import annotations

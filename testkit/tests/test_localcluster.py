@@ -1,5 +1,5 @@
-"""The local cluster itself, end to end: the control plane, our node agent and Service front and
-Prometheus inside a network namespace of their own.
+"""The local cluster itself, end to end: the control plane, our node agent, the real kube-proxy
+(nftables) and Prometheus inside a network namespace of their own.
 
 One cluster (2 GPUs) serves the module; a second, short-lived one checks that teardown leaves no
 process behind. Workloads run the `local/python` stand-in image (the pod's own command with this
@@ -55,10 +55,14 @@ SERVER = textwrap.dedent(
         def do_GET(self):
             if self.path == "/metrics":
                 body = b"lc_test_requests_total 1\\n"
+                # Prometheus 3 refuses a scrape without a valid exposition Content-Type.
+                kind = "text/plain; version=0.0.4"
             else:
                 keys = ("POD_NAME", "POD_IP", "POD_NAMESPACE", "GREETING", "TOKEN", "CONFIG_DIR")
                 body = json.dumps({k: os.environ.get(k) for k in keys}).encode()
+                kind = "application/json"
             self.send_response(200)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -196,8 +200,8 @@ def test_cluster_is_up_and_sealed(lc: LocalCluster) -> None:
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in nodes[0]["status"]["conditions"])
     lease = lc.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/local-node-0")
     assert lease["spec"]["holderIdentity"] == "local-node-0"
-    # kubectl inside reaches the API server on 10.96.0.1; the `kubernetes` Service answers through
-    # the Service front (10.96.0.1:443 → the endpoint 10.96.0.1:6443 kept by the real controller).
+    # kubectl inside reaches the API server on 10.244.255.2; the `kubernetes` Service answers through
+    # kube-proxy (10.96.0.1:443 → the endpoint 10.244.255.2:6443 kept by the real controller).
     assert lc.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     probe = (
         "import socket, ssl, sys\n"
@@ -245,7 +249,8 @@ def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
     inner = lc.run(["python", "-c", fetch])
     assert json.loads(inner.stdout)["POD_NAME"] in names
 
-    # The port is named http: balanced per request, so even one keep-alive connection reaches both.
+    # kube-proxy balances per connection (L4). The server answers HTTP/1.0 and closes each
+    # connection, so consecutive requests are new connections and reach both pods.
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     on_one_connection = set()
@@ -259,7 +264,8 @@ def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
     three = {p["metadata"]["name"] for p in _ready_pods(lc, "app=web", 3)}
     lc.wait_for(lambda: _answering(url, 45) == three or None, 30, "the third pod behind the Service")
 
-    # Scale in under a steady client on one keep-alive connection: no request fails.
+    # Scale in under a steady client (a connection per request, as the server closes each): no
+    # request fails, since a pod leaves the endpoints (preStop sleep) before its SIGTERM.
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
 
@@ -296,9 +302,40 @@ def test_deployment_service_and_scaling(lc: LocalCluster) -> None:
     lc.wait_for(lambda: _answering(url) == {last["metadata"]["name"]} or None, 30, "only the remaining pod")
 
 
+def test_kube_proxy_programs_services_in_nftables(lc: LocalCluster) -> None:
+    """The real kube-proxy serves Services: its nftables table maps each ClusterIP port to the
+    Service's endpoints, and, as on any nftables-mode node, it rejects a ClusterIP port no Service
+    defines and a Service without endpoints (connection refused at once, never a hang)."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "empty", "namespace": NS},
+        "spec": {"selector": {"app": "nobody"}, "ports": [{"port": 8080}]},
+    }
+    _apply(lc, service)
+    ip = lc.cluster_ip(NS, "empty")
+
+    def listed() -> str | None:
+        ruleset = lc.run(["nft", "list", "table", "ip", "kube-proxy"]).stdout
+        return ruleset if f"{ip} . tcp . 8080" in ruleset else None
+
+    ruleset = lc.wait_for(listed, 30, "the Service in kube-proxy's no-endpoint map")
+    assert "10.96.0.1 . tcp . 443 : goto service-" in ruleset  # `kubernetes`, with its endpoint
+    probe = (
+        "import socket\n"
+        f"for port in (8080, 9999):\n"
+        "    try:\n"
+        f"        socket.create_connection(('{ip}', port), timeout=5)\n"
+        "    except OSError as e:\n"
+        "        print(type(e).__name__)\n"
+    )
+    assert lc.run(["python", "-c", probe]).stdout.split() == ["ConnectionRefusedError"] * 2
+    lc.kubectl("-n", NS, "delete", "service", "empty")
+
+
 def test_unready_pod_gets_no_new_connections(lc: LocalCluster, tmp_path: Path) -> None:
     """An exec readiness probe fails on one pod: the real endpointslice controller marks it not
-    ready and the front stops sending it connections; it returns when the probe passes again."""
+    ready and kube-proxy stops sending it connections; it returns when the probe passes again."""
     probe = {
         "exec": {"command": ["sh", "-c", 'test ! -e "$OUT/unready-$POD_NAME"']},
         "periodSeconds": 1,
@@ -452,7 +489,7 @@ def test_init_containers_run_to_completion_first(lc: LocalCluster) -> None:
 @pytest.mark.prometheus
 def test_prometheus_scrapes_pods_with_grm_labels(lc: LocalCluster) -> None:
     if lc.prometheus_url is None:
-        _skip_or_fail("prometheus is not installed (apt-get install prometheus)")
+        _skip_or_fail("prometheus with Kubernetes SD is not built (make control-plane)")
     labels = {"grm.dev/deployment": "scraped", "grm.dev/variant": "bf16"}
     _apply(lc, _deployment("scraped", 1, labels=labels))
     (pod,) = _ready_pods(lc, "app=scraped", 1)

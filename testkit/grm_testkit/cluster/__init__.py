@@ -12,7 +12,7 @@ run time; it is what tests, benchmarks and the local cluster start the operator 
   `supervisor` (what runs inside its network namespace), `clusteroptions` (options, addresses,
   state directory), `connectsocket` (the way in from the host), `localcluster_cli`
   (`grm-local-cluster`), `netns`, the node agent (`nodeagent`, `kubeletapi`, `podspec`), the
-  Service front (`serviceproxy`), Prometheus (`promsd`) and their API client (`kubeclient`).
+  the real kube-proxy (`kubeproxy`), Prometheus (`promsd`) and their API client (`kubeclient`).
 * `realcluster`: the same handle's methods on an existing cluster, for the e2e tests'
   `--real-cluster` mode.
 """

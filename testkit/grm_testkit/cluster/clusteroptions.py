@@ -4,7 +4,7 @@ handles that start it or attach to it (`localcluster.LocalCluster`, `grm-local-c
 
 The state directory holds `options.json` (the `ClusterOptions`, written before the supervisor
 starts), `state.json` (supervisor PID, kubeconfig, URLs; written once the cluster is ready and
-removed when it stops), the admin `kubeconfig` (server https://10.96.0.1:6443), `connect.sock`
+removed when it stops), the admin `kubeconfig` (server https://10.244.255.2:6443), `connect.sock`
 and `supervisor.log`.
 """
 
@@ -23,11 +23,16 @@ from grm_testkit.cluster import podspec, tools
 from grm_testkit.cluster.kubeclient import Json
 from grm_testkit.cluster.nodeagent import NodeConfig
 
-API_ADDRESS = "10.96.0.1"
+# The API server listens outside the Service range (on the pod range's reserved last /24, like a
+# host-network control plane): kube-proxy in nftables mode rejects connections to a ClusterIP on
+# a port no Service defines, so 10.96.0.1:6443 would be unreachable once it runs. In-cluster
+# clients use the `kubernetes` Service (10.96.0.1:443), which kube-proxy DNATs to this address.
+API_ADDRESS = "10.244.255.2"
 API_PORT = 6443
 PROMETHEUS_ADDRESS = "10.244.255.1"
 PROMETHEUS_PORT = 9090
 STATE_FILE = "state.json"
+NODE_RUNTIMES = ("agent", "kubelet")
 CONNECT_SOCKET = "connect.sock"
 
 
@@ -52,6 +57,13 @@ class ClusterOptions:
     backoff_cap_s: float = 30.0
     verbosity: int = 0
     log_level: str = "INFO"
+    # What runs pods: "agent" (our node agent: pods as local processes) or "kubelet" (the real
+    # kubelet with containerd, runc and CNI: `realnode`).
+    node_runtime: str = "agent"
+
+    def __post_init__(self) -> None:
+        if self.node_runtime not in NODE_RUNTIMES:
+            raise LocalClusterError(f"node_runtime must be one of {NODE_RUNTIMES}, not {self.node_runtime!r}")
 
     def node_configs(self) -> list[NodeConfig]:
         """`gpus` split over `nodes` (the first nodes get the remainder), one /24 each."""

@@ -17,9 +17,38 @@ import logging
 import threading
 
 from grm_testkit.cluster import netns
-from grm_testkit.cluster.serviceproxy import splice
 
 log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
+
+
+async def splice(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+) -> None:
+    """Copies both ways until both directions reached EOF, then closes both."""
+    try:
+        await asyncio.gather(_pump(a[0], b[1]), _pump(b[0], a[1]))
+    except asyncio.CancelledError:
+        # Shutdown: a stream callback's task that ends cancelled is logged as an error by asyncio
+        # (3.11), so a cancelled splice ends normally after closing both sides.
+        pass
+    finally:
+        # No await here: a splice still open when its loop shuts down is closed by the garbage
+        # collector, and a coroutine that awaits inside `finally` then cannot finish.
+        for w in (a[1], b[1]):
+            w.close()
 
 
 async def serve_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: str) -> None:

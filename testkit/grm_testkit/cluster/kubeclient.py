@@ -1,8 +1,8 @@
 """A small asyncio client of the Kubernetes REST API for the local cluster's supervisor, node agent
-and Service front: plain JSON dicts over aiohttp, credentials from a kubeconfig with embedded
+and Prometheus SD: plain JSON dicts over aiohttp, credentials from a kubeconfig with embedded
 data; and `json_exchange`, one blocking request, for callers without an event loop.
 
-The test kit keeps a client of its own because the node agent and the Service front need
+The test kit keeps a client of its own because the node agent and the Prometheus SD need
 raw-path requests (Node and Pod status, Leases, TokenRequests, EndpointSlices) and list-then-watch
 streams inside the supervisor's one event loop, which neither the operator's client
 (`grm_operator.kubeapi`: typed `Kind`s, no watches — kopf watches for the operator) nor the

@@ -1,12 +1,12 @@
 """The local cluster: the whole system on one machine, in a network namespace of its own, made of
 real Kubernetes parts (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-helm, Prometheus) plus our node agent (kubelet + runtime) and Service front (kube-proxy) — and
+helm, kube-proxy in nftables mode, Prometheus) plus our node agent (kubelet + runtime) — and
 `LocalCluster`, the handle a test, the demo or `grm-local-cluster` uses to start it (or attach to
 it), stop it and talk to it. What runs inside the namespace is the `supervisor`; the options and
 the state directory they share are in `clusteroptions`.
 
 The way in — the *state directory* holds `state.json` (supervisor PID, kubeconfig, URLs), the
-admin `kubeconfig` (server https://10.96.0.1:6443) and `connect.sock`:
+admin `kubeconfig` (server https://10.244.255.2:6443) and `connect.sock`:
 * people and scripts: `grm-local-cluster shell | exec -- CMD` — `nsenter` into the
   supervisor's network namespace (/proc/PID/ns/net) with `KUBECONFIG` and the real kubectl and
   helm on `PATH`;
@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 import yaml
 
-from grm_testkit.cluster import lifetime, netns, tools
+from grm_testkit.cluster import kubeproxy, lifetime, netns, realnode, tools
 from grm_testkit.cluster.clusteroptions import (
     API_ADDRESS,
     API_PORT,
@@ -85,6 +85,7 @@ class LocalCluster:
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 30.0,
         log_level: str = "INFO",
+        node_runtime: str = "agent",
     ) -> None:
         self.options = ClusterOptions(
             gpus=gpus,
@@ -95,6 +96,7 @@ class LocalCluster:
             backoff_base_s=backoff_base_s,
             backoff_cap_s=backoff_cap_s,
             log_level=log_level,
+            node_runtime=node_runtime,
         )
         self._own_state_dir = state_dir is None
         # A fresh temp dir is made by start(), so an instance never started leaves nothing behind.
@@ -124,10 +126,18 @@ class LocalCluster:
             return (
                 f"control-plane binaries {absent} missing in {tools.k8s_bin_dir()} (run `make control-plane`)"
             )
+        why = kubeproxy.missing()
+        if why is not None:
+            return why
         return netns.probe_support()
 
+    @staticmethod
+    def real_node_unavailable() -> str | None:
+        """Why `node_runtime="kubelet"` cannot run here (kubelet, containerd, runc, CNI), or None."""
+        return LocalCluster.unavailable() or realnode.missing()
+
     def start(self) -> None:
-        why = self.unavailable()
+        why = self.unavailable() if self.options.node_runtime == "agent" else self.real_node_unavailable()
         if why is not None:
             raise LocalClusterError(why)
         if self._own_state_dir:
@@ -203,7 +213,7 @@ class LocalCluster:
 
     @property
     def kubeconfig(self) -> Path:
-        """Admin kubeconfig for processes inside the namespace (server https://10.96.0.1:6443)."""
+        """Admin kubeconfig for processes inside the namespace (server https://10.244.255.2:6443)."""
         return Path(self.state["kubeconfig"])
 
     @property
@@ -330,7 +340,7 @@ class LocalCluster:
 
     def service_url(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:
         """A host URL for Service `namespace/service` port `port`: through the forwarder to the
-        ClusterIP, i.e. through the Service front, so it follows the Service's ready pods."""
+        ClusterIP, i.e. through kube-proxy (one ready pod per connection, chosen when it opens)."""
         return self.url(self.cluster_ip(namespace, service), port, scheme)
 
     def service_address(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:

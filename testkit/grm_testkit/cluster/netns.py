@@ -7,7 +7,11 @@ any of them without adding addresses one by one):
 
 * 10.244.0.0/16 — pod IPs (the API server rejects loopback addresses in EndpointSlices, so
   127.x pods would leave every Service without endpoints);
-* 10.96.0.0/12 — Service ClusterIPs and the API server itself (10.96.0.1).
+* 10.96.0.0/12 — Service ClusterIPs, served by the real kube-proxy (nftables DNAT in the
+  `output` hook; the local route lets a connect reach that hook).
+
+Each node's IP (10.244.<node>.1) is also put on `lo` (`add_addresses`), so that kube-proxy's
+masquerade has a source address to choose.
 
 Any other destination has no route: a connect fails at once with ENETUNREACH, before a packet
 exists. The supervisor process *enters* the namespace by being started under `unshare`
@@ -77,6 +81,20 @@ def setup_inside(routes: Sequence[str] = LOCAL_ROUTES) -> None:
     commands = [["ip", "link", "set", "lo", "up"]]
     commands += [["ip", "route", "add", "local", cidr, "dev", "lo"] for cidr in routes]
     for cmd in commands:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        if result.returncode != 0:
+            raise NetnsError(f"{' '.join(cmd)}: {result.stderr.strip()}")
+
+
+def add_addresses(addresses: Sequence[str]) -> None:
+    """Run inside: puts each address on `lo` as a /32. A local route makes an address reachable,
+    but only an address *on an interface* can be a source a kernel chooses: kube-proxy's
+    masquerade (for a connection to a ClusterIP from a source outside the pod range, e.g. a
+    process connecting from the ClusterIP itself) picks a global address of the outgoing
+    interface, `lo` here, and drops the packet when there is none. The nodes' IPs are these
+    addresses, as a real node's IP is on its interface."""
+    for address in addresses:
+        cmd = ["ip", "addr", "add", f"{address}/32", "dev", "lo"]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
         if result.returncode != 0:
             raise NetnsError(f"{' '.join(cmd)}: {result.stderr.strip()}")

@@ -1,25 +1,23 @@
-"""Prometheus in the local cluster: Debian's `prometheus` binary as a plain subprocess, scraping
-the worker pods it finds through file-based service discovery.
+"""Prometheus in the local cluster: Debian's `prometheus` binary as a plain subprocess, finding
+the worker pods as it does in any cluster — `kubernetes_sd_configs` (`role: pod`) against the API
+server, authenticated by a bound token of its own ServiceAccount (`kube-system/prometheus`) that a
+ClusterRole lets list and watch pods.
 
-The supervisor watches Pods and rewrites one `file_sd` JSON file whenever the set of running pods
-changes (Prometheus re-reads it on change). Each target carries the `__meta_kubernetes_*` labels
-Kubernetes service discovery (`role: pod`) would give it — one target per container port — so
-the scrape job uses *exactly* the relabelling of `examples/prometheus/grm-workers-scrape.yaml`
-(a unit test compares them): the metrics source reads `namespace`, `pod`, `grm_dev_deployment`
-and `grm_dev_variant` as it would in a real cluster (docs/metrics.md).
+Kubernetes SD gives each container port a target with the `__meta_kubernetes_*` labels, and the
+scrape job uses *exactly* the relabelling of `examples/prometheus/grm-workers-scrape.yaml`
+(testkit/tests/test_promsd.py compares them): the metrics source reads `namespace`, `pod`,
+`grm_dev_deployment` and `grm_dev_variant` as it would in a real cluster (docs/metrics.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from grm_testkit.cluster import tools
 
 JOB = "grm-workers"
 
@@ -33,47 +31,53 @@ RELABEL_CONFIGS: list[dict[str, Any]] = [
 ]
 
 
+HOW_TO_GET = "run `make control-plane`; Debian's prometheus is built without Kubernetes SD"
+
+
 def binary() -> str | None:
-    """The prometheus binary ($GRM_PROMETHEUS_BIN, else on $PATH), or None."""
-    return os.environ.get("GRM_PROMETHEUS_BIN") or shutil.which("prometheus")
+    """The prometheus binary: $GRM_PROMETHEUS_BIN, else the one `make control-plane` builds from
+    upstream's module with Kubernetes SD (hack/build-control-plane.sh), or None. Never Debian's:
+    its package leaves Kubernetes SD out ("field kubernetes_sd_configs not found")."""
+    env = os.environ.get("GRM_PROMETHEUS_BIN")
+    if env:
+        return env
+    path = tools.k8s_bin_dir() / "prometheus"
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def _label_name(key: str) -> str:
-    """A Kubernetes label key as Prometheus' SD spells it: `grm.dev/variant` → `grm_dev_variant`."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+# What Prometheus' Kubernetes SD (`role: pod`) reads: a ClusterRole of these verbs only, bound
+# to its ServiceAccount, as the prometheus-community chart's server role grants for pods.
+SERVICE_ACCOUNT = ("kube-system", "prometheus")
+CLUSTER_ROLE = "grm-local-prometheus"
+# The token is bound to the ServiceAccount and valid for the cluster's life: a local cluster
+# runs for a test session or a demo (hours), so 7 days never runs out.
+TOKEN_EXPIRATION_S = 7 * 24 * 3600
 
 
-def targets(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """file_sd target groups for every running pod with an IP: one per container port."""
-    groups: list[dict[str, Any]] = []
-    for pod in pods:
-        status = pod.get("status") or {}
-        ip = status.get("podIP")
-        if not ip or status.get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
-            continue
-        meta = pod["metadata"]
-        base = {
-            "__meta_kubernetes_namespace": meta["namespace"],
-            "__meta_kubernetes_pod_name": meta["name"],
-            "__meta_kubernetes_pod_ip": ip,
-            "__meta_kubernetes_pod_node_name": (pod.get("spec") or {}).get("nodeName", ""),
-        }
-        for key, value in (meta.get("labels") or {}).items():
-            base[f"__meta_kubernetes_pod_label_{_label_name(key)}"] = value
-            base[f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}"] = "true"
-        for container in (pod.get("spec") or {}).get("containers") or []:
-            for port in container.get("ports") or []:
-                labels = dict(base)
-                labels["__meta_kubernetes_pod_container_name"] = container["name"]
-                labels["__meta_kubernetes_pod_container_port_name"] = port.get("name", "")
-                labels["__meta_kubernetes_pod_container_port_number"] = str(port["containerPort"])
-                groups.append({"targets": [f"{ip}:{port['containerPort']}"], "labels": labels})
-    groups.sort(key=lambda g: g["targets"][0])
-    return groups
+def rbac_objects() -> list[dict[str, Any]]:
+    """The ClusterRole and ClusterRoleBinding Prometheus' pod discovery needs (list and watch
+    pods in every namespace), for the ServiceAccount `SERVICE_ACCOUNT`."""
+    namespace, name = SERVICE_ACCOUNT
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": CLUSTER_ROLE},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": CLUSTER_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "namespace": namespace, "name": name}],
+        },
+    ]
 
 
-def config(sd_file: Path, scrape_interval_s: float) -> dict[str, Any]:
-    """prometheus.yml: the one worker job over `sd_file`."""
+def config(api_url: str, ca_file: Path, token_file: Path, scrape_interval_s: float) -> dict[str, Any]:
+    """prometheus.yml: the one worker job, its targets from Kubernetes SD (`role: pod`) against
+    the API server at `api_url`, authenticated by the ServiceAccount token in `token_file`."""
     interval = f"{max(0.1, scrape_interval_s):g}s"
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -82,26 +86,22 @@ def config(sd_file: Path, scrape_interval_s: float) -> dict[str, Any]:
                 "job_name": JOB,
                 "scrape_interval": interval,
                 "scrape_timeout": interval if scrape_interval_s < 10 else "10s",
-                "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "5s"}],
+                "kubernetes_sd_configs": [
+                    {
+                        "role": "pod",
+                        "api_server": api_url,
+                        "tls_config": {"ca_file": str(ca_file)},
+                        "authorization": {"credentials_file": str(token_file)},
+                    }
+                ],
                 "relabel_configs": RELABEL_CONFIGS,
             }
         ],
     }
 
 
-def write_config(path: Path, sd_file: Path, scrape_interval_s: float) -> None:
-    path.write_text(yaml.safe_dump(config(sd_file, scrape_interval_s), sort_keys=False))
-
-
-def write_targets(sd_file: Path, groups: list[dict[str, Any]]) -> bool:
-    """Atomically replaces the SD file when its content changes; True when it did."""
-    text = json.dumps(groups, indent=1, sort_keys=True)
-    if sd_file.exists() and sd_file.read_text() == text:
-        return False
-    tmp = sd_file.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(sd_file)
-    return True
+def write_config(path: Path, api_url: str, ca_file: Path, token_file: Path, scrape_interval_s: float) -> None:
+    path.write_text(yaml.safe_dump(config(api_url, ca_file, token_file, scrape_interval_s), sort_keys=False))
 
 
 def argv(binary_path: str, config_path: Path, data_dir: Path, listen: str) -> list[str]:

@@ -1,14 +1,17 @@
 """The local cluster's supervisor: the process that runs the whole cluster inside its network
-namespace — the control plane, one node agent per node, the Service front, Prometheus and its
-service discovery, and `connect.sock` — until it is stopped or a component dies.
+namespace — the control plane, one node agent (or real kubelet) per node, kube-proxy,
+Prometheus (Kubernetes SD against the API server), and `connect.sock` — until it is stopped or
+a component dies.
 
 Process tree — one supervisor, started under `unshare` (`supervisor_argv`), so it and every child
 live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
 
     supervisor (python -m grm_testkit.cluster.supervisor supervise, inside the namespace)
-    ├── etcd, kube-apiserver (10.96.0.1:6443), kube-controller-manager, kube-scheduler
+    ├── etcd, kube-apiserver (10.244.255.2:6443), kube-controller-manager, kube-scheduler
+    ├── kube-proxy (nftables; one for all nodes: they share the namespace)
     ├── prometheus (10.244.255.1:9090, when installed)
-    ├── node agent + Service front + Prometheus SD (asyncio tasks of the supervisor itself)
+    ├── node agents (asyncio tasks of the supervisor itself)
+    ├── or per node: containerd + kubelet (`node_runtime="kubelet"`, `realnode`)
     └── pod processes (one process group per container, on pod IPs 10.244.<node>.x)
 
 Whoever starts it (`LocalCluster.start`, `grm-local-cluster up`) prepares the state directory
@@ -48,9 +51,16 @@ from grm_testkit.cluster.clusteroptions import (
     LocalClusterError,
 )
 from grm_testkit.cluster.connectsocket import serve_connect
-from grm_testkit.cluster.controlplane import DEFAULT_CONTROLLERS, ControlPlane, ControlPlaneOptions
-from grm_testkit.cluster.kubeclient import Json, KubeClient, KubeError
+from grm_testkit.cluster.controlplane import (
+    DEFAULT_CONTROLLERS,
+    ControlPlane,
+    ControlPlaneOptions,
+    first_service_ip,
+)
+from grm_testkit.cluster.kubeclient import KubeClient, KubeError
+from grm_testkit.cluster.kubeproxy import KubeProxy
 from grm_testkit.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
+from grm_testkit.cluster.realnode import RealNode
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,8 @@ class Supervisor:
         # component failure, and the watchdog must not stop the cluster for it.
         self.prometheus_stopped = False
         self.workdir = Path(tempfile.mkdtemp(prefix="grm-local-"))
+        self.kube_proxy: KubeProxy | None = None
+        self.real_nodes: list[RealNode] = []
 
     def run(self) -> int:
         # A stop request while the control plane starts (before the event loop's handlers exist)
@@ -85,6 +97,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _exit_on_signal)
         netns.setup_inside()
+        netns.add_addresses([podspec.PodIPs(n.pod_cidr).node_ip for n in self.options.node_configs()])
         if not netns.outside_is_unreachable():
             raise LocalClusterError("the network namespace has a route out; refusing to start")
         t0 = time.monotonic()
@@ -97,6 +110,9 @@ class Supervisor:
                 scheduler=True,
                 controllers=CONTROLLERS,
                 controller_manager_args=CONTROLLER_MANAGER_ARGS,
+                # `kubectl logs` through the API server dials the node's InternalIP, never its
+                # name (there is no DNS in the namespace).
+                apiserver_args=("--kubelet-preferred-address-types=InternalIP",),
                 workdir_parent=self.workdir,
                 verbosity=self.options.verbosity,
             )
@@ -107,6 +123,8 @@ class Supervisor:
             return asyncio.run(self._main(t0))
         finally:
             self._stop_prometheus()
+            if self.kube_proxy is not None:
+                self.kube_proxy.stop()
             self.plane.stop()
             for name in (STATE_FILE, CONNECT_SOCKET, "kubeconfig"):
                 with contextlib.suppress(OSError):
@@ -124,7 +142,6 @@ class Supervisor:
         kubeconfig = self.state_dir / "kubeconfig"
         shutil.copyfile(plane.kubeconfig, kubeconfig)
         admin = KubeClient.from_kubeconfig(plane.kubeconfig)
-        proxy_client = KubeClient.from_kubeconfig(plane.kubeconfig_for_user("system:kube-proxy"))
         ctx = AgentContext(
             workdir=self.workdir,
             api_url=plane.url,
@@ -132,24 +149,22 @@ class Supervisor:
             images=self.options.image_rules(),
             bin_dirs=(*default_bin_dirs(), tools.tools_bin_dir()),
         )
-        from grm_testkit.cluster.serviceproxy import ServiceProxy
-
-        proxy = ServiceProxy(proxy_client)
         agents: list[NodeAgent] = []
-        clients = [admin, proxy_client]
+        clients = [admin]
         tasks: list[asyncio.Task[None]] = []
         connect_server: asyncio.AbstractServer | None = None
         try:
-            await proxy.start()
-            for node in self.options.node_configs():
+            for index, node in enumerate(self.options.node_configs()):
+                if self.options.node_runtime == "kubelet":
+                    await self._start_real_node(admin, index, node)
+                    continue
                 client = KubeClient.from_kubeconfig(plane.kubeconfig_for_node(node.name))
                 clients.append(client)
                 agent = NodeAgent(client, node, ctx, self._kubelet_cert(node))
                 await agent.start()
                 agents.append(agent)
+            await self._start_kube_proxy()
             prometheus_url = self._start_prometheus()
-            if prometheus_url is not None:
-                tasks.append(asyncio.create_task(self._prometheus_sd(admin)))
             connect_server = await asyncio.start_unix_server(
                 self._connect_or_control, str(self.state_dir / CONNECT_SOCKET)
             )
@@ -182,7 +197,7 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
-            await proxy.stop()
+            await self._stop_real_nodes(admin)
             for client in clients:
                 await client.close()
 
@@ -193,6 +208,9 @@ class Supervisor:
         while True:
             await asyncio.sleep(1.0)
             dead = [] if self.plane.running else ["a control-plane process"]
+            if self.kube_proxy is not None and not self.kube_proxy.running:
+                dead.append("kube-proxy")
+            dead += [f"the kubelet or containerd of {n.name}" for n in self.real_nodes if not n.running]
             if (
                 self.prometheus is not None
                 and not self.prometheus_stopped
@@ -216,6 +234,71 @@ class Supervisor:
                 last = path.read_text(errors="replace").splitlines()[-lines:]
                 log.error("last lines of %s:\n%s", component, "\n".join(last))
 
+    async def _start_kube_proxy(self) -> None:
+        """The real kube-proxy (nftables) for every node: they share this namespace. Started
+        once the nodes registered (it reads its Node), ready after its first full sync."""
+        assert self.plane is not None
+        first = self.options.node_configs()[0]
+        self.kube_proxy = KubeProxy(
+            self.workdir,
+            self.plane.kubeconfig_for_user("system:kube-proxy"),
+            first.name,
+            podspec.PodIPs(first.pod_cidr).node_ip,
+            # Both pod ranges (the node agent's 10.244/16, real pods' 10.245/16) are the cluster's.
+            "10.244.0.0/15" if self.options.node_runtime == "kubelet" else netns.POD_CIDR,
+            self.options.verbosity,
+        )
+        t0 = time.monotonic()
+        self.kube_proxy.spawn()
+        await self.kube_proxy.wait_synced()
+        log.info("kube-proxy (nftables) up in %.1f s", time.monotonic() - t0)
+
+    async def _start_real_node(self, admin: KubeClient, index: int, node: NodeConfig) -> None:
+        """containerd (images imported) and the real kubelet for `node`; returns once the Node
+        registered and advertises its GPUs (`nvidia.com/gpu` in status.capacity by PATCH, as
+        Kubernetes documents for node-level extended resources)."""
+        assert self.plane is not None
+        real = RealNode(
+            name=node.name,
+            index=index,
+            node_ip=podspec.PodIPs(node.pod_cidr).node_ip,
+            workdir=self.workdir,
+            kubeconfig=self.plane.kubeconfig_for_node(node.name),
+            cert=self._kubelet_cert(node),
+            image_cache=tools.repo_root() / ".cache" / "images",
+            verbosity=self.options.verbosity,
+        )
+        self.real_nodes.append(real)
+        t0 = time.monotonic()
+        real.start_runtime()
+        real.start_kubelet()
+        path = f"/api/v1/nodes/{node.name}"
+        deadline = time.monotonic() + 120
+        while not await admin.get(path, ok_missing=True):
+            if not real.running or time.monotonic() > deadline:
+                raise LocalClusterError(
+                    f"kubelet of {node.name} did not register:\n{real.tail('kubelet.log')}\n"
+                    f"{real.tail('containerd.log', 10)}"
+                )
+            await asyncio.sleep(0.2)
+        gpus = str(node.gpus)
+        await admin.merge_patch(f"{path}/status", {"status": {"capacity": {"nvidia.com/gpu": gpus}}})
+        # The kubelet derives allocatable from capacity at its next status update (every 10 s):
+        # until then the scheduler would leave GPU pods Pending, so the node is not ready before.
+        while (await admin.get(path))["status"].get("allocatable", {}).get("nvidia.com/gpu") != gpus:
+            if not real.running or time.monotonic() > deadline:
+                why = real.tail("kubelet.log")
+                raise LocalClusterError(f"{node.name} does not advertise its GPUs:\n{why}")
+            await asyncio.sleep(0.2)
+        log.info("real node %s registered (kubelet + containerd) in %.1f s", node.name, time.monotonic() - t0)
+
+    async def _stop_real_nodes(self, admin: KubeClient) -> None:
+        """Stops kubelets and containerd and cleans up what they leave (containers, shims,
+        mounts, cgroups). Pods are not deleted through the API first: their controllers would
+        only make new ones while the cluster goes away."""
+        for real in self.real_nodes:
+            await asyncio.to_thread(real.stop)
+
     def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
         """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
         assert self.plane is not None
@@ -231,7 +314,7 @@ class Supervisor:
 
     async def _wait_ready(self, admin: KubeClient, timeout_s: float = 120.0) -> None:
         """Ready for work: the `default` ServiceAccount exists (pods need it), every node is
-        schedulable (its not-ready taint lifted) and the Service front serves `kubernetes`."""
+        schedulable (its not-ready taint lifted) and kube-proxy serves `kubernetes` (10.96.0.1:443)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -246,14 +329,15 @@ class Supervisor:
             )
             if found and schedulable:
                 try:
-                    _, writer = await asyncio.open_connection(API_ADDRESS, 443)
+                    kubernetes_service = first_service_ip(netns.SERVICE_CIDR)
+                    _, writer = await asyncio.open_connection(kubernetes_service, 443)
                     writer.close()
                     return
                 except OSError:
                     pass
             if time.monotonic() > deadline:
                 raise LocalClusterError(
-                    "the cluster did not become ready (default ServiceAccount, Service front)"
+                    "the cluster did not become ready (default ServiceAccount, nodes, kube-proxy)"
                 )
             await asyncio.sleep(0.1)
 
@@ -264,18 +348,41 @@ class Supervisor:
             return None
         if path is None:
             if wanted:
-                raise LocalClusterError("prometheus is not installed (apt-get install prometheus)")
-            log.info("prometheus not installed: the Direct metrics source only")
+                raise LocalClusterError(f"prometheus with Kubernetes SD is not built ({promsd.HOW_TO_GET})")
+            log.info("prometheus not built (%s): the Direct metrics source only", promsd.HOW_TO_GET)
             return None
+        assert self.plane is not None
         pdir = self.workdir / "prometheus"
         (pdir / "data").mkdir(parents=True)
-        self.sd_file = pdir / "targets.json"
-        promsd.write_targets(self.sd_file, [])
-        promsd.write_config(pdir / "prometheus.yml", self.sd_file, self.options.scrape_interval_s)
+        token_file = self._prometheus_token(pdir)
+        promsd.write_config(
+            pdir / "prometheus.yml",
+            self.plane.url,
+            self.plane.ca_path,
+            token_file,
+            self.options.scrape_interval_s,
+        )
         listen = f"{PROMETHEUS_ADDRESS}:{PROMETHEUS_PORT}"
         self._prometheus_argv = promsd.argv(path, pdir / "prometheus.yml", pdir / "data", listen)
         self._spawn_prometheus()
         return f"http://{listen}"
+
+    def _prometheus_token(self, pdir: Path) -> Path:
+        """Prometheus' RBAC (list and watch pods) and a bound token of its ServiceAccount, in a
+        file only the supervisor's user reads; returns the file."""
+        assert self.plane is not None
+        for doc in promsd.rbac_objects():
+            plural = "clusterroles" if doc["kind"] == "ClusterRole" else "clusterrolebindings"
+            status, body = self.plane.request("POST", f"/apis/rbac.authorization.k8s.io/v1/{plural}", doc)
+            if status not in (201, 409):
+                raise LocalClusterError(f"creating {doc['kind']} for prometheus: {status} {body}")
+        namespace, name = promsd.SERVICE_ACCOUNT
+        token = self.plane.service_account_token(namespace, name, expiration_s=promsd.TOKEN_EXPIRATION_S)
+        path = pdir / "token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        return path
 
     def _spawn_prometheus(self) -> None:
         """Starts Prometheus with the argv of `_start_prometheus`: same address, same TSDB."""
@@ -304,7 +411,7 @@ class Supervisor:
             self.prometheus_stopped = True
             if proc.poll() is None:
                 proc.terminate()
-                # Polled, not waited: the node agent and the Service front share this event loop.
+                # Polled, not waited: the node agents share this event loop.
                 # A clean shutdown of this small TSDB took 0.05 s here (a start to /-/ready 0.14 s).
                 deadline = time.monotonic() + 20.0
                 while proc.poll() is None and time.monotonic() < deadline:
@@ -355,18 +462,6 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    async def _prometheus_sd(self, admin: KubeClient) -> None:
-        pods: dict[str, Json] = {}
-        async for kind, obj in admin.watch("/api/v1/pods"):
-            if kind == "SYNC":
-                pods = {p["metadata"]["uid"]: p for p in obj["items"]}
-            elif kind == "DELETED":
-                pods.pop(obj["metadata"]["uid"], None)
-            else:
-                pods[obj["metadata"]["uid"]] = obj
-            if promsd.write_targets(self.sd_file, promsd.targets(pods.values())):
-                log.debug("prometheus targets: %d", len(promsd.targets(pods.values())))
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
