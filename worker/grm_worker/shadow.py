@@ -61,7 +61,7 @@ Mode = Literal["live", "replay"]
 #: Why a sampled request was never compared (label ``reason`` of ``grm_shadow_dropped_total``).
 DROP_REASONS = ("queue_full", "reservoir_full", "timeout", "reference_busy", "error", "no_verdict")
 
-# Statuses meaning "no reference pod to answer": kube-proxy/Service front or a draining pod.
+# Statuses meaning "no reference pod to answer": no endpoint behind the Service, or a draining pod.
 _DOWN_STATUSES = frozenset({502, 503, 504})
 # /ready of the reference must answer quickly; it is a probe, not a score.
 _PROBE_TIMEOUT_S = 5.0
