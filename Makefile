@@ -55,7 +55,7 @@ tools: $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION)
 # --- Debian packages (only when root; tests skip what is missing otherwise) ----------------------
 # nftables (nft) and conntrack for the local cluster's real kube-proxy (nftables mode) and the
 # keep-alive drain tests' per-connection Service VIP (grm_testkit.l4path); iptables
-# for its iptables-mode fallback and tools that still expect it); containerd 1.6, runc, the CNI
+# for its iptables-mode fallback and tools that still expect it; containerd 1.6, runc, the CNI
 # plugins and umoci (image packing) for its real kubelet (`node_runtime="kubelet"`).
 NODE_DEBS := nftables iptables conntrack containerd runc containernetworking-plugins umoci
 .PHONY: system-deps
