@@ -9,7 +9,7 @@ increase over ``precision.shadow.window`` per variant (:class:`LiveAgreement`).
 The rule, per variant other than the reference (the first, best one), each control period:
 
 * **demote** when at least ``needed`` verdicts were compared and the agreement's Wilson lower
-  bound (95 %, :func:`grm_operator.policy.agreement.wilson_interval`) is below
+  bound (95 %, :func:`grm_operator.quality.stats.wilson_interval`) is below
   ``precision.minQuality`` — the same test the evaluation gate admits by, applied to live
   traffic. ``needed`` is the larger of ``precision.shadow.minComparisons`` and the comparisons
   a perfect record needs to clear the floor (125 for 0.97): with fewer, every lower bound is
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec, Variant
-from grm_operator.policy.agreement import comparisons_to_clear, wilson_interval
+from grm_operator.quality.stats import perfect_record_needed, wilson_interval
 
 __all__ = [
     "CONFIDENCE",
@@ -109,7 +109,7 @@ def comparisons_needed(spec: GRMDeploymentSpec) -> int:
     """Compared verdicts before a variant can be demoted: minComparisons, at least what a
     perfect record needs to clear the floor."""
     floor = min(spec.precision.min_quality, 0.999)
-    return max(spec.precision.shadow.min_comparisons, comparisons_to_clear(floor, CONFIDENCE))
+    return max(spec.precision.shadow.min_comparisons, perfect_record_needed(floor, CONFIDENCE))
 
 
 def watch_quality(
@@ -140,7 +140,8 @@ def watch_quality(
         agreed = min(max(0.0, seen.agreed), compared)
         if compared < needed:
             continue
-        low, high = wilson_interval(agreed, compared, CONFIDENCE)
+        interval = wilson_interval(agreed, compared, CONFIDENCE)
+        low, high = interval.low, interval.high
         if low < floor:
             kept[name] = Demotion(now, round(compared), round(agreed), low, high, floor, digest)
             new.append(name)

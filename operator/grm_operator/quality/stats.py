@@ -37,6 +37,7 @@ __all__ = [
     "kendall_tau_b",
     "lower_bound",
     "pass_probability",
+    "perfect_record_needed",
     "wilson_interval",
 ]
 
@@ -62,15 +63,19 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def _check_counts(successes: int, n: int) -> None:
-    if n < 1:
+def _check_counts(successes: float, n: float) -> None:
+    if n <= 0:
         raise ValueError(f"need at least one trial, got n={n}")
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be within [0, n={n}], got {successes}")
 
 
-def wilson_interval(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
-    """Wilson score interval of a binomial proportion (two-sided ``confidence``)."""
+def wilson_interval(successes: float, n: float, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Wilson score interval of a binomial proportion (two-sided ``confidence``).
+
+    Counts may be non-integral: the live-agreement watch reads them as increases of Prometheus
+    counters, which extrapolate to the window's ends.
+    """
     _check_counts(successes, n)
     z = _z(confidence)
     p = successes / n
@@ -260,3 +265,18 @@ def items_needed(
         if pass_probability(floor, agreement, n, confidence, method) >= power and passes(n):
             return n
     return high
+
+
+def perfect_record_needed(floor: float, confidence: float = DEFAULT_CONFIDENCE) -> int:
+    """The fewest comparisons whose perfect record has a Wilson lower bound ≥ ``floor``.
+
+    A perfect record of n has lower bound n/(n + z²), so clearing f needs n ≥ z²·f/(1 − f): 125
+    for f = 0.97, 381 for f = 0.99 at 95 %. With fewer, a lower bound below the floor says
+    nothing about the variant (the live-agreement watch waits for this many). 0 for a floor of 0.
+    """
+    if floor <= 0.0:
+        return 0
+    if floor >= 1.0:
+        raise ValueError("no finite number of comparisons clears a floor of 1")
+    z = _z(confidence)
+    return math.ceil(z * z * floor / (1.0 - floor) - 1e-9)

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from grm_operator.policy import PolicyState
-from grm_operator.policy.agreement import comparisons_to_clear, wilson_interval, z_for
 from grm_operator.policy.capacity import DEFAULT_TAIL, Workload, operating_points, replica_capacity
 from grm_operator.policy.decide import decide
 from grm_operator.policy.quality_watch import (
@@ -18,38 +17,16 @@ from grm_operator.policy.quality_watch import (
     variant_digest,
     watch_quality,
 )
+from grm_operator.quality.stats import perfect_record_needed, wilson_interval
 from support.policy import OUTPUT, PROMPT, make_observation, make_signals, make_spec
 
 
-def test_wilson_interval_matches_worked_numbers() -> None:
-    assert z_for(0.95) == pytest.approx(1.959964, abs=1e-6)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    low, high = wilson_interval(97, 100)
-    assert low == pytest.approx(0.9155, abs=1e-4) and high == pytest.approx(0.9897, abs=1e-4)
-    low, high = wilson_interval(100, 100)
-    # The Wald interval would be [1, 1]; Wilson's lower bound of a perfect record is n/(n + z²).
-    assert low == pytest.approx(100 / (100 + z_for(0.95) ** 2)) and high == 1.0
-    low, high = wilson_interval(0, 10)
-    assert low == 0.0 and 0.2 < high < 0.35
-    # Symmetric: the interval of the failures mirrors that of the successes.
-    lo_a, hi_a = wilson_interval(30, 80)
-    lo_b, hi_b = wilson_interval(50, 80)
-    assert lo_a == pytest.approx(1 - hi_b) and hi_a == pytest.approx(1 - lo_b)
-    # Wider at higher confidence, narrower with more samples at the same proportion.
-    assert wilson_interval(90, 100, 0.99)[0] < wilson_interval(90, 100, 0.95)[0]
-    assert wilson_interval(900, 1000)[0] > wilson_interval(90, 100)[0]
-    with pytest.raises(ValueError):
-        wilson_interval(5, 4)
-    with pytest.raises(ValueError):
-        wilson_interval(1, 2, confidence=1.0)
-
-
 def test_comparisons_a_perfect_record_needs_to_clear_a_floor() -> None:
-    assert comparisons_to_clear(0.97) == 125 and comparisons_to_clear(0.99) == 381
-    assert comparisons_to_clear(0.0) == 0
+    assert perfect_record_needed(0.97) == 125 and perfect_record_needed(0.99) == 381
+    assert perfect_record_needed(0.0) == 0
     for floor in (0.9, 0.97, 0.99):
-        n = comparisons_to_clear(floor)
-        assert wilson_interval(n, n)[0] >= floor > wilson_interval(n - 1, n - 1)[0]
+        n = perfect_record_needed(floor)
+        assert wilson_interval(n, n).low >= floor > wilson_interval(n - 1, n - 1).low
     assert comparisons_needed(make_spec()) == 125  # floor 0.97, minComparisons 100
     assert comparisons_needed(make_spec(precision={"shadow": {"minComparisons": 400}})) == 400
 
