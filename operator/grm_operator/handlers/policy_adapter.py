@@ -13,9 +13,10 @@ from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.actuation import Intent, VariantDeployment
-from grm_operator.control.builders.replicas import active_variant
+from grm_operator.control.builders.replicas import active_variant, starting_variant
 from grm_operator.metrics import Reading
 from grm_operator.policy.decide import decide
+from grm_operator.policy.gate import ladder_spec
 from grm_operator.policy.types import Observation, PolicyState
 
 
@@ -39,7 +40,32 @@ def decide_intent(
     now: float,
     metrics_error: str | None = None,
 ) -> Intent:
-    """One policy step for a GRMDeployment, with its memory read from and returned for status."""
+    """One policy step for a GRMDeployment, with its memory read from and returned for status.
+
+    The policy decides on the ladder the quality gate admits (:func:`ladder_spec`), never on the
+    spec as written: a variant still building, evaluating or rejected is not a rung. A variant
+    that serves while off the ladder (its build changed, the floor rose, the policy became
+    Measured) is switched away from at once, to the best admitted variant, surge-then-drain.
+    """
+    ladder = ladder_spec(spec, status.get("variants"))
+    status_active = status.get("activeVariant")
+    on_ladder = {v.name for v in ladder.variants}
+    if status_active in {v.name for v in spec.variants} and status_active not in on_ladder:
+        target = starting_variant(ladder).name
+        replicas = max(
+            deployments.get(str(status_active), VariantDeployment()).desired, spec.scaling.min_replicas
+        )
+        return Intent(
+            action="SwitchVariant",
+            reason=f"{status_active} is not admitted by the quality gate (precision.qualityPolicy "
+            f"{spec.precision.quality_policy}, minQuality {spec.precision.min_quality:g}): "
+            f"switching to {target}",
+            replicas=replicas,
+            variant=target,
+            samples=None,
+            state=dict(status.get("policyState") or {}),
+        )
+    spec = ladder
     active = active_variant(spec, status.get("activeVariant"))
     samples = status.get("samples")
     observation = Observation(

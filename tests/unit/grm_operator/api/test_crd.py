@@ -200,7 +200,7 @@ def test_scale_subresource_paths_exist_with_the_right_types() -> None:
 def test_printer_columns_point_at_fields_of_their_type() -> None:
     columns = CRD["spec"]["versions"][0]["additionalPrinterColumns"]
     names = [c["name"] for c in columns if not c.get("priority")]
-    assert names == ["Variant", "Replicas", "Ready", "Desired", "TTFT-P95", "SLO", "Age"]
+    assert names == ["Variant", "Replicas", "Ready", "Desired", "TTFT-P95", "SLO", "Gate", "Age"]
     for column in columns:
         if column["jsonPath"] == ".metadata.creationTimestamp":
             assert column["type"] == "date"
