@@ -53,6 +53,18 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "print, as YAML, every object the operator would create or update for a GRMDeployment file",
     ),
     Subcommand(
+        "quantize",
+        "grm_operator.tools.quantize:add_arguments",
+        "grm_operator.tools.quantize:command",
+        "build a compressed variant (FP8_DYNAMIC, W8A8, W4A16, 2:4 pruning) with llm-compressor",
+    ),
+    Subcommand(
+        "evaluate",
+        "grm_operator.tools.evaluate:add_arguments",
+        "grm_operator.tools.evaluate:command",
+        "measure a variant's GRM verdicts against the reference's on the real engine (JSON)",
+    ),
+    Subcommand(
         "simulate",
         "grm_operator.simulator.cli:add_arguments",
         "grm_operator.simulator.cli:command",

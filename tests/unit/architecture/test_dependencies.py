@@ -31,6 +31,8 @@ EXTRAS_BY_PREFIX = {
     "grm_worker": ("worker",),
     "grm_worker/fetch.py": ("fetch",),
     "grm_worker/cli.py": ("fetch",),  # fetch-model's errors, imported in that subcommand only
+    # Run by the compressor's own interpreter (.venv-compress), never imported by the operator.
+    "grm_operator/tools/compress_job.py": ("compress",),
 }
 # Declared for what runs beside our code rather than what it imports: the engine the worker
 # starts as a child process (python -m vllm.entrypoints.openai.api_server).
@@ -122,7 +124,7 @@ def test_every_declared_dependency_is_imported() -> None:
         for _, path in product_files()
         for m in imported_modules(path)
     }
-    product_extras = ("operator", "simulator", "plot", "fetch", "worker", "worker-cpu")
+    product_extras = ("operator", "simulator", "plot", "fetch", "worker", "worker-cpu", "compress")
     declared_product = base.union(*(extras[e] for e in product_extras))
     assert declared_product - used - RUN_ONLY == set()
 

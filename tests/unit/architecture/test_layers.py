@@ -48,6 +48,9 @@ BREAKS = [
     ("operator/grm_operator/api/models.py", "import grm_operator.policy.types", "operator-layers"),
     ("operator/grm_operator/control/builders/workerconfig.py", "import grm_worker.server", "worker-contract"),
     ("operator/grm_operator/policy/decide.py", "import aiohttp", "pure-core"),
+    ("operator/grm_operator/quality/stats.py", "import subprocess", "pure-core"),
+    ("operator/grm_operator/quality/measure.py", "import grm_operator.tools.evaluate", "operator-layers"),
+    ("operator/grm_operator/tools/quantize.py", "import grm_worker.server", "worker-contract"),
     ("worker/grm_worker/server.py", "import grm_testkit.traffic", "product-only"),
     ("worker/grm_worker/contract/config.py", "import grm_worker.engines.vllm_args", "contract-bottom"),
 ]
