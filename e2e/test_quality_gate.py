@@ -1,8 +1,9 @@
 """The quality gate end to end on the local cluster, with the real Jobs: llm-compressor builds,
 evaluations on the real vLLM CPU engine, the gate's verdicts, a switch under load.
 
-One GRMDeployment, three variants of a tiny *trained* GRM (tests/support/tiny_grm.py: a tiny Llama
-taught to answer a GRM prompt with ``\\boxed{a, b}``; a mechanism check, not a reward model):
+One GRMDeployment, three variants of a tiny *trained* GRM (``tiny_grm.py`` of the test support,
+from the quality CLI: a tiny Llama taught to answer a GRM prompt with ``\\boxed{a, b}``; a
+mechanism check, not a reward model):
 
 * ``bf16`` — the reference, served from the test's checkpoint;
 * ``fp8`` — ``build: {from: bf16, scheme: FP8_DYNAMIC}``: a build Job runs ``grm-operator
