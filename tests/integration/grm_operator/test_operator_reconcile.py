@@ -260,6 +260,8 @@ def test_create_makes_children_with_owner_refs(harness: Harness) -> None:
         "Progressing": "True",
         "Degraded": "False",
         "SpecValid": "True",
+        # The quality gate (Measured by default): fp8's and int4's evaluation Jobs have no node here.
+        "QualityGate": "Unknown",
         # The autoscaler's: no worker pods, so no metrics and no traffic to judge the SLO on.
         "MetricsAvailable": "False",
         "QualityFloorMet": "True",
