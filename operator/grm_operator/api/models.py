@@ -1226,7 +1226,11 @@ class MeasuredQuality(ApiModel):
     )
     low: float = Field(description="Lower bound of the 95 % confidence interval of value.")
     high: float = Field(description="Upper bound of the 95 % confidence interval of value.")
-    n: int = Field(description="Evaluation items scored.", ge=0)
+    items: int = Field(
+        description="Evaluation items scored (the interval's sample size). Named items, not n: "
+        "YAML 1.1 reads a bare n as false.",
+        ge=0,
+    )
     rank_correlation: float | None = Field(
         default=None, description="Rank correlation of the variant's and the reference's scores."
     )

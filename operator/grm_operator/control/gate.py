@@ -318,7 +318,7 @@ def plan_gate(
                 "value": _number(report["agreement"]),
                 "low": _number(report["agreement_low"]),
                 "high": _number(report["agreement_high"]),
-                "n": int(report["n"]),
+                "items": int(report["n"]),
                 "rankCorrelation": _number(report.get("rank_correlation")),
                 "accuracy": _number(report.get("accuracy")),
                 "datasetDigest": str(report.get("dataset_digest") or dataset_identity),
@@ -331,7 +331,7 @@ def plan_gate(
             wanted.add(str(quality.get("job") or ""))
         q = fields["quality"]
         numbers = (
-            f"agreement {q['value']:.3f} (95% interval {q['low']:.3f}–{q['high']:.3f}, n={q['n']}) "
+            f"agreement {q['value']:.3f} (95% interval {q['low']:.3f}–{q['high']:.3f}, n={q['items']}) "
             f"with {spec.variants[0].name}"
         )
         if q["low"] >= floor:

@@ -26,7 +26,7 @@ MEASURED = {"qualityPolicy": "Measured", "minQuality": 0.97}
 def entry(name: str, state: str, value: float | None = None, low: float | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "gate": state}
     if value is not None:
-        out["quality"] = {"value": value, "low": low if low is not None else value, "high": 1.0, "n": 400}
+        out["quality"] = {"value": value, "low": low if low is not None else value, "high": 1.0, "items": 400}
     return out
 
 
