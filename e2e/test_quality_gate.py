@@ -25,8 +25,10 @@ evaluations and the switch take most of the test's 10–15 minutes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -89,14 +91,31 @@ def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         _skip_or_fail(f"{TINY_GRM} missing (the quality CLI's tiny trained GRM)")
     if not _compress_python().exists():
         _skip_or_fail(f"{_compress_python()} missing (run `make compress-venv`)")
-    root = tmp_path_factory.mktemp("gate-models")
-    out = Models(root / "tiny-grm-bf16", root / "tiny-grm-noise", root / "built")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for argv in (["build", str(out.bf16)], ["destroy", str(out.bf16), str(out.noise)]):
-        subprocess.run(
-            [str(VLLM_PYTHON), str(TINY_GRM), *argv], check=True, capture_output=True, timeout=600, env=env
+    # The trained model is cached in .cache/ keyed on the scripts that make it (training takes
+    # ~90 s of CPU on 2 idle cores): a warm run reads it from there.
+    scripts = [TINY_GRM, TINY_GRM.with_name("tiny_llama.py")]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in scripts)).hexdigest()[:16]
+    cache = REPO / ".cache" / "e2e" / f"tiny-grm-{key}"
+    if not (cache / "noise" / "config.json").exists():
+        staging = tmp_path_factory.mktemp("tiny-grm")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        for argv in (
+            ["build", str(staging / "bf16")],
+            ["destroy", str(staging / "bf16"), str(staging / "noise")],
+        ):
+            subprocess.run(
+                [str(VLLM_PYTHON), str(TINY_GRM), *argv],
+                check=True,
+                capture_output=True,
+                timeout=900,
+                env=env,
+            )
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        staging.rename(cache) if staging.stat().st_dev == cache.parent.stat().st_dev else shutil.copytree(
+            staging, cache
         )
-    out.out.mkdir()
+    out = Models(cache / "bf16", cache / "noise", tmp_path_factory.mktemp("gate-built"))
     return out
 
 
