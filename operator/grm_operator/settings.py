@@ -60,7 +60,7 @@ class OperatorSettings(BaseModel):
     quality_job_image: str | None = Field(
         default=None,
         description="Image of the quality gate's build and evaluation Jobs: it must have "
-        "grm-operator with the quality extra (llm-compressor) and vLLM. Unset: the GRMDeployment's "
+        "grm-operator with the compress extra (llm-compressor) and vLLM. Unset: the GRMDeployment's "
         "worker image.",
     )
     prometheus_url: str | None = Field(
