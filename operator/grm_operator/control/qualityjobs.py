@@ -305,7 +305,6 @@ def _job(
     template = grmd.spec.template
     env: list[Manifest] = [
         {"name": "HOME", "value": "/tmp"},
-        {"name": "TMPDIR", "value": "/tmp"},
         {"name": "GRM_REPORT", "value": TERMINATION_LOG},
     ]
     env.extend(e.model_dump(by_alias=True, exclude_none=True) for e in template.env or [])
@@ -446,7 +445,9 @@ def evaluation_job(
         dataset = shlex.quote(vols.path(Checkpoint(evalset.uri)))
     else:
         dataset = None  # grm-operator evaluate's own default: the set shipped in the package
-    result = '"$TMPDIR/evaluation.json"'  # the pod's /tmp
+    # The pod's /tmp (an emptyDir); TMPDIR is left to the runtime: vLLM binds Unix sockets there,
+    # whose paths may not exceed 107 bytes.
+    result = '"${TMPDIR:-/tmp}/evaluation.json"'
     argv = ["grm-operator", "evaluate", "--variant", variant_dir, "--reference", reference_dir]
     argv += ["--samples", str(spec.scoring.samples.max)]
     engine = merged_engine(spec, variant)

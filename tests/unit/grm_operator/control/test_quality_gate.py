@@ -298,7 +298,7 @@ def test_the_jobs_compress_into_the_variant_storage_and_report_through_the_termi
         in script
     )
     # No --dataset: evaluate's own default, the set shipped in the package.
-    assert "--dataset" not in script and '--json "$TMPDIR/evaluation.json"' in script
+    assert "--dataset" not in script and '--json "${TMPDIR:-/tmp}/evaluation.json"' in script
     assert '> "$GRM_REPORT"' in script and "agreement_low" in script
     assert [
         v["persistentVolumeClaim"]["readOnly"]
