@@ -6,16 +6,16 @@ from the quality CLI: a tiny Llama taught to answer a GRM prompt with ``\\boxed{
 mechanism check, not a reward model):
 
 * ``bf16`` — the reference, served from the test's checkpoint;
-* ``fp8`` — ``build: {from: bf16, scheme: FP8_DYNAMIC}``: a build Job runs ``grm-operator
+* ``int8`` — ``build: {from: bf16, scheme: W8A8}``: a build Job runs ``grm-operator
   quantize`` into a directory of the test, an evaluation Job scores the default evaluation set
   with it and with bf16 on vLLM, and its verdicts agree with bf16's: **Admitted**;
 * ``broken`` — ``build: {from: <a copy of bf16 whose decoder weights are noise>, scheme:
-  FP8_DYNAMIC}``: built and evaluated the same way, its verdicts do not agree: **Rejected**, with
+  W8A8}``: built and evaluated the same way, its verdicts do not agree: **Rejected**, with
   the numbers in the QualityGate condition and a VariantRejected Event.
 
-Then, under score traffic through the Service, ``maxGPUs`` is cut so that bf16 cannot hold the
-SLO: the operator switches to fp8 (admitted) without a failed request, and never to ``broken``,
-which runs no pod at any time (the test watches every pod the cluster creates).
+Then, under score traffic through the Service, the pin moves from bf16 to int8: the operator
+switches to int8 (admitted) surge-then-drain without a failed request, and never to ``broken``,
+whose worker runs no pod at any time (the test watches every pod the cluster creates).
 
 Sized for 2 cores: 2 "GPUs" (the node's budget): one Job at a time beside the serving bf16 worker;
 2 samples of at most 16 tokens per item and per request, max_model_len 1024, eager mode. Each
@@ -52,7 +52,7 @@ TINY_GRM = REPO / "tests" / "support" / "tiny_grm.py"
 NS = "default"
 NAME = "e2e-gate"
 GRMD_PATH = f"/apis/grm.dev/v1alpha1/namespaces/{NS}/grmdeployments/{NAME}"
-# A build (llm-compressor's import and an FP8_DYNAMIC pass over a tiny model: ~30–60 s) and an
+# A build (llm-compressor's import and a W8A8 GPTQ pass over a tiny model: ~30–60 s) and an
 # evaluation (two vLLM starts of 40–100 s and the default set's items) each, with ~3× margin for
 # 2 busy cores; the two variants' Jobs run one after the other (one GPU free beside bf16).
 GATE_S = 900.0
@@ -163,7 +163,9 @@ def manifest(models: Models) -> dict[str, Any]:
         "vllm.startup_timeout_s": READY_S,
         "scoring.max_tokens": 16,
     }
-    build = {"scheme": "FP8_DYNAMIC"}
+    # W8A8 (int8 weights and activations): vLLM's CPU engine runs it (oneDNN); an fp8
+    # compressed-tensors checkpoint needs a GPU. GPTQ calibrates on the default set's 32 prompts.
+    build = {"scheme": "W8A8", "calibration": {"samples": 32, "maxSequenceLength": 512}}
     return {
         "apiVersion": "grm.dev/v1alpha1",
         "kind": "GRMDeployment",
@@ -195,16 +197,16 @@ def manifest(models: Models) -> dict[str, Any]:
             "variants": [
                 {"name": "bf16", "precision": "bf16", "quality": 1.0, "gpusPerReplica": 1},
                 {
-                    "name": "fp8",
-                    "precision": "fp8",
+                    "name": "int8",
+                    "precision": "int8",
                     "quality": 0.99,
                     "gpusPerReplica": 1,
-                    "uri": str(models.out / "fp8"),
+                    "uri": str(models.out / "int8"),
                     "build": {"from": "bf16", **build},
                 },
                 {
                     "name": "broken",
-                    "precision": "fp8",
+                    "precision": "int8",
                     "quality": 0.99,  # what someone typed: the measurement says otherwise
                     "gpusPerReplica": 1,
                     "uri": str(models.out / "broken"),
@@ -291,19 +293,19 @@ def test_build_evaluate_admit_and_switch_reject_and_never_switch(
         lc.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest(models)))
 
         def judged() -> bool:
-            return {_entry(lc, v).get("gate") for v in ("fp8", "broken")} <= {"Admitted", "Rejected"}
+            return {_entry(lc, v).get("gate") for v in ("int8", "broken")} <= {"Admitted", "Rejected"}
 
         lc.wait_for(judged, GATE_S, "both variants built, evaluated and judged", 2.0)
-        fp8, broken = _entry(lc, "fp8"), _entry(lc, "broken")
-        assert fp8["gate"] == "Admitted", _history(lc)
+        int8, broken = _entry(lc, "int8"), _entry(lc, "broken")
+        assert int8["gate"] == "Admitted", _history(lc)
         assert broken["gate"] == "Rejected", _history(lc)
         # Built: the checkpoint is where the variant's uri says, with the digest status records.
-        manifest_file = json.loads((models.out / "fp8" / "grm-build.json").read_text())
-        assert fp8["build"]["digest"] == manifest_file["digest"] and fp8["build"]["uri"] == str(
-            models.out / "fp8"
+        manifest_file = json.loads((models.out / "int8" / "grm-build.json").read_text())
+        assert int8["build"]["digest"] == manifest_file["digest"] and int8["build"]["uri"] == str(
+            models.out / "int8"
         )
         # Measured: the numbers, and the gate's reading of them.
-        assert fp8["quality"]["low"] >= 0.6 > broken["quality"]["low"], _history(lc)
+        assert int8["quality"]["low"] >= 0.6 > broken["quality"]["low"], _history(lc)
         conditions = {c["type"]: c for c in _grmd(lc)["status"]["conditions"]}
         gate = conditions["QualityGate"]
         assert (gate["status"], gate["reason"]) == ("False", "VariantRejected")
@@ -312,22 +314,22 @@ def test_build_evaluate_admit_and_switch_reject_and_never_switch(
         reasons = {e["reason"] for e in events if e["involvedObject"].get("name") == NAME}
         assert {"BuildSucceeded", "VariantAdmitted", "VariantRejected"} <= reasons, reasons
         printed = lc.kubectl("get", "grmd", NAME).stdout
-        assert "fp8=Admitted(" in printed and "broken=Rejected(" in printed, printed
+        assert "int8=Admitted(" in printed and "broken=Rejected(" in printed, printed
 
         # The switch under load, surge-then-drain, to the admitted variant.
         lc.wait_for(lambda: snapshot(_grmd(lc)).conditions.get("Ready") == "True", READY_S, "bf16 Ready", 1.0)
         load = LoadGenerator(lc.service_url(NS, NAME, 8000) + "/v1/grm/score", lambda t: RATE).start()
         lc.wait_for(lambda: len(load.outcomes()) >= 3, 60, "3 answers from bf16", 0.5)
-        patch = {"spec": {"precision": {"policy": "Pinned", "pinnedVariant": "fp8"}}}
+        patch = {"spec": {"precision": {"policy": "Pinned", "pinnedVariant": "int8"}}}
         lc.kubectl("patch", "grmdeployment", NAME, "--type", "merge", "-p", json.dumps(patch))
 
         def switched() -> bool:
             snap = snapshot(_grmd(lc))
-            return snap.active == "fp8" and snap.switch is None
+            return snap.active == "int8" and snap.switch is None
 
-        lc.wait_for(switched, SWITCH_S, "switch to fp8", 1.0)
+        lc.wait_for(switched, SWITCH_S, "switch to int8", 1.0)
         answered = len(load.outcomes())
-        lc.wait_for(lambda: len(load.outcomes()) >= answered + 3, 60, "3 more answers from fp8", 0.5)
+        lc.wait_for(lambda: len(load.outcomes()) >= answered + 3, 60, "3 more answers from int8", 0.5)
     except Exception as exc:
         raise AssertionError(f"{exc}\n{_history(lc)}") from exc
     finally:
