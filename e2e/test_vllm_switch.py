@@ -169,7 +169,13 @@ def manifest(checkpoints: Checkpoints) -> dict[str, Any]:
             "engine": {"maxModelLen": 1024, "maxNumSeqs": 8},
             "slo": {"ttftP95": "2s", "e2eP95": "20s"},
             "scaling": {"minReplicas": 1, "maxReplicas": 1, "maxGPUs": 2, "controlPeriod": "2s"},
-            "precision": {"policy": "Pinned", "pinnedVariant": "bf16", "minQuality": 0.9},
+            # Declared: this test is the switch on the real engine; the gate's e2e is test_quality_gate.py.
+            "precision": {
+                "policy": "Pinned",
+                "pinnedVariant": "bf16",
+                "minQuality": 0.9,
+                "qualityPolicy": "Declared",
+            },
             "scoring": {"samples": {"min": 2, "max": 2}},
             "metrics": {"source": "Direct", "window": "10s"},
             # A switch that is not Ready within 6 min rolls back (and this test fails on it).

@@ -55,6 +55,18 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("list", "watch", "create", "patch", "delete"),
         "apply the worker configs, delete those of removed variants",
     ),
+    Rule(
+        ("",),
+        ("configmaps",),
+        ("get",),
+        "read a user's evaluation set (precision.evaluationSet.configMapRef) to hash its content",
+    ),
+    Rule(
+        ("batch",),
+        ("jobs",),
+        ("get", "list", "watch", "create", "delete"),
+        "run the quality gate's build and evaluation Jobs, delete those whose inputs changed",
+    ),
     Rule(("",), ("services",), ("list", "watch", "create", "patch"), "apply the Service"),
     Rule(
         ("policy",),

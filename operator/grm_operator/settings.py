@@ -57,6 +57,12 @@ class OperatorSettings(BaseModel):
         pattern=r"^(Always|IfNotPresent|Never)$",
         description="Pull policy when spec.template.imagePullPolicy is unset.",
     )
+    quality_job_image: str | None = Field(
+        default=None,
+        description="Image of the quality gate's build and evaluation Jobs: it must have "
+        "grm-operator with the compress extra (llm-compressor) and vLLM. Unset: the GRMDeployment's "
+        "worker image.",
+    )
     prometheus_url: str | None = Field(
         default=None,
         description="Prometheus base URL used when a GRMDeployment's spec.metrics.prometheusURL is unset.",

@@ -135,6 +135,38 @@ CEL_CASES = [
         ".spec.template.volumes",
     ),
     (
+        "build-to-hf-uri",
+        lambda s: s["variants"][1].update(
+            uri="hf://org/out", build={"from": "bf16", "scheme": "FP8_DYNAMIC"}
+        ),
+        models.MSG_BUILD_URI,
+        ".spec.variants[1].uri",
+    ),
+    (
+        "build-scheme-precision-mismatch",
+        lambda s: s["variants"][1].update(uri="/models/out", build={"from": "bf16", "scheme": "W8A8"}),
+        models.MSG_BUILD_PRECISION,
+        ".spec.variants[1].build.scheme",
+    ),
+    (
+        "build-from-itself",
+        lambda s: s["variants"][1].update(uri="/models/out", build={"from": "fp8", "scheme": "FP8_DYNAMIC"}),
+        models.MSG_BUILD_SELF,
+        ".spec.variants[1].build.from",
+    ),
+    (
+        "build-from-unknown-variant",
+        lambda s: s["variants"][1].update(uri="/models/out", build={"from": "bf17", "scheme": "FP8_DYNAMIC"}),
+        models.MSG_BUILD_FROM,
+        ".spec.variants",
+    ),
+    (
+        "evaluation-set-two-sources",
+        set_("precision.evaluationSet", {"configMapRef": {"name": "e"}, "uri": "/models/e.jsonl"}),
+        models.MSG_EVALUATION_SOURCE,
+        ".spec.precision.evaluationSet",
+    ),
+    (
         "extra-mount-on-dev-shm",
         set_("template.volumeMounts", [{"name": "big-shm", "mountPath": "/dev/shm"}]),
         models.MSG_RESERVED_MOUNT,
@@ -149,6 +181,19 @@ SCHEMA_CASES = [
     ("quality-zero", set_("variants.0.quality", 0), ".spec.variants[0].quality"),
     ("quality-above-one", set_("variants.0.quality", 1.5), ".spec.variants[0].quality"),
     ("unknown-precision", set_("variants.0.precision", "fp4"), ".spec.variants[0].precision"),
+    ("unknown-quality-policy", set_("precision.qualityPolicy", "Trusted"), ".spec.precision.qualityPolicy"),
+    (
+        "unknown-build-scheme",
+        lambda s: s["variants"][1].update(uri="/models/out", build={"from": "bf16", "scheme": "W2A16"}),
+        ".spec.variants[1].build.scheme",
+    ),
+    (
+        "unknown-sparsity",
+        lambda s: s["variants"][1].update(
+            uri="/models/out", build={"from": "bf16", "scheme": "FP8_DYNAMIC", "prune": {"sparsity": "1:2"}}
+        ),
+        ".spec.variants[1].build.prune.sparsity",
+    ),
     ("variant-name-uppercase", set_("variants.0.name", "BF16"), ".spec.variants[0].name"),
     ("no-variants", set_("variants", []), ".spec.variants"),
     ("bad-uri", set_("model.uri", "ftp://host/model"), ".spec.model.uri"),

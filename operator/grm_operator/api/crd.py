@@ -91,6 +91,13 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
         "description": "The latency targets in short form.",
     },
     {
+        "name": "Gate",
+        "type": "string",
+        "jsonPath": ".status.gate",
+        "description": "The quality gate per variant: Admitted, Rejected (measured agreement's lower "
+        "bound below minQuality), Building, Evaluating or Pending.",
+    },
+    {
         "name": "Mode",
         "type": "string",
         "jsonPath": ".spec.scaling.mode",

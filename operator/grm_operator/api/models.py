@@ -317,6 +317,78 @@ def parse_quantity(quantity: str) -> float:
     return float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2)]
 
 
+BuildScheme = Literal["FP8_DYNAMIC", "W8A8", "W4A16"]
+# Which precision each build scheme produces (the variant's precision must say the same).
+SCHEME_PRECISION: dict[str, str] = {"FP8_DYNAMIC": "fp8", "W8A8": "int8", "W4A16": "gptq-int4"}
+# Where a build may write its checkpoint: a claim or a path (hf:// and s3:// are read-only here);
+# the uri also matches MODEL_URI_PATTERN, so the prefix decides.
+WRITABLE_URI_PREFIXES = ("pvc://", "/")
+
+MSG_BUILD_URI = (
+    "a variant with build needs a uri the build Job can write: pvc://<claim>/<path> or an absolute path"
+)
+MSG_BUILD_PRECISION = "build.scheme must match precision: FP8_DYNAMIC builds fp8, W8A8 int8, W4A16 gptq-int4"
+MSG_BUILD_SELF = "build.from must name another variant or a model uri, not the variant itself"
+
+
+class Pruning(ApiModel):
+    """Structured pruning applied before quantisation (SparseGPT, one shot)."""
+
+    sparsity: Literal["2:4"] = Field(
+        description="Sparsity pattern: 2:4 (two of every four consecutive weights zero), the pattern "
+        "NVIDIA Ampere and later GPUs run with sparse tensor-core kernels. Where vLLM has no sparse "
+        "kernel (CPUs, older GPUs) the checkpoint runs dense: same quality, no speed-up."
+    )
+
+
+class Calibration(ApiModel):
+    """Calibration data of a build (the activations GPTQ, SparseGPT and static W8A8 scales are
+    fitted on). FP8_DYNAMIC needs none; the default is the evaluation set's prompts."""
+
+    samples: int = Field(
+        default=256,
+        description="Calibration sequences (llm-compressor's num_calibration_samples); 256–512 is "
+        "llm-compressor's usual range, fewer for tiny test models.",
+        ge=1,
+        le=65536,
+    )
+    max_sequence_length: int = Field(
+        default=2048,
+        description="Tokens per calibration sequence (longer ones are truncated).",
+        ge=16,
+        le=1_048_576,
+    )
+
+
+class VariantBuild(ApiModel):
+    """A recipe the operator turns into this variant's checkpoint with a Kubernetes Job
+    (llm-compressor's one-shot quantisation, optionally after 2:4 pruning)."""
+
+    source: str = Field(
+        alias="from",
+        description="What to compress: the name of another variant of this GRMDeployment (its "
+        "checkpoint, spec.model.uri when it has none) or a model uri (pvc://<claim>/<path> or an "
+        "absolute path). The source's content digest is part of the build's identity: same recipe "
+        "and same source digest, no rebuild.",
+        min_length=1,
+        max_length=1024,
+    )
+    scheme: BuildScheme = Field(
+        description="Quantisation scheme: FP8_DYNAMIC (fp8 weights, per-token dynamic fp8 "
+        "activations; no calibration; precision fp8), W8A8 (int8 weights and activations, GPTQ and "
+        "SmoothQuant; precision int8) or W4A16 (int4 weights, 16-bit activations, GPTQ; precision "
+        "gptq-int4). The checkpoint is in compressed-tensors format, which vLLM loads."
+    )
+    prune: Pruning | None = Field(
+        default=None, description="Prune with SparseGPT before quantising (optional)."
+    )
+    calibration: Calibration | None = Field(
+        default=None,
+        description="Calibration data size; unset: llm-compressor's defaults as the quantize "
+        "command applies them.",
+    )
+
+
 class Variant(ApiModel):
     """One precision variant of the model: a rung of the quality ladder."""
 
@@ -333,6 +405,22 @@ class Variant(ApiModel):
                     MSG_REVISION_HF,
                     ".revision",
                 ),
+                cel(
+                    "!has(self.build) || (has(self.uri) && "
+                    "(self.uri.startsWith('pvc://') || self.uri.startsWith('/')))",
+                    MSG_BUILD_URI,
+                    ".uri",
+                ),
+                cel(
+                    "!has(self.build) || "
+                    + " || ".join(
+                        f"(self.build.scheme == '{scheme}' && self.precision == '{precision}')"
+                        for scheme, precision in SCHEME_PRECISION.items()
+                    ),
+                    MSG_BUILD_PRECISION,
+                    ".build.scheme",
+                ),
+                cel("!has(self.build) || self.build.from != self.name", MSG_BUILD_SELF, ".build.from"),
             ]
         }
     )
@@ -350,7 +438,8 @@ class Variant(ApiModel):
     uri: str | None = Field(
         default=None,
         description="Pre-quantized checkpoint of this variant (required for int8, awq-int4 and "
-        "gptq-int4). Defaults to spec.model.uri.",
+        "gptq-int4). Defaults to spec.model.uri. With build: where the build Job writes the "
+        "checkpoint (pvc://<claim>/<path> or an absolute path on a shared volume).",
         pattern=MODEL_URI_PATTERN,
         max_length=1024,
     )
@@ -362,10 +451,19 @@ class Variant(ApiModel):
         max_length=128,
     )
     quality: float = Field(
-        description="Quality relative to the best variant, in (0, 1] (e.g. reward accuracy "
-        "recovered); compared with spec.precision.minQuality.",
+        description="Declared quality relative to the best variant, in (0, 1] (e.g. reward accuracy "
+        "recovered). With precision.qualityPolicy Declared it is compared with "
+        "spec.precision.minQuality; with Measured (the default) it is only a prior: the measured "
+        "agreement with the reference (status.variants[].quality) replaces it once evaluated.",
         gt=0.0,
         le=1.0,
+    )
+    build: VariantBuild | None = Field(
+        default=None,
+        description="Build this variant's checkpoint with a Job (llm-compressor) instead of "
+        "naming a finished one: quantise (and optionally prune) build.from into uri. The result's "
+        "uri, content digest and recipe hash go to status.variants[].build; changing the recipe "
+        "rebuilds and re-evaluates.",
     )
     gpus_per_replica: int = Field(
         default=1,
@@ -400,6 +498,13 @@ class Variant(ApiModel):
             raise ValueError(MSG_QUANTIZED_URI)
         if self.revision is not None and not (self.uri or "").startswith("hf://"):
             raise ValueError(MSG_REVISION_HF)
+        if self.build is not None:
+            if self.uri is None or not self.uri.startswith(WRITABLE_URI_PREFIXES):
+                raise ValueError(MSG_BUILD_URI)
+            if SCHEME_PRECISION[self.build.scheme] != self.precision:
+                raise ValueError(MSG_BUILD_PRECISION)
+            if self.build.source == self.name:
+                raise ValueError(MSG_BUILD_SELF)
         return self
 
 
@@ -542,6 +647,55 @@ MSG_MIN_MAX = "scaling.minReplicas must be ≤ scaling.maxReplicas"
 MSG_REPLICAS_BOUNDS = "scaling.replicas must lie within [minReplicas, maxReplicas]"
 
 PrecisionPolicy = Literal["Auto", "Pinned"]
+QualityPolicy = Literal["Measured", "Declared"]
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the GRMDeployment's namespace."""
+
+    name: str = Field(description="Name of the ConfigMap.", min_length=1, max_length=253)
+    key: str = Field(
+        default="eval.jsonl",
+        description="Key holding the evaluation set (JSONL).",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
+
+
+MSG_EVALUATION_SOURCE = "evaluationSet takes configMapRef or uri, not both"
+
+
+class EvaluationSet(ApiModel):
+    """The prompts the evaluation Job scores with a variant and with the reference: JSONL, one
+    object per line, {"prompt": str, "responses": [str, ...], "label": int | null} where label is
+    the index of the preferred response (human preference; null: unlabelled). Unset: the small
+    set shipped with the operator, enough for a smoke test only (docs/quality.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!(has(self.configMapRef) && has(self.uri))", MSG_EVALUATION_SOURCE),
+            ]
+        }
+    )
+
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None,
+        description="A ConfigMap key holding the set (up to ~1 MiB, a ConfigMap's limit).",
+    )
+    uri: str | None = Field(
+        default=None,
+        description="A JSONL file in model storage: pvc://<claim>/<path>.jsonl or an absolute path.",
+        pattern=r"^(pvc://[a-z0-9][-a-z0-9.]*/.+|/[^\s]+)$",
+        max_length=1024,
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluationSet:
+        if self.config_map_ref is not None and self.uri is not None:
+            raise ValueError(MSG_EVALUATION_SOURCE)
+        return self
 
 
 class LiveQuality(ApiModel):
@@ -608,6 +762,19 @@ class PrecisionControl(ApiModel):
         "has a 95% lower bound below minQuality is demoted (status.variants[].demoted, condition "
         "LiveQualityMet, an Event) and the ladder skips it until it is re-evaluated (its definition "
         "changes).",
+    )
+    quality_policy: QualityPolicy = Field(
+        default="Measured",
+        description="Measured: every variant but the reference (the first) is evaluated by a Job "
+        "against the reference on evaluationSet before it serves, and joins the ladder only when the "
+        "lower bound of its measured agreement is ≥ minQuality (else it is Rejected and never "
+        "switched to); the measurement replaces the declared quality. Declared: the variants' "
+        "declared quality is trusted and nothing is evaluated.",
+    )
+    evaluation_set: EvaluationSet | None = Field(
+        default=None,
+        description="What the evaluation Jobs score (qualityPolicy Measured). Unset: the small set "
+        "shipped with the operator.",
     )
 
     @model_validator(mode="after")
@@ -940,6 +1107,9 @@ class PodTemplate(ApiModel):
 # spec
 
 
+MSG_BUILD_FROM = "build.from must name a variant of spec.variants, a pvc:// uri or an absolute path"
+
+
 class GRMDeploymentSpec(ApiModel):
     """Desired state: the model, its precision variants, the SLO and the scaling bounds."""
 
@@ -964,6 +1134,12 @@ class GRMDeploymentSpec(ApiModel):
                     "!has(self.precision) || self.variants.exists(v, v.quality >= self.precision.minQuality)",
                     "at least one variant must meet precision.minQuality",
                     ".precision.minQuality",
+                ),
+                cel(
+                    "self.variants.all(v, !has(v.build) || v.build.from.startsWith('pvc://') || "
+                    "v.build.from.startsWith('/') || self.variants.exists(w, w.name == v.build.from))",
+                    MSG_BUILD_FROM,
+                    ".variants",
                 ),
             ]
         },
@@ -1002,6 +1178,10 @@ class GRMDeploymentSpec(ApiModel):
             raise ValueError(MSG_PINNED_EXISTS)
         if not any(v.quality >= self.precision.min_quality for v in self.variants):
             raise ValueError(MSG_QUALITY_FLOOR)
+        for v in self.variants:
+            source = v.build.source if v.build is not None else None
+            if source is not None and not source.startswith(WRITABLE_URI_PREFIXES) and source not in names:
+                raise ValueError(MSG_BUILD_FROM)
         return self
 
     def variant(self, name: str) -> Variant:
@@ -1102,8 +1282,58 @@ class VariantDemotion(ApiModel):
     )
 
 
+GateState = Literal["Pending", "Building", "Evaluating", "Admitted", "Rejected"]
+
+
+class BuildStatus(ApiModel):
+    """The checkpoint a build Job produced (or is producing) for a variant."""
+
+    uri: str = Field(description="Where the checkpoint is (the variant's uri).")
+    recipe_hash: str = Field(
+        description="sha256 of the recipe (scheme, pruning, calibration) and the source's uri and "
+        "digest: the build's identity. A Job with this hash is never run twice."
+    )
+    digest: str | None = Field(
+        default=None, description="sha256 content digest of the checkpoint (from its manifest)."
+    )
+    source_digest: str | None = Field(
+        default=None, description="Content digest of the source checkpoint, when the source was built."
+    )
+    job: str | None = Field(default=None, description="The build Job's name.")
+    completed: str | None = Field(default=None, description="When the build finished (RFC 3339).")
+
+
+class MeasuredQuality(ApiModel):
+    """A variant's quality as the evaluation Job measured it against the reference."""
+
+    value: float = Field(
+        description="Agreement of the GRM verdict (which response wins) with the reference's, 0–1."
+    )
+    low: float = Field(description="Lower bound of the 95 % confidence interval of value.")
+    high: float = Field(description="Upper bound of the 95 % confidence interval of value.")
+    items: int = Field(
+        description="Evaluation items scored (the interval's sample size). Named items, not n: "
+        "YAML 1.1 reads a bare n as false.",
+        ge=0,
+    )
+    rank_correlation: float | None = Field(
+        default=None, description="Rank correlation of the variant's and the reference's scores."
+    )
+    accuracy: float | None = Field(
+        default=None,
+        description="Pairwise accuracy against the set's human labels (null: the set has none).",
+    )
+    dataset_digest: str = Field(description="sha256 of the evaluation set scored.")
+    evaluated_key: str = Field(
+        description="What was evaluated: hash of the variant's checkpoint (digest or uri), the "
+        "reference's and the set's; a change re-evaluates."
+    )
+    job: str | None = Field(default=None, description="The evaluation Job's name.")
+    measured: str = Field(description="When it was measured (RFC 3339).")
+
+
 class VariantStatus(ApiModel):
-    """Replica counts of one variant's Deployment."""
+    """Replica counts of one variant's Deployment, and where it stands at the quality gate."""
 
     name: str = Field(description="Variant name.")
     replicas: int = Field(default=0, description="Pods of this variant.", ge=0)
@@ -1117,6 +1347,18 @@ class VariantStatus(ApiModel):
         description="Set when the variant's live agreement with the reference fell below the floor: "
         "the ladder skips it until it is re-evaluated.",
     )
+    gate: GateState | None = Field(
+        default=None,
+        description="Quality gate (precision.qualityPolicy Measured): Pending (waiting for its "
+        "source or the reference), Building (build Job running), Evaluating (evaluation Job "
+        "running), Admitted (on the ladder), Rejected (below minQuality, or its build or evaluation "
+        "failed: never switched to). The reference and Declared variants are Admitted.",
+    )
+    gate_message: str | None = Field(
+        default=None, description="Why the variant is where it is at the gate, with the numbers."
+    )
+    build: BuildStatus | None = Field(default=None, description="The variant's built checkpoint.")
+    quality: MeasuredQuality | None = Field(default=None, description="The variant's measured quality.")
 
 
 class SwitchProgress(ApiModel):
@@ -1146,7 +1388,14 @@ class GRMDeploymentStatus(ApiModel):
         default=None, description="Label selector of all worker pods (scale subresource)."
     )
     slo: str | None = Field(default=None, description="The SLO in short form, for kubectl get.")
-    variants: list[VariantStatus] | None = Field(default=None, description="Per-variant replica counts.")
+    variants: list[VariantStatus] | None = Field(
+        default=None, description="Per variant: replica counts, build, measured quality, gate."
+    )
+    gate: str | None = Field(
+        default=None,
+        description="The quality gate in short form for kubectl get, e.g. fp8=Admitted(0.981) "
+        "int4=Rejected(0.912).",
+    )
     observed: ObservedMetrics | None = Field(default=None, description="Last observed metrics.")
     last_decision: Decision | None = Field(default=None, description="Last decision of the policy.")
     decisions: list[Decision] | None = Field(

@@ -52,6 +52,7 @@ from grm_operator.control.rollout import (
     to_rfc3339,
 )
 from grm_operator.control.status import OWNED_CONDITIONS, condition
+from grm_operator.policy.gate import admitted_qualities, ladder_spec
 from grm_operator.policy.signals import Signals
 
 __all__ = [
@@ -66,7 +67,7 @@ __all__ = [
 
 Action = Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"]
 HISTORY = 20  # the CRD bounds status.decisions at 20 entries
-AUTOSCALER_CONDITIONS = ("SLOMet", "MetricsAvailable", "QualityFloorMet", "LiveQualityMet")
+AUTOSCALER_CONDITIONS = ("SLOMet", "MetricsAvailable", "QualityFloorMet", "LiveQualityMet", "WorkersHealthy")
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,20 @@ def plan(
         )
     elif intent is not None:
         # Pinned: the pin is the only variant wanted; a new pin is switched to like any switch.
-        pinned = spec.precision.pinned_variant if spec.precision.policy == "Pinned" else None
+        # Both only within the ladder the quality gate admits: a pin on a variant still being
+        # evaluated (or rejected) stays on the reference, and no switch ever starts towards a
+        # variant off the ladder, whatever asked for it.
+        ladder = ladder_spec(spec, status.get("variants"))
+        on_ladder = frozenset(v.name for v in ladder.variants)
+        pinned = ladder.precision.pinned_variant if ladder.precision.policy == "Pinned" else None
         wanted = pinned or intent.variant
-        if wanted is not None and wanted != active and wanted in names and wanted not in unhealthy:
+        if (
+            wanted is not None
+            and wanted != active
+            and wanted in names
+            and wanted in on_ladder
+            and wanted not in unhealthy
+        ):
             if pinned is not None:
                 intent = replace(
                     intent,
@@ -292,7 +304,7 @@ def plan(
     computed = {
         "SLOMet": _slo_met(spec, observed),
         "MetricsAvailable": _metrics_available(observed, metrics_error),
-        "QualityFloorMet": _quality_floor_met(spec, active),
+        "QualityFloorMet": _quality_floor_met(spec, active, status.get("variants")),
         "WorkersHealthy": _workers_healthy(deployments),
     }
     if intent is not None and intent.demoted is not None:
@@ -433,12 +445,23 @@ def _metrics_available(observed: Signals | None, error: str | None) -> tuple[str
     return "True", "MetricsFresh", f"{observed.pods_reporting} pod(s) reporting"
 
 
-def _quality_floor_met(spec: GRMDeploymentSpec, active: str) -> tuple[str, str, str]:
+def _quality_floor_met(
+    spec: GRMDeploymentSpec, active: str, status_variants: Sequence[Mapping[str, Any]] | None
+) -> tuple[str, str, str]:
     floor = spec.precision.min_quality
     try:
         quality = spec.variant(active).quality
     except KeyError:
         return "Unknown", "UnknownVariant", f"active variant {active} is not in the spec"
+    admitted = admitted_qualities(spec, status_variants)
+    if active not in admitted:
+        return (
+            "False",
+            "NotAdmitted",
+            f"{active} is not admitted by the quality gate (measured quality pending or below "
+            f"minQuality {floor:g})",
+        )
+    quality = admitted[active]
     if quality >= floor:
         return "True", "AboveFloor", f"{active} quality {quality:g} ≥ minQuality {floor:g}"
     return "False", "BelowFloor", f"{active} quality {quality:g} < minQuality {floor:g}"

@@ -3,7 +3,8 @@
 The operator owns these parts of ``status``: ``observedGeneration``, ``activeVariant`` (when unset
 or no longer listed; the autoscaler moves it on a switch), ``replicas``/``readyReplicas``/
 ``desiredReplicas`` of the active variant, per-variant counts, ``selector`` (the scale
-subresource's), ``slo`` (a short string for ``kubectl get``) and four conditions:
+subresource's), ``slo`` (a short string for ``kubectl get``), ``gate`` (the quality gate in short
+form) and five conditions:
 
 =============  ==========================================================================
 Ready          True ``ReplicasReady``: every desired pod of the active variant is Ready.
@@ -14,7 +15,13 @@ Degraded       True ``ReconcileError`` (the last apply failed), ``ProgressDeadli
                ``ReplicaFailure`` (copied from a child); False ``AsExpected``.
 SpecValid      True ``Valid``; False ``InvalidSpec`` (the operator's models reject the spec;
                nothing is applied or deleted until it is fixed).
+QualityGate    True ``AllAdmitted``; Unknown ``GateInProgress`` (a build or evaluation runs);
+               False ``VariantRejected`` with each rejected variant's numbers
+               (:mod:`grm_operator.control.gate`).
 =============  ==========================================================================
+
+Each ``status.variants[]`` entry keeps the quality gate's fields (``gate``, ``gateMessage``,
+``build``, ``quality``): the gate's step sets them, and a fold without one carries them over.
 
 Conditions follow ``metav1.Condition``: ``lastTransitionTime`` moves only when ``status`` flips,
 ``observedGeneration`` is the generation they were computed from. Other conditions (``SLOMet``,
@@ -32,12 +39,15 @@ from grm_operator.api.durations import format_duration, parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.builders.metadata import selector_string
 from grm_operator.control.builders.replicas import active_variant
+from grm_operator.policy.gate import summary
 
 Status = Literal["True", "False", "Unknown"]
-OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded", "SpecValid")
+OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded", "SpecValid", "QualityGate")
+#: The fields of a status.variants[] entry that the quality gate owns (carried over by folds).
+GATE_FIELDS = ("gate", "gateMessage", "build", "quality")
 # The condition values that are problems (Warning Events). Ready=False and Progressing=True are
 # part of every scale-up and rollout, so their transitions are Normal Events.
-_WARNINGS = {("Degraded", "True"), ("SpecValid", "False")}
+_WARNINGS = {("Degraded", "True"), ("SpecValid", "False"), ("QualityGate", "False")}
 
 
 @dataclass(frozen=True)
@@ -222,8 +232,11 @@ def fold_status(
     children: Mapping[str, ChildDeployment],
     now: str,
     reconcile_error: str | None = None,
+    gate: Mapping[str, Mapping[str, Any]] | None = None,
+    gate_condition: tuple[Status, str, str] | None = None,
 ) -> FoldResult:
-    """The operator's status fields for a valid spec, from the variant Deployments it sees."""
+    """The operator's status fields for a valid spec, from the variant Deployments it sees, and
+    the quality gate's step (``gate``: per variant, its fields; a None value removes one)."""
     active = active_variant(spec, current.get("activeVariant"))
     previous_variants = {str(v.get("name")): v for v in current.get("variants") or []}
     variants = []
@@ -235,11 +248,16 @@ def fold_status(
             "readyReplicas": child.ready if child else 0,
             "desiredReplicas": child.desired if child else 0,
         }
-        unhealthy = previous_variants.get(v.name, {}).get("unhealthyUntil")
+        previous = previous_variants.get(v.name, {})
+        unhealthy = previous.get("unhealthyUntil")
         if unhealthy:
             entry["unhealthyUntil"] = unhealthy
+        for key in GATE_FIELDS:
+            value = (gate or {}).get(v.name, {}).get(key, previous.get(key)) if gate else previous.get(key)
+            if value is not None:
+                entry[key] = value
         # The autoscaler's (policy.quality_watch): kept as it is, like unhealthyUntil.
-        demoted = previous_variants.get(v.name, {}).get("demoted")
+        demoted = previous.get("demoted")
         if demoted:
             entry["demoted"] = demoted
         variants.append(entry)
@@ -250,6 +268,8 @@ def fold_status(
         "Degraded": _degraded(children, reconcile_error),
         "SpecValid": ("True", "Valid", "the spec is valid"),
     }
+    if gate_condition is not None:
+        computed["QualityGate"] = gate_condition
     conditions, transitions = _merge_conditions(current.get("conditions") or [], computed, generation, now)
     patch: dict[str, Any] = {
         "observedGeneration": generation,
@@ -261,6 +281,7 @@ def fold_status(
         "slo": slo_short(spec),
         "variants": variants,
         "conditions": conditions,
+        "gate": summary(spec, variants) if gate is not None else current.get("gate"),
     }
     return FoldResult(patch=patch, transitions=transitions)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.actuation import Event, Intent, VariantDeployment
-from grm_operator.control.builders.replicas import active_variant
+from grm_operator.control.builders.replicas import active_variant, starting_variant
 from grm_operator.control.rollout import from_rfc3339, to_rfc3339
 from grm_operator.metrics import Reading
 from grm_operator.policy.decide import decide
+from grm_operator.policy.gate import ladder_spec
 from grm_operator.policy.quality_watch import Demotion, LiveAgreement, QualityWatch, watch_quality
 from grm_operator.policy.types import Observation, PolicyState
 
@@ -41,16 +42,46 @@ def decide_intent(
     now: float,
     metrics_error: str | None = None,
 ) -> Intent:
-    """One policy step for a GRMDeployment, with its memory read from and returned for status:
-    the live-agreement watch first (its demotions leave the ladder), then ``decide``."""
-    active = active_variant(spec, status.get("activeVariant"))
-    samples = status.get("samples")
+    """One policy step for a GRMDeployment, with its memory read from and returned for status.
+
+    First the live-agreement watch, on every variant of the spec (a demoted variant leaves the
+    ladder). Then the policy decides on the ladder the quality gate admits (:func:`ladder_spec`),
+    never on the spec as written: a variant still building, evaluating or rejected is not a rung.
+    A variant that serves while off the ladder (its build changed, the floor rose, the policy
+    became Measured) is switched away from at once, to the best admitted variant,
+    surge-then-drain.
+    """
     evidence = {
         name: LiveAgreement(s.shadow_verdicts, s.shadow_agreements)
         for name, s in (reading.variants if reading is not None else {}).items()
         if s.shadow_verdicts is not None and s.shadow_agreements is not None
     }
     watch = watch_quality(spec, evidence, demotions_from_status(status), now)
+    demoted = {name: demotion_to_status(d) for name, d in watch.demoted.items()}
+    events = _watch_events(watch)
+    ladder = ladder_spec(spec, status.get("variants"))
+    status_active = status.get("activeVariant")
+    on_ladder = {v.name for v in ladder.variants}
+    if status_active in {v.name for v in spec.variants} and status_active not in on_ladder:
+        target = starting_variant(ladder).name
+        replicas = max(
+            deployments.get(str(status_active), VariantDeployment()).desired, spec.scaling.min_replicas
+        )
+        return Intent(
+            action="SwitchVariant",
+            reason=f"{status_active} is not admitted by the quality gate (precision.qualityPolicy "
+            f"{spec.precision.quality_policy}, minQuality {spec.precision.min_quality:g}): "
+            f"switching to {target}",
+            replicas=replicas,
+            variant=target,
+            samples=None,
+            state=dict(status.get("policyState") or {}),
+            demoted=demoted,
+            events=events,
+        )
+    spec = ladder
+    active = active_variant(spec, status.get("activeVariant"))
+    samples = status.get("samples")
     observation = Observation(
         time=now,
         total=reading.total if reading is not None else None,
@@ -73,8 +104,8 @@ def decide_intent(
         variant=decision.variant,
         samples=decision.samples,
         state=new_state.to_dict(),
-        demoted={name: demotion_to_status(d) for name, d in watch.demoted.items()},
-        events=_watch_events(watch),
+        demoted=demoted,
+        events=events,
     )
 
 

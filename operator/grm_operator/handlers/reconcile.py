@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,11 +51,20 @@ from grm_operator.control.builders.metadata import (
     LABEL_MANAGED_BY,
     LABEL_VARIANT,
     MANAGED_BY,
+    Owner,
 )
 from grm_operator.control.builders.replicas import replicas_from_status
+from grm_operator.control.gate import (
+    GateEvent,
+    GatePlan,
+    JobView,
+    jobs_needing_results,
+    plan_gate,
+)
+from grm_operator.control.qualityjobs import evaluation_args
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
 from grm_operator.handlers.store import Key, Store, key_of
-from grm_operator.kubeapi import Body, KubeClient, KubeError
+from grm_operator.kubeapi import Body, Conflict, KubeClient, KubeError
 from grm_operator.settings import OperatorSettings
 from grm_operator.telemetry.operator_metrics import OperatorMetrics
 
@@ -63,7 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHILD_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS, kubeapi.SERVICES, kubeapi.PDBS)
+CHILD_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS, kubeapi.SERVICES, kubeapi.PDBS, kubeapi.JOBS)
 # Variant-scoped kinds: pruned when the spec no longer lists their variant.
 PRUNED_KINDS = (kubeapi.DEPLOYMENTS, kubeapi.CONFIGMAPS)
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -273,6 +283,7 @@ class Reconciler:
                 }
             )
             children = self._build(grmd, current)
+            evaluation_args(grmd)  # a malformed annotation is an invalid spec, not a failed reconcile
         except (ValidationError, ValueError) as exc:
             message = _short_error(exc)
             await self._write_status(
@@ -282,10 +293,12 @@ class Reconciler:
             return
         uid = str(meta.get("uid"))
         error: KubeError | None = None
+        gate: GatePlan | None = None
         try:
             for manifest in children.all():
                 await self._ensure(manifest, key, uid)
             await self._prune(key, uid, {v.name for v in grmd.spec.variants})
+            gate = await self._gate(grmd, key, uid, current)
         except KubeError as exc:
             error = exc
         deployments = {
@@ -301,8 +314,12 @@ class Reconciler:
             children=deployments,
             now=self.clock(),
             reconcile_error=str(error) if error else None,
+            gate=gate.variants if gate else None,
+            gate_condition=gate.condition if gate else None,
         )
         await self._write_status(body, result)
+        for event in gate.events if gate else []:
+            await self._post_gate_event(body, event)
         if error is not None:
             raise error
         self.metrics.reconciles.labels(result="ok").inc()
@@ -351,6 +368,92 @@ class Reconciler:
                 )
                 await self.kube.delete(kind, key[0], meta["name"], uid=meta.get("uid"))
                 self.store.drop_child(kind.kind, body)
+
+    # --- the quality gate -----------------------------------------------------------------------------
+    async def _gate(self, grmd: GRMDeployment, key: Key, uid: str, current: Mapping[str, Any]) -> GatePlan:
+        """One step of the quality gate (:mod:`grm_operator.control.gate`): read the reports of
+        finished Jobs and the evaluation set, create and delete Jobs."""
+        namespace = key[0]
+        jobs = [
+            view
+            for body in self.store.children_of("Job", key)
+            if _owned_by(body, uid) and (view := JobView.from_body(body)) is not None
+        ]
+        reports = {
+            job.name: await self._job_report(namespace, job) for job in jobs_needing_results(current, jobs)
+        }
+        identity, problem = await self._dataset_identity(grmd)
+        plan = plan_gate(
+            grmd,
+            Owner.of(grmd),
+            current,
+            jobs,
+            reports,
+            dataset_identity=identity,
+            dataset_problem=problem,
+            image=self.settings.quality_job_image or grmd.spec.template.image or self.settings.worker_image,
+            image_pull_policy=grmd.spec.template.image_pull_policy or self.settings.worker_image_pull_policy,
+            now=self.clock(),
+        )
+        for manifest in plan.create:
+            name = manifest["metadata"]["name"]
+            log.info("creating Job %s/%s", namespace, name)
+            try:
+                created = await self.kube.create(kubeapi.JOBS, namespace, manifest)
+            except Conflict:
+                # Created before (a restart between the create and its watch event): the same name
+                # is the same inputs, so the Job there is the one wanted.
+                existing = await self.kube.get(kubeapi.JOBS, namespace, name)
+                if existing is None:
+                    raise
+                created = existing
+            self.store.put_child(created)
+        for name, job_uid in plan.delete:
+            log.info("deleting Job %s/%s: its inputs are no longer the spec's", namespace, name)
+            await self.kube.delete(kubeapi.JOBS, namespace, name, uid=job_uid)
+            stale = self.store.child("Job", namespace, name, key[1])
+            if stale is not None:
+                self.store.drop_child("Job", stale)
+        return plan
+
+    async def _job_report(self, namespace: str, job: JobView) -> str | None:
+        """The termination message of the Job's succeeded pod (its report), None when none has one."""
+        pods = await self.kube.list(kubeapi.PODS, namespace, label_selector=f"job-name={job.name}")
+        for pod in pods:
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (cs.get("state") or {}).get("terminated") or {}
+                if terminated.get("exitCode") == 0 and terminated.get("message"):
+                    return str(terminated["message"])
+        return None
+
+    async def _dataset_identity(self, grmd: GRMDeployment) -> tuple[str | None, str | None]:
+        """What the evaluation set is known by: the content hash of its ConfigMap key, its uri, or
+        ``default`` (the shipped set); (None, why) when the ConfigMap cannot be read."""
+        evalset = grmd.spec.precision.evaluation_set
+        if grmd.spec.precision.quality_policy != "Measured" or evalset is None:
+            return "default", None
+        if evalset.uri is not None:
+            return evalset.uri, None
+        ref = evalset.config_map_ref
+        assert ref is not None  # the models require one of the two
+        cm = await self.kube.get(kubeapi.CONFIGMAPS, str(grmd.metadata.namespace), ref.name)
+        if cm is None:
+            return None, f"ConfigMap {ref.name} not found"
+        text = (cm.get("data") or {}).get(ref.key)
+        if text is None:
+            return None, f"ConfigMap {ref.name} has no key {ref.key}"
+        return "sha256:" + hashlib.sha256(str(text).encode()).hexdigest(), None
+
+    async def _post_gate_event(self, body: Body, event: GateEvent) -> None:
+        log.info("%s/%s %s: %s", *key_of(body), event.reason, event.message)
+        try:
+            await self.kube.post_event(
+                body, reason=event.reason, message=event.message[:1024], type_=event.type
+            )
+        except KubeError as exc:
+            log.warning("could not post event %s: %s", event.reason, exc)
+            return
+        self.metrics.events_posted.labels(reason=event.reason).inc()
 
     async def _write_status(self, body: Body, result: FoldResult) -> None:
         """Write the status fields that changed (none: no request) and post the transitions."""

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.policy import gate
 from grm_operator.simulator.fleet import SimConfig
 from grm_operator.simulator.policies import POLICIES
 from grm_operator.simulator.report import plot, run_policies, table, to_json
@@ -26,11 +27,20 @@ from grm_operator.simulator.trace import load_trace
 
 
 def load_spec(path: str | Path, samples: int | None = None) -> GRMDeploymentSpec:
-    """The spec of a GRMDeployment manifest (or of a bare spec); ``samples`` sets samples.max."""
+    """The spec of a GRMDeployment manifest (or of a bare spec); ``samples`` sets samples.max.
+
+    With precision.qualityPolicy Measured, the quality gate applies as the operator applies it:
+    a manifest with a status (``kubectl get grmd X -o yaml``) is simulated on the ladder its
+    measurements admit, at the measured qualities; without one every variant counts as measured
+    at its declared quality (:func:`grm_operator.policy.gate.declared_as_measured`).
+    """
     with open(path) as fh:
         doc = yaml.safe_load(fh)
     raw: dict[str, Any] = doc.get("spec", doc) if isinstance(doc, dict) else {}
     spec = GRMDeploymentSpec.model_validate(raw)
+    status = doc.get("status") if isinstance(doc, dict) and "spec" in doc else None
+    measured = (status or {}).get("variants") if isinstance(status, dict) else None
+    spec = gate.as_declared(spec, measured if measured else gate.declared_as_measured(spec))
     if samples is not None:
         if samples < 1:
             raise ValueError(f"--samples must be ≥ 1, got {samples}")

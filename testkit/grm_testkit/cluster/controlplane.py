@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 # ReplicaSets create Pods, owner references are garbage-collected, Services get EndpointSlices,
 # namespaces are finalised, every namespace gets a `default` ServiceAccount and the root CA
 # ConfigMap that projected service-account volumes read, PDBs get status and the aggregated
-# admin/edit/view ClusterRoles get their rules. Names are the
+# admin/edit/view ClusterRoles get their rules, Jobs (the quality gate's builds and evaluations) get
+# their pods and their Complete/Failed conditions. Names are the
 # v1.28+ spellings (`kube-controller-manager --help` lists them).
 DEFAULT_CONTROLLERS = (
     "deployment-controller",
@@ -63,6 +64,7 @@ DEFAULT_CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "disruption-controller",
     "clusterrole-aggregation-controller",
+    "job-controller",
 )
 
 _POLL_S = 0.05

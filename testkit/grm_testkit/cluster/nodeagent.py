@@ -184,6 +184,9 @@ class Container:
                     "containerID": self.view.container_id,
                 }
             }
+            message = self._termination_message(code)
+            if message:
+                self.view.state["terminated"]["message"] = message
             self.view.ready = False
             self.view.started = False
             self.pod.changed()
@@ -214,6 +217,23 @@ class Container:
             if self.stopping:
                 return
             self.view.restart_count += 1
+
+    def _termination_message(self, code: int) -> str:
+        """What the kubelet reports as the terminated state's message: the container's
+        terminationMessagePath file (at most 4096 bytes), else with FallbackToLogsOnError and a
+        failure the log's last 80 lines (at most 2048 bytes)."""
+        if self.init:
+            return ""
+        path = self.spec.get("terminationMessagePath", podspec.TERMINATION_MESSAGE_PATH)
+        with contextlib.suppress(OSError):
+            data = Path(self.pod.paths.path(path)).read_bytes()[:4096]
+            if data.strip():
+                return data.decode(errors="replace")
+        if code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            with contextlib.suppress(OSError):
+                lines = self.log_path.read_bytes().splitlines()[-80:]
+                return b"\n".join(lines)[-2048:].decode(errors="replace")
+        return ""
 
     async def _start_process(self) -> None:
         pod = self.pod
@@ -473,6 +493,14 @@ class PodWorker:
                 if host is None:
                     raise PodSpecError("CreateContainerConfigError", f"volume {m['name']!r} is not defined")
                 mounts[m["mountPath"]] = str(Path(host) / m["subPath"]) if m.get("subPath") else host
+        # Each container's terminationMessagePath is a file of the pod (the kubelet bind-mounts
+        # one per container); its content becomes the terminated state's message on exit.
+        for c in self.spec.get("containers") or []:
+            path = c.get("terminationMessagePath", podspec.TERMINATION_MESSAGE_PATH)
+            host = self.dir / "termination" / c["name"]
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.write_bytes(b"")
+            mounts.setdefault(path, str(host))
         self.paths = podspec.PathMap.of(mounts)
         if self.spec.get("automountServiceAccountToken", True):
             self.kubeconfig = await self._service_account_kubeconfig()

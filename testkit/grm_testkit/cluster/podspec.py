@@ -35,6 +35,8 @@ Json = dict[str, Any]
 
 WORKER_IMAGE = "ghcr.io/grm-elastic/grm-worker"
 OPERATOR_IMAGE = "ghcr.io/grm-elastic/grm-operator"
+# The kubelet's default terminationMessagePath.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # A stand-in image for tests and demos: runs the pod's own command with this Python.
 PYTHON_IMAGE = "local/python"
 

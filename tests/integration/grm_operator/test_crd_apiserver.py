@@ -51,6 +51,7 @@ GRMD_PATH = "/apis/grm.dev/v1alpha1/namespaces/{ns}/grmdeployments"
 CORE_PATHS = {
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
 }
 STRICT = "?fieldValidation=Strict"
 
@@ -218,7 +219,17 @@ def test_kubectl_get_shows_the_printer_columns(plane: ControlPlane, namespace: s
         },
     )
     lines = kubectl(plane, "-n", namespace, "get", "grmd").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "VARIANT", "REPLICAS", "READY", "DESIRED", "TTFT-P95", "SLO", "AGE"]
+    assert lines[0].split() == [
+        "NAME",
+        "VARIANT",
+        "REPLICAS",
+        "READY",
+        "DESIRED",
+        "TTFT-P95",
+        "SLO",
+        "GATE",
+        "AGE",
+    ]
     assert lines[1].split()[:8] == ["reward", "fp8", "4", "3", "5", "0.31", "ttft≤500ms", "e2e≤20s"]
     wide = kubectl(plane, "-n", namespace, "get", "grmdeployments", "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-3:] == ["MODE", "SAMPLES", "AGE"]

@@ -263,6 +263,8 @@ def test_create_makes_children_with_owner_refs(harness: Harness) -> None:
         "Progressing": "True",
         "Degraded": "False",
         "SpecValid": "True",
+        # The quality gate (Measured by default): fp8's and int4's evaluation Jobs have no node here.
+        "QualityGate": "Unknown",
         # The autoscaler's: no worker pods, so no metrics and no traffic to judge the SLO on.
         "MetricsAvailable": "False",
         "QualityFloorMet": "True",
@@ -393,7 +395,9 @@ def test_child_status_folds_into_conditions_and_events(harness: Harness) -> None
     )
     status = harness.grmd(ns)["status"]
     assert (status["replicas"], status["readyReplicas"]) == (2, 2)
-    assert status["variants"][0] == {"name": "bf16", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2}
+    counts = {k: v for k, v in status["variants"][0].items() if k not in ("gate", "gateMessage")}
+    assert counts == {"name": "bf16", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2}
+    assert status["variants"][0]["gate"] == "Admitted"  # the reference
     reasons = harness.wait(
         lambda: (
             {e["reason"] for e in harness.events(ns)}

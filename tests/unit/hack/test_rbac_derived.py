@@ -89,8 +89,9 @@ def test_derivation_sees_each_kind_of_use(sources: Sources) -> None:
     # patch_status -> merge_patch(subresource="status"): the subresource, not the object.
     assert Grant("grm.dev", "grmdeployments/status", "patch") in used
     assert Grant("grm.dev", "grmdeployments", "patch") not in used
-    # The prune loop over PRUNED_KINDS deletes Deployments and ConfigMaps, nothing else.
-    assert {g.resource for g in used if g.verb == "delete"} == {"deployments", "configmaps"}
+    # The prune loop over PRUNED_KINDS deletes Deployments and ConfigMaps; the quality gate its
+    # stale Jobs; nothing else.
+    assert {g.resource for g in used if g.verb == "delete"} == {"deployments", "configmaps", "jobs"}
     # kopf's pod watch (autoscale) and the child watches (a loop over CHILD_KINDS).
     assert {
         Grant("", "pods", "list"),
@@ -99,7 +100,11 @@ def test_derivation_sees_each_kind_of_use(sources: Sources) -> None:
     } <= used
     # Discovery (has_kind) is a non-resource URL: no grant; and nothing reads single objects but
     # the leader-election Lease, which is also created and renewed (PUT: update).
-    assert {g for g in used if g.verb == "get"} == {Grant("coordination.k8s.io", "leases", "get")}
+    assert {g for g in used if g.verb == "get"} == {
+        Grant("coordination.k8s.io", "leases", "get"),
+        Grant("", "configmaps", "get"),  # the quality gate's evaluation set
+        Grant("batch", "jobs", "get"),  # the quality gate's Job after a 409 on create
+    }
     assert {Grant("coordination.k8s.io", "leases", v) for v in ("create", "update")} <= used
 
 

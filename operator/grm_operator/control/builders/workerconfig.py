@@ -61,6 +61,10 @@ def merged_engine(spec: GRMDeploymentSpec, variant: Variant) -> EngineOptions:
 
 
 def _checkpoint_quantization(variant: Variant) -> CheckpointQuantization:
+    # A checkpoint the operator built is llm-compressor's compressed-tensors, whatever the scheme
+    # (W4A16 included: GPTQ's algorithm, not the gptq format).
+    if variant.build is not None:
+        return "compressed-tensors"
     if variant.precision in _QUANTIZED_CHECKPOINT:
         return _QUANTIZED_CHECKPOINT[variant.precision]
     # An fp8 variant with a checkpoint of its own is a pre-quantized (compressed-tensors) one;

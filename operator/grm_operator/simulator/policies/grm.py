@@ -13,6 +13,7 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.actuation import VariantDeployment, plan
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.metrics.source import Reading
+from grm_operator.policy import gate
 from grm_operator.simulator.controller import Command, FleetView
 from grm_operator.simulator.fleet import Fleet
 from grm_operator.simulator.policies.sizing import best_point, initial_replicas
@@ -25,14 +26,17 @@ class Grm:
 
     name = "grm"
 
-    def __init__(self, spec: GRMDeploymentSpec) -> None:
+    def __init__(self, spec: GRMDeploymentSpec, measured: list[dict[str, Any]] | None = None) -> None:
         self.spec = spec
         self.period_s = parse_duration(spec.scaling.control_period)
+        # The quality gate's verdicts (status.variants[]), which the adapter builds the ladder
+        # from; none given: each variant measured at its declared quality.
+        self.measured = measured if measured is not None else gate.declared_as_measured(spec)
         self.status: dict[str, Any] = {}
 
     def start(self, fleet: Fleet) -> Command:
-        p = best_point(self.spec)
-        self.status = {"activeVariant": p.variant.name, "samples": p.samples}
+        p = best_point(gate.ladder_spec(self.spec, self.measured))
+        self.status = {"activeVariant": p.variant.name, "samples": p.samples, "variants": list(self.measured)}
         return Command(p.variant.name, initial_replicas(fleet, p), p.samples)
 
     def tick(self, view: FleetView) -> Command:

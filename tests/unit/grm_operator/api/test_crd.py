@@ -200,7 +200,7 @@ def test_scale_subresource_paths_exist_with_the_right_types() -> None:
 def test_printer_columns_point_at_fields_of_their_type() -> None:
     columns = CRD["spec"]["versions"][0]["additionalPrinterColumns"]
     names = [c["name"] for c in columns if not c.get("priority")]
-    assert names == ["Variant", "Replicas", "Ready", "Desired", "TTFT-P95", "SLO", "Age"]
+    assert names == ["Variant", "Replicas", "Ready", "Desired", "TTFT-P95", "SLO", "Gate", "Age"]
     for column in columns:
         if column["jsonPath"] == ".metadata.creationTimestamp":
             assert column["type"] == "date"
@@ -297,3 +297,40 @@ def test_messages_name_their_fields_as_the_api_server_reports_them() -> None:
     assert with_field
     for path, rule in with_field:
         assert re.fullmatch(r"(\.[A-Za-z0-9]+)+", rule["fieldPath"]), (path, rule)
+
+
+# Go's YAML 1.1 (sigs.k8s.io/yaml, what helm and kubectl parse the chart's CRD with) reads these
+# bare words as booleans; PyYAML writes them unquoted. A property named `n` once made
+# `helm install` fail: "cannot unmarshal bool into ... JSONSchemaProps.properties.required".
+_YAML11_BOOLS = {
+    "y",
+    "Y",
+    "n",
+    "N",
+    "yes",
+    "Yes",
+    "YES",
+    "no",
+    "No",
+    "NO",
+    "on",
+    "On",
+    "ON",
+    "off",
+    "Off",
+    "OFF",
+}
+
+
+def test_no_property_name_is_a_yaml_1_1_boolean() -> None:
+    def names(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            yield from (node.get("properties") or {}).keys()
+            yield from node.get("required") or []
+            for value in node.values():
+                yield from names(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from names(value)
+
+    assert not set(names(crdgen.build_crd())) & _YAML11_BOOLS

@@ -25,7 +25,8 @@ def spec(**overrides: Any) -> GRMDeploymentSpec:
         ],
         "slo": {"ttftP95": "500ms", "e2eP95": "20s"},
         "scaling": {"minReplicas": 1, "maxReplicas": 6},
-        "precision": {"minQuality": 0.97},
+        # The switching mechanics, not the quality gate (tests/unit/grm_operator/policy/test_gate.py).
+        "precision": {"minQuality": 0.97, "qualityPolicy": "Declared"},
         "rollout": {"switchTimeout": "10m", "unhealthyBackoff": "30m"},
     }
     for key, value in overrides.items():

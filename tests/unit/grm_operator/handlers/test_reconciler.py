@@ -49,6 +49,24 @@ class FakeKube:
         self.objects[(manifest["kind"], meta["namespace"], meta["name"])] = body
         return self._stamp(body)
 
+    async def create(self, kind: kubeapi.Kind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        self.calls.append(("create", body["kind"], meta["name"]))
+        stored = copy.deepcopy(body)
+        self.objects[(body["kind"], namespace, meta["name"])] = stored
+        return self._stamp(stored)
+
+    async def get(self, kind: kubeapi.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind.kind, name))
+        body = self.objects.get((kind.kind, namespace, name))
+        return copy.deepcopy(body) if body is not None else None
+
+    async def list(
+        self, kind: kubeapi.Kind, namespace: str | None = None, *, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind.kind, label_selector))
+        return []
+
     async def delete(self, kind: kubeapi.Kind, namespace: str, name: str, *, uid: str | None = None) -> bool:
         self.calls.append(("delete", kind.kind, name))
         return self.objects.pop((kind.kind, namespace, name), None) is not None
@@ -115,7 +133,16 @@ async def test_first_reconcile_applies_every_child_then_nothing() -> None:
         ]
     )
     assert [c for c in fake.writes() if c[0] == "status"] == [("status", "GRMDeployment", "reward")]
-    assert {reason for op, _, reason in fake.calls if op == "event"} >= {"Valid", "AsExpected"}
+    # The quality gate (qualityPolicy Measured by default): one evaluation Job per non-reference variant.
+    created = sorted(name for op, kind, name in fake.writes() if op == "create" and kind == "Job")
+    assert [n.rsplit("-", 1)[0] for n in created] == ["reward-fp8-eval", "reward-int4-eval"]
+    assert {reason for op, _, reason in fake.calls if op == "event"} >= {
+        "Valid",
+        "AsExpected",
+        "EvaluationStarted",
+    }
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    assert status["gate"] == "fp8=Evaluating int4=Evaluating"
     fake.calls.clear()
     # Same spec, children in the store (write-through), status unchanged: not a single call.
     await reconciler.reconcile(("rl", "reward"))
@@ -151,7 +178,12 @@ async def test_removed_variant_is_pruned_but_foreign_objects_are_not() -> None:
     body["spec"]["variants"].pop()
     await reconcile_body(reconciler, fake, body)
     deleted = sorted((kind, name) for op, kind, name in fake.writes() if op == "delete")
-    assert deleted == [("ConfigMap", "reward-int4-config"), ("Deployment", "reward-int4")]
+    # ... and the quality gate's evaluation Job of the removed variant.
+    assert [d for d in deleted if d[0] != "Job"] == [
+        ("ConfigMap", "reward-int4-config"),
+        ("Deployment", "reward-int4"),
+    ]
+    assert [name.rsplit("-", 1)[0] for kind, name in deleted if kind == "Job"] == ["reward-int4-eval"]
     assert reconciler.store.child("Deployment", "rl", "reward-int4", "reward") is None
 
 
