@@ -14,17 +14,19 @@ the old ones (the surge every switch needs). Three bounds come out of it:
 
 Method (docs/benchmark.md §Bounds):
 
-1. **Miss table.** For each minute ``m``, each variant at its fewest admissible samples (fewer samples
-   are less work at the same GPUs, so a variant's other points never serve a request the cheapest
-   one misses) and each replica count ``n``, the requests arriving in the minute are routed
-   round-robin over ``n`` fresh replicas of the simulated truth (model error and jitter included)
-   and run to completion; ``miss[m, p, n]`` counts those outside the SLO. ``n`` is found lazily: the
-   count at the budget, a bisection for the fewest replicas that miss no more (misses fall with
-   ``n``), then downwards while the misses still fit the run's miss budget.
+1. **Miss table.** For each variant at its fewest admissible samples (fewer samples are less work
+   at the same GPUs, so a variant's other points never serve a request this one misses) and each
+   replica count ``n``, ``n`` fresh replicas of the simulated truth (model error and jitter
+   included) serve the whole trace round-robin; ``miss[m, p, n]`` counts the requests arriving in
+   minute ``m`` outside the SLO (so a minute's count includes the backlog its past left at the
+   same ``n``), and the run records whether the fleet *settled* at each minute's end (nothing
+   waiting, nothing in flight older than half the e2e target). Only counts inside a window from
+   the policy's capacity model are simulated (:meth:`MissTable._window`).
 2. **Dynamic programme.** State = (point, replicas) per minute and misses spent so far (in buckets
    of ``q`` requests, rounded up); a step costs ``n · gpus · 60 s`` plus, with cold starts, the
-   lead time of every replica added (all of them on a switch). The DP returns the cheapest plan
-   whose table misses stay within the budget — optimal for the table.
+   lead time of every replica added (all of them on a switch); a fleet that did not settle keeps
+   its state into the next minute. The DP returns the cheapest plan whose table misses stay within
+   the budget — optimal for the table.
 3. **Refinement by simulation.** The plan is replayed by the real fleet simulator
    (:class:`PlanController`), where queues carry over minute boundaries and replicas drain. If the
    simulated attainment falls short of the target the budget shrinks by the shortfall (and grows
