@@ -518,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", choices=("tuning", "held-out", "all"), default="all", help="which settings")
     parser.add_argument("--only", default=None, help="only settings whose slug contains this")
     parser.add_argument("--reuse", action="store_true", help="read the JSON of earlier runs where present")
+    parser.add_argument(
+        "--render-only", action="store_true", help="only the settings with JSON of an earlier run; run nothing"
+    )
     parser.add_argument("--out", default=str(ROOT / ".cache" / "bench-autoscale"), help="JSON directory")
     args = parser.parse_args(argv)
     settings = [
@@ -525,6 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in SETTINGS
         if (args.set == "all" or s.group == args.set) and (args.only is None or args.only in s.slug)
     ]
+    if args.render_only:
+        args.reuse = True
+        settings = [s for s in settings if (Path(args.out) / f"{s.slug}.json").exists()]
     for name in {s.trace for s in settings}:
         trace_path(name)  # generate the synthetic traces once, before the runs share them
     workdir = Path(args.out)
