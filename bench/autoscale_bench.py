@@ -519,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="only settings whose slug contains this")
     parser.add_argument("--reuse", action="store_true", help="read the JSON of earlier runs where present")
     parser.add_argument(
-        "--render-only", action="store_true", help="only the settings with JSON of an earlier run; run nothing"
+        "--render-only", action="store_true", help="render the settings with earlier JSON; run none"
     )
     parser.add_argument("--out", default=str(ROOT / ".cache" / "bench-autoscale"), help="JSON directory")
     args = parser.parse_args(argv)
