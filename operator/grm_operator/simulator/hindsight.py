@@ -555,18 +555,18 @@ def _fewest(
         result = simulate(config, name, steps, cold=cold)
         sims += 1
         tried[budget_now] = result
-        met = total - round(result.slo_attainment * total)
+        missed = total - round(result.slo_attainment * total)
         if result.slo_attainment >= target - 1e-12:
             if best is None or result.gpu_hours < best.result.gpu_hours:
                 best = Bound(name, steps, result)
             feasible_budget = max(feasible_budget, budget_now)
-            surplus = allowed - met
+            surplus = allowed - missed
             nxt = budget_now + max(1, surplus // 2)
         else:
             infeasible_budget = (
                 budget_now if infeasible_budget is None else min(infeasible_budget, budget_now)
             )
-            shortfall = met - allowed
+            shortfall = missed - allowed
             nxt = budget_now - max(1, shortfall)
         if infeasible_budget is not None and nxt >= infeasible_budget:
             nxt = (max(feasible_budget, 0) + infeasible_budget) // 2
