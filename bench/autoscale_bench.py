@@ -406,9 +406,9 @@ def summary_table(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
-def render_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
+def render_section(runs: Sequence[Run], missing: Sequence[Setting] = ()) -> tuple[str, list[str]]:
     """The whole "Autoscaling" section (summary per set, then per setting a table, the verdict and
-    the plot) and the broken bound checks."""
+    the plot) and the broken bound checks; ``missing`` settings are listed as not run."""
     out = [
         f"## {SECTION}",
         "",
@@ -423,9 +423,17 @@ def render_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
     broken_all: list[str] = []
     for group in ("tuning", "held-out"):
         group_runs = [r for r in runs if r[0].group == group]
-        if not group_runs:
+        absent = [m.slug for m in missing if m.group == group]
+        if not group_runs and not absent:
             continue
         out += [f"### {group.capitalize()} set: summary", "", summary_table(group_runs), ""]
+        if absent:
+            out += [
+                "Not in this run (rendered with `--render-only` from the runs that finished): "
+                + ", ".join(absent)
+                + "; `make bench` runs them.",
+                "",
+            ]
         verdicts: list[str] = []
         details: list[str] = []
         for setting, doc, seconds, plot in group_runs:
@@ -528,9 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in SETTINGS
         if (args.set == "all" or s.group == args.set) and (args.only is None or args.only in s.slug)
     ]
+    missing: list[Setting] = []
     if args.render_only:
         args.reuse = True
-        settings = [s for s in settings if (Path(args.out) / f"{s.slug}.json").exists()]
+        missing = [s for s in settings if not (Path(args.out) / f"{s.slug}.json").exists()]
+        settings = [s for s in settings if s not in missing]
     for name in {s.trace for s in settings}:
         trace_path(name)  # generate the synthetic traces once, before the runs share them
     workdir = Path(args.out)
@@ -541,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda s: run_one(s, workdir, plots, args.reuse), settings))
     runs: list[Run] = [(s, *result) for s, result in zip(settings, results, strict=True)]
-    section, broken = render_section(runs)
+    section, broken = render_section(runs, missing)
     print(section)
     print(f"{len(runs)} settings in {time.monotonic() - started:.0f} s with {args.jobs} jobs")
     for _, _, _, plot in runs:
