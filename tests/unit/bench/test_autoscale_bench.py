@@ -189,3 +189,20 @@ def test_the_rate_scales_make_the_busiest_minute_need_about_4_and_16_replicas(be
         assert "Busiest minute" in large.sentence()
     burst = bench.peak_need(bench.Setting("code", 0.1, 4, 1.0))
     assert burst.replicas > 5.0
+
+
+def test_the_section_has_a_summary_per_set_the_bound_checks_and_what_did_not_run(bench: ModuleType) -> None:
+    held = bench.HELD_OUT[0]
+    doc = {"policies": good_run(), "bounds": {"target": 0.99, "unservable": 3, "total": 1000}}
+    section, broken = bench.render_section([(held, doc, 12.0, None)], [bench.HELD_OUT[1], bench.TUNING[0]])
+    assert broken == []
+    assert "### Held-out set: summary" in section and "### Tuning set: summary" in section
+    assert f"| {held.slug} | 99.00% | 3 | 100.00% | 8.50 | 9.50 | 99.50% | 10.00 | 1.05 |" in section
+    assert (
+        f"Not in this run (rendered with `--render-only` from the runs that finished): {bench.HELD_OUT[1].slug}"
+        in section
+    )
+    assert "All hold on every setting" in section
+    doc["policies"]["kpa"] = row(0.993, 9.0)
+    section, broken = bench.render_section([(held, doc, 12.0, None)])
+    assert broken and "Broken (the benchmark fails)" in section
