@@ -125,13 +125,20 @@ def simulate(
     config = SimConfig(
         spec=spec, trace=data, model_error=model_error, seed=seed, live_agreement=live_agreement or {}
     )
-    results = run_policies(config, policies, progress=progress)
+    info: dict[str, Any] = {}
+    results = run_policies(config, policies, progress=progress, info=info)
     print(
         f"{data.name}: {len(data)} requests over {data.duration_s / 60:.1f} min (rate ×{rate_scale}), "
         f"k = {spec.scoring.samples.max}, model error ×{model_error}, seed {seed}"
     )
     print(table(results))
-    doc = to_json(results)
+    if "bounds" in info:
+        b = info["bounds"]
+        print(
+            f"bounds: target {b['target']:.2%} (min(99 %, oracle-max − 0.5 pt)); {b['unservable']} of "
+            f"{b['total']} requests no admissible point serves inside the SLO even alone"
+        )
+    doc = to_json(results, info)
     if json_out:
         Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
     if plot_out:

@@ -107,6 +107,17 @@ class Replica:
     #: waited for admission in all (the worker reads them to tell a full batch from a step's wait).
     admitted_seqs: int = 0
     queued_s: float = 0.0
+    #: The running groups split by phase, each in admission order, and their sums kept up to date
+    #: event by event (exact integers), so a step costs one pass over the decoding groups rather
+    #: than a sum over every running one per quantity.
+    decoding: list[Group] = field(default_factory=list)
+    prefilling: list[Group] = field(default_factory=list)
+    #: Sequences decoding, their context tokens, and prefill tokens still to compute.
+    decode_seqs: int = 0
+    decode_ctx: int = 0
+    prefill_backlog: int = 0
+    #: Fewest tokens any decoding group has left to generate (inf when none decodes).
+    decode_left: float = math.inf
 
     def waiting_seqs(self) -> int:
         """Sequences waiting for admission (``vllm:num_requests_waiting``)."""
@@ -128,9 +139,7 @@ class Replica:
         # vLLM V1 schedules the running requests first (decodes, then their prompts' next chunks)
         # and admits waiting ones only while the step's token budget has room: a prefill backlog
         # keeps new requests *waiting* (vllm:num_requests_waiting, queue time) rather than admitted.
-        budget = p.max_num_batched_tokens - sum(
-            g.samples if g.prefill_left == 0 else g.prefill_left for g in self.running
-        )
+        budget = p.max_num_batched_tokens - self.decode_seqs - self.prefill_backlog
         while self.waiting:
             g = self.waiting[0]
             fits_kv = self.kv_reserved + g.kv_final <= p.kv_cache_tokens
@@ -146,6 +155,19 @@ class Replica:
             self.running.append(g)
             self.kv_reserved += g.kv_final
             self.seqs += g.samples
+            if g.prefill_left > 0:
+                self.prefilling.append(g)
+                self.prefill_backlog += g.prefill_left
+            else:
+                self._start_decoding(g)
+
+    def _start_decoding(self, g: Group) -> None:
+        self.decoding.append(g)
+        self.decode_seqs += g.samples
+        self.decode_ctx += g.ctx
+        left = g.output - g.generated
+        if 0 < left < self.decode_left:
+            self.decode_left = left
 
     def advance(self, until: float, done: list[Group], itl: list[StepSample]) -> None:
         """Run the engine until its clock reaches ``until`` (the step running then completes) or it
@@ -158,17 +180,15 @@ class Replica:
                 self.clock = until
                 return
             self._admit()
-            decoding = [g for g in self.running if g.prefill_left == 0]
-            prefilling = [g for g in self.running if g.prefill_left > 0]
-            d = sum(g.samples for g in decoding)
-            ctx = sum(g.ctx for g in decoding)
+            decoding = self.decoding
+            prefilling = self.prefilling
+            d = self.decode_seqs
+            ctx = self.decode_ctx
             budget = max(0, p.max_num_batched_tokens - d)
-            pf = min(budget, sum(g.prefill_left for g in prefilling))
+            pf = min(budget, self.prefill_backlog)
             a = step_time_s(p, pf, d, ctx)
             growth = p.attention_s_per_ctx_token * d
-            n = math.inf
-            if decoding:
-                n = min(g.output - g.generated for g in decoding)
+            n = self.decode_left
             if pf > 0:
                 # Whole steps of pf tokens until the head prompt completes (never more prefill
                 # than is left: pf ≤ the backlog, so one step always fits).
@@ -190,26 +210,40 @@ class Replica:
             self.last_step_end = end
             if d:
                 itl.append(StepSample(end, elapsed / steps, d * steps))
+            any_finished = False
+            left_min = math.inf
             for g in decoding:
                 g.generated += steps
                 g.decode_s += elapsed
+                left = g.output - g.generated
+                if left <= 0:
+                    any_finished = True
+                elif left < left_min:
+                    left_min = left
+            self.decode_left = left_min
+            self.decode_ctx += d * steps
             if pf > 0:
-                self._prefill(prefilling, pf, steps, a, growth, elapsed / max(base, 1e-12))
+                any_finished |= self._prefill(prefilling, pf, steps, a, growth, elapsed / max(base, 1e-12))
             self.clock = end
-            finished = [g for g in self.running if g.prefill_left == 0 and g.generated >= g.output]
-            if finished:
+            if any_finished:
+                finished = [g for g in self.running if g.prefill_left == 0 and g.generated >= g.output]
                 for g in finished:
                     g.finished = end
                     self.kv_reserved -= g.kv_final
                     self.seqs -= g.samples
+                    self.decode_seqs -= g.samples
+                    self.decode_ctx -= g.ctx
                     done.append(g)
                 self.running = [g for g in self.running if g.finished is None]
+                self.decoding = [g for g in self.decoding if g.finished is None]
 
     def _prefill(
         self, prefilling: list[Group], pf: int, steps: int, a: float, growth: float, stretch: float
-    ) -> None:
+    ) -> bool:
         """Hand ``pf`` prefill tokens a step, first come first served, for ``steps`` steps; a sample's
-        first token comes at the end of the step that completes its prompt (exact step index)."""
+        first token comes at the end of the step that completes its prompt (exact step index).
+        Groups whose prompt completes start decoding; returns whether one of them is already done
+        (a one-token critique)."""
         start = self.clock
 
         def at(tokens: int) -> float:
@@ -218,6 +252,8 @@ class Replica:
 
         total = pf * steps
         offset = 0
+        completed = 0
+        finished = False
         for g in prefilling:
             if offset >= total:
                 break
@@ -227,7 +263,15 @@ class Replica:
                     g.first_token = at(offset + need)
             used = min(total - offset, g.prefill_left)
             g.prefill_left -= used
+            self.prefill_backlog -= used
             offset += used
             if g.prefill_left == 0:
                 g.last_first_token = at(offset)
                 g.generated = 1
+                completed += 1
+                self._start_decoding(g)
+                finished |= g.generated >= g.output
+        if completed:
+            # FCFS: the completed prompts are the head of the list.
+            del prefilling[:completed]
+        return finished

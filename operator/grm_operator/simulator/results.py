@@ -80,6 +80,8 @@ def run_result(
     ttfts: list[float] = []
     e2es: list[float] = []
     quality = 0.0
+    # The targets parsed once (each property parses its duration string).
+    ttft_slo, e2e_slo, itl_slo = slo.ttft_p95_s, slo.e2e_p95_s, slo.itl_p95_s
     for g in done:
         assert g.first_token is not None and g.finished is not None
         ttft = g.first_token - g.arrival
@@ -89,9 +91,9 @@ def run_result(
         e2es.append(e2e)
         quality += g.quality
         if (
-            (slo.ttft_p95_s is None or ttft <= slo.ttft_p95_s)
-            and (slo.e2e_p95_s is None or e2e <= slo.e2e_p95_s)
-            and (slo.itl_p95_s is None or itl <= slo.itl_p95_s)
+            (ttft_slo is None or ttft <= ttft_slo)
+            and (e2e_slo is None or e2e <= e2e_slo)
+            and (itl_slo is None or itl <= itl_slo)
         ):
             met += 1
     gpu_s = 0.0

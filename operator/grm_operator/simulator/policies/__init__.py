@@ -3,7 +3,8 @@
 * :mod:`.grm` — ``grm``, our policy through the operator's own adapter and actuation;
 * :mod:`.baselines` — ``static-peak``, ``hpa-gpu`` (Kubernetes HPA), ``kpa`` (Knative / AIBrix)
   and ``saturation`` (llm-d's workload-variant autoscaler), each on the best admissible point;
-* :mod:`.oracle` — ``oracle`` and ``oracle-cold``, hindsight per minute (bounds, not baselines);
+* :mod:`.oracle` — ``oracle-max``, ``oracle`` and ``oracle-cold``: bounds computed with hindsight
+  by :mod:`grm_operator.simulator.hindsight` (not controllers: :func:`make_controller` refuses them);
 * :mod:`.sizing` — what they share: the best admissible point, the budget's replicas, the
   trace's workload and the warm start.
 
@@ -16,17 +17,17 @@ from __future__ import annotations
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.simulator.policies.baselines import HpaGpu, Kpa, Saturation, StaticPeak
 from grm_operator.simulator.policies.grm import Grm
-from grm_operator.simulator.policies.oracle import Oracle
+from grm_operator.simulator.policies.oracle import BOUNDS
 
-__all__ = ["POLICIES", "Policy", "make_controller"]
+__all__ = ["BOUNDS", "POLICIES", "Policy", "make_controller"]
 
-POLICIES = ("grm", "static-peak", "hpa-gpu", "kpa", "saturation", "oracle", "oracle-cold")
+POLICIES = ("grm", "static-peak", "hpa-gpu", "kpa", "saturation", *BOUNDS)
 
-Policy = Grm | StaticPeak | HpaGpu | Kpa | Saturation | Oracle
+Policy = Grm | StaticPeak | HpaGpu | Kpa | Saturation
 
 
 def make_controller(name: str, spec: GRMDeploymentSpec) -> Policy:
-    """The controller called ``name`` (one of :data:`POLICIES`)."""
+    """The controller called ``name`` (one of :data:`POLICIES` but the :data:`BOUNDS`)."""
     if name == "grm":
         return Grm(spec)
     if name == "static-peak":
@@ -37,8 +38,6 @@ def make_controller(name: str, spec: GRMDeploymentSpec) -> Policy:
         return Kpa(spec)
     if name == "saturation":
         return Saturation(spec)
-    if name == "oracle":
-        return Oracle(spec)
-    if name == "oracle-cold":
-        return Oracle(spec, cold_start=True)
+    if name in BOUNDS:
+        raise ValueError(f"{name} is a bound computed with hindsight (simulator.hindsight), not a controller")
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")

@@ -173,10 +173,10 @@ def test_oracle_uses_no_more_gpu_hours_than_any_policy_that_meets_the_slo_as_oft
 
 
 def test_oracle_cold_provisions_a_step_one_cold_start_ahead_and_pays_for_it(spec: GRMDeploymentSpec) -> None:
-    # 0.05 score requests/s for 10 minutes, then 3/s for 5: the oracle's replicas start instantly at
-    # the step; oracle-cold must ask for them a cold start earlier (bf16: 90 s) to have them Ready,
-    # and their GPUs count from the request.
-    quiet, busy = constant_trace(0.05, 600), constant_trace(3.0, 300)
+    # 0.05 score requests/s for 10 minutes, then 12/s for 5: the oracle's replicas start instantly
+    # at the step; oracle-cold must ask for them a cold start earlier (45–90 s by variant) to have
+    # them Ready, and their GPUs count from the request.
+    quiet, busy = constant_trace(0.05, 600), constant_trace(12.0, 300)
     trace = Trace(
         np.concatenate([quiet.times, busy.times + 600.0]),
         np.concatenate([quiet.prompt, busy.prompt]),
@@ -184,7 +184,7 @@ def test_oracle_cold_provisions_a_step_one_cold_start_ahead_and_pays_for_it(spec
         "step",
     )
     results = run_policies(SimConfig(spec=spec, trace=trace), ["oracle", "oracle-cold"], progress=False)
-    cold_start = max(variant_profile(v).cold_start_s for v in spec.variants)
+    cold_start = min(variant_profile(v).cold_start_s for v in spec.variants)
 
     def first_scale_up(result: RunResult) -> float:
         start = sum(result.series[0].replicas.values())
@@ -275,7 +275,10 @@ def test_simulate_cli_writes_issue_6_json_schema(tmp_path: Path, capsys: pytest.
         )  # fmt: skip
     assert status == 0
     doc = json.loads(out.read_text())
-    assert set(doc) == {"policies"}
+    # The bounds add what they share: the attainment target and the requests no point serves.
+    assert set(doc) == {"policies", "bounds"}
+    assert {"target", "unservable", "total"} <= set(doc["bounds"])
+    assert doc["bounds"]["total"] == 150
     assert set(doc["policies"]) == {"grm", "oracle"}
     for summary in doc["policies"].values():
         assert set(summary) == SUMMARY_KEYS
