@@ -5,7 +5,7 @@ machine and imported into containerd — nothing is pulled from a registry.
 
 The local cluster runs it instead of the node agent with `LocalCluster(node_runtime="kubelet")`
 (`grm-local-cluster up --node-runtime kubelet`). Every setting below failed first on this VM
-(../shared/testing-notes.md, "A real node inside the local cluster's namespace"):
+(docs/local-cluster.md, "A real node" lists them with the reasons):
 
 * containerd's CRI: `default_runtime_name = "runc"` with `io.containerd.runc.v2`,
   `SystemdCgroup = false`, and `restrict_oom_score_adj = true` — the VM drops CAP_SYS_RESOURCE,
