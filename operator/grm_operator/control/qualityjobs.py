@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from grm_operator.api.models import GRMDeployment, Variant
+from grm_operator.control.builders.deployment import pod_placement
 from grm_operator.control.builders.layout import CONFIG_FILE, MODEL_CACHE_DIR, RUN_AS_UID
 from grm_operator.control.builders.metadata import (
     LABEL_INSTANCE,
@@ -339,17 +340,7 @@ def _job(
     fetch = _fetch_containers(grmd, vols, image, image_pull_policy)
     if fetch:
         pod_spec["initContainers"] = fetch
-    optional = {
-        "nodeSelector": template.node_selector,
-        "tolerations": template.tolerations,
-        "affinity": template.affinity,
-        "priorityClassName": template.priority_class_name,
-        "runtimeClassName": template.runtime_class_name,
-        "imagePullSecrets": (
-            [ref.to_wire() for ref in template.image_pull_secrets] if template.image_pull_secrets else None
-        ),
-    }
-    pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    pod_spec.update(pod_placement(template))
     manifest: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, Variant
+from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, PodTemplate, Variant
 from grm_operator.control.builders.layout import (
     ADMIN_PORT,
     CONFIG_DIR,
@@ -49,6 +49,23 @@ PRESTOP_COMMAND = ["/bin/sleep", str(PRESTOP_SLEEP_S)]
 # Seconds after the drain for vLLM to stop (free GPU memory, exit) before SIGKILL.
 ENGINE_STOP_MARGIN_S = 15
 STARTUP_PERIOD_S = 5
+
+
+def pod_placement(template: PodTemplate) -> Manifest:
+    """Where the template's pods may run and how their image is pulled (the fields set): node
+    selector, tolerations, affinity, priority and runtime class, image pull Secrets. Worker pods
+    and the quality gate's Jobs (which need the same GPU nodes) share them."""
+    optional = {
+        "nodeSelector": template.node_selector,
+        "tolerations": template.tolerations,
+        "affinity": template.affinity,
+        "priorityClassName": template.priority_class_name,
+        "runtimeClassName": template.runtime_class_name,
+        "imagePullSecrets": (
+            [ref.to_wire() for ref in template.image_pull_secrets] if template.image_pull_secrets else None
+        ),
+    }
+    return {k: v for k, v in optional.items() if v is not None}
 
 
 def startup_failure_threshold(spec: GRMDeploymentSpec, variant: Variant) -> int:
@@ -251,17 +268,10 @@ def build_deployment(
         },
         "automountServiceAccountToken": template.automount_service_account_token,
     }
+    pod_spec.update(pod_placement(template))
     optional = {
-        "nodeSelector": template.node_selector,
-        "tolerations": template.tolerations,
-        "affinity": template.affinity,
-        "priorityClassName": template.priority_class_name,
         "serviceAccountName": template.service_account_name,
-        "runtimeClassName": template.runtime_class_name,
         "topologySpreadConstraints": template.topology_spread_constraints,
-        "imagePullSecrets": (
-            [ref.to_wire() for ref in template.image_pull_secrets] if template.image_pull_secrets else None
-        ),
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
     pod_spec.update(_model_fetch(grmd, variant, image, image_pull_policy, container_security))
