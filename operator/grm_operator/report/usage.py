@@ -13,7 +13,7 @@ give the budget actually used, shedding included):
   the lower of the two (a per-request joint fraction is not in the histograms; the lower is its
   upper bound). Requests the fronts rejected or failed count as misses of the e2e term;
 * **shed samples**, **mean samples per score**, **quality**: the measured quality when the
-  status carries one (``status.variants[].measuredQuality``, from the accuracy gate), else the
+  status carries one (``status.variants[].quality.value``, from the accuracy gate), else the
   declared ``quality``.
 
 The arrival process is the score requests per bin (all variants), with tokens per critique sample
@@ -143,7 +143,8 @@ def _lower(*values: float | None) -> float | None:
 def _measured_quality(status: Mapping[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in (status or {}).get("variants") or []:
-        value = item.get("measuredQuality") if isinstance(item, Mapping) else None
+        measured = item.get("quality") if isinstance(item, Mapping) else None
+        value = measured.get("value") if isinstance(measured, Mapping) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[str(item.get("name"))] = float(value)
     return out

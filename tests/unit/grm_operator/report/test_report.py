@@ -128,7 +128,7 @@ def test_usage_per_variant_from_the_series() -> None:
 
 
 def test_measured_quality_from_status_wins() -> None:
-    status = {"variants": [{"name": "fp8", "measuredQuality": 0.97}]}
+    status = {"variants": [{"name": "fp8", "quality": {"value": 0.97, "low": 0.95, "high": 0.98}}]}
     usage = summarise(_history(), GRMDeploymentSpec.model_validate(SPEC), status)
     assert usage.variants["fp8"].quality == 0.97 and usage.variants["fp8"].quality_source == "measured"
 
