@@ -32,6 +32,11 @@ def requests_in_minute(i: int) -> float:
     return 30.0 if i % 6 < 2 else 6.0
 
 
+def budget_in_minute(i: int) -> int:
+    """bf16's sample budget at the end of minute i: 4, then 2 from minute 9 (the operator's shed)."""
+    return 4 if i < 9 else 2
+
+
 def variant_in_minute(i: int) -> str:
     return "bf16" if i < BINS // 2 else "fp8"
 
@@ -88,6 +93,18 @@ class FakePrometheus:
             return self._counters(lambda i: 4 * (requests_in_minute(i) - 1) * 100)
         if "samples_shed" in query:
             return self._counters(lambda i: 2.0)
+        if "grm_sample_budget" in query:  # bf16 at k = 4 for 9 minutes, then 2; fp8 at 4
+            return [
+                {
+                    "metric": {"grm_dev_variant": v},
+                    "values": [
+                        [START + k * STEP, str(budget_in_minute(k - 1) if v == "bf16" else 4)]
+                        for k in range(self.bins + 1)
+                        if k > 0 and variant_in_minute(k - 1) == v
+                    ],
+                }
+                for v in ("bf16", "fp8")
+            ]
         if "up{" in query:  # pod-seconds per bin: 2 bf16 pods, then 1 fp8 pod, all bin long
             return [
                 {

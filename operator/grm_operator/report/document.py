@@ -150,6 +150,20 @@ def to_json(report: Report) -> dict[str, Any]:
                 "shed_samples": _r(v.shed_samples, 1),
                 "quality": _r(v.quality),
                 "quality_source": v.quality_source,
+                "budgets": [
+                    {
+                        "samples": b.samples,
+                        "hours_active": _r(b.hours_active),
+                        "replica_hours": _r(b.replica_hours),
+                        "gpu_hours": _r(b.gpu_hours),
+                        "request_share": _r(b.request_share),
+                        "requests": _r(b.requests, 1),
+                        "slo_attainment": _r(b.slo_attainment),
+                        "ttft_attainment": _r(b.ttft_attainment),
+                        "e2e_attainment": _r(b.e2e_attainment),
+                    }
+                    for b in v.budgets
+                ],
             }
             for name, v in u.variants.items()
         },
@@ -239,6 +253,20 @@ def to_markdown(report: Report) -> str:
             f"{_pct(v.ttft_attainment)} | {_pct(v.e2e_attainment)} | {_pct(v.slo_attainment)} | "
             f"{v.shed_samples:.0f} | {_num(v.quality)} ({v.quality_source}) |"
         )
+    lines += [
+        "",
+        "Per sample budget (the budget each bin ended with; `?`: no pod reported one):",
+        "",
+        "| variant | samples | hours active | GPU-hours | request share | TTFT att. | e2e att. | SLO att. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in u.variants.values():
+        for b in v.budgets:
+            lines.append(
+                f"| {v.name} | {'?' if b.samples is None else b.samples} | {b.hours_active:.4f} | "
+                f"{b.gpu_hours:.4f} | {_pct(b.request_share)} | {_pct(b.ttft_attainment)} | "
+                f"{_pct(b.e2e_attainment)} | {_pct(b.slo_attainment)} |"
+            )
     period = a.periodicity
     lines += [
         "",

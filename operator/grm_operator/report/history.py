@@ -26,7 +26,10 @@ The queries (:data:`QUERIES`, ``SEL`` the selector):
   ``vllm:time_to_first_token_seconds_bucket SEL``;
 * ``pod_seconds``: ``sum_over_time((count by (grm_dev_variant) (up SEL))[step:resolution])``
   divided by ``count_over_time(vector(1)[step:resolution])`` (the mean pods over the bin's
-  points), times the step in seconds.
+  points), times the step in seconds;
+* ``sample_budget``: ``max by (grm_dev_variant) (grm_sample_budget SEL)``, the budget at each
+  bin end, which attributes a whole bin to the budget it ended with (a change inside a bin is
+  placed at its end).
 
 Why these. Arrivals are the GRM front's score requests (every outcome: a rejected request was
 demand too); tokens per score come from the engines' token counters divided by the samples the
@@ -76,6 +79,9 @@ QUERIES: dict[str, str] = {
         "sum_over_time((count by (grm_dev_variant) (up{selector}))[{step}:{resolution}])"
         " / on() group_left() count_over_time(vector(1)[{step}:{resolution}]) * {step_s}"
     ),
+    # The sample budget each variant's fronts ran with at every bin end (all pods of a variant get
+    # the same budget from the operator; max covers the seconds while a push reaches them).
+    "sample_budget": "max by (grm_dev_variant) (grm_sample_budget{selector})",
     "e2e_buckets": "grm_score_latency_seconds_bucket{selector}",
     "ttft_buckets": "vllm:time_to_first_token_seconds_bucket{selector}",
 }
@@ -133,6 +139,8 @@ class History:
     generation_tokens: Series = field(default_factory=dict)
     shed_samples: Series = field(default_factory=dict)
     pod_seconds: Series = field(default_factory=dict)
+    #: Per variant, per bin: the sample budget at the bin's end (NaN: no pod reported one).
+    sample_budget: Series = field(default_factory=dict)
     #: Per variant, per bin: bucket upper bound → cumulative count in the bin.
     e2e_buckets: dict[str, list[dict[float, float]]] = field(default_factory=dict)
     ttft_buckets: dict[str, list[dict[float, float]]] = field(default_factory=dict)
@@ -258,8 +266,8 @@ def fetch_history(
             raise HistoryError(f"Prometheus query {name} failed: {exc}") from exc
         if name.endswith("_buckets"):
             setattr(history, name, _buckets(history, result))
-        elif name == "pod_seconds":
-            history.pod_seconds = _gauge_series(history, result, "grm_dev_variant")
+        elif name in ("pod_seconds", "sample_budget"):
+            setattr(history, name, _gauge_series(history, result, "grm_dev_variant"))
         else:
             setattr(history, name, _counter_series(history, result, "grm_dev_variant"))
             if name == "requests":

@@ -12,6 +12,9 @@ give the budget actually used, shedding included):
   TTFT is within ``slo.ttftP95`` (``vllm:time_to_first_token_seconds``); ``slo_attainment`` is
   the lower of the two (a per-request joint fraction is not in the histograms; the lower is its
   upper bound). Requests the fronts rejected or failed count as misses of the e2e term;
+* per **sample budget** of a variant (the fronts' ``grm_sample_budget`` at each bin end;
+  :class:`BudgetUsage`): the same hours, replica- and GPU-hours, request share and SLO
+  attainment, over the bins that ended with that budget;
 * **shed samples**, **mean samples per score**, **quality**: the measured quality when the
   status carries one (``status.variants[].quality.value``, from the accuracy gate), else the
   declared ``quality``.
@@ -37,7 +40,7 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy.periodicity import Periodicity, detect_period
 from grm_operator.report.history import History, fraction_within, histogram_quantile
 
-__all__ = ["TOKEN_WINDOW_S", "Arrivals", "Usage", "VariantUsage", "summarise"]
+__all__ = ["TOKEN_WINDOW_S", "Arrivals", "BudgetUsage", "Usage", "VariantUsage", "summarise"]
 
 #: Tokens per sample are averaged over this long either side of a bin (module docstring).
 TOKEN_WINDOW_S = 300.0
@@ -61,6 +64,24 @@ class VariantUsage:
     slo_attainment: float | None
     quality: float
     quality_source: str
+    budgets: list[BudgetUsage] = field(default_factory=list)
+
+
+@dataclass
+class BudgetUsage:
+    """One variant at one sample budget: the bins that ended with that budget (``samples`` None:
+    bins in which no pod of the variant reported a budget)."""
+
+    variant: str
+    samples: int | None
+    hours_active: float
+    replica_hours: float
+    gpu_hours: float
+    requests: float
+    request_share: float
+    ttft_attainment: float | None
+    e2e_attainment: float | None
+    slo_attainment: float | None
 
 
 @dataclass
@@ -200,6 +221,52 @@ def arrivals(history: History) -> Arrivals:
     )
 
 
+def _budgets(
+    history: History,
+    name: str,
+    per_gpu: int,
+    all_requests: float,
+    failed: float,
+    targets: tuple[float | None, float | None],
+) -> list[BudgetUsage]:
+    """The variant's usage split by the sample budget its bins ended with (smallest first); the
+    rejected and failed requests count as e2e misses by request share, as for the variant."""
+    bins, step = history.bins, history.step_s
+    pod_s = _zero(history.pod_seconds.get(name, [math.nan] * bins))
+    requests = _zero(history.requests.get(name, [math.nan] * bins))
+    budget = history.sample_budget.get(name, [math.nan] * bins)
+    ttft_bins = history.ttft_buckets.get(name, [])
+    e2e_bins = history.e2e_buckets.get(name, [])
+    groups: dict[int | None, list[int]] = {}
+    for i in range(bins):
+        if pod_s[i] <= 0 and requests[i] <= 0:
+            continue
+        key = None if i >= len(budget) or math.isnan(budget[i]) else round(budget[i])
+        groups.setdefault(key, []).append(i)
+    out = []
+    for key in sorted(groups, key=lambda k: (k is None, k or 0)):
+        idx = groups[key]
+        reqs = sum(requests[i] for i in idx)
+        ttft = _attainment(_merge([ttft_bins[i] for i in idx if i < len(ttft_bins)]), targets[0])
+        share = reqs / all_requests if all_requests > 0 else 0.0
+        e2e = _attainment(_merge([e2e_bins[i] for i in idx if i < len(e2e_bins)]), targets[1], failed * share)
+        out.append(
+            BudgetUsage(
+                variant=name,
+                samples=key,
+                hours_active=sum(step for i in idx if pod_s[i] > 0) / 3600.0,
+                replica_hours=sum(pod_s[i] for i in idx) / 3600.0,
+                gpu_hours=sum(pod_s[i] for i in idx) * per_gpu / 3600.0,
+                requests=reqs,
+                request_share=share,
+                ttft_attainment=ttft,
+                e2e_attainment=e2e,
+                slo_attainment=_lower(ttft, e2e),
+            )
+        )
+    return out
+
+
 def summarise(history: History, spec: GRMDeploymentSpec, status: Mapping[str, Any] | None = None) -> Usage:
     """Reduce the window's series to the report's numbers (module docstring)."""
     bins, step = history.bins, history.step_s
@@ -228,6 +295,7 @@ def summarise(history: History, spec: GRMDeploymentSpec, status: Mapping[str, An
         for i, p in enumerate(pod_s):
             gpu_series[i] += p / step * per_gpu
         quality = measured.get(name, declared.get(name, math.nan))
+        budgets = _budgets(history, name, per_gpu, all_requests, failed, (ttft_target, e2e_target))
         variants[name] = VariantUsage(
             name=name,
             gpus_per_replica=per_gpu,
@@ -243,6 +311,7 @@ def summarise(history: History, spec: GRMDeploymentSpec, status: Mapping[str, An
             slo_attainment=_lower(ttft, e2e),
             quality=quality,
             quality_source="measured" if name in measured else "declared",
+            budgets=budgets,
         )
     all_ttft = _merge([b for per in history.ttft_buckets.values() for b in per])
     all_e2e = _merge([b for per in history.e2e_buckets.values() for b in per])

@@ -127,6 +127,23 @@ def test_usage_per_variant_from_the_series() -> None:
     assert usage.e2e_p95[0] is not None and 10.0 < usage.e2e_p95[0] < 30.0
 
 
+def test_usage_per_sample_budget_splits_each_variant_by_the_budget_its_bins_ended_with() -> None:
+    usage = summarise(_history(), GRMDeploymentSpec.model_validate(SPEC))
+    bf16, fp8 = usage.variants["bf16"], usage.variants["fp8"]
+    # bf16 ran 9 minutes at k = 4, then 9 at k = 2 (2 pods × 2 GPUs); fp8 18 minutes at k = 4.
+    assert [(b.samples, round(b.gpu_hours, 6)) for b in bf16.budgets] == [(2, 0.6), (4, 0.6)]
+    assert [(b.samples, round(b.hours_active, 6)) for b in fp8.budgets] == [(4, 0.3)]
+    assert sum(b.gpu_hours for b in bf16.budgets) == pytest.approx(bf16.gpu_hours)
+    assert sum(b.request_share for b in bf16.budgets) == pytest.approx(bf16.request_share)
+    at_2 = bf16.budgets[0]
+    assert at_2.requests == pytest.approx(sum(requests_in_minute(i) for i in range(9, 18)))
+    assert at_2.ttft_attainment == pytest.approx(1.0)
+    # 90 % of the answered ones within 20 s; its share of the 36 rejected requests are misses.
+    assert at_2.e2e_attainment == pytest.approx(
+        0.9 * (at_2.requests - 9) / (at_2.requests - 9 + 36 * at_2.request_share)
+    )
+
+
 def test_measured_quality_from_status_wins() -> None:
     status = {"variants": [{"name": "fp8", "quality": {"value": 0.97, "low": 0.95, "high": 0.98}}]}
     usage = summarise(_history(), GRMDeploymentSpec.model_validate(SPEC), status)
