@@ -169,7 +169,7 @@ def manifest(checkpoints: Checkpoints) -> dict[str, Any]:
             "engine": {"maxModelLen": 1024, "maxNumSeqs": 8},
             "slo": {"ttftP95": "2s", "e2eP95": "20s"},
             "scaling": {"minReplicas": 1, "maxReplicas": 1, "maxGPUs": 2, "controlPeriod": "2s"},
-            # Declared: this test is the switch on the real engine; the gate's e2e is test_quality_gate.py.
+            # Declared: this test is the switch on the real engine; the gate's e2e is test_accuracy_gate.py.
             "precision": {
                 "policy": "Pinned",
                 "pinnedVariant": "bf16",
