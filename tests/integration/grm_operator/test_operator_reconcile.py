@@ -270,6 +270,8 @@ def test_create_makes_children_with_owner_refs(harness: Harness) -> None:
         "QualityFloorMet": "True",
         "SLOMet": "Unknown",
         "WorkersHealthy": "True",
+        # No variant demoted by its live agreement (no shadow verdicts without pods).
+        "LiveQualityMet": "True",
     }
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
 
