@@ -183,7 +183,10 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
         while (await http.get("/ready")).status != 503:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.01)
-        assert (await http.post("/v1/completions", json={"prompt": "b", "max_tokens": 1})).status == 503
+        # Draining: not Ready, yet a request that still reaches it (a kept-alive connection behind
+        # kube-proxy) is served, with Connection: close so the client reconnects elsewhere.
+        late = await http.post("/v1/completions", json={"prompt": "b", "max_tokens": 1})
+        assert late.status == 200 and late.headers.get("Connection", "").lower() == "close"
         rest = await stream.content.read()
         assert streamed_usage(first + rest)["completion_tokens"] == n
     assert await asyncio.to_thread(worker.wait, 90) == 0
