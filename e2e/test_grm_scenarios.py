@@ -20,6 +20,7 @@ Every scenario counts its client requests and asserts on them.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,21 @@ def grmd(lc: LocalCluster) -> Iterator[Callable[..., str]]:
 
 
 def _wait_ready(lc: LocalCluster, name: str, timeout_s: float = 180) -> None:
+    """The GRMDeployment Ready, and kube-proxy sending its Service to every ready worker pod.
+
+    Ready pods reach kube-proxy a moment later (the EndpointSlice controller, then kube-proxy's
+    sync, about a second each, more on a busy machine): a client's first connection before that
+    finds no endpoint, on any cluster. So the scenarios start once the pods' IPs are in kube-proxy's
+    nftables table, the condition a client's first request needs.
+    """
     lc.wait_for(lambda: _condition(_grmd(lc, name), "Ready") == "True", timeout_s, f"{name} Ready", 0.5)
+
+    def routed() -> bool:
+        ips = [p["status"].get("podIP") for p in _worker_pods(lc, name) if _ready(p)]
+        table = lc.run(["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
+        return bool(ips) and all(re.search(rf"\b{re.escape(str(ip))}(?![\d.])", table) for ip in ips)
+
+    lc.wait_for(routed, 60, f"kube-proxy routing {name}'s Service to its ready pods", 0.5)
 
 
 def _failures(outcomes: list[Outcome]) -> list[Outcome]:
