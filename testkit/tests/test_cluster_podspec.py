@@ -79,7 +79,7 @@ def test_entrypoint_args_and_var_expansion() -> None:
 def test_path_map_rewrites_known_mount_paths_longest_first() -> None:
     paths = PathMap.of({"/etc/grm": "/pod/volumes/config", "/etc": "/pod/volumes/etc", "/tmp": "/pod/tmp"})
     assert paths.path("/etc/grm/worker.json") == "/pod/volumes/config/worker.json"
-    assert paths.path("/etc/hosts") == "/pod/volumes/etc/hosts"
+    assert paths.path("/etc/pod-only/hosts") == "/pod/volumes/etc/pod-only/hosts"
     assert paths.path("/etc/grmx") == "/pod/volumes/etc/grmx"  # a path boundary, not a prefix
     assert paths.path("/tmp") == "/pod/tmp"
     assert paths.path("/var/x") == "/var/x"
@@ -302,3 +302,21 @@ def test_init_containers_gate_the_phase_and_the_initialized_condition() -> None:
     assert "initContainerStatuses" not in podspec.pod_status(
         containers=[main_waiting], transitions={}, **common
     )
+
+
+def test_a_host_executable_under_a_mount_path_is_not_hidden_by_the_mount(tmp_path: Path) -> None:
+    # A checkout under /tmp (a fresh clone in mktemp -d): its interpreter, named in a Job's env,
+    # stays the host's, as the agent's PATH does; a path the pod has, or a non-executable, maps.
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    data = tmp_path / "venv" / "data.txt"
+    data.write_text("x")
+    pod_tmp = tmp_path / "pod" / "volumes" / "tmp"
+    paths = PathMap.of({str(tmp_path): str(pod_tmp)})
+    assert paths.path(str(python)) == str(python)
+    assert paths.path(str(data)) == str(pod_tmp / "venv" / "data.txt")
+    (pod_tmp / "venv" / "bin").mkdir(parents=True)
+    (pod_tmp / "venv" / "bin" / "python").write_text("")
+    assert paths.path(str(python)) == str(pod_tmp / "venv" / "bin" / "python")

@@ -23,6 +23,7 @@ the issue "The local cluster becomes a real Kubernetes node" replaces both with 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
 import sys
@@ -164,10 +165,18 @@ class PathMap:
         return cls(tuple(ordered))
 
     def path(self, value: str) -> str:
-        """`value` rewritten when it is a mount path or lies under one, else unchanged."""
+        """`value` rewritten when it is a mount path or lies under one, else unchanged.
+
+        Except an executable file of this machine that a mount would hide and the pod does not
+        have (an interpreter in a checkout under /tmp, where a pod mounts its /tmp emptyDir): the
+        node agent runs host processes, which use this machine's executables as they use its
+        PATH, wherever the checkout lies."""
         for mount, host in self.mounts:
             if value == mount or value.startswith(mount + "/"):
-                return host + value[len(mount) :]
+                mapped = host + value[len(mount) :]
+                if not os.path.exists(mapped) and os.path.isfile(value) and os.access(value, os.X_OK):
+                    return value
+                return mapped
         return value
 
     def arg(self, value: str) -> str:
