@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,26 @@ def _wait_ready(lc: LocalCluster, name: str, timeout_s: float = 180) -> None:
     def routed() -> bool:
         ips = [p["status"].get("podIP") for p in _worker_pods(lc, name) if _ready(p)]
         table = lc.run(["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
-        return bool(ips) and all(re.search(rf"\b{re.escape(str(ip))}(?![\d.])", table) for ip in ips)
+        # Endpoint chains are named <namespace>/<service>/tcp/<port>__<ip>/<port> (the
+        # <name>-reference Service selects the same pods: its chains must not count).
+        lines = [line for line in table.splitlines() if f"{NS}/{name}/tcp/" in line]
+        return bool(ips) and all(
+            any(re.search(rf"__{re.escape(str(ip))}/", line) for line in lines) for ip in ips
+        )
 
     lc.wait_for(routed, 60, f"kube-proxy routing {name}'s Service to its ready pods", 0.5)
+    url = lc.service_url(NS, name, 8000)
+    lc.wait_for(lambda: _answers(f"{url}/ready"), 60, f"{name}'s Service answering through kube-proxy", 0.5)
+
+
+def _answers(url: str) -> bool:
+    """Whether a GET through the Service gets a 200 (the forwarder into the namespace, then
+    kube-proxy's DNAT, both in place): /ready, which is no score and no demand."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _failures(outcomes: list[Outcome]) -> list[Outcome]:
