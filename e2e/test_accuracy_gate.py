@@ -67,11 +67,6 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _compress_python() -> Path:
-    env = os.environ.get("GRM_COMPRESS_PYTHON")
-    return Path(env) if env else REPO / ".venv-compress" / "bin" / "python"
-
-
 @dataclass(frozen=True)
 class Models:
     bf16: Path
@@ -89,8 +84,8 @@ def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         _skip_or_fail(missing)
     if not TINY_GRM.exists():
         _skip_or_fail(f"{TINY_GRM} missing (the quality CLI's tiny trained GRM)")
-    if not _compress_python().exists():
-        _skip_or_fail(f"{_compress_python()} missing (run `make compress-venv`)")
+    if not tools.compress_python().exists():
+        _skip_or_fail(f"{tools.compress_python()} missing (run `make compress-venv`)")
     # The trained model is cached in .cache/ keyed on the scripts that make it (training takes
     # ~90 s of CPU on 2 idle cores): a warm run reads it from there.
     scripts = [TINY_GRM, TINY_GRM.with_name("tiny_llama.py")]
@@ -226,7 +221,7 @@ def manifest(models: Models) -> dict[str, Any]:
                     {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/inductor"},
                     {"name": "VLLM_HOST_IP", "value": "127.0.0.1"},
                     # The Jobs' interpreters (the node agent runs them on this machine).
-                    {"name": "GRM_COMPRESS_PYTHON", "value": str(_compress_python())},
+                    {"name": "GRM_COMPRESS_PYTHON", "value": str(tools.compress_python())},
                     {"name": "GRM_VLLM_PYTHON", "value": str(VLLM_PYTHON)},
                 ],
                 "modelCache": {"sizeLimit": "1Gi"},

