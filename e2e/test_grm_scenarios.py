@@ -20,7 +20,6 @@ Every scenario counts its client requests and asserts on them.
 from __future__ import annotations
 
 import copy
-import re
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,26 +101,12 @@ def grmd(lc: LocalCluster) -> Iterator[Callable[..., str]]:
 
 
 def _wait_ready(lc: LocalCluster, name: str, timeout_s: float = 180) -> None:
-    """The GRMDeployment Ready, and kube-proxy sending its Service to every ready worker pod.
+    """The GRMDeployment Ready, and its Service answering `/ready` through kube-proxy.
 
-    Ready pods reach kube-proxy a moment later (the EndpointSlice controller, then kube-proxy's
-    sync, about a second each, more on a busy machine): a client's first connection before that
-    finds no endpoint, on any cluster. So the scenarios start once the pods' IPs are in kube-proxy's
-    nftables table, the condition a client's first request needs.
-    """
+    `service_url` waits until kube-proxy routes the Service to every ready worker pod (Ready
+    reaches kube-proxy a moment later: a client's first connection before that finds no endpoint,
+    on any cluster)."""
     lc.wait_for(lambda: _condition(_grmd(lc, name), "Ready") == "True", timeout_s, f"{name} Ready", 0.5)
-
-    def routed() -> bool:
-        ips = [p["status"].get("podIP") for p in _worker_pods(lc, name) if _ready(p)]
-        table = lc.run(["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
-        # Endpoint chains are named <namespace>/<service>/tcp/<port>__<ip>/<port> (the
-        # <name>-reference Service selects the same pods: its chains must not count).
-        lines = [line for line in table.splitlines() if f"{NS}/{name}/tcp/" in line]
-        return bool(ips) and all(
-            any(re.search(rf"__{re.escape(str(ip))}/", line) for line in lines) for ip in ips
-        )
-
-    lc.wait_for(routed, 60, f"kube-proxy routing {name}'s Service to its ready pods", 0.5)
     url = lc.service_url(NS, name, 8000)
     lc.wait_for(lambda: _answers(f"{url}/ready"), 60, f"{name}'s Service answering through kube-proxy", 0.5)
 

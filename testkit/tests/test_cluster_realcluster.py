@@ -107,7 +107,7 @@ def test_handle_runs_kubectl_proxy_and_reaches_the_api_through_it(tmp_path: Path
         assert status == 404
         with pytest.raises(RealClusterError, match="GET /missing: 404"):
             cluster.get("/missing")
-        url = cluster.service_url("rl", "reward", 8000)
+        url = cluster.service_url("rl", "reward", 8000, routed=False)
         assert url == cluster.proxy_url + "/api/v1/namespaces/rl/services/reward:8000/proxy"
         assert cluster.kubectl("get", "pods").stdout.strip() == '["get", "pods"]'
         assert cluster.helm("status", "grm", "fail", check=False).returncode == 3

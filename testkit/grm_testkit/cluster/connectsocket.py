@@ -60,7 +60,8 @@ async def serve_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
             raise ValueError(f"refused: {line!r}")
         upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
     except (OSError, ValueError, TimeoutError) as exc:
-        log.debug("connect socket: %s", exc)
+        # A client of the forwarder sees this as a connection closed without a response: say why.
+        log.warning("connect socket: %s: %r", line, exc)
         writer.close()
         return
     await splice((reader, writer), upstream)
@@ -89,7 +90,8 @@ class Forwarder:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 inner = await asyncio.open_unix_connection(self.socket_path)
-            except OSError:
+            except OSError as exc:
+                log.warning("forwarder: %s:%d: %r", host, port, exc)
                 writer.close()
                 return
             inner[1].write(f"CONNECT {host}:{port}\n".encode())

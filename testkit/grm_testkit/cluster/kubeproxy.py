@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -67,6 +68,25 @@ def _which(name: str) -> str | None:
         if directory and candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def routed_endpoints(table: str, namespace: str, service: str, port_name: str) -> set[str]:
+    """The endpoint IPs that new connections to a Service port go to, read from `nft list table ip
+    kube-proxy` (`table`): the `numgen random mod N vmap { i : goto endpoint-…__<ip>/<port> }` of
+    the chain `service-<hash>-<namespace>/<service>/tcp/<port name>`; empty while kube-proxy has
+    not written that chain (no endpoint yet: a connection is rejected)."""
+    header = f"-{namespace}/{service}/tcp/{port_name} {{"
+    ips: set[str] = set()
+    inside = False
+    for line in table.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("chain "):
+            inside = stripped.startswith("chain service-") and stripped.endswith(header)
+        elif inside and stripped == "}":
+            inside = False
+        elif inside:
+            ips.update(re.findall(r"goto endpoint-[^\s,}]*__([0-9.]+)/\d+", stripped))
+    return ips
 
 
 def config(kubeconfig: Path, node_name: str, node_ip: str, cluster_cidr: str) -> dict[str, object]:

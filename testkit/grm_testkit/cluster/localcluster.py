@@ -338,10 +338,60 @@ class LocalCluster:
         svc = self.get(f"/api/v1/namespaces/{quote(namespace)}/services/{quote(service)}")
         return str(svc["spec"]["clusterIP"])
 
-    def service_url(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:
+    def service_url(
+        self, namespace: str, service: str, port: int, scheme: str = "http", *, routed: bool = True
+    ) -> str:
         """A host URL for Service `namespace/service` port `port`: through the forwarder to the
-        ClusterIP, i.e. through kube-proxy (one ready pod per connection, chosen when it opens)."""
+        ClusterIP, i.e. through kube-proxy (one ready pod per connection, chosen when it opens).
+
+        With `routed` (the default) it first waits (`wait_routed`) until kube-proxy sends new
+        connections to every ready pod the Service selects, so a client's first request does not
+        meet the window, right after the pods got Ready, in which a real node rejects it."""
+        if routed:
+            self.wait_routed(namespace, service, port)
         return self.url(self.cluster_ip(namespace, service), port, scheme)
+
+    def ready_pod_ips(self, namespace: str, service: str) -> set[str]:
+        """The IPs of the Ready, not terminating pods that Service `namespace/service` selects."""
+        svc = self.get(f"/api/v1/namespaces/{quote(namespace)}/services/{quote(service)}")
+        selector = ",".join(f"{k}={v}" for k, v in sorted((svc["spec"].get("selector") or {}).items()))
+        if not selector:
+            return set()
+        pods = self.get(f"/api/v1/namespaces/{quote(namespace)}/pods?labelSelector={quote(selector)}")
+        return {
+            str(pod["status"]["podIP"])
+            for pod in pods["items"]
+            if pod["status"].get("podIP")
+            and not pod["metadata"].get("deletionTimestamp")
+            and any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in pod["status"].get("conditions") or []
+            )
+        }
+
+    def wait_routed(self, namespace: str, service: str, port: int, timeout_s: float = 60.0) -> set[str]:
+        """Waits until kube-proxy's nftables table sends new connections for the Service's `port`
+        to every Ready pod the Service selects (at least one), and returns their IPs.
+
+        A pod's Ready reaches kube-proxy through the EndpointSlice controller and then kube-proxy's
+        own sync (about a second each, more on a busy machine); a connection in between finds no
+        endpoint and is rejected — as on any cluster, which is why a test must wait for this and not
+        for Ready alone."""
+        svc = self.get(f"/api/v1/namespaces/{quote(namespace)}/services/{quote(service)}")
+        names = [p.get("name") or "" for p in svc["spec"].get("ports") or [] if p.get("port") == port]
+        if not names:
+            raise LocalClusterError(f"Service {namespace}/{service} has no port {port}")
+
+        def routed() -> set[str] | None:
+            ready = self.ready_pod_ips(namespace, service)
+            table = self.run(["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
+            ips = kubeproxy.routed_endpoints(table, namespace, service, names[0])
+            return ready if ready and ready <= ips else None
+
+        result: set[str] = self.wait_for(
+            routed, timeout_s, f"kube-proxy routing {namespace}/{service}:{port} to its ready pods", 0.25
+        )
+        return result
 
     def service_address(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:
         """The in-cluster URL (for processes inside), e.g. http://10.96.12.7:8000."""

@@ -63,7 +63,11 @@ class ClusterHandle(Protocol):
 
     def get(self, path: str) -> Json: ...
 
-    def service_url(self, namespace: str, service: str, port: int, scheme: str = "http") -> str: ...
+    def service_url(
+        self, namespace: str, service: str, port: int, scheme: str = "http", *, routed: bool = True
+    ) -> str: ...
+
+    def wait_routed(self, namespace: str, service: str, port: int, timeout_s: float = 60.0) -> set[str]: ...
 
     def wait_for(
         self, predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2
@@ -291,10 +295,38 @@ class RealCluster:
         result: Json = body
         return result
 
-    def service_url(self, namespace: str, service: str, port: int, scheme: str = "http") -> str:
+    def service_url(
+        self, namespace: str, service: str, port: int, scheme: str = "http", *, routed: bool = True
+    ) -> str:
         """A URL on this machine for Service `namespace/service` port `port`: the proxy, then the
-        API server's service proxy to a ready endpoint. Append the request path to it."""
+        API server's service proxy to a ready endpoint. Append the request path to it. With
+        `routed` (the default) it first waits until the Service has a ready endpoint
+        (`wait_routed`)."""
+        if routed:
+            self.wait_routed(namespace, service, port)
         return self.proxy_url + service_proxy_path(namespace, service, port, scheme)
+
+    def wait_routed(self, namespace: str, service: str, port: int, timeout_s: float = 60.0) -> set[str]:
+        """Waits until the Service's EndpointSlices list a ready endpoint (the API server's service
+        proxy picks among those; kube-proxy's rules on the nodes cannot be read from here) and
+        returns the ready addresses."""
+
+        def ready() -> set[str] | None:
+            slices = self.get(
+                f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+                f"?labelSelector=kubernetes.io/service-name={service}"
+            )
+            addresses = {
+                str(address)
+                for each in slices["items"]
+                for endpoint in each.get("endpoints") or []
+                if (endpoint.get("conditions") or {}).get("ready")
+                for address in endpoint.get("addresses") or []
+            }
+            return addresses or None
+
+        result: set[str] = self.wait_for(ready, timeout_s, f"a ready endpoint of {namespace}/{service}", 0.5)
+        return result
 
     def wait_for(
         self, predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2
