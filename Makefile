@@ -56,12 +56,14 @@ tools: $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION)
 # nftables (nft) and conntrack for the local cluster's real kube-proxy (nftables mode) and the
 # keep-alive drain tests' per-connection Service VIP (grm_testkit.l4path); iptables
 # for its iptables-mode fallback and tools that still expect it; containerd 1.6, runc, the CNI
-# plugins and umoci (image packing) for its real kubelet (`node_runtime="kubelet"`).
-NODE_DEBS := nftables iptables conntrack containerd runc containernetworking-plugins umoci
+# plugins and umoci (image packing) for its real kubelet (`node_runtime="kubelet"`); debootstrap for
+# the project's own images on that node (grm_testkit.cluster.pyimages).
+NODE_DEBS := nftables iptables conntrack containerd runc containernetworking-plugins umoci debootstrap
 .PHONY: system-deps
 system-deps:
 	@if ! command -v nft >/dev/null || ! command -v conntrack >/dev/null || ! command -v iptables >/dev/null \
-	    || ! command -v containerd >/dev/null || ! command -v umoci >/dev/null || ! test -x /usr/lib/cni/bridge; then \
+	    || ! command -v containerd >/dev/null || ! command -v umoci >/dev/null || ! test -x /usr/lib/cni/bridge \
+	    || ! test -x /usr/sbin/debootstrap; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_DEBS) >/dev/null) \
 	      || echo "warning: could not install $(NODE_DEBS)"; \

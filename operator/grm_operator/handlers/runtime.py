@@ -156,7 +156,8 @@ def run(settings: OperatorSettings) -> None:
     if settings.leader_election_lease:
         asyncio.run(_run_elected(settings, kopf_registry, ks, _ctx, liveness))
         return
-    kopf.run(**_kopf_arguments(settings, kopf_registry, ks, liveness))
+    identity = unique_identity(settings.leader_election_identity)
+    kopf.run(**_kopf_arguments(settings, kopf_registry, ks, liveness, identity))
 
 
 def _kopf_arguments(
@@ -164,8 +165,15 @@ def _kopf_arguments(
     registry: kopf.OperatorRegistry,
     ks: kopf.OperatorSettings,
     liveness: str | None,
+    identity: str,
 ) -> dict[str, Any]:
-    """What kopf runs with, alone or once elected: the same registry, settings and scope."""
+    """What kopf runs with, alone or once elected: the same registry, settings and scope.
+
+    `identity` is given because kopf's own default (`peering.detect_own_id`) calls
+    `getpass.getuser()`, which raises `KeyError: 'getpwuid(): uid not found: 65532'` in the
+    operator image: the chart runs it as uid 65532, which has no /etc/passwd entry there (nor in
+    any slim Python image). Seen on the local cluster's real kubelet: the operator crash-looped
+    right after acquiring its Lease."""
     return {
         "registry": registry,
         "settings": ks,
@@ -173,6 +181,7 @@ def _kopf_arguments(
         "liveness_endpoint": liveness,
         "clusterwide": settings.clusterwide,
         "namespaces": list(settings.namespaces),
+        "identity": identity,
     }
 
 
@@ -246,7 +255,7 @@ async def _run_elected(
             await standby.cleanup()
     ctx.metrics.leader.set(1)
     operator = asyncio.create_task(
-        kopf.operator(**_kopf_arguments(settings, kopf_registry, ks, liveness)),
+        kopf.operator(**_kopf_arguments(settings, kopf_registry, ks, liveness, elector.identity)),
         name="kopf",
     )
     holding = asyncio.create_task(elector.hold(), name="lease-renewal")

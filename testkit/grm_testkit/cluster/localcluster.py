@@ -397,6 +397,19 @@ class LocalCluster:
         """The in-cluster URL (for processes inside), e.g. http://10.96.12.7:8000."""
         return f"{scheme}://{self.cluster_ip(namespace, service)}:{port}"
 
+    def load_image(self, tarball: Path, reference: str) -> None:
+        """Imports an OCI image tarball (tagged as `reference`'s tag) into every real node's
+        containerd as `reference` (`docker.io/local/NAME:TAG`), as `kind load image-archive` does;
+        pods then run it with `imagePullPolicy: Never` or `IfNotPresent`. Only for
+        `node_runtime="kubelet"`: the node agent runs commands, not images."""
+        if not self.state:
+            raise LocalClusterError("the local cluster is not started")
+        if self.options.node_runtime != "kubelet":
+            raise LocalClusterError("load_image needs node_runtime='kubelet' (the node agent runs no images)")
+        for node in self.state["nodes"]:
+            socket = realnode.containerd_socket(self.workdir, node["name"])
+            realnode.import_tarball(socket, tarball, reference)
+
     def pod_dir(self, namespace: str, name: str) -> Path | None:
         """A running pod's directory (volumes, logs, kubeconfig), or None."""
         matches = sorted((self.workdir / "pods").glob(f"{namespace}_{name}_*"))

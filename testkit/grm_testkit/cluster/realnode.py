@@ -296,6 +296,19 @@ def remove_cgroup_root(name: str) -> None:
                 directory.rmdir()
 
 
+def containerd_socket(workdir: Path, node_name: str) -> Path:
+    """Where the containerd of node `node_name` listens (under the cluster's workdir)."""
+    return workdir / "nodes" / node_name / "containerd" / "containerd.sock"
+
+
+def import_tarball(socket: Path, tarball: Path, reference: str) -> None:
+    """Imports an OCI layout tarball whose tag is `reference`'s into the containerd at `socket`
+    (CRI's `k8s.io` namespace), named `reference` (`docker.io/local/NAME:TAG`)."""
+    base = reference.rsplit(":", 1)[0]
+    argv = ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "import"]
+    _run([*argv, "--base-name", base, "--digests", "--all-platforms", str(tarball)], timeout_s=600)
+
+
 # --- the node ---------------------------------------------------------------------------------
 class RealNode:
     """containerd + kubelet for one node, in the current network namespace."""
@@ -327,7 +340,7 @@ class RealNode:
 
     @property
     def socket(self) -> Path:
-        return self.dir / "containerd" / "containerd.sock"
+        return containerd_socket(self.dir.parent.parent, self.name)
 
     def ctr(self, *args: str, timeout_s: float = 120.0) -> str:
         return _run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args], timeout_s)
@@ -374,8 +387,7 @@ class RealNode:
     def import_image(self, image: LocalImage) -> str:
         """Builds (or takes from the cache) and imports `image`; returns its reference."""
         tarball = build_image(image, self.image_cache)
-        base = image.reference().rsplit(":", 1)[0]
-        self.ctr("images", "import", "--base-name", base, "--digests", "--all-platforms", str(tarball))
+        import_tarball(self.socket, tarball, image.reference())
         return image.reference()
 
     def start_kubelet(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import kopf
 import pytest
 
 from grm_operator.handlers.runtime import add_arguments, kopf_settings, settings_from_args
@@ -112,3 +113,14 @@ def test_leader_election_settings_and_timing_order() -> None:
         OperatorSettings.from_env({"GRM_LEASE_DURATION_S": "10", "GRM_LEASE_RENEW_DEADLINE_S": "10"})
     with pytest.raises(SettingsError, match="GRM_LEADER_ELECTION_LEASE"):
         OperatorSettings.from_env({"GRM_LEADER_ELECTION_LEASE": "Not A Name"})
+
+
+def test_kopf_gets_an_identity_so_it_never_asks_the_passwd_database() -> None:
+    """The chart runs the operator as uid 65532, which has no passwd entry in the image: kopf's
+    default identity (`getpass.getuser()`) would raise KeyError there and crash the operator."""
+    from grm_operator.handlers import runtime
+
+    settings = OperatorSettings.from_env({})
+    registry, ks = kopf.OperatorRegistry(), kopf.OperatorSettings()
+    args = runtime._kopf_arguments(settings, registry, ks, None, "pod-1_ab")
+    assert args["identity"] == "pod-1_ab"
