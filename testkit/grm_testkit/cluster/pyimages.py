@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grm_testkit.cluster import tools
+from grm_testkit.cluster.realnode import run_program
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -70,29 +70,19 @@ def missing() -> str | None:
     """Why images cannot be built here (not root, or a Debian program absent), or None."""
     if os.geteuid() != 0:
         return "building images needs root (debootstrap, chroot)"
-    absent = [p for p in ("debootstrap", "umoci") if shutil.which(p, path=_path()) is None]
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    absent = [p for p in ("debootstrap", "umoci") if shutil.which(p, path=path) is None]
     if absent:
         return f"{', '.join(absent)} not installed (run `make system-deps` as root)"
     return None
 
 
-def _path() -> str:
-    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+# A step's limit: a loaded 2-core machine took 190 s for debootstrap and 60 s for a repack.
+STEP_TIMEOUT_S = 1200.0
 
 
-def _run(argv: Sequence[str], timeout_s: float = 600.0) -> str:
-    result = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, "PATH": _path()},
-        check=False,
-    )
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip()[-3000:]
-        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {tail}")
-    return result.stdout
+def _step(argv: Sequence[str]) -> str:
+    return run_program(argv, timeout_s=STEP_TIMEOUT_S)
 
 
 def cache_dir() -> Path:
@@ -113,7 +103,7 @@ def base_rootfs(cache: Path | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="grm-base-", dir=cache) as tmp:
         root = Path(tmp) / "root"
-        _run(
+        _step(
             [
                 "debootstrap",
                 "--variant=minbase",
@@ -121,8 +111,7 @@ def base_rootfs(cache: Path | None = None) -> Path:
                 SUITE,
                 str(root),
                 MIRROR,
-            ],
-            timeout_s=1200,
+            ]
         )
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
             shutil.rmtree(root / leftover, ignore_errors=True)
@@ -172,17 +161,17 @@ def build(image: ProjectImage, repo: Path | None = None, cache: Path | None = No
     with tempfile.TemporaryDirectory(prefix=f"grm-{image.name}-", dir=cache) as tmp:
         wheels, layout, bundle = Path(tmp) / "wheels", Path(tmp) / "layout", Path(tmp) / "bundle"
         # The host's pip, with the host's network settings; the image installs them offline.
-        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), f"{repo}[{image.extra}]"])
+        _step([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), f"{repo}[{image.extra}]"])
         ref = f"{layout}:{tag}"
-        _run(["umoci", "init", "--layout", str(layout)])
-        _run(["umoci", "new", "--image", ref])
-        _run(["umoci", "unpack", "--image", ref, str(bundle)])
+        _step(["umoci", "init", "--layout", str(layout)])
+        _step(["umoci", "new", "--image", ref])
+        _step(["umoci", "unpack", "--image", ref, str(bundle)])
         rootfs = bundle / "rootfs"
         with tarfile.open(base) as tar:
             tar.extractall(rootfs, filter="fully_trusted")
         shutil.copytree(wheels, rootfs / "tmp" / "wheels")
-        _run(["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", VENV])
-        _run(
+        _step(["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", VENV])
+        _step(
             [
                 "chroot",
                 str(rootfs),
@@ -198,12 +187,12 @@ def build(image: ProjectImage, repo: Path | None = None, cache: Path | None = No
             ]
         )
         shutil.rmtree(rootfs / "tmp" / "wheels")
-        _run(["umoci", "repack", "--image", ref, str(bundle)])
+        _step(["umoci", "repack", "--image", ref, str(bundle)])
         config = ["umoci", "config", "--image", ref, f"--config.user={image.user}"]
         config += [f"--config.env={PATH_ENV}", "--config.env=PYTHONDONTWRITEBYTECODE=1"]
         config += ["--config.env=PYTHONUNBUFFERED=1"]
         config += [f"--config.entrypoint={part}" for part in image.entrypoint]
-        _run(config)
+        _step(config)
         partial = out.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(layout, arcname=".")

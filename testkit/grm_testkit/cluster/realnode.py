@@ -121,17 +121,17 @@ def build_image(image: LocalImage, cache_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="grm-image-") as tmp:
         layout, bundle = Path(tmp) / "layout", Path(tmp) / "bundle"
         ref = f"{layout}:{tag}"
-        _run(["umoci", "init", "--layout", str(layout)])
-        _run(["umoci", "new", "--image", ref])
-        _run(["umoci", "unpack", "--rootless", "--image", ref, str(bundle)])
+        run_program(["umoci", "init", "--layout", str(layout)])
+        run_program(["umoci", "new", "--image", ref])
+        run_program(["umoci", "unpack", "--rootless", "--image", ref, str(bundle)])
         for source, target in image.files:
             dest = bundle / "rootfs" / target.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
-        _run(["umoci", "repack", "--image", ref, str(bundle)])
+        run_program(["umoci", "repack", "--image", ref, str(bundle)])
         config = ["umoci", "config", "--image", ref]
         config += [f"--config.entrypoint={part}" for part in image.entrypoint]
-        _run(config)
+        run_program(config)
         partial = out.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(layout, arcname=".")
@@ -139,7 +139,9 @@ def build_image(image: LocalImage, cache_dir: Path) -> Path:
     return out
 
 
-def _run(argv: Sequence[str], timeout_s: float = 120.0) -> str:
+def run_program(argv: Sequence[str], timeout_s: float = 120.0) -> str:
+    """Runs a node program (/usr/sbin on PATH); its stdout, or RuntimeError with its stderr's tail
+    (stdout's when stderr is empty)."""
     result = subprocess.run(
         list(argv),
         capture_output=True,
@@ -149,7 +151,8 @@ def _run(argv: Sequence[str], timeout_s: float = 120.0) -> str:
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+        tail = (result.stderr or result.stdout).strip()[-3000:]
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {tail}")
     return result.stdout
 
 
@@ -306,7 +309,7 @@ def import_tarball(socket: Path, tarball: Path, reference: str) -> None:
     (CRI's `k8s.io` namespace), named `reference` (`docker.io/local/NAME:TAG`)."""
     base = reference.rsplit(":", 1)[0]
     argv = ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "import"]
-    _run([*argv, "--base-name", base, "--digests", "--all-platforms", str(tarball)], timeout_s=600)
+    run_program([*argv, "--base-name", base, "--digests", "--all-platforms", str(tarball)], timeout_s=600)
 
 
 # --- the node ---------------------------------------------------------------------------------
@@ -343,7 +346,7 @@ class RealNode:
         return containerd_socket(self.dir.parent.parent, self.name)
 
     def ctr(self, *args: str, timeout_s: float = 120.0) -> str:
-        return _run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args], timeout_s)
+        return run_program(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args], timeout_s)
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
         with (self.dir / log_name).open("ab") as out:
@@ -443,9 +446,9 @@ class RealNode:
         runc_root = self.dir / "containerd" / "runc" / "k8s.io"
         if runc_root.is_dir():
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                for line in _run(["runc", "--root", str(runc_root), "list", "-q"], 10).split():
+                for line in run_program(["runc", "--root", str(runc_root), "list", "-q"], 10).split():
                     with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                        _run(["runc", "--root", str(runc_root), "delete", "--force", line], 10)
+                        run_program(["runc", "--root", str(runc_root), "delete", "--force", line], 10)
         _unmount_below(self.dir)
         for path in netns_files:
             subprocess.run(["umount", str(path)], capture_output=True, check=False, timeout=10)
