@@ -553,11 +553,12 @@ def test_declared_parameter_count_beats_the_name_and_an_unknown_size_still_reque
 
 
 def test_simulated_workers_request_only_the_fronts_share() -> None:
-    # The sim engine loads no weights: 8 simulated fp8 replicas of a 27B model must fit the local
-    # cluster's one node (256Gi), not ask for 8 × 59Gi.
+    # The sim engine loads no weights and runs no GPU process: 8 simulated fp8 replicas of a 27B
+    # model must fit one small node (the real node here: 2 CPUs, 24 GiB), not ask for 8 × 59Gi.
     g = grmd(lambda body: body["metadata"].update(annotations={ANNOTATION_WORKER_ENGINE: "sim"}))
     fp8 = _pod(g, "fp8")["containers"][0]["resources"]
-    assert fp8["requests"]["memory"] == "4Gi"  # 3 GiB front + 1 GiB /dev/shm
+    assert fp8["requests"]["memory"] == "512Mi" and fp8["limits"]["memory"] == "640Mi"
+    assert fp8["requests"]["cpu"] == "100m"
     assert fp8["limits"]["nvidia.com/gpu"] == "1"
 
 
