@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from grm_testkit.cluster import realcluster, tools
+from grm_testkit.cluster import pyimages, realcluster, tools
 from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.cluster.realcluster import ClusterHandle, RealCluster
 
@@ -45,6 +45,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the e2e tests against the cluster of $KUBECONFIG instead of a local cluster "
         "(skipped without KUBECONFIG)",
+    )
+    parser.addoption(
+        "--node-runtime",
+        choices=("agent", "kubelet"),
+        default="agent",
+        help="what runs the local cluster's pods: our node agent, or the real kubelet with containerd "
+        "and the operator's and sim worker's images built here (grm_testkit.cluster.pyimages)",
     )
 
 
@@ -85,19 +92,23 @@ def operator_pod(cluster: ClusterHandle) -> dict[str, Any] | None:
     return live[0] if len(live) == 1 and _ready(live[0]) else None
 
 
-def _local() -> Iterator[LocalCluster]:
+def _local(node_runtime: str) -> Iterator[LocalCluster]:
     why = LocalCluster.unavailable()
+    if node_runtime == "kubelet":
+        why = why or LocalCluster.real_node_unavailable() or pyimages.missing()
     if why is not None:
         _skip_or_fail(why)
     if tools.kubectl() is None or tools.helm() is None:
         _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=LOCAL_GPUS, scrape_interval_s=SCRAPE_INTERVAL_S) as cluster:
-        values: list[str] = []
+    with LocalCluster(
+        gpus=LOCAL_GPUS, scrape_interval_s=SCRAPE_INTERVAL_S, node_runtime=node_runtime, start_timeout_s=300
+    ) as cluster:
+        values: list[str] = pyimages.load_project_images(cluster) if node_runtime == "kubelet" else []
         if cluster.prometheus_url:
             # As on a real cluster: the chart's prometheus.url becomes the operator's
             # GRM_PROMETHEUS_URL, used by GRMDeployments with metrics.source Prometheus and no
             # prometheusURL of their own (those with source Direct are unaffected).
-            values = ["--set", f"prometheus.url={cluster.prometheus_url}"]
+            values += ["--set", f"prometheus.url={cluster.prometheus_url}"]
         cluster.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", *values)
         cluster.wait_for(lambda: operator_pod(cluster), OPERATOR_READY_S, "the operator pod Ready")
         yield cluster
@@ -125,7 +136,9 @@ def _real() -> Iterator[RealCluster]:
 def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     """The cluster of this module's tests, the operator installed and Ready: a `LocalCluster`, or
     a `RealCluster` with --real-cluster; tests should use only what `ClusterHandle` offers."""
-    handle: Iterator[ClusterHandle] = _real() if real_cluster_mode(request.config) else _local()
+    handle: Iterator[ClusterHandle] = (
+        _real() if real_cluster_mode(request.config) else _local(request.config.getoption("--node-runtime"))
+    )
     yield from handle
 
 

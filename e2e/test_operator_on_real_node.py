@@ -45,21 +45,8 @@ def real() -> Iterator[LocalCluster]:
     why = LocalCluster.real_node_unavailable() or pyimages.missing()
     if why is not None:
         _fail_or_skip(why)
-    images = {image: pyimages.build(image) for image in (pyimages.OPERATOR, pyimages.WORKER_SIM)}
     with LocalCluster(gpus=4, node_runtime="kubelet", prometheus=False, start_timeout_s=300) as cluster:
-        for image, tarball in images.items():
-            cluster.load_image(tarball, pyimages.reference(image))
-        operator_repo, operator_tag = pyimages.reference(pyimages.OPERATOR).rsplit(":", 1)
-        worker_repo, worker_tag = pyimages.reference(pyimages.WORKER_SIM).rsplit(":", 1)
-        values = {
-            "image.repository": operator_repo,
-            "image.tag": operator_tag,
-            "image.pullPolicy": "Never",
-            "worker.image.repository": worker_repo,
-            "worker.image.tag": worker_tag,
-            "worker.pullPolicy": "Never",
-        }
-        sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+        sets = pyimages.load_project_images(cluster)
         cluster.helm("install", "grm", str(CHART), "-n", OPERATOR_NS, "--create-namespace", *sets)
         try:
             cluster.wait_for(lambda: _operator_pod(cluster), 240, "the operator pod Ready", 1.0)

@@ -416,7 +416,16 @@ class LocalCluster:
         return matches[-1] if matches else None
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
-        """A container's output (all its restarts), as `kubectl logs` would show it."""
+        """A container's output (all its restarts), as `kubectl logs` would show it: on a real node
+        `kubectl logs` itself (the previous run's, then the current one's; the kubelet keeps one
+        previous), on the node agent its log files."""
+        if self.options.node_runtime == "kubelet":
+            which = ["-c", container] if container else ["--all-containers"]
+            runs = [
+                self.kubectl("-n", namespace, "logs", name, *which, *previous, check=False).stdout
+                for previous in (["--previous"], [])
+            ]
+            return "".join(runs)
         directory = self.pod_dir(namespace, name)
         if directory is None:
             return ""

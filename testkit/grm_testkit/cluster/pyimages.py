@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grm_testkit.cluster import tools
+from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.cluster.realnode import run_program
 
 SUITE = "bookworm"
@@ -198,3 +199,27 @@ def build(image: ProjectImage, repo: Path | None = None, cache: Path | None = No
             tar.add(layout, arcname=".")
         partial.replace(out)
     return out
+
+
+def chart_values(operator: str, worker: str) -> list[str]:
+    """`helm install` arguments naming the operator and worker images (references as
+    :func:`reference` gives them), never pulled."""
+    operator_repo, operator_tag = operator.rsplit(":", 1)
+    worker_repo, worker_tag = worker.rsplit(":", 1)
+    values = {
+        "image.repository": operator_repo,
+        "image.tag": operator_tag,
+        "image.pullPolicy": "Never",
+        "worker.image.repository": worker_repo,
+        "worker.image.tag": worker_tag,
+        "worker.pullPolicy": "Never",
+    }
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def load_project_images(cluster: LocalCluster) -> list[str]:
+    """Builds (or takes from the cache) the operator and sim worker images, loads them into the
+    cluster's real nodes and returns the `helm install` arguments that name them."""
+    for image in (OPERATOR, WORKER_SIM):
+        cluster.load_image(build(image), reference(image))
+    return chart_values(reference(OPERATOR), reference(WORKER_SIM))
