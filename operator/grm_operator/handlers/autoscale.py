@@ -415,6 +415,7 @@ class Autoscaler:
         token = None if owner is None else await tokens.token(owner)
         if token is None:
             log.warning("%s/%s: no admin token yet; sample budget %d not pushed", *key, samples)
+            self.ctx.metrics.sample_pushes.labels(result="no_token").inc(len(pods))
             return
         headers = bearer_header(token)
 
@@ -436,8 +437,11 @@ class Autoscaler:
         for pod, res in zip(pods, results, strict=True):
             if isinstance(res, BaseException):
                 log.warning("%s/%s: sample budget %d not set on pod %s: %s", *key, samples, pod.name, res)
+                refused = isinstance(res, aiohttp.ClientResponseError) and res.status == 401
+                self.ctx.metrics.sample_pushes.labels(result="unauthorized" if refused else "error").inc()
             else:
                 pushed[pod.name] = samples
+                self.ctx.metrics.sample_pushes.labels(result="ok").inc()
 
     async def close(self) -> None:
         """Stop the schedule and its ticks, close HTTP sessions."""

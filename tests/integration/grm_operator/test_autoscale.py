@@ -242,6 +242,10 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
     token = base64.b64decode(secret["data"]["token"]).decode()
     assert len(token) >= 43 and slow.admin_authorization == [f"Bearer {token}"]
     assert token not in cluster.operator.log_path.read_text(errors="replace")  # never logged
+    cluster.wait(
+        lambda: cluster.operator.metric("grm_operator_sample_pushes_total", result="ok") >= 1, "push counted"
+    )
+    assert cluster.operator.metric("grm_operator_sample_pushes_total", result="unauthorized") == 0
     # Panic on the breach: at least ready × min(2, p95 ÷ SLO) = 2 replicas, within 4 GPUs / 2 each.
     cluster.wait(lambda: cluster.replicas(ns, "bf16") == 2, "bf16 scaled up to 2")
     scaled = cluster.events(ns)["ScaledUp"]
