@@ -19,7 +19,9 @@ Every scenario counts its client requests and asserts on them.
 
 from __future__ import annotations
 
+import base64
 import copy
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,6 +165,39 @@ def test_apply_pods_ready_service_answers_score_and_chat(lc: LocalCluster, grmd:
     )
     assert status == 200, chat
     assert chat["choices"][0]["message"]["content"]
+    _admin_api_needs_the_secrets_token(lc, name, pods)
+
+
+# Inside the cluster's network: GET /admin/samples of a pod IP, print the status code.
+_ADMIN_PROBE = """
+import sys, urllib.error, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+headers = {"Authorization": "Bearer " + token} if token else {}
+request = urllib.request.Request(url, headers=headers)
+try:
+    print(urllib.request.urlopen(request, timeout=10).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+
+
+def _admin_api_needs_the_secrets_token(lc: Any, name: str, pods: list[dict[str, Any]]) -> None:
+    """The operator created the GRMDeployment's admin token Secret, its pods read it, and their
+    admin API (pod IP, port 8001: what any pod of the cluster can reach) answers 401 without it
+    and 200 with it. The operator's own pushes were accepted: no worker refused one."""
+    secret = lc.get(f"/api/v1/namespaces/{NS}/secrets/{name}-admin-token")
+    assert secret["metadata"]["ownerReferences"][0]["name"] == name and secret["immutable"] is True
+    if not isinstance(lc, LocalCluster):
+        return  # a real cluster's pod network is not reachable from the test's host
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    for pod in pods:
+        assert "admin request" not in lc.pod_log(NS, pod["metadata"]["name"]), "a push was refused"
+        url = f"http://{pod['status']['podIP']}:8001/admin/samples"
+        codes = [
+            lc.run([sys.executable, "-c", _ADMIN_PROBE, url, credential]).stdout.strip()
+            for credential in ("", "not-" + token, token)
+        ]
+        assert codes == ["401", "401", "200"], (pod["metadata"]["name"], codes)
 
 
 def _history(lc: LocalCluster, name: str) -> str:

@@ -93,6 +93,7 @@ class Kind:
 
 DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment")
 CONFIGMAPS = Kind("", "v1", "configmaps", "ConfigMap")
+SECRETS = Kind("", "v1", "secrets", "Secret")
 SERVICES = Kind("", "v1", "services", "Service")
 PDBS = Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 JOBS = Kind("batch", "v1", "jobs", "Job")

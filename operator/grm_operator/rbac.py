@@ -8,7 +8,8 @@ authoriser, so a missing verb fails a test rather than a user's install. Each ru
 Least privilege: the rules are exactly the (group, resource, verb) grants the code uses, which
 :mod:`hack.rbac_usage` derives from the source (tests/unit/hack/test_rbac_derived.py compares).
 No ``get`` on what it manages: kopf lists then watches, and the reconciler reads its children from
-that cache; the one object read singly is the leader-election Lease.
+that cache; the objects read singly are the leader-election Lease, a user's evaluation-set
+ConfigMap and each GRMDeployment's admin token Secret (get and create, never list or watch).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("configmaps",),
         ("get",),
         "read a user's evaluation set (precision.evaluationSet.configMapRef) to hash its content",
+    ),
+    Rule(
+        ("",),
+        ("secrets",),
+        ("get", "create"),
+        "create each GRMDeployment's worker admin token Secret once and read it to authenticate "
+        "the sample-budget pushes (no list/watch: the cluster's other Secrets are never cached)",
     ),
     Rule(
         ("batch",),

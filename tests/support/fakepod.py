@@ -1,7 +1,8 @@
 """A fixture metrics server whose numbers the test controls: it serves vLLM-format ``/metrics``
 text (tests/support/vllm_text.py) whose counters and histograms advance with wall time at the request
 rate and latencies the test sets, and records the sample budgets POSTed to ``/admin/samples`` on
-a second listener (``admin_url``), as the real worker serves its admin API apart from its front.
+a second listener (``admin_url``), as the real worker serves its admin API apart from its front,
+with the Authorization header each push carried (``admin_authorization``).
 Runs in threads (stdlib ThreadingHTTPServer), so a test's event loop and blocking pollers both
 work beside it.
 """
@@ -50,6 +51,8 @@ class FakeWorker:
         self.old_names = old_names
         #: Sample budgets POSTed to /admin/samples, in order (the operator's pushes).
         self.samples: list[int] = []
+        #: The Authorization header of each of those pushes (None: absent), in the same order.
+        self.admin_authorization: list[str | None] = []
         self.extra = extra
         #: With a number, the GRM front's grm_score_samples_shed_total: that many samples shed per
         #: request served (None: the counter is absent, as on a plain vLLM pod).
@@ -165,6 +168,7 @@ class FakeWorker:
                 value = json.loads(self.rfile.read(length) or b"{}").get("samples")
                 with worker.lock:
                     worker.samples.append(int(value))
+                    worker.admin_authorization.append(self.headers.get("Authorization"))
                 body = json.dumps({"samples": value}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from grm_testkit.cluster import ports
 from grm_testkit.cluster.ports import free_port as free_port
+from grm_worker.contract.admin import ADMIN_TOKEN_ENV, bearer_header
 
 
 class WorkerProcess:
@@ -34,7 +36,8 @@ class WorkerProcess:
     `engine_port`, the vLLM child's loopback port is chosen the same way and passed as
     ``--engine-port`` (`engine_port_chosen`): vLLM binds it many seconds after the choice, and a
     port fixed in the config file could not be chosen afresh. With `admin_port`, the admin API's
-    port is chosen the same way and passed as ``--admin-port`` (`admin_url`).
+    port is chosen the same way and passed as ``--admin-port`` (`admin_url`), and the worker gets
+    a random bearer token in ``GRM_ADMIN_TOKEN``, as the operator's pods do (`admin_headers`).
     """
 
     def __init__(
@@ -52,7 +55,14 @@ class WorkerProcess:
         self.admin_port = admin_port
         self.admin_port_chosen: int | None = None
         self.admin_url: str | None = None
-        self.env = {**os.environ, **(env or {})}
+        self.admin_token = secrets.token_urlsafe(32)
+        #: The header that authenticates a request to the admin API.
+        self.admin_headers = bearer_header(self.admin_token)
+        self.env = {
+            **os.environ,
+            **({ADMIN_TOKEN_ENV: self.admin_token} if admin_port else {}),
+            **(env or {}),
+        }
         self.choose_port = choose_port
         self.port_attempts = port_attempts
         self.starts = 0

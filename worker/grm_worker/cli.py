@@ -7,6 +7,9 @@
     grm-worker schema                                # WorkerConfig's JSON schema
     grm-worker fetch-model --config worker.yaml      # download s3:// or hf:// weights (init step)
 
+``serve`` reads the admin API's bearer token from ``GRM_ADMIN_TOKEN`` (the operator's pods get
+it from a Secret) and removes it from its environment, so the vLLM child never inherits it;
+without it the admin API refuses every request unless ``--admin-insecure`` (local development).
 ``serve`` exits 0 after a SIGTERM drain, 1 when the engine died, 2 on an invalid config.
 ``fetch-model`` exits 0 when the weights are complete in ``model.path``, 1 when the download
 failed (the kubelet retries the init container with back-off, and the next try resumes).
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from grm_worker.contract.admin import ADMIN_TOKEN_ENV
 from grm_worker.contract.config import ConfigError, Device, WorkerConfig, load_config
 from grm_worker.engines.base import Engine
 from grm_worker.engines.vllm_args import describe_command, vllm_command
@@ -131,15 +136,30 @@ def make_engine(config: WorkerConfig, engine_url: str | None = None) -> Engine:
     return VllmEngine(config, gpu=gpu)
 
 
-async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
+def admin_token_from_env() -> str | None:
+    """The admin API's bearer token from :data:`ADMIN_TOKEN_ENV`, taken out of the environment
+    (child processes, the vLLM engine among them, do not inherit it); None when unset or blank."""
+    token = os.environ.pop(ADMIN_TOKEN_ENV, "").strip()
+    return token or None
+
+
+async def serve(
+    config: WorkerConfig,
+    *,
+    engine_url: str | None = None,
+    admin_token: str | None = None,
+    admin_insecure: bool = False,
+) -> int:
     """Run the worker until SIGTERM/SIGINT (drain, exit 0) or the engine's death (exit 1)."""
-    from grm_worker.server import Front
+    from grm_worker.server import RUNNER_OPTIONS, Front
 
     engine = make_engine(config, engine_url)
-    front = Front(config, engine)
+    front = Front(config, engine, admin_token=admin_token, admin_insecure=admin_insecure)
     # The drain already waited drain_timeout_s for the connections to finish; closing the listener
     # must not wait aiohttp's default 60 s again for the ones that overran it.
-    runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        front.app, handle_signals=False, access_log=None, shutdown_timeout=2.0, **RUNNER_OPTIONS
+    )
     # The admin API listens apart from the front: the Service forwards only the front's port.
     admin_runner = web.AppRunner(front.admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     runners = [runner] if config.admin_port is None else [runner, admin_runner]
@@ -155,10 +175,14 @@ async def serve(config: WorkerConfig, *, engine_url: str | None = None) -> int:
             await each.cleanup()
         await engine.stop()
         raise
+    admin_auth = "bearer token" if admin_token else "NONE (--admin-insecure)" if admin_insecure else "refused"
     log.info(
-        "serving variant=%s precision=%s engine=%s on http://%s:%d (admin port %s)",
+        "serving variant=%s precision=%s engine=%s on http://%s:%d (admin port %s, admin auth %s)",
         config.variant, config.precision, config.engine, config.host, config.port, config.admin_port or "off",
+        admin_auth,
     )  # fmt: skip
+    if config.admin_port is not None and admin_token is None and not admin_insecure:
+        log.warning("%s is not set: the admin API answers 401 to every request", ADMIN_TOKEN_ENV)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,6 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument(
         "--engine-url", help="proxy to a running OpenAI-compatible engine instead of starting vLLM"
     )
+    p_serve.add_argument(
+        "--admin-insecure",
+        action="store_true",
+        help=f"serve the admin API without authentication when {ADMIN_TOKEN_ENV} is unset "
+        "(local development only: anyone reaching the admin port may change the budget)",
+    )
     p_engine = sub.add_parser("sim-engine", help="run the simulated engine alone (vLLM-like server)")
     _add_config_flags(p_engine)
     p_engine.add_argument("--uds", help="listen on this Unix socket instead of --host/--port (as vLLM)")
@@ -284,7 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             device: Device = detect_device() if config.device == "auto" else config.device
             vllm_command(config, device=device)  # reject unsupported variants before binding a port
-        return asyncio.run(serve(config, engine_url=args.engine_url))
+        return asyncio.run(
+            serve(
+                config,
+                engine_url=args.engine_url,
+                admin_token=admin_token_from_env(),
+                admin_insecure=args.admin_insecure,
+            )
+        )
     except (ConfigError, ValidationError) as error:
         print(f"grm-worker: invalid configuration: {error}", file=sys.stderr)
         return 2

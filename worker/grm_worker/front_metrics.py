@@ -3,6 +3,7 @@
 Scoring (samples drawn, early exits, samples saved, parse failures, latency, outcomes), requests
 by endpoint and code, the sample budget, sample shedding (samples and requests shed, the shed
 floor, the engine's queue as last read), connections recycled (age and request caps, drain),
+requests abandoned by their clients, admin requests refused,
 readiness and the variant's info: docs/worker.md
 (Metrics) describes each; docs/metrics.md says which the operator reads (the samples shed count
 as demand).
@@ -71,6 +72,20 @@ class FrontMetrics:
         )
         for reason in ("max_age", "max_requests", "draining"):
             self.connections_recycled.labels(reason=reason)
+        self.abandoned = Counter(
+            "grm_requests_abandoned",
+            "Requests whose client disconnected before the answer was complete (streamed or not): "
+            "the work for them was stopped and the engine's requests aborted.",
+            ["endpoint"],
+            registry=r,
+        )
+        for endpoint in ("completions", "chat", "score"):
+            self.abandoned.labels(endpoint=endpoint)
+        self.admin_rejected = Counter(
+            "grm_admin_requests_rejected",
+            "Admin API requests refused with 401 (no or a wrong bearer token, or no token configured).",
+            registry=r,
+        )
         self.in_flight = Gauge("grm_requests_in_flight", "Requests the front is serving now.", registry=r)
         self.budget = Gauge(
             "grm_sample_budget", "Current GRM sample budget (samples per score request).", registry=r

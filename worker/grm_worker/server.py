@@ -19,11 +19,22 @@ the reference variant in the background and the verdicts compared; a request car
 
 Routes of the admin API (:attr:`Front.admin_app`), served on a listener of its own
 (``admin_port``, 8001 in the operator's pods) that the Service never lists, so no client of the
-Service can change the budget or inject faults; the front's port answers 404 there:
+Service can change the budget or inject faults; the front's port answers 404 there. Pod IPs are
+reachable from every pod of the cluster, so the admin API is also authenticated: each request
+must carry ``Authorization: Bearer <token>`` (the token from :data:`ADMIN_TOKEN_ENV`, compared in
+constant time), or it is answered 401. A worker without a token refuses every admin request,
+unless it was started with ``admin_insecure`` (``--admin-insecure``: local development only).
 
 * ``GET|POST /admin/samples`` ``{samples}``: the sample budget, settable within [min, max] (the
   operator lowers it under load, reaching each pod on ``<podIP>:admin_port``).
   ``GET|POST /admin/sim`` ``{slowdown?, error_rate?, crash?}``: fault injection, sim engine only.
+
+Abandoned requests: a client that disconnects before its answer (a timeout, a cancelled RL step)
+stops the work done for it. aiohttp cancels the handler when its connection is lost
+(:data:`RUNNER_OPTIONS`, ``handler_cancellation``); the cancellation reaches the engine call: a
+vLLM child sees its HTTP request closed and aborts it, the sim engine takes the sequences out of
+its batch. A score request stops all its k-sample rounds at once. Counted in
+``grm_requests_abandoned_total{endpoint}``; streamed and non-streamed requests alike.
 
 Sample shedding (``scoring.shed_floor`` set): a background task reads the engine's queue
 (:meth:`Engine.queue_reading`: vLLM's ``vllm:num_requests_waiting`` and queue-time histogram)
@@ -61,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import random
 import select
@@ -72,6 +84,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from grm_worker.contract.admin import ADMIN_TOKEN_ENV
 from grm_worker.contract.config import WorkerConfig
 from grm_worker.contract.shedding import QueueReading, queue_blocked, shed_samples
 from grm_worker.engines.base import Engine, EngineError, EngineReply
@@ -79,11 +92,16 @@ from grm_worker.front_metrics import FrontMetrics
 from grm_worker.scoring import ScoreRequest, score
 from grm_worker.shadow import SHADOW_HEADER, Shadow, busy_response
 
-__all__ = ["Front", "engine_app"]
+__all__ = ["RUNNER_OPTIONS", "Front", "engine_app"]
 
 log = logging.getLogger("grm_worker.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: How the front's :class:`aiohttp.web.AppRunner` (or test server) must be made: a handler whose
+#: client disconnected is cancelled (aiohttp's default since 3.9 lets it run to its end for
+#: nobody: a 16-sample score on a 27B model is ~30 s of GPU time wasted per abandoned request).
+RUNNER_OPTIONS: dict[str, Any] = {"handler_cancellation": True}
 
 # During a drain, a connection that has not sent a request yet is closed only once it is this old
 # (Go's http.Server.Shutdown treats a new connection as idle after 5 s): its first request may be
@@ -111,13 +129,24 @@ _QUEUE_STALE_POLLS = 3
 _QUEUE_STALE_MIN_S = 2.0
 
 
-def _error(status: int, message: str) -> web.Response:
-    kind = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}.get(
-        status, "InternalServerError"
-    )
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    kind = {
+        400: "BadRequestError",
+        401: "AuthenticationError",
+        404: "NotFoundError",
+        503: "ServiceUnavailableError",
+    }.get(status, "InternalServerError")
     return web.json_response(
-        {"error": {"message": message, "type": kind, "param": None, "code": status}}, status=status
+        {"error": {"message": message, "type": kind, "param": None, "code": status}},
+        status=status,
+        headers=headers,
     )
+
+
+def _client_left(request: web.BaseRequest) -> bool:
+    """Whether the request's connection is gone (aiohttp drops its transport when it is lost,
+    before it cancels the handler)."""
+    return request.transport is None
 
 
 async def _relay(request: web.Request, reply: EngineReply) -> web.StreamResponse:
@@ -179,8 +208,20 @@ class _Connection:
 class Front:
     """The aiohttp application of one worker around one engine."""
 
-    def __init__(self, config: WorkerConfig, engine: Engine) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        engine: Engine,
+        *,
+        admin_token: str | None = None,
+        admin_insecure: bool = False,
+    ) -> None:
+        """``admin_token``: the bearer token every admin request must carry (the worker's
+        :data:`ADMIN_TOKEN_ENV`); without one, admin requests are refused unless
+        ``admin_insecure`` (local development: anyone who reaches the admin port may use it)."""
         self.config = config
+        self._admin_token = admin_token.encode() if admin_token else None
+        self._admin_insecure = admin_insecure
         self.engine = engine
         self.samples_budget = config.scoring.samples_default
         self.draining = False
@@ -212,7 +253,7 @@ class Front:
         self.shadow = Shadow(config.shadow, config.variant, self.metrics.registry)
         app.cleanup_ctx.append(self.shadow.running)
         self.app = app
-        admin = web.Application()
+        admin = web.Application(middlewares=[self._admin_authorized])
         admin.router.add_route("*", "/admin/samples", self._admin_samples)
         admin.router.add_route("*", "/admin/sim", self._admin_sim)
         #: The admin API, for the listener on ``admin_port`` (never the front's port).
@@ -322,6 +363,15 @@ class Front:
             except EngineError as error:
                 code = str(error.status)
                 return _error(error.status, str(error))
+            except (asyncio.CancelledError, ConnectionResetError):
+                # Cancelled because the client left (RUNNER_OPTIONS), or a stream's write found it
+                # gone: its engine work was cancelled with it. A cancellation with the client still
+                # there is the server's shutdown, not an abandoned request.
+                if _client_left(request):
+                    code = "499"  # nginx's "client closed request": no answer was sent
+                    self.metrics.abandoned.labels(endpoint=endpoint).inc()
+                    log.debug("%s %s abandoned by its client: work stopped", request.method, request.path)
+                raise
             finally:
                 self.in_flight -= 1
                 self.metrics.in_flight.set(self.in_flight)
@@ -493,6 +543,28 @@ class Front:
         text = engine_text.rstrip("\n") + "\n" if engine_text else ""
         text += self.metrics.render()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    @web.middleware
+    async def _admin_authorized(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every admin request carries ``Authorization: Bearer <token>``, else 401 (logged
+        without what was sent). ``hmac.compare_digest``: the comparison takes as long whatever
+        the prefix matched, so timing tells nothing of the token."""
+        if self._admin_token is None:
+            if self._admin_insecure:
+                return await handler(request)
+            reason = f"the worker has no admin token ({ADMIN_TOKEN_ENV}); the admin API is off"
+        else:
+            scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                credential.strip().encode(), self._admin_token
+            ):
+                return await handler(request)
+            reason = "missing or wrong bearer token"
+        self.metrics.admin_rejected.inc()
+        log.warning(
+            "admin request %s %s from %s refused: %s", request.method, request.path, request.remote, reason
+        )
+        return _error(401, reason, {"WWW-Authenticate": 'Bearer realm="grm-worker-admin"'})
 
     async def _admin_samples(self, request: web.Request) -> web.StreamResponse:
         s = self.config.scoring

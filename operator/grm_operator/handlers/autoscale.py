@@ -5,7 +5,8 @@ variant Deployments from the reconciler's store and its worker pods from a watch
 observe a window of metrics (:mod:`grm_operator.metrics`, Direct or Prometheus) → the pure
 ``policy.decide`` → the pure :func:`grm_operator.control.actuation.plan` → apply: write the status
 fields that changed, patch variant Deployments' replicas, push the sample budget to the
-workers (``POST /admin/samples``), post an Event per scale, switch step and condition change.
+workers (``POST /admin/samples``, with the GRMDeployment's admin token as a bearer token:
+:mod:`grm_operator.handlers.admintokens`), post an Event per scale, switch step and condition change.
 
 Why not ``@kopf.timer``: kopf gives every object with a timer a finalizer, i.e. a metadata write
 per object, the ``patch`` verb on GRMDeployments, and deletions that hang while the operator is
@@ -48,7 +49,7 @@ from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
-from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, deployment_name
+from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, Owner, deployment_name
 from grm_operator.control.podhealth import PodFailure, pod_failure
 from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
@@ -62,6 +63,7 @@ from grm_operator.metrics import (
     Prometheus,
     Reading,
 )
+from grm_worker.contract.admin import bearer_header
 
 if TYPE_CHECKING:
     from grm_operator.handlers.context import OperatorContext
@@ -321,6 +323,11 @@ class Autoscaler:
             )
         return out
 
+    def _owner(self, key: Key) -> Owner | None:
+        """The GRMDeployment ``key`` as its children refer to it (None once it is gone)."""
+        uid = ((self.store.parents.get(key) or {}).get("metadata") or {}).get("uid")
+        return None if not uid else Owner(name=key[1], namespace=key[0], uid=str(uid))
+
     def _base_url(self, pod: PodView) -> str | None:
         """The worker's front (``/metrics``): the port the Service forwards."""
         return self._pod_url(pod, self.settings.metrics_endpoints, HTTP_PORT)
@@ -403,11 +410,26 @@ class Autoscaler:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SAMPLES_TIMEOUT_S))
         session = self._session
 
+        tokens = self.ctx.reconciler.admin_tokens
+        owner = self._owner(key)
+        token = None if owner is None else await tokens.token(owner)
+        if token is None:
+            log.warning("%s/%s: no admin token yet; sample budget %d not pushed", *key, samples)
+            self.ctx.metrics.sample_pushes.labels(result="no_token").inc(len(pods))
+            return
+        headers = bearer_header(token)
+
         async def push(pod: PodView) -> None:
             base = self._admin_url(pod)
             if base is None:
                 return
-            async with session.post(f"{base}/admin/samples", json={"samples": samples}) as resp:
+            async with session.post(
+                f"{base}/admin/samples", json={"samples": samples}, headers=headers
+            ) as resp:
+                if resp.status == 401:
+                    # The Secret was replaced by hand (the operator never rotates it): read it
+                    # again next tick; pods started before the change keep the old token.
+                    tokens.forget(*key)
                 resp.raise_for_status()
 
         results = await asyncio.gather(*(push(p) for p in pods), return_exceptions=True)
@@ -415,8 +437,11 @@ class Autoscaler:
         for pod, res in zip(pods, results, strict=True):
             if isinstance(res, BaseException):
                 log.warning("%s/%s: sample budget %d not set on pod %s: %s", *key, samples, pod.name, res)
+                refused = isinstance(res, aiohttp.ClientResponseError) and res.status == 401
+                self.ctx.metrics.sample_pushes.labels(result="unauthorized" if refused else "error").inc()
             else:
                 pushed[pod.name] = samples
+                self.ctx.metrics.sample_pushes.labels(result="ok").inc()
 
     async def close(self) -> None:
         """Stop the schedule and its ticks, close HTTP sessions."""

@@ -63,6 +63,7 @@ from grm_operator.control.gate import (
 )
 from grm_operator.control.qualityjobs import evaluation_args
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
+from grm_operator.handlers.admintokens import AdminTokens
 from grm_operator.handlers.store import Key, Store, key_of
 from grm_operator.kubeapi import Body, Conflict, KubeClient, KubeError
 from grm_operator.settings import OperatorSettings
@@ -131,6 +132,8 @@ class Reconciler:
         self.metrics = metrics
         self.clock = clock
         self.store = Store()
+        #: Each GRMDeployment's worker admin token (its Secret created before its Deployments).
+        self.admin_tokens = AdminTokens(client)
         self.pod_monitors = False
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._dirty: set[Key] = set()
@@ -173,6 +176,7 @@ class Reconciler:
         key = key_of(body)
         if event_type == "DELETED":
             self.store.drop_parent(key)
+            self.admin_tokens.forget(*key)
             self.metrics.managed.set(len(self.store.parents))
             return
         if self.store.put_parent(body):
@@ -295,6 +299,8 @@ class Reconciler:
         error: KubeError | None = None
         gate: GatePlan | None = None
         try:
+            # Before the Deployments: their pods read the token from the Secret at start.
+            await self.admin_tokens.ensure(Owner.of(grmd))
             for manifest in children.all():
                 await self._ensure(manifest, key, uid)
             await self._prune(key, uid, {v.name for v in grmd.spec.variants})

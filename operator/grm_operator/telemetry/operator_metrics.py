@@ -57,6 +57,16 @@ class OperatorMetrics:
         self.events_posted = Counter(
             "grm_operator_events_total", "Kubernetes Events posted, by reason.", ["reason"], registry=registry
         )
+        self.sample_pushes = Counter(
+            "grm_operator_sample_pushes_total",
+            "Sample budgets pushed to worker pods (POST /admin/samples), by result: ok, "
+            "unauthorized (the worker refused the admin token: a Secret replaced by hand), "
+            "no_token (the Secret is not there yet), error (unreachable, other HTTP errors).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "unauthorized", "no_token", "error"):
+            self.sample_pushes.labels(result=result)
         self.queue_depth = Gauge(
             "grm_operator_queue_depth", "GRMDeployments waiting for or in a reconcile.", registry=registry
         )

@@ -6,11 +6,13 @@ Deployment status. The pods' metrics come from fixture metrics servers (tests/su
 latency and load the test sets; the operator's Direct source reaches them through
 ``GRM_METRICS_ENDPOINTS`` (pod → URL), since the test cluster's pod IPs are not reachable, and
 pushes sample budgets to their admin listeners through ``GRM_ADMIN_ENDPOINTS`` (the metrics port
-answers 404 to ``/admin/samples``, as the worker's front does).
+answers 404 to ``/admin/samples``, as the worker's front does), with the bearer token of the
+GRMDeployment's admin token Secret.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -234,6 +236,16 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
     cluster.deployment_ready(ns, "bf16", ready=1)
     # The sample budget the policy runs at is pushed to the Ready workers.
     cluster.wait(lambda: slow.samples == [1], "sample budget pushed to the worker")
+    # Authenticated with the token of the Secret the operator created (owned by the GRMDeployment).
+    secret = cluster.get(f"/api/v1/namespaces/{ns}/secrets/reward-admin-token")
+    assert secret is not None and secret["metadata"]["ownerReferences"][0]["name"] == "reward"
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) >= 43 and slow.admin_authorization == [f"Bearer {token}"]
+    assert token not in cluster.operator.log_path.read_text(errors="replace")  # never logged
+    cluster.wait(
+        lambda: cluster.operator.metric("grm_operator_sample_pushes_total", result="ok") >= 1, "push counted"
+    )
+    assert cluster.operator.metric("grm_operator_sample_pushes_total", result="unauthorized") == 0
     # Panic on the breach: at least ready × min(2, p95 ÷ SLO) = 2 replicas, within 4 GPUs / 2 each.
     cluster.wait(lambda: cluster.replicas(ns, "bf16") == 2, "bf16 scaled up to 2")
     scaled = cluster.events(ns)["ScaledUp"]

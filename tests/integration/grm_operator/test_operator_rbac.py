@@ -124,6 +124,7 @@ def test_operator_works_with_exactly_the_shipped_rules(rbac_harness: RbacHarness
         f"/api/v1/namespaces/{ns}/configmaps/allowed-bf16-config",
         f"/api/v1/namespaces/{ns}/services/allowed",
         f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/allowed",
+        f"/api/v1/namespaces/{ns}/secrets/allowed-admin-token",
     ):
         h.wait(lambda p=path: h.exists(p), f"{path} created under the operator's ServiceAccount")
     h.wait(lambda: (h.condition("allowed", "SpecValid") or {}).get("status") == "True", "status written")
@@ -139,7 +140,7 @@ def test_operator_works_with_exactly_the_shipped_rules(rbac_harness: RbacHarness
 
 @pytest.mark.parametrize(
     ("resource", "verb"),
-    [("deployments", "patch"), ("configmaps", "delete"), ("deployments", "create")],
+    [("deployments", "patch"), ("configmaps", "delete"), ("deployments", "create"), ("secrets", "create")],
 )
 def test_removing_one_verb_breaks_the_operator(rbac_harness: RbacHarness, resource: str, verb: str) -> None:
     h = rbac_harness

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -62,7 +63,11 @@ async def test_openai_score_metrics_and_sigterm_drain(worker: WorkerProcess) -> 
         assert (await http.post("/admin/samples", json={"samples": 3})).status == 404
         assert worker.admin_url is not None
         async with aiohttp.ClientSession(worker.admin_url) as admin:
-            r = await admin.post("/admin/samples", json={"samples": 3})
+            # Authenticated: without the bearer token (or with another) the budget stays.
+            assert (await admin.post("/admin/samples", json={"samples": 3})).status == 401
+            wrong = {"Authorization": "Bearer " + "x" * len(worker.admin_token)}
+            assert (await admin.post("/admin/samples", json={"samples": 3}, headers=wrong)).status == 401
+            r = await admin.post("/admin/samples", json={"samples": 3}, headers=worker.admin_headers)
             assert (await r.json())["samples"] == 3
         text = await (await http.get("/metrics")).text()
         names = {f.name for f in text_string_to_metric_families(text)}
@@ -100,7 +105,9 @@ def test_engine_death_exits_non_zero(worker: WorkerProcess) -> None:
 
     assert worker.admin_url is not None
     request = urllib.request.Request(
-        worker.admin_url + "/admin/sim", data=b'{"crash": true}', headers={"Content-Type": "application/json"}
+        worker.admin_url + "/admin/sim",
+        data=b'{"crash": true}',
+        headers={"Content-Type": "application/json", **worker.admin_headers},
     )
     urllib.request.urlopen(request, timeout=5).read()
     assert worker.wait(30) == 1
@@ -164,3 +171,78 @@ async def test_a_full_batch_sheds_new_score_requests_to_the_floor(tmp_path: Path
                 task.cancel()
     finally:
         proc.kill()
+
+
+def _metric_values(text: str) -> dict[str, float]:
+    """Every sample of an exposition text by its name and labels (``name{a="b",…}`` sorted)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(
+                f'{k}="{v}"' for k, v in sorted(s.labels.items()) if k == "endpoint" or k == "finished_reason"
+            )
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+async def _wait_metrics(
+    http: aiohttp.ClientSession, predicate: Any, what: str, timeout_s: float = 20
+) -> dict[str, float]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        values = _metric_values(await (await http.get("/metrics")).text())
+        if predicate(values):
+            return values
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: {values}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_client_that_leaves_a_non_streamed_request_stops_its_work(worker: WorkerProcess) -> None:
+    """A score request and a non-streamed chat (the official openai client) whose clients
+    disconnect mid-request: the worker cancels them, the sim engine aborts every sequence they
+    started (vLLM's ``finished_reason="abort"``) and ``grm_requests_abandoned_total`` counts them."""
+    import openai
+
+    assert worker.admin_url is not None
+    async with aiohttp.ClientSession(worker.admin_url, headers=worker.admin_headers) as admin:
+        # 50× slower steps: a score of 8 samples would take minutes, so the clients surely leave first.
+        assert (await admin.post("/admin/sim", json={"slowdown": 50.0})).status == 200
+    client = openai.AsyncOpenAI(base_url=worker.url + "/v1", api_key="unused", max_retries=0)
+    async with aiohttp.ClientSession(worker.url) as http, aiohttp.ClientSession(worker.url) as leaving:
+        requests = {
+            "score": asyncio.create_task(
+                leaving.post(
+                    "/v1/grm/score", json={"query": "2+2?", "responses": ["4", "5"], "early_exit": "off"}
+                )
+            ),
+            "chat": asyncio.create_task(
+                client.chat.completions.create(
+                    model="grm", messages=[{"role": "user", "content": "Hi"}], max_tokens=500
+                )
+            ),
+        }
+        # Both are in the engine's batch: 8 score samples (2 responses × … per round) and 1 chat.
+        await _wait_metrics(
+            http,
+            lambda v: (
+                v["grm_requests_in_flight"] == 2
+                and v["vllm:num_requests_running"] + v["vllm:num_requests_waiting"] >= 2
+            ),
+            "both requests in the engine",
+        )
+        for task in requests.values():
+            task.cancel()  # the client gives up: its connection closes
+        await asyncio.gather(*requests.values(), return_exceptions=True)
+        values = await _wait_metrics(
+            http,
+            lambda v: (
+                v['grm_requests_abandoned_total{endpoint="score"}'] == 1
+                and v['grm_requests_abandoned_total{endpoint="chat"}'] == 1
+                and v["vllm:num_requests_running"] + v["vllm:num_requests_waiting"] == 0
+            ),
+            "both abandoned and the engine's batch empty",
+        )
+        assert values["grm_requests_in_flight"] == 0
+        assert values['vllm:request_success_total{finished_reason="abort"}'] >= 2
+        assert values['grm_requests_abandoned_total{endpoint="completions"}'] == 0
+    await client.close()

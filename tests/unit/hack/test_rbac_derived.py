@@ -104,7 +104,10 @@ def test_derivation_sees_each_kind_of_use(sources: Sources) -> None:
         Grant("coordination.k8s.io", "leases", "get"),
         Grant("", "configmaps", "get"),  # the quality gate's evaluation set
         Grant("batch", "jobs", "get"),  # the quality gate's Job after a 409 on create
+        Grant("", "secrets", "get"),  # each GRMDeployment's admin token, by its name
     }
+    # The admin token Secret is created, never applied: no patch on Secrets.
+    assert Grant("", "secrets", "create") in used and Grant("", "secrets", "patch") not in used
     assert {Grant("coordination.k8s.io", "leases", v) for v in ("create", "update")} <= used
 
 
@@ -201,11 +204,11 @@ def test_a_new_kopf_watch_without_a_rule_fails(sources: Sources) -> None:
 
 
 def test_a_rule_nobody_uses_fails(sources: Sources) -> None:
-    extra = rbac.Rule(("",), ("secrets",), ("get",), "read credentials")
+    extra = rbac.Rule(("",), ("secrets",), ("list",), "read credentials")
     comparison = rbac_usage.compare(rbac_usage.derive(sources), (*rbac.rules(), extra))
     assert not comparison.missing
-    assert comparison.extra == {Grant("", "secrets", "get"): "read credentials"}
-    assert "unused rule: get core/secrets (rule 'read credentials'" in comparison.message()
+    assert comparison.extra == {Grant("", "secrets", "list"): "read credentials"}
+    assert "unused rule: list core/secrets (rule 'read credentials'" in comparison.message()
 
 
 def test_removing_a_call_leaves_its_rule_unused(sources: Sources) -> None:

@@ -236,11 +236,17 @@ def test_namespaced_rbac_grants_only_cluster_scoped_reads_cluster_wide(
     assert {verb for _, _, verb in _granted(plain, "ClusterRole")} <= {"get", "list", "watch"}
 
 
-def test_no_wildcards_and_no_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_no_wildcards_and_secrets_only_by_name(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Secrets: get and create only (each GRMDeployment's admin token, read by its name), never
+    list, watch or any write of an existing one: the operator cannot enumerate the cluster's
+    Secrets nor change one it did not create."""
     for docs in rendered.values():
-        for group, resource, verb in _granted(docs, "ClusterRole") | _granted(docs, "Role"):
+        granted = _granted(docs, "ClusterRole") | _granted(docs, "Role")
+        for group, resource, verb in granted:
             assert "*" not in (group, resource, verb)
-            assert resource != "secrets"
+            if resource == "secrets":
+                assert verb in ("get", "create"), verb
+        assert {v for g, r, v in granted if r == "secrets"} == {"get", "create"}
 
 
 def test_generated_chart_files_match_the_code() -> None:

@@ -3,6 +3,8 @@
 * :mod:`~grm_worker.contract.config`: :class:`~grm_worker.contract.config.WorkerConfig`, what one
   worker pod serves and how; the operator renders it into each variant's ConfigMap and the worker
   reads it at start.
+* :mod:`~grm_worker.contract.admin`: the admin API's bearer token (the worker's environment
+  variable, the operator's Secret key, the request header).
 * :mod:`~grm_worker.contract.perfmodel`: the latency model of one vLLM replica; the sim engine
   times its steps with it, the operator's fleet simulator times its replicas with it and the
   policy takes its capacity prior from it.

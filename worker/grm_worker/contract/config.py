@@ -338,7 +338,9 @@ class WorkerConfig(BaseModel):
         description=(
             "Port of the admin API (/admin/samples, /admin/sim), a listener of its own on `host` "
             "that the GRMDeployment's Service never lists, so clients of the Service cannot set "
-            "the sample budget or inject faults. The operator sets it (8001); unset: no admin API."
+            "the sample budget or inject faults; every request must also carry the bearer token "
+            "of the environment variable GRM_ADMIN_TOKEN (never in this config). The operator "
+            "sets it (8001); unset: no admin API."
         ),
     )
     engine_port: int = Field(

@@ -13,8 +13,9 @@ before the first stop string, ``finish_reason: stop``, ``stop_reason`` the strin
 (completions: ``logprobs=k``; chat: ``logprobs`` with ``top_logprobs=k``; the values are
 deterministic filler, each token its own most likely one) and ``echo`` (completions), and answers
 400 where vLLM refuses a request (negative temperature, ``stream_options`` without ``stream``,
-``n`` < 1, too long). A stream the client leaves is aborted in the engine (``abort``), as vLLM
-aborts a disconnected request.
+``n`` < 1, too long). A request the client leaves (a stream it stops reading, a non-streamed
+answer it no longer waits for) is aborted in the engine (``abort``), as vLLM aborts a
+disconnected request.
 
 One concept in one module (the OpenAI wire format of the sim engine: requests parsed and
 replies, stream chunks, logprobs and errors shaped as vLLM shapes them), kept together so that
@@ -198,7 +199,7 @@ async def completion_reply(
         return EngineReply(
             200, stream=_stream_completion(rid, created, model_name, seqs, request, echoes, abort)
         )
-    tokens = [await _collect(seq) for seq in seqs]
+    tokens = await _collect_all(seqs, abort)
     choices = [
         {
             "index": i,
@@ -269,7 +270,7 @@ async def chat_reply(
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if request.stream:
         return EngineReply(200, stream=_stream_chat(rid, created, model_name, seqs, request, abort))
-    tokens = [await _collect(seq) for seq in seqs]
+    tokens = await _collect_all(seqs, abort)
     choices = [
         {
             "index": i,
@@ -437,6 +438,17 @@ async def _collect(seq: Sample) -> list[str]:
     while (token := await seq.out.get()) is not None:
         parts.append(token)
     return parts
+
+
+async def _collect_all(seqs: Sequence[Sample], abort: Abort) -> list[list[str]]:
+    """Every sequence's tokens once all have finished (a non-streamed answer). Cancelled (the
+    front's client left), the sequences still running are aborted, as vLLM aborts a request whose
+    HTTP client disconnected."""
+    try:
+        return [await _collect(seq) for seq in seqs]
+    except asyncio.CancelledError:
+        abort(seqs)
+        raise
 
 
 async def _merge(seqs: Sequence[Sample]) -> AsyncIterator[tuple[int, str | None, Sample]]:

@@ -23,6 +23,7 @@ from grm_operator.control.builders.metadata import (
     LABEL_VARIANT,
     Manifest,
     Owner,
+    admin_token_secret_name,
     child_metadata,
     common_labels,
     config_map_name,
@@ -37,6 +38,7 @@ from grm_operator.control.builders.modelload import (
 from grm_operator.control.builders.sizing import pod_size
 from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE, worker_config
 from grm_operator.settings import OperatorSettings
+from grm_worker.contract.admin import ADMIN_TOKEN_ENV, ADMIN_TOKEN_KEY
 
 # Seconds preStop waits before SIGTERM so that endpoint removal reaches every Service proxy first
 # (kube-proxy/EndpointSlice propagation is typically 1-3 s; 5 s leaves margin).
@@ -127,6 +129,14 @@ def _env(grmd: GRMDeployment, variant: Variant) -> list[Manifest]:
         {"name": "TRITON_CACHE_DIR", "value": f"{MODEL_CACHE_DIR}/triton"},
         {"name": "GRM_VARIANT", "value": variant.name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # The admin API's bearer token, from the Secret the operator creates before this
+        # Deployment (control/admintoken.py): never in the ConfigMap nor in the arguments.
+        {
+            "name": ADMIN_TOKEN_ENV,
+            "valueFrom": {
+                "secretKeyRef": {"name": admin_token_secret_name(grmd.metadata.name), "key": ADMIN_TOKEN_KEY}
+            },
+        },
     ]
     # Download credentials go to the fetch-model init container only (modelload.fetch_init_container).
     ours = {e["name"] for e in env}

@@ -71,6 +71,11 @@ def reference_service_name(name: str) -> str:
     return f"{name}-reference"
 
 
+def admin_token_secret_name(name: str) -> str:
+    """``<name>-admin-token``: the Secret with the bearer token of the workers' admin API."""
+    return f"{name}-admin-token"
+
+
 def config_map_name(name: str, variant: str) -> str:
     """``<name>-<variant>-config``: the worker config of one variant."""
     return f"{name}-{variant}-config"

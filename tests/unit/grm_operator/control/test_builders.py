@@ -14,16 +14,19 @@ from pydantic import ValidationError
 
 from grm_operator.api import models
 from grm_operator.api.models import GRMDeployment
+from grm_operator.control.admintoken import admin_token_secret, new_token, token_of
 from grm_operator.control.builders import Children, build_children
 from grm_operator.control.builders.metadata import (
     ANNOTATION_APPLIED_HASH,
     ANNOTATION_CONFIG_HASH,
+    Owner,
     applied_hash,
     selector_labels,
 )
 from grm_operator.control.builders.replicas import active_variant, initial_replicas, plan_replicas
 from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE, ANNOTATION_WORKER_OVERRIDES
 from grm_operator.settings import OperatorSettings
+from grm_worker.contract.admin import ADMIN_TOKEN_ENV
 from grm_worker.contract.config import WorkerConfig
 from grm_worker.engines.vllm_args import vllm_command
 from support.paths import EXAMPLES
@@ -203,6 +206,34 @@ def test_admin_port_is_a_container_port_the_service_and_pod_monitor_never_reach(
     assert [(p["port"], p["targetPort"]) for p in service_ports] == [(8000, "http")]
     assert built.pod_monitor is not None
     assert [e["port"] for e in built.pod_monitor["spec"]["podMetricsEndpoints"]] == ["http"]
+
+
+def test_worker_gets_the_admin_token_from_the_secret_only() -> None:
+    """Every worker container reads GRM_ADMIN_TOKEN from the GRMDeployment's admin token Secret
+    (a secretKeyRef); no token (nor the variable) is in the ConfigMap, the arguments or a plain
+    env value, and the Secret the operator creates is owned by the GRMDeployment, immutable and
+    valid for the API server."""
+    built = children()
+    for variant, deployment in built.deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        (entry,) = [e for e in container["env"] if e["name"] == ADMIN_TOKEN_ENV]
+        assert entry == {
+            "name": "GRM_ADMIN_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "reward-admin-token", "key": "token"}},
+        }
+        assert "GRM_ADMIN_TOKEN" not in json.dumps(container.get("args", []) + container.get("command", []))
+        assert "admin_token" not in built.config_maps[variant]["data"]["worker.json"].lower()
+    owner = Owner(name="reward", namespace="rl", uid="1234")
+    token = new_token()
+    secret = admin_token_secret(owner, token)
+    assert len(token) >= 43 and token != new_token()
+    assert secret["metadata"]["name"] == "reward-admin-token" and secret["immutable"] is True
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "1234"
+    assert token_of(secret) == token and token not in json.dumps(secret)  # base64 in data
+    assert token_of({"data": {}}) is None and token_of({"data": {"token": "!!"}}) is None
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    for manifest in built.all():
+        assert token not in json.dumps(manifest)
 
 
 def test_startup_probe_follows_the_profile_cold_start() -> None:

@@ -19,6 +19,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from grm_operator import kubeapi
+from grm_operator.control.admintoken import token_of
+from grm_operator.control.builders.metadata import Owner
+from grm_operator.handlers.admintokens import AdminTokenError
 from grm_operator.handlers.reconcile import Reconciler
 from grm_operator.handlers.store import Store
 from grm_operator.settings import OperatorSettings
@@ -261,3 +264,51 @@ async def test_failed_reconciles_are_retried_with_backoff_until_they_succeed() -
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("False", "AsExpected")
     await reconciler.shutdown()
+
+
+async def test_admin_token_secret_is_created_once_before_the_deployments_and_kept() -> None:
+    """The first reconcile creates ``<name>-admin-token`` (owned, random token) before any
+    Deployment (their pods read it); a restarted operator reads the same Secret and never creates
+    or rewrites it; the autoscaler's lookup gets the same token."""
+    reconciler, fake = make()
+    await reconcile_body(reconciler, fake, grmd_body())
+    ops = [(op, kind) for op, kind, _ in fake.writes()]
+    assert ops.index(("create", "Secret")) < ops.index(("apply", "Deployment"))
+    assert [c for c in fake.writes() if c[1] == "Secret"] == [
+        ("get", "Secret", "reward-admin-token"),
+        ("create", "Secret", "reward-admin-token"),
+    ]
+    secret = fake.objects[("Secret", "rl", "reward-admin-token")]
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == UID
+    token = token_of(secret)
+    assert token is not None and len(token) >= 43
+    owner = Owner(name="reward", namespace="rl", uid=UID)
+    assert await reconciler.admin_tokens.token(owner) == token
+
+    restarted, _ = make()
+    restarted.kube = fake  # type: ignore[assignment]
+    restarted.admin_tokens.kube = fake  # type: ignore[assignment]
+    fake.calls.clear()
+    await reconcile_body(restarted, fake, copy.deepcopy(fake.objects[("GRMDeployment", "rl", "reward")]))
+    assert [c for c in fake.writes() if c[1] == "Secret"] == [("get", "Secret", "reward-admin-token")]
+    assert await restarted.admin_tokens.token(owner) == token and token_of(secret) == token
+    # A GRMDeployment created again under the same name (a new uid) does not trust the old Secret.
+    assert await restarted.admin_tokens.token(Owner(name="reward", namespace="rl", uid="other")) is None
+
+
+async def test_a_secret_of_that_name_the_grmdeployment_does_not_own_is_refused() -> None:
+    """Someone else's Secret named ``<name>-admin-token`` is never trusted as the token: the
+    reconcile fails (Degraded, retried) before any worker Deployment is applied."""
+    reconciler, fake = make()
+    fake.objects[("Secret", "rl", "reward-admin-token")] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "reward-admin-token", "namespace": "rl"},
+        "data": {"token": "c2VjcmV0"},
+    }
+    with pytest.raises(AdminTokenError, match="not owned by GRMDeployment reward"):
+        await reconcile_body(reconciler, fake, grmd_body())
+    assert not [c for c in fake.writes() if c[0] in ("apply", "create")]
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and "admin-token" in degraded["message"]
