@@ -6,6 +6,13 @@ scenarios use (kubectl, helm, get, api, wait_for, service_url). Tests that need 
 local cluster has (stopping its Prometheus, a node's GPU budget) take `local_lc` instead, which
 skips with the reason in real-cluster mode.
 
+The local cluster runs its pods on the real kubelet with containerd (`--node-runtime kubelet`, the
+default): the operator and sim worker images are built here (`grm_testkit.cluster.pyimages`,
+cached in `.cache/images`), loaded into the node and named by `helm install` with
+`pullPolicy: Never`. `--node-runtime agent` runs them on our node agent instead (processes of this
+machine). Modules that run vLLM from `.venv-vllm` (test_vllm_switch, test_accuracy_gate) start a
+node-agent cluster of their own: there is no vLLM image here.
+
 Real-cluster mode installs the chart as release `grm` in `grm-system` and uninstalls it at the
 end, unless that release exists already (then it is used as it is and left alone). Without
 `KUBECONFIG` the real-cluster tests skip with the reason; local-cluster mode never looks at it.
@@ -49,9 +56,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--node-runtime",
         choices=("agent", "kubelet"),
-        default="agent",
-        help="what runs the local cluster's pods: our node agent, or the real kubelet with containerd "
-        "and the operator's and sim worker's images built here (grm_testkit.cluster.pyimages)",
+        default="kubelet",
+        help="what runs the local cluster's pods: the real kubelet with containerd and the operator's "
+        "and sim worker's images built here (grm_testkit.cluster.pyimages; the default), or our node "
+        "agent",
     )
 
 
@@ -136,9 +144,12 @@ def _real() -> Iterator[RealCluster]:
 def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     """The cluster of this module's tests, the operator installed and Ready: a `LocalCluster`, or
     a `RealCluster` with --real-cluster; tests should use only what `ClusterHandle` offers."""
-    handle: Iterator[ClusterHandle] = (
-        _real() if real_cluster_mode(request.config) else _local(request.config.getoption("--node-runtime"))
-    )
+    if real_cluster_mode(request.config):
+        handle: Iterator[ClusterHandle] = _real()
+    else:
+        # A module may name the runtime it needs (NODE_RUNTIME, with its reason beside it).
+        runtime = getattr(request.module, "NODE_RUNTIME", None) or request.config.getoption("--node-runtime")
+        handle = _local(str(runtime))
     yield from handle
 
 

@@ -144,6 +144,10 @@ def test_apply_pods_ready_service_answers_score_and_chat(lc: LocalCluster, grmd:
     _wait_ready(lc, name)
     pods = _worker_pods(lc, name)
     assert pods and all(_ready(p) for p in pods)
+    if isinstance(lc, LocalCluster) and lc.options.node_runtime == "kubelet":
+        # A container of its own, as the Deployment's pod securityContext says: uid 1000.
+        status = Path(f"/proc/{lc.container_pid(pods[0])}/status").read_text().splitlines()
+        assert next(line for line in status if line.startswith("Uid:")).split()[1:] == ["1000"] * 4
     url = lc.service_url(NS, name, 8000)
     answers = [
         post_json(

@@ -410,6 +410,22 @@ class LocalCluster:
             socket = realnode.containerd_socket(self.workdir, node["name"])
             realnode.import_tarball(socket, tarball, reference)
 
+    def container_pid(self, pod: Mapping[str, Any], container: int = 0) -> int:
+        """The host PID of a running container's process on a real node (its containerd task), to
+        read what the kubelet and runc enforce from `/proc/<pid>` (uid, mounts, cgroup)."""
+        if self.options.node_runtime != "kubelet":
+            raise LocalClusterError("container_pid needs node_runtime='kubelet'")
+        container_id = str(pod["status"]["containerStatuses"][container]["containerID"])
+        container_id = container_id.removeprefix("containerd://")
+        socket = realnode.containerd_socket(self.workdir, str(pod["spec"]["nodeName"]))
+        ctr = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+        tasks = realnode.run_program([*ctr, "tasks", "ls"])
+        for line in tasks.splitlines():
+            fields = line.split()
+            if fields and fields[0] == container_id:
+                return int(fields[1])
+        raise LocalClusterError(f"no running task {container_id} in containerd:\n{tasks}")
+
     def pod_dir(self, namespace: str, name: str) -> Path | None:
         """A running pod's directory (volumes, logs, kubeconfig), or None."""
         matches = sorted((self.workdir / "pods").glob(f"{namespace}_{name}_*"))
