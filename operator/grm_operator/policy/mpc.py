@@ -191,6 +191,7 @@ def decide_mpc(
         reaction_s=period if spec.scoring.shed_samples == "OnQueue" else math.inf,
         miss_penalty=MISS_VALUE * cheapest_request,
         switch_allowed=last_switch >= cooldown and not pinned,
+        noise=fc.noise(arrivals),
     )
 
     # --- enumerate and score the moves -----------------------------------------------------------
