@@ -67,6 +67,27 @@ def slo_breach(spec: GRMDeploymentSpec, signals: Signals | None) -> tuple[float,
     return worst, text
 
 
+def missed_fraction(spec: GRMDeploymentSpec, signals: Signals | None) -> float | None:
+    """The share of a window's requests over their SLO, estimated from its p50 and p95 as a
+    log-normal latency (σ = ln(p95 ÷ p50) ÷ 1.645), the worst of TTFT, ITL and e2e: a window with
+    p95 at the SLO misses 5 %, one with p50 at the SLO 50 %. None without both percentiles."""
+    if signals is None:
+        return None
+    worst: float | None = None
+    for target, p50, p95 in (
+        (spec.slo.ttft_p95_s, signals.ttft_p50, signals.ttft_p95),
+        (spec.slo.itl_p95_s, signals.itl_p50, signals.itl_p95),
+        (spec.slo.e2e_p95_s, signals.e2e_p50, signals.e2e_p95),
+    ):
+        if not target or p50 is None or p95 is None or p50 <= 0 or p95 <= 0:
+            continue
+        spread = max(math.log(max(p95, p50) / p50) / 1.645, 1e-3)
+        z = math.log(target / p50) / spread
+        fraction = 0.5 * math.erfc(z / math.sqrt(2.0))
+        worst = fraction if worst is None else max(worst, fraction)
+    return worst
+
+
 def _ewma(previous: float | None, sample: float) -> float:
     return sample if previous is None else (1 - EWMA) * previous + EWMA * sample
 

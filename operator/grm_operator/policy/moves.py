@@ -40,6 +40,11 @@ from grm_operator.policy.types import MoveScore
 
 #: A miss costs as much as serving this many requests: 1 ÷ (1 − 0.99 attainment target).
 MISS_VALUE = 100.0
+#: The attainment the miss penalty is the multiplier of (1 − TARGET_MISSED = 99 %), and the most
+#: it is raised: the penalty is MISS_VALUE × max(1, missed share of the last hour ÷ TARGET_MISSED),
+#: at most × MAX_PENALTY_FACTOR.
+TARGET_MISSED = 0.01
+MAX_PENALTY_FACTOR = 16.0
 #: A rolling switch hands the budget over in at most this many cold starts (a quarter each).
 ROLL_ROUNDS = 4
 #: Moves within this fraction of the cheapest one's GPU-seconds are ties, decided by quality (then
@@ -185,6 +190,22 @@ def terminal_cost(
         if need <= other.cap and room < math.ceil(need / 2):
             worst = max(worst, (gpus - need * other.gpus) * fleet.commit_s)
     return worst
+
+
+def penalty_factor(arrivals: Sequence[float], missed: Sequence[float]) -> float:
+    """How much dearer a miss is than MISS_VALUE: the last hour's missed share (``missed`` per
+    period weighted by ``arrivals``, aligned newest last) over the 1 % target, within
+    [1, MAX_PENALTY_FACTOR]. A fixed 100 requests per miss prices steady load, where a spare
+    replica is used; a bursty load needs spare replicas that serve one minute in twelve, and the
+    price at which the attainment constraint binds is found from the attainment measured."""
+    n = min(len(arrivals), len(missed))
+    if n == 0:
+        return 1.0
+    load = math.fsum(arrivals[-n:])
+    if load <= 0:
+        return 1.0
+    share = math.fsum(a * m for a, m in zip(arrivals[-n:], missed[-n:], strict=True)) / load
+    return min(MAX_PENALTY_FACTOR, max(1.0, share / TARGET_MISSED))
 
 
 def candidates(target: Point, scenarios: Sequence[Scenario], fleet: Fleet, lowest: int) -> list[int]:

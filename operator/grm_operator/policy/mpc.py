@@ -38,11 +38,21 @@ from grm_operator.policy.corrections import (
     MIN_REQUESTS_FOR_CORRECTION,
     corrections_at,
     learn,
+    missed_fraction,
     saturated_throughput,
     slo_breach,
     workload,
 )
-from grm_operator.policy.moves import MISS_VALUE, Fleet, Point, candidates, choose, score, terminal_cost
+from grm_operator.policy.moves import (
+    MISS_VALUE,
+    Fleet,
+    Point,
+    candidates,
+    choose,
+    penalty_factor,
+    score,
+    terminal_cost,
+)
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.stabilize import stabilize
 from grm_operator.policy.types import (
@@ -125,8 +135,19 @@ def decide_mpc(
     horizon = max(2, math.ceil((cold + period) / period))
     mix = workload(total, spec, window)
     idle = all(v == 0 for v in arrivals)  # an idle series is all zeros: storing it would rewrite status
+    late = missed_fraction(spec, obs.variants.get(active) or total)
+    missed = fc.record(
+        state.missed[-len(state.arrivals) :] if state.arrivals else (),
+        state.arrivals_at,
+        now,
+        late if late is not None and (total.rps or 0.0) * window >= MIN_REQUESTS_FOR_CORRECTION else 0.0,
+        period,
+        ARRIVAL_BINS,
+    )[-len(arrivals) :]
     learnt = learn(spec, obs, state, mix, window, now).evolve(
-        arrivals=() if idle else arrivals, arrivals_at=None if idle else now
+        arrivals=() if idle else arrivals,
+        arrivals_at=None if idle else now,
+        missed=() if idle else missed,
     )
     speed, tail = corrections_at(learnt, active, now)
     running = replica_capacity(spec, spec.variant(active), mix, speed, tail)
@@ -189,7 +210,7 @@ def decide_mpc(
         horizon=horizon,
         commit_s=max(parse_duration(spec.scaling.scale_down_stabilization), 4 * period),
         reaction_s=period if spec.scoring.shed_samples == "OnQueue" else math.inf,
-        miss_penalty=MISS_VALUE * cheapest_request,
+        miss_penalty=MISS_VALUE * cheapest_request * penalty_factor(arrivals, missed),
         switch_allowed=last_switch >= cooldown and not pinned,
         noise=fc.noise(arrivals),
     )

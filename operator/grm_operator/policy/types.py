@@ -241,6 +241,9 @@ class PolicyState:
     arrivals: tuple[float, ...] = ()
     #: When the newest value of ``arrivals`` was recorded.
     arrivals_at: float | None = None
+    #: The estimated share of each period's requests over the SLO, aligned with ``arrivals``: the
+    #: attainment of the last hour, which prices a miss (``policy.mpc``).
+    missed: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in status.policyState, rounded (no float noise). Unset values are
@@ -262,6 +265,7 @@ class PolicyState:
             "panicUntil": self.panic_until,
             "arrivals": [round(v, 3) for v in self.arrivals] if self.arrivals else None,
             "arrivalsAt": None if self.arrivals_at is None else round(self.arrivals_at, 1),
+            "missed": [round(v, 4) for v in self.missed] if self.missed else None,
         }
 
     @classmethod
@@ -336,6 +340,7 @@ class PolicyState:
             panic_until=optional("panicUntil"),
             arrivals=numbers("arrivals"),
             arrivals_at=optional("arrivalsAt"),
+            missed=numbers("missed"),
         )
 
     def evolve(self, **changes: Any) -> PolicyState:
