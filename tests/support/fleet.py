@@ -7,6 +7,7 @@ scenario tests read as "load does X → the policy does Y" and run in millisecon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from grm_operator.api.models import GRMDeploymentSpec
@@ -34,6 +35,10 @@ class Fleet:
     state: PolicyState = field(default_factory=PolicyState)
     decisions: list[Decision] = field(default_factory=list)
     metrics_up: bool = True
+    #: The policy under test: the rules (``decide``) or the optimiser (``policy.mpc.decide_mpc``).
+    policy: Callable[[Observation, PolicyState, GRMDeploymentSpec, float], tuple[Decision, PolicyState]] = (
+        decide
+    )
 
     def __post_init__(self) -> None:
         first = self.spec.admissible_variants()[0].name
@@ -128,7 +133,7 @@ class Fleet:
 
     def tick(self, now: float, score_rate: float) -> Decision:
         obs = self.observe(now, score_rate)
-        decision, self.state = decide(obs, self.state, self.spec, now)
+        decision, self.state = self.policy(obs, self.state, self.spec, now)
         self.decisions.append(decision)
         self.samples = decision.samples
         if decision.variant != self.active:

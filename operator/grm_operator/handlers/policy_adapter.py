@@ -7,7 +7,7 @@ only translation between them, so both sides stay small.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,10 @@ from grm_operator.metrics import Reading
 from grm_operator.policy.decide import decide
 from grm_operator.policy.gate import ladder_spec
 from grm_operator.policy.quality_watch import Demotion, LiveAgreement, QualityWatch, watch_quality
-from grm_operator.policy.types import Observation, PolicyState
+from grm_operator.policy.types import Decision, Observation, PolicyState
+
+#: A policy: ``decide`` (the operator's), or the optimiser ``grm-mpc`` the simulator compares.
+PolicyFn = Callable[[Observation, PolicyState, GRMDeploymentSpec, float], tuple[Decision, PolicyState]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ def decide_intent(
     deployments: Mapping[str, VariantDeployment],
     now: float,
     metrics_error: str | None = None,
+    policy: PolicyFn = decide,
 ) -> Intent:
     """One policy step for a GRMDeployment, with its memory read from and returned for status.
 
@@ -96,7 +100,7 @@ def decide_intent(
         demoted=frozenset(watch.demoted),
     )
     state = PolicyState.from_dict(status.get("policyState"))
-    decision, new_state = decide(observation, state, spec, now)
+    decision, new_state = policy(observation, state, spec, now)
     return Intent(
         action=decision.action,
         reason=decision.reason,

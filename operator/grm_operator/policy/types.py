@@ -8,7 +8,9 @@
   windows, demand history, online correction factors, switch times). It round-trips through the
   JSON dict stored in ``status.policyState``, so a restarted operator continues where it left off.
 * :class:`Decision` — replicas, variant and sample budget, the action taken, the :class:`Rule` that
-  took it, a sentence with the numbers that caused it, and the condition hints.
+  took it (or, for the optimiser of :mod:`.mpc`, its :class:`ReasonCode` and the numbers of the
+  winning move and the runner-up, :class:`MoveScore`), a sentence with the numbers that caused
+  it, and the condition hints.
 """
 
 from __future__ import annotations
@@ -20,7 +22,89 @@ from typing import Any, Literal
 
 from grm_operator.policy.signals import Signals
 
+#: Most values kept in PolicyState.arrivals: 240 periods = 1 h at the default 15 s period, enough
+#: to see two repetitions of an RL training step of up to 30 min, and ~2 kB of status.
+ARRIVAL_BINS = 240
+
 Action = Literal["None", "ScaleUp", "ScaleDown", "SwitchVariant", "SetSamples", "Hold"]
+
+
+class ReasonCode(StrEnum):
+    """Why the optimiser (:func:`grm_operator.policy.mpc.decide_mpc`, ``--policy grm-mpc``) decided
+    what it did (docs/policy.md §10).
+
+    ``MinCost``: the optimisation's cheapest move, applied as it is. The post-filter's codes name
+    what changed it; the hold codes say why there was nothing to optimise.
+    """
+
+    #: The move of least cost (GPU-seconds + miss penalty + switch + terminal), applied as is.
+    MIN_COST = "MinCost"
+    #: The cheapest move still misses requests in the expected demand at every replica count the
+    #: GPU budget allows: the move that misses fewest within the budget.
+    OVER_BUDGET = "OverBudget"
+    #: Scale-down held to the highest recommendation of the scale-down stabilisation window.
+    STABILIZATION = "StabilizationWindow"
+    #: Scale-up held to the lowest recommendation of the scale-up stabilisation window.
+    SCALE_UP_STABILIZATION = "ScaleUpStabilizationWindow"
+    #: The SLO is breached: at least ready × min(2, p95 ÷ SLO) replicas, no scale-down for 60 s.
+    PANIC = "Panic"
+    #: Scale-down limited to halving per tick (Knative's max-scale-down-rate 2).
+    SCALE_DOWN_RATE = "ScaleDownRate"
+    #: A variant switch wanted before precision.switchCooldown has passed since the last one.
+    SWITCH_COOLDOWN = "SwitchCooldown"
+    #: Manual or External mode: the replicas are spec.scaling.replicas.
+    MANUAL_REPLICAS = "ManualReplicas"
+    #: The metrics source failed.
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    #: No Ready worker of the active variant yet.
+    NO_READY_WORKER = "NoReadyWorker"
+    #: No worker reported metrics, or the newest sample is older than max(3 periods, 60 s).
+    METRICS_STALE = "MetricsStale"
+    #: The request rate is unknown (the counters have one sample), which is not demand 0.
+    NO_REQUEST_RATE = "NoRequestRate"
+    #: No operating point meets precision.minQuality (the CRD's rules make this unreachable).
+    NO_OPERATING_POINT = "NoOperatingPoint"
+
+
+@dataclass(frozen=True)
+class MoveScore:
+    """One move the optimisation weighed, with its terms (docs/policy.md §5)."""
+
+    variant: str
+    samples: int
+    replicas: int
+    #: The sample budget while replicas of the move start (its bridge); ``samples`` once Ready.
+    bridge_samples: int
+    #: Objective = gpu_seconds + miss_cost + switch_cost + terminal_cost (GPU-seconds).
+    cost: float
+    gpu_seconds: float
+    #: Expected score requests missed over the look-ahead, and their cost (× the miss penalty).
+    expected_misses: float
+    miss_cost: float
+    switch_cost: float
+    terminal_cost: float
+    quality: float
+
+    @property
+    def label(self) -> str:
+        """``3 × fp8×k4 (bridge k2)``."""
+        bridge = f" (bridge k{self.bridge_samples})" if self.bridge_samples != self.samples else ""
+        return f"{self.replicas} × {self.variant}×k{self.samples}{bridge}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers for status.lastDecision and the simulator's output (rounded)."""
+        return {
+            "variant": self.variant,
+            "samples": self.samples,
+            "replicas": self.replicas,
+            "bridgeSamples": self.bridge_samples,
+            "cost": round(self.cost, 1),
+            "gpuSeconds": round(self.gpu_seconds, 1),
+            "expectedMisses": round(self.expected_misses, 2),
+            "missCost": round(self.miss_cost, 1),
+            "switchCost": round(self.switch_cost, 1),
+            "terminalCost": round(self.terminal_cost, 1),
+        }
 
 
 class Rule(StrEnum):
@@ -151,6 +235,15 @@ class PolicyState:
     #: better one could (the urgent move's wait).
     failing_since: float | None = None
     panic_until: float | None = None
+    #: Demand per sample (score requests per second) of the last control periods, one value per
+    #: period (sample-and-hold across a missed tick), newest last, at most ``ARRIVAL_BINS``: the
+    #: series the optimiser's demand distribution and periodicity detector read (the rules do not).
+    arrivals: tuple[float, ...] = ()
+    #: When the newest value of ``arrivals`` was recorded.
+    arrivals_at: float | None = None
+    #: The estimated share of each period's requests over the SLO, aligned with ``arrivals``: the
+    #: attainment of the last hour, which prices a miss (``policy.mpc``).
+    missed: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in status.policyState, rounded (no float noise). Unset values are
@@ -170,6 +263,9 @@ class PolicyState:
             "betterSince": self.better_since,
             "failingSince": self.failing_since,
             "panicUntil": self.panic_until,
+            "arrivals": [round(v, 3) for v in self.arrivals] if self.arrivals else None,
+            "arrivalsAt": None if self.arrivals_at is None else round(self.arrivals_at, 1),
+            "missed": [round(v, 4) for v in self.missed] if self.missed else None,
         }
 
     @classmethod
@@ -208,6 +304,18 @@ class PolicyState:
             except (TypeError, ValueError):
                 return None
 
+        def numbers(key: str) -> tuple[float, ...]:
+            raw = data.get(key)
+            if not isinstance(raw, list):
+                return ()
+            out: list[float] = []
+            for item in raw[-ARRIVAL_BINS:]:
+                try:
+                    out.append(max(0.0, float(item)))
+                except (TypeError, ValueError):
+                    return ()  # a hole would shift the series' phase: re-learn it whole
+            return tuple(out)
+
         def nested(key: str) -> dict[str, dict[str, float]]:
             raw = data.get(key)
             if not isinstance(raw, Mapping):
@@ -230,6 +338,9 @@ class PolicyState:
             better_since=optional("betterSince"),
             failing_since=optional("failingSince"),
             panic_until=optional("panicUntil"),
+            arrivals=numbers("arrivals"),
+            arrivals_at=optional("arrivalsAt"),
+            missed=numbers("missed"),
         )
 
     def evolve(self, **changes: Any) -> PolicyState:
@@ -245,8 +356,9 @@ class Decision:
     variant: str
     replicas: int
     samples: int
-    #: The rule that took the decision (machine-readable); ``reason`` says it in words.
-    rule: Rule
+    #: The rule that took the decision (machine-readable), or the optimiser's :class:`ReasonCode`;
+    #: ``reason`` says it in words.
+    rule: Rule | ReasonCode
     reason: str
     #: ``(status, reason)`` hints for the conditions the autoscaler writes.
     slo_met: bool | None = None
@@ -255,3 +367,6 @@ class Decision:
     needed: int | None = None
     #: Demand used (sequences per second at the chosen sample budget, forecast included).
     demand_seq_rate: float | None = None
+    #: The move the optimiser chose and the next cheapest (None for the rules and for holds).
+    winner: MoveScore | None = None
+    runner_up: MoveScore | None = None

@@ -1,6 +1,7 @@
 """The controllers compared by the benchmark: our policy and the industry's, from their algorithms.
 
-* :mod:`.grm` — ``grm``, our policy through the operator's own adapter and actuation;
+* :mod:`.grm` — ``grm``, our policy through the operator's own adapter and actuation, and
+  ``grm-mpc``, the explicit optimisation (:mod:`grm_operator.policy.mpc`) through the same;
 * :mod:`.baselines` — ``static-peak``, ``hpa-gpu`` (Kubernetes HPA), ``kpa`` (Knative / AIBrix)
   and ``saturation`` (llm-d's workload-variant autoscaler), each on the best admissible point;
 * :mod:`.oracle` — ``oracle-max``, ``oracle`` and ``oracle-cold``: bounds computed with hindsight
@@ -21,7 +22,7 @@ from grm_operator.simulator.policies.oracle import BOUNDS
 
 __all__ = ["BOUNDS", "POLICIES", "Policy", "make_controller"]
 
-POLICIES = ("grm", "static-peak", "hpa-gpu", "kpa", "saturation", *BOUNDS)
+POLICIES = ("grm", "grm-mpc", "static-peak", "hpa-gpu", "kpa", "saturation", *BOUNDS)
 
 Policy = Grm | StaticPeak | HpaGpu | Kpa | Saturation
 
@@ -30,6 +31,8 @@ def make_controller(name: str, spec: GRMDeploymentSpec) -> Policy:
     """The controller called ``name`` (one of :data:`POLICIES` but the :data:`BOUNDS`)."""
     if name == "grm":
         return Grm(spec)
+    if name == "grm-mpc":
+        return Grm(spec, mpc=True)
     if name == "static-peak":
         return StaticPeak(spec)
     if name == "hpa-gpu":

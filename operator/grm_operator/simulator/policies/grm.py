@@ -2,6 +2,9 @@
 operator's own adapter and actuation (:mod:`grm_operator.handlers.policy_adapter`,
 :func:`grm_operator.control.actuation.plan`): switches surge within maxGPUs, drain, roll back on
 timeout, exactly as the autoscaler applies them.
+
+``grm-mpc``: the same adapter and actuation around the explicit optimisation of
+:mod:`grm_operator.policy.mpc` (docs/policy.md §10), measured beside the rules, not the default.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from typing import Any
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.control.actuation import VariantDeployment, plan
-from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
+from grm_operator.handlers.policy_adapter import PodCounts, PolicyFn, decide_intent
 from grm_operator.metrics.source import Reading
 from grm_operator.policy import gate
+from grm_operator.policy.decide import decide
+from grm_operator.policy.mpc import decide_mpc
 from grm_operator.simulator.controller import Command, FleetView
 from grm_operator.simulator.fleet import Fleet
 from grm_operator.simulator.policies.sizing import best_point, initial_replicas
@@ -26,8 +31,12 @@ class Grm:
 
     name = "grm"
 
-    def __init__(self, spec: GRMDeploymentSpec, measured: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, spec: GRMDeploymentSpec, measured: list[dict[str, Any]] | None = None, *, mpc: bool = False
+    ) -> None:
         self.spec = spec
+        self.name = "grm-mpc" if mpc else "grm"
+        self.policy: PolicyFn = decide_mpc if mpc else decide
         self.period_s = parse_duration(spec.scaling.control_period)
         # The quality gate's verdicts (status.variants[]), which the adapter builds the ladder
         # from; none given: each variant measured at its declared quality.
@@ -57,6 +66,7 @@ class Grm:
             pods=pods,
             deployments=deployments,
             now=view.now,
+            policy=self.policy,
         )
         step = plan(
             spec=self.spec,
