@@ -90,6 +90,12 @@ EVALUATION_RESULT_KEYS = (
 #: On the GRMDeployment: a JSON list of extra arguments of ``grm-operator evaluate`` (e.g.
 #: ``["--max-tokens", "16"]``), for tests and demos on tiny models; the evaluation key includes them.
 ANNOTATION_EVALUATION_ARGS = "grm.dev/evaluation-args"
+#: On the GRMDeployment: a new value (a timestamp, say) asks for a fresh evaluation of every variant
+#: demoted by its live agreement; one that passes lifts the demotion (policy.quality_watch). Each
+#: value buys one re-evaluation per demotion: the same value never re-runs or lifts anything again.
+ANNOTATION_RE_EVALUATE = "grm.dev/re-evaluate"
+#: A request value becomes part of a Job's identity; longer ones are refused (an invalid spec).
+RE_EVALUATE_MAX_LENGTH = 253
 #: One retry: a build or evaluation that fails twice fails for a reason a third try will not fix
 #: (a bad recipe, a checkpoint vLLM cannot load), and each try holds a GPU for up to hours.
 BACKOFF_LIMIT = 1
@@ -114,6 +120,16 @@ def evaluation_args(grmd: GRMDeployment) -> list[str]:
 def _key(data: object) -> str:
     """A 12-hex-digit sha256 of JSON-able data: long enough that two recipes never meet."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def re_evaluation_request(grmd: GRMDeployment) -> str | None:
+    """The value of :data:`ANNOTATION_RE_EVALUATE` (stripped), None when unset or empty
+    (``ValueError`` when longer than :data:`RE_EVALUATE_MAX_LENGTH`: reported like an invalid spec)."""
+    raw = (grmd.metadata.annotations or {}).get(ANNOTATION_RE_EVALUATE)
+    value = raw.strip() if isinstance(raw, str) else ""
+    if len(value) > RE_EVALUATE_MAX_LENGTH:
+        raise ValueError(f"{ANNOTATION_RE_EVALUATE} must be at most {RE_EVALUATE_MAX_LENGTH} characters")
+    return value or None
 
 
 def job_name(owner: str, variant: str, kind: str, key: str) -> str:
@@ -174,6 +190,12 @@ def evaluation_key(
             "evaluationArgs": evaluation_args(grmd),
         }
     )
+
+
+def re_evaluation_key(key: str, request: str | None) -> str:
+    """The identity of a re-evaluation asked for by ``grm.dev/re-evaluate``: the evaluation's key
+    and the request's value (same inputs, a new Job); the evaluation's own key without one."""
+    return _key({"evaluation": key, "reEvaluate": request}) if request else key
 
 
 class _Volumes:
@@ -415,8 +437,10 @@ def evaluation_job(
     dataset_identity: str,
     image: str,
     image_pull_policy: str,
+    request: str | None = None,
 ) -> Manifest:
-    """The Job that measures ``variant`` against the reference on the evaluation set."""
+    """The Job that measures ``variant`` against the reference on the evaluation set (again, for
+    the ``grm.dev/re-evaluate`` value ``request``)."""
     spec = grmd.spec
     vols = _Volumes()
     variant_dir = vols.path(checkpoint)
@@ -447,11 +471,12 @@ def evaluation_job(
     argv += evaluation_args(grmd)
     line = shlex.join(argv) + (f" --dataset {dataset}" if dataset else "") + f" --json {result}"
     script = f"set -e\n{line}\n{_report(result, EVALUATION_RESULT_KEYS)}"
-    key = evaluation_key(grmd, variant, checkpoint, reference, dataset_identity)
+    key = re_evaluation_key(evaluation_key(grmd, variant, checkpoint, reference, dataset_identity), request)
     recipe = {
         "variant": checkpoint.identity(),
         "reference": reference.identity(),
         "dataset": dataset_identity,
+        **({"reEvaluate": request} if request else {}),
     }
     reference_variant = spec.variants[0]
     return _job(

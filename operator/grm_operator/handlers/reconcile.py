@@ -61,7 +61,7 @@ from grm_operator.control.gate import (
     jobs_needing_results,
     plan_gate,
 )
-from grm_operator.control.qualityjobs import evaluation_args
+from grm_operator.control.qualityjobs import evaluation_args, re_evaluation_request
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
 from grm_operator.handlers.store import Key, Store, key_of
 from grm_operator.kubeapi import Body, Conflict, KubeClient, KubeError
@@ -284,6 +284,7 @@ class Reconciler:
             )
             children = self._build(grmd, current)
             evaluation_args(grmd)  # a malformed annotation is an invalid spec, not a failed reconcile
+            re_evaluation_request(grmd)
         except (ValidationError, ValueError) as exc:
             message = _short_error(exc)
             await self._write_status(
