@@ -52,6 +52,7 @@ from grm_operator.control.qualityjobs import (
     LABEL_JOB_KEY,
     LABEL_QUALITY_JOB,
     Checkpoint,
+    JobPodDefaults,
     build_job,
     build_key,
     evaluation_job,
@@ -183,6 +184,7 @@ def plan_gate(
     image: str,
     image_pull_policy: str,
     now: str,
+    pod_defaults: JobPodDefaults | None = None,
 ) -> GatePlan:
     """One step of the gate (see the module doc). ``reports``: termination messages by Job name
     (of :func:`jobs_needing_results`); ``dataset_identity``: the evaluation set's content hash
@@ -222,7 +224,15 @@ def plan_gate(
             key = build_key(v, source)
             built = fields["build"] if (fields["build"] or {}).get("recipeHash") == key else None
             if built is None or not built.get("digest"):
-                manifest = build_job(grmd, owner, v, source, image=image, image_pull_policy=image_pull_policy)
+                manifest = build_job(
+                    grmd,
+                    owner,
+                    v,
+                    source,
+                    image=image,
+                    image_pull_policy=image_pull_policy,
+                    pod_defaults=pod_defaults,
+                )
                 job = job_for(BUILD, v, key, manifest)
                 name = str(manifest["metadata"]["name"])
                 fields["build"] = {
@@ -311,6 +321,7 @@ def plan_gate(
                 image=image,
                 image_pull_policy=image_pull_policy,
                 request=job_request,
+                pod_defaults=pod_defaults,
             )
             name = str(manifest["metadata"]["name"])
             job = job_for(EVALUATION, v, re_evaluation_key(key, job_request), manifest)

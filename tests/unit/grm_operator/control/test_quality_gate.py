@@ -25,6 +25,7 @@ from grm_operator.control.qualityjobs import (
     EVALUATION,
     LABEL_JOB_KEY,
     LABEL_QUALITY_JOB,
+    JobPodDefaults,
     evaluation_args,
     job_name,
     re_evaluation_request,
@@ -403,3 +404,50 @@ def test_the_re_evaluate_annotation_is_read_stripped_and_bounded() -> None:
     assert re_evaluation_request(grmd()) is None
     with pytest.raises(ValueError, match="at most 253"):
         re_evaluation_request(_annotated(grmd(), "x" * 254))
+
+
+def test_the_installations_job_settings_reach_the_pods_but_the_templates_placement_wins() -> None:
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    defaults = JobPodDefaults(
+        resources={"requests": {"cpu": "8", "memory": "96Gi"}, "limits": {"memory": "128Gi"}},
+        node_selector={"pool": "gpu"},
+        tolerations=(gpu,),
+    )
+    g = grmd()
+    plan = plan_gate(
+        g,
+        Owner.of(g),
+        {},
+        [],
+        {},
+        dataset_identity="default",
+        image="q:1",
+        image_pull_policy="Always",
+        now=NOW,
+        pod_defaults=defaults,
+    )
+    pod = plan.create[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "96Gi"},
+        "limits": {"memory": "128Gi", "nvidia.com/gpu": 1},
+    }
+    assert (container["image"], container["imagePullPolicy"]) == ("q:1", "Always")
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"] == [gpu]
+    data = g.model_dump(by_alias=True, exclude_none=True)
+    data["spec"]["template"] = {"nodeSelector": {"pool": "h100"}}
+    own = GRMDeployment.model_validate(data)
+    plan = plan_gate(
+        own,
+        Owner.of(own),
+        {},
+        [],
+        {},
+        dataset_identity="default",
+        image="q:1",
+        image_pull_policy="Always",
+        now=NOW,
+        pod_defaults=defaults,
+    )
+    pod = plan.create[0]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "h100"} and pod["tolerations"] == [gpu]
