@@ -14,7 +14,7 @@ FP8_DYNAMIC    ``QuantizationModifier(scheme="FP8_DYNAMIC")``: fp8     fp8 GEMMs
 W8A8           ``GPTQModifier``: int8 weights per output channel       int8 GEMMs (CUTLASS on GPU,
                (GPTQ on calibration data), int8 activations per        oneDNN on CPU)
                token at run time (asymmetric by default, see below)
-W4A16          ``GPTQModifier(scheme="W4A16")``: int4 weights in       Marlin kernels (GPU only)
+W4A16          ``GPTQModifier(scheme="W4A16")``: int4 weights in       Marlin (GPU); CPUWNA16 (CPU)
                groups of 128, 16-bit activations
 =============  ======================================================  ============================
 
