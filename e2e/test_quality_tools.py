@@ -11,7 +11,12 @@ scoring prompt with ``Scores: \\boxed{a, b}``, favouring the answer that says "c
   labelled set of 160 items with both, and writes the measurement.
 
 The quantized variants agree with the reference on (nearly) every item; the broken one's agreement
-lower bound is far below the 0.97 floor. A model of 0.1 M parameters checks the mechanism only:
+lower bound is far below the 0.97 floor. Two more recipes are built for real: W8A8 after 2:4
+pruning (SparseGPT), whose every group of four decoder weights keeps two zeros and which the CPU
+engine evaluates in its dense form (73 s: build 11 s, one engine start and scoring 60 s), and W4A16
+on a random tiny Llama whose widths are multiples of 128 (the tiny GRM's are not, and
+llm-compressor refuses them), whose packed-int4 layout is checked and which vLLM's CPU engine loads
+and runs. A model of 0.1 M parameters checks the mechanism only:
 what it says about quantizing a real GRM is nothing (docs/quality.md has published numbers).
 
 Greedy decoding (temperature 0, one sample) keeps the verdicts deterministic, so the assertions
@@ -307,26 +312,27 @@ def test_pruned_2_4_variant_keeps_its_zeros_and_serves_dense(
     assert result["agreement"] >= 0.9, result
 
 
-def test_w4a16_builds_packed_int4_that_vllm_cpu_runs(models: Models, tmp_path: Path) -> None:
+def test_w4a16_builds_packed_int4_that_vllm_cpu_runs(tmp_path: Path) -> None:
     """W4A16 (GPTQ, int4 in groups of 128) needs input widths divisible by 128, which the tiny GRM
     lacks (o_proj: 160): a random tiny Llama of widths 128/640/256 is built instead, quantized, its
     compressed-tensors structure checked, and vLLM's CPU engine loads it (CPUWNA16LinearKernel)
-    and generates. Random weights: no verdicts to measure, so no evaluation. Measured on the
-    development VM (load ~10): build 176 s wall (36 s CPU), vLLM load and generate ~60 s."""
+    and generates. Random weights: no verdicts to measure, so no evaluation; GPTQ calibrates on 8
+    GRM prompts (the structure, not the accuracy, is under test)."""
+    for missing in (tools.vllm_missing(), tools.compress_missing()):
+        if missing:
+            _skip_or_fail(missing)
     python = str(tools.vllm_python())
-    source = tmp_path / "tiny-llama-aligned"
-    subprocess.run(
-        [python, str(SUPPORT / "tiny_llama.py"), str(source), "--group-aligned"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env=_env(),
-    )
+    source, dataset = tmp_path / "tiny-llama-aligned", tmp_path / "calibration.jsonl"
+    for args in (
+        [str(SUPPORT / "tiny_llama.py"), str(source), "--group-aligned"],
+        [str(SUPPORT / "tiny_grm.py"), "dataset", str(dataset), "8"],
+    ):
+        subprocess.run([python, *args], check=True, capture_output=True, timeout=300, env=_env())
     out = tmp_path / "tiny-llama-w4a16"
     built = grm_operator(
         "quantize",
         *("--source", str(source), "--scheme", "W4A16", "--out", str(out)),
-        *("--calibration", str(models.dataset), "--calibration-samples", "32", "--max-seq-length", "512"),
+        *("--calibration", str(dataset), "--calibration-samples", "8", "--max-seq-length", "256"),
     )
     assert built.returncode == 0, built.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())["quantization_config"]
