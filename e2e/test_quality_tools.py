@@ -274,8 +274,8 @@ def test_pruned_2_4_variant_keeps_its_zeros_and_serves_dense(
 ) -> None:
     """``--prune 2:4`` (SparseGPT, then round-to-nearest W8A8) on the tiny GRM: every group of four
     decoder weights keeps two zeros, vLLM's CPU engine serves the checkpoint in its dense form, and
-    it is measured like any variant. Measured on the development VM (2 cores, load ~10): build
-    34–157 s wall (25–28 s CPU), evaluation 60–120 s (one engine start); 160/160 verdicts agree."""
+    it is measured like any variant. Measured on the development VM (2 cores, load 6–10): build
+    11 s, evaluation 60 s (one engine start and scoring); 160/160 verdicts agree."""
     out = tmp_path / "tiny-grm-w8a8-2of4"
     started = time.monotonic()
     built = grm_operator(
