@@ -65,10 +65,15 @@ VARIATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+def _container_env(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (deployment,) = by_kind(docs, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env: list[dict[str, Any]] = container["env"]
+    return env
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container_env(docs) if "value" in e}
 
 
 @pytest.fixture(scope="module")
@@ -424,6 +429,12 @@ def test_quality_job_values_reach_the_operator() -> None:
     # An empty repository: the Jobs run each GRMDeployment's worker image, as without the chart.
     blank = {"qualityJobs": {"image": {"repository": "", "tag": ""}, "pullPolicy": "IfNotPresent"}}
     assert OperatorSettings.from_env(_env(render(blank))).quality_job_image is None
+    # extraEnv wins (how the image was set before qualityJobs existed): no variable set twice,
+    # which the API server's server-side apply refuses.
+    extra = {"extraEnv": [{"name": "GRM_QUALITY_JOB_IMAGE", "value": "local/python"}]}
+    names = [e["name"] for e in _container_env(render(extra))]
+    assert names.count("GRM_QUALITY_JOB_IMAGE") == 1
+    assert OperatorSettings.from_env(_env(render(extra))).quality_job_image == "local/python"
 
 
 def test_pod_monitor_labels_reach_the_operator() -> None:
