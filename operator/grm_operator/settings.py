@@ -60,8 +60,29 @@ class OperatorSettings(BaseModel):
     quality_job_image: str | None = Field(
         default=None,
         description="Image of the quality gate's build and evaluation Jobs: it must have "
-        "grm-operator with the compress extra (llm-compressor) and vLLM. Unset: the GRMDeployment's "
-        "worker image.",
+        "grm-operator with the compress extra (llm-compressor) and vLLM (images/quality/Dockerfile). "
+        "Unset: the GRMDeployment's worker image.",
+    )
+    quality_job_image_pull_policy: str | None = Field(
+        default=None,
+        description="Pull policy of the quality Jobs' image. Unset: the GRMDeployment's "
+        "spec.template.imagePullPolicy, else the workers' default.",
+    )
+    quality_job_resources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Resources of the quality Jobs' container beside the variant's GPUs (JSON in "
+        'GRM_QUALITY_JOB_RESOURCES), e.g. {"requests": {"cpu": "8", "memory": "128Gi"}}: a build '
+        "holds the model in host memory.",
+    )
+    quality_job_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node selector of the quality Jobs when the GRMDeployment's spec.template sets "
+        "none (JSON in GRM_QUALITY_JOB_NODE_SELECTOR), e.g. the GPU nodes' label.",
+    )
+    quality_job_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations of the quality Jobs when the GRMDeployment's spec.template sets "
+        "none (JSON in GRM_QUALITY_JOB_TOLERATIONS), e.g. of the GPU nodes' taint.",
     )
     prometheus_url: str | None = Field(
         default=None,
@@ -182,6 +203,18 @@ class OperatorSettings(BaseModel):
                 return json.loads(value)
             except ValueError as exc:
                 raise ValueError(f"expected a JSON object of pod → URL: {exc}") from None
+        return value
+
+    @field_validator(
+        "quality_job_resources", "quality_job_node_selector", "quality_job_tolerations", mode="before"
+    )
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"expected JSON: {exc}") from None
         return value
 
     @field_validator("podmonitor_labels", mode="before")

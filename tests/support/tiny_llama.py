@@ -47,7 +47,10 @@ def corpus() -> list[str]:
     return lines
 
 
-def build(out: Path) -> None:
+def build(out: Path, *, group_aligned: bool = False) -> None:
+    """The tiny Llama, random weights. ``group_aligned``: hidden 128, 8 query heads, intermediate
+    256, so every Linear's input width is a multiple of 128 — what W4A16's groups of 128 need
+    (llm-compressor refuses the default's o_proj of 2 × 80 = 160 columns)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -71,13 +74,13 @@ def build(out: Path) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128 if group_aligned else 64,
+        intermediate_size=256 if group_aligned else 128,
         num_hidden_layers=2,
         # head_dim 80 (not 32/64): with bf16 and head_dim % 32 == 0 vLLM's CPU attention picks its
         # AMX kernel, which dies with SIGILL on this VM although the CPU flags advertise AMX;
         # head_dim % 32 == 16 selects the portable "vec16" kernel (cpu_attn._get_attn_isa).
-        num_attention_heads=2,
+        num_attention_heads=8 if group_aligned else 2,
         num_key_value_heads=1,
         head_dim=80,
         max_position_embeddings=4096,
@@ -93,4 +96,4 @@ def build(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]))
+    build(Path(sys.argv[1]), group_aligned="--group-aligned" in sys.argv[2:])

@@ -46,6 +46,10 @@ app.kubernetes.io/part-of: grm-elastic
 {{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) }}
 {{- end }}
 
+{{- define "grm-operator.qualityJobImage" -}}
+{{- printf "%s:%s" .Values.qualityJobs.image.repository (default .Chart.AppVersion .Values.qualityJobs.image.tag) }}
+{{- end }}
+
 {{/* The operator's RBAC rules, generated from grm_operator/rbac.py (make crd). */}}
 {{- define "grm-operator.rules" -}}
 {{- .Files.Get "files/rbac-rules.yaml" }}

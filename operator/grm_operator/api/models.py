@@ -760,8 +760,9 @@ class PrecisionControl(ApiModel):
         default_factory=LiveQuality,
         description="Quality watched while serving: a variant whose live agreement with the reference "
         "has a 95% lower bound below minQuality is demoted (status.variants[].demoted, condition "
-        "LiveQualityMet, an Event) and the ladder skips it until it is re-evaluated (its definition "
-        "changes).",
+        "LiveQualityMet, an Event) and the ladder skips it until it is redefined or re-evaluated (an "
+        "evaluation finished after the demotion admits it: a changed evaluation set or checkpoint, or "
+        "a new value of the annotation grm.dev/re-evaluate, e.g. a timestamp).",
     )
     quality_policy: QualityPolicy = Field(
         default="Measured",
@@ -1262,8 +1263,11 @@ class Decision(ApiModel):
 
 class VariantDemotion(ApiModel):
     """Why a variant left the quality ladder while serving: its live agreement with the reference
-    (spec.precision.shadow) had a 95% lower bound below precision.minQuality. It stays until the
-    variant is re-evaluated (its definition in spec.variants changes)."""
+    (spec.precision.shadow) had a 95% lower bound below precision.minQuality. It stays until there
+    is fresh evidence: the variant is redefined (its definition in spec.variants changes), or an
+    evaluation finished after the demotion admits it (qualityPolicy Measured: the evaluation set or
+    a checkpoint changed, or the annotation grm.dev/re-evaluate got a new value), or, under
+    qualityPolicy Declared, grm.dev/re-evaluate gets a value other than reEvaluate."""
 
     since: str = Field(description="When the variant was demoted (RFC 3339).")
     reason: Literal["LiveAgreementBelowFloor"] = Field(
@@ -1280,6 +1284,26 @@ class VariantDemotion(ApiModel):
         description="Digest of the variant's definition when demoted; another one re-admits it.",
         max_length=80,
     )
+    re_evaluate: str | None = Field(
+        default=None,
+        description="The annotation grm.dev/re-evaluate's value when demoted: only another value "
+        "asks for a re-evaluation.",
+        max_length=253,
+    )
+
+
+class VariantReinstatement(ApiModel):
+    """Why and when a demoted variant came back on the quality ladder. For one
+    precision.shadow.window after it the variant's live agreement is not judged: that window still
+    holds the comparisons that demoted it."""
+
+    since: str = Field(description="When the demotion was lifted (RFC 3339).")
+    reason: Literal["Redefined", "ReEvaluated", "ReEvaluationRequested"] = Field(
+        description="Redefined: its definition changed. ReEvaluated: an evaluation finished after the "
+        "demotion admits it. ReEvaluationRequested: grm.dev/re-evaluate got a new value under "
+        "qualityPolicy Declared."
+    )
+    message: str = Field(description="The numbers, for people.", max_length=1024)
 
 
 GateState = Literal["Pending", "Building", "Evaluating", "Admitted", "Rejected"]
@@ -1328,6 +1352,12 @@ class MeasuredQuality(ApiModel):
         description="What was evaluated: hash of the variant's checkpoint (digest or uri), the "
         "reference's and the set's; a change re-evaluates."
     )
+    re_evaluate: str | None = Field(
+        default=None,
+        description="The grm.dev/re-evaluate value this measurement was made for (a re-evaluation "
+        "of a demoted variant); unset for an evaluation its inputs caused.",
+        max_length=253,
+    )
     job: str | None = Field(default=None, description="The evaluation Job's name.")
     measured: str = Field(description="When it was measured (RFC 3339).")
 
@@ -1345,7 +1375,10 @@ class VariantStatus(ApiModel):
     demoted: VariantDemotion | None = Field(
         default=None,
         description="Set when the variant's live agreement with the reference fell below the floor: "
-        "the ladder skips it until it is re-evaluated.",
+        "the ladder skips it until it is redefined or re-evaluated.",
+    )
+    reinstated: VariantReinstatement | None = Field(
+        default=None, description="Set when the variant's last demotion was lifted: why and when."
     )
     gate: GateState | None = Field(
         default=None,

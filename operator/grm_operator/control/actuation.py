@@ -84,6 +84,8 @@ class Intent:
     #: Variants demoted by their live agreement, as status.variants[].demoted (None: not
     #: computed, status kept as it is), and the Events of this tick's demotions and lifts.
     demoted: Mapping[str, Mapping[str, Any]] | None = None
+    #: Lifted demotions, as status.variants[].reinstated (None: status kept as it is).
+    reinstated: Mapping[str, Mapping[str, Any]] | None = None
     events: tuple[Event, ...] = ()
 
 
@@ -308,7 +310,12 @@ def plan(
         "WorkersHealthy": _workers_healthy(deployments),
     }
     if intent is not None and intent.demoted is not None:
-        marked, changed = _with_demoted(variants or status.get("variants") or [], names, intent.demoted)
+        marked, changed = _with_field(
+            variants or status.get("variants") or [], names, "demoted", intent.demoted
+        )
+        if intent.reinstated is not None:
+            marked, lifted = _with_field(marked, names, "reinstated", intent.reinstated)
+            changed = changed or lifted
         variants = marked if changed or variants is not None else None
         computed["LiveQualityMet"] = _live_quality_met(spec, intent.demoted)
         events.extend(intent.events)
@@ -402,21 +409,24 @@ def _variants_with_unhealthy(
     return entries if changed else None
 
 
-def _with_demoted(
-    entries: Sequence[Mapping[str, Any]], names: frozenset[str], demoted: Mapping[str, Mapping[str, Any]]
+def _with_field(
+    entries: Sequence[Mapping[str, Any]],
+    names: frozenset[str],
+    key: str,
+    values: Mapping[str, Mapping[str, Any]],
 ) -> tuple[list[dict[str, Any]], bool]:
-    """status.variants with ``demoted`` set for the demoted variants and cleared for the others,
-    and whether any entry changed."""
+    """status.variants with ``key`` (``demoted``, ``reinstated``) set for the variants in
+    ``values`` and cleared for the others, and whether any entry changed."""
     out = [dict(e) for e in entries] or [{"name": n} for n in sorted(names)]
     changed = False
     for entry in out:
-        want = demoted.get(str(entry.get("name")))
-        if entry.get("demoted") != want:
+        want = values.get(str(entry.get("name")))
+        if entry.get(key) != want:
             changed = True
             if want is None:
-                entry.pop("demoted", None)
+                entry.pop(key, None)
             else:
-                entry["demoted"] = dict(want)
+                entry[key] = dict(want)
     return out, changed
 
 

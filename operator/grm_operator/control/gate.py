@@ -22,7 +22,12 @@ Per variant, in spec order:
 2. **Evaluation** (``precision.qualityPolicy: Measured``, every variant but the reference): the
    measurement is current when ``status.variants[].quality.evaluatedKey`` is the hash of the two
    checkpoints and the set; else the evaluation Job is created (``Evaluating``) and its report
-   recorded. A failed evaluation rejects the variant (``EvaluationFailed``).
+   recorded. A failed evaluation rejects the variant (``EvaluationFailed``). A variant demoted by
+   its live agreement (``status.variants[].demoted``, written by the autoscaler) is evaluated
+   again when the GRMDeployment's ``grm.dev/re-evaluate`` annotation has a value other than the
+   one recorded at its demotion and than the one its current measurement was made for; the new
+   measurement (``quality.reEvaluate`` says for which value) lifts the demotion when it passes
+   (:mod:`grm_operator.policy.quality_watch`).
 3. **Verdict**: ``Admitted`` when the measured lower bound is ≥ ``precision.minQuality``, else
    ``Rejected`` with the numbers. A changed floor re-judges the stored measurement without a new
    Job. ``Declared``: ``Admitted`` once built.
@@ -47,11 +52,14 @@ from grm_operator.control.qualityjobs import (
     LABEL_JOB_KEY,
     LABEL_QUALITY_JOB,
     Checkpoint,
+    JobPodDefaults,
     build_job,
     build_key,
     evaluation_job,
     evaluation_key,
     job_name,
+    re_evaluation_key,
+    re_evaluation_request,
     variant_checkpoint,
 )
 from grm_operator.policy.gate import ADMITTED, REJECTED
@@ -176,6 +184,7 @@ def plan_gate(
     image: str,
     image_pull_policy: str,
     now: str,
+    pod_defaults: JobPodDefaults | None = None,
 ) -> GatePlan:
     """One step of the gate (see the module doc). ``reports``: termination messages by Job name
     (of :func:`jobs_needing_results`); ``dataset_identity``: the evaluation set's content hash
@@ -186,6 +195,7 @@ def plan_gate(
     entries = {str(e.get("name")): e for e in status.get("variants") or [] if isinstance(e, Mapping)}
     measured = spec.precision.quality_policy == "Measured"
     floor = spec.precision.min_quality
+    request = re_evaluation_request(grmd)
     wanted: set[str] = set()
     checkpoints: dict[str, Checkpoint | None] = {}  # None: not built yet
     steps: dict[str, _Step] = {}
@@ -214,7 +224,15 @@ def plan_gate(
             key = build_key(v, source)
             built = fields["build"] if (fields["build"] or {}).get("recipeHash") == key else None
             if built is None or not built.get("digest"):
-                manifest = build_job(grmd, owner, v, source, image=image, image_pull_policy=image_pull_policy)
+                manifest = build_job(
+                    grmd,
+                    owner,
+                    v,
+                    source,
+                    image=image,
+                    image_pull_policy=image_pull_policy,
+                    pod_defaults=pod_defaults,
+                )
                 job = job_for(BUILD, v, key, manifest)
                 name = str(manifest["metadata"]["name"])
                 fields["build"] = {
@@ -280,7 +298,19 @@ def plan_gate(
             continue
         key = evaluation_key(grmd, v, checkpoint, reference, dataset_identity)
         quality = fields["quality"] if (fields["quality"] or {}).get("evaluatedKey") == key else None
-        if quality is None:
+        demotion = previous.get("demoted")
+        # Demoted, and the annotation has a value this demotion has not seen and no measurement was
+        # made for: the evaluation to run (or running: the stored one is cleared meanwhile) is
+        # the re-evaluation for that value.
+        asked = (
+            isinstance(demotion, Mapping)
+            and request is not None
+            and request != demotion.get("reEvaluate")
+            and (quality is None or request != quality.get("reEvaluate"))
+        )
+        if quality is None or asked:
+            job_request = request if asked else None
+            again = asked
             manifest = evaluation_job(
                 grmd,
                 owner,
@@ -290,18 +320,21 @@ def plan_gate(
                 dataset_identity=dataset_identity,
                 image=image,
                 image_pull_policy=image_pull_policy,
+                request=job_request,
+                pod_defaults=pod_defaults,
             )
             name = str(manifest["metadata"]["name"])
-            job = job_for(EVALUATION, v, key, manifest)
+            job = job_for(EVALUATION, v, re_evaluation_key(key, job_request), manifest)
             fields["quality"] = None
             if job is None or job.state == "Running":
-                steps[v.name] = _Step("Evaluating", f"evaluation Job {name} running", fields)
+                why = f", demoted: re-evaluation asked by grm.dev/re-evaluate={job_request}" if again else ""
+                steps[v.name] = _Step("Evaluating", f"evaluation Job {name} running{why}", fields)
                 if job is None:
                     plan.events.append(
                         GateEvent(
                             "Normal",
                             "EvaluationStarted",
-                            f"{v.name}: evaluating against {spec.variants[0].name} (Job {name})",
+                            f"{v.name}: evaluating against {spec.variants[0].name} (Job {name}){why}",
                         )
                     )
                 continue
@@ -323,6 +356,7 @@ def plan_gate(
                 "accuracy": _number(report.get("accuracy")),
                 "datasetDigest": str(report.get("dataset_digest") or dataset_identity),
                 "evaluatedKey": key,
+                "reEvaluate": job_request,
                 "job": name,
                 "measured": now,
             }

@@ -41,7 +41,8 @@ import json
 import posixpath
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from grm_operator.api.models import GRMDeployment, Variant
 from grm_operator.control.builders.deployment import pod_placement
@@ -90,6 +91,12 @@ EVALUATION_RESULT_KEYS = (
 #: On the GRMDeployment: a JSON list of extra arguments of ``grm-operator evaluate`` (e.g.
 #: ``["--max-tokens", "16"]``), for tests and demos on tiny models; the evaluation key includes them.
 ANNOTATION_EVALUATION_ARGS = "grm.dev/evaluation-args"
+#: On the GRMDeployment: a new value (a timestamp, say) asks for a fresh evaluation of every variant
+#: demoted by its live agreement; one that passes lifts the demotion (policy.quality_watch). Each
+#: value buys one re-evaluation per demotion: the same value never re-runs or lifts anything again.
+ANNOTATION_RE_EVALUATE = "grm.dev/re-evaluate"
+#: A request value becomes part of a Job's identity; longer ones are refused (an invalid spec).
+RE_EVALUATE_MAX_LENGTH = 253
 #: One retry: a build or evaluation that fails twice fails for a reason a third try will not fix
 #: (a bad recipe, a checkpoint vLLM cannot load), and each try holds a GPU for up to hours.
 BACKOFF_LIMIT = 1
@@ -114,6 +121,27 @@ def evaluation_args(grmd: GRMDeployment) -> list[str]:
 def _key(data: object) -> str:
     """A 12-hex-digit sha256 of JSON-able data: long enough that two recipes never meet."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class JobPodDefaults:
+    """The installation's settings for the quality Jobs' pods (the chart's ``qualityJobs``): extra
+    resources beside the GPUs (a build holds the model in host memory: ~2 bytes a parameter), and
+    a node selector and tolerations used when the GRMDeployment's ``spec.template`` sets none."""
+
+    resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    node_selector: Mapping[str, str] | None = None
+    tolerations: tuple[Mapping[str, Any], ...] | None = None
+
+
+def re_evaluation_request(grmd: GRMDeployment) -> str | None:
+    """The value of :data:`ANNOTATION_RE_EVALUATE` (stripped), None when unset or empty
+    (``ValueError`` when longer than :data:`RE_EVALUATE_MAX_LENGTH`: reported like an invalid spec)."""
+    raw = (grmd.metadata.annotations or {}).get(ANNOTATION_RE_EVALUATE)
+    value = raw.strip() if isinstance(raw, str) else ""
+    if len(value) > RE_EVALUATE_MAX_LENGTH:
+        raise ValueError(f"{ANNOTATION_RE_EVALUATE} must be at most {RE_EVALUATE_MAX_LENGTH} characters")
+    return value or None
 
 
 def job_name(owner: str, variant: str, kind: str, key: str) -> str:
@@ -174,6 +202,20 @@ def evaluation_key(
             "evaluationArgs": evaluation_args(grmd),
         }
     )
+
+
+def re_evaluation_key(key: str, request: str | None) -> str:
+    """The identity of a re-evaluation asked for by ``grm.dev/re-evaluate``: the evaluation's key
+    and the request's value (same inputs, a new Job); the evaluation's own key without one."""
+    return _key({"evaluation": key, "reEvaluate": request}) if request else key
+
+
+def _resources(defaults: JobPodDefaults, accelerator: str, gpus: int) -> Manifest:
+    """The container's resources: the installation's, with the variant's GPUs as the limit of its
+    accelerator resource (the GPU count is the variant's, never the installation's)."""
+    resources: Manifest = {k: dict(v) for k, v in defaults.resources.items() if v}
+    resources.setdefault("limits", {})[accelerator] = gpus
+    return resources
 
 
 class _Volumes:
@@ -284,7 +326,9 @@ def _job(
     gpus: int,
     deadline_s: int,
     recipe: Mapping[str, object],
+    pod_defaults: JobPodDefaults | None = None,
 ) -> Manifest:
+    defaults = pod_defaults or JobPodDefaults()
     vols.finish(grmd, owner)
     name = job_name(owner.name, variant.name, kind, key)
     labels = {
@@ -315,7 +359,7 @@ def _job(
         "imagePullPolicy": image_pull_policy,
         "command": ["sh", "-c", script],
         "env": env,
-        "resources": {"limits": {variant.accelerator_resource: gpus}},
+        "resources": _resources(defaults, variant.accelerator_resource, gpus),
         "volumeMounts": vols.mounts,
         "terminationMessagePath": TERMINATION_LOG,
         # A crash before the report leaves the log's tail as the message: the error the gate shows.
@@ -340,7 +384,12 @@ def _job(
     fetch = _fetch_containers(grmd, vols, image, image_pull_policy)
     if fetch:
         pod_spec["initContainers"] = fetch
-    pod_spec.update(pod_placement(template))
+    placement = pod_placement(template)
+    if defaults.node_selector and "nodeSelector" not in placement:
+        placement["nodeSelector"] = dict(defaults.node_selector)
+    if defaults.tolerations and "tolerations" not in placement:
+        placement["tolerations"] = [dict(t) for t in defaults.tolerations]
+    pod_spec.update(placement)
     manifest: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -362,6 +411,7 @@ def build_job(
     *,
     image: str,
     image_pull_policy: str,
+    pod_defaults: JobPodDefaults | None = None,
 ) -> Manifest:
     """The Job that builds ``variant``'s checkpoint from ``source`` (its ``build`` recipe)."""
     build = variant.build
@@ -402,6 +452,7 @@ def build_job(
         gpus=variant.gpus_per_replica,
         deadline_s=BUILD_DEADLINE_S,
         recipe=recipe,
+        pod_defaults=pod_defaults,
     )
 
 
@@ -415,8 +466,11 @@ def evaluation_job(
     dataset_identity: str,
     image: str,
     image_pull_policy: str,
+    request: str | None = None,
+    pod_defaults: JobPodDefaults | None = None,
 ) -> Manifest:
-    """The Job that measures ``variant`` against the reference on the evaluation set."""
+    """The Job that measures ``variant`` against the reference on the evaluation set (again, for
+    the ``grm.dev/re-evaluate`` value ``request``)."""
     spec = grmd.spec
     vols = _Volumes()
     variant_dir = vols.path(checkpoint)
@@ -447,11 +501,12 @@ def evaluation_job(
     argv += evaluation_args(grmd)
     line = shlex.join(argv) + (f" --dataset {dataset}" if dataset else "") + f" --json {result}"
     script = f"set -e\n{line}\n{_report(result, EVALUATION_RESULT_KEYS)}"
-    key = evaluation_key(grmd, variant, checkpoint, reference, dataset_identity)
+    key = re_evaluation_key(evaluation_key(grmd, variant, checkpoint, reference, dataset_identity), request)
     recipe = {
         "variant": checkpoint.identity(),
         "reference": reference.identity(),
         "dataset": dataset_identity,
+        **({"reEvaluate": request} if request else {}),
     }
     reference_variant = spec.variants[0]
     return _job(
@@ -468,4 +523,5 @@ def evaluation_job(
         gpus=max(variant.gpus_per_replica, reference_variant.gpus_per_replica),
         deadline_s=EVALUATION_DEADLINE_S,
         recipe=recipe,
+        pod_defaults=pod_defaults,
     )

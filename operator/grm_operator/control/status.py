@@ -257,9 +257,9 @@ def fold_status(
             if value is not None:
                 entry[key] = value
         # The autoscaler's (policy.quality_watch): kept as it is, like unhealthyUntil.
-        demoted = previous.get("demoted")
-        if demoted:
-            entry["demoted"] = demoted
+        for field in ("demoted", "reinstated"):
+            if previous.get(field):
+                entry[field] = previous[field]
         variants.append(entry)
     child = children.get(active)
     computed = {

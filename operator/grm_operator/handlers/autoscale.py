@@ -51,6 +51,7 @@ from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, Owner, deployment_name
 from grm_operator.control.podhealth import PodFailure, pod_failure
+from grm_operator.control.qualityjobs import re_evaluation_request
 from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.kubeapi import Body, KubeError
@@ -199,6 +200,7 @@ class Autoscaler:
             return
         try:
             grmd = _parse(body)
+            re_evaluation_request(grmd)  # a malformed annotation: invalid, as the reconciler says
         except (ValidationError, ValueError):
             # The reconciler reports the invalid spec; nothing to scale until it is fixed.
             self.next_due[key] = now + 15.0
@@ -291,6 +293,7 @@ class Autoscaler:
                 pods=counts,
                 deployments=deployments,
                 now=now,
+                re_evaluate=re_evaluation_request(grmd),
             )
         result = plan(
             spec=spec,

@@ -17,8 +17,15 @@ from grm_operator.control.builders.replicas import active_variant, starting_vari
 from grm_operator.control.rollout import from_rfc3339, to_rfc3339
 from grm_operator.metrics import Reading
 from grm_operator.policy.decide import decide
-from grm_operator.policy.gate import ladder_spec
-from grm_operator.policy.quality_watch import Demotion, LiveAgreement, QualityWatch, watch_quality
+from grm_operator.policy.gate import ADMITTED, ladder_spec
+from grm_operator.policy.quality_watch import (
+    Demotion,
+    LiveAgreement,
+    Measurement,
+    QualityWatch,
+    Reinstatement,
+    watch_quality,
+)
 from grm_operator.policy.types import Decision, Observation, PolicyState
 
 #: A policy: ``decide`` (the operator's), or the optimiser ``grm-mpc`` the simulator compares.
@@ -45,6 +52,7 @@ def decide_intent(
     now: float,
     metrics_error: str | None = None,
     policy: PolicyFn = decide,
+    re_evaluate: str | None = None,
 ) -> Intent:
     """One policy step for a GRMDeployment, with its memory read from and returned for status.
 
@@ -53,15 +61,24 @@ def decide_intent(
     never on the spec as written: a variant still building, evaluating or rejected is not a rung.
     A variant that serves while off the ladder (its build changed, the floor rose, the policy
     became Measured) is switched away from at once, to the best admitted variant,
-    surge-then-drain.
+    surge-then-drain. ``re_evaluate``: the GRMDeployment's ``grm.dev/re-evaluate`` annotation.
     """
     evidence = {
         name: LiveAgreement(s.shadow_verdicts, s.shadow_agreements)
         for name, s in (reading.variants if reading is not None else {}).items()
         if s.shadow_verdicts is not None and s.shadow_agreements is not None
     }
-    watch = watch_quality(spec, evidence, demotions_from_status(status), now)
+    watch = watch_quality(
+        spec,
+        evidence,
+        demotions_from_status(status),
+        now,
+        measured=measurements_from_status(status),
+        reinstated=reinstatements_from_status(status),
+        request=re_evaluate,
+    )
     demoted = {name: demotion_to_status(d) for name, d in watch.demoted.items()}
+    reinstated = {name: reinstatement_to_status(r) for name, r in watch.reinstated.items()}
     events = _watch_events(watch)
     ladder = ladder_spec(spec, status.get("variants"))
     status_active = status.get("activeVariant")
@@ -81,6 +98,7 @@ def decide_intent(
             samples=None,
             state=dict(status.get("policyState") or {}),
             demoted=demoted,
+            reinstated=reinstated,
             events=events,
         )
     spec = ladder
@@ -109,6 +127,7 @@ def decide_intent(
         samples=decision.samples,
         state=new_state.to_dict(),
         demoted=demoted,
+        reinstated=reinstated,
         events=events,
     )
 
@@ -127,7 +146,13 @@ def demotion_to_status(d: Demotion) -> dict[str, Any]:
         "agreed": d.agreed,
         "floor": d.floor,
         "variantDigest": d.digest,
+        **({"reEvaluate": d.request} if d.request else {}),
     }
+
+
+def reinstatement_to_status(r: Reinstatement) -> dict[str, Any]:
+    """status.variants[].reinstated of one lifted demotion."""
+    return {"since": to_rfc3339(r.since), "reason": r.reason, "message": r.message}
 
 
 def demotions_from_status(status: Mapping[str, Any]) -> dict[str, Demotion]:
@@ -146,6 +171,47 @@ def demotions_from_status(status: Mapping[str, Any]) -> dict[str, Demotion]:
                 high=float(mark["agreementHigh"]),
                 floor=float(mark["floor"]),
                 digest=str(mark["variantDigest"]),
+                request=str(mark["reEvaluate"]) if mark.get("reEvaluate") else None,
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def reinstatements_from_status(status: Mapping[str, Any]) -> dict[str, Reinstatement]:
+    """The lifted demotions recorded in status.variants[].reinstated (unreadable ones dropped)."""
+    out: dict[str, Reinstatement] = {}
+    for entry in status.get("variants") or []:
+        mark = entry.get("reinstated") if isinstance(entry, Mapping) else None
+        if not isinstance(mark, Mapping):
+            continue
+        try:
+            out[str(entry["name"])] = Reinstatement(
+                since=from_rfc3339(str(mark["since"])),
+                reason=str(mark["reason"]),
+                message=str(mark["message"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def measurements_from_status(status: Mapping[str, Any]) -> dict[str, Measurement]:
+    """Each variant's current evaluation in status.variants[].quality with the gate's verdict
+    (the gate controller writes both; an entry without a readable measurement is left out)."""
+    out: dict[str, Measurement] = {}
+    for entry in status.get("variants") or []:
+        quality = entry.get("quality") if isinstance(entry, Mapping) else None
+        if not isinstance(quality, Mapping):
+            continue
+        try:
+            out[str(entry["name"])] = Measurement(
+                at=from_rfc3339(str(quality["measured"])),
+                value=float(quality["value"]),
+                low=float(quality["low"]),
+                high=float(quality["high"]),
+                items=int(quality["items"]),
+                admitted=entry.get("gate") == ADMITTED,
             )
         except (KeyError, TypeError, ValueError):
             continue
@@ -158,8 +224,8 @@ def _watch_events(watch: QualityWatch) -> tuple[Event, ...]:
         for name in watch.new
     )
     lifted = tuple(
-        Event("Normal", "VariantReinstated", f"{name} was redefined: back on the quality ladder")
+        Event("Normal", "VariantReinstated", watch.reinstated[name].message)
         for name in watch.lifted
-        if name not in watch.demoted
+        if name not in watch.demoted and name in watch.reinstated
     )
     return demoted + lifted

@@ -61,7 +61,7 @@ from grm_operator.control.gate import (
     jobs_needing_results,
     plan_gate,
 )
-from grm_operator.control.qualityjobs import evaluation_args
+from grm_operator.control.qualityjobs import JobPodDefaults, evaluation_args, re_evaluation_request
 from grm_operator.control.status import ChildDeployment, FoldResult, Transition, fold_invalid, fold_status
 from grm_operator.handlers.admintokens import AdminTokens
 from grm_operator.handlers.store import Key, Store, key_of
@@ -288,6 +288,7 @@ class Reconciler:
             )
             children = self._build(grmd, current)
             evaluation_args(grmd)  # a malformed annotation is an invalid spec, not a failed reconcile
+            re_evaluation_request(grmd)
         except (ValidationError, ValueError) as exc:
             message = _short_error(exc)
             await self._write_status(
@@ -398,8 +399,15 @@ class Reconciler:
             dataset_identity=identity,
             dataset_problem=problem,
             image=self.settings.quality_job_image or grmd.spec.template.image or self.settings.worker_image,
-            image_pull_policy=grmd.spec.template.image_pull_policy or self.settings.worker_image_pull_policy,
+            image_pull_policy=self.settings.quality_job_image_pull_policy
+            or grmd.spec.template.image_pull_policy
+            or self.settings.worker_image_pull_policy,
             now=self.clock(),
+            pod_defaults=JobPodDefaults(
+                resources=self.settings.quality_job_resources,
+                node_selector=self.settings.quality_job_node_selector or None,
+                tolerations=tuple(self.settings.quality_job_tolerations) or None,
+            ),
         )
         for manifest in plan.create:
             name = manifest["metadata"]["name"]

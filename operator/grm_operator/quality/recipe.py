@@ -14,13 +14,18 @@ FP8_DYNAMIC    ``QuantizationModifier(scheme="FP8_DYNAMIC")``: fp8     fp8 GEMMs
 W8A8           ``GPTQModifier``: int8 weights per output channel       int8 GEMMs (CUTLASS on GPU,
                (GPTQ on calibration data), int8 activations per        oneDNN on CPU)
                token at run time (asymmetric by default, see below)
-W4A16          ``GPTQModifier(scheme="W4A16")``: int4 weights in       Marlin kernels (GPU only)
+W4A16          ``GPTQModifier(scheme="W4A16")``: int4 weights in       Marlin (GPU); CPUWNA16 (CPU)
                groups of 128, 16-bit activations
 =============  ======================================================  ============================
 
 ``prune: 2:4`` runs ``SparseGPTModifier(sparsity=0.5, mask_structure="2:4")`` first (two of every
-four weights zero, chosen on the calibration data). The checkpoint stores the pruned weights dense
-(``sparse_format: dense``): every vLLM backend loads that; only the quantization speeds it up.
+four weights zero, chosen on the calibration data, the survivors updated to make up for them), then
+quantizes with round-to-nearest ``QuantizationModifier`` of the same scheme instead of GPTQ:
+GPTQ's error feedback writes into the zeros (measured on the tiny test model with llm-compressor
+0.14: W8A8 GPTQ after SparseGPT left 79–98 % of the groups of four 2:4, RTN 100 %), and a
+checkpoint that is not exactly 2:4 can never take a sparse kernel. The checkpoint stores the pruned
+weights dense (``sparse_format: dense``): every vLLM backend loads that; docs/quality.md says where
+2:4 sparse kernels speed it up.
 
 W8A8 activations are asymmetric (a zero point per token) unless ``symmetric_activations`` is set:
 vLLM serves both (CUTLASS "azp" kernels on GPU, an extra rank-1 correction per GEMM); on x86 CPUs
@@ -108,6 +113,8 @@ class BuildRecipe:
                     },
                 }
             )
+        # After pruning, round-to-nearest keeps the 2:4 zeros; GPTQ would fill them (module doc).
+        quantizer = "GPTQModifier" if self.prune is None else "QuantizationModifier"
         if self.scheme == "FP8_DYNAMIC":
             stages.append(
                 {
@@ -117,11 +124,11 @@ class BuildRecipe:
             )
         elif self.scheme == "W4A16":
             stages.append(
-                {"type": "GPTQModifier", "args": {"targets": ["Linear"], "scheme": "W4A16", "ignore": IGNORE}}
+                {"type": quantizer, "args": {"targets": ["Linear"], "scheme": "W4A16", "ignore": IGNORE}}
             )
         elif self.symmetric_activations:
             stages.append(
-                {"type": "GPTQModifier", "args": {"targets": ["Linear"], "scheme": "W8A8", "ignore": IGNORE}}
+                {"type": quantizer, "args": {"targets": ["Linear"], "scheme": "W8A8", "ignore": IGNORE}}
             )
         else:
             group = {
@@ -136,7 +143,7 @@ class BuildRecipe:
                 },
             }
             stages.append(
-                {"type": "GPTQModifier", "args": {"config_groups": {"group_0": group}, "ignore": IGNORE}}
+                {"type": quantizer, "args": {"config_groups": {"group_0": group}, "ignore": IGNORE}}
             )
         return stages
 

@@ -79,6 +79,8 @@ def test_chart_defaults_name_the_built_images() -> None:
     assert v["report"]["image"] == {"repository": report["dev.grm-elastic.image"], "tag": ""}
     cpu = labels(IMAGES / "worker-cpu" / "Dockerfile")
     assert cpu["dev.grm-elastic.image"] == worker["dev.grm-elastic.image"] + "-cpu"
+    quality = labels(IMAGES / "quality" / "Dockerfile")
+    assert v["qualityJobs"]["image"] == {"repository": quality["dev.grm-elastic.image"], "tag": ""}
     for dockerfile in IMAGES.glob("*/Dockerfile"):
         title = labels(dockerfile)["org.opencontainers.image.title"]
         assert labels(dockerfile)["dev.grm-elastic.image"].endswith("/" + title)
@@ -86,7 +88,13 @@ def test_chart_defaults_name_the_built_images() -> None:
 
 @pytest.mark.parametrize(
     ("image", "extra"),
-    [("operator", "operator"), ("report", "report"), ("worker", "worker"), ("worker-cpu", "worker-cpu")],
+    [
+        ("operator", "operator"),
+        ("report", "report"),
+        ("worker", "worker"),
+        ("worker-cpu", "worker-cpu"),
+        ("quality", "compress"),
+    ],
 )
 def test_dockerfiles_install_existing_extras(image: str, extra: str) -> None:
     text = (IMAGES / image / "Dockerfile").read_text()
@@ -121,6 +129,21 @@ def test_images_run_as_non_root_with_the_expected_commands() -> None:
         assert "EXPOSE 8000" in dockerfile.read_text()
         # The operator runs the worker as uid 1000 (builders.layout.RUN_AS_UID); the image's user agrees.
         assert instruction(dockerfile, "USER") == [f"{RUN_AS_UID}:{RUN_AS_UID}"]
+
+
+def test_quality_image_runs_both_tools_on_the_workers_engine() -> None:
+    dockerfile = IMAGES / "quality" / "Dockerfile"
+    text = dockerfile.read_text()
+    # The Jobs run `grm-operator quantize|evaluate` (control/qualityjobs.py) as the workers' user;
+    # llm-compressor sits in an interpreter of its own that quantize finds by GRM_COMPRESS_PYTHON.
+    assert instruction(dockerfile, "ENTRYPOINT") == ['["grm-operator"]']
+    assert instruction(dockerfile, "USER") == [f"{RUN_AS_UID}:{RUN_AS_UID}"]
+    assert "'.[worker,operator]'" in text and "GRM_COMPRESS_PYTHON=/opt/compress/bin/python" in text
+    assert "/opt/compress/bin/pip install" in text
+    worker_base = instruction(IMAGES / "worker" / "Dockerfile", "ARG")
+    assert [a for a in instruction(dockerfile, "ARG") if a.startswith("VLLM_IMAGE=")] == [
+        a for a in worker_base if a.startswith("VLLM_IMAGE=")
+    ]
 
 
 def test_operator_image_runs_as_the_charts_user() -> None:

@@ -65,10 +65,15 @@ VARIATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+def _container_env(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (deployment,) = by_kind(docs, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env: list[dict[str, Any]] = container["env"]
+    return env
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container_env(docs) if "value" in e}
 
 
 @pytest.fixture(scope="module")
@@ -324,8 +329,12 @@ def test_defaults_match_the_operators_defaults() -> None:
     assert settings.clusterwide
     # The only settings the chart sets away from the defaults: the Lease (its identity, the pod
     # name, comes from the downward API).
+    # and the quality Jobs' image (images/quality), which the operator alone leaves to the workers'.
     assert settings == OperatorSettings(
-        leader_election_lease="grm-grm-operator", leader_election_namespace="grm-system"
+        leader_election_lease="grm-grm-operator",
+        leader_election_namespace="grm-system",
+        quality_job_image="ghcr.io/grm-elastic/grm-quality:0.1.0",
+        quality_job_image_pull_policy="IfNotPresent",
     )
 
 
@@ -404,6 +413,34 @@ def test_monitoring_objects_only_where_the_prometheus_operator_is_served() -> No
 def test_notes_render() -> None:
     out = run_helm("install", "grm", str(CHART), "--dry-run=client", "--namespace", "ops").stdout
     assert "kubectl get grmd -A -w" in out and "kubectl -n ops get pods" in out
+
+
+def test_quality_job_values_reach_the_operator() -> None:
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    values = {
+        "qualityJobs": {
+            "image": {"repository": "registry.example/grm-quality", "tag": "2.0.0"},
+            "pullPolicy": "Always",
+            "resources": {"requests": {"cpu": "8", "memory": "96Gi"}},
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [gpu],
+        }
+    }
+    settings = OperatorSettings.from_env(_env(render(values)))
+    assert settings.quality_job_image == "registry.example/grm-quality:2.0.0"
+    assert settings.quality_job_image_pull_policy == "Always"
+    assert settings.quality_job_resources == {"requests": {"cpu": "8", "memory": "96Gi"}}
+    assert settings.quality_job_node_selector == {"nvidia.com/gpu.present": "true"}
+    assert settings.quality_job_tolerations == [gpu]
+    # An empty repository: the Jobs run each GRMDeployment's worker image, as without the chart.
+    blank = {"qualityJobs": {"image": {"repository": "", "tag": ""}, "pullPolicy": "IfNotPresent"}}
+    assert OperatorSettings.from_env(_env(render(blank))).quality_job_image is None
+    # extraEnv wins (how the image was set before qualityJobs existed): no variable set twice,
+    # which the API server's server-side apply refuses.
+    extra = {"extraEnv": [{"name": "GRM_QUALITY_JOB_IMAGE", "value": "local/python"}]}
+    names = [e["name"] for e in _container_env(render(extra))]
+    assert names.count("GRM_QUALITY_JOB_IMAGE") == 1
+    assert OperatorSettings.from_env(_env(render(extra))).quality_job_image == "local/python"
 
 
 def test_pod_monitor_labels_reach_the_operator() -> None:

@@ -20,12 +20,15 @@ from grm_operator.control.gate import (
 )
 from grm_operator.control.qualityjobs import (
     ANNOTATION_EVALUATION_ARGS,
+    ANNOTATION_RE_EVALUATE,
     BUILD,
     EVALUATION,
     LABEL_JOB_KEY,
     LABEL_QUALITY_JOB,
+    JobPodDefaults,
     evaluation_args,
     job_name,
+    re_evaluation_request,
 )
 from grm_operator.control.status import fold_status
 from grm_operator.policy import gate as ladder
@@ -346,3 +349,105 @@ def test_evaluation_args_come_from_the_annotation_and_bad_ones_are_an_error() ->
     data["metadata"]["annotations"] = {ANNOTATION_EVALUATION_ARGS: '{"max": 16}'}
     with pytest.raises(ValueError, match="JSON list of strings"):
         evaluation_args(GRMDeployment.model_validate(data))
+
+
+def _annotated(g: GRMDeployment, value: str | None) -> GRMDeployment:
+    data = g.model_dump(by_alias=True, exclude_none=True)
+    data["metadata"]["annotations"] = {ANNOTATION_RE_EVALUATE: value} if value is not None else {}
+    return GRMDeployment.model_validate(data)
+
+
+def test_a_demoted_variant_is_evaluated_again_once_per_new_re_evaluate_value() -> None:
+    g, cluster, status = grmd(), FakeCluster(), {}
+    cluster.step(g, status)
+    for variant in ("fp8", "int4"):
+        cluster.finish(cluster.named(BUILD, variant)[0], {"digest": f"sha256:{variant}"})
+    cluster.step(g, status)
+    first = cluster.named(EVALUATION, "fp8")[0]
+    cluster.finish(first, evaluation(low=0.97))
+    cluster.finish(cluster.named(EVALUATION, "int4")[0], evaluation(low=0.96))
+    cluster.step(g, status)
+    assert gates(status) == {"bf16": "Admitted", "fp8": "Admitted", "int4": "Admitted"}
+    # The autoscaler demotes fp8 (live agreement below the floor) while the annotation says t1.
+    fp8 = next(e for e in status["variants"] if e["name"] == "fp8")
+    fp8["demoted"] = {"since": "2026-12-07T09:00:00Z", "variantDigest": "sha256:x", "reEvaluate": "t1"}
+    # The same value as at demotion, or an admitted variant that is not demoted: no Job.
+    for annotated in (_annotated(g, "t1"), _annotated(g, None)):
+        plan = cluster.step(annotated, status)
+        assert plan.create == [] and plan.delete == [] and gates(status)["fp8"] == "Admitted"
+    # A new value: a fresh evaluation of fp8 only (a Job of its own, the old one deleted).
+    g2 = _annotated(g, "t2")
+    plan = cluster.step(g2, status)
+    again = cluster.named(EVALUATION, "fp8")
+    assert len(again) == 1 and again[0] != first and plan.delete == [(first, None)]
+    assert gates(status) == {"bf16": "Admitted", "fp8": "Evaluating", "int4": "Admitted"}
+    assert "grm.dev/re-evaluate=t2" in next(e.message for e in plan.events if e.reason == "EvaluationStarted")
+    assert (
+        json.loads(cluster.jobs[again[0]]["metadata"]["annotations"]["grm.dev/recipe"])["reEvaluate"] == "t2"
+    )
+    cluster.finish(again[0], evaluation(low=0.98))
+    plan = cluster.step(g2, status)
+    quality = next(e for e in status["variants"] if e["name"] == "fp8")["quality"]
+    assert gates(status)["fp8"] == "Admitted" and quality["reEvaluate"] == "t2" and quality["job"] == again[0]
+    assert quality["measured"] == NOW  # after the demotion: what lifts it (policy.quality_watch)
+    # Steady with t2, demoted or not: the measurement for t2 stands, no Job.
+    assert cluster.step(g2, status).create == []
+    fp8 = next(e for e in status["variants"] if e["name"] == "fp8")
+    fp8.pop("demoted")
+    plan = cluster.step(g2, status)
+    assert (plan.create, plan.delete) == ([], []) and gates(status)["fp8"] == "Admitted"
+
+
+def test_the_re_evaluate_annotation_is_read_stripped_and_bounded() -> None:
+    assert re_evaluation_request(_annotated(grmd(), " 2026-12-07T10:00:00Z ")) == "2026-12-07T10:00:00Z"
+    assert re_evaluation_request(_annotated(grmd(), "")) is None
+    assert re_evaluation_request(grmd()) is None
+    with pytest.raises(ValueError, match="at most 253"):
+        re_evaluation_request(_annotated(grmd(), "x" * 254))
+
+
+def test_the_installations_job_settings_reach_the_pods_but_the_templates_placement_wins() -> None:
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    defaults = JobPodDefaults(
+        resources={"requests": {"cpu": "8", "memory": "96Gi"}, "limits": {"memory": "128Gi"}},
+        node_selector={"pool": "gpu"},
+        tolerations=(gpu,),
+    )
+    g = grmd()
+    plan = plan_gate(
+        g,
+        Owner.of(g),
+        {},
+        [],
+        {},
+        dataset_identity="default",
+        image="q:1",
+        image_pull_policy="Always",
+        now=NOW,
+        pod_defaults=defaults,
+    )
+    pod = plan.create[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "96Gi"},
+        "limits": {"memory": "128Gi", "nvidia.com/gpu": 1},
+    }
+    assert (container["image"], container["imagePullPolicy"]) == ("q:1", "Always")
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"] == [gpu]
+    data = g.model_dump(by_alias=True, exclude_none=True)
+    data["spec"]["template"] = {"nodeSelector": {"pool": "h100"}}
+    own = GRMDeployment.model_validate(data)
+    plan = plan_gate(
+        own,
+        Owner.of(own),
+        {},
+        [],
+        {},
+        dataset_identity="default",
+        image="q:1",
+        image_pull_policy="Always",
+        now=NOW,
+        pod_defaults=defaults,
+    )
+    pod = plan.create[0]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "h100"} and pod["tolerations"] == [gpu]

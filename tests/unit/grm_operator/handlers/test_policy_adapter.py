@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from grm_operator.control.actuation import VariantDeployment, plan
+from grm_operator.control.rollout import to_rfc3339
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.metrics import Reading
 from support.policy import make_signals, make_spec
@@ -96,3 +97,48 @@ def test_too_little_evidence_or_agreement_above_the_floor_keeps_the_variant() ->
         intent, step = _tick(make_spec(), {"activeVariant": "fp8", "samples": 8}, fp8, NOW)
         assert intent.demoted == {} and "demoted" not in intent.reason
         assert _conditions(step.status)["LiveQualityMet"] == ("True", "AgreementAboveFloor")
+
+
+def test_a_fresh_passing_evaluation_lifts_the_demotion_once_and_the_old_window_is_not_judged_again() -> None:
+    spec = make_spec(precision={"qualityPolicy": "Measured", "shadow": {"window": "10m"}})
+    bad = make_signals(1.0, pods=2, sample_age_s=1.0, shadow_verdicts=200.0, shadow_agreements=120.0)
+    quality = {"value": 0.99, "low": 0.975, "high": 0.998, "items": 400, "measured": to_rfc3339(NOW - 3600)}
+    # fp8 admitted by its evaluation (measured long before), serving, then demoted live.
+    status: dict[str, Any] = {
+        "activeVariant": "fp8",
+        "samples": 8,
+        "variants": [
+            {"name": "bf16", "gate": "Admitted"},
+            {"name": "fp8", "gate": "Admitted", "quality": dict(quality)},
+            {"name": "int4", "gate": "Rejected"},
+        ],
+    }
+    _, step = _tick(spec, status, bad, NOW)
+    status = {**status, **step.status}
+    assert "demoted" in next(v for v in status["variants"] if v["name"] == "fp8")
+    # The measurement that admitted it before is no fresh evidence: it stays demoted.
+    intent, kept = _tick(spec, status, bad, NOW + 15)
+    assert "fp8" in (intent.demoted or {}) and not [e for e in kept.events if e.reason == "VariantReinstated"]
+    # The gate re-evaluated it (grm.dev/re-evaluate, a new set or checkpoint) after the demotion.
+    fp8 = next(v for v in status["variants"] if v["name"] == "fp8")
+    fp8["quality"] = {**quality, "measured": to_rfc3339(NOW + 30), "reEvaluate": "t2"}
+    now = NOW + 60
+    intent, lifted = _tick(spec, status, bad, now)
+    entry = next(v for v in lifted.status["variants"] if v["name"] == "fp8")
+    assert intent.demoted == {} and "demoted" not in entry
+    assert entry["reinstated"]["reason"] == "ReEvaluated" and entry["reinstated"]["since"] == to_rfc3339(now)
+    (event,) = [e for e in lifted.events if e.reason == "VariantReinstated"]
+    assert "re-evaluated after its demotion" in event.message and "n=400" in event.message
+    assert _conditions(lifted.status)["LiveQualityMet"] == ("True", "AgreementAboveFloor")
+    # The same bad window on the next ticks (within 10 min of the lift): not judged again.
+    status = {**status, **lifted.status}
+    intent, after = _tick(spec, status, bad, now + 300)
+    assert intent.demoted == {} and not [e for e in after.events if e.reason == "VariantDemoted"]
+    # A full window of its own later, still disagreeing: demoted again, and the same measurement
+    # does not lift it a second time.
+    intent, again = _tick(spec, status, bad, now + 600)
+    status = {**status, **again.status}
+    assert "fp8" in (intent.demoted or {})
+    assert "reinstated" not in next(v for v in status["variants"] if v["name"] == "fp8")
+    intent, _ = _tick(spec, status, bad, now + 615)
+    assert "fp8" in (intent.demoted or {})

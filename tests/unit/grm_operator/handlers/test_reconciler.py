@@ -312,3 +312,60 @@ async def test_a_secret_of_that_name_the_grmdeployment_does_not_own_is_refused()
     status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and "admin-token" in degraded["message"]
+
+
+async def test_re_evaluate_annotation_runs_a_new_evaluation_of_demoted_variants_only() -> None:
+    reconciler, fake = make()
+    await reconcile_body(reconciler, fake, grmd_body())
+    jobs = {name.rsplit("-", 1)[0]: name for kind, _, name in fake.objects if kind == "Job"}
+    # fp8 demoted by the autoscaler (status it wrote); then the user annotates a new value.
+    body = copy.deepcopy(fake.objects[("GRMDeployment", "rl", "reward")])
+    for entry in body["status"]["variants"]:
+        if entry["name"] == "fp8":
+            entry["demoted"] = {"since": "2025-12-31T23:00:00Z", "variantDigest": "sha256:x"}
+    body["metadata"]["annotations"] = {"grm.dev/re-evaluate": "2026-01-01T00:00:00Z"}
+    body["metadata"]["resourceVersion"] = "9999"
+    fake.calls.clear()
+    await reconcile_body(reconciler, fake, body)
+    created = [name for op, kind, name in fake.writes() if op == "create" and kind == "Job"]
+    deleted = [name for op, kind, name in fake.writes() if op == "delete" and kind == "Job"]
+    # fp8's evaluation is the re-evaluation for that value (another Job); int4's is untouched.
+    assert (
+        len(created) == 1
+        and created[0].startswith("reward-fp8-eval-")
+        and created[0] != jobs["reward-fp8-eval"]
+    )
+    assert deleted == [jobs["reward-fp8-eval"]]
+    recipe = fake.objects[("Job", "rl", created[0])]["metadata"]["annotations"]["grm.dev/recipe"]
+    assert '"reEvaluate": "2026-01-01T00:00:00Z"' in recipe
+    # A value longer than a Job's identity may hold: an invalid spec, reported, no Job touched.
+    body["metadata"]["annotations"] = {"grm.dev/re-evaluate": "x" * 254}
+    body["metadata"]["resourceVersion"] = "10000"
+    fake.calls.clear()
+    await reconcile_body(reconciler, fake, body)
+    assert fake.writes() == [("status", "GRMDeployment", "reward")]
+    status = fake.objects[("GRMDeployment", "rl", "reward")]["status"]
+    spec_valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["status"] == "False" and "grm.dev/re-evaluate" in spec_valid["message"]
+
+
+async def test_quality_job_settings_shape_the_jobs_pods() -> None:
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    reconciler, fake = make(
+        quality_job_image="q:2",
+        quality_job_image_pull_policy="Always",
+        quality_job_resources={"requests": {"memory": "96Gi"}},
+        quality_job_node_selector={"pool": "gpu"},
+        quality_job_tolerations=[gpu],
+    )
+    await reconcile_body(reconciler, fake, grmd_body())
+    jobs = [body for (kind, _, _), body in fake.objects.items() if kind == "Job"]
+    assert len(jobs) == 2
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert (container["image"], container["imagePullPolicy"]) == ("q:2", "Always")
+        assert container["resources"]["requests"] == {"memory": "96Gi"}
+        # The GPUs are the variants' (bf16, the reference, runs on 2), never the installation's.
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": 2}
+        assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"] == [gpu]

@@ -13,6 +13,8 @@ from grm_operator.policy.decide import decide
 from grm_operator.policy.quality_watch import (
     Demotion,
     LiveAgreement,
+    Measurement,
+    Reinstatement,
     comparisons_needed,
     variant_digest,
     watch_quality,
@@ -83,6 +85,72 @@ def test_a_demotion_stays_until_the_variant_is_redefined() -> None:
     # A variant removed from the spec takes its demotion with it.
     gone = make_spec(variants=[variants[0], variants[2]])
     assert watch_quality(gone, {}, first.demoted, now=30.0).demoted == {}
+
+
+MEASURED = {"qualityPolicy": "Measured", "minQuality": 0.97}
+
+
+def _passing(at: float, *, low: float = 0.975, admitted: bool = True) -> Measurement:
+    return Measurement(at=at, value=0.99, low=low, high=0.998, items=400, admitted=admitted)
+
+
+def test_a_demotion_lifts_only_on_an_evaluation_finished_after_it() -> None:
+    spec = make_spec(precision=MEASURED)
+    first = watch_quality(spec, {"fp8": LiveAgreement(200, 100)}, {}, now=100.0)
+    assert first.new == ("fp8",)
+    # The measurement that admitted fp8 before its demotion (the same evidence as before) lifts
+    # nothing, nor does a fresh one the gate rejected or whose bound is under the floor.
+    for stale in (
+        _passing(50.0),
+        _passing(100.0),
+        _passing(150.0, admitted=False),
+        _passing(150.0, low=0.96),
+    ):
+        kept = watch_quality(spec, {}, first.demoted, now=200.0, measured={"fp8": stale})
+        assert kept.demoted == first.demoted and kept.lifted == () and kept.reinstated == {}
+    # A new evaluation (a new set, checkpoint, or grm.dev/re-evaluate value) that passes lifts it.
+    lifted = watch_quality(spec, {}, first.demoted, now=200.0, measured={"fp8": _passing(150.0)})
+    assert lifted.demoted == {} and lifted.lifted == ("fp8",)
+    back = lifted.reinstated["fp8"]
+    assert (back.since, back.reason) == (200.0, "ReEvaluated")
+    assert "0.990 (95% interval 0.975–0.998, n=400)" in back.message
+
+
+def test_after_a_lift_the_old_window_never_demotes_again() -> None:
+    spec = make_spec(precision={**MEASURED, "shadow": {"window": "10m"}})
+    bad = {"fp8": LiveAgreement(200, 100)}
+    first = watch_quality(spec, bad, {}, now=0.0)
+    lifted = watch_quality(spec, bad, first.demoted, now=60.0, measured={"fp8": _passing(30.0)})
+    # The lift's own tick and the rest of the 10 min window still see the comparisons that demoted
+    # it: judging them again would demote it the tick after its lift (flapping).
+    assert lifted.demoted == {} and lifted.new == ()
+    during = watch_quality(spec, bad, {}, now=60.0 + 599, reinstated=lifted.reinstated)
+    assert during.demoted == {} and during.reinstated == lifted.reinstated
+    # A full window of its own after the lift that still disagrees: demoted again (the record of
+    # the lift goes), and the measurement that lifted it before does not lift it a second time.
+    again = watch_quality(spec, bad, {}, now=60.0 + 600, reinstated=lifted.reinstated)
+    assert again.new == ("fp8",) and again.reinstated == {}
+    stays = watch_quality(spec, {}, again.demoted, now=900.0, measured={"fp8": _passing(30.0)})
+    assert stays.demoted == again.demoted and stays.lifted == ()
+
+
+def test_declared_lifts_on_a_new_re_evaluate_value_only() -> None:
+    spec = make_spec()  # Declared: nothing is evaluated, the user's word stands
+    first = watch_quality(spec, {"fp8": LiveAgreement(200, 100)}, {}, now=10.0, request="t1")
+    assert first.demoted["fp8"].request == "t1"
+    # The value present at demotion, or none, asks for nothing; measurements do not count here.
+    for request in ("t1", None):
+        kept = watch_quality(
+            spec, {}, first.demoted, now=20.0, request=request, measured={"fp8": _passing(15.0)}
+        )
+        assert kept.demoted == first.demoted
+    lifted = watch_quality(spec, {}, first.demoted, now=20.0, request="t2")
+    assert lifted.demoted == {} and lifted.reinstated["fp8"] == Reinstatement(
+        20.0,
+        "ReEvaluationRequested",
+        "fp8 re-admitted by grm.dev/re-evaluate=t2 (precision.qualityPolicy Declared: the declared "
+        "quality stands): back on the quality ladder",
+    )
 
 
 def _demoted(spec_variant: str) -> Demotion:

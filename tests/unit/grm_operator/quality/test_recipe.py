@@ -36,6 +36,12 @@ def test_pruning_runs_sparsegpt_first_and_needs_calibration() -> None:
     assert types == ["SparseGPTModifier", "QuantizationModifier"]
     assert recipe.modifiers()[0]["args"]["mask_structure"] == "2:4"
     assert recipe.job_recipe()["calibration"] == {"samples": 64, "max_seq_length": 512}
+    # After pruning, quantization is round-to-nearest for every scheme: GPTQ's error feedback
+    # would write into the 2:4 zeros (measured: 79–98 % of the groups of four left 2:4).
+    for scheme in ("W8A8", "W4A16"):
+        pruned = [m["type"] for m in BuildRecipe(scheme, prune="2:4").modifiers()]
+        assert pruned == ["SparseGPTModifier", "QuantizationModifier"]
+        assert [m["type"] for m in BuildRecipe(scheme).modifiers()] == ["GPTQModifier"]
 
 
 def test_digest_changes_with_the_recipe_only() -> None:
