@@ -2,10 +2,14 @@
 
 What the operator and the cluster do, in simulated time:
 
-* **Pods.** A requested replica is scheduled when the GPU pool (``spec.max_gpus()``) has its
+* **Pods.** A requested replica is scheduled when the GPU pool (``spec.max_gpus()``, or fewer
+  GPUs when the cluster has fewer: :mod:`.cluster`, with or without a node autoscaler) has its
   ``gpusPerReplica`` free, else it stays Pending; a scheduled one becomes Ready after its
   variant's cold start. Its GPUs count (``gpu_hours``) from the request (from scheduling when it
   was Pending) until it is released; a removed Ready replica first drains (no new requests).
+  The policies see each Pending pod's age (``Observation.pending_since``: since its request, as
+  the operator reads PodScheduled=False's lastTransitionTime), so ``spec.scaling.pendingGrace``
+  acts here as in the operator.
 * **Routing.** Requests go round-robin to Ready replicas (a Kubernetes Service); while none is
   Ready they wait at the gateway and are rejected after ``gateway_timeout_s``.
 * **Sample shedding** (spec.scoring.shedSamples OnQueue, the worker's behaviour): a request
@@ -51,6 +55,7 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Observation
+from grm_operator.simulator.cluster import ClusterModel, ClusterState
 from grm_operator.simulator.controller import Command, Controller, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.pod import WORKER_SCORING, Pod
@@ -84,10 +89,17 @@ class SimConfig:
     #: replay of a cluster whose pods were measured to start faster or slower); the policies are
     #: still given the profile's.
     cold_start_s: float | None = None
+    #: The cluster's GPUs (None: maxGPUs at all times).
+    cluster: ClusterModel | None = None
 
     @property
     def samples_max(self) -> int:
         return self.spec.scoring.samples.max
+
+    def gpu_ceiling(self) -> int:
+        """The most GPUs any controller can hold at once: maxGPUs, or the cluster's maximum."""
+        ceiling = self.spec.max_gpus()
+        return ceiling if self.cluster is None else min(ceiling, self.cluster.ceiling)
 
 
 def point_quality(spec: GRMDeploymentSpec, variant: str, samples: int) -> float:
@@ -130,6 +142,7 @@ class Fleet:
         self.shadow_log: dict[str, deque[tuple[float, bool]]] = {v.name: deque() for v in self.spec.variants}
         self.shadow_rng = random.Random(config.seed + 0x5AD0)
         self.shadow_window_s = parse_duration(self.spec.precision.shadow.window)
+        self.cluster = None if config.cluster is None else ClusterState(config.cluster, delayed=cold_start)
 
     # --- pods ------------------------------------------------------------------------------------
     def _new_pod(self, variant: str, now: float, warm: bool) -> Pod:
@@ -147,7 +160,13 @@ class Fleet:
         return sum(p.gpus for p in self.pods if p.scheduled is not None and p.released is None)
 
     def _schedule(self, now: float) -> None:
-        free = self.spec.max_gpus() - self._gpus_used()
+        used = self._gpus_used()
+        pool = self.spec.max_gpus()
+        if self.cluster is not None:
+            unscheduled = [p.gpus for p in self.pods if p.scheduled is None and p.released is None]
+            self.cluster.step(now, used, unscheduled)
+            pool = min(pool, self.cluster.gpus)
+        free = pool - used
         for pod in self.pods:
             if pod.scheduled is None and pod.released is None and pod.gpus <= free:
                 pod.scheduled = now
@@ -323,12 +342,16 @@ class Fleet:
             total = Signals(**{**total.__dict__, "sample_age_s": now - self.latest_time})
         ready: dict[str, int] = {}
         pending: dict[str, int] = {}
+        pending_since: dict[str, tuple[float, ...]] = {}
         desired: dict[str, int] = {}
         for v in self.spec.variants:
             live = self.live(v.name)
             desired[v.name] = len(live)
             ready[v.name] = sum(1 for p in live if p.ready(now))
             pending[v.name] = sum(1 for p in live if p.scheduled is None)
+            since = tuple(p.requested for p in live if p.scheduled is None)
+            if since:
+                pending_since[v.name] = since
         return Observation(
             time=now,
             total=total,
@@ -338,6 +361,7 @@ class Fleet:
             ready=ready,
             pending=pending,
             desired=desired,
+            pending_since=pending_since,
         )
 
     def concurrency(self, now: float) -> float:
