@@ -26,6 +26,11 @@ What the operator and the cluster do, in simulated time:
 * **Switches** as the operator does them: the new variant's replicas are surged (cold start,
   GPUs of both variants count), the old variant drains once the new one is Ready (or after the
   switch timeout); when the new pods are Pending for lack of GPUs, one old replica drains per tick.
+* **Cold start.** A scheduled replica is Ready after the cold-start estimate the operator sizes
+  its startup probe and the policy its forecast horizon from
+  (:func:`grm_operator.policy.coldstart.cold_start`: a declared ``profile.coldStart``, else
+  60 s + the checkpoint's GB ÷ 0.25 GB/s, else the precision's prior), or after
+  ``SimConfig.cold_start_s`` when a run gives one (a cluster measured faster or slower).
 * **Model error.** Replicas run on the variant's profile ``model_error``× slower than the one the
   policies are given.
 * **Live agreement** (``live_agreement``: each variant's true share of verdicts agreeing with the
@@ -51,8 +56,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from grm_operator.api.durations import parse_duration
-from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.api.models import GRMDeploymentSpec, Variant
 from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
+from grm_operator.policy.coldstart import cold_start
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Observation
 from grm_operator.simulator.cluster import ClusterModel, ClusterState
@@ -85,9 +91,9 @@ class SimConfig:
     gateway_timeout_s: float = GATEWAY_TIMEOUT_S
     #: Per variant: the share of its verdicts that agree with the reference's (absent: 1).
     live_agreement: Mapping[str, float] = field(default_factory=dict)
-    #: The replicas' actual cold start, s, when it differs from their profile's (the report's
-    #: replay of a cluster whose pods were measured to start faster or slower); the policies are
-    #: still given the profile's.
+    #: The replicas' actual cold start, s, when it differs from the estimate (the report's replay
+    #: of a cluster whose pods were measured to start faster or slower); the policies still
+    #: estimate theirs (:func:`replica_cold_start_s`).
     cold_start_s: float | None = None
     #: The cluster's GPUs (None: maxGPUs at all times).
     cluster: ClusterModel | None = None
@@ -100,6 +106,12 @@ class SimConfig:
         """The most GPUs any controller can hold at once: maxGPUs, or the cluster's maximum."""
         ceiling = self.spec.max_gpus()
         return ceiling if self.cluster is None else min(ceiling, self.cluster.ceiling)
+
+
+def replica_cold_start_s(spec: GRMDeploymentSpec, variant: Variant, given: float | None = None) -> float:
+    """Seconds from scheduling to Ready of a replica of ``variant``: the run's cold start when it
+    gives one (``SimConfig.cold_start_s``), else the operator's estimate (module doc)."""
+    return given if given is not None else cold_start(spec, variant).seconds
 
 
 def point_quality(spec: GRMDeploymentSpec, variant: str, samples: int) -> float:
@@ -150,8 +162,8 @@ class Fleet:
         prior = variant_profile(v)
         truth = prior.scaled(self.config.model_error) if self.config.model_error != 1.0 else prior
         engine = Replica(truth, random.Random(self.rng.random()), jitter=self.config.jitter, clock=now)
-        actual = prior.cold_start_s if self.config.cold_start_s is None else self.config.cold_start_s
-        cold = actual if (self.cold_start and not warm) else 0.0
+        given = self.config.cold_start_s
+        cold = replica_cold_start_s(self.spec, v, given) if (self.cold_start and not warm) else 0.0
         pod = Pod(variant, v.gpus_per_replica, engine, now, cold)
         self.pods.append(pod)
         return pod

@@ -68,9 +68,8 @@ from grm_operator.policy.capacity import (
 )
 from grm_operator.simulator.controller import Command, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
-from grm_operator.simulator.fleet import Fleet, SimConfig
+from grm_operator.simulator.fleet import Fleet, SimConfig, replica_cold_start_s
 from grm_operator.simulator.results import RunResult
-from grm_worker.contract.perfmodel import PerformanceProfile
 
 #: The plan's step: one operating point and replica count per minute.
 PLAN_PERIOD_S = 60.0
@@ -151,6 +150,7 @@ class PlanController:
         *,
         cold: bool,
         node_delay_s: float = 0.0,
+        cold_start_s: float | None = None,
     ) -> None:
         if not plan:
             raise ValueError("empty plan")
@@ -158,7 +158,11 @@ class PlanController:
         self.spec = spec
         self.plan = list(plan)
         self.cold = cold
-        self.lead = {v.name: lead_s(variant_profile(v)) if cold else 0.0 for v in spec.variants}
+        # The replicas' cold start as the fleet times it (the run's, else the estimate).
+        self.lead = {
+            v.name: lead_s(replica_cold_start_s(spec, v, cold_start_s)) if cold else 0.0
+            for v in spec.variants
+        }
         #: With a node autoscaler: replicas the cluster has no GPU for are asked for this much
         #: earlier again, so that their node is there when their cold start begins.
         self.node_lead = math.ceil(node_delay_s / TICK_S - 1e-9) * TICK_S if cold else 0.0
@@ -210,9 +214,9 @@ class PlanController:
         return self.command(view.now)
 
 
-def lead_s(profile: PerformanceProfile) -> float:
+def lead_s(cold_start_s: float) -> float:
     """How long before its minute a replica is requested: the cold start on the tick grid."""
-    return math.ceil(profile.cold_start_s / TICK_S - 1e-9) * TICK_S
+    return math.ceil(cold_start_s / TICK_S - 1e-9) * TICK_S
 
 
 def min_samples(spec: GRMDeploymentSpec, variant: str) -> int:
@@ -284,6 +288,10 @@ class MissTable:
         #: The GPUs a plan may hold: maxGPUs, or fewer when the cluster never has them.
         self.gpus = config.gpu_ceiling()
         self.caps = [budget(self.spec, p, self.gpus) for p in self.points]
+        #: Per point: how long before its minute a replica is asked for (its cold start, on the tick).
+        self.lead = [
+            lead_s(replica_cold_start_s(self.spec, p.variant, config.cold_start_s)) for p in self.points
+        ]
         self.shared = self.spec.scoring.sampling == "SharedPrefill"
         self.settle_horizon = SETTLED_AGE * (self.spec.slo.e2e_p95_s or DEFAULT_AGE_S)
         self._memo: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
@@ -459,7 +467,7 @@ def solve(
     reps = np.array([s.replicas for s in states], dtype=np.float64)
     step_cost = reps * gpus * PLAN_PERIOD_S
     lead = np.array(
-        [lead_s(table.truth[s.point]) if cold else 0.0 for s in states],
+        [table.lead[s.point] if cold else 0.0 for s in states],
         dtype=np.float64,
     )
     var = np.array([s.point for s in states])
@@ -535,7 +543,9 @@ def to_steps(table: MissTable, plan: Sequence[State]) -> list[Step]:
 def simulate(config: SimConfig, name: str, steps: Sequence[Step], *, cold: bool) -> RunResult:
     """The plan replayed by the fleet simulator (instant starts unless ``cold``)."""
     delay = config.cluster.node_delay_s if config.cluster is not None and config.cluster.autoscaled else None
-    controller = PlanController(name, config.spec, steps, cold=cold, node_delay_s=delay or 0.0)
+    controller = PlanController(
+        name, config.spec, steps, cold=cold, node_delay_s=delay or 0.0, cold_start_s=config.cold_start_s
+    )
     return Fleet(config, controller, cold_start=cold).run()
 
 
