@@ -16,8 +16,8 @@ simulator and the tests drive the very same code. One tick:
    period + its cold start, estimated from the checkpoint's size by :mod:`.coldstart`, the
    estimate the startup probe is sized from: DeepSeek-GRM-27B bf16 276 s, its AWQ int4 125 s;
    a declared ``profile.coldStart`` wins, the precision's 45–90 s prior when the size is
-   unknown): at 0.05 seq/s² and a 75 s horizon the policy provisions for 3.75 seq/s more than
-   it sees (at most 3× what it sees).
+   unknown), at most the trend's own 3 minutes: at 0.05 seq/s² and a 75 s horizon the policy
+   provisions for 3.75 seq/s more than it sees (at most 3× what it sees).
 3. **Online correction.** At the active variant's operating load, observed median ITL ÷ the
    model's mean step time is the replica's ``speed`` (1.4 = 40 % slower than its prior) and
    observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3), learnt
@@ -109,7 +109,7 @@ class _Assessment:
     capacity: float  # sequences/s per replica at this point
     need: int  # replicas needed for the forecast demand
     cap: int  # most replicas the budget allows
-    horizon: float  # cold start of the variant (coldstart.cold_start) + one control period, seconds
+    horizon: float  # min(cold start (coldstart.cold_start) + one control period, TREND_WINDOW_S), s
     demand: float  # forecast sequences/s at this point's sample budget
 
 
@@ -476,7 +476,9 @@ def decide(
     saturated = _saturated_throughput(obs, active, ready)
     assessments: list[_Assessment] = []
     for point in operating_points(spec, pinned, obs.demoted):
-        horizon = cold_start(spec, point.variant).seconds + period
+        # A 3-minute trend is extrapolated no further than 3 minutes: a 27B bf16's 291 s horizon
+        # from its size provisioned for bursts that had passed (bench: docs/policy.md §2).
+        horizon = min(cold_start(spec, point.variant).seconds + period, TREND_WINDOW_S)
         forecast = _forecast(per_sample, slope, horizon)
         speed, tail = corrections_at(learnt, point.variant.name, now)
         capacity = replica_capacity(spec, point.variant, workload, speed, tail)

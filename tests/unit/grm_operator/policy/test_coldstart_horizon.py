@@ -102,9 +102,13 @@ def horizon_and_replicas(spec: Any) -> tuple[float, int]:
     return float(found.group(1)), decision.replicas
 
 
-def test_the_forecast_horizon_is_the_cold_start_estimate_plus_a_period() -> None:
+def test_the_forecast_horizon_is_the_cold_start_estimate_plus_a_period_at_most_the_trend_window() -> None:
+    # 276 + 15 s, but a 3-minute trend is extrapolated 180 s at most.
     sized, sized_replicas = horizon_and_replicas(fp8())
-    assert sized == pytest.approx(276.0 + PERIOD, abs=0.5)
+    assert sized == pytest.approx(180.0, abs=0.5)
+    # A declared 150 s: 165 s.
+    slow, _ = horizon_and_replicas(fp8(profile={**PROFILE, "coldStart": "150s"}))
+    assert slow == pytest.approx(150.0 + PERIOD, abs=0.5)
     declared, declared_replicas = horizon_and_replicas(fp8(profile={**PROFILE, "coldStart": "45s"}))
     assert declared == pytest.approx(45.0 + PERIOD, abs=0.5)
     # A longer cold start provisions further ahead on the same trend.
