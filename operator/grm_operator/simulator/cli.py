@@ -76,6 +76,7 @@ def cluster_model(gpus: int | None, node_delay: str | None, node_max_gpus: int |
         return None
     if node_max_gpus is not None and node_delay is None:
         raise ValueError("--node-max-gpus needs --node-delay (a node autoscaler)")
+    # Without --node-max-gpus the autoscaler has no limit of its own (the fleet stops at maxGPUs).
     delay = parse_duration(node_delay) if node_delay is not None else None
     return ClusterModel(gpus=gpus, node_delay_s=delay, max_gpus=node_max_gpus)
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 #: cluster-autoscaler's default --scale-down-unneeded-time.
 SCALE_DOWN_S = 600.0
+#: The ceiling of a node autoscaler without a limit of its own.
+UNLIMITED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class ClusterModel:
     gpus: int
     #: A node autoscaler brings a node this long after a pod went Pending (None: no autoscaler).
     node_delay_s: float | None = None
-    #: The most GPUs the autoscaler grows the cluster to (None: ``gpus``, i.e. it cannot grow).
+    #: The most GPUs the autoscaler grows the cluster to (None: no limit of its own; the fleet never
+    #: holds more than maxGPUs).
     max_gpus: int | None = None
     #: An added node unused this long is removed.
     scale_down_s: float = SCALE_DOWN_S
@@ -62,15 +65,16 @@ class ClusterModel:
 
     @property
     def ceiling(self) -> int:
-        """The most GPUs the cluster ever has."""
-        if self.node_delay_s is None or self.max_gpus is None:
+        """The most GPUs the cluster ever has (``UNLIMITED`` for an autoscaler without a limit)."""
+        if self.node_delay_s is None:
             return self.gpus
-        return self.max_gpus
+        return UNLIMITED if self.max_gpus is None else self.max_gpus
 
     def describe(self) -> str:
         """One phrase for tables and titles."""
         if self.autoscaled:
-            return f"{self.gpus} GPUs, node autoscaler to {self.ceiling} after {self.node_delay_s:g}s"
+            limit = "maxGPUs" if self.max_gpus is None else str(self.max_gpus)
+            return f"{self.gpus} GPUs, node autoscaler to {limit} after {self.node_delay_s:g}s"
         return f"{self.gpus} GPUs, fixed"
 
 

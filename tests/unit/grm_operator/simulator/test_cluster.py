@@ -101,6 +101,8 @@ def test_the_cli_flags_build_the_cluster_and_refuse_a_ceiling_without_an_autosca
     assert cluster_model(None, None, None) is None
     assert cluster_model(8, None, None) == ClusterModel(8)
     assert cluster_model(4, "3m", 16) == ClusterModel(4, 180.0, 16)
+    unlimited = cluster_model(4, "3m", None)
+    assert unlimited is not None and unlimited.autoscaled
     with pytest.raises(ValueError, match="need --cluster-gpus"):
         cluster_model(None, "3m", None)
     with pytest.raises(ValueError, match="needs --node-delay"):
@@ -149,6 +151,15 @@ def test_without_an_autoscaler_pods_beyond_the_cluster_stay_pending(spec: GRMDep
     result = Fleet(config, controller).run()
     assert controller.views[-1].observation.pending["bf16"] == 2
     assert max(p.gpus for p in result.series) == 4
+
+
+def test_an_autoscaler_without_a_limit_grows_the_fleet_to_max_gpus(spec: GRMDeploymentSpec) -> None:
+    controller = FixedAsk(8)  # 16 GPUs asked for; the demo spec's maxGPUs is 12
+    cluster = ClusterModel(gpus=2, node_delay_s=60.0)
+    config = SimConfig(spec=spec, trace=constant_trace(0.5, 600), cluster=cluster)
+    assert config.gpu_ceiling() == spec.max_gpus() == 12
+    result = Fleet(config, controller).run()
+    assert max(p.gpus for p in result.series) == 12
 
 
 def test_the_bounds_use_no_gpu_the_cluster_never_had(spec: GRMDeploymentSpec) -> None:
