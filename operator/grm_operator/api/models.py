@@ -636,7 +636,7 @@ class Scaling(ApiModel):
         "the grace the pod is counted as a node still coming: a node autoscaler (Karpenter, "
         "cluster-autoscaler) brings a GPU node in 1–5 minutes; set it above your autoscaler's GPU-node "
         "time if that is slower. 0s reads Pending as no GPU at once (a fixed cluster); in the fleet "
-        "simulator 0s cost 11–17 points of SLO attainment where nodes came in 3 minutes and gained "
+        "simulator 0s cost 12–15 points of SLO attainment where nodes came in 3 minutes and gained "
         "nothing measurable on a fixed cluster (docs/policy.md §3).",
     )
 
