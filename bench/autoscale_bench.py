@@ -12,7 +12,10 @@ code ×0.5/1/2, model error 1.0 and 1.4, bench/specs/ladder.yaml): policy change
 it. The *held-out* set is never used to tune: other rate scales and model errors, other SLOs and
 budgets (issue 17's four settings: bench/specs/ladder-tight.yaml, seed 7), long prompts with a
 relaxed TTFT target (bench/specs/ladder-long.yaml), a 4.5× flash crowd for 2 minutes, and RL-training
-reward traffic in verl's colocated (one burst per step) and streaming shapes (bench/workloads.py).
+reward traffic in verl's colocated (one burst per step) and streaming shapes (bench/workloads.py),
+and two clusters short of GPUs (``grm_operator.simulator.cluster``): one with a node autoscaler
+(4 GPUs at the start, a node 3 minutes after a pod goes Pending, up to maxGPUs) and a fixed one of
+8 GPUs, where Pending pods are what ``spec.scaling.pendingGrace`` reads.
 
 **Targets for ``grm``** (issue 17), on every setting: SLO attainment ≥ the bounds' target
 ``min(99 %, oracle-max − 0.5 pt)``; GPU-hours ≤ 1.10 × ``oracle-cold``; mean quality ≥ minQuality;
@@ -78,6 +81,8 @@ class Setting:
     seed: int = 0
     group: str = "tuning"
     plot: bool = False
+    #: The cluster (simulate's --cluster-gpus/--node-delay/--node-max-gpus; empty: maxGPUs).
+    cluster: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -87,14 +92,29 @@ class Setting:
             else "-" + self.spec.removesuffix(".yaml").removeprefix("ladder-")
         )
         seed = f"-s{self.seed}" if self.seed else ""
-        return f"{self.trace}-x{self.rate_scale:g}-k{self.samples}-err{self.model_error:g}{spec}{seed}"
+        cluster = f"-{CLUSTER_SLUGS[self.cluster]}" if self.cluster else ""
+        return (
+            f"{self.trace}-x{self.rate_scale:g}-k{self.samples}-err{self.model_error:g}{spec}{seed}{cluster}"
+        )
 
     @property
     def title(self) -> str:
+        cluster = f", cluster: {CLUSTER_TITLES[self.cluster]}" if self.cluster else ""
         return (
             f"{self.trace} trace, rate ×{self.rate_scale:g}, k = {self.samples}, "
-            f"model error ×{self.model_error:g}, seed {self.seed} (bench/specs/{self.spec})"
+            f"model error ×{self.model_error:g}, seed {self.seed} (bench/specs/{self.spec}){cluster}"
         )
+
+
+#: A node autoscaler (Karpenter, cluster-autoscaler) from 4 GPUs to maxGPUs (16), a GPU node Ready
+#: 3 minutes after a pod goes Pending; a fixed cluster of 8 GPUs (half of maxGPUs) without one.
+AUTOSCALED = ("--cluster-gpus", "4", "--node-delay", "3m", "--node-max-gpus", "16")
+FIXED_8 = ("--cluster-gpus", "8")
+CLUSTER_SLUGS = {AUTOSCALED: "nodes4to16in3m", FIXED_8: "fixed8"}
+CLUSTER_TITLES = {
+    AUTOSCALED: "4 GPUs, node autoscaler to 16 in 3 min",
+    FIXED_8: "8 GPUs, no node autoscaler",
+}
 
 
 #: Rate scales per Azure trace in the tuning set (bench/policy_grid.py's SCALES).
@@ -123,6 +143,9 @@ HELD_OUT: tuple[Setting, ...] = (
     # RL training's reward traffic (bench/workloads.py defaults: 256 → 384 requests a step).
     Setting("rl-colocated", 1.0, 4, 1.0, group="held-out", plot=True),
     Setting("rl-streaming", 1.0, 4, 1.0, group="held-out", plot=True),
+    # Clusters short of GPUs: Pending pods and spec.scaling.pendingGrace (docs/policy.md §3).
+    Setting("conv", 1.8, 4, 1.2, group="held-out", cluster=AUTOSCALED),
+    Setting("code", 1.5, 4, 1.2, group="held-out", cluster=FIXED_8),
 )
 SETTINGS: tuple[Setting, ...] = TUNING + HELD_OUT
 SYNTHETIC = ("conv-long", "conv-flash", "rl-colocated", "rl-streaming")
@@ -247,7 +270,7 @@ def command_for(setting: Setting, json_out: Path, plot_out: Path | None) -> list
     ]
     if plot_out is not None:
         cmd += ["--plot", str(plot_out)]
-    return cmd
+    return cmd + list(setting.cluster)
 
 
 # --- judging ---------------------------------------------------------------------------------------

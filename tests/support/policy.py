@@ -21,7 +21,10 @@ PROMPT = 1000.0
 OUTPUT = 300.0
 
 BASE: dict[str, Any] = {
-    "model": {"name": "deepseek-ai/DeepSeek-GRM-27B", "uri": "pvc://models/grm-27b"},
+    # No size in the name (nor weightsGB): the policy's cold-start estimate is then the precision's
+    # prior (45–90 s, grm_operator.policy.coldstart), which is how long the closed-loop fleet's
+    # replicas take (support.fleet), so the forecast horizon and the harness agree.
+    "model": {"name": "deepseek-ai/DeepSeek-GRM", "uri": "pvc://models/grm-27b"},
     "variants": [
         {"name": "bf16", "precision": "bf16", "quality": 1.0, "gpusPerReplica": 2},
         {"name": "fp8", "precision": "fp8", "quality": 0.995, "gpusPerReplica": 1},

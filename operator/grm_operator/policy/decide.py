@@ -12,9 +12,12 @@ simulator and the tests drive the very same code. One tick:
    k of them), plus the samples workers shed under a queue (they served those requests at the
    shed floor; counting them keeps λ what the budget asks), plus the queue drained over 20 s,
    normalised per sample (λ₁ = λ / k) so that sample budgets compare. A least-squares trend
-   over the last 3 minutes projects it over the cold-start horizon of the variant (replica
-   Ready ≈ 45–90 s after it is asked for): at 0.05 seq/s² and a 75 s horizon the policy
-   provisions for 3.75 seq/s more than it sees.
+   over the last 3 minutes projects it over the cold-start horizon of the variant (one control
+   period + its cold start, estimated from the checkpoint's size by :mod:`.coldstart`, the
+   estimate the startup probe is sized from: DeepSeek-GRM-27B bf16 276 s, its AWQ int4 125 s;
+   a declared ``profile.coldStart`` wins, the precision's 45–90 s prior when the size is
+   unknown), at most the trend's own 3 minutes: at 0.05 seq/s² and a 75 s horizon the policy
+   provisions for 3.75 seq/s more than it sees (at most 3× what it sees).
 3. **Online correction.** At the active variant's operating load, observed median ITL ÷ the
    model's mean step time is the replica's ``speed`` (1.4 = 40 % slower than its prior) and
    observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3), learnt
@@ -64,8 +67,8 @@ from grm_operator.policy.capacity import (
     operating_points,
     replica_capacity,
     shed_floor,
-    variant_profile,
 )
+from grm_operator.policy.coldstart import cold_start
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Action, Decision, Observation, PolicyState, Rule
 
@@ -106,7 +109,7 @@ class _Assessment:
     capacity: float  # sequences/s per replica at this point
     need: int  # replicas needed for the forecast demand
     cap: int  # most replicas the budget allows
-    horizon: float  # cold start of the variant + one control period, seconds
+    horizon: float  # min(cold start (coldstart.cold_start) + one control period, TREND_WINDOW_S), s
     demand: float  # forecast sequences/s at this point's sample budget
 
 
@@ -473,7 +476,9 @@ def decide(
     saturated = _saturated_throughput(obs, active, ready)
     assessments: list[_Assessment] = []
     for point in operating_points(spec, pinned, obs.demoted):
-        horizon = variant_profile(point.variant).cold_start_s + period
+        # A 3-minute trend is extrapolated no further than 3 minutes: a 27B bf16's 291 s horizon
+        # from its size provisioned for bursts that had passed (bench: docs/policy.md §2).
+        horizon = min(cold_start(spec, point.variant).seconds + period, TREND_WINDOW_S)
         forecast = _forecast(per_sample, slope, horizon)
         speed, tail = corrections_at(learnt, point.variant.name, now)
         capacity = replica_capacity(spec, point.variant, workload, speed, tail)

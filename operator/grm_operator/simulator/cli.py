@@ -6,6 +6,10 @@ comparison table. These flags are the interface the benchmark (``bench/autoscale
 docs/benchmark.md) runs it through; ``--limit N`` and ``--quiet`` are conveniences on top.
 ``--live-agreement VARIANT=SHARE`` (repeatable) gives a variant's true share of verdicts that
 agree with the reference's, which the live-agreement watch may demote it for (docs/quality.md).
+``--cluster-gpus N`` gives the cluster fewer GPUs than maxGPUs (Pending pods wait for ever), and
+with ``--node-delay DURATION`` a node autoscaler that adds a node for each Pending pod after that
+long, up to ``--node-max-gpus`` (:mod:`grm_operator.simulator.cluster`). ``--pending-grace
+DURATION`` overrides the spec's ``scaling.pendingGrace``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 
 import yaml
 
+from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy import gate
+from grm_operator.simulator.cluster import ClusterModel
 from grm_operator.simulator.fleet import SimConfig
 from grm_operator.simulator.policies import POLICIES
 from grm_operator.simulator.report import plot, run_policies, table, to_json
@@ -50,6 +56,29 @@ def load_spec(path: str | Path, samples: int | None = None) -> GRMDeploymentSpec
         bounds["min"] = min(bounds.get("min", 1), samples)
         spec = GRMDeploymentSpec.model_validate(data)
     return spec
+
+
+def with_pending_grace(spec: GRMDeploymentSpec, grace: str | None) -> GRMDeploymentSpec:
+    """``spec`` with scaling.pendingGrace set to ``grace`` (unchanged when None)."""
+    if grace is None:
+        return spec
+    parse_duration(grace)  # a clear error for a malformed duration
+    data = spec.model_dump(by_alias=True, exclude_none=True)
+    data.setdefault("scaling", {})["pendingGrace"] = grace
+    return GRMDeploymentSpec.model_validate(data)
+
+
+def cluster_model(gpus: int | None, node_delay: str | None, node_max_gpus: int | None) -> ClusterModel | None:
+    """The ``--cluster-gpus`` / ``--node-delay`` / ``--node-max-gpus`` cluster (None: maxGPUs)."""
+    if gpus is None:
+        if node_delay is not None or node_max_gpus is not None:
+            raise ValueError("--node-delay and --node-max-gpus need --cluster-gpus (the GPUs at the start)")
+        return None
+    if node_max_gpus is not None and node_delay is None:
+        raise ValueError("--node-max-gpus needs --node-delay (a node autoscaler)")
+    # Without --node-max-gpus the autoscaler has no limit of its own (the fleet stops at maxGPUs).
+    delay = parse_duration(node_delay) if node_delay is not None else None
+    return ClusterModel(gpus=gpus, node_delay_s=delay, max_gpus=node_max_gpus)
 
 
 def parse_policies(text: str) -> list[str]:
@@ -99,6 +128,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VARIANT=SHARE",
         help="a variant's true share of verdicts agreeing with the reference's (default 1); repeatable",
     )
+    parser.add_argument(
+        "--cluster-gpus", type=int, default=None, help="GPUs the cluster has at the start (default: maxGPUs)"
+    )
+    parser.add_argument(
+        "--node-delay", default=None, help="a node autoscaler: a Pending pod gets a node after this long"
+    )
+    parser.add_argument(
+        "--node-max-gpus", type=int, default=None, help="the node autoscaler's ceiling (GPUs in all)"
+    )
+    parser.add_argument("--pending-grace", default=None, help="override spec.scaling.pendingGrace")
 
 
 def simulate(
@@ -115,21 +154,30 @@ def simulate(
     limit: int | None = None,
     progress: bool = True,
     live_agreement: dict[str, float] | None = None,
+    cluster: ClusterModel | None = None,
+    pending_grace: str | None = None,
 ) -> dict[str, Any]:
     """Run the policies, print the table, write JSON/plot; returns the JSON document."""
-    spec = load_spec(spec_path, samples)
+    spec = with_pending_grace(load_spec(spec_path, samples), pending_grace)
     data = load_trace(trace, limit).scaled(rate_scale)
     unknown = sorted(set(live_agreement or {}) - {v.name for v in spec.variants})
     if unknown:
         raise ValueError(f"--live-agreement names no variant of the spec: {', '.join(unknown)}")
     config = SimConfig(
-        spec=spec, trace=data, model_error=model_error, seed=seed, live_agreement=live_agreement or {}
+        spec=spec,
+        trace=data,
+        model_error=model_error,
+        seed=seed,
+        live_agreement=live_agreement or {},
+        cluster=cluster,
     )
     info: dict[str, Any] = {}
     results = run_policies(config, policies, progress=progress, info=info)
     print(
         f"{data.name}: {len(data)} requests over {data.duration_s / 60:.1f} min (rate ×{rate_scale}), "
         f"k = {spec.scoring.samples.max}, model error ×{model_error}, seed {seed}"
+        + (f"; cluster: {cluster.describe()}" if cluster is not None else "")
+        + (f"; pendingGrace {spec.scaling.pending_grace}" if pending_grace is not None else "")
     )
     print(table(results))
     if "bounds" in info:
@@ -164,6 +212,8 @@ def command(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=not args.quiet,
             live_agreement=parse_live_agreement(args.live_agreement),
+            cluster=cluster_model(args.cluster_gpus, args.node_delay, args.node_max_gpus),
+            pending_grace=args.pending_grace,
         )
     except (OSError, ValueError) as exc:
         print(f"grm-operator simulate: {exc}", file=sys.stderr)

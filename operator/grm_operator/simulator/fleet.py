@@ -2,10 +2,14 @@
 
 What the operator and the cluster do, in simulated time:
 
-* **Pods.** A requested replica is scheduled when the GPU pool (``spec.max_gpus()``) has its
+* **Pods.** A requested replica is scheduled when the GPU pool (``spec.max_gpus()``, or fewer
+  GPUs when the cluster has fewer: :mod:`.cluster`, with or without a node autoscaler) has its
   ``gpusPerReplica`` free, else it stays Pending; a scheduled one becomes Ready after its
   variant's cold start. Its GPUs count (``gpu_hours``) from the request (from scheduling when it
   was Pending) until it is released; a removed Ready replica first drains (no new requests).
+  The policies see each Pending pod's age (``Observation.pending_since``: since its request, as
+  the operator reads PodScheduled=False's lastTransitionTime), so ``spec.scaling.pendingGrace``
+  acts here as in the operator.
 * **Routing.** Requests go round-robin to Ready replicas (a Kubernetes Service); while none is
   Ready they wait at the gateway and are rejected after ``gateway_timeout_s``.
 * **Sample shedding** (spec.scoring.shedSamples OnQueue, the worker's behaviour): a request
@@ -22,6 +26,11 @@ What the operator and the cluster do, in simulated time:
 * **Switches** as the operator does them: the new variant's replicas are surged (cold start,
   GPUs of both variants count), the old variant drains once the new one is Ready (or after the
   switch timeout); when the new pods are Pending for lack of GPUs, one old replica drains per tick.
+* **Cold start.** A scheduled replica is Ready after the cold-start estimate the operator sizes
+  its startup probe and the policy its forecast horizon from
+  (:func:`grm_operator.policy.coldstart.cold_start`: a declared ``profile.coldStart``, else
+  60 s + the checkpoint's GB ÷ 0.25 GB/s, else the precision's prior), or after
+  ``SimConfig.cold_start_s`` when a run gives one (a cluster measured faster or slower).
 * **Model error.** Replicas run on the variant's profile ``model_error``× slower than the one the
   policies are given.
 * **Live agreement** (``live_agreement``: each variant's true share of verdicts agreeing with the
@@ -47,10 +56,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from grm_operator.api.durations import parse_duration
-from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.api.models import GRMDeploymentSpec, Variant
 from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
+from grm_operator.policy.coldstart import cold_start
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Observation
+from grm_operator.simulator.cluster import ClusterModel, ClusterState
 from grm_operator.simulator.controller import Command, Controller, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.pod import WORKER_SCORING, Pod
@@ -80,14 +91,27 @@ class SimConfig:
     gateway_timeout_s: float = GATEWAY_TIMEOUT_S
     #: Per variant: the share of its verdicts that agree with the reference's (absent: 1).
     live_agreement: Mapping[str, float] = field(default_factory=dict)
-    #: The replicas' actual cold start, s, when it differs from their profile's (the report's
-    #: replay of a cluster whose pods were measured to start faster or slower); the policies are
-    #: still given the profile's.
+    #: The replicas' actual cold start, s, when it differs from the estimate (the report's replay
+    #: of a cluster whose pods were measured to start faster or slower); the policies still
+    #: estimate theirs (:func:`replica_cold_start_s`).
     cold_start_s: float | None = None
+    #: The cluster's GPUs (None: maxGPUs at all times).
+    cluster: ClusterModel | None = None
 
     @property
     def samples_max(self) -> int:
         return self.spec.scoring.samples.max
+
+    def gpu_ceiling(self) -> int:
+        """The most GPUs any controller can hold at once: maxGPUs, or the cluster's maximum."""
+        ceiling = self.spec.max_gpus()
+        return ceiling if self.cluster is None else min(ceiling, self.cluster.ceiling)
+
+
+def replica_cold_start_s(spec: GRMDeploymentSpec, variant: Variant, given: float | None = None) -> float:
+    """Seconds from scheduling to Ready of a replica of ``variant``: the run's cold start when it
+    gives one (``SimConfig.cold_start_s``), else the operator's estimate (module doc)."""
+    return given if given is not None else cold_start(spec, variant).seconds
 
 
 def point_quality(spec: GRMDeploymentSpec, variant: str, samples: int) -> float:
@@ -130,6 +154,7 @@ class Fleet:
         self.shadow_log: dict[str, deque[tuple[float, bool]]] = {v.name: deque() for v in self.spec.variants}
         self.shadow_rng = random.Random(config.seed + 0x5AD0)
         self.shadow_window_s = parse_duration(self.spec.precision.shadow.window)
+        self.cluster = None if config.cluster is None else ClusterState(config.cluster, delayed=cold_start)
 
     # --- pods ------------------------------------------------------------------------------------
     def _new_pod(self, variant: str, now: float, warm: bool) -> Pod:
@@ -137,8 +162,8 @@ class Fleet:
         prior = variant_profile(v)
         truth = prior.scaled(self.config.model_error) if self.config.model_error != 1.0 else prior
         engine = Replica(truth, random.Random(self.rng.random()), jitter=self.config.jitter, clock=now)
-        actual = prior.cold_start_s if self.config.cold_start_s is None else self.config.cold_start_s
-        cold = actual if (self.cold_start and not warm) else 0.0
+        given = self.config.cold_start_s
+        cold = replica_cold_start_s(self.spec, v, given) if (self.cold_start and not warm) else 0.0
         pod = Pod(variant, v.gpus_per_replica, engine, now, cold)
         self.pods.append(pod)
         return pod
@@ -147,7 +172,13 @@ class Fleet:
         return sum(p.gpus for p in self.pods if p.scheduled is not None and p.released is None)
 
     def _schedule(self, now: float) -> None:
-        free = self.spec.max_gpus() - self._gpus_used()
+        used = self._gpus_used()
+        pool = self.spec.max_gpus()
+        if self.cluster is not None:
+            unscheduled = [p.gpus for p in self.pods if p.scheduled is None and p.released is None]
+            self.cluster.step(now, used, unscheduled)
+            pool = min(pool, self.cluster.gpus)
+        free = pool - used
         for pod in self.pods:
             if pod.scheduled is None and pod.released is None and pod.gpus <= free:
                 pod.scheduled = now
@@ -323,12 +354,16 @@ class Fleet:
             total = Signals(**{**total.__dict__, "sample_age_s": now - self.latest_time})
         ready: dict[str, int] = {}
         pending: dict[str, int] = {}
+        pending_since: dict[str, tuple[float, ...]] = {}
         desired: dict[str, int] = {}
         for v in self.spec.variants:
             live = self.live(v.name)
             desired[v.name] = len(live)
             ready[v.name] = sum(1 for p in live if p.ready(now))
             pending[v.name] = sum(1 for p in live if p.scheduled is None)
+            since = tuple(p.requested for p in live if p.scheduled is None)
+            if since:
+                pending_since[v.name] = since
         return Observation(
             time=now,
             total=total,
@@ -338,6 +373,7 @@ class Fleet:
             ready=ready,
             pending=pending,
             desired=desired,
+            pending_since=pending_since,
         )
 
     def concurrency(self, now: float) -> float:

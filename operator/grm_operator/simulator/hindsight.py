@@ -4,7 +4,11 @@ trace with the simulator in the loop.
 A *plan* gives each minute of the trace an operating point (variant × sample budget) and a replica
 count, under the policy's own constraints: every point admissible (quality ≥ minQuality), at most
 maxReplicas and maxGPUs, and a variant switch only when the new replicas fit the GPU budget beside
-the old ones (the surge every switch needs). Three bounds come out of it:
+the old ones (the surge every switch needs). On a cluster with fewer GPUs (``SimConfig.cluster``,
+:mod:`.cluster`) the GPU budget is the most the cluster ever has (``SimConfig.gpu_ceiling``), and
+every plan is replayed on that cluster: with a node autoscaler the cold bound's replicas beyond
+the cluster's GPUs wait for their node as any policy's do (it asks for them a node delay earlier),
+the instant bounds get nodes at once. Three bounds come out of it:
 
 * ``oracle-max`` — the highest SLO attainment any plan reaches under the caps;
 * ``oracle`` — the fewest GPU-hours of a plan reaching ``target = min(99 %, oracle-max − 0.5 pt)``,
@@ -64,9 +68,8 @@ from grm_operator.policy.capacity import (
 )
 from grm_operator.simulator.controller import Command, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
-from grm_operator.simulator.fleet import Fleet, SimConfig
+from grm_operator.simulator.fleet import Fleet, SimConfig, replica_cold_start_s
 from grm_operator.simulator.results import RunResult
-from grm_worker.contract.perfmodel import PerformanceProfile
 
 #: The plan's step: one operating point and replica count per minute.
 PLAN_PERIOD_S = 60.0
@@ -139,15 +142,44 @@ class PlanController:
 
     period_s = TICK_S
 
-    def __init__(self, name: str, spec: GRMDeploymentSpec, plan: Sequence[Step], *, cold: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: GRMDeploymentSpec,
+        plan: Sequence[Step],
+        *,
+        cold: bool,
+        node_delay_s: float = 0.0,
+        cold_start_s: float | None = None,
+    ) -> None:
         if not plan:
             raise ValueError("empty plan")
         self.name = name
         self.spec = spec
         self.plan = list(plan)
         self.cold = cold
-        self.lead = {v.name: lead_s(variant_profile(v)) if cold else 0.0 for v in spec.variants}
+        # The replicas' cold start as the fleet times it (the run's, else the estimate).
+        self.lead = {
+            v.name: lead_s(replica_cold_start_s(spec, v, cold_start_s)) if cold else 0.0
+            for v in spec.variants
+        }
+        #: With a node autoscaler: replicas the cluster has no GPU for are asked for this much
+        #: earlier again, so that their node is there when their cold start begins.
+        self.node_lead = math.ceil(node_delay_s / TICK_S - 1e-9) * TICK_S if cold else 0.0
         self.floor = {v.name: min_samples(spec, v.name) for v in spec.variants}
+        self.fleet: Fleet | None = None
+
+    def _cluster_short(self, scale: dict[str, int], step: Step) -> bool:
+        """Whether ``step``'s replicas beside ``scale``'s other variants need GPUs the cluster has
+        neither now nor on the way (a node to wait for)."""
+        cluster = self.fleet.cluster if self.fleet is not None else None
+        if cluster is None:
+            return False
+        gpus = {v.name: v.gpus_per_replica for v in self.spec.variants}
+        wanted = step.replicas * gpus[step.variant] + sum(
+            n * gpus[v] for v, n in scale.items() if v != step.variant
+        )
+        return wanted > cluster.gpus + sum(g for _, g in cluster.coming)
 
     def _minute(self, now: float) -> int:
         return min(int(now // PLAN_PERIOD_S), len(self.plan) - 1)
@@ -161,15 +193,20 @@ class PlanController:
             for later in range(m + 1, len(self.plan)):
                 start = later * PLAN_PERIOD_S
                 step = self.plan[later]
-                if start - now > max(self.lead.values()):
+                if start - now > max(self.lead.values()) + self.node_lead:
                     break
-                if start - now <= self.lead[step.variant] + 1e-9:
+                ahead = start - now
+                lead = self.lead[step.variant]
+                if ahead <= lead + 1e-9 or (
+                    ahead <= lead + self.node_lead + 1e-9 and self._cluster_short(scale, step)
+                ):
                     scale[step.variant] = max(scale[step.variant], step.replicas)
         # While two variants serve, a request gets samples admissible on both.
         samples = max(self.floor[v] for v, n in scale.items() if n > 0)
         return Command(cur.variant, cur.replicas, max(samples, cur.samples), scale)
 
     def start(self, fleet: Fleet) -> Command:
+        self.fleet = fleet
         first = self.plan[0]
         return Command(first.variant, first.replicas, first.samples)
 
@@ -177,9 +214,9 @@ class PlanController:
         return self.command(view.now)
 
 
-def lead_s(profile: PerformanceProfile) -> float:
+def lead_s(cold_start_s: float) -> float:
     """How long before its minute a replica is requested: the cold start on the tick grid."""
-    return math.ceil(profile.cold_start_s / TICK_S - 1e-9) * TICK_S
+    return math.ceil(cold_start_s / TICK_S - 1e-9) * TICK_S
 
 
 def min_samples(spec: GRMDeploymentSpec, variant: str) -> int:
@@ -202,9 +239,10 @@ def cheapest_points(spec: GRMDeploymentSpec) -> list[OperatingPoint]:
     return out
 
 
-def budget(spec: GRMDeploymentSpec, point: OperatingPoint) -> int:
-    """Most replicas of the point's variant maxReplicas and maxGPUs allow."""
-    return max(1, min(spec.scaling.max_replicas, spec.max_gpus() // point.variant.gpus_per_replica))
+def budget(spec: GRMDeploymentSpec, point: OperatingPoint, gpus: int | None = None) -> int:
+    """Most replicas of the point's variant maxReplicas and ``gpus`` (default maxGPUs) allow."""
+    ceiling = spec.max_gpus() if gpus is None else gpus
+    return max(1, min(spec.scaling.max_replicas, ceiling // point.variant.gpus_per_replica))
 
 
 # --- the miss table ----------------------------------------------------------------------------------
@@ -247,7 +285,13 @@ class MissTable:
             else variant_profile(p.variant)
             for p in self.points
         ]
-        self.caps = [budget(self.spec, p) for p in self.points]
+        #: The GPUs a plan may hold: maxGPUs, or fewer when the cluster never has them.
+        self.gpus = config.gpu_ceiling()
+        self.caps = [budget(self.spec, p, self.gpus) for p in self.points]
+        #: Per point: how long before its minute a replica is asked for (its cold start, on the tick).
+        self.lead = [
+            lead_s(replica_cold_start_s(self.spec, p.variant, config.cold_start_s)) for p in self.points
+        ]
         self.shared = self.spec.scoring.sampling == "SharedPrefill"
         self.settle_horizon = SETTLED_AGE * (self.spec.slo.e2e_p95_s or DEFAULT_AGE_S)
         self._memo: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
@@ -423,14 +467,14 @@ def solve(
     reps = np.array([s.replicas for s in states], dtype=np.float64)
     step_cost = reps * gpus * PLAN_PERIOD_S
     lead = np.array(
-        [lead_s(table.truth[s.point]) if cold else 0.0 for s in states],
+        [table.lead[s.point] if cold else 0.0 for s in states],
         dtype=np.float64,
     )
     var = np.array([s.point for s in states])
     same = var[:, None] == var[None, :]
     # Transition s → s': a switch needs both fleets inside maxGPUs (the surge); added replicas pay
     # their lead time (cold starts) in GPU-seconds.
-    surge_ok = (reps * gpus)[:, None] + (reps * gpus)[None, :] <= spec.max_gpus()
+    surge_ok = (reps * gpus)[:, None] + (reps * gpus)[None, :] <= table.gpus
     added = np.where(same, np.maximum(0.0, reps[None, :] - reps[:, None]), reps[None, :])
     trans = np.where(same | surge_ok, added * gpus[None, :] * lead[None, :], np.inf)
     grows = added > 0
@@ -498,7 +542,10 @@ def to_steps(table: MissTable, plan: Sequence[State]) -> list[Step]:
 
 def simulate(config: SimConfig, name: str, steps: Sequence[Step], *, cold: bool) -> RunResult:
     """The plan replayed by the fleet simulator (instant starts unless ``cold``)."""
-    controller = PlanController(name, config.spec, steps, cold=cold)
+    delay = config.cluster.node_delay_s if config.cluster is not None and config.cluster.autoscaled else None
+    controller = PlanController(
+        name, config.spec, steps, cold=cold, node_delay_s=delay or 0.0, cold_start_s=config.cold_start_s
+    )
     return Fleet(config, controller, cold_start=cold).run()
 
 

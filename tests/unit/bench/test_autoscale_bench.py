@@ -163,6 +163,13 @@ def test_the_held_out_set_has_what_the_protocol_promises(bench: ModuleType) -> N
         (t, 1.2, e, 7) for t in ("conv", "code") for e in (1.0, 1.4)
     }
     assert len({s.slug for s in bench.SETTINGS}) == len(bench.SETTINGS)
+    # Two clusters short of GPUs (Pending pods): a node autoscaler and a fixed one, passed to
+    # simulate as flags.
+    clusters = {s.cluster for s in held if s.cluster}
+    assert clusters == {bench.AUTOSCALED, bench.FIXED_8}
+    autoscaled = next(s for s in held if s.cluster == bench.AUTOSCALED)
+    command = bench.command_for(autoscaled, Path("out.json"), None)
+    assert command[-6:] == ["--cluster-gpus", "4", "--node-delay", "3m", "--node-max-gpus", "16"]
 
 
 def test_peak_rate_is_the_busiest_window(bench: ModuleType) -> None:

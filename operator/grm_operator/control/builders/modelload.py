@@ -4,13 +4,13 @@ startup-probe budget sized from the size of the weights the worker loads.
 
 Why an init container: a download of tens of GB (DeepSeek-GRM-27B is 54.5 GB in bf16, 9 minutes
 at 100 MB/s) cannot fit a startup probe, and an init container is not probed. The worker's
-startup probe then covers only loading local weights and starting the engine, which scales with
-the checkpoint's size: ``1.5 × (60 s + GB / 0.25 GB/s)``. 0.25 GB/s is a cautious read rate for
-network block storage (an AWS gp3 volume's baseline is 125 MiB/s, a local NVMe is 10× faster),
-60 s the engine's start (CUDA graph capture, KV cache allocation), and 1.5 the margin for a
-busy node. DeepSeek-GRM-27B bf16 (54 GB, from the 27B in its name): 1.5 × (60 + 54 / 0.25) =
-414 s, where the static prior gave 3 × 90 s = 270 s whatever the model. A measured
-``profile.coldStart`` wins over this estimate (3× it, as before).
+startup probe then covers only loading local weights and starting the engine: 1.5 × the
+cold-start estimate from the checkpoint's size (:func:`grm_operator.policy.coldstart.cold_start`,
+``60 s + GB / 0.25 GB/s``, the same estimate the policy's forecast horizon uses), 1.5 being the
+margin for a busy node. DeepSeek-GRM-27B bf16 (54 GB, from the 27B in its name): 1.5 × (60 +
+54 / 0.25) = 414 s, where the static prior gave 3 × 90 s = 270 s whatever the model. A measured
+``profile.coldStart`` wins over this estimate (3× it, as before), as does the precision's prior
+when the size is unknown (3× it: a cold node also pulls the image).
 """
 
 from __future__ import annotations
@@ -18,20 +18,16 @@ from __future__ import annotations
 import math
 import posixpath
 
-from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeployment, GRMDeploymentSpec, Variant
 from grm_operator.control.builders.layout import CONFIG_DIR, CONFIG_FILE, MODEL_CACHE_DIR, WEIGHTS_DIR
 from grm_operator.control.builders.metadata import Manifest
-from grm_operator.control.builders.sizing import checkpoint_gb
-from grm_worker.contract.perfmodel import profile_for
+from grm_operator.policy.coldstart import checkpoint_gb, cold_start
 
 # Downloaded checkpoints live under the model cache, one directory per source (and revision).
 FETCHED_WEIGHTS_DIR = f"{MODEL_CACHE_DIR}/weights"
 FETCH_CONTAINER = "fetch-model"
 
-# Local weights load at this rate (GB/s) in the startup budget; see the module docstring.
-LOAD_GB_PER_S = 0.25
-ENGINE_START_S = 60.0
+# The startup budget over a cold start estimated from the checkpoint's size.
 LOAD_BUDGET_MARGIN = 1.5
 # With a measured coldStart (or without any size), the budget is this × the cold start, as the
 # precision priors (45-90 s) were sized for: a cold node also pulls the image.
@@ -83,23 +79,12 @@ def weights_path(uri: str, revision: str | None) -> str:
     return uri
 
 
-def cold_start_s(variant: Variant) -> float:
-    """The variant's model-load time: its profile's coldStart, else the precision's prior."""
-    if variant.profile is not None and variant.profile.cold_start:
-        return parse_duration(variant.profile.cold_start)
-    return profile_for(variant.precision).cold_start_s
-
-
 def startup_budget_s(spec: GRMDeploymentSpec, variant: Variant) -> float:
-    """Seconds the startup probe allows (module docstring): from a measured coldStart, else from
-    the checkpoint's size, else from the precision's prior; at least 120 s."""
-    measured = variant.profile is not None and variant.profile.cold_start
-    size = checkpoint_gb(spec, variant)
-    if measured or size is None:
-        budget = COLD_START_BUDGET_FACTOR * cold_start_s(variant)
-    else:
-        budget = LOAD_BUDGET_MARGIN * (ENGINE_START_S + size / LOAD_GB_PER_S)
-    return max(budget, STARTUP_BUDGET_MIN_S)
+    """Seconds the startup probe allows (module docstring): the cold-start estimate × 1.5 when it
+    comes from the checkpoint's size, × 3 when declared or the precision's prior; at least 120 s."""
+    estimate = cold_start(spec, variant)
+    factor = LOAD_BUDGET_MARGIN if estimate.basis == "size" else COLD_START_BUDGET_FACTOR
+    return max(factor * estimate.seconds, STARTUP_BUDGET_MIN_S)
 
 
 def download_allowance_s(spec: GRMDeploymentSpec, variant: Variant) -> float:

@@ -32,24 +32,30 @@ bf16 27B on 2 GPUs: memory 50.3 + 8 + 3 + 2 = 63.3 → 64Gi, limit 80Gi, cpu 4, 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from grm_operator.api.models import GRMDeploymentSpec, Variant, parse_quantity
 
+# The checkpoint's size is the policy layer's (it also sizes the cold-start estimate); re-exported.
+from grm_operator.policy.coldstart import (
+    CHECKPOINT_BYTES_PER_PARAMETER,
+    checkpoint_bytes_per_parameter,
+    checkpoint_gb,
+    parameters_billions,
+)
+
+__all__ = [
+    "CHECKPOINT_BYTES_PER_PARAMETER",
+    "PodSize",
+    "checkpoint_bytes_per_parameter",
+    "checkpoint_gb",
+    "derived_size",
+    "parameters_billions",
+    "pod_size",
+    "weights_gib",
+]
+
 GIB = 2**30
-# Bytes per parameter of the checkpoint the loader reads, by precision. fp8 and int8
-# (compressed-tensors) keep embeddings and norms in 16 bits (~0.55 of the bf16 size); AWQ/GPTQ int4
-# stores 4-bit weights plus group scales and 16-bit embeddings (~0.3: a Gemma-2-27B AWQ checkpoint
-# is ~17 GB of bf16's 54.5).
-CHECKPOINT_BYTES_PER_PARAMETER = {
-    "bf16": 2.0,
-    "fp16": 2.0,
-    "fp8": 1.1,  # a pre-quantized fp8 checkpoint; without one the loader reads bf16 (2.0)
-    "int8": 1.1,
-    "awq-int4": 0.6,
-    "gptq-int4": 0.6,
-}
 PROCESS_OVERHEAD_GIB_PER_GPU = 4
 FRONT_AND_ENGINE_CORE_GIB = 3
 SHM_GIB_PER_GPU = 1
@@ -63,9 +69,6 @@ CPU_PER_GPU = 1
 SIM_CPU = "100m"
 SIM_MEMORY_MIB = 512
 
-# "DeepSeek-GRM-27B", "Qwen2.5-0.5B-Instruct": a number followed by B and no further letter.
-_PARAMETERS_IN_NAME = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[Bb](?![A-Za-z])")
-
 
 @dataclass(frozen=True)
 class PodSize:
@@ -75,32 +78,6 @@ class PodSize:
     memory: str
     memory_limit: str
     shared_memory: str
-
-
-def parameters_billions(spec: GRMDeploymentSpec) -> float | None:
-    """spec.model.parametersBillions, else the count in the model name (the last ``<n>B``)."""
-    if spec.model.parameters_billions is not None:
-        return spec.model.parameters_billions
-    found = _PARAMETERS_IN_NAME.findall(spec.model.name)
-    return float(found[-1]) if found else None
-
-
-def checkpoint_bytes_per_parameter(variant: Variant) -> float:
-    """Bytes per parameter of the checkpoint this variant's loader reads."""
-    if variant.precision == "fp8" and variant.uri is None:
-        return CHECKPOINT_BYTES_PER_PARAMETER["bf16"]  # quantized to fp8 on the GPU at load
-    return CHECKPOINT_BYTES_PER_PARAMETER[variant.precision]
-
-
-def checkpoint_gb(spec: GRMDeploymentSpec, variant: Variant) -> float | None:
-    """GB (10^9 bytes) of the checkpoint this variant's worker reads at start: spec.model.weightsGB
-    (the bf16 checkpoint) scaled to the variant's bytes per parameter, else the parameter count ×
-    those bytes; None when neither is known. Sizes both the pod's memory and its startup budget."""
-    per_parameter = checkpoint_bytes_per_parameter(variant)
-    if spec.model.weights_gb is not None:
-        return spec.model.weights_gb * per_parameter / CHECKPOINT_BYTES_PER_PARAMETER["bf16"]
-    params = parameters_billions(spec)
-    return None if params is None else params * per_parameter
 
 
 def weights_gib(spec: GRMDeploymentSpec, variant: Variant) -> float:

@@ -51,7 +51,11 @@ class Grm:
     def tick(self, view: FleetView) -> Command:
         obs = view.observation
         names = [v.name for v in self.spec.variants]
-        pods = {v: PodCounts(obs.ready.get(v, 0), obs.pending.get(v, 0)) for v in names}
+        # Pending pods with their ages, as the autoscaler reads them (spec.scaling.pendingGrace).
+        pods = {
+            v: PodCounts(obs.ready.get(v, 0), obs.pending.get(v, 0), tuple(obs.pending_since.get(v, ())))
+            for v in names
+        }
         deployments = {
             v: VariantDeployment(
                 obs.desired.get(v, 0), obs.desired.get(v, 0), obs.ready.get(v, 0), obs.pending.get(v, 0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.policy.capacity import variant_profile
+from grm_operator.policy.coldstart import cold_start
 from grm_operator.simulator import hindsight
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.fleet import SimConfig
@@ -105,13 +105,19 @@ def test_requests_no_point_serves_alone_are_counted_unservable() -> None:
 
 def test_the_cold_plan_asks_for_replicas_one_cold_start_ahead() -> None:
     spec = tiny_spec()
-    plan = [Step("fp8", 2, 1)] * 3 + [Step("fp8", 2, 3)] * 2
+    plan = [Step("fp8", 2, 1)] * 6 + [Step("fp8", 2, 3)] * 2
     controller = PlanController("oracle-cold", spec, plan, cold=True)
-    lead = hindsight.lead_s(variant_profile(spec.variant("fp8")))  # 60 s, on the 15-s grid
-    assert controller.command(180.0 - lead - 15.0).scale == {"bf16": 0, "fp8": 1}
-    assert controller.command(180.0 - lead).scale == {"bf16": 0, "fp8": 3}
+    # fp8 reads the 27B bf16 checkpoint (54 GB): 60 + 54 / 0.25 = 276 s, 285 s on the 15-s grid.
+    lead = hindsight.lead_s(cold_start(spec, spec.variant("fp8")).seconds)
+    assert lead == 285.0
+    assert controller.command(360.0 - lead - 15.0).scale == {"bf16": 0, "fp8": 1}
+    assert controller.command(360.0 - lead).scale == {"bf16": 0, "fp8": 3}
+    # A run's own cold start (the report's measured one) moves the lead with it.
+    measured = PlanController("oracle-cold", spec, plan, cold=True, cold_start_s=60.0)
+    assert measured.command(360.0 - 75.0).scale == {"bf16": 0, "fp8": 1}
+    assert measured.command(360.0 - 60.0).scale == {"bf16": 0, "fp8": 3}
     instant = PlanController("oracle", spec, plan, cold=False)
-    assert instant.command(179.0).scale == {"bf16": 0, "fp8": 1}
+    assert instant.command(359.0).scale == {"bf16": 0, "fp8": 1}
     # While bf16 (floor k1) starts beside fp8 (floor k2), requests get k2: admissible on both.
     switch = PlanController(
         "oracle-cold", spec, [Step("fp8", 2, 1), Step("fp8", 2, 1), Step("bf16", 1, 1)], cold=True

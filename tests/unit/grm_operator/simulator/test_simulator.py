@@ -16,7 +16,7 @@ import pytest
 
 from grm_operator import cli
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.policy.capacity import variant_profile
+from grm_operator.policy.coldstart import cold_start as estimate
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.fleet import Fleet, SimConfig
@@ -174,7 +174,8 @@ def test_oracle_uses_no_more_gpu_hours_than_any_policy_that_meets_the_slo_as_oft
 
 def test_oracle_cold_provisions_a_step_one_cold_start_ahead_and_pays_for_it(spec: GRMDeploymentSpec) -> None:
     # 0.05 score requests/s for 10 minutes, then 12/s for 5: the oracle's replicas start instantly
-    # at the step; oracle-cold must ask for them a cold start earlier (45–90 s by variant) to have
+    # at the step; oracle-cold must ask for them a cold start earlier (125–276 s by variant: the
+    # 27B checkpoint's size, grm_operator.policy.coldstart) to have
     # them Ready, and their GPUs count from the request.
     quiet, busy = constant_trace(0.05, 600), constant_trace(12.0, 300)
     trace = Trace(
@@ -184,7 +185,7 @@ def test_oracle_cold_provisions_a_step_one_cold_start_ahead_and_pays_for_it(spec
         "step",
     )
     results = run_policies(SimConfig(spec=spec, trace=trace), ["oracle", "oracle-cold"], progress=False)
-    cold_start = min(variant_profile(v).cold_start_s for v in spec.variants)
+    cold_start = min(estimate(spec, v).seconds for v in spec.variants)
 
     def first_scale_up(result: RunResult) -> float:
         start = sum(result.series[0].replicas.values())
@@ -334,7 +335,13 @@ def test_the_simulator_skips_a_variant_demoted_by_its_live_agreement(spec: GRMDe
     # comparisons a 0.97 floor needs come within a minute): an fp8 that agrees with bf16 on half
     # the verdicts is demoted and the ladder goes on without it (int4, or fewer samples of bf16);
     # one that always agrees serves on.
-    tight = with_shadow(with_scaling(spec, maxReplicas=8, maxGPUs=6), 1.0)
+    # A model of unknown size: replicas start in the precision priors' 45–90 s (not the 27B's
+    # 125–276 s), so the hand-overs fit 15 minutes.
+    data = with_shadow(with_scaling(spec, maxReplicas=8, maxGPUs=6), 1.0).model_dump(
+        by_alias=True, exclude_none=True
+    )
+    data["model"]["name"] = "deepseek-ai/DeepSeek-GRM"
+    tight = GRMDeploymentSpec.model_validate(data)
     trace = constant_trace(4.0, 900, prompt=1000, output=200)
     good = run_policies(SimConfig(spec=tight, trace=trace), ["grm"], progress=False)["grm"]
     bad = run_policies(
