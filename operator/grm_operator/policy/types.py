@@ -226,7 +226,7 @@ class PolicyState:
     tail: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     #: Per variant: when its ``speed`` and ``tail`` were last learnt. The values stored are those
     #: learnt then; what the policy uses decays from them toward the priors with the time since
-    #: (see ``decide.corrections_at``), so a fleet without fresh evidence leaves the state alone.
+    #: (see ``corrections.corrections_at``), so a fleet without fresh evidence leaves the state alone.
     learnt_at: Mapping[str, float] = field(default_factory=dict)
     last_switch: float | None = None
     #: Since when a better operating point has fitted with margin (hysteresis for stepping up).

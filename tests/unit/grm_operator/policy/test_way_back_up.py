@@ -13,7 +13,8 @@ import yaml
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy import Observation, PolicyState, Rule, decide
 from grm_operator.policy.capacity import DEFAULT_TAIL
-from grm_operator.policy.decide import PEAK_POINTS, TAIL_HALF_LIFE_S, TREND_WINDOW_S, corrections_at
+from grm_operator.policy.corrections import TAIL_HALF_LIFE_S, corrections_at
+from grm_operator.policy.decide import PEAK_POINTS, TREND_WINDOW_S
 from support.fleet import Fleet
 from support.paths import EXAMPLES
 from support.policy import make_observation, make_signals, make_spec
