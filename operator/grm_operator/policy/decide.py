@@ -70,11 +70,13 @@ from grm_operator.policy.corrections import (
     corrections_at,
     learn,
     saturated_throughput,
+    slo_breach,
 )
 from grm_operator.policy.corrections import (
     workload as estimated_workload,
 )
 from grm_operator.policy.signals import Signals
+from grm_operator.policy.stabilize import over_window, record
 from grm_operator.policy.types import Action, Decision, Observation, PolicyState, Rule
 
 TREND_WINDOW_S = 180.0
@@ -147,42 +149,6 @@ def _keep_demand(
                 peaks[key] = (t, v)
         older = sorted(peaks.values())
     return (*older, *recent)
-
-
-def _record(
-    runs: Sequence[tuple[float, int]], now: float, value: int, keep_s: float
-) -> tuple[tuple[float, int], ...]:
-    """Recommendations as runs (start time, value): a new run only when the value changes, so a
-    steady recommendation leaves the state — and the status holding it — untouched. Runs that
-    ended before ``now - keep_s`` are dropped."""
-    out = list(runs)
-    while len(out) >= 2 and out[1][0] < now - keep_s:
-        out.pop(0)
-    if not out or out[-1][1] != value:
-        out.append((now, value))
-    return tuple(out)
-
-
-def _over_window(runs: Sequence[tuple[float, int]], now: float, window_s: float) -> list[int]:
-    """Values of the runs overlapping ``[now - window_s, now]`` (run i lasts until run i+1)."""
-    start = now - window_s
-    return [value for i, (_, value) in enumerate(runs) if i + 1 == len(runs) or runs[i + 1][0] >= start]
-
-
-def _slo_breach(spec: GRMDeploymentSpec, signals: Signals | None) -> tuple[float, str]:
-    """Worst observed p95 ÷ SLO (≤ 1 when met) and its sentence."""
-    if signals is None:
-        return 0.0, ""
-    worst, text = 0.0, ""
-    for name, target, value in (
-        ("TTFT", spec.slo.ttft_p95_s, signals.ttft_p95),
-        ("ITL", spec.slo.itl_p95_s, signals.itl_p95),
-        ("e2e", spec.slo.e2e_p95_s, signals.e2e_p95),
-    ):
-        if target and value is not None and value / target > worst:
-            worst = value / target
-            text = f"p95 {name} {_fmt(value)}s {'>' if value > target else '≤'} SLO {_fmt(target)}s"
-    return worst, text
 
 
 def _switch_samples(
@@ -362,14 +328,14 @@ def decide(
 
     # --- hysteresis on the ladder -------------------------------------------------------------------
     breach_signals = obs.variants.get(active) or total
-    breach, breach_text = _slo_breach(spec, breach_signals)
+    breach, breach_text = slo_breach(spec, breach_signals)
     if breach > 1.0 and (breach_signals.rps or 0.0) * window < MIN_REQUESTS_FOR_CORRECTION:
         # The p95 of a few requests is their slowest one: a breach only if the median breaches
         # too (every request slow), not for one 68 s straggler among 12 quick ones.
         medians = Signals(
             ttft_p95=breach_signals.ttft_p50, itl_p95=breach_signals.itl_p50, e2e_p95=breach_signals.e2e_p50
         )
-        if _slo_breach(spec, medians)[0] <= 1.0:
+        if slo_breach(spec, medians)[0] <= 1.0:
             breach, breach_text = 0.0, ""
     cooldown = parse_duration(spec.precision.switch_cooldown)
     since_switch = math.inf if state.last_switch is None else now - state.last_switch
@@ -581,17 +547,17 @@ def decide(
         need = max(need, min(math.ceil(ready * min(2.0, breach)), chosen.cap))
     up_window = parse_duration(spec.scaling.scale_up_stabilization)
     down_window = parse_duration(spec.scaling.scale_down_stabilization)
-    recs = _record(state.recommendations, now, need, max(up_window, down_window))
+    recs = record(state.recommendations, now, need, max(up_window, down_window))
     floor_note = ""
     bridged = False
     if manual:
         replicas = fixed
     else:
         if need >= current:
-            replicas = min(_over_window(recs, now, up_window)) if up_window > 0 else need
+            replicas = min(over_window(recs, now, up_window)) if up_window > 0 else need
             replicas = max(replicas, current)
         else:
-            replicas = max(_over_window(recs, now, down_window))
+            replicas = max(over_window(recs, now, down_window))
             if not recs or recs[0][0] > now - down_window:
                 # The window reaches back before the first recommendation we remember (a fresh
                 # start, a restart without state, a switch just completed): the replicas running

@@ -293,7 +293,8 @@ def test_a_steady_fleet_leaves_the_policy_state_unchanged() -> None:
 
 
 def test_recommendation_runs_only_grow_when_the_value_changes() -> None:
-    from grm_operator.policy.decide import _over_window, _record
+    from grm_operator.policy.stabilize import over_window as _over_window
+    from grm_operator.policy.stabilize import record as _record
 
     runs = _record((), 0.0, 3, 300)
     runs = _record(runs, 15.0, 3, 300)
