@@ -520,9 +520,10 @@ def test_worker_pods_from_the_operators_builders(lc: LocalCluster) -> None:
     import yaml
 
     from grm_operator.api.models import GRMDeployment
+    from grm_operator.control.admintoken import admin_token_secret, new_token
     from grm_operator.control.builders import build_children
     from grm_operator.control.builders.layout import HTTP_PORT
-    from grm_operator.control.builders.metadata import LABEL_VARIANT
+    from grm_operator.control.builders.metadata import LABEL_VARIANT, Owner
     from grm_operator.control.builders.workerconfig import ANNOTATION_WORKER_ENGINE
     from grm_operator.settings import OperatorSettings
 
@@ -537,7 +538,11 @@ def test_worker_pods_from_the_operators_builders(lc: LocalCluster) -> None:
     body["spec"]["model"]["uri"] = "hf://deepseek-ai/DeepSeek-GRM-27B"
     grmd = GRMDeployment.model_validate(body)
     children = build_children(grmd, {"fp8": 2}, OperatorSettings())
-    docs = [children.config_maps["fp8"], children.deployments["fp8"], children.service]
+    # The admin token's Secret, which the operator creates before any worker Deployment (their
+    # pods read GRM_ADMIN_TOKEN from it).
+    owner = Owner(name=grmd.metadata.name, namespace=NS, uid=body["metadata"]["uid"])
+    secret = admin_token_secret(owner, new_token())
+    docs = [secret, children.config_maps["fp8"], children.deployments["fp8"], children.service]
     for doc in docs:
         # No GRMDeployment object exists here: an owner reference to it would be collected.
         doc["metadata"].pop("ownerReferences", None)
