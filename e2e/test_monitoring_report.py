@@ -49,12 +49,6 @@ BASE_RPS = 0.25
 PERIODS = 7
 STEP = "4s"  # 10 bins a period; 70 bins in all, so the detector's noise threshold is 4/√70 = 0.48
 GPUS = {"bf16": 2}
-# On the node agent. On the real node (e2e/conftest.py's default) the one run so far, with three
-# other sessions' benchmarks on the 2 cores, replayed at -38 % of the measured GPU-hours (0.182
-# vs 0.287; tolerance 25 %): the operator measured 1.47-2.4 seq/s per bf16 replica against the
-# model's 2.36-3.36 and held 2 replicas through the last periods, which the replay did not. Until
-# that is understood (machine load or the node), the report is judged where it was validated.
-NODE_RUNTIME = "agent"
 
 
 def _manifest() -> dict[str, Any]:
@@ -63,6 +57,14 @@ def _manifest() -> dict[str, Any]:
     )
     doc["metadata"]["name"] = NAME
     doc["spec"]["variants"] = [v for v in doc["spec"]["variants"] if v["name"] == "bf16"]
+    # Every burst needs both bf16 replicas maxGPUs allows (4.8 critiques/s against 2.4-3.4 a
+    # replica). With the demo's 30-s scale-down stabilisation, shorter than the 28-s lull plus the
+    # 10-s metrics window, whether the second replica was let go in a lull hung on seconds of
+    # measurement: the operator on 2 shared cores measured 1.5-2.4 critiques/s a replica, kept it,
+    # and the replay (which let it go) came out at -27 % and -38 % of the observed GPU-hours in
+    # CI-like runs. 90 s spans a period: both hold it from the first burst on, and the replay is
+    # judged on what it models rather than on a knife edge.
+    doc["spec"]["scaling"]["scaleDownStabilization"] = "90s"
     # Real time (time_scale 1): the operator sizes replicas by the same latency model the workers
     # follow, so a replay on the simulator can reproduce the run. 3 s of model load.
     doc["metadata"]["annotations"]["grm.dev/worker-overrides"] = json.dumps(

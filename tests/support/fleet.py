@@ -17,6 +17,9 @@ from grm_operator.policy.signals import Signals
 from grm_worker.contract.perfmodel import steady_state
 from support.policy import OUTPUT, PROMPT, make_observation, make_signals
 
+PolicyFn = Callable[[Observation, PolicyState, GRMDeploymentSpec, float], tuple[Decision, PolicyState]]
+"""A decision function: the rules (``decide``) or the optimiser (``policy.mpc.decide_mpc``)."""
+
 
 @dataclass
 class Fleet:
@@ -36,9 +39,7 @@ class Fleet:
     decisions: list[Decision] = field(default_factory=list)
     metrics_up: bool = True
     #: The policy under test: the rules (``decide``) or the optimiser (``policy.mpc.decide_mpc``).
-    policy: Callable[[Observation, PolicyState, GRMDeploymentSpec, float], tuple[Decision, PolicyState]] = (
-        decide
-    )
+    policy: PolicyFn = decide
 
     def __post_init__(self) -> None:
         first = self.spec.admissible_variants()[0].name

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.policy import Observation
+from grm_operator.policy import Observation, PolicyState
 from grm_operator.policy.signals import Signals
 
 #: Tokens of a scored prompt and of one critique (sample), as the closed-loop fleet serves them.
@@ -99,4 +99,33 @@ def make_observation(
         desired=per_variant(ready if desired is None else desired),
         metrics_error=metrics_error,
         pending_since=dict(pending_since or {}),
+    )
+
+
+def fp8_window(now: float, rps: float, e2e_p95: float) -> Observation:
+    """2 fp8 replicas at k = 8 completing ``rps`` sequences/s, TTFT p95 at the 500 ms SLO."""
+    signals = make_signals(
+        rps,
+        pods=2,
+        ttft_p50=0.2,
+        ttft_p95=0.5,
+        itl_p50=0.03,
+        itl_p95=0.04,
+        e2e_p50=e2e_p95 / 2,
+        e2e_p95=e2e_p95,
+        running=rps * 5,
+        waiting=0.0,
+        sample_age_s=1.0,
+    )
+    return make_observation("fp8", signals, now=now, ready=2, samples=8)
+
+
+def stale_bf16_state() -> PolicyState:
+    """bf16 left behind with a tail that an overload taught it: e2e 6.0 (bound) makes 20 s read as
+    a 3.3 s mean, so no bf16 replica looks able to hold it."""
+    return PolicyState(
+        tail={"bf16": {"e2e": 6.0, "ttft": 6.0, "itl": 1.3}},
+        speed={"bf16": 1.0},
+        learnt_at={"bf16": 0.0},
+        last_switch=0.0,
     )

@@ -117,6 +117,11 @@ class FakePrometheus:
                 }
                 for v in ("bf16", "fp8")
             ]
+        # e2e latency: a mean of 10.4 s, the buckets' 80 % at 8 s and 20 % at 20 s.
+        if query.startswith("grm_score_latency_seconds_sum"):
+            return self._counters(lambda i: (0.8 * 8 + 0.2 * 20) * (requests_in_minute(i) - 1))
+        if query.startswith("grm_score_latency_seconds_count"):
+            return self._counters(lambda i: requests_in_minute(i) - 1)
         if "bucket" in query:
             # e2e: of every bin's answered requests, 80 % ≤ 10 s, all ≤ 30 s; TTFT: all ≤ 0.5 s.
             e2e = "grm_score_latency" in query

@@ -38,6 +38,7 @@ from grm_operator.report.usage import summarise
 from grm_operator.report.whatif import (
     Candidate,
     arrival_trace,
+    calibrate,
     parse_candidate,
     recommend,
     run_scenario,
@@ -205,7 +206,14 @@ def make_report(
         )
     trace = arrival_trace(usage.arrivals, name)
     whatifs, skipped = scenarios(spec, candidates)
-    outcomes = [run_scenario(s, trace, cold_start_s=cold_start_s) for s in whatifs]
+    # whatifs[0] is the replay: its speed is fitted to the window first (whatif module doc).
+    calibration, replay = calibrate(
+        whatifs[0], trace, cold_start_s=cold_start_s, observed_mean_e2e_s=usage.mean_e2e_s
+    )
+    outcomes = [replay] + [
+        run_scenario(s, trace, cold_start_s=cold_start_s, model_error=calibration.model_error)
+        for s in whatifs[1:]
+    ]
     return Report(
         namespace=namespace,
         name=name,
@@ -216,6 +224,7 @@ def make_report(
         queries=history.queries,
         prometheus=prometheus_url,
         cold_start_s=cold_start_s,
+        calibration=calibration,
         events=list(_events(events, name, start, end)),
         notes=[*notes, *skipped],
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.report.usage import Usage
-from grm_operator.report.whatif import ATTAINMENT_TOLERANCE, Outcome, Recommendation
+from grm_operator.report.whatif import ATTAINMENT_TOLERANCE, Calibration, Outcome, Recommendation
 
 __all__ = ["REPLAY_ATTAINMENT_TOLERANCE", "REPLAY_GPU_TOLERANCE", "Report", "plots", "to_json", "to_markdown"]
 
@@ -43,6 +43,7 @@ class Report:
     queries: dict[str, str]
     prometheus: str
     cold_start_s: float | None
+    calibration: Calibration | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)
@@ -105,6 +106,8 @@ def _outcome_json(o: Outcome) -> dict[str, Any]:
         "switches": o.switches,
         "rejected": o.rejected,
         "gpu_hours_by_variant": {k: _r(v) for k, v in sorted(o.hours_by_variant.items())},
+        "mean_e2e_s": _r(o.mean_e2e_s),
+        "model_error": _r(o.model_error),
     }
 
 
@@ -175,6 +178,15 @@ def to_json(report: Report) -> dict[str, Any]:
             "tolerance": {"gpu_hours": REPLAY_GPU_TOLERANCE, "slo_attainment": REPLAY_ATTAINMENT_TOLERANCE},
             "trusted": report.replay_trusted(),
             "cold_start_s": report.cold_start_s,
+            "model_error": _r(report.replay.model_error),
+            "calibration": None
+            if report.calibration is None
+            else {
+                "model_error": _r(report.calibration.model_error),
+                "observed_mean_e2e_s": _r(report.calibration.observed_mean_e2e_s),
+                "simulated_mean_e2e_s": _r(report.calibration.simulated_mean_e2e_s),
+                "runs": report.calibration.runs,
+            },
         },
         "whatifs": [_outcome_json(o) for o in report.outcomes],
         "recommendations": [
@@ -204,6 +216,19 @@ def _num(value: float | None, fmt: str = ".3f") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def _calibration_line(report: Report) -> str:
+    c = report.calibration
+    if c is None or c.observed_mean_e2e_s is None:
+        return "No score latency was measured in the window: the replay runs at the latency model's speed."
+    slower = f"{c.model_error:.2f}× the latency model's time" if c.model_error != 1.0 else "the model's speed"
+    return (
+        f"The replay's replicas run at {slower} per critique, fitted in {c.runs} replays so that its mean "
+        f"score latency ({_num(c.simulated_mean_e2e_s, '.2f')} s) matches the observed "
+        f"{_num(c.observed_mean_e2e_s, '.2f')} s; every what-if runs at that speed."
+        + ("" if 0.67 <= c.model_error <= 1.5 else " Far from 1: the priors do not describe this hardware.")
+    )
+
+
 def to_markdown(report: Report) -> str:
     """The report for people: numbers, what-ifs, recommendations with their patches, the queries."""
     u = report.usage
@@ -225,6 +250,7 @@ def to_markdown(report: Report) -> str:
         f"| TTFT attainment | {_pct(u.ttft_attainment)} | {_pct(report.replay.ttft_attainment)} |",
         f"| e2e attainment | {_pct(u.e2e_attainment)} | {_pct(report.replay.e2e_attainment)} |",
         f"| mean quality | {_num(u.mean_quality)} | {_num(report.replay.mean_quality)} |",
+        f"| mean score latency, s | {_num(u.mean_e2e_s, '.2f')} | {_num(report.replay.mean_e2e_s, '.2f')} |",
         "",
         f"Score requests: {u.requests:.0f} ("
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(u.outcomes.items()))
@@ -239,6 +265,8 @@ def to_markdown(report: Report) -> str:
         f"{'–' if gpu_error is None else f'{gpu_error:+.1%}'}, attainment "
         f"{'–' if att_error is None else f'{att_error * 100:+.1f} pp'}."
         + ("" if report.replay_trusted() else " Treat the what-ifs below as indications only."),
+        "",
+        _calibration_line(report),
         "",
         "## Variants",
         "",

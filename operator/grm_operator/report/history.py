@@ -24,6 +24,8 @@ The queries (:data:`QUERIES`, ``SEL`` the selector):
 * ``shed_samples``: ``grm_score_samples_shed_total SEL``;
 * ``e2e_buckets``, ``ttft_buckets``: ``grm_score_latency_seconds_bucket SEL``,
   ``vllm:time_to_first_token_seconds_bucket SEL``;
+* ``e2e_seconds``, ``e2e_count``: ``grm_score_latency_seconds_sum SEL`` and ``_count SEL``, the
+  mean score latency the replay is calibrated on (:mod:`.whatif`);
 * ``pod_seconds``: ``sum_over_time((count by (grm_dev_variant) (up SEL))[step:resolution])``
   divided by ``count_over_time(vector(1)[step:resolution])`` (the mean pods over the bin's
   points), times the step in seconds;
@@ -84,6 +86,8 @@ QUERIES: dict[str, str] = {
     "sample_budget": "max by (grm_dev_variant) (grm_sample_budget{selector})",
     "e2e_buckets": "grm_score_latency_seconds_bucket{selector}",
     "ttft_buckets": "vllm:time_to_first_token_seconds_bucket{selector}",
+    "e2e_seconds": "grm_score_latency_seconds_sum{selector}",
+    "e2e_count": "grm_score_latency_seconds_count{selector}",
 }
 """Every PromQL query the report runs, by name (module docstring)."""
 
@@ -144,6 +148,9 @@ class History:
     #: Per variant, per bin: bucket upper bound → cumulative count in the bin.
     e2e_buckets: dict[str, list[dict[float, float]]] = field(default_factory=dict)
     ttft_buckets: dict[str, list[dict[float, float]]] = field(default_factory=dict)
+    #: Seconds and count of the successful score requests' latencies, per variant and bin.
+    e2e_seconds: Series = field(default_factory=dict)
+    e2e_count: Series = field(default_factory=dict)
     queries: dict[str, str] = field(default_factory=dict)
 
     @property

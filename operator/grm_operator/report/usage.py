@@ -15,6 +15,8 @@ give the budget actually used, shedding included):
 * per **sample budget** of a variant (the fronts' ``grm_sample_budget`` at each bin end;
   :class:`BudgetUsage`): the same hours, replica- and GPU-hours, request share and SLO
   attainment, over the bins that ended with that budget;
+* **mean score latency** — Σ ``grm_score_latency_seconds_sum`` / Σ ``_count``, what the
+  replay's speed is calibrated on (:mod:`.whatif`);
 * **shed samples**, **mean samples per score**, **quality**: the measured quality when the
   status carries one (``status.variants[].quality.value``, from the accuracy gate), else the
   declared ``quality``.
@@ -121,6 +123,8 @@ class Usage:
     e2e_p95: list[float | None] = field(default_factory=list)
     ttft_p95: list[float | None] = field(default_factory=list)
     peak_gpus: float = 0.0
+    #: Mean latency of the successful score requests over the window, s (None: none measured).
+    mean_e2e_s: float | None = None
 
 
 def _zero(values: Sequence[float]) -> list[float]:
@@ -343,4 +347,12 @@ def summarise(history: History, spec: GRMDeploymentSpec, status: Mapping[str, An
         e2e_p95=e2e_p95,
         ttft_p95=ttft_p95,
         peak_gpus=max(gpu_series, default=0.0),
+        mean_e2e_s=_mean_latency(history),
     )
+
+
+def _mean_latency(history: History) -> float | None:
+    """Σ latency / Σ count of the score latency histogram over all variants and bins."""
+    count = sum(sum(_zero(v)) for v in history.e2e_count.values())
+    seconds = sum(sum(_zero(v)) for v in history.e2e_seconds.values())
+    return seconds / count if count > 0 else None

@@ -12,6 +12,23 @@ the operator's Direct source does. Attainment is computed as the report computes
 one (:mod:`.usage`): the fraction of score requests within ``slo.e2eP95`` and within
 ``slo.ttftP95``, the lower of the two, rejected requests counting as misses.
 
+**Calibration** (:func:`calibrate`). The simulator's replicas run at the latency model's speed
+(perf-model.md's priors, H100-measured); the observed replicas ran at their hardware's, which
+may differ — a card of another kind, other kernels, or (on the local cluster) cores shared with
+other work: a CI run's sim workers served 1.5–2.4 critiques/s per replica against the model's
+2.4–3.4, the operator measured it and held two replicas where a replay at the model's speed held
+one (−27 % to −38 % of the observed GPU-hours). So before any what-if, the replay's speed is
+fitted to the window: the simulator's ``model_error`` (its replicas run that many times slower
+than the profile the policy assumes, as the operator's own measurements then see) is searched on
+a log scale between :data:`MODEL_ERROR_RANGE` until the replay's mean score latency matches the
+observed one (Σ sum / Σ count of ``grm_score_latency_seconds``) within
+:data:`CALIBRATION_TOLERANCE`, by bisection (slower replicas: longer latencies, then more of them:
+the mean moves the same way unless the policy scales out fully), at most
+:data:`CALIBRATION_RUNS` replays; the run nearest the observation is kept. Every scenario then
+runs at that speed. Without an observed mean (no latency histogram in the window) the model's
+speed is used (``model_error`` 1). The fitted factor is reported: far from 1 says the priors do
+not describe the hardware.
+
 **Scenarios** (:func:`scenarios`): ``replay`` (the spec as it is: its GPU-hours and attainment
 are compared with the observed ones to say whether the other answers can be trusted), ``drop``
 of each variant, ``add`` of each candidate variant, ``maxGPUs`` at half, one replica less and
@@ -45,11 +62,16 @@ from grm_operator.simulator.trace import Trace
 
 __all__ = [
     "ATTAINMENT_TOLERANCE",
+    "CALIBRATION_RUNS",
+    "CALIBRATION_TOLERANCE",
+    "MODEL_ERROR_RANGE",
+    "Calibration",
     "Candidate",
     "Outcome",
     "Recommendation",
     "Scenario",
     "arrival_trace",
+    "calibrate",
     "parse_candidate",
     "recommend",
     "run_scenario",
@@ -59,6 +81,16 @@ __all__ = [
 #: A what-if may lose this much attainment (0.5 percentage point) against the replay and still
 #: count as "equal": two replays with different seeds differ by about that on an hour of traffic.
 ATTAINMENT_TOLERANCE = 0.005
+
+#: The replay's mean score latency is taken as matching the observed one within 5 %: two replays
+#: of an hour with different seeds differ by ~2 % in mean latency.
+CALIBRATION_TOLERANCE = 0.05
+#: Slowdowns searched: from twice as fast as the model to 4× slower (the priors are H100 numbers;
+#: an A100 decodes ~1.6× slower, an L40S ~2.5×).
+MODEL_ERROR_RANGE = (0.5, 4.0)
+#: Replays the fit may run (the first at the model's speed): log-bisection over the 8× range to
+#: ~4 % after 6 halvings.
+CALIBRATION_RUNS = 8
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,27 @@ class Outcome:
     rejected: int
     hours_by_variant: dict[str, float] = field(default_factory=dict)
     requests_by_variant: dict[str, int] = field(default_factory=dict)
+    #: Mean latency of the served score requests, s (None: none served).
+    mean_e2e_s: float | None = None
+    #: The replicas' slowdown against the latency model this run used (:func:`calibrate`).
+    model_error: float = 1.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The replay's speed fitted to the window (module doc)."""
+
+    model_error: float
+    observed_mean_e2e_s: float | None
+    simulated_mean_e2e_s: float | None
+    runs: int
+
+    @property
+    def error(self) -> float | None:
+        """Relative error of the fitted replay's mean latency against the observed one."""
+        if self.observed_mean_e2e_s is None or self.simulated_mean_e2e_s is None:
+            return None
+        return (self.simulated_mean_e2e_s - self.observed_mean_e2e_s) / self.observed_mean_e2e_s
 
 
 @dataclass(frozen=True)
@@ -246,6 +299,7 @@ def run_scenario(
     trace: Trace,
     *,
     cold_start_s: float | None,
+    model_error: float = 1.0,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
 ) -> Outcome:
@@ -253,7 +307,12 @@ def run_scenario(
     spec = scenario.spec
     period = parse_duration(spec.scaling.control_period)
     config = SimConfig(
-        spec=spec, trace=trace, seed=seed, scrape_interval_s=max(1.0, period), cold_start_s=cold_start_s
+        spec=spec,
+        trace=trace,
+        seed=seed,
+        scrape_interval_s=max(1.0, period),
+        cold_start_s=cold_start_s,
+        model_error=model_error,
     )
     fleet = Fleet(config, Grm(spec))
     result = fleet.run(progress)
@@ -284,7 +343,44 @@ def run_scenario(
         rejected=result.rejected,
         hours_by_variant=hours,
         requests_by_variant=requests,
+        mean_e2e_s=sum(e2es) / len(e2es) if e2es else None,
+        model_error=model_error,
     )
+
+
+def calibrate(
+    replay: Scenario, trace: Trace, *, cold_start_s: float | None, observed_mean_e2e_s: float | None
+) -> tuple[Calibration, Outcome]:
+    """The replay's ``model_error`` fitted to the observed mean score latency, and the replay run
+    at it (module doc)."""
+    first = run_scenario(replay, trace, cold_start_s=cold_start_s)
+    if observed_mean_e2e_s is None or observed_mean_e2e_s <= 0 or first.mean_e2e_s is None:
+        return Calibration(1.0, observed_mean_e2e_s, first.mean_e2e_s, 1), first
+
+    def miss(o: Outcome) -> float:
+        assert o.mean_e2e_s is not None and observed_mean_e2e_s is not None
+        return (o.mean_e2e_s - observed_mean_e2e_s) / observed_mean_e2e_s
+
+    best, runs = first, 1
+    low, high = math.log(MODEL_ERROR_RANGE[0]), math.log(MODEL_ERROR_RANGE[1])
+    # The model's own speed is the first guess: the bracket starts on its side of the answer.
+    if miss(first) < 0:
+        low = 0.0
+    else:
+        high = 0.0
+    while abs(miss(best)) > CALIBRATION_TOLERANCE and runs < CALIBRATION_RUNS:
+        middle = (low + high) / 2
+        outcome = run_scenario(replay, trace, cold_start_s=cold_start_s, model_error=math.exp(middle))
+        runs += 1
+        if outcome.mean_e2e_s is None:
+            break
+        if abs(miss(outcome)) < abs(miss(best)):
+            best = outcome
+        if miss(outcome) < 0:
+            low = middle
+        else:
+            high = middle
+    return Calibration(best.model_error, observed_mean_e2e_s, best.mean_e2e_s, runs), best
 
 
 def recommend(

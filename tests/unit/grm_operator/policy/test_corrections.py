@@ -1,51 +1,23 @@
 """The online corrections of the latency model (learnt per variant, decaying toward the priors),
 the bounded arrival series the demand distribution reads, and the live demo's switch under load.
 
-The live demo's GRMDeployment (examples/grmd-live-demo.yaml) is the scenario: bf16 2 GPUs a
-replica, fp8 1, maxGPUs 4, 2 s control period, 30 s stabilisation window and cooldown, k = 4.
+The live demo's GRMDeployment is the scenario (support.live_demo).
 """
 
 from __future__ import annotations
 
-import yaml
-
-from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.policy import Observation, PolicyState
+from grm_operator.policy import PolicyState
 from grm_operator.policy.capacity import DEFAULT_TAIL
 from grm_operator.policy.corrections import TAIL_HALF_LIFE_S, corrections_at
 from grm_operator.policy.mpc import decide_mpc as decide
 from grm_operator.policy.types import ARRIVAL_BINS
 from support.fleet import Fleet
-from support.paths import EXAMPLES
-from support.policy import make_observation, make_signals, make_spec
-
-LIVE_DEMO = EXAMPLES / "grmd-live-demo.yaml"
-PERIOD = 2.0
-DROP = 250.0
-
-
-def live_demo_spec() -> GRMDeploymentSpec:
-    return GRMDeploymentSpec.model_validate(yaml.safe_load(LIVE_DEMO.read_text())["spec"])
-
-
-def run_live_demo(until: float) -> tuple[Fleet, list[tuple[float, int]]]:
-    """1 score/s (bf16 fills its 4 GPUs), 3/s from 100 s (fp8 needed), 0.5/s from 250 s.
-
-    Returns the fleet and, per tick, (time, GPUs asked for: every variant's desired replicas).
-    """
-    spec = live_demo_spec()
-    fleet = Fleet(spec, policy=decide)
-    gpus: list[tuple[float, int]] = []
-    now = 0.0
-    while now < until:
-        fleet.tick(now, 1.0 if now < 100 else 3.0 if now < DROP else 0.5)
-        gpus.append((now, sum(n * spec.variant(v).gpus_per_replica for v, n in fleet.desired.items())))
-        now += PERIOD
-    return fleet, gpus
+from support.live_demo import DROP, PERIOD, live_demo_spec, run_live_demo
+from support.policy import fp8_window, make_spec, stale_bf16_state
 
 
 def test_live_demo_switches_to_fp8_under_load_within_max_gpus_and_scales_in_after_the_drop() -> None:
-    fleet, gpus = run_live_demo(500.0)
+    fleet, gpus = run_live_demo(500.0, policy=decide)
     switches = [(i, d) for i, d in enumerate(fleet.decisions) if d.action == "SwitchVariant"]
     assert switches and switches[0][1].variant == "fp8", [d.reason for _, d in switches]
     assert switches[0][0] * PERIOD < DROP  # fp8 serves the demo's load on fewer GPUs than bf16
@@ -75,35 +47,10 @@ def test_a_tail_learnt_in_an_overload_decays_toward_the_prior() -> None:
     assert 1.0 < speed < 1.4  # speed decays too, more slowly (15 min half-life)
 
 
-def _fp8_window(now: float, rps: float, e2e_p95: float) -> Observation:
-    """2 fp8 replicas at k = 8 completing ``rps`` sequences/s, TTFT p95 at the 500 ms SLO."""
-    signals = make_signals(
-        rps,
-        pods=2,
-        ttft_p50=0.2,
-        ttft_p95=0.5,
-        itl_p50=0.03,
-        itl_p95=0.04,
-        e2e_p50=e2e_p95 / 2,
-        e2e_p95=e2e_p95,
-        running=rps * 5,
-        waiting=0.0,
-        sample_age_s=1.0,
-    )
-    return make_observation("fp8", signals, now=now, ready=2, samples=8)
-
-
 def test_each_variant_learns_only_its_own_tail_and_a_stale_one_decays() -> None:
     spec = make_spec()
-    # bf16 left behind with a tail that an overload taught it: e2e 6.0 (bound) makes 20 s read as
-    # a 3.3 s mean, so no bf16 replica looks able to hold it.
-    state = PolicyState(
-        tail={"bf16": {"e2e": 6.0, "ttft": 6.0, "itl": 1.3}},
-        speed={"bf16": 1.0},
-        learnt_at={"bf16": 0.0},
-        last_switch=0.0,
-    )
-    _first, state = decide(_fp8_window(15.0, 4.0, e2e_p95=19.0), state, spec, 15.0)
+    state = stale_bf16_state()
+    _first, state = decide(fp8_window(15.0, 4.0, e2e_p95=19.0), state, spec, 15.0)
     assert state.tail["bf16"] == {"e2e": 6.0, "ttft": 6.0, "itl": 1.3}  # fp8's window taught bf16 nothing
     assert set(state.tail["fp8"]) == {"ttft", "itl", "e2e"}
     assert state.learnt_at["bf16"] == 0.0 and state.learnt_at["fp8"] == 15.0

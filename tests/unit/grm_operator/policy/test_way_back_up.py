@@ -2,46 +2,17 @@
 best one back — once a scale-down stabilisation window has seen no peak, with the 25 % margin on
 the demand (so the surge fits maxGPUs), and with correction factors that forget old overloads.
 
-The live demo's GRMDeployment (examples/grmd-live-demo.yaml) is the scenario: bf16 2 GPUs a
-replica, fp8 1, maxGPUs 4, 2 s control period, 30 s stabilisation window and cooldown, k = 4.
+The live demo's GRMDeployment is the scenario (support.live_demo).
 """
 
 from __future__ import annotations
 
-import yaml
-
-from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.policy import Observation, PolicyState, Rule, decide
-from grm_operator.policy.capacity import DEFAULT_TAIL
+from grm_operator.policy import Rule, decide
 from grm_operator.policy.corrections import TAIL_HALF_LIFE_S, corrections_at
 from grm_operator.policy.decide import PEAK_POINTS, TREND_WINDOW_S
 from support.fleet import Fleet
-from support.paths import EXAMPLES
-from support.policy import make_observation, make_signals, make_spec
-
-LIVE_DEMO = EXAMPLES / "grmd-live-demo.yaml"
-PERIOD = 2.0
-DROP = 250.0
-
-
-def live_demo_spec() -> GRMDeploymentSpec:
-    return GRMDeploymentSpec.model_validate(yaml.safe_load(LIVE_DEMO.read_text())["spec"])
-
-
-def run_live_demo(until: float) -> tuple[Fleet, list[tuple[float, int]]]:
-    """1 score/s (bf16 fills its 4 GPUs), 3/s from 100 s (fp8 needed), 0.5/s from 250 s.
-
-    Returns the fleet and, per tick, (time, GPUs asked for: every variant's desired replicas).
-    """
-    spec = live_demo_spec()
-    fleet = Fleet(spec)
-    gpus: list[tuple[float, int]] = []
-    now = 0.0
-    while now < until:
-        fleet.tick(now, 1.0 if now < 100 else 3.0 if now < DROP else 0.5)
-        gpus.append((now, sum(n * spec.variant(v).gpus_per_replica for v, n in fleet.desired.items())))
-        now += PERIOD
-    return fleet, gpus
+from support.live_demo import DROP, PERIOD, live_demo_spec, run_live_demo
+from support.policy import fp8_window, make_spec, stale_bf16_state
 
 
 def test_live_demo_switches_to_fp8_under_load_and_back_to_bf16_after_the_window() -> None:
@@ -83,48 +54,10 @@ def test_step_up_waits_while_the_window_holds_a_peak() -> None:
     assert up >= DROP + 40 + 2 * 30, up
 
 
-def test_a_tail_learnt_in_an_overload_decays_toward_the_prior() -> None:
-    state = PolicyState(tail={"bf16": {"e2e": 4.0, "ttft": 2.0}}, learnt_at={"bf16": 1000.0})
-    _, now_tail = corrections_at(state, "bf16", 1000.0)
-    assert now_tail["e2e"] == 4.0
-    _, later = corrections_at(state, "bf16", 1000.0 + TAIL_HALF_LIFE_S)
-    assert abs(later["e2e"] - (DEFAULT_TAIL["e2e"] + 2.5 / 2)) < 1e-9  # half of the excess is gone
-    _, much_later = corrections_at(state, "bf16", 1000.0 + 20 * TAIL_HALF_LIFE_S)
-    assert abs(much_later["e2e"] - DEFAULT_TAIL["e2e"]) < 1e-4
-    assert much_later["itl"] == DEFAULT_TAIL["itl"]  # never learnt: the prior
-    speed, _ = corrections_at(PolicyState(speed={"bf16": 1.4}, learnt_at={"bf16": 0.0}), "bf16", 900.0)
-    assert 1.0 < speed < 1.4  # speed decays too, more slowly (15 min half-life)
-
-
-def _fp8_window(now: float, rps: float, e2e_p95: float) -> Observation:
-    """2 fp8 replicas at k = 8 completing ``rps`` sequences/s, TTFT p95 at the 500 ms SLO."""
-    signals = make_signals(
-        rps,
-        pods=2,
-        ttft_p50=0.2,
-        ttft_p95=0.5,
-        itl_p50=0.03,
-        itl_p95=0.04,
-        e2e_p50=e2e_p95 / 2,
-        e2e_p95=e2e_p95,
-        running=rps * 5,
-        waiting=0.0,
-        sample_age_s=1.0,
-    )
-    return make_observation("fp8", signals, now=now, ready=2, samples=8)
-
-
 def test_each_variant_learns_only_its_own_tail_and_stale_ones_stop_blocking_the_way_up() -> None:
     spec = make_spec()
-    # bf16 left behind with a tail that an overload taught it: e2e 6.0 (bound) makes 20 s read as
-    # a 3.3 s mean, so no bf16 replica looks able to hold it.
-    state = PolicyState(
-        tail={"bf16": {"e2e": 6.0, "ttft": 6.0, "itl": 1.3}},
-        speed={"bf16": 1.0},
-        learnt_at={"bf16": 0.0},
-        last_switch=0.0,
-    )
-    first, state = decide(_fp8_window(15.0, 4.0, e2e_p95=19.0), state, spec, 15.0)
+    state = stale_bf16_state()
+    first, state = decide(fp8_window(15.0, 4.0, e2e_p95=19.0), state, spec, 15.0)
     assert state.tail["bf16"] == {"e2e": 6.0, "ttft": 6.0, "itl": 1.3}  # fp8's window taught bf16 nothing
     assert set(state.tail["fp8"]) == {"ttft", "itl", "e2e"}
     assert state.learnt_at["bf16"] == 0.0 and state.learnt_at["fp8"] == 15.0
@@ -135,7 +68,7 @@ def test_each_variant_learns_only_its_own_tail_and_stale_ones_stop_blocking_the_
     now = 15.0
     while now < 1800 and state.better_since is None:
         now += 15.0
-        _, state = decide(_fp8_window(now, 4.0, e2e_p95=8.0), state, spec, now)
+        _, state = decide(fp8_window(now, 4.0, e2e_p95=8.0), state, spec, now)
     assert state.better_since is not None, "bf16 never fitted again"
     _, bf16_tail = corrections_at(state, "bf16", now)
     assert bf16_tail["e2e"] < 2.0 and now <= 8 * TAIL_HALF_LIFE_S

@@ -28,11 +28,15 @@ from grm_operator.report.history import (
 )
 from grm_operator.report.usage import summarise
 from grm_operator.report.whatif import (
+    CALIBRATION_RUNS,
+    CALIBRATION_TOLERANCE,
     Outcome,
     Scenario,
     arrival_trace,
+    calibrate,
     parse_candidate,
     recommend,
+    run_scenario,
     scenarios,
 )
 from support.report_prometheus import BINS, NAME, NS, SPEC, START, STEP, FakePrometheus, requests_in_minute
@@ -125,6 +129,7 @@ def test_usage_per_variant_from_the_series() -> None:
         0
     ] == pytest.approx(100)
     assert usage.e2e_p95[0] is not None and 10.0 < usage.e2e_p95[0] < 30.0
+    assert usage.mean_e2e_s == pytest.approx(0.8 * 8 + 0.2 * 20)
 
 
 def test_usage_per_sample_budget_splits_each_variant_by_the_budget_its_bins_ended_with() -> None:
@@ -218,6 +223,31 @@ def test_recommendations_save_gpu_hours_at_equal_attainment_and_admissible_quali
     assert ranked[0].gpu_hours_saved == pytest.approx(5.0) and ranked[0].saved_fraction == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("slowdown", [0.7, 1.8, 3.0])
+def test_calibration_recovers_the_speed_a_run_was_served_at(slowdown: float) -> None:
+    """A window served by replicas ``slowdown``× slower than the model (its mean latency from a
+    replay at that speed, another seed): the fit finds a speed whose replay has that mean, and the
+    GPU-hours of the run it found are those of the true speed's."""
+    spec = GRMDeploymentSpec.model_validate(SPEC)
+    trace = arrival_trace(summarise(_history(), spec).arrivals)
+    replay = scenarios(spec)[0][0]
+    truth = run_scenario(replay, trace, cold_start_s=5.0, model_error=slowdown, seed=7)
+    assert truth.mean_e2e_s is not None
+    fit, outcome = calibrate(replay, trace, cold_start_s=5.0, observed_mean_e2e_s=truth.mean_e2e_s)
+    assert fit.runs <= CALIBRATION_RUNS
+    assert fit.error is not None and abs(fit.error) <= CALIBRATION_TOLERANCE, fit
+    assert fit.model_error == outcome.model_error and outcome.mean_e2e_s == fit.simulated_mean_e2e_s
+    assert fit.model_error == pytest.approx(slowdown, rel=0.25), fit
+    assert outcome.gpu_hours == pytest.approx(truth.gpu_hours, rel=0.15)
+
+
+def test_without_a_measured_latency_the_replay_runs_at_the_models_speed() -> None:
+    spec = GRMDeploymentSpec.model_validate(SPEC)
+    trace = arrival_trace(summarise(_history(), spec).arrivals)
+    fit, outcome = calibrate(scenarios(spec)[0][0], trace, cold_start_s=5.0, observed_mean_e2e_s=None)
+    assert (fit.model_error, fit.runs, outcome.model_error) == (1.0, 1, 1.0)
+
+
 def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
     resource = {"metadata": {"namespace": NS, "name": NAME}, "spec": SPEC}
     report = make_report(
@@ -245,6 +275,11 @@ def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
     for fields in doc["variants"].values():
         assert {"hours_active", "gpu_hours", "request_share", "slo_attainment"} <= set(fields)
     assert {"gpu_hours", "slo_attainment"} <= set(doc["simulated"])
+    # The replay's speed fitted to the observed 10.4-s mean; every what-if at that speed.
+    fit = doc["simulated"]["calibration"]
+    assert fit["observed_mean_e2e_s"] == pytest.approx(10.4)
+    assert abs(fit["simulated_mean_e2e_s"] / 10.4 - 1) <= CALIBRATION_TOLERANCE, fit
+    assert {w["model_error"] for w in doc["whatifs"]} == {fit["model_error"]}
     # bf16 at 2 GPUs a replica carries about as much per replica as fp8 at 1: dropping bf16 is
     # the biggest saving, at quality 0.995 ≥ the 0.99 floor.
     assert doc["recommendations"], doc["whatifs"]
