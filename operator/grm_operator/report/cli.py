@@ -38,9 +38,10 @@ from grm_operator.report.usage import summarise
 from grm_operator.report.whatif import (
     Candidate,
     arrival_trace,
-    calibrate,
     parse_candidate,
     recommend,
+    replay_ensemble,
+    replica_speed,
     run_scenario,
     scenarios,
 )
@@ -206,13 +207,14 @@ def make_report(
         )
     trace = arrival_trace(usage.arrivals, name)
     whatifs, skipped = scenarios(spec, candidates)
-    # whatifs[0] is the replay: its speed is fitted to the window first (whatif module doc).
-    calibration, replay = calibrate(
-        whatifs[0], trace, cold_start_s=cold_start_s, observed_mean_e2e_s=usage.mean_e2e_s
+    # Every run at the replicas' speed the operator measured (whatif module doc).
+    speed, speeds = replica_speed(
+        resource.get("status"), {name: v.requests for name, v in usage.variants.items()}
     )
+    replay = run_scenario(whatifs[0], trace, cold_start_s=cold_start_s, model_error=speed)
+    ensemble = replay_ensemble(replay, usage.arrivals, cold_start_s=cold_start_s)
     outcomes = [replay] + [
-        run_scenario(s, trace, cold_start_s=cold_start_s, model_error=calibration.model_error)
-        for s in whatifs[1:]
+        run_scenario(s, trace, cold_start_s=cold_start_s, model_error=speed) for s in whatifs[1:]
     ]
     return Report(
         namespace=namespace,
@@ -224,7 +226,8 @@ def make_report(
         queries=history.queries,
         prometheus=prometheus_url,
         cold_start_s=cold_start_s,
-        calibration=calibration,
+        speeds=speeds,
+        ensemble=ensemble,
         events=list(_events(events, name, start, end)),
         notes=[*notes, *skipped],
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.report.usage import Usage
-from grm_operator.report.whatif import ATTAINMENT_TOLERANCE, Calibration, Outcome, Recommendation
+from grm_operator.report.whatif import ATTAINMENT_TOLERANCE, Outcome, Recommendation
 
 __all__ = ["REPLAY_ATTAINMENT_TOLERANCE", "REPLAY_GPU_TOLERANCE", "Report", "plots", "to_json", "to_markdown"]
 
@@ -43,7 +43,11 @@ class Report:
     queries: dict[str, str]
     prometheus: str
     cold_start_s: float | None
-    calibration: Calibration | None = None
+    #: The operator's learnt speed per variant (status.policyState.speed) the runs were made at.
+    speeds: dict[str, float] = field(default_factory=dict)
+    #: The replay and its reruns with other placements of the requests in their bins (whatif's
+    #: replay_ensemble); empty: the replay alone.
+    ensemble: list[Outcome] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)
@@ -52,17 +56,26 @@ class Report:
     def replay(self) -> Outcome:
         return next(o for o in self.outcomes if o.scenario.kind == "replay")
 
+    def replay_range(self) -> tuple[tuple[float, float], tuple[float, float] | None]:
+        """(GPU-hours, attainment) (min, max) over the replay's ensemble (the replay alone without one)."""
+        runs = self.ensemble or [self.replay]
+        hours = [o.gpu_hours for o in runs]
+        attained = [o.slo_attainment for o in runs if o.slo_attainment is not None]
+        return (min(hours), max(hours)), ((min(attained), max(attained)) if attained else None)
+
     def replay_errors(self) -> tuple[float | None, float | None]:
-        """(relative GPU-hours error, attainment difference) of the replay against the observation."""
+        """(relative GPU-hours error, attainment difference) of the replay against the observation:
+        how far the observation lies outside the range the ensemble spans (0 inside it)."""
         observed = self.usage
-        gpu = (
-            (self.replay.gpu_hours - observed.gpu_hours) / observed.gpu_hours
-            if observed.gpu_hours > 0
-            else None
-        )
+        hours, attained = self.replay_range()
+
+        def outside(value: float, span: tuple[float, float]) -> float:
+            return span[0] - value if value < span[0] else span[1] - value if value > span[1] else 0.0
+
+        gpu = outside(observed.gpu_hours, hours) / observed.gpu_hours if observed.gpu_hours > 0 else None
         att = (
-            self.replay.slo_attainment - observed.slo_attainment
-            if self.replay.slo_attainment is not None and observed.slo_attainment is not None
+            outside(observed.slo_attainment, attained)
+            if attained is not None and observed.slo_attainment is not None
             else None
         )
         return gpu, att
@@ -116,6 +129,7 @@ def to_json(report: Report) -> dict[str, Any]:
     u = report.usage
     period = u.arrivals.periodicity
     gpu_error, att_error = report.replay_errors()
+    hours, attained = report.replay_range()
     return {
         "grmdeployment": f"{report.namespace}/{report.name}",
         "prometheus": report.prometheus,
@@ -179,14 +193,12 @@ def to_json(report: Report) -> dict[str, Any]:
             "trusted": report.replay_trusted(),
             "cold_start_s": report.cold_start_s,
             "model_error": _r(report.replay.model_error),
-            "calibration": None
-            if report.calibration is None
-            else {
-                "model_error": _r(report.calibration.model_error),
-                "observed_mean_e2e_s": _r(report.calibration.observed_mean_e2e_s),
-                "simulated_mean_e2e_s": _r(report.calibration.simulated_mean_e2e_s),
-                "runs": report.calibration.runs,
+            "ensemble": {
+                "runs": len(report.ensemble or [report.replay]),
+                "gpu_hours": [_r(v) for v in hours],
+                "slo_attainment": None if attained is None else [_r(v) for v in attained],
             },
+            "speeds": {k: _r(v) for k, v in sorted(report.speeds.items())},
         },
         "whatifs": [_outcome_json(o) for o in report.outcomes],
         "recommendations": [
@@ -216,16 +228,18 @@ def _num(value: float | None, fmt: str = ".3f") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def _calibration_line(report: Report) -> str:
-    c = report.calibration
-    if c is None or c.observed_mean_e2e_s is None:
-        return "No score latency was measured in the window: the replay runs at the latency model's speed."
-    slower = f"{c.model_error:.2f}× the latency model's time" if c.model_error != 1.0 else "the model's speed"
+def _speed_line(report: Report) -> str:
+    factor = report.replay.model_error
+    if not report.speeds:
+        return (
+            "The status has no measured replica speed (status.policyState.speed): the simulator's "
+            "replicas run at the latency model's speed."
+        )
+    learnt = ", ".join(f"{k} {v:.2f}×" for k, v in sorted(report.speeds.items()))
     return (
-        f"The replay's replicas run at {slower} per critique, fitted in {c.runs} replays so that its mean "
-        f"score latency ({_num(c.simulated_mean_e2e_s, '.2f')} s) matches the observed "
-        f"{_num(c.observed_mean_e2e_s, '.2f')} s; every what-if runs at that speed."
-        + ("" if 0.67 <= c.model_error <= 1.5 else " Far from 1: the priors do not describe this hardware.")
+        f"The simulator's replicas run {factor:.2f}× the latency model's time per step: the operator's "
+        f"measured speeds ({learnt}) weighted by requests."
+        + ("" if 0.67 <= factor <= 1.5 else " Far from 1: the profiles do not describe this hardware.")
     )
 
 
@@ -258,15 +272,18 @@ def to_markdown(report: Report) -> str:
         "",
     ]
     gpu_error, att_error = report.replay_errors()
+    hours, _ = report.replay_range()
     verdict = "within" if report.replay_trusted() else "**outside**"
     lines += [
+        f"Replayed {len(report.ensemble or [report.replay])} times with the requests placed differently "
+        f"inside their bins, the simulator held {hours[0]:.4f}–{hours[1]:.4f} GPU-hours. "
         f"The replay is {verdict} the stated tolerance (GPU-hours ±{REPLAY_GPU_TOLERANCE:.0%}, attainment "
-        f"±{REPLAY_ATTAINMENT_TOLERANCE * 100:.0f} pp): GPU-hours "
+        f"±{REPLAY_ATTAINMENT_TOLERANCE * 100:.0f} pp) of that range: GPU-hours "
         f"{'–' if gpu_error is None else f'{gpu_error:+.1%}'}, attainment "
         f"{'–' if att_error is None else f'{att_error * 100:+.1f} pp'}."
         + ("" if report.replay_trusted() else " Treat the what-ifs below as indications only."),
         "",
-        _calibration_line(report),
+        _speed_line(report),
         "",
         "## Variants",
         "",

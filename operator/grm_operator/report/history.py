@@ -25,7 +25,7 @@ The queries (:data:`QUERIES`, ``SEL`` the selector):
 * ``e2e_buckets``, ``ttft_buckets``: ``grm_score_latency_seconds_bucket SEL``,
   ``vllm:time_to_first_token_seconds_bucket SEL``;
 * ``e2e_seconds``, ``e2e_count``: ``grm_score_latency_seconds_sum SEL`` and ``_count SEL``, the
-  mean score latency the replay is calibrated on (:mod:`.whatif`);
+  mean score latency;
 * ``pod_seconds``: ``sum_over_time((count by (grm_dev_variant) (up SEL))[step:resolution])``
   divided by ``count_over_time(vector(1)[step:resolution])`` (the mean pods over the bin's
   points), times the step in seconds;

@@ -15,8 +15,8 @@ give the budget actually used, shedding included):
 * per **sample budget** of a variant (the fronts' ``grm_sample_budget`` at each bin end;
   :class:`BudgetUsage`): the same hours, replica- and GPU-hours, request share and SLO
   attainment, over the bins that ended with that budget;
-* **mean score latency** — Σ ``grm_score_latency_seconds_sum`` / Σ ``_count``, what the
-  replay's speed is calibrated on (:mod:`.whatif`);
+* **mean score latency** — Σ ``grm_score_latency_seconds_sum`` / Σ ``_count`` over the
+  window, shown beside the replay's;
 * **shed samples**, **mean samples per score**, **quality**: the measured quality when the
   status carries one (``status.variants[].quality.value``, from the accuracy gate), else the
   declared ``quality``.

@@ -5,6 +5,16 @@ total is kept) arrive evenly spaced inside the bin, each with the bin's mean pro
 tokens (:func:`arrival_trace`). The bins are the report's step; within a bin the simulator sees
 a steady rate, which is what a step of a minute can tell.
 
+**The replay's spread** (:func:`replay_ensemble`). Where exactly inside its bin a request came is
+not in the counters, and a load near a replica boundary turns on it: a load shaped like the e2e
+run's (4-s bins, bursts of 4.8 critiques/s against 2.4–3.4 a bf16 replica, 150-token prompts and
+120-token critiques) replayed at 0.30 GPU-hours with its requests evenly spaced and at 0.17–0.19
+with them placed at random in four draws. One replay is one draw; so the replay is run
+:data:`ENSEMBLE_RUNS` times (the evenly spaced placement, then uniform random ones, seeded), and
+the observation is compared with the range the runs span
+(:class:`grm_operator.report.document.Report`). The what-ifs, like for like, are compared with
+the evenly spaced run.
+
 **Runs.** Every scenario runs our policy (:class:`grm_operator.simulator.policies.grm.Grm`: the
 operator's own ``decide()`` and actuation) on the same arrivals and seed, with the replicas' cold
 start as measured or given (``cold_start_s``) and the metrics read once per control period, as
@@ -12,22 +22,21 @@ the operator's Direct source does. Attainment is computed as the report computes
 one (:mod:`.usage`): the fraction of score requests within ``slo.e2eP95`` and within
 ``slo.ttftP95``, the lower of the two, rejected requests counting as misses.
 
-**Calibration** (:func:`calibrate`). The simulator's replicas run at the latency model's speed
-(perf-model.md's priors, H100-measured); the observed replicas ran at their hardware's, which
-may differ — a card of another kind, other kernels, or (on the local cluster) cores shared with
-other work: a CI run's sim workers served 1.5–2.4 critiques/s per replica against the model's
-2.4–3.4, the operator measured it and held two replicas where a replay at the model's speed held
-one (−27 % to −38 % of the observed GPU-hours). So before any what-if, the replay's speed is
-fitted to the window: the simulator's ``model_error`` (its replicas run that many times slower
-than the profile the policy assumes, as the operator's own measurements then see) is searched on
-a log scale between :data:`MODEL_ERROR_RANGE` until the replay's mean score latency matches the
-observed one (Σ sum / Σ count of ``grm_score_latency_seconds``) within
-:data:`CALIBRATION_TOLERANCE`, by bisection (slower replicas: longer latencies, then more of them:
-the mean moves the same way unless the policy scales out fully), at most
-:data:`CALIBRATION_RUNS` replays; the run nearest the observation is kept. Every scenario then
-runs at that speed. Without an observed mean (no latency histogram in the window) the model's
-speed is used (``model_error`` 1). The fitted factor is reported: far from 1 says the priors do
-not describe the hardware.
+**Speed** (:func:`replica_speed`). The simulator's replicas follow the latency model (the
+variants' profiles, perf-model.md's H100 priors); the observed replicas ran at their hardware's
+speed, which may differ — another card, other kernels, or (on the local cluster) cores shared with
+other work. The operator measures that itself: ``status.policyState.speed[variant]`` is its
+observed median inter-token latency ÷ the model's step time *at the load it observed* (the
+policy's corrections, 1.4 = 40 % slower than the profile), learnt while the variant serves and
+pulled back toward 1 with a 15-min half-life without fresh evidence. The replay and every
+what-if run with the simulator's ``model_error`` set to those speeds' mean weighted by each
+variant's score requests in the window (1 where the status has none). The status holds the
+latest speeds, not their history: a speed is a property of hardware and kernels that changes with
+a rollout, so a window that spans one is replayed at the newer speed. Fitting the speed to the
+window's mean score latency instead (tried: a log-bisection of ``model_error``) is confounded by
+the replica count — the e2e run's operator held a second replica in the lulls, its latencies were
+the lower for it, and the fit made the replay's replicas 8 % faster than the model: 0.18 GPU-hours
+against the observed 0.28, where replays at the model's speed of like runs held 0.22–0.23.
 
 **Scenarios** (:func:`scenarios`): ``replay`` (the spec as it is: its GPU-hours and attainment
 are compared with the observed ones to say whether the other answers can be trusted), ``drop``
@@ -46,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,18 +72,16 @@ from grm_operator.simulator.trace import Trace
 
 __all__ = [
     "ATTAINMENT_TOLERANCE",
-    "CALIBRATION_RUNS",
-    "CALIBRATION_TOLERANCE",
-    "MODEL_ERROR_RANGE",
-    "Calibration",
+    "ENSEMBLE_RUNS",
     "Candidate",
     "Outcome",
     "Recommendation",
     "Scenario",
     "arrival_trace",
-    "calibrate",
     "parse_candidate",
     "recommend",
+    "replay_ensemble",
+    "replica_speed",
     "run_scenario",
     "scenarios",
 ]
@@ -82,15 +90,8 @@ __all__ = [
 #: count as "equal": two replays with different seeds differ by about that on an hour of traffic.
 ATTAINMENT_TOLERANCE = 0.005
 
-#: The replay's mean score latency is taken as matching the observed one within 5 %: two replays
-#: of an hour with different seeds differ by ~2 % in mean latency.
-CALIBRATION_TOLERANCE = 0.05
-#: Slowdowns searched: from twice as fast as the model to 4× slower (the priors are H100 numbers;
-#: an A100 decodes ~1.6× slower, an L40S ~2.5×).
-MODEL_ERROR_RANGE = (0.5, 4.0)
-#: Replays the fit may run (the first at the model's speed): log-bisection over the 8× range to
-#: ~4 % after 6 halvings.
-CALIBRATION_RUNS = 8
+#: Replays of the window for its spread: the evenly spaced placement and four random ones.
+ENSEMBLE_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -121,25 +122,8 @@ class Outcome:
     requests_by_variant: dict[str, int] = field(default_factory=dict)
     #: Mean latency of the served score requests, s (None: none served).
     mean_e2e_s: float | None = None
-    #: The replicas' slowdown against the latency model this run used (:func:`calibrate`).
+    #: The replicas' slowdown against the latency model this run used (:func:`replica_speed`).
     model_error: float = 1.0
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The replay's speed fitted to the window (module doc)."""
-
-    model_error: float
-    observed_mean_e2e_s: float | None
-    simulated_mean_e2e_s: float | None
-    runs: int
-
-    @property
-    def error(self) -> float | None:
-        """Relative error of the fitted replay's mean latency against the observed one."""
-        if self.observed_mean_e2e_s is None or self.simulated_mean_e2e_s is None:
-            return None
-        return (self.simulated_mean_e2e_s - self.observed_mean_e2e_s) / self.observed_mean_e2e_s
 
 
 @dataclass(frozen=True)
@@ -180,8 +164,9 @@ def parse_candidate(text: str) -> Candidate:
     return Candidate(fields)
 
 
-def arrival_trace(arrivals: Arrivals, name: str = "report") -> Trace:
-    """Score requests evenly spaced inside each bin, with the bin's mean tokens (module doc)."""
+def arrival_trace(arrivals: Arrivals, name: str = "report", placement: random.Random | None = None) -> Trace:
+    """Score requests evenly spaced inside each bin, or at uniform random times in it drawn from
+    ``placement``, with the bin's mean tokens (module doc)."""
     times: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
@@ -192,8 +177,13 @@ def arrival_trace(arrivals: Arrivals, name: str = "report") -> Trace:
         n = math.floor(carry + 1e-9)
         carry -= n
         start = arrivals.times[i] - step
-        for j in range(n):
-            times.append(start + (j + 0.5) * step / n)
+        offsets = (
+            sorted(placement.random() * step for _ in range(n))
+            if placement is not None
+            else [(j + 0.5) * step / n for j in range(n)]
+        )
+        for offset in offsets:
+            times.append(start + offset)
             prompt.append(max(1, round(arrivals.prompt_tokens[i])))
             output.append(max(1, round(arrivals.output_tokens[i])))
     if not times:
@@ -348,39 +338,47 @@ def run_scenario(
     )
 
 
-def calibrate(
-    replay: Scenario, trace: Trace, *, cold_start_s: float | None, observed_mean_e2e_s: float | None
-) -> tuple[Calibration, Outcome]:
-    """The replay's ``model_error`` fitted to the observed mean score latency, and the replay run
-    at it (module doc)."""
-    first = run_scenario(replay, trace, cold_start_s=cold_start_s)
-    if observed_mean_e2e_s is None or observed_mean_e2e_s <= 0 or first.mean_e2e_s is None:
-        return Calibration(1.0, observed_mean_e2e_s, first.mean_e2e_s, 1), first
+def replay_ensemble(
+    replay: Outcome,
+    arrivals: Arrivals,
+    *,
+    cold_start_s: float | None,
+    runs: int = ENSEMBLE_RUNS,
+) -> list[Outcome]:
+    """``replay`` (the evenly spaced run) and ``runs - 1`` more of its scenario at its speed, the
+    requests placed at random inside their bins (seeds 1, 2, …) (module doc)."""
+    out = [replay]
+    for seed in range(1, runs):
+        trace = arrival_trace(arrivals, "replay", placement=random.Random(seed))
+        out.append(
+            run_scenario(
+                replay.scenario, trace, cold_start_s=cold_start_s, model_error=replay.model_error, seed=seed
+            )
+        )
+    return out
 
-    def miss(o: Outcome) -> float:
-        assert o.mean_e2e_s is not None and observed_mean_e2e_s is not None
-        return (o.mean_e2e_s - observed_mean_e2e_s) / observed_mean_e2e_s
 
-    best, runs = first, 1
-    low, high = math.log(MODEL_ERROR_RANGE[0]), math.log(MODEL_ERROR_RANGE[1])
-    # The model's own speed is the first guess: the bracket starts on its side of the answer.
-    if miss(first) < 0:
-        low = 0.0
-    else:
-        high = 0.0
-    while abs(miss(best)) > CALIBRATION_TOLERANCE and runs < CALIBRATION_RUNS:
-        middle = (low + high) / 2
-        outcome = run_scenario(replay, trace, cold_start_s=cold_start_s, model_error=math.exp(middle))
-        runs += 1
-        if outcome.mean_e2e_s is None:
-            break
-        if abs(miss(outcome)) < abs(miss(best)):
-            best = outcome
-        if miss(outcome) < 0:
-            low = middle
-        else:
-            high = middle
-    return Calibration(best.model_error, observed_mean_e2e_s, best.mean_e2e_s, runs), best
+def replica_speed(
+    status: Mapping[str, Any] | None, requests_by_variant: Mapping[str, float]
+) -> tuple[float, dict[str, float]]:
+    """The replay's ``model_error``: the operator's learnt speeds (``status.policyState.speed``)
+    weighted by each variant's score requests in the window, 1 for a variant without one; and the
+    speeds it used (module doc)."""
+    state = (status or {}).get("policyState") or {}
+    raw = state.get("speed") if isinstance(state, Mapping) else None
+    speeds: dict[str, float] = {}
+    for name, value in (raw or {}).items() if isinstance(raw, Mapping) else ():
+        try:
+            speed = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(speed) and speed > 0:
+            speeds[str(name)] = speed
+    total = sum(n for n in requests_by_variant.values() if n > 0)
+    if total <= 0:
+        return 1.0, speeds
+    weighted = sum(speeds.get(v, 1.0) * n for v, n in requests_by_variant.items() if n > 0)
+    return weighted / total, speeds
 
 
 def recommend(

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from grm_operator.api.models import GRMDeploymentSpec
@@ -28,14 +31,14 @@ from grm_operator.report.history import (
 )
 from grm_operator.report.usage import summarise
 from grm_operator.report.whatif import (
-    CALIBRATION_RUNS,
-    CALIBRATION_TOLERANCE,
+    ENSEMBLE_RUNS,
     Outcome,
     Scenario,
     arrival_trace,
-    calibrate,
     parse_candidate,
     recommend,
+    replay_ensemble,
+    replica_speed,
     run_scenario,
     scenarios,
 )
@@ -223,29 +226,55 @@ def test_recommendations_save_gpu_hours_at_equal_attainment_and_admissible_quali
     assert ranked[0].gpu_hours_saved == pytest.approx(5.0) and ranked[0].saved_fraction == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("slowdown", [0.7, 1.8, 3.0])
-def test_calibration_recovers_the_speed_a_run_was_served_at(slowdown: float) -> None:
-    """A window served by replicas ``slowdown``× slower than the model (its mean latency from a
-    replay at that speed, another seed): the fit finds a speed whose replay has that mean, and the
-    GPU-hours of the run it found are those of the true speed's."""
-    spec = GRMDeploymentSpec.model_validate(SPEC)
-    trace = arrival_trace(summarise(_history(), spec).arrivals)
-    replay = scenarios(spec)[0][0]
-    truth = run_scenario(replay, trace, cold_start_s=5.0, model_error=slowdown, seed=7)
-    assert truth.mean_e2e_s is not None
-    fit, outcome = calibrate(replay, trace, cold_start_s=5.0, observed_mean_e2e_s=truth.mean_e2e_s)
-    assert fit.runs <= CALIBRATION_RUNS
-    assert fit.error is not None and abs(fit.error) <= CALIBRATION_TOLERANCE, fit
-    assert fit.model_error == outcome.model_error and outcome.mean_e2e_s == fit.simulated_mean_e2e_s
-    assert fit.model_error == pytest.approx(slowdown, rel=0.25), fit
-    assert outcome.gpu_hours == pytest.approx(truth.gpu_hours, rel=0.15)
+def test_the_replay_runs_at_the_speed_the_operator_measured_weighted_by_requests() -> None:
+    status = {"policyState": {"speed": {"bf16": 1.5, "fp8": 0.8, "bad": "x", "zero": 0}}}
+    speed, speeds = replica_speed(status, {"bf16": 30.0, "fp8": 10.0, "int4": 0.0})
+    assert speeds == {"bf16": 1.5, "fp8": 0.8}
+    assert speed == pytest.approx((1.5 * 30 + 0.8 * 10) / 40)
+    # A variant the operator never measured runs at the model's speed; no status: all of them.
+    assert replica_speed(status, {"bf16": 10.0, "w4": 10.0})[0] == pytest.approx(1.25)
+    assert replica_speed(None, {"bf16": 10.0}) == (1.0, {})
+    assert replica_speed({"policyState": {"speed": "garbage"}}, {"bf16": 1.0}) == (1.0, {})
 
 
-def test_without_a_measured_latency_the_replay_runs_at_the_models_speed() -> None:
+def test_a_slower_measured_speed_makes_the_replay_hold_at_least_as_many_gpus() -> None:
+    resource = {"metadata": {"namespace": NS, "name": NAME}, "spec": SPEC}
+    runs = {}
+    for speed in (1.0, 2.5):
+        slow = {**resource, "status": {"policyState": {"speed": {"bf16": speed, "fp8": speed}}}}
+        report = make_report(
+            FakePrometheus(),
+            prometheus_url="http://prom:9090",
+            resource=slow,
+            start=START,
+            end=START + BINS * STEP,
+            step_s=STEP,
+            resolution_s=15.0,
+            cold_start_s=5.0,
+        )
+        assert {o.model_error for o in report.outcomes + report.ensemble} == {speed}
+        assert to_json(report)["simulated"]["speeds"] == {"bf16": speed, "fp8": speed}
+        runs[speed] = report.replay
+    assert runs[2.5].gpu_hours >= runs[1.0].gpu_hours
+    assert runs[2.5].mean_e2e_s is not None and runs[1.0].mean_e2e_s is not None
+    assert runs[2.5].mean_e2e_s > runs[1.0].mean_e2e_s
+
+
+def test_random_placements_keep_the_bins_and_the_ensemble_reruns_the_replay() -> None:
     spec = GRMDeploymentSpec.model_validate(SPEC)
-    trace = arrival_trace(summarise(_history(), spec).arrivals)
-    fit, outcome = calibrate(scenarios(spec)[0][0], trace, cold_start_s=5.0, observed_mean_e2e_s=None)
-    assert (fit.model_error, fit.runs, outcome.model_error) == (1.0, 1, 1.0)
+    arrivals = summarise(_history(), spec).arrivals
+    even = arrival_trace(arrivals)
+    drawn = arrival_trace(arrivals, placement=random.Random(3))
+    assert len(drawn) == len(even) and list(drawn.times) == sorted(drawn.times)
+    assert list(drawn.times) != list(even.times)
+    # Each request stays in the bin it was counted in: the i-th of either placement are less than
+    # two bins apart (one for the position inside the bin, one for where each trace's 0 is).
+    assert float(np.max(np.abs(drawn.times - even.times))) < 2 * STEP
+    assert list(drawn.prompt) == list(even.prompt)
+    replay = run_scenario(scenarios(spec)[0][0], even, cold_start_s=5.0, model_error=1.3)
+    runs = replay_ensemble(replay, arrivals, cold_start_s=5.0)
+    assert len(runs) == ENSEMBLE_RUNS and runs[0] is replay
+    assert {o.model_error for o in runs} == {1.3} and {o.scenario.key for o in runs} == {"replay"}
 
 
 def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
@@ -275,11 +304,8 @@ def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
     for fields in doc["variants"].values():
         assert {"hours_active", "gpu_hours", "request_share", "slo_attainment"} <= set(fields)
     assert {"gpu_hours", "slo_attainment"} <= set(doc["simulated"])
-    # The replay's speed fitted to the observed 10.4-s mean; every what-if at that speed.
-    fit = doc["simulated"]["calibration"]
-    assert fit["observed_mean_e2e_s"] == pytest.approx(10.4)
-    assert abs(fit["simulated_mean_e2e_s"] / 10.4 - 1) <= CALIBRATION_TOLERANCE, fit
-    assert {w["model_error"] for w in doc["whatifs"]} == {fit["model_error"]}
+    # No status: every run at the model's speed.
+    assert {w["model_error"] for w in doc["whatifs"]} == {1.0} and doc["simulated"]["speeds"] == {}
     # bf16 at 2 GPUs a replica carries about as much per replica as fp8 at 1: dropping bf16 is
     # the biggest saving, at quality 0.995 ≥ the 0.99 floor.
     assert doc["recommendations"], doc["whatifs"]
@@ -293,6 +319,31 @@ def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
     for query in report.queries.values():
         assert query in text
     json.dumps(doc)  # serialisable
+    assert doc["simulated"]["ensemble"]["runs"] == ENSEMBLE_RUNS
+
+
+def test_the_replay_is_judged_by_the_range_its_ensemble_spans() -> None:
+    resource = {"metadata": {"namespace": NS, "name": NAME}, "spec": SPEC}
+    report = make_report(
+        FakePrometheus(),
+        prometheus_url="http://prom:9090",
+        resource=resource,
+        start=START,
+        end=START + BINS * STEP,
+        step_s=STEP,
+        resolution_s=15.0,
+        cold_start_s=5.0,
+    )
+    observed = report.usage.gpu_hours
+    report.ensemble = [replace(report.replay, gpu_hours=observed * f) for f in (0.5, 1.2)]
+    assert report.replay_errors()[0] == 0.0
+    report.ensemble = [replace(report.replay, gpu_hours=observed * f) for f in (0.5, 0.6)]
+    gpu_error = report.replay_errors()[0]
+    assert gpu_error == pytest.approx(-0.4) and not report.replay_trusted()
+    assert "**outside**" in to_markdown(report) and to_json(report)["simulated"]["ensemble"]["gpu_hours"] == [
+        round(observed * 0.5, 4),
+        round(observed * 0.6, 4),
+    ]
 
 
 def test_the_command_with_a_spec_file(tmp_path: Path) -> None:
