@@ -198,11 +198,20 @@ class Cluster:
     def delete_pod(self, ns: str, name: str) -> None:
         self.ok("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", {"gracePeriodSeconds": 0})
 
-    def events(self, ns: str) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for e in self.ok("GET", f"/api/v1/namespaces/{ns}/events")["items"]:
-            out.setdefault(e["reason"], []).append(e["message"])
-        return out
+    def events(self, ns: str, *reasons: str) -> dict[str, list[str]]:
+        """The namespace's Event messages by reason, once every one of ``reasons`` has one: kopf
+        posts Events from a queue of its own, after the status patch that a test waits on."""
+
+        def read() -> dict[str, list[str]] | None:
+            out: dict[str, list[str]] = {}
+            for e in self.ok("GET", f"/api/v1/namespaces/{ns}/events")["items"]:
+                out.setdefault(e["reason"], []).append(e["message"])
+            return out if all(r in out for r in reasons) else None
+
+        found: dict[str, list[str]] = (
+            self.wait(read, f"Events {', '.join(reasons)}") if reasons else read() or {}
+        )
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +257,7 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
     assert cluster.operator.metric("grm_operator_sample_pushes_total", result="unauthorized") == 0
     # Panic on the breach: at least ready × min(2, p95 ÷ SLO) = 2 replicas, within 4 GPUs / 2 each.
     cluster.wait(lambda: cluster.replicas(ns, "bf16") == 2, "bf16 scaled up to 2")
-    scaled = cluster.events(ns)["ScaledUp"]
+    scaled = cluster.events(ns, "ScaledUp")["ScaledUp"]
     assert scaled[0].startswith("bf16: 1 → 2 replicas: ") and "TTFT" in scaled[0], scaled
     decision = cluster.status(ns)["lastDecision"]
     assert decision["action"] == "ScaleUp" and decision["replicas"] == 2
@@ -292,10 +301,8 @@ def test_timer_ticks_scale_up_then_switch_variant_under_load(cluster: Cluster) -
         cluster.delete_pod(ns, pod)
     cluster.deployment_ready(ns, "bf16", ready=0, replicas=0)
     cluster.wait(lambda: not cluster.status(ns).get("switch"), "the switch to complete")
-    events = cluster.events(ns)
-    assert {"ScaledUp", "SwitchStarted", "SwitchRolling", "SwitchDraining", "SwitchCompleted"} <= set(
-        events
-    ), events
+    # Every step of the switch left its Event (waits until each has one).
+    cluster.events(ns, "ScaledUp", "SwitchStarted", "SwitchRolling", "SwitchDraining", "SwitchCompleted")
     history = [d["action"] for d in cluster.status(ns)["decisions"]]
     assert history[:2] == ["ScaleUp", "SwitchVariant"], history
 
@@ -342,7 +349,7 @@ def test_a_switch_survives_an_operator_restart_halfway(cluster: Cluster) -> None
     cluster.wait(lambda: not cluster.status(ns).get("switch"), "the switch to complete")
     assert cluster.status(ns)["activeVariant"] == "fp8"
     assert cluster.replicas(ns, "fp8") == 1 and cluster.replicas(ns, "bf16") == 0
-    events = cluster.events(ns)
+    events = cluster.events(ns, "SwitchDraining", "SwitchCompleted")
     assert any("1/1 fp8 replicas are Ready" in m for m in events["SwitchDraining"]), events
     assert events["SwitchCompleted"] == ["Switched bf16 → fp8: bf16 drained"]
 
@@ -361,7 +368,7 @@ def test_a_switch_that_never_gets_ready_rolls_back_and_marks_the_variant(cluster
     cluster.deployment_ready(ns, "fp8", ready=0, replicas=0)
     cluster.wait(lambda: not cluster.status(ns).get("switch"), "the rollback to complete")
     assert cluster.replicas(ns, "bf16") == 1
-    events = cluster.events(ns)
+    events = cluster.events(ns, "SwitchRollingBack", "SwitchRolledBack")
     assert any("only 0/1 fp8 replicas became Ready" in m for m in events["SwitchRollingBack"]), events
     assert events["SwitchRolledBack"] == [
         "Switch bf16 → fp8 rolled back: fp8 has no pods left, bf16 keeps serving"
@@ -381,7 +388,7 @@ def test_a_switch_whose_pods_crash_loop_rolls_back_long_before_the_timeout(clust
     st = cluster.status(ns)
     assert st["activeVariant"] == "bf16" and st["switch"]["phase"] == "RollingBack"
     assert "unhealthyUntil" in next(v for v in st["variants"] if v["name"] == "fp8")
-    events = cluster.events(ns)
+    events = cluster.events(ns, "SwitchRollingBack")
     assert any("1 fp8 pod(s) crash-loop" in m for m in events["SwitchRollingBack"]), events
 
 
