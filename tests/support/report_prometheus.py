@@ -9,6 +9,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from grm_operator.report.cli import make_report
+from grm_operator.report.document import Report
+
 START = 1_780_000_000.0
 STEP = 60.0
 BINS = 36  # 36 minutes: six repetitions of a 6-minute period
@@ -137,3 +140,17 @@ class FakePrometheus:
                 out += self._counters(per_bin, le=label)
             return out
         raise AssertionError(f"unexpected query {query}")
+
+
+def fake_report(resource: dict[str, Any]) -> Report:
+    """The whole report of ``resource`` over the fake fleet's window, 5-s cold starts."""
+    return make_report(
+        FakePrometheus(),
+        prometheus_url="http://prom:9090",
+        resource=resource,
+        start=START,
+        end=START + BINS * STEP,
+        step_s=STEP,
+        resolution_s=15.0,
+        cold_start_s=5.0,
+    )

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from grm_operator.report.cli import CONDITION, _publish, make_report
+from grm_operator.report.cli import CONDITION, _publish
 from grm_testkit import operator_process
 from grm_testkit.cluster.controlplane import ControlPlane
-from support.report_prometheus import BINS, NAME, SPEC, START, STEP, FakePrometheus
+from support.report_prometheus import NAME, SPEC, fake_report
 
 pytestmark = pytest.mark.controlplane
 
@@ -53,16 +53,7 @@ def test_configmap_condition_and_event(
     assert status == 200, stored
 
     resource = {"metadata": {"namespace": namespace, "name": NAME}, "spec": SPEC}
-    report = make_report(
-        FakePrometheus(),
-        prometheus_url="http://prom:9090",
-        resource=resource,
-        start=START,
-        end=START + BINS * STEP,
-        step_s=STEP,
-        resolution_s=15.0,
-        cold_start_s=5.0,
-    )
+    report = fake_report(resource)
     assert report.recommendations
     saved = report.recommendations[0].gpu_hours_saved
     doc = {"gpu_hours": report.usage.gpu_hours}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from grm_operator.api.models import GRMDeploymentSpec
-from grm_operator.report.cli import ReportError, add_arguments, make_report, parse_time, run
+from grm_operator.report.cli import ReportError, add_arguments, parse_time, run
 from grm_operator.report.document import to_json, to_markdown
 from grm_operator.report.history import (
     QUERIES,
@@ -42,7 +42,17 @@ from grm_operator.report.whatif import (
     run_scenario,
     scenarios,
 )
-from support.report_prometheus import BINS, NAME, NS, SPEC, START, STEP, FakePrometheus, requests_in_minute
+from support.report_prometheus import (
+    BINS,
+    NAME,
+    NS,
+    SPEC,
+    START,
+    STEP,
+    FakePrometheus,
+    fake_report,
+    requests_in_minute,
+)
 
 
 def _history(fake: FakePrometheus | None = None) -> Any:
@@ -242,16 +252,7 @@ def test_a_slower_measured_speed_makes_the_replay_hold_at_least_as_many_gpus() -
     runs = {}
     for speed in (1.0, 2.5):
         slow = {**resource, "status": {"policyState": {"speed": {"bf16": speed, "fp8": speed}}}}
-        report = make_report(
-            FakePrometheus(),
-            prometheus_url="http://prom:9090",
-            resource=slow,
-            start=START,
-            end=START + BINS * STEP,
-            step_s=STEP,
-            resolution_s=15.0,
-            cold_start_s=5.0,
-        )
+        report = fake_report(slow)
         assert {o.model_error for o in report.outcomes + report.ensemble} == {speed}
         assert to_json(report)["simulated"]["speeds"] == {"bf16": speed, "fp8": speed}
         runs[speed] = report.replay
@@ -279,16 +280,7 @@ def test_random_placements_keep_the_bins_and_the_ensemble_reruns_the_replay() ->
 
 def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
     resource = {"metadata": {"namespace": NS, "name": NAME}, "spec": SPEC}
-    report = make_report(
-        FakePrometheus(),
-        prometheus_url="http://prom:9090",
-        resource=resource,
-        start=START,
-        end=START + BINS * STEP,
-        step_s=STEP,
-        resolution_s=15.0,
-        cold_start_s=5.0,
-    )
+    report = fake_report(resource)
     doc = to_json(report)
     for key in (
         "period_s",
@@ -324,16 +316,7 @@ def test_the_whole_report_recommends_dropping_the_costly_variant() -> None:
 
 def test_the_replay_is_judged_by_the_range_its_ensemble_spans() -> None:
     resource = {"metadata": {"namespace": NS, "name": NAME}, "spec": SPEC}
-    report = make_report(
-        FakePrometheus(),
-        prometheus_url="http://prom:9090",
-        resource=resource,
-        start=START,
-        end=START + BINS * STEP,
-        step_s=STEP,
-        resolution_s=15.0,
-        cold_start_s=5.0,
-    )
+    report = fake_report(resource)
     observed = report.usage.gpu_hours
     report.ensemble = [replace(report.replay, gpu_hours=observed * f) for f in (0.5, 1.2)]
     assert report.replay_errors()[0] == 0.0
