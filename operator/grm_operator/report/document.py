@@ -56,9 +56,14 @@ class Report:
     def replay(self) -> Outcome:
         return next(o for o in self.outcomes if o.scenario.kind == "replay")
 
+    @property
+    def replay_runs(self) -> list[Outcome]:
+        """The replay's ensemble, or the replay alone without one."""
+        return self.ensemble or [self.replay]
+
     def replay_range(self) -> tuple[tuple[float, float], tuple[float, float] | None]:
-        """(GPU-hours, attainment) (min, max) over the replay's ensemble (the replay alone without one)."""
-        runs = self.ensemble or [self.replay]
+        """(GPU-hours, attainment) (min, max) over :attr:`replay_runs`."""
+        runs = self.replay_runs
         hours = [o.gpu_hours for o in runs]
         attained = [o.slo_attainment for o in runs if o.slo_attainment is not None]
         return (min(hours), max(hours)), ((min(attained), max(attained)) if attained else None)
@@ -194,7 +199,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "cold_start_s": report.cold_start_s,
             "model_error": _r(report.replay.model_error),
             "ensemble": {
-                "runs": len(report.ensemble or [report.replay]),
+                "runs": len(report.replay_runs),
                 "gpu_hours": [_r(v) for v in hours],
                 "slo_attainment": None if attained is None else [_r(v) for v in attained],
             },
@@ -275,7 +280,7 @@ def to_markdown(report: Report) -> str:
     hours, _ = report.replay_range()
     verdict = "within" if report.replay_trusted() else "**outside**"
     lines += [
-        f"Replayed {len(report.ensemble or [report.replay])} times with the requests placed differently "
+        f"Replayed {len(report.replay_runs)} times with the requests placed differently "
         f"inside their bins, the simulator held {hours[0]:.4f}–{hours[1]:.4f} GPU-hours. "
         f"The replay is {verdict} the stated tolerance (GPU-hours ±{REPLAY_GPU_TOLERANCE:.0%}, attainment "
         f"±{REPLAY_ATTAINMENT_TOLERANCE * 100:.0f} pp) of that range: GPU-hours "

@@ -65,6 +65,7 @@ from pydantic import ValidationError
 
 from grm_operator.api.durations import format_duration, parse_duration
 from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.policy.types import PolicyState
 from grm_operator.report.usage import Arrivals
 from grm_operator.simulator.fleet import Fleet, SimConfig
 from grm_operator.simulator.policies.grm import Grm
@@ -364,16 +365,10 @@ def replica_speed(
     """The replay's ``model_error``: the operator's learnt speeds (``status.policyState.speed``)
     weighted by each variant's score requests in the window, 1 for a variant without one; and the
     speeds it used (module doc)."""
-    state = (status or {}).get("policyState") or {}
-    raw = state.get("speed") if isinstance(state, Mapping) else None
-    speeds: dict[str, float] = {}
-    for name, value in (raw or {}).items() if isinstance(raw, Mapping) else ():
-        try:
-            speed = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(speed) and speed > 0:
-            speeds[str(name)] = speed
+    raw = (status or {}).get("policyState")
+    # The operator's own parser of its status; a speed of 0 or NaN is no measurement.
+    learnt = PolicyState.from_dict(raw if isinstance(raw, Mapping) else None).speed
+    speeds = {name: v for name, v in learnt.items() if math.isfinite(v) and v > 0}
     total = sum(n for n in requests_by_variant.values() if n > 0)
     if total <= 0:
         return 1.0, speeds
