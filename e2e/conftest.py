@@ -10,8 +10,10 @@ The local cluster runs its pods on the real kubelet with containerd (`--node-run
 default): the operator and sim worker images are built here (`grm_testkit.cluster.pyimages`,
 cached in `.cache/images`), loaded into the node and named by `helm install` with
 `pullPolicy: Never`. `--node-runtime agent` runs them on our node agent instead (processes of this
-machine). Modules that run vLLM from `.venv-vllm` (test_vllm_switch, test_accuracy_gate) start a
-node-agent cluster of their own: there is no vLLM image here.
+machine). Modules that run vLLM (test_vllm_switch, test_accuracy_gate) start a cluster of their own
+(`local_operator_cluster`) on the real node too: their pods run this machine's `.venv-vllm` and
+`.venv-compress` through hostPath volumes (`grm_testkit.cluster.hostmounts`), since an image
+with vLLM and torch (~2 GB) would not fit CI's time.
 
 Real-cluster mode installs the chart as release `grm` in `grm-system` and uninstalls it at the
 end, unless that release exists already (then it is used as it is and left alone). Without
@@ -21,7 +23,8 @@ end, unless that release exists already (then it is used as it is and left alone
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +103,17 @@ def operator_pod(cluster: ClusterHandle) -> dict[str, Any] | None:
     return live[0] if len(live) == 1 and _ready(live[0]) else None
 
 
-def _local(node_runtime: str) -> Iterator[LocalCluster]:
+def local_operator_cluster(
+    *,
+    gpus: int = LOCAL_GPUS,
+    node_runtime: str = "kubelet",
+    prometheus: bool | None = None,
+    scrape_interval_s: float = SCRAPE_INTERVAL_S,
+    chart_values: tuple[str, ...] = (),
+) -> Iterator[LocalCluster]:
+    """A local cluster with the operator installed by its chart and Ready; on the real node
+    (`node_runtime="kubelet"`) with the project's images built, loaded and named in the chart.
+    Skips (fails under CI) with the reason when something it needs is missing here."""
     why = LocalCluster.unavailable()
     if node_runtime == "kubelet":
         why = why or LocalCluster.real_node_unavailable() or pyimages.missing()
@@ -109,7 +122,11 @@ def _local(node_runtime: str) -> Iterator[LocalCluster]:
     if tools.kubectl() is None or tools.helm() is None:
         _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
     with LocalCluster(
-        gpus=LOCAL_GPUS, scrape_interval_s=SCRAPE_INTERVAL_S, node_runtime=node_runtime, start_timeout_s=300
+        gpus=gpus,
+        scrape_interval_s=scrape_interval_s,
+        prometheus=prometheus,
+        node_runtime=node_runtime,
+        start_timeout_s=300,
     ) as cluster:
         values: list[str] = pyimages.load_project_images(cluster) if node_runtime == "kubelet" else []
         if cluster.prometheus_url:
@@ -117,6 +134,7 @@ def _local(node_runtime: str) -> Iterator[LocalCluster]:
             # GRM_PROMETHEUS_URL, used by GRMDeployments with metrics.source Prometheus and no
             # prometheusURL of their own (those with source Direct are unaffected).
             values += ["--set", f"prometheus.url={cluster.prometheus_url}"]
+        values += chart_values
         cluster.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", *values)
         cluster.wait_for(lambda: operator_pod(cluster), OPERATOR_READY_S, "the operator pod Ready")
         yield cluster
@@ -140,6 +158,13 @@ def _real() -> Iterator[RealCluster]:
                 cluster.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
 
 
+@pytest.fixture(scope="session")
+def operator_cluster() -> Callable[..., AbstractContextManager[LocalCluster]]:
+    """`local_operator_cluster` as a context manager, for modules that need a cluster of their own
+    (other GPUs, no Prometheus, extra chart values)."""
+    return contextmanager(local_operator_cluster)
+
+
 @pytest.fixture(scope="module")
 def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     """The cluster of this module's tests, the operator installed and Ready: a `LocalCluster`, or
@@ -149,7 +174,7 @@ def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     else:
         # A module may name the runtime it needs (NODE_RUNTIME, with its reason beside it).
         runtime = getattr(request.module, "NODE_RUNTIME", None) or request.config.getoption("--node-runtime")
-        handle = _local(str(runtime))
+        handle = local_operator_cluster(node_runtime=str(runtime))
     yield from handle
 
 

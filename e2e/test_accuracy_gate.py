@@ -31,7 +31,8 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grm_testkit.cluster import tools
+from grm_testkit.cluster import hostmounts, pyimages, tools
 from grm_testkit.cluster.localcluster import LocalCluster
-from grm_testkit.cluster.podspec import PYTHON_IMAGE
 from grm_testkit.traffic import LoadGenerator, Outcome, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(1500)]
@@ -79,7 +79,11 @@ def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """The tiny trained GRM (bf16), a copy of it with noise for weights, and the build directory."""
     if request.config.getoption("--real-cluster", default=False):
         pytest.skip("the gate scenario runs its Jobs on this machine's venvs: local cluster only")
-    missing = tools.vllm_missing()
+    missing = (
+        tools.vllm_missing()
+        or hostmounts.venv_unmountable(VLLM_PYTHON)
+        or hostmounts.venv_unmountable(tools.compress_python())
+    )
     if missing:
         _skip_or_fail(missing)
     if not TINY_GRM.exists():
@@ -111,32 +115,26 @@ def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             staging, cache
         )
     out = Models(cache / "bf16", cache / "noise", tmp_path_factory.mktemp("gate-built"))
+    # The worker pods and the Jobs run as uid 1000: they read the models and the build Jobs write
+    # their checkpoints below `out`.
+    hostmounts.open_to_pods(cache)
+    hostmounts.open_to_pods(out.out, writable=True)
     return out
 
 
 @pytest.fixture(scope="module")
-def cluster(models: Models) -> Iterator[LocalCluster]:
-    """2 GPUs; the operator from its chart, its Jobs on the test's Python image (the node agent
-    runs their `sh -c` with this machine's venvs)."""
-    why = LocalCluster.unavailable()
-    if why is not None:
-        _skip_or_fail(why)
-    if tools.kubectl() is None or tools.helm() is None:
-        _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=2, prometheus=False) as lc:
-        lc.helm(
-            "install",
-            "grm",
-            str(REPO / "helm" / "grm-operator"),
-            "-n",
-            "grm-system",
-            "--create-namespace",
-            "--set",
-            "extraEnv[0].name=GRM_QUALITY_JOB_IMAGE",
-            "--set",
-            f"extraEnv[0].value={PYTHON_IMAGE}",
-        )
-        lc.wait_for(lambda: _operator_ready(lc), 180, "the operator pod Ready", 0.5)
+def cluster(
+    models: Models, operator_cluster: Callable[..., AbstractContextManager[LocalCluster]]
+) -> Iterator[LocalCluster]:
+    """2 GPUs on the real node; the operator from its chart, its Jobs on the project's worker image
+    (as the chart's qualityJobs.image), which runs this machine's venvs through hostPath volumes."""
+    worker = pyimages.reference(pyimages.WORKER_SIM)
+    repository, tag = worker.rsplit(":", 1)
+    values = ("qualityJobs.image.repository=" + repository, "qualityJobs.image.tag=" + tag)
+    values += ("qualityJobs.pullPolicy=Never",)
+    with operator_cluster(
+        gpus=2, prometheus=False, chart_values=tuple(a for v in values for a in ("--set", v))
+    ) as lc:
         yield lc
 
 
@@ -220,11 +218,24 @@ def manifest(models: Models) -> dict[str, Any]:
                     {"name": "HF_HUB_OFFLINE", "value": "1"},
                     {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/inductor"},
                     {"name": "VLLM_HOST_IP", "value": "127.0.0.1"},
-                    # The Jobs' interpreters (the node agent runs them on this machine).
+                    # The Jobs' interpreters: this machine's venvs, mounted below.
                     {"name": "GRM_COMPRESS_PYTHON", "value": str(tools.compress_python())},
                     {"name": "GRM_VLLM_PYTHON", "value": str(VLLM_PYTHON)},
                 ],
                 "modelCache": {"sizeLimit": "1Gi"},
+                # Sized for this 2-CPU node (test_vllm_switch.py says why).
+                "resources": {
+                    "requests": {"cpu": "250m", "memory": "1Gi"},
+                    "limits": {"memory": "6Gi"},
+                },
+                # The engines, the models and the builds' output from this machine, at their paths
+                # (grm_testkit.cluster.hostmounts); the worker pods and the Jobs both mount them.
+                **hostmounts.HostMounts()
+                .add(hostmounts.venv_root(VLLM_PYTHON))
+                .add(hostmounts.venv_root(tools.compress_python()))
+                .add(models.bf16.parent)
+                .add(models.out, writable=True)
+                .template(),
             },
         },
     }

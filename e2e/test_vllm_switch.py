@@ -5,10 +5,13 @@ The operator, installed with its Helm chart, runs a GRMDeployment whose worker p
 random Llama built here: variant bf16 (the bf16 checkpoint) and variant int8 (an INT8 W8A8
 compressed-tensors checkpoint that `grm-operator quantize --scheme W8A8` builds from it with
 llm-compressor, vLLM's CPU int8 GEMM).
-Pinned to bf16 first, then `kubectl patch`ed to int8 under light score traffic through the Service
-front, from a urllib client and the keep-alive pools users run (openai, httpx, a slime-shaped
-reward client: `grm_testkit.traffic.ClientMix`): the operator surges int8 next to bf16, drains
-bf16 once int8 is Ready, and every request of every client gets a 200.
+The worker pods run on the local cluster's real node (kubelet, containerd) from the project's
+worker image, with this machine's `.venv-vllm` and the checkpoints mounted by hostPath at the same
+paths (`grm_testkit.cluster.hostmounts`: an image with vLLM and torch would not fit CI's time).
+Pinned to bf16 first, then `kubectl patch`ed to int8 under light score traffic through the
+Service's ClusterIP (real kube-proxy), from a urllib client and the keep-alive pools users run
+(openai, httpx, a slime-shaped reward client: `grm_testkit.traffic.ClientMix`): the operator
+surges int8 next to bf16, drains bf16 once int8 is Ready, and every request of every client gets a 200.
 
 Sized for 2 cores: one replica per variant (1 "GPU" each; the node has 2, maxGPUs 2, so the surge
 fits), 2 samples of at most 16 tokens per score request (random weights write garbage critiques:
@@ -23,6 +26,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from grm_testkit.cluster import tools
+from grm_testkit.cluster import hostmounts, tools
 from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.traffic import ClientMix, Outcome, snapshot
 
@@ -70,7 +74,7 @@ def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     """The tiny random Llama (bf16) and its INT8 W8A8 compressed-tensors quantization."""
     if request.config.getoption("--real-cluster", default=False):
         pytest.skip("the vLLM scenario runs worker pods on this machine's vLLM venv: local cluster only")
-    missing = tools.vllm_missing()
+    missing = tools.vllm_missing() or hostmounts.venv_unmountable(VLLM_PYTHON)
     if missing:
         _skip_or_fail(missing)
     root = tmp_path_factory.mktemp("vllm-models")
@@ -101,23 +105,18 @@ def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         check=False,
     )
     assert built.returncode == 0, built.stderr[-3000:]
+    hostmounts.open_to_pods(root)  # the worker pods run as uid 1000
     return out
 
 
 @pytest.fixture(scope="module")
-def cluster(checkpoints: Checkpoints) -> Iterator[LocalCluster]:
-    """A local cluster of 2 GPUs (one per variant: the surge fits) with the operator installed by
-    its Helm chart. No Prometheus: the GRMDeployment reads its workers directly (source Direct)."""
-    why = LocalCluster.unavailable()
-    if why is not None:
-        _skip_or_fail(why)
-    if tools.kubectl() is None or tools.helm() is None:
-        _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=2, prometheus=False) as lc:
-        lc.helm(
-            "install", "grm", str(REPO / "helm" / "grm-operator"), "-n", "grm-system", "--create-namespace"
-        )
-        lc.wait_for(lambda: _operator_ready(lc), 180, "the operator pod Ready", 0.5)
+def cluster(
+    checkpoints: Checkpoints, operator_cluster: Callable[..., AbstractContextManager[LocalCluster]]
+) -> Iterator[LocalCluster]:
+    """A local cluster of 2 GPUs (one per variant: the surge fits) on the real node, with the
+    operator installed by its Helm chart. No Prometheus: the GRMDeployment reads its workers
+    directly (source Direct)."""
+    with operator_cluster(gpus=2, prometheus=False) as lc:
         yield lc
 
 
@@ -189,6 +188,18 @@ def manifest(checkpoints: Checkpoints) -> dict[str, Any]:
                     {"name": "VLLM_HOST_IP", "value": "127.0.0.1"},
                 ],
                 "modelCache": {"sizeLimit": "1Gi"},
+                # Sized for this 2-CPU node: both variants' pods fit during the surge (the derived
+                # request, 2 + 1 CPU per GPU, is a GPU server's); vLLM's CPU engine with a 1-GiB KV
+                # cache and the tiny model peaks at ~2.5 GiB resident.
+                "resources": {
+                    "requests": {"cpu": "250m", "memory": "1Gi"},
+                    "limits": {"memory": "6Gi"},
+                },
+                # The engine and the checkpoints from this machine (hostmounts' module doc).
+                **hostmounts.HostMounts()
+                .add(hostmounts.venv_root(VLLM_PYTHON))
+                .add(checkpoints.bf16.parent)
+                .template(),
             },
         },
     }
@@ -270,8 +281,12 @@ def test_pinned_switch_bf16_to_int8_on_real_vllm_without_failed_requests(
     log = lc.pod_log(NS, int8[0]["metadata"]["name"])
     # The pod really served the W8A8 checkpoint on vLLM's CPU engine.
     assert "--quantization compressed-tensors" in log and str(checkpoints.int8) in log, log[-3000:]
-    # ... reached over a Unix socket of its own: pods share the node's loopback (docs/local-cluster.md).
-    assert "--uds" in log and "--port" not in log.split("starting vLLM", 1)[1].splitlines()[0], log[-3000:]
+    # ... from this machine's .venv-vllm, in a container of the worker image running as uid 1000.
+    assert str(VLLM_PYTHON) in log, log[-3000:]
+    spec = int8[0]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 1000 and spec["containers"][0]["image"].startswith(
+        "docker.io/local/grm-worker"
+    ), spec
     status = _grmd(lc)["status"]
     assert status["activeVariant"] == "int8" and status.get("switch") is None
     switches = [d for d in status.get("decisions") or [] if d.get("action") == "SwitchVariant"]

@@ -1,8 +1,10 @@
 """``grm-live-demo`` (``make demo``): the whole system live on the local cluster.
 
-It starts the local cluster (control plane, node agent, kube-proxy, Prometheus when installed),
-installs the operator with its Helm chart (the operator image runs the real ``grm-operator run``
-under the chart's ServiceAccount), applies ``examples/grmd-live-demo.yaml`` (sim-engine workers),
+It starts the local cluster (control plane, a real node — kubelet and containerd —, kube-proxy,
+Prometheus when installed), builds (or takes from ``.cache/images``) the operator's and the sim
+worker's images and loads them into the node, installs the operator with its Helm chart naming
+them (the operator container runs the real ``grm-operator run`` under the chart's ServiceAccount
+and securityContext), applies ``examples/grmd-live-demo.yaml`` (sim-engine workers),
 replays a slice of an Azure LLM-inference trace, rescaled in time and rate, through the worker
 Service (kube-proxy) to ``/v1/grm/score``, and prints every couple of seconds the offered load,
 the replicas per variant, the client and observed p95 latencies, the SLO and metrics conditions
@@ -23,6 +25,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from grm_testkit.cluster import pyimages
 from grm_testkit.cluster.localcluster import LocalCluster
 from grm_testkit.traffic import (
     LoadGenerator,
@@ -80,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the look-back + 30 s of fit, measured at ~55 s into the tail) and its drain.
     parser.add_argument("--tail", type=float, default=80.0, help="seconds at the floor rate after the replay")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between status lines")
+    parser.add_argument(
+        "--node-runtime",
+        choices=("kubelet", "agent"),
+        default="kubelet",
+        help="what runs the pods: the real kubelet with containerd and the project's images built "
+        "here (default), or the test kit's node agent (processes of this machine)",
+    )
 
 
 def _trace(args: argparse.Namespace) -> Path:
@@ -234,15 +244,30 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         # switch back up the ladder can show.
         return replay(t) if t < args.duration else args.floor_rps
 
+    why = LocalCluster.unavailable()
+    if args.node_runtime == "kubelet":
+        why = why or LocalCluster.real_node_unavailable() or pyimages.missing()
+    if why is not None:
+        raise SystemExit(f"grm-live-demo: the local cluster cannot run here: {why}")
     started = time.monotonic()
-    _say(out, f"starting the local cluster ({args.gpus} GPUs) …")
-    with LocalCluster(gpus=args.gpus, scrape_interval_s=1.0) as lc:
+    _say(out, f"starting the local cluster ({args.gpus} GPUs, node runtime {args.node_runtime}) …")
+    with LocalCluster(gpus=args.gpus, scrape_interval_s=1.0, node_runtime=args.node_runtime) as lc:
+        values: list[str] = []
+        if args.node_runtime == "kubelet":
+            _say(out, f"  up in {time.monotonic() - started:.0f}s; building and loading the images …")
+            values = pyimages.load_project_images(lc)
         _say(
             out,
             f"  up in {time.monotonic() - started:.0f}s; helm install grm helm/grm-operator -n grm-system",
         )
         lc.helm(
-            "install", "grm", str(REPO / "helm" / "grm-operator"), "-n", "grm-system", "--create-namespace"
+            "install",
+            "grm",
+            str(REPO / "helm" / "grm-operator"),
+            "-n",
+            "grm-system",
+            "--create-namespace",
+            *values,
         )
         lc.wait_for(lambda: _ready_operator(lc), 180, "the operator pod Ready", 0.5)
         _say(out, f"  operator Ready; kubectl apply -f {args.manifest}")

