@@ -254,9 +254,10 @@ class PerformanceProfileSpec(ApiModel):
     )
     cold_start: Duration | None = Field(
         default=None,
-        description="Time from pod creation to Ready (model load and engine start), as measured on "
-        "this cluster. Wins over the estimate from the checkpoint's size in the startup probe's "
-        "budget (3× it) and in the autoscaler's forecast horizon.",
+        description="Time from a worker pod's binding to a node to Ready (image pull, download, model "
+        "load and engine start) on this cluster. Wins over the estimate from the checkpoint's size "
+        "in the startup probe's budget (3× it), and over that estimate and the cold starts the "
+        "operator measures (status.policyState.coldStarts) in the autoscaler's forecast horizon.",
     )
 
 
@@ -1443,8 +1444,8 @@ class GRMDeploymentStatus(ApiModel):
     switch: SwitchProgress | None = Field(default=None, description="Variant switch in progress, if any.")
     policy_state: dict[str, Any] | None = Field(
         default=None,
-        description="The policy's memory (recommendation windows, correction factors) so that a "
-        "restarted operator continues where it left off.",
+        description="The policy's memory (recommendation windows, correction factors, the worker "
+        "pods' measured cold starts) so that a restarted operator continues where it left off.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     conditions: list[Condition] | None = Field(

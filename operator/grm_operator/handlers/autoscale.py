@@ -1,7 +1,8 @@
 """The autoscaler: a per-GRMDeployment control loop that observes, decides and applies.
 
 One tick, every ``spec.scaling.controlPeriod`` (default 15 s): read the GRMDeployment and its
-variant Deployments from the reconciler's store and its worker pods from a watched cache →
+variant Deployments from the reconciler's store and its worker pods from a watched cache (their
+readiness, Pending age and first-readiness cold start: :mod:`grm_operator.control.coldstarts`) →
 observe a window of metrics (:mod:`grm_operator.metrics`, Direct or Prometheus) → the pure
 ``policy.decide`` → the pure :func:`grm_operator.control.actuation.plan` → apply: write the status
 fields that changed, patch variant Deployments' replicas, push the sample budget to the
@@ -50,6 +51,8 @@ from grm_operator.api.models import GROUP, PLURAL, VERSION, GRMDeployment
 from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, Owner, deployment_name
+from grm_operator.control.builders.modelload import startup_budget_s
+from grm_operator.control.coldstarts import PodStart, first_readiness, pod_start
 from grm_operator.control.podhealth import PodFailure, pod_failure
 from grm_operator.control.qualityjobs import re_evaluation_request
 from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
@@ -64,6 +67,7 @@ from grm_operator.metrics import (
     Prometheus,
     Reading,
 )
+from grm_operator.policy.coldstart import StartSample
 from grm_worker.contract.admin import bearer_header
 
 if TYPE_CHECKING:
@@ -93,6 +97,8 @@ class PodView:
     crashing: bool = False
     #: Not Ready, and a container failed or is stuck (image, config): why, in one sentence.
     failure: PodFailure | None = None
+    #: A Ready pod's binding to a node, start and readiness (its measured cold start).
+    start: PodStart | None = None
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView | None:
@@ -126,7 +132,14 @@ def pod_view(body: Mapping[str, Any]) -> PodView | None:
         pending_since=since,
         crashing=not ready and restarts >= CRASH_LOOP_RESTARTS,
         failure=None if ready else pod_failure(status),
+        start=pod_start(body) if ready else None,
     )
+
+
+def cold_starts_of(pods: list[PodView], budget_s: float) -> tuple[StartSample, ...]:
+    """The cold starts of the Ready ``pods`` whose readiness is their first (control.coldstarts)."""
+    samples = (first_readiness(p.start, budget_s) for p in pods if p.ready and p.start is not None)
+    return tuple(s for s in samples if s is not None)
 
 
 def _epoch(stamp: Any) -> float | None:
@@ -279,6 +292,9 @@ class Autoscaler:
                     p.pending_since
                     for p in pods
                     if p.variant == v.name and p.pending and p.pending_since is not None
+                ),
+                cold_starts=cold_starts_of(
+                    [p for p in pods if p.variant == v.name], startup_budget_s(spec, v)
                 ),
             )
             for v in spec.variants

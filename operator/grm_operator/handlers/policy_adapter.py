@@ -16,6 +16,7 @@ from grm_operator.control.actuation import Event, Intent, VariantDeployment
 from grm_operator.control.builders.replicas import active_variant, starting_variant
 from grm_operator.control.rollout import from_rfc3339, to_rfc3339
 from grm_operator.metrics import Reading
+from grm_operator.policy.coldstart import StartSample
 from grm_operator.policy.decide import decide
 from grm_operator.policy.gate import ADMITTED, ladder_spec
 from grm_operator.policy.quality_watch import (
@@ -35,11 +36,14 @@ PolicyFn = Callable[[Observation, PolicyState, GRMDeploymentSpec, float], tuple[
 @dataclass(frozen=True)
 class PodCounts:
     """Worker pods of one variant: Ready, and Pending because no node took them yet, with when
-    each of those became unscheduled (epoch seconds; fewer times than ``pending``: since unknown)."""
+    each of those became unscheduled (epoch seconds; fewer times than ``pending``: since unknown),
+    and the cold starts of the Ready ones whose readiness is their first
+    (:mod:`grm_operator.control.coldstarts`)."""
 
     ready: int
     pending: int
     pending_since: tuple[float, ...] = ()
+    cold_starts: tuple[StartSample, ...] = ()
 
 
 def decide_intent(
@@ -116,6 +120,7 @@ def decide_intent(
         metrics_error=metrics_error,
         pending_since={name: c.pending_since for name, c in pods.items() if c.pending_since},
         demoted=frozenset(watch.demoted),
+        cold_starts={name: c.cold_starts for name, c in pods.items() if c.cold_starts},
     )
     state = PolicyState.from_dict(status.get("policyState"))
     decision, new_state = policy(observation, state, spec, now)

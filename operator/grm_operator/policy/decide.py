@@ -13,11 +13,12 @@ simulator and the tests drive the very same code. One tick:
    shed floor; counting them keeps λ what the budget asks), plus the queue drained over 20 s,
    normalised per sample (λ₁ = λ / k) so that sample budgets compare. A least-squares trend
    over the last 3 minutes projects it over the cold-start horizon of the variant (one control
-   period + its cold start, estimated from the checkpoint's size by :mod:`.coldstart`, the
-   estimate the startup probe is sized from: DeepSeek-GRM-27B bf16 276 s, its AWQ int4 125 s;
-   a declared ``profile.coldStart`` wins, the precision's 45–90 s prior when the size is
-   unknown), at most the trend's own 3 minutes: at 0.05 seq/s² and a 75 s horizon the policy
-   provisions for 3.75 seq/s more than it sees (at most 3× what it sees).
+   period + its cold start by :mod:`.coldstart`: a declared ``profile.coldStart``, else the p90
+   of its pods' measured cold starts (``Observation.cold_starts``, kept in
+   ``PolicyState.cold_starts``) once two were measured, else the estimate from the checkpoint's
+   size the startup probe is sized from — DeepSeek-GRM-27B bf16 276 s, its AWQ int4 125 s — else
+   the precision's 45–90 s prior), at most the trend's own 3 minutes: at 0.05 seq/s² and a
+   75 s horizon the policy provisions for 3.75 seq/s more than it sees (at most 3× what it sees).
 3. **Online correction.** At the active variant's operating load, observed median ITL ÷ the
    model's mean step time is the replica's ``speed`` (1.4 = 40 % slower than its prior) and
    observed p95 ÷ modelled mean is each latency's ``tail``; both are smoothed (EWMA 0.3), learnt
@@ -218,6 +219,9 @@ def decide(
     pending = obs.pending.get(active, 0)
     manual = spec.scaling.mode != "Auto"
     fixed = spec.scaling.replicas if manual and spec.scaling.replicas is not None else current
+    # The pods' first readiness is learnt on every tick, holds included: a scale-up's replicas
+    # become Ready while the fleet holds for their metrics.
+    state = state.learn_cold_starts(obs.cold_starts)
 
     def hold(rule: Rule, reason: str, metrics_ok: bool) -> tuple[Decision, PolicyState]:
         replicas = fixed if manual else max(current, spec.scaling.min_replicas)
@@ -288,8 +292,10 @@ def decide(
     assessments: list[_Assessment] = []
     for point in operating_points(spec, pinned, obs.demoted):
         # A 3-minute trend is extrapolated no further than 3 minutes: a 27B bf16's 291 s horizon
-        # from its size provisioned for bursts that had passed (bench: docs/policy.md §2).
-        horizon = min(cold_start(spec, point.variant).seconds + period, TREND_WINDOW_S)
+        # from its size provisioned for bursts that had passed (bench: docs/policy.md §2). The
+        # cold start is the measured one once two of the variant's pods started (.coldstart).
+        measured = state.cold_starts.get(point.variant.name, ())
+        horizon = min(cold_start(spec, point.variant, measured).seconds + period, TREND_WINDOW_S)
         forecast = _forecast(per_sample, slope, horizon)
         speed, tail = corrections_at(learnt, point.variant.name, now)
         capacity = replica_capacity(spec, point.variant, workload, speed, tail)

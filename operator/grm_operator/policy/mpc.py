@@ -11,7 +11,9 @@ simulator and the tests drive the very same code. One tick:
    the samples workers shed under a queue, plus the queue drained over 20 s, per sample (λ / k,
    score requests per second, so that budgets compare), appended to the arrival series; from
    it the *demand distribution* of the look-ahead (:mod:`.forecast`: persistence with trend,
-   the last hour's stretches, and the next burst of a periodic load).
+   the last hour's stretches, and the next burst of a periodic load). The look-ahead is one
+   cold start and a period: declared, else measured on the pods (:mod:`.coldstart`), else the
+   precision's prior.
 3. **Latency model.** Per operating point, what one replica serves inside the SLO
    (:mod:`.capacity`) with the online corrections (:mod:`.corrections`); the GPU budget is
    maxGPUs, or only what is scheduled once pods have been Pending past ``pendingGrace``.
@@ -31,9 +33,10 @@ import math
 from dataclasses import replace
 
 from grm_operator.api.durations import parse_duration
-from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.api.models import GRMDeploymentSpec, Variant
 from grm_operator.policy import forecast as fc
 from grm_operator.policy.capacity import operating_points, replica_capacity, variant_profile
+from grm_operator.policy.coldstart import measured_seconds
 from grm_operator.policy.corrections import (
     MIN_REQUESTS_FOR_CORRECTION,
     corrections_at,
@@ -84,6 +87,16 @@ def _hold(
     return Decision("Hold", obs.active_variant, replicas, k, code, reason, metrics_available=ok), state
 
 
+def _cold_start_s(variant: Variant, state: PolicyState) -> float:
+    """The variant's cold start for the look-ahead and its replicas' arrival: a declared
+    ``profile.coldStart``, else the measured one (:func:`.coldstart.measured_seconds`, the p90 of
+    the pods' cold starts once two were measured), else the precision's prior (45–90 s) this
+    optimisation was measured with (docs/policy.md §10), not the rules' size estimate."""
+    declared = variant.profile is not None and variant.profile.cold_start
+    measured = None if declared else measured_seconds(state.cold_starts.get(variant.name, ()))
+    return variant_profile(variant).cold_start_s if measured is None else measured
+
+
 def _breach(spec: GRMDeploymentSpec, signals: Signals, window: float) -> tuple[float, str]:
     """Worst p95 ÷ SLO; with few requests, a breach only if their medians breach too (the p95 of
     12 requests is their slowest one)."""
@@ -109,6 +122,8 @@ def decide_mpc(
     manual = spec.scaling.mode != "Auto"
     total = obs.total
     stale_after = max(3 * period, 60.0)
+    # The pods' first readiness is learnt on every tick, holds included (as by the rules).
+    state = state.learn_cold_starts(obs.cold_starts)
     if total is None:
         why = f"metrics unavailable{': ' + obs.metrics_error if obs.metrics_error else ''}"
         return _hold(obs, state, spec, ReasonCode.METRICS_UNAVAILABLE, why, False)
@@ -131,7 +146,7 @@ def decide_mpc(
     # --- demand distribution -------------------------------------------------------------------
     seq_rate = total.rps + (total.shed_sps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
     arrivals = fc.record(state.arrivals, state.arrivals_at, now, seq_rate / k_cur, period, ARRIVAL_BINS)
-    cold = max(variant_profile(p.variant).cold_start_s for p in admissible)
+    cold = max(_cold_start_s(p.variant, state) for p in admissible)
     horizon = max(2, math.ceil((cold + period) / period))
     mix = workload(total, spec, window)
     idle = all(v == 0 for v in arrivals)  # an idle series is all zeros: storing it would rewrite status
@@ -192,7 +207,7 @@ def decide_mpc(
             fixed if manual else max(0, min(spec.scaling.max_replicas, budget // p.variant.gpus_per_replica))
         )
         k_min = min(q.samples for q in admissible if q.variant.name == p.variant.name)
-        points.append(Point(p, capacity, variant_profile(p.variant).cold_start_s, cap, k_min))
+        points.append(Point(p, capacity, _cold_start_s(p.variant, learnt), cap, k_min))
     on_active = [p for p in points if p.point.variant.name == active]
     last_switch = math.inf if state.last_switch is None else now - state.last_switch
     cooldown = parse_duration(spec.precision.switch_cooldown)

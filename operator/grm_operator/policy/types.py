@@ -5,8 +5,9 @@
   scheduled, and since when: past ``spec.scaling.pendingGrace`` that means no GPU left), the
   Deployments' desired replicas, the active variant and the sample budget in force.
 * :class:`PolicyState` — everything the policy must remember between ticks (recommendation
-  windows, demand history, online correction factors, switch times). It round-trips through the
-  JSON dict stored in ``status.policyState``, so a restarted operator continues where it left off.
+  windows, demand history, online correction factors, switch times, measured cold starts). It
+  round-trips through the JSON dict stored in ``status.policyState``, so a restarted operator
+  continues where it left off.
 * :class:`Decision` — replicas, variant and sample budget, the action taken, the :class:`Rule` that
   took it (or, for the optimiser of :mod:`.mpc`, its :class:`ReasonCode` and the numbers of the
   winning move and the runner-up, :class:`MoveScore`), a sentence with the numbers that caused
@@ -15,11 +16,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
+from grm_operator.policy.coldstart import MEASURED_SAMPLES, StartSample, remember
 from grm_operator.policy.signals import Signals
 
 #: Most values kept in PolicyState.arrivals: 240 periods = 1 h at the default 15 s period, enough
@@ -203,6 +206,10 @@ class Observation:
     #: Variants demoted by their live agreement with the reference
     #: (:mod:`grm_operator.policy.quality_watch`): the ladder skips them.
     demoted: frozenset[str] = frozenset()
+    #: Per variant: the cold start of each Ready pod whose readiness is its first
+    #: (:mod:`grm_operator.control.coldstarts`), offered on every tick; the policy keeps each pod
+    #: once (:func:`grm_operator.policy.coldstart.remember`).
+    cold_starts: Mapping[str, Sequence[StartSample]] = field(default_factory=dict)
 
     def unschedulable(self, variant: str, now: float, grace_s: float) -> int:
         """Pending pods of ``variant`` unscheduled for at least ``grace_s`` (or since unknown)."""
@@ -244,6 +251,22 @@ class PolicyState:
     #: The estimated share of each period's requests over the SLO, aligned with ``arrivals``: the
     #: attainment of the last hour, which prices a miss (``policy.mpc``).
     missed: tuple[float, ...] = ()
+    #: Per variant: its worker pods' measured cold starts, at most ``MEASURED_SAMPLES`` (8), oldest
+    #: first (:mod:`grm_operator.policy.coldstart`; ~0.5 kB of status per variant).
+    cold_starts: Mapping[str, tuple[StartSample, ...]] = field(default_factory=dict)
+
+    def learn_cold_starts(self, seen: Mapping[str, Sequence[StartSample]]) -> PolicyState:
+        """This state with the cold starts ``seen`` (``Observation.cold_starts``) remembered. A
+        variant is never forgotten: dropping one from the dict would leave it in status (a merge
+        patch keeps keys it does not name) and rewrite status on every tick."""
+        if not any(seen.values()):
+            return self
+        merged = dict(self.cold_starts)
+        for variant, samples in seen.items():
+            kept = remember(merged.get(variant, ()), samples)
+            if kept:
+                merged[variant] = kept
+        return self if merged == dict(self.cold_starts) else replace(self, cold_starts=merged)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in status.policyState, rounded (no float noise). Unset values are
@@ -266,6 +289,11 @@ class PolicyState:
             "arrivals": [round(v, 3) for v in self.arrivals] if self.arrivals else None,
             "arrivalsAt": None if self.arrivals_at is None else round(self.arrivals_at, 1),
             "missed": [round(v, 4) for v in self.missed] if self.missed else None,
+            "coldStarts": {
+                name: [[s.pod, round(s.ready_at, 1), round(s.seconds, 1)] for s in samples]
+                for name, samples in sorted(self.cold_starts.items())
+            }
+            or None,
         }
 
     @classmethod
@@ -328,6 +356,27 @@ class PolicyState:
                         out[str(name)] = parsed
             return out
 
+        def starts() -> dict[str, tuple[StartSample, ...]]:
+            raw = data.get("coldStarts")
+            if not isinstance(raw, Mapping):
+                return {}
+            out: dict[str, tuple[StartSample, ...]] = {}
+            for name, items in raw.items():
+                parsed: list[StartSample] = []
+                for item in items if isinstance(items, list) else []:
+                    if isinstance(item, list | tuple) and len(item) == 3:
+                        try:
+                            sample = StartSample(str(item[0]), float(item[1]), float(item[2]))
+                        except (TypeError, ValueError):
+                            continue
+                        if math.isfinite(sample.seconds) and sample.seconds >= 0:
+                            parsed.append(sample)
+                if parsed:
+                    # Bounded whatever was written: the newest MEASURED_SAMPLES by readiness.
+                    parsed.sort(key=lambda s: (s.ready_at, s.pod))
+                    out[str(name)] = tuple(parsed[-MEASURED_SAMPLES:])
+            return out
+
         return cls(
             recommendations=tuple((t, int(n)) for t, n in pairs("recommendations")),
             demand=pairs("demand"),
@@ -341,6 +390,7 @@ class PolicyState:
             arrivals=numbers("arrivals"),
             arrivals_at=optional("arrivalsAt"),
             missed=numbers("missed"),
+            cold_starts=starts(),
         )
 
     def evolve(self, **changes: Any) -> PolicyState:

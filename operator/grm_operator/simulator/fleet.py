@@ -27,10 +27,13 @@ What the operator and the cluster do, in simulated time:
   GPUs of both variants count), the old variant drains once the new one is Ready (or after the
   switch timeout); when the new pods are Pending for lack of GPUs, one old replica drains per tick.
 * **Cold start.** A scheduled replica is Ready after the cold-start estimate the operator sizes
-  its startup probe and the policy its forecast horizon from
-  (:func:`grm_operator.policy.coldstart.cold_start`: a declared ``profile.coldStart``, else
-  60 s + the checkpoint's GB ÷ 0.25 GB/s, else the precision's prior), or after
-  ``SimConfig.cold_start_s`` when a run gives one (a cluster measured faster or slower).
+  its startup probe from (:func:`grm_operator.policy.coldstart.cold_start` without measurements:
+  a declared ``profile.coldStart``, else 60 s + the checkpoint's GB ÷ 0.25 GB/s, else the
+  precision's prior), or after ``SimConfig.cold_start_s`` when a run gives one (a cluster
+  measured faster or slower). The policies see each Ready pod's scheduling-to-Ready time
+  (``Observation.cold_starts``, as the operator measures its pods) and learn the cold start
+  from it as the operator does, so a run whose replicas start in ``cold_start_s`` moves their
+  forecast horizon there once two replicas of a variant have started.
 * **Model error.** Replicas run on the variant's profile ``model_error``× slower than the one the
   policies are given.
 * **Live agreement** (``live_agreement``: each variant's true share of verdicts agreeing with the
@@ -58,7 +61,7 @@ from dataclasses import dataclass, field, replace
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, Variant
 from grm_operator.policy.capacity import shed_floor, variant_profile, voting_accuracy
-from grm_operator.policy.coldstart import cold_start
+from grm_operator.policy.coldstart import StartSample, cold_start
 from grm_operator.policy.signals import Signals
 from grm_operator.policy.types import Observation
 from grm_operator.simulator.cluster import ClusterModel, ClusterState
@@ -164,7 +167,7 @@ class Fleet:
         engine = Replica(truth, random.Random(self.rng.random()), jitter=self.config.jitter, clock=now)
         given = self.config.cold_start_s
         cold = replica_cold_start_s(self.spec, v, given) if (self.cold_start and not warm) else 0.0
-        pod = Pod(variant, v.gpus_per_replica, engine, now, cold)
+        pod = Pod(variant, v.gpus_per_replica, engine, now, cold, name=f"{variant}-{len(self.pods)}")
         self.pods.append(pod)
         return pod
 
@@ -356,6 +359,7 @@ class Fleet:
         pending: dict[str, int] = {}
         pending_since: dict[str, tuple[float, ...]] = {}
         desired: dict[str, int] = {}
+        cold_starts: dict[str, tuple[StartSample, ...]] = {}
         for v in self.spec.variants:
             live = self.live(v.name)
             desired[v.name] = len(live)
@@ -364,6 +368,15 @@ class Fleet:
             since = tuple(p.requested for p in live if p.scheduled is None)
             if since:
                 pending_since[v.name] = since
+            # Scheduling to Ready of each Ready pod that had a cold start (not the warm initial
+            # fleet), as the operator measures its pods (control.coldstarts).
+            starts = tuple(
+                StartSample(p.name, p.ready_at, p.ready_at - p.scheduled)
+                for p in live
+                if p.ready(now) and p.cold_start_s > 0 and p.ready_at is not None and p.scheduled is not None
+            )
+            if starts:
+                cold_starts[v.name] = starts
         return Observation(
             time=now,
             total=total,
@@ -374,6 +387,7 @@ class Fleet:
             pending=pending,
             desired=desired,
             pending_since=pending_since,
+            cold_starts=cold_starts,
         )
 
     def concurrency(self, now: float) -> float:

@@ -33,6 +33,8 @@ class Pod:
     #: found the batch full.
     queue_reading: QueueReading | None = None
     batch_full: bool = False
+    #: Unique within a run (``<variant>-<n>``): the name its measured cold start is kept under.
+    name: str = ""
 
     def read_queue(self, now: float) -> bool:
         """The worker's poll: read the engine's queue at ``now`` (its engine advanced to ``now``)

@@ -11,6 +11,16 @@ margin for a busy node. DeepSeek-GRM-27B bf16 (54 GB, from the 27B in its name):
 54 / 0.25) = 414 s, where the static prior gave 3 × 90 s = 270 s whatever the model. A measured
 ``profile.coldStart`` wins over this estimate (3× it, as before), as does the precision's prior
 when the size is unknown (3× it: a cold node also pulls the image).
+
+The cold starts the operator measures on the cluster (``status.policyState.coldStarts``, which
+the forecast horizon prefers to the size) do not move the budget, for three reasons. The budget
+is in the pod template, and a template that followed a measurement would roll every worker (a
+cold start each) whenever the measurement moved. A fast measured start (weights in a node's page
+cache) must never shrink the probe below what a slower start needs: it would kill that start,
+which then never gets measured. And a measurement cannot exceed the budget's load part anyway:
+a load the probe cut short restarted, and restarted pods are not measured
+(:mod:`grm_operator.control.coldstarts`). A cluster whose loads need more than 1.5× the size
+estimate shows restarting workers (``WorkersHealthy``) and should declare ``profile.coldStart``.
 """
 
 from __future__ import annotations
@@ -81,7 +91,8 @@ def weights_path(uri: str, revision: str | None) -> str:
 
 def startup_budget_s(spec: GRMDeploymentSpec, variant: Variant) -> float:
     """Seconds the startup probe allows (module docstring): the cold-start estimate × 1.5 when it
-    comes from the checkpoint's size, × 3 when declared or the precision's prior; at least 120 s."""
+    comes from the checkpoint's size, × 3 when declared or the precision's prior; at least 120 s.
+    Measured cold starts are left out on purpose (module docstring)."""
     estimate = cold_start(spec, variant)
     factor = LOAD_BUDGET_MARGIN if estimate.basis == "size" else COLD_START_BUDGET_FACTOR
     return max(factor * estimate.seconds, STARTUP_BUDGET_MIN_S)

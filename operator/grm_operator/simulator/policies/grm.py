@@ -51,9 +51,15 @@ class Grm:
     def tick(self, view: FleetView) -> Command:
         obs = view.observation
         names = [v.name for v in self.spec.variants]
-        # Pending pods with their ages, as the autoscaler reads them (spec.scaling.pendingGrace).
+        # Pending pods with their ages (spec.scaling.pendingGrace) and Ready pods' cold starts, as
+        # the autoscaler reads them.
         pods = {
-            v: PodCounts(obs.ready.get(v, 0), obs.pending.get(v, 0), tuple(obs.pending_since.get(v, ())))
+            v: PodCounts(
+                obs.ready.get(v, 0),
+                obs.pending.get(v, 0),
+                tuple(obs.pending_since.get(v, ())),
+                tuple(obs.cold_starts.get(v, ())),
+            )
             for v in names
         }
         deployments = {

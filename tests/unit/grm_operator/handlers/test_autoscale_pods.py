@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from grm_operator.control.coldstarts import PodStart
 from grm_operator.handlers.autoscale import PodView, pod_view
 
 
@@ -15,7 +16,10 @@ def pod(name: str, variant: str | None = "bf16", **status: Any) -> dict[str, Any
 
 def test_a_running_ready_pod_is_ready_with_its_ip() -> None:
     body = pod("a", phase="Running", podIP="10.0.0.5", conditions=[{"type": "Ready", "status": "True"}])
-    assert pod_view(body) == PodView("rl", "a", "bf16", ready=True, pending=False, ip="10.0.0.5")
+    # No PodScheduled condition nor creation time, no Ready transition time: nothing to measure.
+    start = PodStart("a", scheduled_at=None, started_at=None, ready_at=None, restarts=0)
+    expected = PodView("rl", "a", "bf16", ready=True, pending=False, ip="10.0.0.5", start=start)
+    assert pod_view(body) == expected
 
 
 def test_running_but_not_ready_is_neither_ready_nor_pending() -> None:

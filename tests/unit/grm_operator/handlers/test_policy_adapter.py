@@ -1,6 +1,7 @@
 """The policy adapter hands the autoscaler's pod counts to the policy, including since when pods
 are unscheduled (spec.scaling.pendingGrace counts from there), and runs the live-agreement watch
-whose demotions the policy's ladder skips and the plan writes to status (condition, Events)."""
+whose demotions the policy's ladder skips and the plan writes to status (condition, Events), and
+the cold starts measured on the pods, which the policy keeps in status."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 import pytest
 
 from grm_operator.control.actuation import VariantDeployment, plan
+from grm_operator.control.builders.modelload import startup_budget_s
 from grm_operator.control.rollout import to_rfc3339
+from grm_operator.handlers.autoscale import cold_starts_of, pod_view
 from grm_operator.handlers.policy_adapter import PodCounts, decide_intent
 from grm_operator.metrics import Reading
 from support.policy import make_signals, make_spec
@@ -142,3 +145,53 @@ def test_a_fresh_passing_evaluation_lifts_the_demotion_once_and_the_old_window_i
     assert "reinstated" not in next(v for v in status["variants"] if v["name"] == "fp8")
     intent, _ = _tick(spec, status, bad, now + 615)
     assert "fp8" in (intent.demoted or {})
+
+
+def test_the_pods_cold_starts_reach_status_once_and_survive_a_restart() -> None:
+    # Two fp8 pods bound at T and Ready 40 and 50 s later (2026-01-01T00:00:00Z is 1767225600).
+    def ready_pod(name: str, ready: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "namespace": "rl", "labels": {"grm.dev/variant": "fp8"}},
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": ready},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": "2026-01-01T00:00:20Z"}},
+                    }
+                ],
+            },
+        }
+
+    spec = make_spec()
+    views = [
+        pod_view(ready_pod("w-a", "2026-01-01T00:00:40Z")),
+        pod_view(ready_pod("w-b", "2026-01-01T00:00:50Z")),
+    ]
+    budget = startup_budget_s(spec, spec.variant("fp8"))
+    seen = cold_starts_of([v for v in views if v is not None], budget)
+    assert [(s.pod, s.seconds) for s in seen] == [("w-a", 40.0), ("w-b", 50.0)]
+    fp8 = make_signals(4.0, pods=2, e2e_p95=8.0, ttft_p95=0.2, sample_age_s=1.0)
+
+    def tick(status: dict[str, Any]) -> dict[str, Any]:
+        intent = decide_intent(
+            spec=spec,
+            status=status,
+            reading=Reading(total=fp8, variants={"fp8": fp8}),
+            pods={"fp8": PodCounts(ready=2, pending=0, cold_starts=seen)},
+            deployments={"fp8": VariantDeployment(desired=2, replicas=2, ready=2)},
+            now=1767225600.0 + 60,
+        )
+        return intent.state
+
+    status = {"activeVariant": "fp8", "samples": 8}
+    state = tick(status)
+    assert state["coldStarts"] == {"fp8": [["w-a", 1767225640.0, 40.0], ["w-b", 1767225650.0, 50.0]]}
+    # A restarted operator reads them back from status; the same Ready pods offered again add nothing.
+    again = tick({**status, "policyState": state})
+    assert again["coldStarts"] == state["coldStarts"]

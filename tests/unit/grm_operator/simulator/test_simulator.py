@@ -16,6 +16,8 @@ import pytest
 
 from grm_operator import cli
 from grm_operator.api.models import GRMDeploymentSpec
+from grm_operator.policy import PolicyState
+from grm_operator.policy.coldstart import cold_start
 from grm_operator.policy.coldstart import cold_start as estimate
 from grm_operator.simulator.cli import load_spec
 from grm_operator.simulator.engine import Group, Replica, StepSample
@@ -23,6 +25,7 @@ from grm_operator.simulator.fleet import Fleet, SimConfig
 from grm_operator.simulator.pod import Pod
 from grm_operator.simulator.policies import POLICIES
 from grm_operator.simulator.policies.baselines import StaticPeak
+from grm_operator.simulator.policies.grm import Grm
 from grm_operator.simulator.report import run_policies
 from grm_operator.simulator.results import RunResult
 from grm_operator.simulator.scrape import window_signals
@@ -357,3 +360,26 @@ def test_the_simulator_skips_a_variant_demoted_by_its_live_agreement(spec: GRMDe
     assert bad_fp8 == [p.time for p in bad.series if first <= p.time <= last], "fp8 came back"
     assert last < bad.series[-1].time and bad.series[-1].active in {"bf16", "int4"}
     assert bad.served + bad.rejected == bad.total
+
+
+def test_the_simulated_operator_learns_the_replicas_cold_start_as_the_operator_does(
+    spec: GRMDeploymentSpec,
+) -> None:
+    # Replicas that start in 40 s where the 27B's size estimate says 125-276 s (a local NVMe):
+    # 0.5 score requests/s for 5 minutes, then 4/s, which needs more replicas; the scale-up's
+    # pods are measured (scheduling to Ready) into the policy's memory, as on a cluster.
+    low, high = constant_trace(0.5, 300), constant_trace(4.0, 600)
+    trace = Trace(
+        np.concatenate([low.times, 300.0 + high.times]),
+        np.concatenate([low.prompt, high.prompt]),
+        np.concatenate([low.output, high.output]),
+        "step",
+    )
+    grm = Grm(spec)
+    Fleet(SimConfig(spec=spec, trace=trace, cold_start_s=40.0), grm).run()
+    learnt = PolicyState.from_dict(grm.status.get("policyState")).cold_starts
+    samples = [s for starts in learnt.values() for s in starts]
+    assert len(samples) >= 2 and {s.seconds for s in samples} == {40.0}
+    assert any(
+        cold_start(spec, spec.variant(name), starts).basis == "measured" for name, starts in learnt.items()
+    )
