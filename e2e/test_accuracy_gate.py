@@ -259,7 +259,11 @@ def _history(lc: LocalCluster) -> str:
     ]
     for pod in lc.get(f"/api/v1/namespaces/{NS}/pods")["items"]:
         name = pod["metadata"]["name"]
-        lines.append(f"--- {name} ({pod.get('status', {}).get('phase')}):\n{lc.pod_log(NS, name)[-2500:]}")
+        log = lc.pod_log(NS, name)
+        # A failed engine's cause is far above its traceback's tail: its error lines first.
+        errors = [line for line in log.splitlines() if "Error" in line or "error" in line][-20:]
+        phase = pod.get("status", {}).get("phase")
+        lines.append(f"--- {name} ({phase}):\n" + "\n".join(errors) + f"\n...\n{log[-2500:]}")
     return "\n".join(lines)
 
 

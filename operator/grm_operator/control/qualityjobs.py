@@ -63,6 +63,7 @@ from grm_operator.control.builders.modelload import (
     variant_uri,
     weights_path,
 )
+from grm_operator.control.builders.sizing import pod_size
 from grm_operator.control.builders.workerconfig import merged_engine
 
 QUALITY_APP = "grm-quality"
@@ -329,6 +330,13 @@ def _job(
     pod_defaults: JobPodDefaults | None = None,
 ) -> Manifest:
     defaults = pod_defaults or JobPodDefaults()
+    # vLLM (the evaluation's engine; llm-compressor's too on several GPUs) allocates its
+    # engine-to-front ring and NCCL's buffers in /dev/shm: vLLM 0.32's CPU engine asks 160 MiB at
+    # start, and a container's default /dev/shm is 64 MiB. Sized as a worker replica's (.sizing:
+    # 1 GiB per GPU, memory-backed, so it counts against the pod's memory).
+    shared_memory = pod_size(grmd.spec, variant, simulated=False).shared_memory
+    vols.volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory}})
+    vols.mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     vols.finish(grmd, owner)
     name = job_name(owner.name, variant.name, kind, key)
     labels = {

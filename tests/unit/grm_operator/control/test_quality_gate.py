@@ -451,3 +451,17 @@ def test_the_installations_job_settings_reach_the_pods_but_the_templates_placeme
     )
     pod = plan.create[0]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "h100"} and pod["tolerations"] == [gpu]
+
+
+def test_the_jobs_get_a_bounded_dev_shm_as_worker_pods_do() -> None:
+    """vLLM's engine asks /dev/shm for its ring at start (160 MiB on the CPU engine), more than a
+    container's 64-MiB default: the real kubelet's evaluation Jobs failed without this volume."""
+    g, cluster, status = grmd(), FakeCluster(), {}
+    cluster.step(g, status)
+    cluster.finish(cluster.named(BUILD, "fp8")[0], {"digest": "sha256:f8"})
+    cluster.step(g, status)
+    for kind in (BUILD, EVALUATION):
+        pod = cluster.jobs[cluster.named(kind, "fp8")[0]]["spec"]["template"]["spec"]
+        shm = [v for v in pod["volumes"] if v["name"] == "shm"]
+        assert shm == [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}], kind
+        assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"], kind
