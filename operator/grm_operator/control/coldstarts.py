@@ -63,19 +63,21 @@ def pod_start(body: Mapping[str, Any]) -> PodStart:
     status = body.get("status") or {}
     by_type = {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, Mapping)}
     scheduled = by_type.get("PodScheduled") or {}
-    scheduled_at = _epoch(scheduled.get("lastTransitionTime")) if scheduled.get("status") == "True" else None
+    bound = scheduled.get("status") == "True"
+    scheduled_at = epoch_seconds(scheduled.get("lastTransitionTime")) if bound else None
     if scheduled_at is None and not scheduled:
-        scheduled_at = _epoch(meta.get("creationTimestamp"))
+        scheduled_at = epoch_seconds(meta.get("creationTimestamp"))
     ready = by_type.get("Ready") or {}
     running = status.get("phase") == "Running" and ready.get("status") == "True"
     containers = status.get("containerStatuses") or []
-    starts = [_epoch(((c.get("state") or {}).get("running") or {}).get("startedAt")) for c in containers]
+    running_states = [(c.get("state") or {}).get("running") or {} for c in containers]
+    starts = [epoch_seconds(state.get("startedAt")) for state in running_states]
     every = [*(status.get("initContainerStatuses") or []), *containers]
     return PodStart(
         name=str(meta.get("name")),
         scheduled_at=scheduled_at,
         started_at=None if not starts or None in starts else max(s for s in starts if s is not None),
-        ready_at=_epoch(ready.get("lastTransitionTime")) if running else None,
+        ready_at=epoch_seconds(ready.get("lastTransitionTime")) if running else None,
         restarts=max((int(c.get("restartCount") or 0) for c in every), default=0),
     )
 
@@ -95,9 +97,9 @@ def first_readiness(start: PodStart, budget_s: float) -> StartSample | None:
     return StartSample(start.name, start.ready_at, seconds)
 
 
-def _epoch(stamp: Any) -> float | None:
-    """An RFC 3339 timestamp (``2026-01-02T03:04:05Z``) in epoch seconds; None when absent or
-    unreadable."""
+def epoch_seconds(stamp: Any) -> float | None:
+    """An RFC 3339 timestamp as the API server writes it (``2026-01-02T03:04:05Z``) in epoch
+    seconds; None when absent or unreadable."""
     if not isinstance(stamp, str):
         return None
     try:

@@ -38,7 +38,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -52,7 +51,7 @@ from grm_operator.control.actuation import Intent, Plan, VariantDeployment, plan
 from grm_operator.control.builders.layout import ADMIN_PORT, HTTP_PORT
 from grm_operator.control.builders.metadata import LABEL_DEPLOYMENT, LABEL_VARIANT, Owner, deployment_name
 from grm_operator.control.builders.modelload import startup_budget_s
-from grm_operator.control.coldstarts import PodStart, first_readiness, pod_start
+from grm_operator.control.coldstarts import PodStart, epoch_seconds, first_readiness, pod_start
 from grm_operator.control.podhealth import PodFailure, pod_failure
 from grm_operator.control.qualityjobs import re_evaluation_request
 from grm_operator.control.rollout import CRASH_LOOP_RESTARTS
@@ -118,7 +117,8 @@ def pod_view(body: Mapping[str, Any]) -> PodView | None:
     if pending:
         # The scheduler's PodScheduled=False transition, else (not yet tried) the pod's creation.
         stamp = (by_type.get("PodScheduled") or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
-        since = _epoch(stamp)
+        # Unreadable: the policy treats the pod as long pending.
+        since = epoch_seconds(stamp)
     ready = status.get("phase") == "Running" and conditions.get("Ready") == "True"
     containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
     restarts = max((int(c.get("restartCount") or 0) for c in containers), default=0)
@@ -140,17 +140,6 @@ def cold_starts_of(pods: list[PodView], budget_s: float) -> tuple[StartSample, .
     """The cold starts of the Ready ``pods`` whose readiness is their first (control.coldstarts)."""
     samples = (first_readiness(p.start, budget_s) for p in pods if p.ready and p.start is not None)
     return tuple(s for s in samples if s is not None)
-
-
-def _epoch(stamp: Any) -> float | None:
-    """An RFC 3339 timestamp as the API server writes it (``2026-01-02T03:04:05Z``) in epoch
-    seconds; None when absent or unreadable (the policy then treats the pod as long pending)."""
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class Autoscaler:
