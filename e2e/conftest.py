@@ -15,8 +15,9 @@ machine). Modules that run vLLM (test_vllm_switch, test_accuracy_gate) start a c
 `.venv-compress` through hostPath volumes (`grm_testkit.cluster.hostmounts`), since an image
 with vLLM and torch (~2 GB) would not fit CI's time.
 
-Real-cluster mode installs the chart as release `grm` in `grm-system` and uninstalls it at the
-end, unless that release exists already (then it is used as it is and left alone). Without
+Real-cluster mode installs the chart as release `grm` in `grm-system` (with each `--helm-set
+KEY=VALUE` as a `--set`, e.g. the images' repositories) and uninstalls it at the end, unless that
+release exists already (then it is used as it is and left alone). Without
 `KUBECONFIG` the real-cluster tests skip with the reason; local-cluster mode never looks at it.
 """
 
@@ -55,6 +56,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the e2e tests against the cluster of $KUBECONFIG instead of a local cluster "
         "(skipped without KUBECONFIG)",
+    )
+    parser.addoption(
+        "--helm-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --real-cluster: a `helm install --set` of the chart (repeatable), e.g. "
+        "image.repository=registry.example/grm-operator for images pushed to your own registry",
     )
     parser.addoption(
         "--node-runtime",
@@ -140,7 +149,7 @@ def local_operator_cluster(
         yield cluster
 
 
-def _real() -> Iterator[RealCluster]:
+def _real(helm_set: list[str]) -> Iterator[RealCluster]:
     why = realcluster.unavailable()
     if why is not None:
         pytest.skip(why)
@@ -149,7 +158,9 @@ def _real() -> Iterator[RealCluster]:
             cluster.helm("status", RELEASE, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0
         )
         if installed_here:
-            cluster.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace")
+            values = [arg for each in helm_set for arg in ("--set", each)]
+            install = ("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace")
+            cluster.helm(*install, *values)
         try:
             cluster.wait_for(lambda: operator_pod(cluster), OPERATOR_READY_S, "the operator pod Ready", 1.0)
             yield cluster
@@ -170,7 +181,7 @@ def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     """The cluster of this module's tests, the operator installed and Ready: a `LocalCluster`, or
     a `RealCluster` with --real-cluster; tests should use only what `ClusterHandle` offers."""
     if real_cluster_mode(request.config):
-        handle: Iterator[ClusterHandle] = _real()
+        handle: Iterator[ClusterHandle] = _real(list(request.config.getoption("--helm-set")))
     else:
         # A module may name the runtime it needs (NODE_RUNTIME, with its reason beside it).
         runtime = getattr(request.module, "NODE_RUNTIME", None) or request.config.getoption("--node-runtime")

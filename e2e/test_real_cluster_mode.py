@@ -1,8 +1,10 @@
 """`--real-cluster` proved on a cluster we have: the local cluster seen only through its admin
 kubeconfig, as any other cluster would be.
 
-A bare local cluster (no operator) is started; then `pytest e2e/test_grm_scenarios.py -k apply
---real-cluster` runs as a subprocess *inside* its network namespace (where the kubeconfig's server,
+A bare local cluster (no operator) is started on the real node (kubelet, containerd) with the
+project's images loaded; then `pytest e2e/test_grm_scenarios.py -k apply --real-cluster
+--helm-set ...` (the images' names, as a user names the registry they pushed them to) runs as a
+subprocess *inside* its network namespace (where the kubeconfig's server,
 https://10.244.255.2:6443, is reachable, as a real cluster's API server is from a workstation) with
 `KUBECONFIG` set to that kubeconfig. In that mode the e2e fixture does what it would on a real
 cluster: `helm install` of the chart (the release does not exist yet), `kubectl proxy` on a
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from grm_testkit.cluster import tools
+from grm_testkit.cluster import pyimages, tools
 from grm_testkit.cluster.localcluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
@@ -43,12 +45,12 @@ def bare(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     one bf16 replica takes 2."""
     if request.config.getoption("--real-cluster"):
         pytest.skip("proves --real-cluster on a local cluster; not itself run with --real-cluster")
-    why = LocalCluster.unavailable()
+    why = LocalCluster.unavailable() or LocalCluster.real_node_unavailable() or pyimages.missing()
     if why is not None:
         _skip_or_fail(why)
     if tools.kubectl() is None or tools.helm() is None:
         _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=4, prometheus=False) as cluster:
+    with LocalCluster(gpus=4, prometheus=False, node_runtime="kubelet", start_timeout_s=300) as cluster:
         yield cluster
 
 
@@ -57,6 +59,10 @@ def test_scenario_passes_with_real_cluster_option_against_a_kubeconfig(
 ) -> None:
     status, _ = bare.api("GET", "/api/v1/namespaces/grm-system")
     assert status == 404, "the operator's namespace exists before the inner run"
+    # The images are in the node's containerd; the inner run names them as a user names theirs.
+    values = pyimages.load_project_images(bare)
+    pairs = zip(values[::2], values[1::2], strict=True)
+    helm_set = [f"--helm-set={value}" for flag, value in pairs if flag == "--set"]
     junit = tmp_path / "inner.xml"
     argv = [
         sys.executable,
@@ -66,6 +72,7 @@ def test_scenario_passes_with_real_cluster_option_against_a_kubeconfig(
         "-k",
         "apply",
         "--real-cluster",
+        *helm_set,
         "-p",
         "no:cacheprovider",
         "-q",
