@@ -94,3 +94,24 @@ def test_a_stretch_longer_than_the_window_and_the_e2e_target_is_no_burst() -> No
     assert _recent_burst([*before, *long_load], 480.0, WINDOW, 60.0) == 0.0
     # The same load read for 45 s (arrivals within seconds) is a burst of its peak × the window.
     assert _recent_burst([*before, *burst(315.0)], 480.0, WINDOW, 60.0) == BURST_PER_SAMPLE * WINDOW
+
+
+def test_a_switch_sizes_the_new_variant_for_the_burst() -> None:
+    # int4 runs but the quality floor (0.98) no longer admits it: the policy switches at once, in
+    # a lull between bursts. Sized by the lull's demand (0) the new fleet would be 1 replica.
+    spec = make_spec(
+        slo={"ttftP95": "10s", "e2eP95": "60s"},
+        scaling={"minReplicas": 1, "maxReplicas": 16, "maxGPUs": 16},
+        precision={"policy": "Auto", "minQuality": 0.98, "qualityPolicy": "Declared"},
+        scoring={"samples": {"min": SAMPLES, "max": SAMPLES}},
+    )
+    demand = [*burst(0.0), *idle(60.0, 180.0), *burst(180.0), *idle(240.0, NOW)]
+    state = PolicyState(demand=tuple(demand), recommendations=((0.0, 5),))
+    signals = make_signals(0.0, pods=4, running=0.0, waiting=0.0, sample_age_s=7.5)
+    obs = make_observation("int4", signals, now=NOW, ready=4, samples=SAMPLES)
+    decision, _ = decide(obs, state, spec, NOW)
+    assert decision.action == "SwitchVariant"
+    per_replica = burst_capacity(spec, spec.variant(decision.variant), Workload(PROMPT, OUTPUT), 1.0)
+    need = math.ceil(BURST_PER_SAMPLE * WINDOW * SAMPLES / per_replica)
+    assert need > 1
+    assert (decision.replicas, decision.needed) == (need, need)
