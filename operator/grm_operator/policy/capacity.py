@@ -12,6 +12,11 @@ the online ``speed`` correction, with each SLO target divided by the observed ta
 (p95 ÷ modelled mean). Example: fp8 default profile, 1000-token prompts, 300-token critiques,
 ttftP95 500 ms with tail 2.0 → modelled mean TTFT ≤ 250 ms, e2eP95 20 s with tail 1.5 → mean
 e2e ≤ 13.3 s; the binding limit is the load cap ρ ≤ 0.85, about 5.7 sequences/s per replica.
+
+A rate is the wrong measure of load that comes in bursts shorter than the latency targets (an RL
+training step scores its whole batch within ~8 s): the burst's sequences must be served *together*
+inside the SLO, whatever the minute's mean rate. :func:`burst_capacity` is what one replica serves
+of such a burst (below); the policy sizes for the latest repeated burst with it (docs/policy.md §6).
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from dataclasses import dataclass
 
 from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, Variant
-from grm_worker.contract.perfmodel import PerformanceProfile, max_rate_at_slo, profile_for, steady_state
+from grm_worker.contract.perfmodel import (
+    PerformanceProfile,
+    max_rate_at_slo,
+    profile_for,
+    steady_state,
+    step_time_s,
+)
 
 #: Voting accuracy by k (DeepSeek-GRM-27B, overall): interpolated linearly in log2(k).
 _VOTING_ACCURACY = ((1, 67.9), (8, 70.6), (32, 71.0))
@@ -167,3 +178,33 @@ def expected_means(
     if not state.feasible or math.isinf(state.step_s):
         return None
     return state.ttft_s, state.step_s, state.e2e_s
+
+
+def burst_capacity(spec: GRMDeploymentSpec, variant: Variant, workload: Workload, speed: float) -> float:
+    """Sequences of a burst (arriving all at once) one replica of ``variant`` serves inside the SLO.
+
+    A replica runs at most ``slots`` sequences at once: its KV cache holds ``P + O`` tokens per
+    sequence (admission reserves the final footprint), at most ``max_num_seqs``. The rest wait
+    for a whole *round* (prefill of the slots at the step's token budget, then ``O`` decode steps of
+    the full batch) before their first token. So the burst's first round counts as far as its
+    prompts are prefilled within the TTFT target, and each later round only if it still starts in
+    time for the TTFT target and ends inside the e2e one. Example (fp8 defaults, 1,500-token
+    prompts, 300-token critiques, ttftP95 10 s, e2eP95 60 s): 66 slots, prefill 17.7k tokens/s, a
+    round 5.7 + 300 × 32.4 ms = 15.4 s, longer than the TTFT target: 66 sequences, so a 768-sequence
+    burst needs 12 replicas where its minute's mean (12.8 seq/s) asks for 5. No target: unbounded.
+    """
+    profile = variant_profile(variant).scaled(max(speed, 1e-3))
+    prompt, output = max(workload.prompt_tokens, 1.0), max(workload.output_tokens, 1.0)
+    slots = max(1.0, min(float(profile.max_num_seqs), profile.kv_cache_tokens / (prompt + output)))
+    budget = profile.max_num_batched_tokens
+    prefill_rate = budget / step_time_s(profile, budget, 0, 0)  # prompt tokens/s at a full step
+    full_step = step_time_s(profile, 0, int(slots), int(slots * (prompt + output / 2)))
+    round_s = slots * prompt / prefill_rate + output * full_step
+    ttft, e2e = spec.slo.ttft_p95_s, spec.slo.e2e_p95_s
+    if ttft is None and e2e is None:
+        return math.inf
+    first = slots if ttft is None else max(1.0, min(slots, ttft * prefill_rate / prompt))
+    later_by_ttft = math.inf if ttft is None else math.floor(ttft / round_s)
+    later_by_e2e = math.inf if e2e is None else math.floor(e2e / round_s) - 1
+    later = max(0.0, min(later_by_ttft, later_by_e2e))
+    return first + slots * later
