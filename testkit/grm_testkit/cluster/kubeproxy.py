@@ -143,7 +143,7 @@ class KubeProxy:
 
     async def wait_synced(self, timeout_s: float = 60.0) -> None:
         """Waits until `/healthz` answers 200, which it does only after the rules were written
-        once (polled from the event loop the node agents share)."""
+        once (polled from the supervisor's event loop, which the connect socket shares)."""
         assert self.popen is not None
         deadline = time.monotonic() + timeout_s
         while not await asyncio.to_thread(self._healthy):
