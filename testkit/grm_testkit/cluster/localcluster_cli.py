@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     up.add_argument("--scrape-interval", type=float, default=2.0, help="Prometheus scrape interval, s")
     up.add_argument("--detach", action="store_true", help="run in the background; return once ready")
-    up.add_argument("--timeout", type=float, default=240.0, help="--detach: seconds to wait for ready")
+    up.add_argument("--timeout", type=float, default=300.0, help="--detach: seconds to wait for ready")
     up.add_argument("--log-level", default="INFO")
     down = sub.add_parser("down", help="stop the local cluster and clean up")
     down.add_argument("--timeout", type=float, default=60.0)
