@@ -61,8 +61,8 @@ tools: $(TOOLS_BIN)/.stamp-$(KUBECTL_LAYER_VERSION)
 # nftables (nft) and conntrack for the local cluster's real kube-proxy (nftables mode) and the
 # keep-alive drain tests' per-connection Service VIP (grm_testkit.l4path); iptables
 # for its iptables-mode fallback and tools that still expect it; containerd 1.6, runc, the CNI
-# plugins and umoci (image packing) for its real kubelet (`node_runtime="kubelet"`); debootstrap for
-# the project's own images on that node (grm_testkit.cluster.pyimages).
+# plugins and umoci (image packing) for its real node (grm_testkit.cluster.realnode); debootstrap
+# for the project's own images on that node (grm_testkit.cluster.pyimages).
 NODE_DEBS := nftables iptables conntrack containerd runc containernetworking-plugins umoci debootstrap
 .PHONY: system-deps
 system-deps:

@@ -6,14 +6,13 @@ scenarios use (kubectl, helm, get, api, wait_for, service_url). Tests that need 
 local cluster has (stopping its Prometheus, a node's GPU budget) take `local_lc` instead, which
 skips with the reason in real-cluster mode.
 
-The local cluster runs its pods on the real kubelet with containerd (`--node-runtime kubelet`, the
-default): the operator and sim worker images are built here (`grm_testkit.cluster.pyimages`,
-cached in `.cache/images`), loaded into the node and named by `helm install` with
-`pullPolicy: Never`. `--node-runtime agent` runs them on our node agent instead (processes of this
-machine). Modules that run vLLM (test_vllm_switch, test_accuracy_gate) start a cluster of their own
-(`local_operator_cluster`) on the real node too: their pods run this machine's `.venv-vllm` and
-`.venv-compress` through hostPath volumes (`grm_testkit.cluster.hostmounts`), since an image
-with vLLM and torch (~2 GB) would not fit CI's time.
+The local cluster runs its pods on the real kubelet with containerd: the operator and sim worker
+images are built here (`grm_testkit.cluster.pyimages`, cached in `.cache/images`), loaded into the
+node and named by `helm install` with `pullPolicy: Never`. Modules that run vLLM
+(test_vllm_switch, test_accuracy_gate) start a cluster of their own (`local_operator_cluster`):
+their pods run this machine's `.venv-vllm` and `.venv-compress` through hostPath volumes
+(`grm_testkit.cluster.hostmounts`), since an image with vLLM and torch (~2 GB) would not fit CI's
+time.
 
 Real-cluster mode installs the chart as release `grm` in `grm-system` (with each `--helm-set
 KEY=VALUE` as a `--set`, e.g. the images' repositories) and uninstalls it at the end, unless that
@@ -65,14 +64,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="with --real-cluster: a `helm install --set` of the chart (repeatable), e.g. "
         "image.repository=registry.example/grm-operator for images pushed to your own registry",
     )
-    parser.addoption(
-        "--node-runtime",
-        choices=("agent", "kubelet"),
-        default="kubelet",
-        help="what runs the local cluster's pods: the real kubelet with containerd and the operator's "
-        "and sim worker's images built here (grm_testkit.cluster.pyimages; the default), or our node "
-        "agent",
-    )
 
 
 def real_cluster_mode(config: pytest.Config) -> bool:
@@ -115,17 +106,14 @@ def operator_pod(cluster: ClusterHandle) -> dict[str, Any] | None:
 def local_operator_cluster(
     *,
     gpus: int = LOCAL_GPUS,
-    node_runtime: str = "kubelet",
     prometheus: bool | None = None,
     scrape_interval_s: float = SCRAPE_INTERVAL_S,
     chart_values: tuple[str, ...] = (),
 ) -> Iterator[LocalCluster]:
-    """A local cluster with the operator installed by its chart and Ready; on the real node
-    (`node_runtime="kubelet"`) with the project's images built, loaded and named in the chart.
+    """A local cluster with the operator installed by its chart and Ready, the project's images
+    built, loaded into the real node and named in the chart.
     Skips (fails under CI) with the reason when something it needs is missing here."""
-    why = LocalCluster.unavailable()
-    if node_runtime == "kubelet":
-        why = why or LocalCluster.real_node_unavailable() or pyimages.missing()
+    why = LocalCluster.unavailable() or pyimages.missing()
     if why is not None:
         _skip_or_fail(why)
     if tools.kubectl() is None or tools.helm() is None:
@@ -134,10 +122,9 @@ def local_operator_cluster(
         gpus=gpus,
         scrape_interval_s=scrape_interval_s,
         prometheus=prometheus,
-        node_runtime=node_runtime,
         start_timeout_s=300,
     ) as cluster:
-        values: list[str] = pyimages.load_project_images(cluster) if node_runtime == "kubelet" else []
+        values: list[str] = pyimages.load_project_images(cluster)
         if cluster.prometheus_url:
             # As on a real cluster: the chart's prometheus.url becomes the operator's
             # GRM_PROMETHEUS_URL, used by GRMDeployments with metrics.source Prometheus and no
@@ -183,9 +170,7 @@ def lc(request: pytest.FixtureRequest) -> Iterator[ClusterHandle]:
     if real_cluster_mode(request.config):
         handle: Iterator[ClusterHandle] = _real(list(request.config.getoption("--helm-set")))
     else:
-        # A module may name the runtime it needs (NODE_RUNTIME, with its reason beside it).
-        runtime = getattr(request.module, "NODE_RUNTIME", None) or request.config.getoption("--node-runtime")
-        handle = local_operator_cluster(node_runtime=str(runtime))
+        handle = local_operator_cluster()
     yield from handle
 
 

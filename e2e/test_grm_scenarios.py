@@ -1,7 +1,7 @@
 """GRM serving end to end on the local cluster: the operator installed with its Helm chart (its own
-ServiceAccount and the chart's RBAC, running `grm-operator run` on the node agent) drives sim-engine
-workers of a GRMDeployment from examples/, and clients reach them through the worker Service's
-ClusterIP, i.e. the real kube-proxy (nftables, balanced per connection, nothing retried).
+ServiceAccount and the chart's RBAC, running `grm-operator run` from its image on the real node)
+drives sim-engine workers of a GRMDeployment from examples/, and clients reach them through the
+worker Service's ClusterIP, i.e. the real kube-proxy (nftables, balanced per connection, nothing retried).
 The load scenarios send it with the clients users run (:class:`grm_testkit.traffic.ClientMix`):
 a urllib client (a connection per request) and three keep-alive pools — the official ``openai``
 client, an ``httpx.AsyncClient`` and a slime-shaped reward client (aiohttp, batches gathered) —
@@ -144,7 +144,7 @@ def test_apply_pods_ready_service_answers_score_and_chat(lc: LocalCluster, grmd:
     _wait_ready(lc, name)
     pods = _worker_pods(lc, name)
     assert pods and all(_ready(p) for p in pods)
-    if isinstance(lc, LocalCluster) and lc.options.node_runtime == "kubelet":
+    if isinstance(lc, LocalCluster):
         # A container of its own, as the Deployment's pod securityContext says: uid 1000.
         status = Path(f"/proc/{lc.container_pid(pods[0])}/status").read_text().splitlines()
         assert next(line for line in status if line.startswith("Uid:")).split()[1:] == ["1000"] * 4

@@ -1,10 +1,9 @@
 """The operator from its image under the chart's securityContext, on the local cluster's real node.
 
 The e2e suite's cluster (`lc`, e2e/conftest.py) runs its pods on the upstream kubelet with
-containerd by default (`--node-runtime kubelet`), the operator and sim worker images built here
-from the Dockerfiles' recipes (`grm_testkit.cluster.pyimages`) and installed by `helm install`
-with `pullPolicy: Never`. What the node agent cannot show, the kubelet and runc enforce here: this
-module reads it from the container's process (`/proc/<pid>`). The scenarios of
+containerd, the operator and sim worker images built here from the Dockerfiles' recipes
+(`grm_testkit.cluster.pyimages`) and installed by `helm install` with `pullPolicy: Never`. What
+the kubelet and runc enforce, this module reads from the container's process (`/proc/<pid>`). The scenarios of
 e2e/test_grm_scenarios.py then run on the same kind of node (workers as uid 1000, each in a
 container with its own network namespace, keep-alive clients through real kube-proxy).
 """
@@ -41,8 +40,6 @@ def _mount_options(pid: int) -> dict[str, list[str]]:
 
 def test_operator_runs_from_its_image_under_the_charts_security_context(local_lc: LocalCluster) -> None:
     lc = local_lc
-    if lc.options.node_runtime != "kubelet":
-        pytest.skip("the node agent runs the operator as a process of this machine, not from its image")
     pods = [p for p in lc.get(f"/api/v1/namespaces/{OPERATOR_NS}/pods")["items"] if _ready(p)]
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     (pod,) = pods

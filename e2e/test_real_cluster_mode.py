@@ -45,12 +45,12 @@ def bare(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     one bf16 replica takes 2."""
     if request.config.getoption("--real-cluster"):
         pytest.skip("proves --real-cluster on a local cluster; not itself run with --real-cluster")
-    why = LocalCluster.unavailable() or LocalCluster.real_node_unavailable() or pyimages.missing()
+    why = LocalCluster.unavailable() or pyimages.missing()
     if why is not None:
         _skip_or_fail(why)
     if tools.kubectl() is None or tools.helm() is None:
         _skip_or_fail(f"kubectl/helm not installed in {tools.tools_bin_dir()} (run `make tools`)")
-    with LocalCluster(gpus=4, prometheus=False, node_runtime="kubelet", start_timeout_s=300) as cluster:
+    with LocalCluster(gpus=4, prometheus=False, start_timeout_s=300) as cluster:
         yield cluster
 
 

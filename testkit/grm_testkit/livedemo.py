@@ -83,13 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the look-back + 30 s of fit, measured at ~55 s into the tail) and its drain.
     parser.add_argument("--tail", type=float, default=80.0, help="seconds at the floor rate after the replay")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between status lines")
-    parser.add_argument(
-        "--node-runtime",
-        choices=("kubelet", "agent"),
-        default="kubelet",
-        help="what runs the pods: the real kubelet with containerd and the project's images built "
-        "here (default), or the test kit's node agent (processes of this machine)",
-    )
 
 
 def _trace(args: argparse.Namespace) -> Path:
@@ -244,18 +237,14 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         # switch back up the ladder can show.
         return replay(t) if t < args.duration else args.floor_rps
 
-    why = LocalCluster.unavailable()
-    if args.node_runtime == "kubelet":
-        why = why or LocalCluster.real_node_unavailable() or pyimages.missing()
+    why = LocalCluster.unavailable() or pyimages.missing()
     if why is not None:
         raise SystemExit(f"grm-live-demo: the local cluster cannot run here: {why}")
     started = time.monotonic()
-    _say(out, f"starting the local cluster ({args.gpus} GPUs, node runtime {args.node_runtime}) …")
-    with LocalCluster(gpus=args.gpus, scrape_interval_s=1.0, node_runtime=args.node_runtime) as lc:
-        values: list[str] = []
-        if args.node_runtime == "kubelet":
-            _say(out, f"  up in {time.monotonic() - started:.0f}s; building and loading the images …")
-            values = pyimages.load_project_images(lc)
+    _say(out, f"starting the local cluster ({args.gpus} GPUs, the real kubelet with containerd) …")
+    with LocalCluster(gpus=args.gpus, scrape_interval_s=1.0) as lc:
+        _say(out, f"  up in {time.monotonic() - started:.0f}s; building and loading the images …")
+        values = pyimages.load_project_images(lc)
         _say(
             out,
             f"  up in {time.monotonic() - started:.0f}s; helm install grm helm/grm-operator -n grm-system",

@@ -1,10 +1,10 @@
-"""The local cluster as a real node (`node_runtime="kubelet"`): the upstream kubelet with Debian's
-containerd, runc and CNI bridge, images built here and imported (no registry), the real kube-proxy.
+"""The local cluster's real node: the upstream kubelet with Debian's containerd, runc and CNI
+bridge, images built here and imported (no registry), the real kube-proxy.
 
 One cluster (2 GPUs) serves the module. Pods run upstream's own e2e test image `agnhost` (built
 from the control plane's k8s.io/kubernetes module by `make control-plane`, packed with umoci):
 what the kubelet enforces — `runAsUser`, `readOnlyRootFilesystem`, probes, `nvidia.com/gpu`
-requests — is enforced for real here, where the node agent ignores the first two.
+requests — is enforced for real here.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ NS = "real-node"
 
 @pytest.fixture(scope="module")
 def lc() -> Iterator[LocalCluster]:
-    why = LocalCluster.real_node_unavailable()
+    why = LocalCluster.unavailable()
     if why is not None:
         if os.environ.get("CI"):
             pytest.fail(why)
         pytest.skip(why)
-    with LocalCluster(gpus=2, node_runtime="kubelet", prometheus=False, start_timeout_s=300) as cluster:
+    with LocalCluster(gpus=2, prometheus=False) as cluster:
         cluster.kubectl("create", "namespace", NS)
         yield cluster
 
@@ -67,7 +67,7 @@ def test_node_is_a_real_kubelet_with_containerd_and_gpus(lc: LocalCluster) -> No
 
 
 def test_security_context_is_enforced(lc: LocalCluster) -> None:
-    """runAsUser and readOnlyRootFilesystem, which the node agent ignores, hold on the real node."""
+    """runAsUser and readOnlyRootFilesystem hold on the real node."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -11,8 +11,9 @@ run time; it is what tests, benchmarks and the local cluster start the operator 
 * The local cluster (docs/local-cluster.md): `localcluster` (the `LocalCluster` handle),
   `supervisor` (what runs inside its network namespace), `clusteroptions` (options, addresses,
   state directory), `connectsocket` (the way in from the host), `localcluster_cli`
-  (`grm-local-cluster`), `netns`, the node agent (`nodeagent`, `kubeletapi`, `podspec`), the
-  the real kube-proxy (`kubeproxy`), Prometheus (`promsd`) and their API client (`kubeclient`).
+  (`grm-local-cluster`), `netns`, the real node (`realnode`: the kubelet with containerd; images
+  built here by `pyimages`, host paths for pods in `hostmounts`), the real kube-proxy
+  (`kubeproxy`), Prometheus (`promsd`) and their API client (`kubeclient`).
 * `realcluster`: the same handle's methods on an existing cluster, for the e2e tests'
   `--real-cluster` mode.
 """

@@ -14,14 +14,11 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from grm_testkit.cluster import podspec, tools
+from grm_testkit.cluster import tools
 from grm_testkit.cluster.kubeclient import Json
-from grm_testkit.cluster.nodeagent import NodeConfig
 
 # The API server listens outside the Service range (on the pod range's reserved last /24, like a
 # host-network control plane): kube-proxy in nftables mode rejects connections to a ClusterIP on
@@ -32,12 +29,27 @@ API_PORT = 6443
 PROMETHEUS_ADDRESS = "10.244.255.1"
 PROMETHEUS_PORT = 9090
 STATE_FILE = "state.json"
-NODE_RUNTIMES = ("agent", "kubelet")
 CONNECT_SOCKET = "connect.sock"
 
 
 class LocalClusterError(RuntimeError):
     """The local cluster failed to start, or an operation on it failed."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node of the local cluster: the real kubelet with containerd (`realnode.RealNode`; its
+    pods on 10.245.<index>.0/24)."""
+
+    name: str
+    index: int
+    gpus: int
+
+    @property
+    def node_ip(self) -> str:
+        """The node's InternalIP (its kubelet API), 10.244.<index>.1 on the namespace's `lo`:
+        the API server dials it for `kubectl logs` and exec."""
+        return f"10.244.{self.index}.1"
 
 
 @dataclass(frozen=True)
@@ -50,45 +62,16 @@ class ClusterOptions:
     # None: start Prometheus when the binary is installed; False: never; True: required.
     prometheus: bool | None = None
     scrape_interval_s: float = 2.0
-    # Extra image → command rules:
-    # {image: {"entrypoint": [...] | None, "bind_args": [...], "bind_env": {NAME: VALUE}}}.
-    images: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 30.0
     verbosity: int = 0
     log_level: str = "INFO"
-    # What runs pods: "agent" (our node agent: pods as local processes) or "kubelet" (the real
-    # kubelet with containerd, runc and CNI: `realnode`).
-    node_runtime: str = "agent"
-
-    def __post_init__(self) -> None:
-        if self.node_runtime not in NODE_RUNTIMES:
-            raise LocalClusterError(f"node_runtime must be one of {NODE_RUNTIMES}, not {self.node_runtime!r}")
 
     def node_configs(self) -> list[NodeConfig]:
-        """`gpus` split over `nodes` (the first nodes get the remainder), one /24 each."""
+        """`gpus` split over `nodes` (the first nodes get the remainder)."""
         per, extra = divmod(self.gpus, max(1, self.nodes))
         return [
-            NodeConfig(
-                name=f"local-node-{i}",
-                pod_cidr=f"10.244.{i}.0/24",
-                gpus=per + (1 if i < extra else 0),
-                backoff_base_s=self.backoff_base_s,
-                backoff_cap_s=self.backoff_cap_s,
-            )
+            NodeConfig(name=f"local-node-{i}", index=i, gpus=per + (1 if i < extra else 0))
             for i in range(max(1, self.nodes))
         ]
-
-    def image_rules(self) -> dict[str, podspec.ImageRule]:
-        rules = dict(podspec.DEFAULT_IMAGES)
-        for image, rule in self.images.items():
-            entry = rule.get("entrypoint")
-            rules[image] = podspec.ImageRule(
-                tuple(entry) if entry is not None else None,
-                tuple(rule.get("bind_args") or ()),
-                tuple((rule.get("bind_env") or {}).items()),
-            )
-        return rules
 
 
 def default_state_dir() -> Path:

@@ -606,7 +606,7 @@ class ControlPlane:
             f"--service-cluster-ip-range={opts.service_cluster_ip_range}",
             "--allow-privileged=true",
             # With the Node authorizer: a node's credentials may change only that node and its
-            # pods, as a kubelet's in a real cluster (the local cluster's node agent uses them).
+            # pods, as a kubelet's in any cluster (the local cluster's real kubelets use them).
             "--enable-admission-plugins=NodeRestriction",
             "--profiling=false",
             f"--v={opts.verbosity}",

@@ -1,28 +1,22 @@
-"""A small asyncio client of the Kubernetes REST API for the local cluster's supervisor, node agent
-and Prometheus SD: plain JSON dicts over aiohttp, credentials from a kubeconfig with embedded
-data; and `json_exchange`, one blocking request, for callers without an event loop.
+"""A small asyncio client of the Kubernetes REST API for the local cluster's supervisor (the
+real nodes' GPU capacity, readiness checks): plain JSON dicts over aiohttp, credentials from a
+kubeconfig with embedded data; and `json_exchange`, one blocking request, for callers without an
+event loop (`LocalCluster.api`, the control plane, `RealCluster`).
 
-The test kit keeps a client of its own because the node agent and the Prometheus SD need
-raw-path requests (Node and Pod status, Leases, TokenRequests, EndpointSlices) and list-then-watch
-streams inside the supervisor's one event loop, which neither the operator's client
-(`grm_operator.kubeapi`: typed `Kind`s, no watches — kopf watches for the operator) nor the
-installed official `kubernetes` client (synchronous: a thread per call and per watch) would give
-with less code.
-
-Watches follow the API's list-then-watch protocol: list for a resourceVersion, watch from it,
-resume from the last seen version after a dropped stream, relist on 410 Gone.
+The test kit keeps a client of its own because the supervisor needs raw-path requests (a Node's
+status subresource) inside its one event loop, which neither the operator's client
+(`grm_operator.kubeapi`: typed `Kind`s) nor the installed official `kubernetes` client
+(synchronous: a thread per call) would give with less code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import http.client
 import json
-import logging
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +25,7 @@ from urllib.parse import urlencode
 import aiohttp
 import yaml
 
-log = logging.getLogger(__name__)
-
 Json = dict[str, Any]
-
-# A watch the server ends on its own (its timeout, 5-10 min by default) is resumed; asking for
-# 240 s keeps an idle stream from being cut by anything in between.
-_WATCH_TIMEOUT_S = 240
-_RETRY_S = 1.0
 
 
 class KubeError(RuntimeError):
@@ -62,8 +49,8 @@ def json_exchange(
     conn: http.client.HTTPConnection, method: str, path: str, body: Mapping[str, Any] | None
 ) -> tuple[int, Any]:
     """One synchronous JSON request on ``conn`` (closed afterwards): (status, decoded JSON, or the
-    text when the answer is not JSON). For the test harnesses' blocking calls; the operator and
-    the node agent use :class:`KubeClient`."""
+    text when the answer is not JSON). For the test harnesses' blocking calls; the supervisor
+    uses :class:`KubeClient`."""
     try:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
@@ -110,7 +97,7 @@ def load_kubeconfig(path: Path) -> Credentials:
 
 
 class KubeClient:
-    """JSON requests and watches against one API server with one identity."""
+    """JSON requests against one API server with one identity."""
 
     def __init__(self, credentials: Credentials, *, timeout_s: float = 30.0) -> None:
         self.credentials = credentials
@@ -159,82 +146,8 @@ class KubeClient:
     async def get(self, path: str, *, ok_missing: bool = False, **params: str) -> Json:
         return await self.request("GET", path, params=params or None, ok_missing=ok_missing)
 
-    async def create(self, path: str, body: Mapping[str, Any]) -> Json:
-        return await self.request("POST", path, body)
-
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> Json:
         return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
-
-    async def delete(self, path: str, body: Mapping[str, Any] | None = None) -> Json:
-        return await self.request("DELETE", path, body, ok_missing=True)
-
-    async def watch(self, path: str, **params: str) -> AsyncIterator[tuple[str, Json]]:
-        """(event type, object) forever: ("ADDED", obj) for each listed item first, then the
-        watch's events; after a relist, ("SYNC", {}) lets a consumer drop objects it no longer
-        saw (a DELETED may have been missed while the stream was down)."""
-        version = ""
-        while True:
-            if not version:
-                try:
-                    listed = await self.request("GET", path, params=params or None)
-                except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
-                    log.debug("list %s failed: %s; retrying", path, exc)
-                    await asyncio.sleep(_RETRY_S)
-                    continue
-                version = listed["metadata"]["resourceVersion"]
-                for item in listed.get("items") or []:
-                    yield "ADDED", item
-                yield "SYNC", {"items": listed.get("items") or []}
-            query = dict(params)
-            query.update(
-                watch="1",
-                resourceVersion=version,
-                allowWatchBookmarks="true",
-                timeoutSeconds=str(_WATCH_TIMEOUT_S),
-            )
-            url = f"{self.credentials.server}{path}?{urlencode(query)}"
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s)
-            try:
-                async with self._session.get(url, timeout=timeout) as resp:
-                    if resp.status == 410:
-                        version = ""
-                        continue
-                    if resp.status >= 400:
-                        raise KubeError(resp.status, _message(await resp.read()))
-                    async for line in resp.content:
-                        if not line.strip():
-                            continue
-                        event = json.loads(line)
-                        kind, obj = event["type"], event["object"]
-                        if kind == "ERROR":
-                            if obj.get("code") == 410:
-                                version = ""
-                            break
-                        version = obj.get("metadata", {}).get("resourceVersion", version)
-                        if kind != "BOOKMARK":
-                            yield kind, obj
-            except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
-                log.debug("watch %s dropped: %s; resuming", path, exc)
-                await asyncio.sleep(_RETRY_S)
-
-
-async def retrying(what: str, call: Callable[[], Awaitable[Json]], *, attempts: int = 20) -> Json:
-    """`call` until it succeeds, 0.25 s → 4 s apart; 409/404/422 are final (the caller decides)."""
-    delay = 0.25
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except KubeError as exc:
-            if exc.status in (404, 409, 422) or attempt == attempts - 1:
-                raise
-            log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if attempt == attempts - 1:
-                raise
-            log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 4.0)
-    raise AssertionError("unreachable")
 
 
 def _message(raw: bytes) -> str:

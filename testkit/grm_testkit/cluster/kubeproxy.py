@@ -15,8 +15,9 @@ only matters for `internalTrafficPolicy: Local` Services. Settings, each needed 
 * `oomScoreAdj: 0` — upstream's default -999 needs CAP_SYS_RESOURCE, which these VMs drop;
 * `conntrack.maxPerCore: 0` and zero TCP timeouts — leave the conntrack sysctls alone (the
   table size is not per namespace and cannot be set from inside one);
-* `detectLocalMode: ClusterCIDR` on the pod range — the namespace has no pod interfaces;
-* health and metrics on 127.0.0.1 — pods bind their own addresses, never loopback.
+* `detectLocalMode: ClusterCIDR` on the cluster's ranges (10.244.0.0/15: its own addresses and
+  the pods' 10.245/16) — the supervisor's namespace has no pod interfaces of its own;
+* health and metrics on 127.0.0.1 — only the supervisor reads them (`wait_synced`).
 
 In nftables mode kube-proxy *rejects* connections to a ClusterIP on a port no Service defines,
 which is why the API server listens outside the Service range (`clusteroptions.API_ADDRESS`).
@@ -143,7 +144,7 @@ class KubeProxy:
 
     async def wait_synced(self, timeout_s: float = 60.0) -> None:
         """Waits until `/healthz` answers 200, which it does only after the rules were written
-        once (polled from the event loop the node agents share)."""
+        once (polled from the supervisor's event loop, which the connect socket shares)."""
         assert self.popen is not None
         deadline = time.monotonic() + timeout_s
         while not await asyncio.to_thread(self._healthy):

@@ -1,7 +1,8 @@
 """Children that die with their parent: PR_SET_PDEATHSIG for the local cluster's processes.
 
-Every process the test control plane, the supervisor and the node agent start gets a signal from
-the kernel when the thread that started it dies, so a killed test run or cluster leaves nothing
+Every process the test control plane, the supervisor and the real nodes start (etcd, the API
+server, kube-proxy, Prometheus, containerd, the kubelet) gets a signal from the kernel when the
+thread that started it dies, so a killed test run or cluster leaves nothing
 behind. ``prctl`` is resolved here, in the parent, at import: between fork and exec the child
 must not ``dlopen`` (another thread of the parent may have held the loader's lock at fork time).
 """
@@ -33,9 +34,3 @@ def die_with_parent() -> None:
     """``preexec_fn``: SIGTERM this child when its parent thread dies (it may clean up)."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
-def killed_with_parent() -> None:
-    """``preexec_fn``: SIGKILL this child when its parent thread dies (no pod outlives a cluster)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))

@@ -1,6 +1,6 @@
 """The local cluster: the whole system on one machine, in a network namespace of its own, made of
 real Kubernetes parts (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-helm, kube-proxy in nftables mode, Prometheus) plus our node agent (kubelet + runtime) — and
+helm, kube-proxy in nftables mode, Prometheus, per node the kubelet with containerd) — and
 `LocalCluster`, the handle a test, the demo or `grm-local-cluster` uses to start it (or attach to
 it), stop it and talk to it. What runs inside the namespace is the `supervisor`; the options and
 the state directory they share are in `clusteroptions`.
@@ -79,24 +79,16 @@ class LocalCluster:
         nodes: int = 1,
         prometheus: bool | None = None,
         scrape_interval_s: float = 2.0,
-        images: Mapping[str, Mapping[str, Any]] | None = None,
         state_dir: Path | None = None,
-        start_timeout_s: float = 240.0,
-        backoff_base_s: float = 1.0,
-        backoff_cap_s: float = 30.0,
+        start_timeout_s: float = 300.0,
         log_level: str = "INFO",
-        node_runtime: str = "agent",
     ) -> None:
         self.options = ClusterOptions(
             gpus=gpus,
             nodes=nodes,
             prometheus=prometheus,
             scrape_interval_s=scrape_interval_s,
-            images=dict(images or {}),
-            backoff_base_s=backoff_base_s,
-            backoff_cap_s=backoff_cap_s,
             log_level=log_level,
-            node_runtime=node_runtime,
         )
         self._own_state_dir = state_dir is None
         # A fresh temp dir is made by start(), so an instance never started leaves nothing behind.
@@ -120,7 +112,9 @@ class LocalCluster:
 
     @staticmethod
     def unavailable() -> str | None:
-        """Why a local cluster cannot run here (missing binaries or namespaces), or None."""
+        """Why a local cluster cannot run here (missing control-plane binaries, kube-proxy's
+        nftables, network namespaces, or the real node's kubelet, containerd, runc and CNI
+        plugins), or None."""
         absent = tools.missing(tools.k8s_bin_dir(), tools.CONTROL_PLANE_BINARIES)
         if absent:
             return (
@@ -129,15 +123,10 @@ class LocalCluster:
         why = kubeproxy.missing()
         if why is not None:
             return why
-        return netns.probe_support()
-
-    @staticmethod
-    def real_node_unavailable() -> str | None:
-        """Why `node_runtime="kubelet"` cannot run here (kubelet, containerd, runc, CNI), or None."""
-        return LocalCluster.unavailable() or realnode.missing()
+        return netns.probe_support() or realnode.missing()
 
     def start(self) -> None:
-        why = self.unavailable() if self.options.node_runtime == "agent" else self.real_node_unavailable()
+        why = self.unavailable()
         if why is not None:
             raise LocalClusterError(why)
         if self._own_state_dir:
@@ -400,12 +389,9 @@ class LocalCluster:
     def load_image(self, tarball: Path, reference: str) -> None:
         """Imports an OCI image tarball (tagged as `reference`'s tag) into every real node's
         containerd as `reference` (`docker.io/local/NAME:TAG`), as `kind load image-archive` does;
-        pods then run it with `imagePullPolicy: Never` or `IfNotPresent`. Only for
-        `node_runtime="kubelet"`: the node agent runs commands, not images."""
+        pods then run it with `imagePullPolicy: Never` or `IfNotPresent`."""
         if not self.state:
             raise LocalClusterError("the local cluster is not started")
-        if self.options.node_runtime != "kubelet":
-            raise LocalClusterError("load_image needs node_runtime='kubelet' (the node agent runs no images)")
         for node in self.state["nodes"]:
             socket = realnode.containerd_socket(self.workdir, node["name"])
             realnode.import_tarball(socket, tarball, reference)
@@ -413,8 +399,6 @@ class LocalCluster:
     def container_pid(self, pod: Mapping[str, Any], container: int = 0) -> int:
         """The host PID of a running container's process on a real node (its containerd task), to
         read what the kubelet and runc enforce from `/proc/<pid>` (uid, mounts, cgroup)."""
-        if self.options.node_runtime != "kubelet":
-            raise LocalClusterError("container_pid needs node_runtime='kubelet'")
         container_id = str(pod["status"]["containerStatuses"][container]["containerID"])
         container_id = container_id.removeprefix("containerd://")
         socket = realnode.containerd_socket(self.workdir, str(pod["spec"]["nodeName"]))
@@ -426,27 +410,15 @@ class LocalCluster:
                 return int(fields[1])
         raise LocalClusterError(f"no running task {container_id} in containerd:\n{tasks}")
 
-    def pod_dir(self, namespace: str, name: str) -> Path | None:
-        """A running pod's directory (volumes, logs, kubeconfig), or None."""
-        matches = sorted((self.workdir / "pods").glob(f"{namespace}_{name}_*"))
-        return matches[-1] if matches else None
-
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
-        """A container's output (all its restarts), as `kubectl logs` would show it: on a real node
-        `kubectl logs` itself (the previous run's, then the current one's; the kubelet keeps one
-        previous), on the node agent its log files."""
-        if self.options.node_runtime == "kubelet":
-            which = ["-c", container] if container else ["--all-containers"]
-            runs = [
-                self.kubectl("-n", namespace, "logs", name, *which, *previous, check=False).stdout
-                for previous in (["--previous"], [])
-            ]
-            return "".join(runs)
-        directory = self.pod_dir(namespace, name)
-        if directory is None:
-            return ""
-        logs = sorted((directory / "logs").glob(f"{container or '*'}.log"))
-        return "".join(p.read_text(errors="replace") for p in logs)
+        """A container's output as `kubectl logs` shows it: the previous run's (the kubelet keeps
+        one), then the current one's."""
+        which = ["-c", container] if container else ["--all-containers"]
+        runs = [
+            self.kubectl("-n", namespace, "logs", name, *which, *previous, check=False).stdout
+            for previous in (["--previous"], [])
+        ]
+        return "".join(runs)
 
     # --- Prometheus outages ---------------------------------------------------------------------
     def _control(self, command: str, timeout_s: float) -> str:

@@ -41,14 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     up.add_argument("--scrape-interval", type=float, default=2.0, help="Prometheus scrape interval, s")
     up.add_argument("--detach", action="store_true", help="run in the background; return once ready")
-    up.add_argument("--timeout", type=float, default=240.0, help="--detach: seconds to wait for ready")
+    up.add_argument("--timeout", type=float, default=300.0, help="--detach: seconds to wait for ready")
     up.add_argument("--log-level", default="INFO")
-    up.add_argument(
-        "--node-runtime",
-        choices=("agent", "kubelet"),
-        default="agent",
-        help="what runs pods: our node agent, or the real kubelet with containerd (docs/local-cluster.md)",
-    )
     down = sub.add_parser("down", help="stop the local cluster and clean up")
     down.add_argument("--timeout", type=float, default=60.0)
     sub.add_parser("status", help="show the running cluster")
@@ -84,7 +78,7 @@ def _up(args: argparse.Namespace, state_dir: Path) -> int:
     if read_state(state_dir) is not None:
         print(f"a local cluster is already running (state dir {state_dir})", file=sys.stderr)
         return 1
-    why = LocalCluster.unavailable() if args.node_runtime == "agent" else LocalCluster.real_node_unavailable()
+    why = LocalCluster.unavailable()
     if why is not None:
         print(why, file=sys.stderr)
         return 2
@@ -94,7 +88,6 @@ def _up(args: argparse.Namespace, state_dir: Path) -> int:
         prometheus=False if args.no_prometheus else None,
         scrape_interval_s=args.scrape_interval,
         log_level=args.log_level,
-        node_runtime=args.node_runtime,
     )
     prepare_state_dir(state_dir, options)
     argv = supervisor_argv(state_dir)

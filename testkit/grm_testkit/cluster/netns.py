@@ -5,8 +5,10 @@ Only `lo` exists inside; two ranges are routed to it as *local* addresses (`ip r
 CIDR dev lo` makes every address of the range one the namespace owns, so a server can bind to
 any of them without adding addresses one by one):
 
-* 10.244.0.0/16 — pod IPs (the API server rejects loopback addresses in EndpointSlices, so
-  127.x pods would leave every Service without endpoints);
+* 10.244.0.0/16 — the cluster's own addresses: the API server (10.244.255.2; it rejects a
+  loopback address as the `kubernetes` Service's endpoint), Prometheus (10.244.255.1) and each
+  node's IP; pods get theirs from their node's CNI bridge, 10.245.<node>.0/24 (`realnode`),
+  which this route must not cover;
 * 10.96.0.0/12 — Service ClusterIPs, served by the real kube-proxy (nftables DNAT in the
   `output` hook; the local route lets a connect reach that hook).
 

@@ -3,9 +3,8 @@
 containerd 1.6, runc and CNI plugins (bridge + host-local + loopback), images built on this
 machine and imported into containerd — nothing is pulled from a registry.
 
-The local cluster runs it instead of the node agent with `LocalCluster(node_runtime="kubelet")`
-(`grm-local-cluster up --node-runtime kubelet`). Every setting below failed first on this VM
-(docs/local-cluster.md, "A real node" lists them with the reasons):
+Every node of the local cluster (`LocalCluster`, `grm-local-cluster up`) is one. Every setting
+below failed first on this VM (docs/local-cluster.md, "A real node" lists them with the reasons):
 
 * containerd's CRI: `default_runtime_name = "runc"` with `io.containerd.runc.v2`,
   `SystemdCgroup = false`, and `restrict_oom_score_adj = true` — the VM drops CAP_SYS_RESOURCE,
@@ -247,8 +246,8 @@ def kubelet_config(
         "healthzPort": healthz_port,
         "tlsCertFile": str(cert[0]),
         "tlsPrivateKeyFile": str(cert[1]),
-        # The namespace is sealed and the API server is the only client of the kubelet API (as
-        # with the node agent): `kubectl logs` goes through it unauthenticated.
+        # The namespace is sealed and the API server is the only client of the kubelet API:
+        # `kubectl logs` goes through it unauthenticated.
         "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
         "authorization": {"mode": "AlwaysAllow"},
         "containerRuntimeEndpoint": f"unix://{runtime_socket}",

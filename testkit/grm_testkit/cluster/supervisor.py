@@ -1,5 +1,5 @@
 """The local cluster's supervisor: the process that runs the whole cluster inside its network
-namespace — the control plane, one node agent (or real kubelet) per node, kube-proxy,
+namespace — the control plane, a real kubelet with containerd per node, kube-proxy,
 Prometheus (Kubernetes SD against the API server), and `connect.sock` — until it is stopped or
 a component dies.
 
@@ -10,9 +10,8 @@ live inside the namespace and die with it (each child has PR_SET_PDEATHSIG):
     ├── etcd, kube-apiserver (10.244.255.2:6443), kube-controller-manager, kube-scheduler
     ├── kube-proxy (nftables; one for all nodes: they share the namespace)
     ├── prometheus (10.244.255.1:9090, when installed)
-    ├── node agents (asyncio tasks of the supervisor itself)
-    ├── or per node: containerd + kubelet (`node_runtime="kubelet"`, `realnode`)
-    └── pod processes (one process group per container, on pod IPs 10.244.<node>.x)
+    └── per node: containerd + kubelet (`realnode`), whose pods run under containerd's shims
+        on the node's CNI bridge (10.245.<node>.0/24)
 
 Whoever starts it (`LocalCluster.start`, `grm-local-cluster up`) prepares the state directory
 with the options (`prepare_state_dir`); the supervisor reads them, starts everything, and writes
@@ -39,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from grm_testkit.cluster import lifetime, netns, podspec, promsd, tools
+from grm_testkit.cluster import lifetime, netns, promsd, tools
 from grm_testkit.cluster.clusteroptions import (
     API_ADDRESS,
     API_PORT,
@@ -49,6 +48,7 @@ from grm_testkit.cluster.clusteroptions import (
     STATE_FILE,
     ClusterOptions,
     LocalClusterError,
+    NodeConfig,
 )
 from grm_testkit.cluster.connectsocket import serve_connect
 from grm_testkit.cluster.controlplane import (
@@ -59,15 +59,14 @@ from grm_testkit.cluster.controlplane import (
 )
 from grm_testkit.cluster.kubeclient import KubeClient, KubeError
 from grm_testkit.cluster.kubeproxy import KubeProxy
-from grm_testkit.cluster.nodeagent import AgentContext, NodeAgent, NodeConfig, default_bin_dirs
 from grm_testkit.cluster.realnode import RealNode
 
 log = logging.getLogger(__name__)
 
 # The legacy Endpoints controller too (some clients and `kubectl describe svc` still read them),
 # and the node lifecycle controller: it lifts the `node.kubernetes.io/not-ready` taint that
-# admission puts on every new Node once the node agent reports Ready (and would taint a node
-# whose agent stopped renewing its Lease), as in a real cluster.
+# admission puts on every new Node once its kubelet reports Ready (and would taint a node
+# whose kubelet stopped renewing its Lease), as in any cluster.
 CONTROLLERS = (*DEFAULT_CONTROLLERS, "endpoints-controller", "node-lifecycle-controller")
 # The node lifecycle controller looks at nodes every 5 s by default: 1 s makes a new node
 # schedulable within about a second of start-up.
@@ -97,7 +96,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _exit_on_signal)
         netns.setup_inside()
-        netns.add_addresses([podspec.PodIPs(n.pod_cidr).node_ip for n in self.options.node_configs()])
+        netns.add_addresses([n.node_ip for n in self.options.node_configs()])
         if not netns.outside_is_unreachable():
             raise LocalClusterError("the network namespace has a route out; refusing to start")
         t0 = time.monotonic()
@@ -142,27 +141,11 @@ class Supervisor:
         kubeconfig = self.state_dir / "kubeconfig"
         shutil.copyfile(plane.kubeconfig, kubeconfig)
         admin = KubeClient.from_kubeconfig(plane.kubeconfig)
-        ctx = AgentContext(
-            workdir=self.workdir,
-            api_url=plane.url,
-            ca_pem=plane.ca_pem,
-            images=self.options.image_rules(),
-            bin_dirs=(*default_bin_dirs(), tools.tools_bin_dir()),
-        )
-        agents: list[NodeAgent] = []
-        clients = [admin]
         tasks: list[asyncio.Task[None]] = []
         connect_server: asyncio.AbstractServer | None = None
         try:
-            for index, node in enumerate(self.options.node_configs()):
-                if self.options.node_runtime == "kubelet":
-                    await self._start_real_node(admin, index, node)
-                    continue
-                client = KubeClient.from_kubeconfig(plane.kubeconfig_for_node(node.name))
-                clients.append(client)
-                agent = NodeAgent(client, node, ctx, self._kubelet_cert(node))
-                await agent.start()
-                agents.append(agent)
+            for node in self.options.node_configs():
+                await self._start_real_node(admin, node)
             await self._start_kube_proxy()
             prometheus_url = self._start_prometheus()
             connect_server = await asyncio.start_unix_server(
@@ -196,10 +179,8 @@ class Supervisor:
                 connect_server.close()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
             await self._stop_real_nodes(admin)
-            for client in clients:
-                await client.close()
+            await admin.close()
 
     async def _watch_components(self, stop: asyncio.Event) -> None:
         """Stops the cluster when a control-plane process or Prometheus dies: a test then fails
@@ -243,9 +224,10 @@ class Supervisor:
             self.workdir,
             self.plane.kubeconfig_for_user("system:kube-proxy"),
             first.name,
-            podspec.PodIPs(first.pod_cidr).node_ip,
-            # Both pod ranges (the node agent's 10.244/16, real pods' 10.245/16) are the cluster's.
-            "10.244.0.0/15" if self.options.node_runtime == "kubelet" else netns.POD_CIDR,
+            first.node_ip,
+            # The cluster's own addresses: pods on 10.245/16, the nodes, the API server and
+            # Prometheus on 10.244/16.
+            "10.244.0.0/15",
             self.options.verbosity,
         )
         t0 = time.monotonic()
@@ -253,15 +235,15 @@ class Supervisor:
         await self.kube_proxy.wait_synced()
         log.info("kube-proxy (nftables) up in %.1f s", time.monotonic() - t0)
 
-    async def _start_real_node(self, admin: KubeClient, index: int, node: NodeConfig) -> None:
+    async def _start_real_node(self, admin: KubeClient, node: NodeConfig) -> None:
         """containerd (images imported) and the real kubelet for `node`; returns once the Node
         registered and advertises its GPUs (`nvidia.com/gpu` in status.capacity by PATCH, as
         Kubernetes documents for node-level extended resources)."""
         assert self.plane is not None
         real = RealNode(
             name=node.name,
-            index=index,
-            node_ip=podspec.PodIPs(node.pod_cidr).node_ip,
+            index=node.index,
+            node_ip=node.node_ip,
             workdir=self.workdir,
             kubeconfig=self.plane.kubeconfig_for_node(node.name),
             cert=self._kubelet_cert(node),
@@ -302,7 +284,7 @@ class Supervisor:
     def _kubelet_cert(self, node: NodeConfig) -> tuple[Path, Path]:
         """The serving certificate of a node's kubelet API (its InternalIP), signed by the CA."""
         assert self.plane is not None
-        pair = self.plane.serving_cert((podspec.PodIPs(node.pod_cidr).node_ip, node.name))
+        pair = self.plane.serving_cert((node.node_ip, node.name))
         directory = self.workdir / "kubelet-pki"
         directory.mkdir(exist_ok=True)
         paths = (directory / f"{node.name}.crt", directory / f"{node.name}.key")
@@ -411,7 +393,7 @@ class Supervisor:
             self.prometheus_stopped = True
             if proc.poll() is None:
                 proc.terminate()
-                # Polled, not waited: the node agents share this event loop.
+                # Polled, not waited: the connect socket's forwarded connections share this loop.
                 # A clean shutdown of this small TSDB took 0.05 s here (a start to /-/ready 0.14 s).
                 deadline = time.monotonic() + 20.0
                 while proc.poll() is None and time.monotonic() < deadline:
