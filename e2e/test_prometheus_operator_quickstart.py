@@ -146,10 +146,25 @@ def _strictly_valid(lc: LocalCluster, doc: dict[str, Any]) -> None:
         "namespace": doc["metadata"]["namespace"],
         "labels": doc["metadata"].get("labels") or {},
     }
-    result = lc.kubectl(
-        "create", "--dry-run=server", "--validate=strict", "-f", "-", input=yaml.safe_dump(doc), check=False
-    )
+
+    def submit(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return lc.kubectl(
+            "create",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            "-",
+            input=yaml.safe_dump(body),
+            check=False,
+        )
+
+    result = submit(doc)
     assert result.returncode == 0, f"{doc['kind']} rejected by the real CRD: {result.stderr}"
+    # The check can fail: the same object with one field the schema lacks is refused.
+    wrong = copy.deepcopy(doc)
+    wrong["spec"]["notAField"] = True
+    refused = submit(wrong)
+    assert refused.returncode != 0 and "notAField" in refused.stderr, (refused.stdout, refused.stderr)
 
 
 def _within(sent: Any, kept: Any) -> bool:
