@@ -109,9 +109,12 @@ def local_operator_cluster(
     prometheus: bool | None = None,
     scrape_interval_s: float = SCRAPE_INTERVAL_S,
     chart_values: tuple[str, ...] = (),
+    before_install: Callable[[LocalCluster], None] | None = None,
 ) -> Iterator[LocalCluster]:
     """A local cluster with the operator installed by its chart and Ready, the project's images
-    built, loaded into the real node and named in the chart.
+    built, loaded into the real node and named in the chart. `before_install` runs on the started
+    cluster before `helm install` (e.g. applying the Prometheus Operator's CRDs, which the chart's
+    templates and the operator's start look for).
     Skips (fails under CI) with the reason when something it needs is missing here."""
     why = LocalCluster.unavailable() or pyimages.missing()
     if why is not None:
@@ -131,6 +134,8 @@ def local_operator_cluster(
             # prometheusURL of their own (those with source Direct are unaffected).
             values += ["--set", f"prometheus.url={cluster.prometheus_url}"]
         values += chart_values
+        if before_install is not None:
+            before_install(cluster)
         cluster.helm("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", *values)
         cluster.wait_for(lambda: operator_pod(cluster), OPERATOR_READY_S, "the operator pod Ready")
         yield cluster
