@@ -36,7 +36,7 @@ from grm_operator.api.durations import parse_duration
 from grm_operator.api.models import GRMDeploymentSpec, Variant
 from grm_operator.policy import forecast as fc
 from grm_operator.policy.capacity import operating_points, replica_capacity, variant_profile
-from grm_operator.policy.coldstart import measured_seconds
+from grm_operator.policy.coldstart import cold_start
 from grm_operator.policy.corrections import (
     MIN_REQUESTS_FOR_CORRECTION,
     corrections_at,
@@ -87,14 +87,13 @@ def _hold(
     return Decision("Hold", obs.active_variant, replicas, k, code, reason, metrics_available=ok), state
 
 
-def _cold_start_s(variant: Variant, state: PolicyState) -> float:
-    """The variant's cold start for the look-ahead and its replicas' arrival: a declared
-    ``profile.coldStart``, else the measured one (:func:`.coldstart.measured_seconds`, the p90 of
-    the pods' cold starts once two were measured), else the precision's prior (45–90 s) this
-    optimisation was measured with (docs/policy.md §10), not the rules' size estimate."""
-    declared = variant.profile is not None and variant.profile.cold_start
-    measured = None if declared else measured_seconds(state.cold_starts.get(variant.name, ()))
-    return variant_profile(variant).cold_start_s if measured is None else measured
+def _cold_start_s(spec: GRMDeploymentSpec, variant: Variant, state: PolicyState) -> float:
+    """The variant's cold start for the look-ahead and its replicas' arrival: declared or measured
+    as :func:`.coldstart.cold_start` orders them, else the precision's prior (45–90 s, a declared
+    ``profile.coldStart`` included) this optimisation was measured with (docs/policy.md §10), not
+    the rules' size estimate."""
+    estimate = cold_start(spec, variant, state.cold_starts.get(variant.name, ()))
+    return estimate.seconds if estimate.basis == "measured" else variant_profile(variant).cold_start_s
 
 
 def _breach(spec: GRMDeploymentSpec, signals: Signals, window: float) -> tuple[float, str]:
@@ -146,7 +145,7 @@ def decide_mpc(
     # --- demand distribution -------------------------------------------------------------------
     seq_rate = total.rps + (total.shed_sps or 0.0) + (total.waiting or 0.0) / QUEUE_DRAIN_S
     arrivals = fc.record(state.arrivals, state.arrivals_at, now, seq_rate / k_cur, period, ARRIVAL_BINS)
-    cold = max(_cold_start_s(p.variant, state) for p in admissible)
+    cold = max(_cold_start_s(spec, p.variant, state) for p in admissible)
     horizon = max(2, math.ceil((cold + period) / period))
     mix = workload(total, spec, window)
     idle = all(v == 0 for v in arrivals)  # an idle series is all zeros: storing it would rewrite status
@@ -207,7 +206,7 @@ def decide_mpc(
             fixed if manual else max(0, min(spec.scaling.max_replicas, budget // p.variant.gpus_per_replica))
         )
         k_min = min(q.samples for q in admissible if q.variant.name == p.variant.name)
-        points.append(Point(p, capacity, _cold_start_s(p.variant, learnt), cap, k_min))
+        points.append(Point(p, capacity, _cold_start_s(spec, p.variant, learnt), cap, k_min))
     on_active = [p for p in points if p.point.variant.name == active]
     last_switch = math.inf if state.last_switch is None else now - state.last_switch
     cooldown = parse_duration(spec.precision.switch_cooldown)
