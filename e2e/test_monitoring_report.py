@@ -10,8 +10,8 @@ from the pods the API server lists.
 Then the real command line, as a user runs it (its own process, the cluster's kubeconfig, the
 Prometheus URL, fp8 and int4 as candidates), must: find the period within 10 %; read the GPU-hours
 the test measured within 10 % (both count the pods held, sampled differently); replay the run on
-the simulator within the report's stated tolerance; and recommend adding fp8 — not int4, whose
-quality 0.97 is under the floor.
+the simulator within the report's stated tolerance; and recommend fp8 instead of bf16 — not
+int4, whose quality 0.97 is under the floor.
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ def _manifest() -> dict[str, Any]:
     doc["metadata"]["annotations"]["grm.dev/worker-overrides"] = json.dumps(
         {"sim.time_scale": 1, "sim.startup_delay_s": 3}
     )
+    # One sample a score request. With the demo's k = 4 a request's other three samples wait while
+    # its shared prompt is prefilled, and a scrape that lands then reads a queue on an idle
+    # replica, which the policy takes for saturation (docs/policy.md §9, a known bias): the run
+    # or its replay, not always both, then holds up to the budget through the lulls, and
+    # whether a variant saves anything turns on that. In the simulator, at k = 4 fp8 in place of
+    # bf16 saved 0–63 % over speeds 0.7–2.0× and three placements; at k = 1, 41–66 %.
+    doc["spec"]["scoring"] = {"samples": {"min": 1, "max": 1}}
     return doc
 
 
@@ -168,17 +175,18 @@ def test_report_finds_the_period_reproduces_the_gpu_hours_and_drops_the_costly_v
     assert abs(doc["simulated"]["gpu_hours_error"]) <= REPLAY_GPU_TOLERANCE, summary
     assert doc["simulated"]["trusted"], summary
     assert doc["variants"]["bf16"]["request_share"] == 1.0, summary
-    # Adding fp8 is recommended: it saves GPU-hours at the replay's attainment or better, within
-    # the quality floor. How much turns on how long the simulated policy holds a second bf16
-    # replica in the lulls (a knife edge of this load: 21 % and 45 % in two runs, 8 % with a 90-s
-    # scale-down stabilisation that holds it throughout), so the test asks for a tenth.
-    # (Other changes may rank above it when the simulator says they save more at equal
-    # attainment, e.g. a maxGPUs that bf16 never needed.)
-    fp8 = [r for r in doc["recommendations"] if r["title"].startswith("with fp8")]
-    assert fp8, summary
-    assert [v["name"] for v in fp8[0]["change"]["spec"]["variants"]] == ["bf16", "fp8"], summary
-    assert fp8[0]["saved_fraction"] > 0.1 and fp8[0]["mean_quality"] >= 0.99, summary
-    assert fp8[0]["slo_attainment"] >= doc["simulated"]["slo_attainment"] - 0.005, summary
+    # fp8 instead of bf16 is recommended: one bf16 replica holds this load with room to spare
+    # (1.2 critiques/s at the burst against ~13/s a replica inside the SLO), so the policy keeps
+    # bf16 and *adding* fp8 rarely changes anything; an fp8 replica holds it too, on 1 GPU
+    # instead of 2: about half the GPU-hours whatever the replicas' speed (41–66 % in the
+    # simulator at 0.7–2.0× the model), so the test asks for a quarter.
+    instead = [r for r in doc["recommendations"] if r["title"].startswith("with fp8 instead of bf16")]
+    assert instead, summary
+    assert [v["name"] for v in instead[0]["change"]["spec"]["variants"]] == ["fp8"], summary
+    assert instead[0]["saved_fraction"] > 0.25 and instead[0]["mean_quality"] >= 0.99, summary
+    assert instead[0]["slo_attainment"] >= doc["simulated"]["slo_attainment"] - 0.005, summary
+    added = [w for w in doc["whatifs"] if w["key"] == "add-fp8"]
+    assert len(added) == 1 and [v["name"] for v in added[0]["change"]["spec"]["variants"]] == ["bf16", "fp8"]
     assert not any("int4" in r["title"] for r in doc["recommendations"]), summary
     assert any("with int4" in note and "minQuality" in note for note in doc["notes"]), summary
     assert {"report.md", "load.png", "replicas.png", "latency.png", "frontier.png"} <= {

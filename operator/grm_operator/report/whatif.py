@@ -40,8 +40,10 @@ against the observed 0.28, where replays at the model's speed of like runs held 
 
 **Scenarios** (:func:`scenarios`): ``replay`` (the spec as it is: its GPU-hours and attainment
 are compared with the observed ones to say whether the other answers can be trusted), ``drop``
-of each variant, ``add`` of each candidate variant, ``maxGPUs`` at half, one replica less and
-one more of the largest variant, and the SLO relaxed ×1.5 and tightened ×0.75.
+of each variant, ``add`` of each candidate variant, ``replace`` of each variant by each candidate
+(the policy keeps the best variant that holds the SLO, so a cheaper rung *added* below one that
+holds is never used; in its place it shows what the floor allows), ``maxGPUs`` at half, one
+replica less and one more of the largest variant, and the SLO relaxed ×1.5 and tightened ×0.75.
 
 **Recommendations** (:func:`recommend`): a scenario is recommended when, against the replay
 (like for like), it saves more than ``min_saving`` of the GPU-hours, its attainment is at least
@@ -263,6 +265,19 @@ def scenarios(
             "add",
             {"spec": {"variants": ladder}},
         )
+        for v in variants:
+            if spec.precision.pinned_variant == v["name"]:
+                skipped.append(f"with {name} instead of {v['name']}: {v['name']} is the pinned variant")
+                continue
+            swapped = sorted(
+                [*(w for w in variants if w["name"] != v["name"]), new], key=lambda w: -float(w["quality"])
+            )
+            add(
+                f"replace-{v['name']}-{name}",
+                f"with {name} instead of {v['name']} (quality {float(new['quality']):g})",
+                "replace",
+                {"spec": {"variants": swapped}},
+            )
     budget = spec.max_gpus()
     widest = max(v.gpus_per_replica for v in spec.variants)
     for gpus in sorted({math.ceil(budget / 2), budget - widest, budget + widest}):

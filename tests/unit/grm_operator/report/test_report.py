@@ -200,6 +200,13 @@ def test_scenarios_are_valid_specs_with_their_patches() -> None:
     assert add.patch is not None and add.patch["spec"]["variants"][2]["uri"] == "pvc://models/m-awq"
     drop = next(s for s in found if s.key == "drop-bf16")
     assert [v.name for v in drop.spec.variants] == ["fp8"]
+    # The candidate in place of each variant, the ladder kept in quality order.
+    instead = {s.key: s for s in found if s.kind == "replace"}
+    assert set(instead) == {"replace-bf16-int4", "replace-fp8-int4"}
+    assert [v.name for v in instead["replace-bf16-int4"].spec.variants] == ["fp8", "int4"]
+    assert [v.name for v in instead["replace-fp8-int4"].spec.variants] == ["bf16", "int4"]
+    assert instead["replace-bf16-int4"].title == "with int4 instead of bf16 (quality 0.992)"
+    assert instead["replace-bf16-int4"].recommendable
     relaxed = next(s for s in found if s.key == "slo-relaxed")
     assert relaxed.spec.slo.e2e_p95_s == 30.0 and not relaxed.recommendable
     assert skipped == []
@@ -210,6 +217,13 @@ def test_scenarios_are_valid_specs_with_their_patches() -> None:
     found, skipped = scenarios(spec, [parse_candidate("name=int4,precision=awq-int4,uri=/m,quality=0.97")])
     assert "add-int4" not in [s.key for s in found]
     assert skipped and "below precision.minQuality 0.99" in skipped[0]
+    # The pinned variant stays: no scenario replaces it.
+    pinned = GRMDeploymentSpec.model_validate(
+        {**SPEC, "precision": {**SPEC.get("precision", {}), "policy": "Pinned", "pinnedVariant": "bf16"}}
+    )
+    found, skipped = scenarios(pinned, [cand])
+    assert [s.key for s in found if s.kind == "replace"] == ["replace-fp8-int4"]
+    assert "with int4 instead of bf16: bf16 is the pinned variant" in skipped
     with pytest.raises(ValueError, match="needs quality"):
         parse_candidate("name=x,precision=fp8")
 
