@@ -186,7 +186,8 @@ def test_report_finds_the_period_reproduces_the_gpu_hours_and_drops_the_costly_v
     assert instead[0]["saved_fraction"] > 0.25 and instead[0]["mean_quality"] >= 0.99, summary
     assert instead[0]["slo_attainment"] >= doc["simulated"]["slo_attainment"] - 0.005, summary
     added = [w for w in doc["whatifs"] if w["key"] == "add-fp8"]
-    assert len(added) == 1 and [v["name"] for v in added[0]["change"]["spec"]["variants"]] == ["bf16", "fp8"]
+    assert len(added) == 1, summary
+    assert [v["name"] for v in added[0]["change"]["spec"]["variants"]] == ["bf16", "fp8"], summary
     assert not any("int4" in r["title"] for r in doc["recommendations"]), summary
     assert any("with int4" in note and "minQuality" in note for note in doc["notes"]), summary
     assert {"report.md", "load.png", "replicas.png", "latency.png", "frontier.png"} <= {

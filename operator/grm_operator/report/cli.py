@@ -80,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         type=parse_candidate,
-        help="a variant to try adding: name=int4,precision=awq-int4,quality=0.97,gpusPerReplica=1[,uri=...] "
-        "(repeatable)",
+        help="a variant to try, added to the ladder and in place of each variant: "
+        "name=int4,precision=awq-int4,quality=0.97,gpusPerReplica=1[,uri=...] (repeatable)",
     )
     parser.add_argument(
         "--cold-start",
