@@ -236,10 +236,16 @@ def scenarios(
             skipped.append(f"{title}: not a valid spec ({first[-1] if first else exc})")
 
     variants = _variant_data(spec)
+
+    def without(name: str) -> list[dict[str, Any]]:
+        return [w for w in variants if w["name"] != name]
+
+    def by_quality(ladder: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(ladder, key=lambda w: -float(w["quality"]))
+
     if len(variants) > 1:
         for v in variants:
-            rest = [w for w in variants if w["name"] != v["name"]]
-            patch: dict[str, Any] = {"spec": {"variants": rest}}
+            patch: dict[str, Any] = {"spec": {"variants": without(v["name"])}}
             if spec.precision.pinned_variant == v["name"]:
                 skipped.append(f"without {v['name']}: it is the pinned variant")
                 continue
@@ -258,25 +264,21 @@ def scenarios(
             continue
         new = dict(cand.fields)
         new.setdefault("gpusPerReplica", 1)
-        ladder = sorted([*variants, new], key=lambda v: -float(v["quality"]))
         add(
             f"add-{name}",
             f"with {name} (quality {float(new['quality']):g})",
             "add",
-            {"spec": {"variants": ladder}},
+            {"spec": {"variants": by_quality([*variants, new])}},
         )
         for v in variants:
             if spec.precision.pinned_variant == v["name"]:
                 skipped.append(f"with {name} instead of {v['name']}: {v['name']} is the pinned variant")
                 continue
-            swapped = sorted(
-                [*(w for w in variants if w["name"] != v["name"]), new], key=lambda w: -float(w["quality"])
-            )
             add(
                 f"replace-{v['name']}-{name}",
                 f"with {name} instead of {v['name']} (quality {float(new['quality']):g})",
                 "replace",
-                {"spec": {"variants": swapped}},
+                {"spec": {"variants": by_quality([*without(v["name"]), new])}},
             )
     budget = spec.max_gpus()
     widest = max(v.gpus_per_replica for v in spec.variants)
