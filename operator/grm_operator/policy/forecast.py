@@ -16,11 +16,9 @@ list of ``M`` values with a weight (the weights sum to 1):
   added to today's demand, which forgets a level the load has left at once: grid mean miss rate
   worse, 95.0 % instead of 99.8 % on code ×1.)
 * **provisioned** (weight up to 1/3, falling to 0 as the series fills its first 10 minutes): what
-  the fleet found when the series began serves (``PolicyState.prior_demand``), the prior before
-  the series has seen enough to say otherwise (a fleet of 8 bf16 replicas is not evidence of a
-  demand of 1 replica; without it, conv ×3.6 at error 1.4 switched to 2 fp8 replicas 30 s in and
-  met its load at 81 % attainment). It is the fleet as found, not as since asked for: a prior
-  that grew with each scale-up would confirm itself.
+  the running fleet serves, the prior before the series has seen enough to say otherwise (a
+  fleet of 8 bf16 replicas is not evidence of a demand of 1 replica; without it, conv ×3.6 at
+  error 1.4 switched to 2 fp8 replicas 30 s in and met its load at 81 % attainment).
 * **periodic** (weight c/2, all of the history's 1/2 from c ≥ 0.5; only when
   :func:`grm_operator.policy.periodicity.detect_period` finds a period with strength ``c`` in the
   series; the look-ahead is then two cold starts long): what came one, two and three periods ago

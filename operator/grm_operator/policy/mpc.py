@@ -165,16 +165,7 @@ def decide_mpc(
     )
     speed, tail = corrections_at(learnt, active, now)
     running = replica_capacity(spec, spec.variant(active), mix, speed, tail)
-    # The prior is the fleet as found when the series began (sized by the user, or by the policy
-    # before a restart), not the fleet this policy has asked for since: recomputed every tick, a
-    # scale-up raised its own evidence (conv ×0.9 at error 1.2: 4 → 8 bf16 replicas at k = 1 read
-    # as 36.5 → 52.8 score/s where 2.9-3.4 came, and held 16 GPUs for 14 minutes).
-    if not state.arrivals or state.prior_demand is None:
-        provisioned = current * running / k_cur
-    else:
-        provisioned = state.prior_demand
-    remembered = len(arrivals) * period < fc.PRIOR_MEMORY_S and not idle
-    learnt = learnt.evolve(prior_demand=provisioned if remembered else None)
+    provisioned = current * running / k_cur
     demand = fc.forecast(arrivals, period, horizon, provisioned)
     if demand.burst is not None and demand.burst.confidence >= fc.TRUSTED_PERIOD_STRENGTH:
         # A trusted period foresees past one cold start: look two ahead, so that a burst in the
@@ -233,8 +224,8 @@ def decide_mpc(
         horizon=horizon,
         # A move is paid and serves for the scale-down window *after* the look-ahead in which its
         # replicas start. Counted from now, a measured cold start (276 s) filled the whole 5-min
-        # window: replicas asked for now served nothing in the objective, so in a flash crowd every
-        # fleet "missed" alike and 2 replicas stayed for 5 minutes.
+        # window: replicas asked for now served nothing in the objective, so in the flash crowd
+        # every fleet "missed" alike and 4 bf16 replicas stayed for 5 minutes (p95 e2e to 290 s).
         commit_s=horizon * period + max(parse_duration(spec.scaling.scale_down_stabilization), 4 * period),
         reaction_s=period if spec.scoring.shed_samples == "OnQueue" else math.inf,
         miss_penalty=MISS_VALUE * cheapest_request * penalty_factor(arrivals, missed),

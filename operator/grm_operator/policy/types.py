@@ -251,10 +251,6 @@ class PolicyState:
     #: The estimated share of each period's requests over the SLO, aligned with ``arrivals``: the
     #: attainment of the last hour, which prices a miss (``policy.mpc``).
     missed: tuple[float, ...] = ()
-    #: What the fleet found at the start of ``arrivals`` served (score requests per second): the
-    #: optimiser's prior for the demand not yet seen (``policy.forecast``), kept fixed while the
-    #: series fills its first 10 minutes, then forgotten (None).
-    prior_demand: float | None = None
     #: Per variant: its worker pods' measured cold starts, at most ``MEASURED_SAMPLES`` (8), oldest
     #: first (:mod:`grm_operator.policy.coldstart`; ~0.5 kB of status per variant).
     cold_starts: Mapping[str, tuple[StartSample, ...]] = field(default_factory=dict)
@@ -293,7 +289,6 @@ class PolicyState:
             "arrivals": [round(v, 3) for v in self.arrivals] if self.arrivals else None,
             "arrivalsAt": None if self.arrivals_at is None else round(self.arrivals_at, 1),
             "missed": [round(v, 4) for v in self.missed] if self.missed else None,
-            "priorDemand": None if self.prior_demand is None else round(self.prior_demand, 4),
             "coldStarts": {
                 name: [[s.pod, round(s.ready_at, 1), round(s.seconds, 1)] for s in samples]
                 for name, samples in sorted(self.cold_starts.items())
@@ -395,7 +390,6 @@ class PolicyState:
             arrivals=numbers("arrivals"),
             arrivals_at=optional("arrivalsAt"),
             missed=numbers("missed"),
-            prior_demand=optional("priorDemand"),
             cold_starts=starts(),
         )
 

@@ -1,6 +1,5 @@
 """What the optimiser's objective weighs a move over (docs/policy.md §10): replicas asked for now
-are paid and serve for a commitment *after* the look-ahead in which they start, and the prior for
-demand not yet seen is the fleet as found, not the fleet the optimiser has asked for since."""
+are paid and serve for a commitment *after* the look-ahead in which they start."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from grm_operator.policy.coldstart import StartSample
 from grm_operator.policy.mpc import decide_mpc
 from support.policy import make_observation, make_signals, make_spec
 
-PERIOD = 15.0
 NOW = 10_000.0
 
 
@@ -65,33 +63,3 @@ def test_replicas_that_start_beyond_the_look_ahead_are_still_worth_asking_for() 
     assert decision.winner is not None
     assert decision.winner.replicas >= 6, decision.reason
     assert decision.replicas >= 6
-
-
-def test_the_prior_for_unseen_demand_is_the_fleet_as_found() -> None:
-    # A fleet of 4 replicas at k = 1 serving 2 sequences/s: the series starts, the prior is what
-    # the 4 serve. The optimiser asks for more; a tick later the 8 it runs are no new evidence.
-    spec = fp8_spec()
-    first = make_observation("fp8", window(2.0, 4), now=NOW, ready=4, samples=1)
-    _, state = decide_mpc(first, PolicyState(), spec, NOW)
-    assert state.prior_demand is not None and state.prior_demand > 2.0
-    later = make_observation("fp8", window(2.0, 8), now=NOW + PERIOD, ready=8, samples=1)
-    decision, after = decide_mpc(later, state, spec, NOW + PERIOD)
-    assert after.prior_demand == state.prior_demand
-    # Judged on the same window by a fleet that found 8 replicas running, the prior is twice as
-    # large: the demand the optimiser provisions for is the smaller one.
-    _, found_eight = decide_mpc(later, PolicyState(), spec, NOW + PERIOD)
-    assert found_eight.prior_demand is not None
-    assert found_eight.prior_demand > 1.5 * state.prior_demand
-    assert "p90 of the next" in decision.reason
-
-
-def test_the_prior_is_forgotten_once_the_series_covers_ten_minutes() -> None:
-    spec = fp8_spec()
-    state = PolicyState(arrivals=(2.0,) * 40, arrivals_at=NOW - PERIOD, prior_demand=50.0)
-    obs = make_observation("fp8", window(2.0, 2), now=NOW, ready=2, samples=1)
-    _, after = decide_mpc(obs, state, spec, NOW)
-    assert after.prior_demand is None
-    # Kept through status: written, read back.
-    kept = PolicyState(arrivals=(2.0,) * 3, arrivals_at=NOW, prior_demand=12.5)
-    assert PolicyState.from_dict(kept.to_dict()).prior_demand == 12.5
-    assert PolicyState.from_dict({**kept.to_dict(), "priorDemand": "x"}).prior_demand is None
