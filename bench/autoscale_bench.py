@@ -486,7 +486,15 @@ def render_section(runs: Sequence[Run], missing: Sequence[Setting] = ()) -> tupl
             details.append("")
         out += [f"### {group.capitalize()} set: verdict", ""]
         if verdicts:
-            out += ["`grm` falls short of a target in these settings:", "", *verdicts, ""]
+            out += [
+                "`grm` falls short of a target in these settings:",
+                "",
+                *verdicts,
+                "",
+                "Why, setting by setting: [docs/benchmark.md](../docs/benchmark.md#results), "
+                '"Why the targets are missed".',
+                "",
+            ]
         else:
             out += ["`grm` meets every target in every setting.", ""]
         out += [f"### {group.capitalize()} set: per setting", "", *details]
