@@ -4,13 +4,13 @@ replacing its section of bench/RESULTS.md without touching the other sections.""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from support.bench import load_bench_module
 from support.paths import REPO
 
 ROOT = REPO
@@ -18,12 +18,7 @@ ROOT = REPO
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("autoscale_bench", ROOT / "bench" / "autoscale_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["autoscale_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("autoscale_bench")
 
 
 def row(att: float, gpu: float, quality: float = 1.0) -> dict[str, Any]:

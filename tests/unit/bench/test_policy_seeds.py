@@ -4,25 +4,18 @@ one); per set the totals the merge criterion of docs/policy.md §10 reads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from support.paths import REPO
+from support.bench import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def seeds() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("policy_seeds", REPO / "bench" / "policy_seeds.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["policy_seeds"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("policy_seeds")
 
 
 def test_the_table_counts_the_seeds_meeting_each_settings_target(seeds: ModuleType, tmp_path: Path) -> None:

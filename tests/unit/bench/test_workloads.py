@@ -3,8 +3,6 @@ shapes, the flash crowd and the long prompts — their shape, their parameters a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -13,17 +11,12 @@ import numpy as np
 import pytest
 
 from grm_operator.simulator.trace import Trace, load_trace
-from support.paths import REPO
+from support.bench import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def wl() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("workloads", REPO / "bench" / "workloads.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["workloads"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("workloads")
 
 
 def test_colocated_rl_traffic_is_one_burst_per_step_of_batch_times_samples(wl: ModuleType) -> None:
