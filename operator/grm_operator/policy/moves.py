@@ -9,8 +9,7 @@ GPU-seconds, is
          + switch cost                                              (the old fleet during the surge)
          + terminal cost                                            (a full fleet with no way back)
 
-* L is what a decision commits to: the look-ahead H in which its replicas start, then the
-  scale-down stabilisation window (default 5 min) in which they serve.
+* L is what a decision commits to: the scale-down stabilisation window (default 5 min).
 * The miss penalty is 1 ÷ (1 − 0.99) = 100 times the GPU-seconds one request costs at the
   cheapest admissible point: at that exchange rate a 99 % attainment target is where buying
   more GPUs stops paying.

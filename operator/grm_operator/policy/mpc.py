@@ -222,11 +222,7 @@ def decide_mpc(
         gpu_budget=budget,
         period_s=period,
         horizon=horizon,
-        # A move is paid and serves for the scale-down window *after* the look-ahead in which its
-        # replicas start. Counted from now, a measured cold start (276 s) filled the whole 5-min
-        # window: replicas asked for now served nothing in the objective, so in the flash crowd
-        # every fleet "missed" alike and 4 bf16 replicas stayed for 5 minutes (p95 e2e to 290 s).
-        commit_s=horizon * period + max(parse_duration(spec.scaling.scale_down_stabilization), 4 * period),
+        commit_s=max(parse_duration(spec.scaling.scale_down_stabilization), 4 * period),
         reaction_s=period if spec.scoring.shed_samples == "OnQueue" else math.inf,
         miss_penalty=MISS_VALUE * cheapest_request * penalty_factor(arrivals, missed),
         switch_allowed=last_switch >= cooldown and not pinned,

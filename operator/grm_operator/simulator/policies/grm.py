@@ -69,14 +69,20 @@ class Grm:
             for v in names
         }
         reading = Reading(obs.total, obs.variants) if obs.total is not None else None
-        intent = decide_intent(
-            spec=self.spec,
-            status=self.status,
-            reading=reading,
-            pods=pods,
-            deployments=deployments,
-            now=view.now,
-            policy=self.policy,
+        # As the operator's autoscaler (handlers.autoscale): while a switch is in progress only the
+        # switch acts, and the policy is not consulted (its memory and the sample budget wait).
+        intent = (
+            None
+            if self.status.get("switch")
+            else decide_intent(
+                spec=self.spec,
+                status=self.status,
+                reading=reading,
+                pods=pods,
+                deployments=deployments,
+                now=view.now,
+                policy=self.policy,
+            )
         )
         step = plan(
             spec=self.spec,

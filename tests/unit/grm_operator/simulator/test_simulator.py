@@ -19,7 +19,9 @@ from grm_operator.api.models import GRMDeploymentSpec
 from grm_operator.policy import PolicyState
 from grm_operator.policy.coldstart import cold_start
 from grm_operator.policy.coldstart import cold_start as estimate
+from grm_operator.policy.types import Decision, Observation
 from grm_operator.simulator.cli import load_spec
+from grm_operator.simulator.controller import Command, FleetView
 from grm_operator.simulator.engine import Group, Replica, StepSample
 from grm_operator.simulator.fleet import Fleet, SimConfig
 from grm_operator.simulator.pod import Pod
@@ -383,3 +385,44 @@ def test_the_simulated_operator_learns_the_replicas_cold_start_as_the_operator_d
     assert any(
         cold_start(spec, spec.variant(name), starts).basis == "measured" for name, starts in learnt.items()
     )
+
+
+def test_the_simulated_operator_consults_no_policy_while_a_switch_is_in_progress(
+    spec: GRMDeploymentSpec,
+) -> None:
+    # As the operator's autoscaler (handlers.autoscale): while status.switch is set only the switch
+    # acts; the policy is not consulted, so neither its memory nor the sample budget moves. The
+    # simulator consulted it on every tick, so the benchmark credited both policies with sample cuts
+    # and learning mid-switch that the operator never makes (docs/benchmark.md).
+    # 4 score requests/s on 6 GPUs: bf16 runs out of samples to shed and steps down to fp8 (as in
+    # the demotion test above, a model of unknown size so that replicas start in 45-90 s).
+    data = with_scaling(spec, maxReplicas=8, maxGPUs=6).model_dump(by_alias=True, exclude_none=True)
+    data["model"]["name"] = "deepseek-ai/DeepSeek-GRM"
+    tight = GRMDeploymentSpec.model_validate(data)
+    grm = Grm(tight)
+    consulted: list[float] = []
+    during_switch: list[float] = []
+    policy = grm.policy
+
+    def spy(
+        obs: Observation, state: PolicyState, spec: GRMDeploymentSpec, now: float
+    ) -> tuple[Decision, PolicyState]:
+        consulted.append(now)
+        if grm.status.get("switch"):
+            during_switch.append(now)
+        return policy(obs, state, spec, now)
+
+    grm.policy = spy
+    switching: list[float] = []
+    tick = grm.tick
+
+    def watched(view: FleetView) -> Command:
+        if grm.status.get("switch"):
+            switching.append(view.now)
+        return tick(view)
+
+    grm.tick = watched  # type: ignore[method-assign]
+    result = Fleet(SimConfig(spec=tight, trace=constant_trace(4.0, 900, prompt=1000, output=200)), grm).run()
+    assert result.switches >= 1 and switching, "the load must make the policy switch"
+    assert consulted, "the policy runs between switches"
+    assert not during_switch, f"consulted mid-switch at {during_switch[:5]}"
