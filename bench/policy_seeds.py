@@ -30,6 +30,17 @@ import autoscale_bench as ab
 BOUNDS_DIR = ab.ROOT / ".cache" / "bench-autoscale"
 
 
+@dataclass
+class Total:
+    """One policy's sums over the settings of one set."""
+
+    attainment: float = 0.0  # sum of the settings' mean attainment
+    gpu_hours: float = 0.0  # sum of the settings' mean GPU-hours
+    meeting: int = 0  # runs meeting their setting's target
+    runs: int = 0
+    settings: int = 0
+
+
 @dataclass(frozen=True)
 class Run:
     """One policy's run on one setting and seed."""
@@ -45,7 +56,7 @@ class Run:
 
 def run_one(job: tuple[ab.Setting, int, str]) -> Run:
     """Simulate ``policy`` on ``setting`` with the setting's seed + ``offset``."""
-    from grm_operator.simulator.cli import cluster_model, load_spec
+    from grm_operator.simulator.cli import add_arguments, cluster_model, load_spec
     from grm_operator.simulator.fleet import Fleet, SimConfig
     from grm_operator.simulator.policies import make_controller
     from grm_operator.simulator.trace import load_trace
@@ -53,16 +64,11 @@ def run_one(job: tuple[ab.Setting, int, str]) -> Run:
     setting, offset, policy = job
     spec = load_spec(ab.SPECS / setting.spec, setting.samples)
     trace = load_trace(ab.trace_path(setting.trace)).scaled(setting.rate_scale)
-    flags = dict(zip(setting.cluster[::2], setting.cluster[1::2], strict=True))
-    cluster = (
-        cluster_model(
-            int(flags["--cluster-gpus"]),
-            flags.get("--node-delay"),
-            int(flags["--node-max-gpus"]) if "--node-max-gpus" in flags else None,
-        )
-        if flags
-        else None
-    )
+    # The setting's cluster flags read as `simulate` reads them (its own parser).
+    cli = argparse.ArgumentParser()
+    add_arguments(cli)
+    flags = cli.parse_args(["--trace", "-", "--spec", "-", *setting.cluster])
+    cluster = cluster_model(flags.cluster_gpus, flags.node_delay, flags.node_max_gpus)
     seed = setting.seed + offset
     config = SimConfig(spec=spec, trace=trace, model_error=setting.model_error, seed=seed, cluster=cluster)
     result = Fleet(config, make_controller(policy, spec)).run(None)
@@ -93,7 +99,7 @@ def table(runs: list[Run], policies: list[str], bounds_dir: Path) -> str:
         + " |",
         "|---|---|" + "---|---|---|" * len(policies),
     ]
-    totals: dict[tuple[str, str], list[float]] = {}
+    totals: dict[tuple[str, str], Total] = {}
     for setting in ab.SETTINGS:
         goal = target(setting.slug, bounds_dir)
         cells = [setting.slug, f"{goal:.2%}"]
@@ -106,19 +112,21 @@ def table(runs: list[Run], policies: list[str], bounds_dir: Path) -> str:
             hours = statistics.mean(r.gpu_hours for r in mine)
             meet = sum(a >= goal - ab.ATT_EPS for a in att)
             cells += [f"{statistics.mean(att):.2%} / {min(att):.2%}", f"{hours:.2f}", f"{meet}/{len(att)}"]
-            total = totals.setdefault((setting.group, p), [0.0, 0.0, 0.0, 0.0, 0.0])
-            total[0] += statistics.mean(att)
-            total[1] += hours
-            total[2] += meet
-            total[3] += len(att)
-            total[4] += 1
+            total = totals.setdefault((setting.group, p), Total())
+            total.attainment += statistics.mean(att)
+            total.gpu_hours += hours
+            total.meeting += meet
+            total.runs += len(att)
+            total.settings += 1
         lines.append("| " + " | ".join(cells) + " |")
     for group in ("tuning", "held-out"):
         cells = [f"**{group}**", ""]
         for p in policies:
             t = totals.get((group, p))
             cells += (
-                [f"{t[0] / t[4]:.2%} (mean)", f"{t[1]:.2f}", f"{t[2]:.0f}/{t[3]:.0f}"] if t else ["", "", ""]
+                [f"{t.attainment / t.settings:.2%} (mean)", f"{t.gpu_hours:.2f}", f"{t.meeting}/{t.runs}"]
+                if t
+                else ["", "", ""]
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

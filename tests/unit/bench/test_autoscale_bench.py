@@ -3,7 +3,6 @@ replacing its section of bench/RESULTS.md without touching the other sections.""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -136,10 +135,7 @@ def test_the_settings_use_both_traces_and_both_model_errors(bench: ModuleType) -
 
 
 def test_the_tuning_set_is_the_policy_grid(bench: ModuleType) -> None:
-    grid_spec = importlib.util.spec_from_file_location("policy_grid", ROOT / "bench" / "policy_grid.py")
-    assert grid_spec is not None and grid_spec.loader is not None
-    grid = importlib.util.module_from_spec(grid_spec)
-    grid_spec.loader.exec_module(grid)
+    grid = load_bench_module("policy_grid")
     expected = {(t, s, e) for t, s in grid.SCALES for e in grid.ERRORS}
     assert {(s.trace, s.rate_scale, s.model_error) for s in bench.TUNING} == expected
     assert all(s.group == "tuning" and s.spec == "ladder.yaml" for s in bench.TUNING)
